@@ -1,0 +1,77 @@
+"""Constants defined once for the whole project.
+
+Class names and palette of PASCAL VOC, the ignore label, the input normalisation of each
+backbone-weight origin, and the names of the FCN variants. Every other module imports these
+instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- Dataset ----------------------------------------------------------------------------------
+
+#: The 21 PASCAL VOC classes in label order (index 0 is background).
+VOC_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+NUM_CLASSES: int = len(VOC_CLASSES)
+
+#: Label value of "void" pixels (object borders, padding): excluded from loss and metrics.
+IGNORE_LABEL: int = 255
+
+
+def _voc_palette() -> np.ndarray:
+    """The VOC colour map: class i's RGB bits come from i's bits, 3 at a time (VOCdevkit)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        label, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (label & 1) << shift
+            g |= ((label >> 1) & 1) << shift
+            b |= ((label >> 2) & 1) << shift
+            label >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+#: uint8 [256, 3]: the palette of VOC's SegmentationClass PNGs (255 is the void colour).
+VOC_PALETTE: np.ndarray = _voc_palette()
+VOC_PALETTE.setflags(write=False)
+
+# --- Input normalisation, by origin of the backbone weights -----------------------------------
+# Every model takes plain RGB in 0..255; the model's first layer applies one of these.
+
+#: Caffe / keras.applications "imagenet" VGG16: BGR order, mean subtracted, no scaling.
+CAFFE_BGR_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
+
+#: torchvision VGG16 (e.g. ../shared/weights): RGB scaled to [0, 1], then (x - mean) / std.
+TORCH_RGB_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+TORCH_RGB_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch")
+
+# --- Model family -----------------------------------------------------------------------------
+
+VARIANTS: tuple[str, ...] = ("32s", "16s", "8s")
