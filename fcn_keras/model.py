@@ -1,0 +1,195 @@
+"""``build_fcn``: the FCN-VGG16 family (FCN-32s, FCN-16s, FCN-8s) as one Keras functional builder.
+
+Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015,
+TPAMI 2017). The builder walks the table in ``fcn_keras.architecture``; layer names are the
+paper's (``fc6``, ``score_fr``, ``upscore2``, ``score_pool4``, ``fuse_pool4``, ...) and
+keras.applications.VGG16's for the trunk (``block1_conv1`` ... ``block5_pool``), so weights load
+and move by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import keras
+
+from fcn_keras import architecture as arch
+from fcn_keras.backbone import NAMED_WEIGHTS, load_vgg16, resolve_preprocessing
+from fcn_keras.constants import NUM_CLASSES
+from fcn_keras.layers import BilinearUpsampling, CropToReference, Preprocess
+from fcn_keras.surgery import transplant_vgg16
+
+logger = logging.getLogger(__name__)
+
+
+def build_fcn(
+    variant: str = "8s",
+    num_classes: int = NUM_CLASSES,
+    *,
+    weights: str | os.PathLike | keras.Model | None = None,
+    preprocessing: str = "auto",
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    at_once: bool = False,
+    dropout: float = 0.5,
+    fc_units: int = arch.FC_UNITS,
+    learn_final_upsampling: bool = False,
+    geometry: str = "reference",
+    name: str | None = None,
+) -> keras.Model:
+    """Builds an FCN-VGG16.
+
+    Args:
+        variant: ``"32s"``, ``"16s"`` or ``"8s"``: the stride of the finest prediction fused.
+        num_classes: number of output classes (>= 2), 21 for PASCAL VOC.
+        weights: backbone initialisation. ``None``: random. ``"imagenet"``: keras.applications'
+            VGG16 with fc1/fc2 (downloaded; needs internet). A path: a Keras VGG16 weights file,
+            with or without the top; without it fc6/fc7 start from scratch (logged). A
+            ``keras.Model``: a VGG16 to copy from. Score layers always start at zero.
+        preprocessing: input normalisation built into the model: ``"caffe"``, ``"torch"``, or
+            ``"auto"`` (chosen from ``weights``, see ``fcn_keras.backbone``). Callers always pass
+            plain RGB in 0..255.
+        input_shape: ``(H, W, 3)``; ``None`` sides accept any size (dynamic crops). With both
+            sides fixed, crops are ``Cropping2D`` layers.
+        at_once: the TPAMI "at-once" FCN-8s, which scales pool4 by 0.01 and pool3 by 1e-4
+            before scoring them (only for the skip variants).
+        dropout: dropout rate after fc6 and fc7 (0.5 in the paper).
+        fc_units: channels of fc6/fc7 (4096 in VGG16; smaller values only for quick tests,
+            they cannot hold ImageNet fc weights).
+        learn_final_upsampling: train the last deconvolution too. The reference nets keep it a
+            fixed bilinear interpolation; the 2x skip upsamplings are always learned.
+        geometry: ``"reference"``: the authors' nets (100-pixel input padding, valid conv1_1
+            and fc6, crops 19; 5, 27; 5, 9, 31). ``"same"``: no input padding, size-preserving
+            convolutions and deconvolutions, about half the compute at 500x500; not the paper's
+            nets (see ``fcn_keras.architecture``).
+        name: model name, default ``"fcn{variant}"`` (``"fcn8s_at_once"`` when at once).
+
+    Returns:
+        A ``keras.Model`` mapping RGB images ``[B, H, W, 3]`` (uint8 or float, 0..255) to
+        float32 logits ``[B, H, W, num_classes]`` aligned pixel for pixel with the input.
+
+    Raises:
+        ValueError: bad ``variant``, ``num_classes``, ``input_shape``, ``at_once`` for FCN-32s,
+            or weights that do not fit (named, with the expected and received shapes).
+    """
+    # --- Arguments -------------------------------------------------------------------------
+    arch.check_variant(variant)
+    geo = arch.get_geometry(geometry)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
+    if len(input_shape) != 3 or input_shape[2] != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, 3) for RGB images. Received: input_shape={input_shape!r}"
+        )
+    if at_once and variant == "32s":
+        raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    if isinstance(weights, keras.Model):  # A keras.applications VGG16: Caffe-style input.
+        vgg = weights
+        mode = resolve_preprocessing(None, preprocessing)
+    else:
+        mode = resolve_preprocessing(weights, preprocessing)
+        vgg = None if weights is None else load_vgg16(weights)
+    if name is None:
+        name = f"fcn{variant}" + ("_at_once" if at_once else "")
+
+    static = input_shape[0] is not None and input_shape[1] is not None
+
+    def crop(layer_name: str, x, reference, offset: int, dtype: str | None = None):
+        """Caffe's Crop: ``Cropping2D`` when sizes are static, else ``CropToReference``."""
+        if not static:
+            return CropToReference(offset, name=layer_name, dtype=dtype)([x, reference])
+        amounts = [
+            arch.static_crop(offset, x.shape[1 + axis], reference.shape[1 + axis]) for axis in (0, 1)
+        ]
+        return keras.layers.Cropping2D(amounts, name=layer_name, dtype=dtype)(x)
+
+    offsets = arch.crop_offsets(variant, geometry)
+    deconv_padding = "same" if geo.same_deconv else "valid"
+
+    # --- Trunk: VGG16 ---------------------------------------------------------------------
+    inputs = keras.Input(shape=input_shape, name="image")
+    # Normalisation in float32 whatever the dtype policy; conv1_1 casts to the compute dtype.
+    x = Preprocess(mode, name="preprocess", dtype="float32")(inputs)
+    if geo.input_padding:
+        # Reference: 100 px of zeros (= the mean colour after normalisation), valid conv1_1.
+        x = keras.layers.ZeroPadding2D(geo.input_padding, name="input_padding")(x)
+    pools = {}
+    for block, (filters, convs) in enumerate(arch.VGG16_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            first = block == 1 and conv == 1
+            x = keras.layers.Conv2D(
+                filters,
+                3,
+                padding="valid" if first and not geo.conv1_1_pad else "same",
+                activation="relu",
+                name=f"block{block}_conv{conv}",
+            )(x)
+        # Ceil-mode 2x2 pooling (Caffe): "same" pads the odd last row/column. Stride 2**block.
+        x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=arch.pool_name(block))(x)
+        pools[block] = x
+
+    # --- Convolutionalized classifier: fc6 (7x7), fc7 (1x1), stride 32 --------------------
+    fc6_padding = "same" if geo.fc6_pad else "valid"
+    x = keras.layers.Conv2D(
+        fc_units, arch.FC6_KERNEL, padding=fc6_padding, activation="relu", name="fc6"
+    )(x)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    score = _score_layer(num_classes, "score_fr")(x)
+
+    # --- Skip architecture: 2x upsampling, score the pool, crop, fuse ----------------------
+    for index, block in enumerate(arch.SKIPS[variant]):
+        upscore = keras.layers.Conv2DTranspose(
+            num_classes,
+            arch.SKIP_UPSAMPLE_KERNEL,
+            strides=arch.SKIP_UPSAMPLE_STRIDE,
+            padding=deconv_padding,
+            use_bias=False,
+            kernel_initializer=BilinearUpsampling(),
+            name=arch.skip_upsample_name(variant, index),
+        )(score)
+        pool = pools[block]
+        if at_once:
+            pool = keras.layers.Rescaling(
+                arch.AT_ONCE_SCALES[block], name=f"scale_pool{block}"
+            )(pool)
+        pool_score = _score_layer(num_classes, arch.score_name(block))(pool)
+        crop_name = arch.skip_crop_name(variant, index, geometry)
+        if arch.crops_pool_score(geometry):
+            pool_score = crop(crop_name, pool_score, upscore, offsets[crop_name])
+        else:
+            upscore = crop(crop_name, upscore, pool_score, offsets[crop_name])
+        score = keras.layers.Add(name=arch.fuse_name(block))([upscore, pool_score])
+
+    # --- Final upsampling to the input's resolution, cropped to the input -------------------
+    stride = arch.output_stride(variant)
+    upscore = keras.layers.Conv2DTranspose(
+        num_classes,
+        arch.final_upsample_kernel(variant),
+        strides=stride,
+        padding=deconv_padding,
+        use_bias=False,
+        kernel_initializer=BilinearUpsampling(),
+        trainable=learn_final_upsampling,
+        name=arch.final_upsample_name(variant),
+    )(score)
+    # Logits leave the model in float32 whatever the dtype policy (mixed precision).
+    outputs = crop("score", upscore, inputs, offsets["score"], dtype="float32")
+    model = keras.Model(inputs, outputs, name=name)
+
+    # --- Backbone weights -------------------------------------------------------------------
+    if vgg is not None:
+        copied = transplant_vgg16(model, vgg)
+        if "fc6" not in copied:
+            logger.warning(
+                "the VGG16 weights have no fc1/fc2: fc6 and fc7 of %s start from scratch", name
+            )
+    return model
+
+
+def _score_layer(num_classes: int, name: str) -> keras.layers.Conv2D:
+    """A 1x1 class-scoring convolution, zero-initialised as in the reference nets."""
+    return keras.layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)

@@ -1,0 +1,157 @@
+"""Net surgery: bilinear kernels and moving weights between networks by layer name.
+
+In the spirit of the authors' ``surgery.py``: each function does one transplant and returns
+what it copied, and a name or shape that does not match is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+
+from fcn_keras.architecture import FC6_KERNEL, VGG16_BLOCKS
+
+logger = logging.getLogger(__name__)
+
+# --- Bilinear upsampling kernels -------------------------------------------------------------
+
+
+def bilinear_filter(size: int) -> np.ndarray:
+    """The 2-D bilinear interpolation filter of a ``size`` x ``size`` deconvolution.
+
+    With ``f = ceil(size / 2)`` (the stride) and ``c = (size - 1) / 2`` the kernel's centre, entry ``(i, j)`` is ``(1 - |i - c| / f) * (1 - |j - c| / f)``: the weights
+    of linear interpolation between samples ``f`` pixels apart (Caffe's ``upsample_filt``).
+
+    Returns:
+        float32 ``[size, size]``.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1. Received: size={size}")
+    factor = (size + 1) // 2
+    ramp = 1.0 - np.abs(np.arange(size, dtype=np.float64) - (size - 1) / 2) / factor
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """A ``Conv2DTranspose`` kernel that upsamples each channel on its own, bilinearly.
+
+    Args:
+        size: kernel size (twice the stride for FCN's deconvolutions).
+        channels: number of input (= output) channels.
+
+    Returns:
+        float32 ``[size, size, channels, channels]`` (Keras' ``[kh, kw, out, in]`` layout), the
+        bilinear filter on the channel diagonal and zeros elsewhere.
+    """
+    kernel = np.zeros((size, size, channels, channels), dtype=np.float32)
+    kernel[:, :, np.arange(channels), np.arange(channels)] = bilinear_filter(size)[..., None]
+    return kernel
+
+
+# --- VGG16 → FCN ------------------------------------------------------------------------------
+
+
+def _vgg16_conv_names() -> list[str]:
+    return [
+        f"block{block}_conv{conv}"
+        for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1)
+        for conv in range(1, convs + 1)
+    ]
+
+
+def _assign(layer: keras.layers.Layer, weights: list[np.ndarray], source: str) -> None:
+    """Sets ``layer``'s weights after checking every shape; names ``source`` on mismatch."""
+    expected = [tuple(w.shape) for w in layer.get_weights()]
+    received = [tuple(w.shape) for w in weights]
+    if expected != received:
+        raise ValueError(
+            f"cannot copy {source} into layer {layer.name!r}: expected weight shapes "
+            f"{expected}, received {received}"
+        )
+    layer.set_weights(weights)
+
+
+def transplant_vgg16(fcn: keras.Model, vgg: keras.Model) -> list[str]:
+    """Copies a ``keras.applications.VGG16``'s weights into an FCN, convolutionalizing fc1/fc2.
+
+    The 13 convolutions are copied by name (``block1_conv1`` ... ``block5_conv3``). If ``vgg``
+    has its top, ``fc1`` (25088 x 4096) becomes ``fc6`` (7 x 7 x 512 x 4096) and ``fc2``
+    (4096 x 4096) becomes ``fc7`` (1 x 1 x 4096 x 4096), biases included. Keras' ``Flatten``
+    flattens channels-last ``[7, 7, 512]`` in row-major order, so a plain reshape of the Dense
+    kernel is exactly the convolution kernel. The 1000-class ``predictions`` layer is not used.
+
+    Args:
+        fcn: a model from ``build_fcn``.
+        vgg: a VGG16 with or without top.
+
+    Returns:
+        Names of the FCN layers that received weights.
+    """
+    copied = []
+    for name in _vgg16_conv_names():
+        _assign(fcn.get_layer(name), vgg.get_layer(name).get_weights(), f"VGG16 {name}")
+        copied.append(name)
+    vgg_names = {layer.name for layer in vgg.layers}
+    if {"fc1", "fc2"} <= vgg_names:
+        for dense_name, conv_name in (("fc1", "fc6"), ("fc2", "fc7")):
+            kernel, bias = vgg.get_layer(dense_name).get_weights()
+            conv = fcn.get_layer(conv_name)
+            size = FC6_KERNEL if conv_name == "fc6" else 1
+            channels_in = kernel.shape[0] // (size * size)
+            _assign(
+                conv,
+                [kernel.reshape(size, size, channels_in, kernel.shape[1]), bias],
+                f"VGG16 {dense_name} {kernel.shape}",
+            )
+            copied.append(conv_name)
+    logger.info("transplanted VGG16 weights into %s: %s", fcn.name, ", ".join(copied))
+    return copied
+
+
+# --- FCN → FCN (staged training: 32s → 16s → 8s) ---------------------------------------------
+
+
+def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list[str]]:
+    """Copies every weighted layer of ``source`` into the layer of the same name in ``target``.
+
+    Layers only ``target`` has (e.g. ``score_pool4`` when going from FCN-32s to FCN-16s) keep
+    their initialisation: zero for score layers, bilinear for upsampling, so the new net starts
+    out predicting what ``source`` predicts.
+
+    Args:
+        source: a trained FCN.
+        target: a freshly built FCN.
+
+    Returns:
+        ``{"copied": [...], "kept": [...], "unused": [...]}``: target layers that received
+        weights, target layers left as initialised, and source layers without a twin.
+
+    Raises:
+        ValueError: a layer of the same name has other weight shapes (e.g. another number of
+            classes), or the two nets share no weighted layer at all.
+    """
+    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+    report: dict[str, list[str]] = {"copied": [], "kept": [], "unused": []}
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        if layer.name in source_layers:
+            _assign(layer, source_layers.pop(layer.name).get_weights(), f"{source.name}/{layer.name}")
+            report["copied"].append(layer.name)
+        else:
+            report["kept"].append(layer.name)
+    report["unused"] = sorted(source_layers)
+    if not report["copied"]:
+        raise ValueError(
+            f"{source.name!r} and {target.name!r} share no weighted layer: is the source an FCN?"
+        )
+    logger.info(
+        "transferred %d layers %s -> %s; kept initialisation of %s",
+        len(report["copied"]),
+        source.name,
+        target.name,
+        report["kept"] or "none",
+    )
+    return report

@@ -1,0 +1,70 @@
+"""The geometry arithmetic: crop offsets, blob sizes, and that Keras builds what it predicts."""
+
+import numpy as np
+import pytest
+
+from fcn_keras import architecture as arch
+from fcn_keras.model import build_fcn
+
+
+def test_crop_offsets_are_those_of_the_reference_nets():
+    # The values written in the authors' Caffe nets (voc-fcn{32,16,8}s/net.py via coord_map).
+    assert arch.crop_offsets("32s") == {"score": 19}
+    assert arch.crop_offsets("16s") == {"score_pool4c": 5, "score": 27}
+    assert arch.crop_offsets("8s") == {"score_pool4c": 5, "score_pool3c": 9, "score": 31}
+
+
+def test_same_geometry_needs_no_offsets():
+    assert arch.crop_offsets("32s", "same") == {"score": 0}
+    assert arch.crop_offsets("8s", "same") == {"upscore2c": 0, "upscore_pool4c": 0, "score": 0}
+
+
+def test_coord_map_of_a_deconvolution_inverts_the_convolution():
+    start = arch.CoordMap(arch.Fraction(3), arch.Fraction(-7, 2))
+    there_and_back = start.through_conv(4, stride=2, pad=1).through_deconv(4, stride=2, pad=1)
+    assert there_and_back == start
+
+
+@pytest.mark.parametrize("geometry", arch.GEOMETRIES)
+@pytest.mark.parametrize("variant", arch.VARIANTS)
+def test_every_input_size_from_one_pixel_fits_every_crop(variant, geometry):
+    for size in range(1, 1200):
+        assert arch.blob_sizes(variant, size, geometry)["score"] == size
+
+
+def test_output_strides_and_final_kernels():
+    assert [arch.output_stride(v) for v in arch.VARIANTS] == [32, 16, 8]
+    assert [arch.final_upsample_kernel(v) for v in arch.VARIANTS] == [64, 32, 16]
+    assert [arch.final_upsample_name(v) for v in arch.VARIANTS] == ["upscore", "upscore16", "upscore8"]
+
+
+def test_bad_variant_and_size_are_rejected_with_the_argument_named():
+    with pytest.raises(ValueError, match=r"variant must be one of \('32s', '16s', '8s'\)\. Received: variant='4s'"):
+        arch.crop_offsets("4s")
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        arch.blob_sizes("8s", 0)
+
+
+@pytest.mark.parametrize("geometry", arch.GEOMETRIES)
+@pytest.mark.parametrize("variant", arch.VARIANTS)
+def test_keras_builds_the_sizes_the_arithmetic_predicts(variant, geometry):
+    height, width = 37, 91
+    model = build_fcn(variant, input_shape=(height, width, 3), fc_units=8, geometry=geometry)
+    expected = {axis: arch.blob_sizes(variant, n, geometry) for axis, n in ((0, height), (1, width))}
+    for name in expected[0]:
+        shape = model.get_layer(name).output.shape
+        assert (shape[1], shape[2]) == (expected[0][name], expected[1][name]), name
+
+
+def test_static_shapes_use_cropping2d_and_match_dynamic_crops():
+    static = build_fcn("8s", input_shape=(45, 61, 3), fc_units=8)
+    dynamic = build_fcn("8s", fc_units=8)
+    assert type(static.get_layer("score_pool4c")).__name__ == "Cropping2D"
+    assert type(dynamic.get_layer("score_pool4c")).__name__ == "CropToReference"
+    rng = np.random.default_rng(0)
+    for layer in static.layers:  # Non-zero score layers so the comparison means something.
+        weights = [rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()]
+        layer.set_weights(weights)
+        dynamic.get_layer(layer.name).set_weights(weights)
+    images = rng.integers(0, 256, (2, 45, 61, 3)).astype("uint8")
+    np.testing.assert_allclose(static(images), dynamic(images), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,155 @@
+"""Surgery: bilinear kernels, VGG16 → FCN transplant, FCN → FCN transfer, weight files."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import keras
+
+from fcn_keras.backbone import resolve_preprocessing, weights_file_has_top
+from fcn_keras.constants import CAFFE_BGR_MEAN
+from fcn_keras.model import build_fcn
+from fcn_keras.surgery import bilinear_filter, bilinear_kernel, transfer_weights, transplant_vgg16
+
+# --- Bilinear kernels --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stride", [1, 2, 8, 16, 32])
+def test_bilinear_filter_is_the_analytic_interpolation_filter(stride):
+    size = 2 * stride
+    # Linear interpolation between samples `stride` apart, centred on the kernel.
+    taps = np.array([1 - abs(i - (size - 1) / 2) / stride for i in range(size)])
+    np.testing.assert_allclose(bilinear_filter(size), np.outer(taps, taps), rtol=1e-6)
+    # Every output pixel receives weights summing to one from the samples around it.
+    np.testing.assert_allclose(taps[:stride] + taps[stride:], 1.0)
+
+
+def test_bilinear_filter_of_odd_size():
+    np.testing.assert_allclose(bilinear_filter(3), np.outer([0.5, 1, 0.5], [0.5, 1, 0.5]))
+
+
+def test_bilinear_kernel_upsamples_each_channel_alone_and_reproduces_linear_functions():
+    kernel = bilinear_kernel(8, 3)
+    assert kernel.shape == (8, 8, 3, 3)
+    assert not np.any(kernel[:, :, 0, 1]) and not np.any(kernel[:, :, 2, 0])
+    layer = keras.layers.Conv2DTranspose(3, 8, strides=4, use_bias=False)
+    layer.build((None, 10, 10, 3))
+    layer.set_weights([kernel])
+    rows = np.arange(10, dtype="float32")
+    samples = np.stack([np.broadcast_to(rows[:, None], (10, 10)) * c for c in (1, -2, 3)], -1)
+    up = np.asarray(layer(samples[None]))[0]
+    # Output position t sits at input coordinate (t - 3.5) / 4 (stride 4, kernel 8: centre 3.5).
+    t = np.arange(up.shape[0])[8:-8]
+    for channel, slope in enumerate((1, -2, 3)):
+        np.testing.assert_allclose(up[8:-8, 20, channel], slope * (t - 3.5) / 4, rtol=1e-5, atol=1e-5)
+
+
+# --- VGG16 → FCN ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_vgg16():
+    """keras.applications VGG16 with its top, seeded random weights (no download)."""
+    keras.utils.set_random_seed(1234)
+    vgg = keras.applications.VGG16(include_top=True, weights=None)
+    rng = np.random.default_rng(0)
+    for layer in vgg.layers:  # Non-zero biases everywhere, so a dropped bias shows.
+        weights = layer.get_weights()
+        if weights:
+            layer.set_weights([weights[0], rng.normal(0, 0.1, weights[1].shape).astype("float32")])
+    return vgg
+
+
+def test_fc6_fc7_compute_vgg16_fc1_fc2_on_every_7x7_window(random_vgg16):
+    fcn = build_fcn("32s", weights=random_vgg16)
+    images = np.random.default_rng(1).uniform(0, 255, (1, 70, 90, 3)).astype("float32")
+    probe = keras.Model(fcn.input, [fcn.get_layer("block5_pool").output, fcn.get_layer("fc7").output])
+    pool5, fc7 = (np.asarray(t) for t in probe(images, training=False))
+    head = keras.Sequential([random_vgg16.get_layer(n) for n in ("flatten", "fc1", "fc2")])
+    for i, j in [(0, 0), (fc7.shape[1] - 1, fc7.shape[2] - 1), (1, 2)]:
+        window = pool5[:, i : i + 7, j : j + 7, :]
+        np.testing.assert_allclose(fc7[:, i, j, :], head(window), rtol=1e-4, atol=1e-4)
+
+
+def test_fc7_at_the_position_that_sees_the_whole_224_input_equals_vgg16_fc2(random_vgg16):
+    # In the "same" geometry the trunk is VGG16's own, and on a 224x224 input fc6's centre
+    # position (3, 3) covers pool5's whole 7x7 grid: fc7 there is VGG16's fc2, biases included.
+    # (The reference geometry's 100-pixel padding puts no fc6 position on that grid; its fc6/fc7
+    # are checked window by window in the test above.)
+    fcn = build_fcn("32s", weights=random_vgg16, geometry="same")
+    images = np.random.default_rng(2).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    fc7 = np.asarray(keras.Model(fcn.input, fcn.get_layer("fc7").output)(images, training=False))
+    assert fc7.shape == (2, 7, 7, 4096)
+    caffe_input = images[..., ::-1] - np.array(CAFFE_BGR_MEAN, dtype="float32")
+    fc2 = np.asarray(keras.Model(random_vgg16.input, random_vgg16.get_layer("fc2").output)(caffe_input))
+    assert np.abs(fc2).max() > 0.1
+    np.testing.assert_allclose(fc7[:, 3, 3, :], fc2, rtol=1e-4, atol=1e-4)
+    # The neighbouring position sees another window, so the match above is not an accident.
+    assert not np.allclose(fc7[:, 3, 4, :], fc2, rtol=1e-2, atol=1e-2)
+
+
+def test_transplant_reports_what_it_copied_and_refuses_wrong_shapes(random_vgg16):
+    fcn = build_fcn("8s", fc_units=4096)
+    copied = transplant_vgg16(fcn, random_vgg16)
+    assert copied[0] == "block1_conv1" and copied[-2:] == ["fc6", "fc7"] and len(copied) == 15
+    np.testing.assert_array_equal(
+        fcn.get_layer("fc6").get_weights()[0], random_vgg16.get_layer("fc1").get_weights()[0].reshape(7, 7, 512, 4096)
+    )
+    with pytest.raises(ValueError, match=r"cannot copy VGG16 fc1 .* into layer 'fc6': expected weight shapes \[\(7, 7, 512, 64\), \(64,\)\]"):
+        transplant_vgg16(build_fcn("8s", fc_units=64), random_vgg16)
+
+
+# --- FCN → FCN -------------------------------------------------------------------------------
+
+
+def test_transfer_refuses_other_class_counts_and_non_fcn_sources():
+    with pytest.raises(ValueError, match=r"into layer 'score_fr': expected weight shapes \[\(1, 1, 8, 21\)"):
+        transfer_weights(build_fcn("32s", num_classes=5, fc_units=8), build_fcn("16s", fc_units=8))
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense_x")], name="mlp")
+    with pytest.raises(ValueError, match="share no weighted layer: is the source an FCN"):
+        transfer_weights(other, build_fcn("16s", fc_units=8))
+
+
+# --- Weight files ------------------------------------------------------------------------------
+
+
+def test_shared_torchvision_notop_weights_load_with_torch_preprocessing(shared_dir, caplog):
+    path = shared_dir / "weights" / "vgg16_imagenet_notop_torchvision.weights.h5"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    assert not weights_file_has_top(path)
+    assert resolve_preprocessing(path) == "torch"
+    with caplog.at_level(logging.WARNING, logger="fcn_keras.model"):
+        fcn = build_fcn("8s", weights=path, fc_units=4096)
+    assert "fc6 and fc7 of fcn8s start from scratch" in caplog.text
+    assert fcn.get_layer("preprocess").mode == "torch"
+    vgg = keras.applications.VGG16(include_top=False, weights=None)
+    vgg.load_weights(path)
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
+        for ours, theirs in zip(fcn.get_layer(name).get_weights(), vgg.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_weights_file_with_top_transplants_fc_layers(tmp_path, random_vgg16):
+    path = tmp_path / "vgg16_top.weights.h5"
+    random_vgg16.save_weights(path)
+    assert weights_file_has_top(path)
+    with pytest.raises(ValueError, match="cannot tell which input normalisation"):
+        build_fcn("32s", weights=path)
+    fcn = build_fcn("32s", weights=path, preprocessing="caffe")
+    for dense, conv in (("fc1", "fc6"), ("fc2", "fc7")):
+        kernel, bias = random_vgg16.get_layer(dense).get_weights()
+        np.testing.assert_array_equal(fcn.get_layer(conv).get_weights()[1], bias)
+        np.testing.assert_array_equal(fcn.get_layer(conv).get_weights()[0].reshape(kernel.shape), kernel)
+
+
+def test_weights_file_of_another_network_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "mobilenet.weights.h5"
+    keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), include_top=False, alpha=0.35).save_weights(path)
+    with pytest.raises(ValueError, match=rf"weights file '{path}' does not hold VGG16 weights"):
+        build_fcn("8s", weights=path, preprocessing="caffe", fc_units=8)
+    not_hdf5 = tmp_path / "notes.h5"
+    not_hdf5.write_text("hello")
+    with pytest.raises(ValueError, match=rf"weights file '{not_hdf5}' is not an HDF5 file"):
+        build_fcn("8s", weights=not_hdf5, preprocessing="caffe", fc_units=8)
