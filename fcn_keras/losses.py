@@ -1,0 +1,124 @@
+"""The training loss: per-pixel softmax cross-entropy that ignores void pixels.
+
+The paper sums the per-pixel losses over the image ("unnormalized"); this loss divides the sum
+by the number of non-void pixels in the batch, so its scale does not depend on the image size.
+``docs/evaluation.md`` ("Loss normalisation and the paper's learning rates") gives the exact
+relation between the two and how the paper's learning rates translate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from fcn_keras.constants import IGNORE_LABEL
+
+
+
+@keras.saving.register_keras_serializable(package="fcn_keras")
+class SegmentationCrossEntropy(keras.losses.Loss):
+    """Softmax cross-entropy per pixel, void pixels excluded, mean over the valid pixels.
+
+    ``loss = sum_{valid p} -log softmax(y_pred[p])[y_true[p]] / N_valid`` where a pixel is valid
+    when its label is not ``ignore_label``. A batch without valid pixels gives 0 (not NaN) and
+    zero gradients. The computation is float32 whatever the dtype policy (mixed precision) and
+    uses only masks, no boolean indexing, so it compiles under XLA / ``jax.jit``.
+
+    Labels must be in ``[0, C)`` or equal ``ignore_label``; a value in between cannot be checked
+    inside a compiled step (the loss of such a pixel is that of class 0).
+
+    Args:
+        ignore_label: label value of void pixels (255 in VOC).
+        reduction: ``"sum_over_batch_size"`` (default), ``"mean"`` or
+            ``"mean_with_sample_weight"``: all three are the mean over valid pixels (weighted by
+            ``sample_weight`` when given). ``"sum"``: the paper's summed loss. ``"none"`` /
+            ``None``: the per-pixel losses ``[B, H, W]``, 0 at void pixels.
+        name: loss name.
+
+    Call args:
+        y_true: int or uint8 labels ``[B, H, W]`` (or ``[B, H, W, 1]``).
+        y_pred: float logits ``[B, H, W, C]``.
+        sample_weight: optional float weights broadcastable to ``[B, H, W]``.
+
+    Returns:
+        float32 scalar (or ``[B, H, W]`` for ``reduction="none"``).
+    """
+
+    def __init__(
+        self,
+        ignore_label: int = IGNORE_LABEL,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "segmentation_cross_entropy",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("dtype", None)  # Always float32: saved configs may carry a dtype.
+        super().__init__(name=name, reduction=reduction, dtype="float32", **kwargs)
+        if not isinstance(ignore_label, int) or ignore_label < 0:
+            raise ValueError(
+                f"ignore_label must be a non-negative integer. Received: ignore_label={ignore_label!r}"
+            )
+        self.ignore_label = ignore_label
+
+    # --- Per-pixel losses ----------------------------------------------------------------------
+
+    def pixel_losses(self, y_true, y_pred):
+        """Per-pixel cross-entropy and the validity mask.
+
+        Args:
+            y_true: int or uint8 labels ``[B, H, W]`` or ``[B, H, W, 1]``.
+            y_pred: float logits ``[B, H, W, C]``.
+
+        Returns:
+            ``(losses, valid)``: float32 ``[B, H, W]`` each; ``losses`` is 0 where ``valid`` is 0.
+        """
+        y_pred = ops.cast(y_pred, "float32")
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == len(y_pred.shape):  # [B, H, W, 1]
+            labels = ops.squeeze(labels, axis=-1)
+        valid = ops.not_equal(labels, self.ignore_label)
+        # Void pixels get class 0 (a legal index) and weight 0: no boolean indexing needed.
+        safe_labels = ops.where(valid, labels, 0)
+        losses = ops.sparse_categorical_crossentropy(safe_labels, y_pred, from_logits=True)
+        valid = ops.cast(valid, "float32")
+        return losses * valid, valid
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            losses, valid = self.pixel_losses(y_true, y_pred)
+            weights = valid
+            if sample_weight is not None:
+                sample_weight = ops.cast(sample_weight, "float32")
+                while len(sample_weight.shape) < len(valid.shape):
+                    sample_weight = ops.expand_dims(sample_weight, -1)
+                weights = valid * sample_weight
+            if self.reduction in (None, "none"):
+                return losses * weights
+            total = ops.sum(losses * weights)
+            if self.reduction == "sum":
+                return total
+            # 0, not NaN, when the batch has no valid pixel.
+            return _scale_for_distribution(ops.divide_no_nan(total, ops.sum(weights)))
+
+    def call(self, y_true, y_pred):
+        """Per-pixel losses ``[B, H, W]`` (float32, 0 at void pixels), without reduction."""
+        return self.pixel_losses(y_true, y_pred)[0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "ignore_label": self.ignore_label}
+
+
+def _scale_for_distribution(loss):
+    """Divides a mean loss by the replicas of a ``tf.distribute`` strategy, as Keras losses do.
+
+    Keras' TensorFlow trainer sums the replicas' gradients and un-scales the logged loss, so
+    each replica's mean must carry the ``1 / num_replicas`` factor. A no-op on other backends.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss * (1.0 / replicas)
+    return loss

@@ -1,0 +1,109 @@
+"""SegmentationCrossEntropy: the per-pixel softmax cross-entropy ignoring 255, mean over valid
+pixels, against a numpy reference (JAX behaviour is checked in tests/test_metrics.py's
+subprocess)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+from fcn_keras.constants import IGNORE_LABEL
+from fcn_keras.losses import SegmentationCrossEntropy
+
+
+def reference_pixel_losses(labels: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 per-pixel -log softmax at the true class, with a loop over pixels, and the mask."""
+    logits = logits.astype(np.float64)
+    losses = np.zeros(labels.shape)
+    valid = labels != IGNORE_LABEL
+    for index in np.ndindex(labels.shape):
+        if valid[index]:
+            row = logits[index]
+            log_z = np.log(np.sum(np.exp(row - row.max()))) + row.max()
+            losses[index] = log_z - row[labels[index]]
+    return losses, valid
+
+
+def random_batch(seed: int, shape=(2, 9, 11), classes: int = 5, void_fraction: float = 0.3):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, shape).astype("uint8")
+    labels[rng.random(shape) < void_fraction] = IGNORE_LABEL
+    logits = rng.normal(0, 3, (*shape, classes)).astype("float32")
+    return labels, logits
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mean_over_valid_pixels_matches_numpy(seed):
+    labels, logits = random_batch(seed)
+    losses, valid = reference_pixel_losses(labels, logits)
+    assert 0 < valid.sum() < valid.size  # Void pixels are present and excluded.
+    expected = losses.sum() / valid.sum()
+    loss = SegmentationCrossEntropy()
+    np.testing.assert_allclose(float(loss(labels, logits)), expected, rtol=1e-5)
+    # Labels as [B, H, W, 1] and int32 give the same value.
+    np.testing.assert_allclose(float(loss(labels[..., None].astype("int32"), logits)), expected, rtol=1e-5)
+
+
+def test_void_pixels_do_not_change_the_loss_whatever_their_logits():
+    labels, logits = random_batch(2)
+    changed = logits.copy()
+    changed[labels == IGNORE_LABEL] = 1e4  # Huge logits at void pixels only.
+    loss = SegmentationCrossEntropy()
+    np.testing.assert_allclose(float(loss(labels, changed)), float(loss(labels, logits)), rtol=1e-6)
+
+
+def test_reductions_sum_and_none_and_sample_weight():
+    labels, logits = random_batch(3)
+    losses, valid = reference_pixel_losses(labels, logits)
+    per_pixel = SegmentationCrossEntropy(reduction="none")(labels, logits)
+    assert tuple(per_pixel.shape) == labels.shape
+    np.testing.assert_allclose(np.asarray(per_pixel), losses, rtol=1e-5, atol=1e-6)
+    # The paper's summed loss is N_valid times the mean (docs/evaluation.md).
+    summed = float(SegmentationCrossEntropy(reduction="sum")(labels, logits))
+    mean = float(SegmentationCrossEntropy()(labels, logits))
+    np.testing.assert_allclose(summed, valid.sum() * mean, rtol=1e-5)
+    # Per-image weights: a weighted mean over valid pixels.
+    weights = np.array([1.0, 3.0], "float32")
+    pixel_weights = valid * weights[:, None, None]
+    expected = (losses * pixel_weights).sum() / pixel_weights.sum()
+    np.testing.assert_allclose(float(SegmentationCrossEntropy()(labels, logits, weights)), expected, rtol=1e-5)
+
+
+def test_all_void_batch_gives_zero_loss_and_zero_gradients():
+    labels = np.full((2, 5, 6), IGNORE_LABEL, "uint8")
+    logits = tf.Variable(np.random.default_rng(4).normal(size=(2, 5, 6, 4)).astype("float32"))
+    with tf.GradientTape() as tape:
+        value = SegmentationCrossEntropy()(labels, logits)
+    gradient = tape.gradient(value, logits)
+    assert float(value) == 0.0
+    assert np.all(np.asarray(gradient) == 0.0)
+
+
+def test_float32_under_bfloat16_logits_and_inside_xla():
+    labels, logits = random_batch(5)
+    loss = SegmentationCrossEntropy()
+    value = loss(labels, tf.cast(logits, "bfloat16"))
+    assert value.dtype == tf.float32
+    reference = reference_pixel_losses(labels, np.asarray(tf.cast(tf.cast(logits, "bfloat16"), "float32")))
+    np.testing.assert_allclose(float(value), reference[0].sum() / reference[1].sum(), rtol=1e-5)
+    compiled = tf.function(lambda y, p: loss(y, p), jit_compile=True)
+    np.testing.assert_allclose(float(compiled(labels, logits)), float(loss(labels, logits)), rtol=1e-6)
+
+
+def test_serializable_and_trains_inside_a_saved_model(tmp_path):
+    loss = SegmentationCrossEntropy(ignore_label=7, reduction="sum")
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, SegmentationCrossEntropy)
+    assert (restored.ignore_label, restored.reduction) == (7, "sum")
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    model.compile("sgd", loss=SegmentationCrossEntropy())
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(reloaded.loss, SegmentationCrossEntropy)
+
+
+def test_bad_ignore_label_is_rejected():
+    with pytest.raises(ValueError, match="ignore_label must be a non-negative integer"):
+        SegmentationCrossEntropy(ignore_label=-1)
