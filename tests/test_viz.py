@@ -1,0 +1,155 @@
+"""fcn_keras.viz: palette colours, overlay arithmetic, legends, and the figures as real PNGs of
+the documented pixel sizes showing the palette colours of the classes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcn_keras import viz
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+
+
+def png_pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.array(image.convert("RGB"))
+
+
+def colours_in(picture: np.ndarray) -> set[tuple[int, int, int]]:
+    return set(map(tuple, picture.reshape(-1, 3).tolist()))
+
+
+# --- colorize, overlay, legend -------------------------------------------------------------------
+
+
+def test_colorize_gives_the_voc_palette_colour_of_every_index():
+    labels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    colours = viz.colorize(labels)
+    assert colours.dtype == np.uint8 and colours.shape == (16, 16, 3)
+    for index in range(256):
+        np.testing.assert_array_equal(colours.reshape(-1, 3)[index], VOC_PALETTE[index])
+    # The VOCdevkit colours, spelled out: background black, aeroplane (128, 0, 0), person
+    # (192, 128, 128), void cream.
+    assert tuple(viz.colorize(np.array([[0, 1, 15, IGNORE_LABEL]], np.uint8))[0].tolist()[3]) == (224, 224, 192)
+    assert viz.colorize(np.array([[0, 1, 15]], np.int64))[0].tolist() == [[0, 0, 0], [128, 0, 0], [192, 128, 128]]
+
+
+def test_colorize_rejects_non_label_maps():
+    with pytest.raises(ValueError, match=r"2-D \[H, W\] label map"):
+        viz.colorize(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="integer class indices"):
+        viz.colorize(np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"values in 0..255"):
+        viz.colorize(np.array([[0, 300]]))
+
+
+def test_overlay_blends_image_and_palette_colours():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (7, 9, 3)).astype(np.uint8)
+    labels = rng.integers(0, 21, (7, 9)).astype(np.uint8)
+    labels[0] = IGNORE_LABEL
+    for alpha in (0.0, 0.3, 0.5, 1.0):
+        blended = viz.overlay(image, labels, alpha)
+        expected = np.rint((1 - alpha) * image + alpha * VOC_PALETTE[labels].astype(float))
+        assert blended.dtype == np.uint8
+        np.testing.assert_allclose(blended, expected, atol=1)  # float32 vs float64 rounding.
+    np.testing.assert_array_equal(viz.overlay(image, labels, 0.0), image)
+    np.testing.assert_array_equal(viz.overlay(image, labels, 1.0), VOC_PALETTE[labels])
+    with pytest.raises(ValueError, match="same height and width"):
+        viz.overlay(image, labels[:5])
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        viz.overlay(image, labels, 1.5)
+
+
+def test_legend_names_the_classes_present_with_their_colours():
+    a = np.array([[0, 15], [15, IGNORE_LABEL]], np.uint8)
+    b = np.array([[8, 0]], np.uint8)
+    handles = viz.legend_handles([a, b])
+    assert [h.get_label() for h in handles] == ["background", "cat", "person", "void"]
+    np.testing.assert_allclose(handles[2].get_facecolor()[:3], VOC_PALETTE[15] / 255.0)
+    with pytest.raises(ValueError, match="class 5, but class_names has only 3 names"):
+        viz.legend_handles(np.array([[5]], np.uint8), class_names=("a", "b", "c"))
+
+
+# --- Figures ----------------------------------------------------------------------------------
+
+
+def test_comparison_figure_size_layout_and_colours(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (60, 80, 3)).astype(np.uint8), rng.integers(0, 256, (90, 50, 3)).astype(np.uint8)]
+    truth = []
+    for image in images:
+        label = np.zeros(image.shape[:2], np.uint8)
+        label[10:40, 10:40] = 15
+        label[45:, :] = IGNORE_LABEL
+        truth.append(label)
+    predictions = {
+        "FCN-32s": [np.where(t == IGNORE_LABEL, 0, t) for t in truth],
+        "FCN-16s": [np.full(t.shape, 8, np.uint8) for t in truth],
+        "FCN-8s": [np.where(t == IGNORE_LABEL, 12, t) for t in truth],
+    }
+    path = viz.plot_comparison(images, predictions, truth, tmp_path / "sub" / "fig4.png", panel_px=120)
+    pixels = png_pixels(path)
+    legend_entries = 5  # background, cat, dog, person, void
+    rows = -(-legend_entries // viz.LEGEND_COLUMNS)
+    assert pixels.shape[:2] == (viz.TITLE_PX + 2 * 120 + viz.LEGEND_ROW_PX * (rows + 1), 5 * 120)
+    # Each class's palette colour is drawn exactly (nearest-neighbour painting).
+    drawn = colours_in(pixels)
+    for index in (15, 8, 12, IGNORE_LABEL):
+        assert tuple(VOC_PALETTE[index].tolist()) in drawn, index
+    # The FCN-16s column (the third, all dog) holds dog's colour and not person's.
+    column = colours_in(pixels[viz.TITLE_PX : viz.TITLE_PX + 240, 2 * 120 + 10 : 3 * 120 - 10])
+    assert tuple(VOC_PALETTE[12].tolist()) not in column and tuple(VOC_PALETTE[8].tolist()) in column
+    assert not list(tmp_path.glob("sub/.*"))  # No temporary file left behind.
+    with pytest.raises(ValueError, match="column 'FCN-8s' has 1 label maps for 2 images"):
+        viz.plot_comparison(images, {"FCN-8s": truth[:1]}, truth, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="column 'ground truth' has 0 label maps"):
+        viz.plot_comparison(images, {}, [], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="ground truth label map 1 has shape"):
+        viz.plot_comparison(images, {}, [truth[0], truth[0]], tmp_path / "bad.png")
+
+
+def write_log(path, header: str, rows: list[str]) -> None:
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_training_curves_from_csv_logs(tmp_path):
+    write_log(tmp_path / "a.csv", "epoch,loss,mean_iu,val_loss,val_mean_iu",
+              ["0,2.0,0.1,2.2,0.05", "1,1.5,0.2,1.9,0.1", "1,1.4,0.25,1.8,0.12"])  # Resumed: epoch 1 twice.
+    write_log(tmp_path / "b.csv", "epoch,learning_rate,loss", ["0,0.1,3.0", "1,0.1,2.5", "2,0.1,2.0"])
+    log = viz.read_training_log(tmp_path / "a.csv")
+    np.testing.assert_array_equal(log["epoch"], [0, 1])
+    np.testing.assert_array_equal(log["val_mean_iu"], [0.05, 0.12])  # The last row of an epoch wins.
+    assert set(viz.read_training_log(tmp_path / "b.csv")) == {"epoch", "loss"}
+    path = viz.plot_training_curves({"FCN-32s": tmp_path / "a.csv", "FCN-16s": tmp_path / "b.csv"}, tmp_path / "curves.png", size_px=(640, 300))
+    pixels = png_pixels(path)
+    assert pixels.shape[:2] == (300, 640)
+    assert len(colours_in(pixels)) > 10  # Not a blank canvas.
+
+
+def test_training_curves_report_missing_files_and_columns(tmp_path):
+    write_log(tmp_path / "no_loss.csv", "epoch,mean_iu", ["0,0.1"])
+    with pytest.raises(ValueError, match=r"no_loss.csv lacks the column\(s\) \['loss'\]"):
+        viz.plot_training_curves({"run": tmp_path / "no_loss.csv"}, tmp_path / "c.png")
+    write_log(tmp_path / "empty.csv", "epoch,loss", [])
+    with pytest.raises(ValueError, match="has a header but no rows"):
+        viz.read_training_log(tmp_path / "empty.csv")
+    with pytest.raises(FileNotFoundError, match="missing.csv does not exist"):
+        viz.read_training_log(tmp_path / "missing.csv")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_confusion_matrix_is_row_normalised_and_drawn(tmp_path):
+    confusion = np.diag(np.arange(1, 22)) * 100
+    confusion[3, 4] = 100
+    confusion[5] = 0  # A class absent from the truth.
+    normalised = viz.row_normalised(confusion)
+    assert normalised[0, 0] == normalised[20, 20] == 1.0
+    assert normalised[3, 3] == pytest.approx(0.8) and normalised[3, 4] == pytest.approx(0.2)
+    assert not normalised[5].any()
+    path = viz.plot_confusion_matrix(confusion, VOC_CLASSES, tmp_path / "cm.png", size_px=500)
+    pixels = png_pixels(path)
+    assert pixels.shape[:2] == (500, 500)
+    assert len(colours_in(pixels)) > 10
+    with pytest.raises(ValueError, match="C = len\\(class_names\\) = 21"):
+        viz.plot_confusion_matrix(np.ones((3, 3)), VOC_CLASSES, tmp_path / "bad.png")
