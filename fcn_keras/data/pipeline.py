@@ -1,0 +1,346 @@
+"""tf.data input pipelines: training (the paper's and the modern setup) and evaluation.
+
+Both read the TFRecords of ``fcn_keras.data.convert`` (schema in ``fcn_keras.data.records``)
+and yield ``(image uint8 [B, H, W, 3], label uint8 [B, H, W])``, ready for ``model.fit`` under
+the TensorFlow and JAX backends (models take raw RGB; preprocessing is inside the model).
+
+Training modes of ``train_dataset``:
+
+- ``crop_size=None``, the paper's: whole images of their own size, ``batch_size=1``.
+- ``crop_size=S``, the modern one: a random scale from ``scale_range``, a random ``S x S``
+  window (image padded with 0, label with 255 where the window leaves the scaled image) and a
+  random horizontal flip, batched to fixed ``[B, S, S]``.
+
+Only the JPEG region a window needs is decoded (``tf.io.decode_and_crop_jpeg``) and resized
+(bilinear for the image, nearest neighbour only for the label), so the cost follows the crop.
+Randomness comes from stateless ops seeded by ``(seed, element index)``: with
+``deterministic=True`` the stream is the same on every run, whatever the parallelism.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import tensorflow as tf
+
+from fcn_keras.constants import IGNORE_LABEL
+from fcn_keras.data import records
+
+AUTOTUNE = tf.data.AUTOTUNE
+DEFAULT_SHUFFLE_BUFFER = 256
+
+
+# --- Files ------------------------------------------------------------------------------------
+
+
+def list_files(file_pattern: str | os.PathLike | list[str]) -> list[str]:
+    """The sorted files matching a glob (or a list of globs).
+
+    Raises:
+        ValueError: naming the pattern when nothing matches.
+    """
+    patterns = [str(file_pattern)] if isinstance(file_pattern, (str, os.PathLike)) else [str(p) for p in file_pattern]
+    files = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path)})
+    if not files:
+        raise ValueError(f"file_pattern matches no TFRecord file. Received: file_pattern={file_pattern!r}")
+    return files
+
+
+# --- Augmentation -----------------------------------------------------------------------------
+
+
+def _uniform(seed: tf.Tensor, low, high, dtype=tf.float32) -> tf.Tensor:
+    return tf.random.stateless_uniform([], seed=seed, minval=low, maxval=high, dtype=dtype)
+
+
+def _scaled_size(size: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """``round(size * scale)``, at least 1 (int32)."""
+    return tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+
+
+def _random_offset(seed: tf.Tensor, scaled: tf.Tensor, crop: int) -> tf.Tensor:
+    """A uniform window offset in ``[min(0, scaled - crop), max(0, scaled - crop)]`` (int32):
+    inside the scaled image when it is larger than the crop, else placing it inside the crop."""
+    slack = scaled - crop
+    return _uniform(seed, tf.minimum(slack, 0), tf.maximum(slack, 0) + 1, tf.int32)
+
+
+def _axis_plan(size: tf.Tensor, scale: tf.Tensor, out: tf.Tensor, offset: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Along one axis: which source pixels a window of ``out`` pixels at ``offset`` of the image
+    scaled by ``scale`` needs, and how to place them (all int32 scalars).
+
+    Returns:
+        ``src_start, src_len``: the source pixels to decode; ``resized``: their length once
+        scaled; ``take_start, take_len``: the part of the scaled pixels inside the window;
+        ``pad_before, pad_after``: the padding that completes the window.
+    """
+    scaled = _scaled_size(size, scale)
+    visible_start = tf.maximum(offset, 0)
+    visible_end = tf.minimum(offset + out, scaled)
+    src_start = tf.clip_by_value(tf.cast(tf.floor(tf.cast(visible_start, tf.float32) / scale), tf.int32), 0, size - 1)
+    src_end = tf.clip_by_value(tf.cast(tf.math.ceil(tf.cast(visible_end, tf.float32) / scale), tf.int32), src_start + 1, size)
+    take_start = tf.maximum(tf.cast(tf.round(tf.cast(visible_start, tf.float32) - tf.cast(src_start, tf.float32) * scale), tf.int32), 0)
+    take_len = visible_end - visible_start
+    resized = tf.maximum(_scaled_size(src_end - src_start, scale), take_start + take_len)
+    pad_before = visible_start - offset
+    return {
+        "src_start": src_start,
+        "src_len": src_end - src_start,
+        "resized": resized,
+        "take_start": take_start,
+        "take_len": take_len,
+        "pad_before": pad_before,
+        "pad_after": out - pad_before - take_len,
+    }
+
+
+def _place(pixels: tf.Tensor, ys: dict, xs: dict, method: str, pad_value: int) -> tf.Tensor:
+    """Resizes decoded source pixels ``[h, w, C]`` to their scaled size, keeps the window's part
+    and pads it to the window, in ``pixels``' dtype (uint8)."""
+    if method == "bilinear":
+        resized = tf.image.resize(pixels, tf.stack([ys["resized"], xs["resized"]]), method="bilinear", antialias=False)
+        resized = tf.cast(resized + 0.5, pixels.dtype)  # round; bilinear stays within 0..255
+    else:
+        resized = tf.image.resize(pixels, tf.stack([ys["resized"], xs["resized"]]), method="nearest")
+    window = resized[ys["take_start"] : ys["take_start"] + ys["take_len"], xs["take_start"] : xs["take_start"] + xs["take_len"]]
+    paddings = [[ys["pad_before"], ys["pad_after"]], [xs["pad_before"], xs["pad_after"]], [0, 0]]
+    return tf.pad(window, paddings, constant_values=tf.constant(pad_value, pixels.dtype))
+
+
+def augment(
+    features: dict[str, tf.Tensor],
+    seed: tf.Tensor,
+    *,
+    crop_size: int | None,
+    scale_range: tuple[float, float] | None,
+    flip: bool,
+    dct_method: str = "",
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes one record with a random scale, window (with padding) and horizontal flip.
+
+    Only the source pixels the window needs are decoded (``tf.io.decode_and_crop_jpeg``) and
+    resized (bilinear, no antialiasing, for the image; nearest neighbour for the label), so the
+    cost follows the crop size, not the scaled image size.
+
+    Args:
+        features: the raw features of one record (``records.parse_features``).
+        seed: int32 ``[2]`` stateless seed of this element.
+        crop_size: side of the square window; ``None``: the whole scaled image.
+        scale_range: ``(low, high)`` of the uniform scale factor; ``None``: no scaling.
+        flip: mirror left-right with probability 1/2.
+        dct_method: JPEG decoding, see ``records.decode_image``.
+
+    Returns:
+        ``(image uint8 [h, w, 3], label uint8 [h, w])``; ``h = w = crop_size`` when given.
+        Padding is 0 in the image and 255 (void) in the label.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    height = tf.cast(features["image/height"], tf.int32)
+    width = tf.cast(features["image/width"], tf.int32)
+    if scale_range is None and crop_size is None:
+        image = records.decode_image(features["image/encoded"], dct_method)
+        label = records.decode_label(features["label/encoded"])
+    else:
+        scale = tf.constant(1.0) if scale_range is None else _uniform(seeds[0], float(scale_range[0]), float(scale_range[1]))
+        scaled_h, scaled_w = _scaled_size(height, scale), _scaled_size(width, scale)
+        if crop_size is None:
+            out_h, out_w = scaled_h, scaled_w
+            offset_y = offset_x = tf.constant(0)
+        else:
+            out_h = out_w = tf.constant(crop_size)
+            offset_y = _random_offset(seeds[1], scaled_h, crop_size)
+            offset_x = _random_offset(seeds[2], scaled_w, crop_size)
+        ys = _axis_plan(height, scale, out_h, offset_y)
+        xs = _axis_plan(width, scale, out_w, offset_x)
+        crop_window = tf.stack([ys["src_start"], xs["src_start"], ys["src_len"], xs["src_len"]])
+        image = tf.io.decode_and_crop_jpeg(features["image/encoded"], crop_window, channels=3, dct_method=dct_method)
+        label = records.decode_label(features["label/encoded"])[
+            ys["src_start"] : ys["src_start"] + ys["src_len"], xs["src_start"] : xs["src_start"] + xs["src_len"], None
+        ]
+        image = _place(image, ys, xs, "bilinear", 0)
+        label = _place(label, ys, xs, "nearest", IGNORE_LABEL)[:, :, 0]
+    if flip:
+        mirror = _uniform(seeds[3], 0.0, 1.0) < 0.5
+        image = tf.cond(mirror, lambda: tf.reverse(image, [1]), lambda: image)
+        label = tf.cond(mirror, lambda: tf.reverse(label, [1]), lambda: label)
+    image.set_shape([crop_size, crop_size, 3])
+    label.set_shape([crop_size, crop_size])
+    return image, label
+
+
+# --- Datasets ---------------------------------------------------------------------------------
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return options
+
+
+def train_dataset(
+    file_pattern: str | os.PathLike | list[str],
+    *,
+    batch_size: int = 1,
+    crop_size: int | None = None,
+    scale_range: tuple[float, float] | None = (0.5, 2.0),
+    flip: bool = True,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    seed: int | None = None,
+    deterministic: bool = False,
+    repeat: bool = True,
+    dct_method: str = "",
+) -> tf.data.Dataset:
+    """The training input pipeline.
+
+    Shards are read interleaved (order shuffled), records shuffled, then decoded and augmented
+    in parallel (AUTOTUNE) and prefetched.
+
+    Args:
+        file_pattern: a glob (or list of globs) of TFRecord shards.
+        batch_size: images per batch; must be 1 when ``crop_size`` is None.
+        crop_size: ``None`` for the paper's whole images (batch 1, sizes vary); an int ``S``
+            for random ``S x S`` windows batched to fixed shapes (remainder dropped).
+        scale_range: ``(low, high)`` random scale factor, or ``None`` for none. Applies in
+            both modes (the paper used no scaling and no flip: pass ``None`` and ``False``).
+        flip: random horizontal mirroring.
+        shuffle_buffer: records in the shuffle buffer (0 or 1: no shuffling).
+        seed: seed of shuffling and augmentation; ``None``: a random seed (0 when
+            ``deterministic``).
+        deterministic: the same order and augmentations on every run with the same seed.
+        repeat: repeat forever (for ``model.fit`` with ``steps_per_epoch``).
+        dct_method: JPEG decoding, ``""`` (exact) or ``"INTEGER_FAST"`` (see ``records``).
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(image uint8 [B, h, w, 3], label uint8 [B, h, w])``.
+
+    Raises:
+        ValueError: no file matches, or bad ``batch_size``, ``crop_size`` or ``scale_range``.
+    """
+    # --- Arguments ---------------------------------------------------------------------------
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if crop_size is None and batch_size != 1:
+        raise ValueError(
+            "batch_size must be 1 with whole images (crop_size=None, the paper's setup); pass crop_size for "
+            f"batches. Received: batch_size={batch_size}, crop_size=None"
+        )
+    if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
+        raise ValueError(f"crop_size must be None or an integer >= 1. Received: crop_size={crop_size!r}")
+    if scale_range is not None and (len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]):
+        raise ValueError(f"scale_range must be None or (low, high) with 0 < low <= high. Received: scale_range={scale_range!r}")
+    files = list_files(file_pattern)
+    if seed is None:
+        seed = 0 if deterministic else random.SystemRandom().randrange(2**31)
+
+    # --- Records -----------------------------------------------------------------------------
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if len(files) > 1:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+
+    # --- Decode and augment ------------------------------------------------------------------
+    def prepare(index, serialized):
+        element_seed = tf.cast(tf.stack([tf.constant(seed, tf.int64), index]) % (2**31 - 1), tf.int32)
+        return augment(
+            records.parse_features(serialized),
+            element_seed,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            flip=flip,
+            dct_method=dct_method,
+        )
+
+    dataset = dataset.enumerate().map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=crop_size is not None, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return dataset.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def eval_dataset(file_pattern: str | os.PathLike | list[str], *, batch_size: int = 1, dct_method: str = "") -> tf.data.Dataset:
+    """The evaluation input pipeline: every record once, in file order, whole images.
+
+    Args:
+        file_pattern: a glob (or list of globs) of TFRecord shards.
+        batch_size: images per batch; above 1, images are padded at the bottom and right to the
+            batch's largest size, with 0 in images and 255 (void, ignored) in labels.
+        dct_method: JPEG decoding, see ``fcn_keras.data.records.decode_image``.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(image uint8 [B, H, W, 3], label uint8 [B, H, W])``.
+
+    Raises:
+        ValueError: no file matches, or bad ``batch_size``.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    dataset = tf.data.TFRecordDataset(list_files(file_pattern))
+
+    def prepare(serialized):
+        example = records.parse_example(serialized, dct_method)
+        return example["image"], example["label"]
+
+    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if batch_size == 1:
+        dataset = dataset.batch(1)
+    else:
+        dataset = dataset.padded_batch(
+            batch_size,
+            padded_shapes=([None, None, 3], [None, None]),
+            padding_values=(tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8)),
+        )
+    return dataset.prefetch(AUTOTUNE)
+
+
+# --- Data resolution --------------------------------------------------------------------------
+
+
+def resolve_data(data: str | os.PathLike, cache_dir: str | os.PathLike) -> dict[str, str]:
+    """Turns a ``--data`` value into TFRecord globs per split.
+
+    Args:
+        data: a TFRecord glob (→ ``{"train": data}``), a folder written by the converter
+            (holding ``manifest.json``: a glob per split in it), or a VOCdevkit root (holding
+            ``VOC2012/``), converted into ``cache_dir`` (idempotent: a second call reuses the
+            shards) for each of ``train`` and ``val`` that has a list.
+        cache_dir: where a VOCdevkit root is converted.
+
+    Returns:
+        ``{split: glob}``, e.g. ``{"train": ".../train-*-of-*.tfrecord", "val": ...}``.
+
+    Raises:
+        ValueError: naming ``data`` when it is none of the above or nothing matches.
+    """
+    # Imported here: the converter pulls in absl flags and keras, which the pipeline needs not.
+    from fcn_keras.data import convert as convert_lib
+
+    path = Path(data)
+    if path.is_dir() and (path / convert_lib.MANIFEST_NAME).is_file():
+        manifest = convert_lib.read_manifest(path)
+        if manifest is None:
+            raise ValueError(f"data holds an unreadable or foreign manifest.json. Received: data={str(data)!r}")
+        globs = {split: str(path / entry["glob"]) for split, entry in manifest["splits"].items()}
+    elif path.is_dir() and (path / "VOC2012").is_dir():
+        splits = [s for s in ("train", "val") if (path / "VOC2012" / "ImageSets" / "Segmentation" / f"{s}.txt").is_file()]
+        if not splits:
+            raise ValueError(f"data is a VOCdevkit root without ImageSets/Segmentation/train.txt or val.txt. Received: data={str(data)!r}")
+        convert_lib.convert(path, cache_dir, splits=splits)
+        globs = {split: convert_lib.split_glob(cache_dir, split) for split in splits}
+    else:
+        globs = {"train": str(data)}
+    for split, pattern in globs.items():
+        if not any(not tf.io.gfile.isdir(match) for match in tf.io.gfile.glob(pattern)):
+            raise ValueError(
+                "data must be a TFRecord glob, a converted folder (manifest.json) or a VOCdevkit root (holding VOC2012/); "
+                f"nothing matches for split {split!r} ({pattern}). Received: data={str(data)!r}"
+            )
+    return globs

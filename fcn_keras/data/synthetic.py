@@ -1,0 +1,120 @@
+"""Small synthetic datasets in the real VOCdevkit layout, for tests and the embedded default run.
+
+``make_synthetic_voc(root)`` writes real JPEG images and palette PNG masks (the format of VOC's
+``SegmentationClass``) of simple shapes, each shape one VOC class painted in a colour tied to
+its class (so a model can learn it), with a void (255) border around every shape as VOC has.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VOC_PALETTE
+
+# --- Layout -----------------------------------------------------------------------------------
+
+VOC_DIR = "VOC2012"
+IMAGES_DIR = "JPEGImages"
+MASKS_DIR = "SegmentationClass"
+LISTS_DIR = os.path.join("ImageSets", "Segmentation")
+
+#: Width in pixels of the void band drawn around each shape.
+VOID_BORDER = 2
+#: How much an image's height and width vary around the requested size (fraction).
+SIZE_JITTER = 0.125
+
+
+# --- Drawing ----------------------------------------------------------------------------------
+
+
+def _draw_pair(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draws one image and its label map: 1..3 shapes of random classes on a noisy background.
+
+    Returns:
+        ``(image uint8 [H, W, 3], label uint8 [H, W])``.
+    """
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    for _ in range(int(rng.integers(1, 4))):
+        cls = int(rng.integers(1, NUM_CLASSES))
+        x0, x1 = sorted(rng.integers(0, width, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, height, 2).tolist())
+        x1, y1 = max(x1, x0 + width // 6), max(y1, y0 + height // 6)
+        box = (x0, y0, x1, y1)
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            draw.rectangle(box, fill=cls, outline=IGNORE_LABEL, width=VOID_BORDER)
+        elif kind == 1:
+            draw.ellipse(box, fill=cls, outline=IGNORE_LABEL, width=VOID_BORDER)
+        else:
+            triangle = [(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)]
+            draw.polygon(triangle, fill=cls, outline=IGNORE_LABEL, width=VOID_BORDER)
+    label = np.array(mask, dtype=np.uint8)
+    # Class colours come from the VOC palette (background a dark grey), plus sensor-like noise.
+    colours = VOC_PALETTE.astype(np.float32)
+    colours[0] = (40.0, 40.0, 40.0)
+    colours[IGNORE_LABEL] = (128.0, 128.0, 128.0)
+    image = colours[label] + rng.normal(0.0, 12.0, (height, width, 3))
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), label
+
+
+def _write_palette_png(label: np.ndarray, path: Path) -> None:
+    """Writes a label map as a VOC-style palette (mode ``P``) PNG."""
+    png = Image.fromarray(label, mode="P")
+    png.putpalette(VOC_PALETTE.reshape(-1).tolist())
+    png.save(path, format="PNG")
+
+
+# --- Public API -------------------------------------------------------------------------------
+
+
+def make_synthetic_voc(
+    root: str | os.PathLike,
+    *,
+    num_train: int = 16,
+    num_val: int = 8,
+    size: tuple[int, int] = (64, 80),
+    seed: int = 0,
+) -> Path:
+    """Writes a small synthetic dataset in the VOCdevkit layout.
+
+    Creates ``<root>/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation}`` with
+    ``num_train + num_val`` JPEG images (quality 95), palette PNG masks of class indices (shapes
+    of random VOC classes, 255 void borders) and the lists ``train.txt``, ``val.txt`` and
+    ``trainval.txt``. Image sizes vary by up to 12.5% around ``size``. The same arguments always
+    write the same files.
+
+    Args:
+        root: the folder to write into (the VOCdevkit root); created if needed.
+        num_train: number of images in the ``train`` list (>= 1).
+        num_val: number of images in the ``val`` list (>= 0).
+        size: nominal ``(height, width)`` in pixels (each >= 8).
+        seed: seed of the random shapes, classes, sizes and noise.
+
+    Returns:
+        ``Path(root)``, to pass as ``voc_root`` to ``fcn_keras.data.convert.convert``.
+    """
+    if num_train < 1 or num_val < 0:
+        raise ValueError(f"num_train must be >= 1 and num_val >= 0. Received: num_train={num_train}, num_val={num_val}")
+    if len(size) != 2 or min(size) < 8:
+        raise ValueError(f"size must be (height, width) with both >= 8. Received: size={size!r}")
+    root = Path(root)
+    voc = root / VOC_DIR
+    for folder in (IMAGES_DIR, MASKS_DIR, LISTS_DIR):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = [f"synth_{index:06d}" for index in range(num_train + num_val)]
+    for image_id in ids:
+        jitter = rng.uniform(-SIZE_JITTER, SIZE_JITTER, 2)
+        height, width = (int(round(side * (1.0 + j))) for side, j in zip(size, jitter))
+        image, label = _draw_pair(rng, height, width)
+        Image.fromarray(image, mode="RGB").save(voc / IMAGES_DIR / f"{image_id}.jpg", format="JPEG", quality=95)
+        _write_palette_png(label, voc / MASKS_DIR / f"{image_id}.png")
+    lists = {"train": ids[:num_train], "val": ids[num_train:], "trainval": ids}
+    for split, split_ids in lists.items():
+        (voc / LISTS_DIR / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
+    return root

@@ -1,0 +1,344 @@
+"""The converter: manifest and shards, exact contents, idempotence and resume, validation of
+every pair (clear errors, --skip_invalid with a report), SBD .mat, SegmentationClassAug,
+seg11valid, parallel determinism, and the CLI."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse
+import tensorflow as tf
+from PIL import Image
+
+from fcn_keras.data import convert as convert_lib
+from fcn_keras.data import records, voc
+from fcn_keras.data.convert import convert, file_sha256
+from fcn_keras.data.synthetic import make_synthetic_voc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    return make_synthetic_voc(tmp_path / "VOCdevkit", num_train=7, num_val=3, size=(40, 48), seed=2)
+
+
+def _read_split(output_dir: Path, manifest: dict, split: str) -> dict[str, dict]:
+    """Every record of a split, by id, decoded."""
+    examples = {}
+    for shard in manifest["splits"][split]["shards"]:
+        for serialized in tf.data.TFRecordDataset(str(output_dir / shard["name"])):
+            parsed = records.parse_example(serialized)
+            examples[parsed["image_id"].numpy().decode()] = {k: v.numpy() for k, v in parsed.items()}
+    return examples
+
+
+def _indices(path: Path) -> np.ndarray:
+    with Image.open(path) as png:
+        return np.array(png)
+
+
+# --- Output -----------------------------------------------------------------------------------
+
+
+def test_manifest_shards_and_exact_contents(voc_root, tmp_path):
+    out = tmp_path / "records"
+    manifest = convert(voc_root, out, shard_size=3, num_workers=2, verbose=False)
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["version"] == records.SCHEMA_VERSION and manifest["source"]["voc_root"] == str(voc_root.resolve())
+    train = manifest["splits"]["train"]
+    assert (train["num_examples"], train["num_skipped"], train["num_shards"]) == (7, 0, 3)
+    assert [s["name"] for s in train["shards"]] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert [s["num_examples"] for s in train["shards"]] == [3, 3, 1]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json"] + [s["name"] for e in manifest["splits"].values() for s in e["shards"]]
+    )
+    for entry in manifest["splits"].values():
+        for shard in entry["shards"]:
+            assert shard["sha256"] == file_sha256(out / shard["name"])
+    for split in ("train", "val"):
+        ids = (voc_root / "VOC2012/ImageSets/Segmentation" / f"{split}.txt").read_text().split()
+        examples = _read_split(out, manifest, split)
+        assert list(examples) == ids  # list order, nothing dropped
+        for image_id, example in examples.items():
+            jpeg = (voc_root / "VOC2012/JPEGImages" / f"{image_id}.jpg").read_bytes()
+            np.testing.assert_array_equal(example["image"], tf.io.decode_jpeg(jpeg, channels=3).numpy())
+            np.testing.assert_array_equal(example["label"], _indices(voc_root / "VOC2012/SegmentationClass" / f"{image_id}.png"))
+    assert sorted(tf.io.gfile.glob(str(out / train["glob"]))) == [str(out / s["name"]) for s in train["shards"]]
+
+
+def test_output_is_deterministic_whatever_the_parallelism(voc_root, tmp_path):
+    one = convert(voc_root, tmp_path / "one", num_workers=1, shard_size=4, verbose=False)
+    four = convert(voc_root, tmp_path / "four", num_workers=4, shard_size=4, verbose=False)
+    sha = lambda m: [s["sha256"] for e in m["splits"].values() for s in e["shards"]]  # noqa: E731
+    assert sha(one) == sha(four)
+
+
+def test_idempotent_and_rewrites_only_what_changed(voc_root, tmp_path):
+    out = tmp_path / "records"
+    manifest = convert(voc_root, out, shard_size=3, verbose=False)
+    names = [s["name"] for s in manifest["splits"]["train"]["shards"]]
+    stamps = {n: (out / n).stat().st_mtime_ns for n in names}
+    again = convert(voc_root, out, shard_size=3, verbose=False)
+    assert {n: (out / n).stat().st_mtime_ns for n in names} == stamps  # nothing rewritten
+    assert again["splits"]["train"]["shards"] == manifest["splits"]["train"]["shards"]
+    # A damaged shard (sha256 mismatch) and a shard whose source changed are rewritten, only them.
+    (out / names[0]).write_bytes(b"truncated")
+    last_before = manifest["splits"]["train"]["shards"][2]  # holds synth_000006
+    mask = voc_root / "VOC2012/SegmentationClass/synth_000006.png"
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
+    third = convert(voc_root, out, shard_size=3, verbose=False)
+    assert (out / names[1]).stat().st_mtime_ns == stamps[names[1]]
+    assert (out / names[0]).stat().st_mtime_ns != stamps[names[0]] and (out / names[2]).stat().st_mtime_ns != stamps[names[2]]
+    assert third["splits"]["train"]["shards"][0]["sha256"] == manifest["splits"]["train"]["shards"][0]["sha256"]
+    assert third["splits"]["train"]["shards"][2]["fingerprint"] != last_before["fingerprint"]
+    # A new shard count replaces the old shards (the glob must not read stale ones).
+    fourth = convert(voc_root, out, shard_size=10, verbose=False)
+    assert sorted(p.name for p in out.glob("train-*")) == ["train-00000-of-00001.tfrecord"]
+    assert fourth["splits"]["train"]["num_examples"] == 7
+
+
+def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, monkeypatch):
+    out = tmp_path / "records"
+    encode = convert_lib._encode_pair
+    calls = []
+
+    def dies_on_fifth(pair):
+        calls.append(pair.image_id)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # what a kill in the middle of shard 2 looks like to the writer
+        return encode(pair)
+
+    monkeypatch.setattr(convert_lib, "_encode_pair", dies_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        convert(voc_root, out, splits=("train",), shard_size=3, num_workers=1, verbose=False)
+    # Shard 1 is complete and recorded; shard 2 left neither a final file nor a temporary one.
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-00000-of-00003.tfrecord"]
+    partial = json.loads((out / "manifest.json").read_text())["splits"]["train"]
+    assert partial["complete"] is False and [s["name"] for s in partial["shards"]] == ["train-00000-of-00003.tfrecord"]
+    stamp = (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns
+    calls.clear()
+    monkeypatch.setattr(convert_lib, "_encode_pair", lambda pair: calls.append(pair.image_id) or encode(pair))
+    manifest = convert(voc_root, out, splits=("train",), shard_size=3, num_workers=1, verbose=False)
+    assert calls == [f"synth_{i:06d}" for i in range(3, 7)]  # only the unfinished shards
+    assert (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns == stamp
+    assert manifest["splits"]["train"]["complete"] and manifest["splits"]["train"]["num_examples"] == 7
+
+
+# --- Validation -------------------------------------------------------------------------------
+
+
+def _break_value(voc_vocroot: Path) -> str:
+    mask = voc_vocroot / "SegmentationClass/synth_000001.png"
+    label = _indices(mask)
+    label[0, 0] = 42
+    png = Image.fromarray(label, "P")
+    png.putpalette(Image.open(mask).getpalette())
+    png.save(mask)
+    return r"SegmentationClass/synth_000001.png: mask values outside \{0..20, 255\}: \[42\]"
+
+
+def _break_size(vocdir: Path) -> str:
+    mask = vocdir / "SegmentationClass/synth_000001.png"
+    Image.fromarray(_indices(mask)[:-1], "L").save(mask)
+    return r"SegmentationClass/synth_000001.png: mask is \d+x\d+ \(HxW\) but its image .*synth_000001.jpg is \d+x\d+"
+
+
+def _break_missing_mask(vocdir: Path) -> str:
+    (vocdir / "SegmentationClass/synth_000001.png").unlink()
+    return "SegmentationClass/synth_000001.png: mask file is missing"
+
+
+def _break_missing_image(vocdir: Path) -> str:
+    (vocdir / "JPEGImages/synth_000001.jpg").unlink()
+    return "JPEGImages/synth_000001.jpg: image file is missing"
+
+
+def _break_truncated_jpeg(vocdir: Path) -> str:
+    jpeg = vocdir / "JPEGImages/synth_000001.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    return r"JPEGImages/synth_000001.jpg: undecodable JPEG \(.*Invalid JPEG data"
+
+
+def _break_not_jpeg(vocdir: Path) -> str:
+    Image.new("RGB", (48, 40)).save(vocdir / "JPEGImages/synth_000001.jpg", format="PNG")
+    return "JPEGImages/synth_000001.jpg: image is not a JPEG file"
+
+
+def _break_rgb_mask(vocdir: Path) -> str:
+    mask = vocdir / "SegmentationClass/synth_000001.png"
+    Image.open(mask).convert("RGB").save(mask)
+    return "synth_000001.png: mask is a mode-RGB PNG; expected a palette"
+
+
+def _break_undecodable_mask(vocdir: Path) -> str:
+    (vocdir / "SegmentationClass/synth_000001.png").write_bytes(b"\x89PNG not really")
+    return r"synth_000001.png: undecodable PNG mask"
+
+
+def _break_duplicate(vocdir: Path) -> str:
+    listing = vocdir / "ImageSets/Segmentation/train.txt"
+    listing.write_text(listing.read_text() + "synth_000001\n")
+    return r"train.txt: duplicate id 'synth_000001' on lines 2 and 8"
+
+
+def _break_absent_id(vocdir: Path) -> str:
+    listing = vocdir / "ImageSets/Segmentation/train.txt"
+    listing.write_text(listing.read_text() + "2008_999999\n")
+    return r"train.txt: id '2008_999999' \(line 8\) is listed but absent on disk: neither .*2008_999999.jpg nor"
+
+
+BREAKERS = [
+    _break_value, _break_size, _break_missing_mask, _break_missing_image, _break_truncated_jpeg,
+    _break_not_jpeg, _break_rgb_mask, _break_undecodable_mask, _break_duplicate, _break_absent_id,
+]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[len("_break_"):])
+def test_invalid_pair_stops_with_file_and_problem_or_is_skipped_and_reported(voc_root, tmp_path, breaker):
+    match = breaker(voc_root / "VOC2012")
+    out = tmp_path / "records"
+    with pytest.raises(voc.InvalidPairError, match=match):
+        convert(voc_root, out, splits=("train",), verbose=False)
+    assert not list(out.glob("*.tfrecord")) and not list(out.glob(".*tmp*"))
+    manifest = convert(voc_root, out, splits=("train",), skip_invalid=True, verbose=False)
+    train = manifest["splits"]["train"]
+    valid = 7 if breaker in (_break_duplicate, _break_absent_id) else 6  # those only add a bad line
+    assert (train["num_examples"], train["num_skipped"]) == (valid, 1)
+    report = json.loads((out / "skipped.json").read_text())
+    assert manifest["skipped_report"] == "skipped.json" and len(report) == 1
+    assert report[0]["split"] == "train" and report[0]["image_id"] in ("synth_000001", "2008_999999")
+    assert re.search(match, f"{report[0]['path']}: {report[0]['problem']}")
+    ids = [int(i.split("_")[1]) for i in _read_split(out, manifest, "train")]
+    assert ids == [i for i in range(7) if valid == 7 or i != 1]
+    # The skipped pair is still known on a rerun: without --skip_invalid it fails again.
+    with pytest.raises(voc.InvalidPairError, match=match):
+        convert(voc_root, out, splits=("train",), verbose=False)
+
+
+def test_bad_arguments_and_layouts(voc_root, tmp_path):
+    assert set(convert(voc_root, tmp_path / "one", splits="val", verbose=False)["splits"]) == {"val"}  # a CLI-style string
+    with pytest.raises(ValueError, match=r"splits must be among \('train', 'val'.*Received: splits=\('test',\)"):
+        convert(voc_root, tmp_path, splits=("test",))
+    with pytest.raises(ValueError, match=r"voc_root must be a VOCdevkit folder holding VOC2012/ \(pass the folder above"):
+        convert(voc_root / "VOC2012", tmp_path)
+    with pytest.raises(ValueError, match="shard_size must be an integer >= 1. Received: shard_size=0"):
+        convert(voc_root, tmp_path, shard_size=0)
+    with pytest.raises(ValueError, match=r"no id list for split 'seg11valid': none of .*seg11valid.txt"):
+        convert(voc_root, tmp_path, splits=("seg11valid",))
+    with pytest.raises(ValueError, match=r"split 'sbd_train' reads SBD: pass sbd_root \(--sbd_root\)"):
+        convert(voc_root, tmp_path, splits=("sbd_train",))
+
+
+# --- Other layouts ----------------------------------------------------------------------------
+
+
+def _write_sbd(root: Path, voc_root: Path, ids: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """An SBD tree (dataset/img, dataset/cls/*.mat with GTcls in SBD's structure, lists) made of
+    the synthetic images with new random masks (SBD has no void label)."""
+    rng = np.random.default_rng(seed)
+    (root / "dataset/img").mkdir(parents=True)
+    (root / "dataset/cls").mkdir()
+    masks = {}
+    for image_id in ids:
+        shutil.copy(voc_root / "VOC2012/JPEGImages" / f"{image_id}.jpg", root / "dataset/img")
+        height, width = _indices(voc_root / "VOC2012/SegmentationClass" / f"{image_id}.png").shape
+        masks[image_id] = rng.integers(0, 21, (height, width)).astype(np.uint8)
+        boundaries = np.empty((20, 1), dtype=object)  # a cell of sparse edge maps, as in SBD
+        for cls in range(20):
+            boundaries[cls, 0] = scipy.sparse.csc_matrix((height, width), dtype=bool)
+        gtcls = {
+            "Segmentation": masks[image_id],
+            "Boundaries": boundaries,
+            "CategoriesPresent": np.unique(masks[image_id])[1:].astype(np.uint8)[:, None],
+        }
+        scipy.io.savemat(root / "dataset/cls" / f"{image_id}.mat", {"GTcls": gtcls})
+    (root / "dataset/train.txt").write_text("".join(f"{i}\n" for i in ids[:-1]))
+    (root / "dataset/val.txt").write_text(f"{ids[-1]}\n")
+    return masks
+
+
+def test_sbd_mat_masks(voc_root, tmp_path):
+    ids = [f"synth_{i:06d}" for i in range(4)]
+    masks = _write_sbd(tmp_path / "benchmark_RELEASE", voc_root, ids)
+    out = tmp_path / "records"
+    manifest = convert(voc_root, out, splits=("sbd_train", "sbd_val"), sbd_root=tmp_path / "benchmark_RELEASE", verbose=False)
+    assert manifest["splits"]["sbd_train"]["num_examples"] == 3 and manifest["splits"]["sbd_val"]["num_examples"] == 1
+    examples = {**_read_split(out, manifest, "sbd_train"), **_read_split(out, manifest, "sbd_val")}
+    assert sorted(examples) == ids
+    for image_id, example in examples.items():
+        np.testing.assert_array_equal(example["label"], masks[image_id])
+    # A .mat without SBD's structure is named.
+    scipy.io.savemat(tmp_path / "benchmark_RELEASE/dataset/cls/synth_000000.mat", {"seg": masks["synth_000000"]})
+    with pytest.raises(voc.InvalidPairError, match=r"cls/synth_000000.mat: no GTcls.Segmentation in the .mat file"):
+        convert(voc_root, tmp_path / "other", splits=("sbd_train",), sbd_root=tmp_path / "benchmark_RELEASE", verbose=False)
+
+
+def test_segmentation_class_aug_train_aug_and_seg11valid(voc_root, tmp_path):
+    vocdir = voc_root / "VOC2012"
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train_aug.txt").write_text("synth_000000\nsynth_000002\nsynth_000004\n")
+    (lists / "seg11valid.txt").write_text("synth_000007\nsynth_000008\n")
+    # train_aug without SegmentationClassAug: VOC masks where present, else SBD's.
+    masks = _write_sbd(tmp_path / "sbd", voc_root, ["synth_000004"])
+    (vocdir / "SegmentationClass/synth_000004.png").unlink()
+    out = tmp_path / "records"
+    manifest = convert(voc_root, out, splits=("train_aug", "seg11valid"), lists_dir=lists, sbd_root=tmp_path / "sbd", verbose=False)
+    examples = _read_split(out, manifest, "train_aug")
+    assert list(examples) == ["synth_000000", "synth_000002", "synth_000004"]
+    np.testing.assert_array_equal(examples["synth_000000"]["label"], _indices(vocdir / "SegmentationClass/synth_000000.png"))
+    np.testing.assert_array_equal(examples["synth_000004"]["label"], masks["synth_000004"])
+    assert list(_read_split(out, manifest, "seg11valid")) == ["synth_000007", "synth_000008"]
+    # With a SegmentationClassAug folder (grayscale PNGs), train_aug reads its masks.
+    aug = vocdir / "SegmentationClassAug"
+    aug.mkdir()
+    expected = {}
+    for image_id in ("synth_000000", "synth_000002", "synth_000004"):
+        shape = _indices(vocdir / "JPEGImages" / f"{image_id}.jpg").shape[:2]
+        expected[image_id] = np.full(shape, 7, np.uint8)
+        Image.fromarray(expected[image_id], "L").save(aug / f"{image_id}.png")
+    manifest = convert(voc_root, out, splits=("train_aug",), lists_dir=lists, verbose=False)
+    for image_id, example in _read_split(out, manifest, "train_aug").items():
+        np.testing.assert_array_equal(example["label"], expected[image_id])
+    assert manifest["splits"]["seg11valid"]["num_examples"] == 2  # other splits kept in the manifest
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "fcn_keras.data.convert", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_converts_fails_clearly_and_skips_with_report(voc_root, tmp_path):
+    vocdir = voc_root / "VOC2012"
+    _break_value(vocdir)
+    _break_missing_mask_of = vocdir / "SegmentationClass/synth_000005.png"
+    _break_missing_mask_of.unlink()
+    out = tmp_path / "records"
+    failed = _cli(f"--voc_root={voc_root}", f"--output_dir={out}", "--splits=train,val", "--num_workers=2")
+    assert failed.returncode == 1
+    assert "error: " in failed.stderr and "synth_000005.png: mask file is missing" in failed.stderr
+    assert "and 0 more" not in failed.stderr
+    skipped = _cli(f"--voc_root={voc_root}", f"--output_dir={out}", "--splits=train,val", "--skip_invalid", "--shard_size=2")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "train: 5 examples in 3 shard(s), 2 skipped" in skipped.stdout
+    assert "val: 3 examples in 2 shard(s), 0 skipped" in skipped.stdout
+    assert f"skipped 2 invalid pair(s); report: {out / 'skipped.json'}" in skipped.stdout
+    report = json.loads((out / "skipped.json").read_text())
+    assert sorted(r["image_id"] for r in report) == ["synth_000001", "synth_000005"]
+    assert any("[42]" in r["problem"] for r in report)
+    helped = _cli("--help")
+    for flag in ("voc_root", "output_dir", "sbd_root", "lists_dir", "splits", "skip_invalid", "num_workers", "shard_size", "max_images"):
+        assert f"--{flag}" in helped.stdout

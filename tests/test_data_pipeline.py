@@ -1,0 +1,312 @@
+"""The tf.data pipelines: exact whole images for eval (padding 0 / 255 when batched), the
+paper's and the modern training setups (window, padding, nearest-neighbour labels, alignment,
+flip), determinism by seed, resolve_data, and model.fit under TensorFlow and JAX."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import scipy.ndimage
+import tensorflow as tf
+from PIL import Image
+
+from fcn_keras.constants import IGNORE_LABEL
+from fcn_keras.data import pipeline, records
+from fcn_keras.data.convert import convert
+from fcn_keras.data.synthetic import make_synthetic_voc
+from fcn_keras.model import build_fcn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A converted synthetic VOC (train 6, val 4, 2 shards each) and its source pairs by id."""
+    root = make_synthetic_voc(tmp_path_factory.mktemp("voc"), num_train=6, num_val=4, size=(40, 48), seed=5)
+    out = tmp_path_factory.mktemp("records")
+    convert(root, out, shard_size=3, verbose=False)
+    sources = {}
+    for jpeg in sorted((root / "VOC2012/JPEGImages").glob("*.jpg")):
+        image = tf.io.decode_jpeg(jpeg.read_bytes(), channels=3).numpy()
+        label = np.array(Image.open(root / "VOC2012/SegmentationClass" / f"{jpeg.stem}.png"))
+        sources[jpeg.stem] = (image, label)
+    return {"root": root, "out": out, "train": str(out / "train-*"), "val": str(out / "val-*"), "sources": sources}
+
+
+def _single_pair_records(tmp_path: Path, image: np.ndarray, label: np.ndarray) -> str:
+    """One record holding ``image`` (JPEG quality 100) and ``label``; returns its path."""
+    jpeg = tmp_path / "pair.jpg"
+    Image.fromarray(image).save(jpeg, format="JPEG", quality=100)
+    path = tmp_path / "pair.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(records.encode_example("pair", jpeg.read_bytes(), records.encode_label_png(label), *label.shape))
+    return str(path)
+
+
+def _find_offset(window: np.ndarray, label: np.ndarray) -> tuple[int, int]:
+    """Where the whole of ``label`` sits inside ``window`` (exactly), asserting exactly one place."""
+    h, w = label.shape
+    places = [
+        (y, x)
+        for y in range(window.shape[0] - h + 1)
+        for x in range(window.shape[1] - w + 1)
+        if np.array_equal(window[y : y + h, x : x + w], label)
+    ]
+    assert len(places) == 1, places
+    return places[0]
+
+
+# --- Evaluation -------------------------------------------------------------------------------
+
+
+def test_eval_yields_every_whole_image_exactly_in_order(data):
+    val_ids = (data["root"] / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    batches = list(pipeline.eval_dataset(data["val"]))
+    assert len(batches) == len(val_ids)
+    for (image, label), image_id in zip(batches, val_ids):
+        assert image.dtype == tf.uint8 and label.dtype == tf.uint8
+        np.testing.assert_array_equal(image.numpy()[0], data["sources"][image_id][0])
+        np.testing.assert_array_equal(label.numpy()[0], data["sources"][image_id][1])
+
+
+def test_eval_batches_pad_labels_with_void_and_images_with_zero(data):
+    val_ids = (data["root"] / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    batches = list(pipeline.eval_dataset(data["val"], batch_size=3))
+    assert [int(b[0].shape[0]) for b in batches] == [3, 1]
+    images = [im for b in batches for im in b[0].numpy()]
+    labels = [lb for b in batches for lb in b[1].numpy()]
+    padded = 0
+    for image, label, image_id in zip(images, labels, val_ids):
+        source_image, source_label = data["sources"][image_id]
+        h, w = source_label.shape
+        np.testing.assert_array_equal(image[:h, :w], source_image)
+        np.testing.assert_array_equal(label[:h, :w], source_label)
+        assert (label[h:] == IGNORE_LABEL).all() and (label[:, w:] == IGNORE_LABEL).all()
+        assert (image[h:] == 0).all() and (image[:, w:] == 0).all()
+        padded += label.size - h * w
+    assert padded > 0  # sizes differ, so some padding happened
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1. Received: batch_size=0"):
+        pipeline.eval_dataset(data["val"], batch_size=0)
+
+
+def test_no_matching_files_is_a_clear_error(tmp_path):
+    pattern = str(tmp_path / "nothing-*.tfrecord")
+    with pytest.raises(ValueError, match=re.escape(f"file_pattern matches no TFRecord file. Received: file_pattern='{pattern}'")):
+        pipeline.train_dataset(pattern)
+    with pytest.raises(ValueError, match="matches no TFRecord file"):
+        pipeline.eval_dataset(pattern)
+
+
+# --- Training: the paper's setup --------------------------------------------------------------
+
+
+def test_paper_mode_whole_images_batch_one(data):
+    dataset = pipeline.train_dataset(data["train"], scale_range=None, flip=False, seed=0, repeat=False)
+    seen = []
+    for image, label in dataset:
+        assert image.shape[0] == 1 and image.shape[1:3] == label.shape[1:3]
+        match = [i for i, (im, lb) in data["sources"].items() if np.array_equal(lb, label.numpy()[0]) and np.array_equal(im, image.numpy()[0])]
+        seen += match
+    train_ids = (data["root"] / "VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    assert sorted(seen) == train_ids  # each training image once per epoch, untouched
+    with pytest.raises(ValueError, match=r"batch_size must be 1 with whole images \(crop_size=None, the paper's setup\)"):
+        pipeline.train_dataset(data["train"], batch_size=2)
+
+
+def test_paper_mode_scaling_keeps_labels_nearest(tmp_path):
+    label = np.zeros((30, 40), np.uint8)
+    label[:, 20:] = 7
+    label[10:20, 5:15] = IGNORE_LABEL
+    image = np.stack([label * 20] * 3, axis=-1).astype(np.uint8)
+    dataset = pipeline.train_dataset(_single_pair_records(tmp_path, image, label), scale_range=(0.5, 2.0), flip=False, seed=3)
+    sizes = set()
+    for image_out, label_out in dataset.take(12):
+        h, w = label_out.shape[1:]
+        assert abs(h / 30 - w / 40) < 0.05  # one scale factor for both sides
+        assert set(np.unique(label_out.numpy()).tolist()) <= {0, 7, IGNORE_LABEL}
+        sizes.add((h, w))
+    assert len(sizes) > 3
+
+
+# --- Training: the modern setup ---------------------------------------------------------------
+
+
+def test_modern_mode_fixed_batches_and_valid_labels(data):
+    dataset = pipeline.train_dataset(data["train"], batch_size=4, crop_size=32, seed=1)
+    valid = set(range(21)) | {IGNORE_LABEL}
+    for image, label in dataset.take(3):
+        assert image.shape == (4, 32, 32, 3) and label.shape == (4, 32, 32)
+        assert image.dtype == tf.uint8 and label.dtype == tf.uint8
+        assert set(np.unique(label.numpy()).tolist()) <= valid
+    # A finite dataset drops the last incomplete batch: 6 images give one batch of 4.
+    assert [int(b[0].shape[0]) for b in pipeline.train_dataset(data["train"], batch_size=4, crop_size=32, repeat=False)] == [4]
+
+
+def test_crop_larger_than_image_pads_image_zero_label_void(tmp_path):
+    rng = np.random.default_rng(0)
+    label = rng.choice(np.array([1, 2, 3], np.uint8), (20, 24))
+    image = (rng.integers(30, 220, (20, 24, 3))).astype(np.uint8)
+    path = _single_pair_records(tmp_path, image, label)
+    source = tf.io.decode_jpeg(Path(tmp_path / "pair.jpg").read_bytes(), channels=3).numpy()
+    offsets = set()
+    for image_out, label_out in pipeline.train_dataset(path, crop_size=32, batch_size=1, scale_range=None, flip=False, seed=4).take(6):
+        image_out, label_out = image_out.numpy()[0], label_out.numpy()[0]
+        y, x = _find_offset(label_out, label)
+        offsets.add((y, x))
+        # At scale 1 the window samples integer pixels: the image is copied exactly.
+        np.testing.assert_array_equal(image_out[y : y + 20, x : x + 24], source)
+        outside = np.ones((32, 32), bool)
+        outside[y : y + 20, x : x + 24] = False
+        assert (label_out[outside] == IGNORE_LABEL).all() and (image_out[outside] == 0).all()
+    assert len(offsets) > 1  # the image lands at random places in the window
+
+
+def test_scaled_crops_keep_labels_nearest_and_aligned(tmp_path):
+    # Flat regions: class c is painted grey 20*c, so each label tells the colour expected under it.
+    label = np.zeros((48, 64), np.uint8)
+    label[8:40, 8:30] = 3
+    label[8:40, 34:60] = 9
+    label[:, :2] = IGNORE_LABEL
+    image = np.stack([np.where(label == IGNORE_LABEL, 250, label * 20)] * 3, axis=-1).astype(np.uint8)
+    path = _single_pair_records(tmp_path, image, label)
+    checked = 0
+    for image_out, label_out in pipeline.train_dataset(path, crop_size=40, batch_size=2, scale_range=(0.5, 2.0), seed=7).take(8):
+        image_out, label_out = image_out.numpy().astype(int), label_out.numpy()
+        assert set(np.unique(label_out).tolist()) <= {0, 3, 9, IGNORE_LABEL}  # no interpolated classes
+        for cls in (0, 3, 9):
+            # Away from edges (2 px), the image under class c has c's grey: image and label aligned.
+            inner = scipy.ndimage.minimum_filter(label_out == cls, size=(1, 5, 5), mode="constant", cval=False)
+            if inner.any():
+                assert np.abs(image_out[inner] - 20 * cls).max() <= 16, cls  # JPEG ringing; greys are 60+ apart
+                checked += 1
+    assert checked >= 10
+
+
+def test_flip_mirrors_image_and_label_together(tmp_path):
+    label = np.zeros((16, 20), np.uint8)
+    label[:, :10] = 5
+    image = np.stack([label * 40] * 3, axis=-1).astype(np.uint8)
+    path = _single_pair_records(tmp_path, image, label)
+    flipped = 0
+    for image_out, label_out in pipeline.train_dataset(path, scale_range=None, flip=True, seed=2).take(16):
+        label_out, image_out = label_out.numpy()[0], image_out.numpy()[0].astype(int)
+        mirrored = label_out[0, -1] == 5
+        np.testing.assert_array_equal(label_out, label[:, ::-1] if mirrored else label)
+        assert (image_out[:, 0] > 100).all() != mirrored  # the bright half moves with the label
+        flipped += mirrored
+    assert 0 < flipped < 16
+
+
+def test_deterministic_mode_repeats_exactly_and_seeds_differ(data):
+    def first_batches(seed):
+        dataset = pipeline.train_dataset(data["train"], batch_size=2, crop_size=24, seed=seed, deterministic=True)
+        return [np.concatenate([x.numpy().ravel(), y.numpy().ravel()]) for x, y in dataset.take(4)]
+
+    run_a, run_b, other = first_batches(11), first_batches(11), first_batches(12)
+    for a, b in zip(run_a, run_b):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(run_a, other))
+    # Across epochs the order and augmentation change.
+    epochs = list(pipeline.train_dataset(data["train"], batch_size=2, crop_size=24, seed=11, deterministic=True).take(6))
+    assert not np.array_equal(epochs[0][1].numpy(), epochs[3][1].numpy())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"crop_size": 0}, "crop_size must be None or an integer >= 1. Received: crop_size=0"),
+        ({"crop_size": 8, "scale_range": (2.0, 1.0)}, r"scale_range must be None or \(low, high\) with 0 < low <= high. Received: scale_range=\(2.0, 1.0\)"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1. Received: batch_size=0"),
+    ],
+)
+def test_bad_train_arguments(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipeline.train_dataset(data["train"], **kwargs)
+
+
+# --- resolve_data -----------------------------------------------------------------------------
+
+
+def test_resolve_data_glob_converted_folder_and_voc_root(data, tmp_path):
+    assert pipeline.resolve_data(data["train"], tmp_path) == {"train": data["train"]}
+    from_manifest = pipeline.resolve_data(data["out"], tmp_path)
+    assert set(from_manifest) == {"train", "val"}
+    assert len(tf.io.gfile.glob(from_manifest["val"])) == 2
+    cache = tmp_path / "cache"
+    converted = pipeline.resolve_data(data["root"], cache)
+    assert set(converted) == {"train", "val"}
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["num_examples"] == 6 and manifest["splits"]["val"]["num_examples"] == 4
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.tfrecord")}
+    assert pipeline.resolve_data(str(data["root"]), cache) == converted  # idempotent: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.tfrecord")} == stamps
+    missing = str(tmp_path / "nope-*.tfrecord")
+    with pytest.raises(ValueError, match=rf"nothing matches for split 'train' .* Received: data='{re.escape(missing)}'"):
+        pipeline.resolve_data(missing, tmp_path)
+    with pytest.raises(ValueError, match=r"nothing matches for split 'train'"):
+        pipeline.resolve_data(str(tmp_path), tmp_path)  # a folder of neither kind
+
+
+# --- model.fit --------------------------------------------------------------------------------
+
+FIT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import keras
+    from fcn_keras.data import pipeline
+    from fcn_keras.model import build_fcn
+
+    pattern, backend = sys.argv[1:3]
+    assert keras.backend.backend() == backend, keras.backend.backend()
+    keras.utils.set_random_seed(0)
+    model = build_fcn("32s", fc_units=8, geometry="same")
+    model.compile(
+        optimizer=keras.optimizers.SGD(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
+    )
+    train = pipeline.train_dataset(pattern, batch_size=2, crop_size=32, seed=0)
+    history = model.fit(train, epochs=1, steps_per_epoch=2, verbose=0)
+    loss = history.history["loss"][-1]
+    assert np.isfinite(loss) and loss > 0, loss
+    print("fit ok", backend, loss)
+    """
+)
+
+
+def test_model_fit_tensorflow(data):
+    model = build_fcn("32s", fc_units=8, geometry="same")
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE_LABEL))
+    train = pipeline.train_dataset(data["train"], batch_size=2, crop_size=32, seed=0)
+    history = model.fit(train, epochs=1, steps_per_epoch=2, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    paper = pipeline.train_dataset(data["train"], seed=0)  # whole images of varying size, batch 1
+    assert np.isfinite(model.fit(paper, epochs=1, steps_per_epoch=2, verbose=0).history["loss"][-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_model_fit_jax(data, tmp_path):
+    script = tmp_path / "fit_jax.py"
+    script.write_text(FIT_SCRIPT)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, str(script), data["train"], "jax"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "fit ok jax" in result.stdout
+
+
+def test_tiny_images_survive_downscaling(tmp_path):
+    label = np.full((1, 2), 4, np.uint8)
+    path = _single_pair_records(tmp_path, np.full((1, 2, 3), 80, np.uint8), label)
+    for crop_size in (None, 8):
+        dataset = pipeline.train_dataset(path, crop_size=crop_size, scale_range=(0.3, 0.4), seed=0)
+        for _, label_out in dataset.take(3):
+            assert label_out.shape[1] >= 1 and label_out.shape[2] >= 1
+            assert 4 in label_out.numpy() and set(np.unique(label_out.numpy()).tolist()) <= {4, IGNORE_LABEL}

@@ -1,0 +1,87 @@
+"""The record schema: encode/parse round trips exactly, and real VOC pairs survive conversion
+pixel for pixel (JPEG decoded as the pipeline does, palette PNGs read as indices)."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fcn_keras.data import records
+from fcn_keras.data.convert import convert, file_sha256
+
+
+def _jpeg_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_encode_parse_round_trip_is_exact():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (23, 41, 3), dtype=np.uint8)
+    label = rng.choice(np.array([0, 1, 7, 20, 255], np.uint8), (23, 41))
+    jpeg = _jpeg_bytes(image)
+    serialized = records.encode_example("2007_000032", jpeg, records.encode_label_png(label), 23, 41)
+    parsed = records.parse_example(tf.constant(serialized))
+    assert parsed["image"].dtype == tf.uint8 and parsed["label"].dtype == tf.uint8
+    # The JPEG is stored as-is: parsing decodes exactly what decoding the file gives.
+    np.testing.assert_array_equal(parsed["image"].numpy(), tf.io.decode_jpeg(jpeg, channels=3).numpy())
+    np.testing.assert_array_equal(parsed["label"].numpy(), label)
+    assert parsed["image_id"].numpy() == b"2007_000032"
+    assert (int(parsed["height"]), int(parsed["width"])) == (23, 41)
+    raw = records.parse_features(tf.constant(serialized))
+    assert raw["image/encoded"].numpy() == jpeg
+    assert raw["image/format"].numpy() == b"jpeg" and raw["label/format"].numpy() == b"png"
+
+
+def test_parse_example_works_inside_tf_data():
+    label = np.full((5, 6), 255, np.uint8)
+    serialized = records.encode_example("a", _jpeg_bytes(np.zeros((5, 6, 3), np.uint8)), records.encode_label_png(label), 5, 6)
+    dataset = tf.data.Dataset.from_tensors(serialized).map(records.parse_example)
+    element = next(iter(dataset))
+    assert element["image"].shape == (5, 6, 3)
+    np.testing.assert_array_equal(element["label"].numpy(), label)
+
+
+def test_label_png_is_single_channel_and_checked():
+    label = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with Image.open(io.BytesIO(records.encode_label_png(label))) as png:
+        assert png.mode == "L"
+        np.testing.assert_array_equal(np.array(png), label)
+    with pytest.raises(ValueError, match=r"label must be a uint8 \[H, W\] array. Received: dtype=int64"):
+        records.encode_label_png(label.astype(np.int64))
+    with pytest.raises(ValueError, match="shape=\\(3, 4, 1\\)"):
+        records.encode_label_png(label[..., None])
+
+
+# --- Real VOC 2012 (../shared) ----------------------------------------------------------------
+
+
+def test_real_voc_records_decode_to_the_source_pixels_and_indices(shared_dir, tmp_path):
+    voc_root = shared_dir / "voc2012" / "VOCdevkit"
+    manifest = convert(voc_root, tmp_path, splits=("train", "val"), max_images=3, shard_size=2, verbose=False)
+    assert [manifest["splits"][s]["num_examples"] for s in ("train", "val")] == [3, 3]
+    checked = 0
+    for split, entry in manifest["splits"].items():
+        assert len(entry["shards"]) == 2
+        listed = (voc_root / "VOC2012/ImageSets/Segmentation" / f"{split}.txt").read_text().split()[:3]
+        ids = []
+        for shard in entry["shards"]:
+            assert file_sha256(tmp_path / shard["name"]) == shard["sha256"]
+            for serialized in tf.data.TFRecordDataset(str(tmp_path / shard["name"])):
+                parsed = records.parse_example(serialized)
+                image_id = parsed["image_id"].numpy().decode()
+                ids.append(image_id)
+                jpeg = (voc_root / "VOC2012/JPEGImages" / f"{image_id}.jpg").read_bytes()
+                np.testing.assert_array_equal(parsed["image"].numpy(), tf.io.decode_jpeg(jpeg, channels=3).numpy())
+                with Image.open(voc_root / "VOC2012/SegmentationClass" / f"{image_id}.png") as png:
+                    assert png.mode == "P"
+                    indices = np.array(png)
+                np.testing.assert_array_equal(parsed["label"].numpy(), indices)
+                assert (int(parsed["height"]), int(parsed["width"])) == indices.shape
+                checked += 1
+        assert ids == listed
+    assert checked == 6
