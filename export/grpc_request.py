@@ -1,0 +1,114 @@
+"""gRPC client for an FCN served by TensorFlow Serving (tensorflow-serving-api).
+
+    python export/grpc_request.py --server=localhost:8500 --model_name=fcn8s photo.jpg other.png
+
+Builds a ``PredictRequest`` for the ``predict_image_bytes`` signature: one DT_STRING tensor
+``image_bytes`` of shape [N] holding the image files' bytes unchanged (no base64 over gRPC).
+The response's ``labels`` (uint8 [N, Hmax, Wmax], 255 beyond each image), ``heights``,
+``widths`` and ``label_png_bytes`` tensors are read with ``tf.make_ndarray``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+BYTES_SIGNATURE = "predict_image_bytes"
+BYTES_INPUT = "image_bytes"
+
+# --- Request and response ----------------------------------------------------------------------
+
+
+def build_predict_request(
+    paths: Sequence[str | os.PathLike],
+    model_name: str = "fcn8s",
+    signature_name: str = BYTES_SIGNATURE,
+    version: int | None = None,
+) -> predict_pb2.PredictRequest:
+    """A ``PredictRequest`` carrying encoded image files.
+
+    Args:
+        paths: JPEG/PNG/BMP/GIF files, sent unchanged.
+        model_name: the served model's name.
+        signature_name: the bytes signature of the exported model.
+        version: a model version, or None for the latest.
+
+    Returns:
+        The request, with ``inputs["image_bytes"]`` a DT_STRING tensor of shape [N].
+    """
+    if not paths:
+        raise ValueError("paths must name at least one image file")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    encoded = [Path(path).read_bytes() for path in paths]
+    request.inputs[BYTES_INPUT].CopyFrom(tf.make_tensor_proto(encoded, dtype=tf.string, shape=[len(encoded)]))
+    return request
+
+
+def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
+    """Reads a ``PredictResponse`` of the bytes signature.
+
+    Args:
+        response: the server's reply.
+
+    Returns:
+        One dict per image: ``labels`` uint8 ``[H, W]`` (cropped to the image's own size) and
+        ``label_png`` (bytes of the colour PNG).
+    """
+    outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+    return [
+        {"labels": np.asarray(labels[:height, :width], dtype=np.uint8), "label_png": bytes(png)}
+        for labels, height, width, png in zip(
+            outputs["labels"], outputs["heights"], outputs["widths"], outputs["label_png_bytes"]
+        )
+    ]
+
+
+def predict(server: str, request: predict_pb2.PredictRequest, timeout: float = 60.0) -> predict_pb2.PredictResponse:
+    """Sends ``request`` to TF Serving's gRPC port (plain-text channel)."""
+    import grpc
+
+    with grpc.insecure_channel(
+        server, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    ) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
+    flags.DEFINE_string("server", "localhost:8500", "TF Serving's gRPC address (--port).")
+    flags.DEFINE_string("model_name", "fcn8s", "The served model's name (--model_name / models.config).")
+    flags.DEFINE_string("signature_name", BYTES_SIGNATURE, "The signature that takes encoded images.")
+    flags.DEFINE_integer("version", None, "Model version; default: the latest.")
+    flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server.")
+
+
+def main(argv: list[str]) -> int:
+    """Sends the image files named after the flags and reports what came back."""
+    paths = argv[1:]
+    if not paths:
+        raise app.UsageError("give the image files to segment after the flags")
+    request = build_predict_request(paths, FLAGS.model_name, FLAGS.signature_name, FLAGS.version)
+    for path, result in zip(paths, parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout))):
+        labels = result["labels"]
+        print(f"{path}: {labels.shape[0]}x{labels.shape[1]}, classes {np.unique(labels).tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,125 @@
+"""REST client for an FCN served by TensorFlow Serving (standard library + numpy only).
+
+    python export/rest_request.py --server=http://localhost:8501 --model_name=fcn8s \
+        --output_dir=out photo.jpg other.png
+
+Sends the image files as they are (encoded bytes, base64 in ``{"b64": ...}``) to the
+``predict_image_bytes`` signature; the server decodes, preprocesses, segments and colourises
+them. Writes ``<output_dir>/<stem>_labels.png`` (the label map in the VOC colours, as returned
+by the server) and prints each image's size and the classes found.
+
+The request body (TF Serving's REST "row" format):
+
+    {"signature_name": "predict_image_bytes", "instances": [{"b64": "<base64 JPEG/PNG>"}, ...]}
+
+The response has one object per instance: ``labels`` (nested lists [Hmax][Wmax], 255 beyond the
+image), ``heights``, ``widths`` and ``label_png_bytes`` (``{"b64": ...}``: TF Serving
+base64-encodes outputs whose name ends in ``_bytes``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+BYTES_SIGNATURE = "predict_image_bytes"
+
+# --- Request and response ----------------------------------------------------------------------
+
+
+def build_rest_body(paths: Sequence[str | os.PathLike], signature_name: str = BYTES_SIGNATURE) -> dict:
+    """The JSON body of a ``:predict`` request carrying encoded image files.
+
+    Args:
+        paths: JPEG/PNG/BMP/GIF files, sent unchanged.
+        signature_name: the bytes signature of the exported model.
+
+    Returns:
+        ``{"signature_name": ..., "instances": [{"b64": str}, ...]}``, one instance per file.
+    """
+    if not paths:
+        raise ValueError("paths must name at least one image file")
+    instances = [{"b64": base64.b64encode(Path(path).read_bytes()).decode("ascii")} for path in paths]
+    return {"signature_name": signature_name, "instances": instances}
+
+
+def parse_rest_response(response: dict) -> list[dict]:
+    """Reads a row-format ``:predict`` response of the bytes signature.
+
+    Args:
+        response: the decoded JSON response, ``{"predictions": [{...}, ...]}``.
+
+    Returns:
+        One dict per image: ``labels`` uint8 ``[H, W]`` (cropped to the image's own size) and
+        ``label_png`` (bytes of the colour PNG).
+    """
+    if "error" in response:
+        raise RuntimeError(f"TF Serving returned an error: {response['error']}")
+    results = []
+    for prediction in response["predictions"]:
+        labels = np.asarray(prediction["labels"], dtype=np.uint8)
+        height, width = int(prediction["heights"]), int(prediction["widths"])
+        results.append(
+            {
+                "labels": labels[:height, :width],
+                "label_png": base64.b64decode(prediction["label_png_bytes"]["b64"]),
+            }
+        )
+    return results
+
+
+def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0) -> dict:
+    """POSTs ``body`` to ``<server>/v1/models/<model_name>:predict`` and returns the JSON reply."""
+    request = urllib.request.Request(
+        f"{server.rstrip('/')}/v1/models/{model_name}:predict",
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        return json.loads(reply.read())
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
+    flags.DEFINE_string("server", "http://localhost:8501", "TF Serving's REST address (--rest_api_port).")
+    flags.DEFINE_string("model_name", "fcn8s", "The served model's name (--model_name / models.config).")
+    flags.DEFINE_string("signature_name", BYTES_SIGNATURE, "The signature that takes encoded images.")
+    flags.DEFINE_string("output_dir", None, "If set, write <stem>_labels.png (VOC colours) here.")
+    flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server.")
+
+
+def main(argv: list[str]) -> int:
+    """Sends the image files named after the flags and reports what came back."""
+    paths = argv[1:]
+    if not paths:
+        raise app.UsageError("give the image files to segment after the flags")
+    body = build_rest_body(paths, FLAGS.signature_name)
+    results = parse_rest_response(post_predict(FLAGS.server, FLAGS.model_name, body, FLAGS.timeout))
+    for path, result in zip(paths, results):
+        classes = np.unique(result["labels"]).tolist()
+        print(f"{path}: {result['labels'].shape[0]}x{result['labels'].shape[1]}, classes {classes}")
+        if FLAGS.output_dir:
+            target = Path(FLAGS.output_dir) / f"{Path(path).stem}_labels.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f".{target.name}.tmp")
+            temp.write_bytes(result["label_png"])
+            os.replace(temp, target)
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

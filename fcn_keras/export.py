@@ -1,0 +1,265 @@
+"""SavedModel export for TensorFlow Serving.
+
+    python -m fcn_keras.export --model=runs/fcn8s/best.keras --export_dir=serving [--name=fcn8s]
+        [--version=1] [--probabilities | --logits] [--overwrite]
+
+writes ``<export_dir>/<name>/<version>/`` (TF Serving's layout: a base folder per model, one
+numbered folder per version) holding a ``tf.Module`` whose ``tf.function`` signatures wrap the
+trained FCN. Preprocessing is the model's first layer and the argmax runs inside the graph, so
+clients send raw RGB (or encoded image files) and receive uint8 label maps: 21 float logits per
+pixel never leave the device unless asked for at export time.
+
+Signatures (see docs/serving.md):
+
+- ``serving_default``: ``images`` uint8 ``[N, H, W, 3]`` → ``labels`` uint8 ``[N, H, W]``, plus
+  ``probabilities`` (softmax) or ``logits`` float32 ``[N, H, W, C]`` when exported with
+  ``--probabilities`` / ``--logits``.
+- ``predict_image_bytes``: ``image_bytes`` string ``[N]`` (encoded JPEG/PNG/BMP/GIF, what TF
+  Serving's REST API sends as ``{"b64": ...}``) → ``labels`` uint8 ``[N, Hmax, Wmax]``
+  (each image is decoded and segmented on its own, so sizes may differ within a request; label
+  maps smaller than the largest are padded with 255 = void), ``heights`` / ``widths`` int32
+  ``[N]`` (each image's own size) and ``label_png_bytes`` string ``[N]`` (the label map in the
+  VOC colours as an RGB PNG of the image's own size; TF Serving returns ``*_bytes`` outputs as
+  ``{"b64": ...}``).
+
+The export runs under the TensorFlow backend; a ``.keras`` file trained under JAX loads and
+exports the same way (Keras files are backend-independent).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from absl import app, flags
+
+from fcn_keras.constants import IGNORE_LABEL, VOC_PALETTE
+from fcn_keras.inference import ArgmaxLabels
+from fcn_keras.io import check_fcn, load_fcn
+
+# --- Names of the serving interface ---------------------------------------------------------
+
+SERVING_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "predict_image_bytes"
+#: What ``serving_default`` may return besides ``labels``, chosen at export time.
+EXTRA_OUTPUTS: tuple[str, ...] = ("probabilities", "logits")
+
+
+# --- The serving module -----------------------------------------------------------------------
+
+
+def _require_tensorflow_backend() -> None:
+    """Raises a RuntimeError saying what to do unless Keras runs on TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "SavedModel export needs the TensorFlow backend. Received: KERAS_BACKEND="
+            f"{keras.backend.backend()!r}; run the export with KERAS_BACKEND=tensorflow (a model "
+            "trained under JAX exports fine)"
+        )
+
+
+class FCNServingModule(tf.Module):
+    """The ``tf.Module`` whose signatures serve an FCN (see the module docstring).
+
+    Args:
+        model: an FCN (RGB ``[B, H, W, 3]`` → logits ``[B, H, W, C]``) under the TF backend.
+        extra_output: ``None``, ``"probabilities"`` or ``"logits"``: also returned by
+            ``serving_default``.
+    """
+
+    def __init__(self, model: keras.Model, extra_output: str | None = None) -> None:
+        _require_tensorflow_backend()
+        check_fcn(model, f"model {model.name!r}")
+        if extra_output not in (None, *EXTRA_OUTPUTS):
+            raise ValueError(
+                f"extra_output must be None or one of {EXTRA_OUTPUTS}. Received: extra_output={extra_output!r}"
+            )
+        super().__init__(name="fcn_serving")
+        self.model = model  # Tracks the variables.
+        self.extra_output = extra_output
+        self.palette = tf.constant(VOC_PALETTE)
+        self._argmax = ArgmaxLabels(name="labels")
+        height, width = model.inputs[0].shape[1:3]
+        self.serve_images = tf.function(
+            self._serve_images,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="images")],
+        )
+        self.serve_image_bytes = tf.function(
+            self._serve_image_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        )
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """The concrete functions by signature name, for ``tf.saved_model.save``."""
+        return {
+            SERVING_SIGNATURE: self.serve_images.get_concrete_function(),
+            BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+        }
+
+    def _serve_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 ``[N, H, W, 3]`` → ``{"labels": uint8 [N, H, W], [extra: float32 [N, H, W, C]]}``."""
+        logits = self.model(images, training=False)
+        outputs = {"labels": self._argmax(logits)}
+        if self.extra_output == "probabilities":
+            outputs["probabilities"] = tf.nn.softmax(logits, axis=-1)
+        elif self.extra_output == "logits":
+            outputs["logits"] = logits
+        return outputs
+
+    def _serve_image_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """string ``[N]`` → labels uint8 ``[N, Hmax, Wmax]`` (255-padded), heights, widths int32
+        ``[N]``, label_png_bytes string ``[N]``. One image at a time, so sizes may differ."""
+
+        def segment_one(encoded):
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            labels = self._argmax(self.model(image[tf.newaxis], training=False))[0]
+            png = tf.io.encode_png(tf.gather(self.palette, tf.cast(labels, tf.int32)))
+            size = tf.shape(labels)
+            return tf.RaggedTensor.from_tensor(labels), png, size[0], size[1]
+
+        labels, png, heights, widths = tf.map_fn(
+            segment_one,
+            image_bytes,
+            fn_output_signature=(
+                tf.RaggedTensorSpec([None, None], tf.uint8, ragged_rank=1),
+                tf.TensorSpec([], tf.string),
+                tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32),
+            ),
+        )
+        return {
+            "labels": labels.to_tensor(default_value=IGNORE_LABEL),
+            "heights": heights,
+            "widths": widths,
+            "label_png_bytes": png,
+        }
+
+
+# --- Writing the SavedModel ---------------------------------------------------------------------
+
+
+def export_saved_model(
+    model: keras.Model | str | os.PathLike,
+    export_dir: str | os.PathLike,
+    *,
+    name: str = "fcn8s",
+    version: int = 1,
+    extra_output: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Exports an FCN as a SavedModel in TF Serving's layout, atomically.
+
+    The SavedModel is written to a hidden temporary folder beside the version folder (TF
+    Serving ignores names that are not numbers) and renamed when complete, so a server watching
+    ``<export_dir>/<name>`` never loads a half-written version.
+
+    Args:
+        model: a ``keras.Model`` FCN or the path of a ``.keras`` file.
+        export_dir: the model base folder's parent (TF Serving's ``--model_base_path`` is
+            ``<export_dir>/<name>``).
+        name: the model name (a folder name).
+        version: the version number (>= 1), a folder name.
+        extra_output: ``None``, ``"probabilities"`` or ``"logits"``: also returned by
+            ``serving_default`` (float32 ``[N, H, W, C]``).
+        overwrite: replace an existing version folder.
+
+    Returns:
+        The version folder ``<export_dir>/<name>/<version>``.
+
+    Raises:
+        FileExistsError: the version folder exists and ``overwrite`` is False.
+        FileNotFoundError, ValueError: a missing or non-FCN model, bad name or version.
+    """
+    _require_tensorflow_backend()
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be an integer >= 1. Received: version={version!r}")
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"name must be a plain folder name. Received: name={name!r}")
+    version_dir = Path(export_dir) / name / str(version)
+    if version_dir.exists() and not overwrite:
+        raise FileExistsError(
+            f"{version_dir} already exists; pass --overwrite to replace it or choose another --version"
+        )
+    if not isinstance(model, keras.Model):
+        model = load_fcn(model)
+    serving = FCNServingModule(model, extra_output)
+
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = _hidden_sibling(version_dir, "tmp")
+    try:
+        tf.saved_model.save(serving, str(temp_dir), signatures=serving.signatures())
+        if version_dir.exists():  # overwrite: move the old version aside, swap, then delete it.
+            old_dir = _hidden_sibling(version_dir, "old")
+            os.replace(version_dir, old_dir)
+            try:
+                os.replace(temp_dir, version_dir)
+            except OSError:
+                os.replace(old_dir, version_dir)
+                raise
+            shutil.rmtree(old_dir)
+        else:
+            os.replace(temp_dir, version_dir)
+    finally:
+        if temp_dir.exists():
+            shutil.rmtree(temp_dir)
+    return version_dir
+
+
+def _hidden_sibling(path: Path, kind: str) -> Path:
+    """A new, unique, non-numeric (so TF Serving ignores it) folder name beside ``path``."""
+    return path.with_name(f".{kind}-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
+    flags.DEFINE_string("model", None, "Trained FCN: a .keras file from build_fcn / fcn_keras.train (TF or JAX backend).")
+    flags.DEFINE_string("export_dir", None, "Base folder; the SavedModel goes to <export_dir>/<name>/<version>/.")
+    flags.DEFINE_string("name", "fcn8s", "Model name: the folder under --export_dir and TF Serving's --model_name.")
+    flags.DEFINE_integer("version", 1, "Version number (>= 1): the folder under <export_dir>/<name>/.", lower_bound=1)
+    flags.DEFINE_boolean("probabilities", False, "serving_default also returns float32 softmax probabilities [N, H, W, C].")
+    flags.DEFINE_boolean("logits", False, "serving_default also returns float32 logits [N, H, W, C].")
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing <export_dir>/<name>/<version>/ folder.")
+    flags.mark_flags_as_required(["model", "export_dir"])
+    flags.register_multi_flags_validator(
+        ["probabilities", "logits"],
+        lambda values: not (values["probabilities"] and values["logits"]),
+        message="--probabilities and --logits are exclusive: serving_default returns at most one of them",
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Runs the export for the parsed flags; returns the exit status."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    extra = "probabilities" if FLAGS.probabilities else "logits" if FLAGS.logits else None
+    try:
+        version_dir = export_saved_model(
+            FLAGS.model,
+            FLAGS.export_dir,
+            name=FLAGS.name,
+            version=FLAGS.version,
+            extra_output=extra,
+            overwrite=FLAGS.overwrite,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"exported {FLAGS.model} to {version_dir}")
+    print(f"serve it: tensorflow_model_server --rest_api_port=8501 --model_name={FLAGS.name} "
+          f"--model_base_path={version_dir.parent.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

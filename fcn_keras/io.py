@@ -1,0 +1,187 @@
+"""Files in and out: trained FCNs, RGB images, VOC-style palette label PNGs, atomic writes.
+
+``load_fcn`` loads a ``.keras`` file and checks that it is an FCN (one RGB image input, one
+``[B, H, W, classes]`` output), with errors that name the file.
+
+Image reading follows what TensorFlow's decoders do with ``channels=3`` (the SavedModel's
+bytes signature uses ``tf.io.decode_image``), so the predict CLI and a served model see the
+same pixels: grayscale and palette images become RGB, an alpha channel is dropped, EXIF orientation
+is not applied. Images that are not 8-bit per channel (16-bit or float TIFF/PNG) are rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+
+import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels models load too)
+import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
+from fcn_keras.constants import VOC_PALETTE
+
+# --- Models ------------------------------------------------------------------------------------
+
+
+def check_fcn(model: keras.Model, source: str) -> keras.Model:
+    """Checks that ``model`` maps RGB images to per-pixel class scores.
+
+    Args:
+        model: the model to check.
+        source: what to name in the error (a file path).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: the model has not one input ``[B, H, W, 3]`` and one output
+            ``[B, H, W, C]`` with ``2 <= C <= 256``.
+    """
+    inputs = [tuple(tensor.shape) for tensor in model.inputs]
+    outputs = [tuple(tensor.shape) for tensor in model.outputs]
+    if len(inputs) != 1 or len(inputs[0]) != 4 or inputs[0][-1] != 3:
+        raise ValueError(
+            f"{source} is not an FCN: expected one input of shape [B, H, W, 3] (RGB images), "
+            f"found inputs {inputs}"
+        )
+    if len(outputs) != 1 or len(outputs[0]) != 4 or outputs[0][-1] is None or not 2 <= outputs[0][-1] <= 256:
+        raise ValueError(
+            f"{source} is not an FCN: expected one output of shape [B, H, W, classes] with "
+            f"2..256 classes (logits), found outputs {outputs}"
+        )
+    return model
+
+
+def load_fcn(path: str | os.PathLike) -> keras.Model:
+    """Loads a ``.keras`` file saved from ``build_fcn`` (under any backend) and checks it.
+
+    Args:
+        path: a ``.keras`` file.
+
+    Returns:
+        The model (not compiled), mapping RGB ``[B, H, W, 3]`` to logits ``[B, H, W, C]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a ``.keras`` file, cannot be loaded, or is not an FCN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix != ".keras":
+        raise ValueError(f"model must be a .keras file. Received: {path}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a corrupt or foreign file.
+        raise ValueError(f"cannot load {path} as a Keras model: {type(error).__name__}: {error}") from error
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path} is not an FCN: it holds a {type(model).__name__}, not a keras.Model")
+    return check_fcn(model, str(path))
+
+
+# --- Reading images ----------------------------------------------------------------------------
+
+#: File name endings that a folder given to the predict CLI is searched for (lower case).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+#: 8-bit PIL modes converted to RGB: gray, palette, bilevel, with or without alpha, CMYK, YCbCr.
+_CONVERTIBLE_MODES: frozenset[str] = frozenset(
+    {"RGB", "RGBA", "RGBa", "RGBX", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr"}
+)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as RGB.
+
+    Args:
+        path: a JPEG, PNG, BMP, GIF (first frame), WebP or TIFF file, 8 bits per channel.
+
+    Returns:
+        uint8 ``[H, W, 3]``. Grayscale is replicated into the three channels, palette images
+        are expanded, alpha is dropped (not composited), CMYK/YCbCr are converted.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be decoded as an image, or is not 8 bits per channel
+            (the message names the file and its PIL mode).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()  # Decode now: a truncated file fails here, not later.
+            if image.mode not in _CONVERTIBLE_MODES:
+                raise ValueError(
+                    f"cannot use image {path}: expected 8 bits per channel (gray, RGB, RGBA or "
+                    f"palette), found PIL mode {image.mode!r}"
+                )
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError.
+        raise ValueError(f"cannot read image {path}: {error}") from error
+    return array
+
+
+# --- Writing -----------------------------------------------------------------------------------
+
+
+def write_label_png(labels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Writes a label map as a palette (mode ``P``) PNG with the VOC colours, like VOC's
+    ``SegmentationClass`` files: pixel values are the class indices, viewers show colours.
+
+    Args:
+        labels: uint8 ``[H, W]`` class indices (255 = void).
+        path: the ``.png`` file to write (atomically).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(
+            f"labels must be a uint8 [H, W] label map. Received: shape {labels.shape}, dtype {labels.dtype}"
+        )
+    png = Image.fromarray(labels, mode="P")
+    png.putpalette(VOC_PALETTE.reshape(-1).tolist())
+    return _atomic_save(png, Path(path), "PNG")
+
+
+def write_image(image: np.ndarray, path: str | os.PathLike, quality: int = 90) -> Path:
+    """Writes an RGB image as JPEG or PNG, chosen by the file's extension (atomically).
+
+    Args:
+        image: uint8 ``[H, W, 3]``.
+        path: a ``.jpg``/``.jpeg`` or ``.png`` file.
+        quality: JPEG quality (1..95), unused for PNG.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+    if path.suffix.lower() not in formats:
+        raise ValueError(f"path must end in .jpg, .jpeg or .png. Received: path={str(path)!r}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be uint8 [H, W, 3]. Received: shape {image.shape}, dtype {image.dtype}"
+        )
+    options = {"quality": quality} if formats[path.suffix.lower()] == "JPEG" else {}
+    return _atomic_save(Image.fromarray(image, mode="RGB"), path, formats[path.suffix.lower()], **options)
+
+
+def _atomic_save(image: Image.Image, path: Path, image_format: str, **options) -> Path:
+    """Saves to a temporary file beside ``path``, then renames it (no half-written files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temp, "xb") as file:
+            image.save(file, format=image_format, **options)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
