@@ -1,0 +1,508 @@
+r"""Throughput of the FCN-VGG16 family: training, inference (label maps), latency, TFLOP/s.
+
+    python benchmarks/throughput.py                                 # 32s/16s/8s x 500, 512 x 1, 8
+    KERAS_BACKEND=jax python benchmarks/throughput.py --variants=8s --sizes=512 --batch_sizes=8 \
+        --geometry=same --precision=bf16 --output=benchmarks/results/h100.md
+    python benchmarks/throughput.py --sizes=32 --batch_sizes=1 --steps=1 --warmup=1 \
+        --fc_units=8 --precision=float32 --peak_size=128       # CPU smoke test
+
+For each variant x size x batch size, on synthetic data, it measures:
+
+- training images/s: ``model.fit`` (``jit_compile=True``, SGD momentum 0.99, the project's
+  ``SegmentationCrossEntropy``) from a tf.data dataset repeating one random batch; one warm-up
+  ``fit`` call of ``--warmup`` steps (compilation), then the wall time of one ``fit`` call of
+  ``--steps`` steps, blocked until the last update is done;
+- with ``--input_pipeline=tfrecord``, the same from ``fcn_keras.data.pipeline.train_dataset`` on
+  TFRecords (random scale, crop to the size, flip), and its ratio to the synthetic figure;
+- inference images/s returning uint8 label maps (``fcn_keras.inference.labels_model``: the argmax
+  runs on the device), ``predict`` over ``--steps`` batches after a warm-up call;
+- batch-1 latency: median over ``--latency_runs`` calls of ``predict_on_batch`` on one image
+  (host image in, host label map out);
+- achieved TFLOP/s from the model's own FLOP count (``fcn_keras.flops``: 2 x MACs of every
+  convolution and deconvolution from the layer shapes of the chosen geometry, the reference
+  geometry's 100-pixel padding included; training = 3 x forward), and its share of a measured
+  bf16 matmul peak (a jitted ``keras.ops.matmul`` of two n x n bf16 matrices on the same device).
+
+Results are appended to ``<output>.jsonl`` as each configuration finishes, and the markdown
+table is rewritten (atomically) after each: an interrupted run resumes where it stopped when the
+same command is run again (``--resume``, default on).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make the fcn_keras package importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402  (tf.data on the host, whatever the Keras backend)
+from absl import app, flags  # noqa: E402
+
+from fcn_keras.architecture import check_variant  # noqa: E402
+from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
+from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops  # noqa: E402
+from fcn_keras.inference import labels_model  # noqa: E402
+from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
+from fcn_keras.model import build_fcn  # noqa: E402
+
+# --- Flags -------------------------------------------------------------------------------------
+
+PRECISIONS: dict[str, str] = {"float32": "float32", "bf16": "mixed_bfloat16"}
+PIPELINES: tuple[str, ...] = ("synthetic", "tfrecord")
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defines the CLI's flags (only when run as a script: importing the module defines none)."""
+    flags.DEFINE_list("variants", list(VARIANTS), "FCN variants to measure (32s, 16s, 8s).")
+    flags.DEFINE_list("sizes", ["500", "512"], "Image sizes: N (square) or HxW, e.g. 500,512,375x500.")
+    flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes for training and inference throughput.")
+    flags.DEFINE_enum("geometry", "reference", ["reference", "same"],
+                      "Network geometry: the authors' (100-px padding) or size-preserving 'same'.")
+    flags.DEFINE_enum("precision", "bf16", list(PRECISIONS),
+                      "float32, or bf16 mixed precision (bf16 compute, float32 variables and logits).")
+    flags.DEFINE_integer("steps", 20, "Timed steps (batches) per measurement, >= 1.")
+    flags.DEFINE_integer("warmup", 3, "Warm-up steps (compilation) before each timing, >= 1.")
+    flags.DEFINE_integer("latency_runs", 50, "Batch-1 predict calls whose median is the latency, >= 1.")
+    flags.DEFINE_integer("fc_units", 4096, "Channels of fc6/fc7 (4096 in VGG16; small for smoke tests).")
+    flags.DEFINE_integer("num_classes", NUM_CLASSES, "Number of classes.")
+    flags.DEFINE_enum("input_pipeline", "synthetic", list(PIPELINES),
+                      "synthetic: random tensors only. tfrecord: also model.fit from the tf.data "
+                      "pipeline on TFRecords (fcn_keras.data), reported beside the synthetic figure.")
+    flags.DEFINE_string("data", None, "With --input_pipeline=tfrecord: a TFRecord glob or a VOCdevkit "
+                        "root (converted into --cache_dir). Default: a synthetic VOC set made in a temp dir.")
+    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted (default: a temp dir).")
+    flags.DEFINE_integer("peak_size", 0, "n of the n x n x n bf16 matmul measuring the peak; "
+                         "0: 8192 on an accelerator, 1024 on CPU.")
+    flags.DEFINE_integer("peak_runs", 10, "Back-to-back matmuls per peak timing (best of 3 timings).")
+    flags.DEFINE_string("output", None, "Write the markdown table here (atomically) and the raw "
+                        "records to the same name with .jsonl; default: print only.")
+    flags.DEFINE_boolean("resume", True, "Skip configurations already in <output>.jsonl for the same setup.")
+    flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and weights.")
+
+
+# --- Small helpers -----------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"375x500"`` -> (375, 500) (height x width).
+
+    Args:
+        text: a ``--sizes`` entry.
+
+    Returns:
+        ``(height, width)``, ints >= 1.
+    """
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise ValueError(f"--sizes entries must be N or HxW with positive integers. Received: {text!r}")
+    return dims
+
+
+def _positive_ints(values: list[str], name: str) -> list[int]:
+    try:
+        ints = [int(v) for v in values]
+    except ValueError:
+        ints = []
+    if not ints or min(ints) < 1:
+        raise ValueError(f"--{name} must be a list of positive integers. Received: --{name}={','.join(values)}")
+    return ints
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # created with the umask's mode
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _sync(tensor) -> None:
+    """Blocks until ``tensor`` (any backend) is computed, moving only one element to the host."""
+    keras.ops.convert_to_numpy(keras.ops.reshape(tensor, (-1,))[:1])
+
+
+# --- Device and peak ---------------------------------------------------------------------------
+
+
+def device_description() -> tuple[str, bool]:
+    """What the model runs on, and whether it is an accelerator.
+
+    Returns:
+        ``(description, is_accelerator)``, e.g. ``("gpu: NVIDIA H100 80GB HBM3 (x1)", True)``.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            return f"{device.platform}: {device.device_kind} (x{jax.device_count()})", True
+    elif backend == "tensorflow":
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+            return f"gpu: {name} (x{len(gpus)})", True
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"cpu: {cpu} ({os.cpu_count()} cores)", False
+
+
+def _jit(fn):
+    """``fn`` compiled by the backend's XLA (JAX, TensorFlow); other backends run it as is."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "tensorflow":
+        return tf.function(fn, jit_compile=True)
+    return fn
+
+
+def matmul_peak(n: int, runs: int, dtype: str = "bfloat16") -> float:
+    """Measured matmul throughput in TFLOP/s: best of 3 timings of ``runs`` back-to-back jitted
+    ``keras.ops.matmul`` calls on two ``[n, n]`` random matrices of ``dtype``, 2 n^3 FLOPs each.
+
+    Args:
+        n: matrix side.
+        runs: calls per timing (launched without waiting; synchronised at the end).
+        dtype: the matrices' dtype.
+
+    Returns:
+        float: TFLOP/s.
+    """
+    a = keras.random.normal((n, n), dtype=dtype, seed=1)
+    b = keras.random.normal((n, n), dtype=dtype, seed=2)
+    matmul = _jit(keras.ops.matmul)
+    _sync(matmul(a, b))  # compile
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(runs):
+            out = matmul(a, b)
+        _sync(out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * runs / best / 1e12
+
+
+# --- Data --------------------------------------------------------------------------------------
+
+
+def synthetic_batch(batch: int, height: int, width: int, num_classes: int, seed: int):
+    """A random batch: uint8 images ``[B, H, W, 3]`` and uint8 labels ``[B, H, W]`` in
+    ``[0, num_classes)`` with about 5 % void (255) pixels."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, (batch, height, width), dtype=np.uint8)
+    labels[rng.random(labels.shape) < 0.05] = IGNORE_LABEL
+    return images, labels
+
+
+def tfrecord_glob(data: str | None, cache_dir: str | None) -> str:
+    """The TFRecord glob of the training split that ``--data`` names (a synthetic VOC set made
+    in a temporary folder when ``data`` is None), converted if needed.
+
+    Returns:
+        str: a glob of training TFRecords.
+    """
+    from fcn_keras.data.pipeline import resolve_data
+    from fcn_keras.data.synthetic import make_synthetic_voc
+
+    cache = cache_dir or tempfile.mkdtemp(prefix="fcn_bench_records_")
+    if data is None:
+        data = str(make_synthetic_voc(Path(cache) / "voc", num_train=16, num_val=1))
+        print(f"--data not given: using a synthetic VOC set in {data}", flush=True)
+    return resolve_data(data, cache)["train"]
+
+
+def tfrecord_dataset(glob: str, batch: int, height: int, width: int, seed: int):
+    """The project's training pipeline cropping to ``height`` (square sizes only)."""
+    from fcn_keras.data.pipeline import train_dataset
+
+    if height != width:
+        raise ValueError(f"--input_pipeline=tfrecord crops squares: --sizes must be N, not {height}x{width}")
+    return train_dataset(glob, batch_size=batch, crop_size=height, seed=seed, repeat=True)
+
+
+# --- Measurements ------------------------------------------------------------------------------
+
+
+def compile_for_training(model: keras.Model) -> None:
+    """The training set-up being measured: the paper's SGD, the project's loss, XLA."""
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=1e-4, momentum=0.99, weight_decay=5e-4),
+        loss=SegmentationCrossEntropy(),
+        jit_compile=True,
+    )
+
+
+def train_images_per_second(model: keras.Model, dataset, batch: int, steps: int, warmup: int) -> float:
+    """Images/s of ``model.fit(dataset)`` over ``steps`` steps after a ``warmup``-step fit call."""
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup, shuffle=False, verbose=0)
+    _sync(model.trainable_variables[-1])
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+    _sync(model.trainable_variables[-1])  # the last update has been applied
+    return steps * batch / (time.perf_counter() - start)
+
+
+def infer_images_per_second(labeler: keras.Model, dataset, batch: int, steps: int, warmup: int) -> float:
+    """Images/s of ``labeler.predict`` (uint8 label maps to the host) over ``steps`` batches."""
+    labeler.predict(dataset, steps=warmup, verbose=0)
+    start = time.perf_counter()
+    labels = labeler.predict(dataset, steps=steps, verbose=0)
+    elapsed = time.perf_counter() - start
+    if labels.dtype != np.uint8 or labels.shape[0] != steps * batch:
+        raise AssertionError(f"predict returned {labels.dtype} {labels.shape}, not {steps * batch} label maps")
+    return steps * batch / elapsed
+
+
+def latency_ms(labeler: keras.Model, image: np.ndarray, runs: int, warmup: int) -> float:
+    """Median wall time in ms of ``predict_on_batch`` on one image ``[1, H, W, 3]``."""
+    for _ in range(warmup):
+        labeler.predict_on_batch(image)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        labeler.predict_on_batch(image)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, latency, tf_glob, seed) -> dict:
+    """Every measurement of one (variant, size, batch); ``latency`` is given (per size)."""
+    height, width = size
+    images, labels = synthetic_batch(batch, height, width, setup["num_classes"], seed)
+    synthetic = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    record = {
+        "kind": "config",
+        "setup": setup,
+        "variant": variant,
+        "size": f"{height}x{width}",
+        "batch": batch,
+        "forward_gflop_per_image": forward_flops(model) / 1e9,
+        "train_img_s": train_images_per_second(model, synthetic, batch, steps, warmup),
+        "infer_img_s": infer_images_per_second(
+            labeler, tf.data.Dataset.from_tensors(images).repeat(), batch, steps, warmup
+        ),
+        "latency_ms": latency,
+        "steps": steps,
+    }
+    if tf_glob is not None:
+        dataset = tfrecord_dataset(tf_glob, batch, height, width, seed)
+        record["tfrecord_train_img_s"] = train_images_per_second(model, dataset, batch, steps, warmup)
+    return record
+
+
+# --- Records and the table ---------------------------------------------------------------------
+
+
+def read_records(path: Path | None) -> list[dict]:
+    """The JSON-lines records in ``path`` (none if absent); a torn last line is reported and left out."""
+    if path is None or not path.is_file():
+        return []
+    records, bad = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    if bad:
+        print(f"{path}: {bad} unreadable line(s) left out (an interrupted write)", flush=True)
+    return records
+
+
+def append_record(path: Path | None, record: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
+def _fmt(value: float) -> str:
+    """A table cell: one decimal from 100 up, else 3 significant digits (CPU figures are tiny)."""
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+TABLE_COLUMNS: tuple[str, ...] = (
+    "size", "batch", "fwd GFLOP/img", "train img/s", "train TFLOP/s", "train % peak",
+    "infer img/s", "infer TFLOP/s", "infer % peak", "batch-1 latency ms",
+)
+TFRECORD_COLUMNS: tuple[str, ...] = ("train img/s (TFRecords)", "TFRecords / synthetic %")
+
+
+def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[str, str]) -> str:
+    """The results as markdown: a header, one table per variant, how it was counted.
+
+    Args:
+        records: ``"config"`` records of this ``setup``.
+        setup: the run's setup (backend, device, precision, ...).
+        peak: measured bf16 matmul peak, TFLOP/s.
+        header: ``{label: value}`` lines at the top (command, device, ...).
+
+    Returns:
+        str: the markdown document.
+    """
+    lines = ["# FCN-VGG16 throughput", ""]
+    lines += [f"- {label}: {value}" for label, value in header.items()]
+    with_tfrecord = setup["input_pipeline"] == "tfrecord"
+    columns = TABLE_COLUMNS + (TFRECORD_COLUMNS if with_tfrecord else ())
+    for variant in VARIANTS:
+        rows = [r for r in records if r["variant"] == variant]
+        if not rows:
+            continue
+        lines += ["", f"## FCN-{variant}", "", "| " + " | ".join(columns) + " |",
+                  "|" + "---|" * len(columns)]
+        for r in sorted(rows, key=lambda r: (r["size"], r["batch"])):
+            gflop = r["forward_gflop_per_image"]
+            train_tflops = r["train_img_s"] * gflop * TRAIN_FLOPS_FACTOR / 1e3
+            infer_tflops = r["infer_img_s"] * gflop / 1e3
+            cells = [r["size"], str(r["batch"]), _fmt(gflop), _fmt(r["train_img_s"]), _fmt(train_tflops),
+                     _fmt(100 * train_tflops / peak), _fmt(r["infer_img_s"]), _fmt(infer_tflops),
+                     _fmt(100 * infer_tflops / peak), _fmt(r["latency_ms"])]
+            if with_tfrecord:
+                cells += [_fmt(r["tfrecord_train_img_s"]), _fmt(100 * r["tfrecord_train_img_s"] / r["train_img_s"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "How it is measured. FLOPs = 2 x multiply-accumulates of every convolution and "
+        "deconvolution, from the layer shapes of this geometry "
+        f"({setup['geometry']}{': the 100-pixel input padding is computed, so it is counted' if setup['geometry'] == 'reference' else ''}); "
+        f"training = {TRAIN_FLOPS_FACTOR} x forward (forward + backward); ReLU, pooling, adds and "
+        "the argmax are not counted. % peak = achieved TFLOP/s / the measured bf16 matmul peak. "
+        "Training: one warm-up model.fit call, then the wall time of one fit call of the timed steps "
+        "(SGD momentum 0.99, SegmentationCrossEntropy, jit_compile=True), synthetic data repeated from "
+        "a tf.data dataset" + (" or the TFRecord pipeline (random scale, crop, flip)" if with_tfrecord else "")
+        + ". Inference: labels_model.predict (argmax on the device, uint8 label maps to the host). "
+        "Latency: median of predict_on_batch on one image, host to host.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- Main --------------------------------------------------------------------------------------
+
+
+def run(argv: list[str]) -> str:
+    """Runs the benchmark described by the flags; returns the markdown it printed."""
+    variants = [check_variant(v) for v in FLAGS.variants]
+    sizes = [parse_size(s) for s in FLAGS.sizes]
+    batches = _positive_ints(FLAGS.batch_sizes, "batch_sizes")
+    for name in ("steps", "warmup", "latency_runs", "fc_units", "peak_runs"):
+        if getattr(FLAGS, name) < 1:
+            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
+    if FLAGS.peak_size < 0:
+        raise ValueError(f"--peak_size must be >= 0. Received: --peak_size={FLAGS.peak_size}")
+
+    if keras.backend.backend() != "tensorflow":
+        tf.config.set_visible_devices([], "GPU")  # tf.data only: the accelerator is the backend's
+    keras.config.set_dtype_policy(PRECISIONS[FLAGS.precision])
+    keras.utils.set_random_seed(FLAGS.seed)
+    device, accelerator = device_description()
+    backend = keras.backend.backend()
+    backend_version = __import__(backend).__version__ if backend in ("jax", "tensorflow", "torch") else "?"
+    setup = {
+        "backend": backend, "device": device, "precision": FLAGS.precision, "geometry": FLAGS.geometry,
+        "fc_units": FLAGS.fc_units, "num_classes": FLAGS.num_classes, "input_pipeline": FLAGS.input_pipeline,
+    }
+    output = Path(FLAGS.output) if FLAGS.output else None
+    records_path = output.with_suffix(".jsonl") if output else None
+    old = read_records(records_path) if FLAGS.resume else []
+    if not FLAGS.resume and records_path is not None and records_path.exists():
+        records_path.unlink()
+    done = [r for r in old if r.get("kind") == "config" and r["setup"] == setup]
+    if len(done) < len([r for r in old if r.get("kind") == "config"]):
+        print(f"{records_path}: records of other setups are kept there but not shown", flush=True)
+
+    peak_n = FLAGS.peak_size or (8192 if accelerator else 1024)
+    peak = matmul_peak(peak_n, FLAGS.peak_runs)
+    append_record(records_path, {"kind": "peak", "setup": setup, "n": peak_n, "tflops": peak})
+    peaks = [r["tflops"] for r in old if r.get("kind") == "peak" and r["setup"] == setup] + [peak]
+    print(f"device: {device}; bf16 matmul peak {peak:.2f} TFLOP/s (n={peak_n})", flush=True)
+    header = {
+        "Command": "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={backend}", "python", *argv]) + "`",
+        "Device": device + f"; host: {os.cpu_count()} CPU cores",
+        "Software": f"{backend} {backend_version}, Keras {keras.__version__}, Python {platform.python_version()}",
+        "Setup": f"precision {FLAGS.precision} ({PRECISIONS[FLAGS.precision]}), geometry {FLAGS.geometry}, "
+                 f"fc_units {FLAGS.fc_units}, {FLAGS.num_classes} classes, jit_compile, "
+                 f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of {FLAGS.latency_runs}",
+        "bf16 matmul peak": f"{max(peaks):.2f} TFLOP/s (jitted keras.ops.matmul, n={peak_n}, best of "
+                            f"{len(peaks)} run(s) x 3 timings of {FLAGS.peak_runs} calls)",
+        "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if FLAGS.input_pipeline == "tfrecord":
+        header["TFRecords"] = tf_glob = tfrecord_glob(FLAGS.data, FLAGS.cache_dir)
+    else:
+        tf_glob = None
+
+    records = list(done)
+    for variant in variants:
+        for height, width in sizes:
+            todo = [b for b in batches if not any(
+                r["variant"] == variant and r["size"] == f"{height}x{width}" and r["batch"] == b for r in done)]
+            if not todo:
+                print(f"FCN-{variant} {height}x{width}: already measured, skipped (--resume)", flush=True)
+                continue
+            keras.utils.clear_session()
+            model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
+                              geometry=FLAGS.geometry, fc_units=FLAGS.fc_units)
+            compile_for_training(model)
+            labeler = labels_model(model)
+            labeler.compile(jit_compile=True)
+            image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
+            latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
+            for batch in todo:
+                record = measure_config(model, labeler, variant, (height, width), batch, setup,
+                                        FLAGS.steps, FLAGS.warmup, latency, tf_glob, FLAGS.seed)
+                append_record(records_path, record)
+                records.append(record)
+                print(f"FCN-{variant} {height}x{width} batch {batch}: train {record['train_img_s']:.2f} img/s, "
+                      f"infer {record['infer_img_s']:.2f} img/s, latency {latency:.2f} ms", flush=True)
+                if output is not None:
+                    write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
+    markdown = render_markdown(records, setup, max(peaks), header)
+    if output is not None:
+        write_text_atomic(output, markdown)
+    print(markdown, flush=True)
+    return markdown
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run(sys.argv)
+    except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
+        print(f"throughput.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,161 @@
+"""The FLOP counter against hand computations, and the throughput benchmark end to end (CPU)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, layer_flops, model_flops
+from fcn_keras.model import build_fcn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "benchmarks" / "throughput.py"
+
+
+# --- FLOP counter: hand computations ---------------------------------------------------------
+
+
+def _single(layer: keras.layers.Layer, input_shape: tuple[int, ...]) -> keras.Model:
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, layer(inputs))
+
+
+def test_single_convolution():
+    # 'valid' 3x3 on 10x12x3 -> 8x10x8: 8*10 positions x 8 filters x 3*3*3 MACs, 2 FLOPs each.
+    model = _single(keras.layers.Conv2D(8, 3, name="conv"), (10, 12, 3))
+    assert model_flops(model) == {"conv": 2 * 8 * 10 * 8 * 27}
+    # Strided 'same' 5x5 on 9x9x4 -> 5x5x6; grouped (2 groups: 2 input channels per filter).
+    strided = _single(keras.layers.Conv2D(6, 5, strides=2, padding="same", groups=2), (9, 9, 4))
+    assert forward_flops(strided) == 2 * 5 * 5 * 6 * 25 * 2
+
+
+def test_one_vgg_block():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.MaxPooling2D(2)(x))
+    # conv1: 32*32*64 outputs x 27 MACs; conv2: 32*32*64 x 576; pooling and ReLU are not counted.
+    assert forward_flops(model) == 2 * (32 * 32 * 64 * 27 + 32 * 32 * 64 * 576) == 79_036_416
+
+
+def test_transposed_convolution_and_dense():
+    # Each of the 5*5*21 inputs scatters a 4x4x21 patch: 5*5*21*16*21 MACs.
+    deconv = _single(keras.layers.Conv2DTranspose(21, 4, strides=2, use_bias=False), (5, 5, 21))
+    assert forward_flops(deconv) == 2 * 5 * 5 * 21 * 16 * 21
+    assert forward_flops(_single(keras.layers.Dense(4), (10,))) == 2 * 10 * 4
+    assert layer_flops(keras.layers.ReLU()) == 0
+
+
+def test_fcn_reference_geometry_counts_the_padding():
+    model = build_fcn("32s", input_shape=(32, 32, 3), fc_units=8)
+    counts = model_flops(model)
+    # 32 + 2*100 = 232, valid conv1_1 -> 230; ceil pools 115, 58, 29, 15, 8; valid 7x7 fc6 -> 2.
+    assert counts["block1_conv1"] == 2 * 230 * 230 * 64 * 27
+    assert counts["block5_conv3"] == 2 * 15 * 15 * 512 * 9 * 512
+    assert counts["fc6"] == 2 * 2 * 2 * 8 * 49 * 512
+    # upscore: 2x2x21 inputs, 64x64 kernel, 21 outputs (its cropped border is computed too).
+    assert counts["upscore"] == 2 * 2 * 2 * 21 * 64 * 64 * 21
+
+
+def test_fcn_same_geometry_total_by_hand():
+    model = build_fcn("32s", input_shape=(32, 32, 3), fc_units=8, geometry="same")
+    macs, channels, size = 0, 3, 32
+    for filters, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(convs):
+            macs += size * size * filters * 9 * channels
+            channels = filters
+        size //= 2
+    # pool5 is 1x1: 'same' fc6 (7x7), fc7 (1x1), score_fr, then the 64x64 stride-32 deconvolution.
+    macs += 8 * 49 * 512 + 8 * 8 + 21 * 8 + 21 * 64 * 64 * 21
+    assert forward_flops(model) == 2 * macs
+    assert TRAIN_FLOPS_FACTOR == 3
+
+
+def test_dynamic_shapes_are_refused():
+    with pytest.raises(ValueError, match="static shapes.*block1_conv1|block1_conv1.*static shapes"):
+        forward_flops(build_fcn("32s", fc_units=8))
+
+
+# --- Benchmark helpers -----------------------------------------------------------------------
+
+
+def test_parse_size_and_table_rendering():
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    assert throughput.parse_size("512") == (512, 512)
+    assert throughput.parse_size("375x500") == (375, 500)
+    for bad in ("0", "12x", "axb"):
+        with pytest.raises(ValueError, match="--sizes"):
+            throughput.parse_size(bad)
+    with pytest.raises(ValueError, match="--batch_sizes must be a list of positive integers"):
+        throughput._positive_ints(["8", "0"], "batch_sizes")
+    setup = {"geometry": "reference", "input_pipeline": "tfrecord"}
+    record = {"variant": "8s", "size": "512x512", "batch": 8, "forward_gflop_per_image": 200.0,
+              "train_img_s": 400.0, "infer_img_s": 1000.0, "latency_ms": 3.5, "tfrecord_train_img_s": 380.0}
+    text = throughput.render_markdown([record], setup, peak=800.0, header={"Device": "test"})
+    rows = _table_rows(text)
+    assert list(rows) == ["8s"]
+    row = rows["8s"][0]
+    assert row["train TFLOP/s"] == 240.0  # 400 img/s x 200 GFLOP x 3
+    assert row["train % peak"] == 30.0
+    assert row["infer TFLOP/s"] == 200.0 and row["infer % peak"] == 25.0
+    assert row["TFRecords / synthetic %"] == 95.0
+    assert "100-pixel input padding" in text and "3 x forward" in text
+
+
+def _table_rows(markdown: str) -> dict[str, list[dict]]:
+    """``{variant: [row dict]}`` of the benchmark's tables; numeric cells as floats."""
+    tables, variant, columns = {}, None, None
+    for line in markdown.splitlines():
+        heading = re.match(r"## FCN-(\w+)", line)
+        if heading:
+            variant, columns = heading.group(1), None
+        elif line.startswith("| ") and variant:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if columns is None:
+                columns = cells
+            else:
+                values = [c if "x" in c else float(c.replace(",", "")) for c in cells]
+                tables.setdefault(variant, []).append(dict(zip(columns, values)))
+    return tables
+
+
+# --- Benchmark end to end --------------------------------------------------------------------
+
+
+def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
+    output = tmp_path / "bench" / "cpu.md"
+    command = [sys.executable, str(SCRIPT), "--variants=8s", "--sizes=32", "--batch_sizes=2", "--steps=2",
+               "--warmup=1", "--latency_runs=2", "--fc_units=8", "--geometry=same", "--precision=float32",
+               "--peak_size=64", "--peak_runs=2", "--input_pipeline=tfrecord", f"--cache_dir={tmp_path / 'records'}",
+               f"--output={output}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = output.read_text()
+    assert "--variants=8s" in text and "Device: cpu" in text
+    rows = _table_rows(text)
+    assert list(rows) == ["8s"] and len(rows["8s"]) == 1
+    row = rows["8s"][0]
+    assert row["size"] == "32x32" and row["batch"] == 2
+    for column in ("train img/s", "infer img/s", "batch-1 latency ms", "train TFLOP/s", "train % peak",
+                   "train img/s (TFRecords)", "TFRecords / synthetic %"):
+        assert row[column] > 0, column
+    assert "TFRecords: " in text and "--data not given: using a synthetic VOC set" in result.stdout
+    records = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
+    config = [r for r in records if r["kind"] == "config"]
+    assert len(config) == 1
+    expected = forward_flops(build_fcn("8s", input_shape=(32, 32, 3), fc_units=8, geometry="same"))
+    assert config[0]["forward_gflop_per_image"] == pytest.approx(expected / 1e9)
+
+    # The same command again: the measured configuration is kept, not re-measured.
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already measured" in again.stdout
+    assert _table_rows(output.read_text())["8s"][0]["train img/s"] == row["train img/s"]
