@@ -249,6 +249,10 @@ REQUIRED_COLUMNS = ("epoch", "loss")
 OPTIONAL_COLUMNS = ("mean_iu", "val_loss", "val_mean_iu")
 
 
+#: How Keras' CSVLogger writes a value that was not logged.
+_MISSING = ("NA", "")
+
+
 def read_training_log(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a Keras ``CSVLogger`` file.
 
@@ -283,9 +287,17 @@ def read_training_log(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not by_epoch:
         raise ValueError(f"training log {csv_path} has a header but no rows")
     epochs = sorted(by_epoch)
-    columns = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in fields]
+    rows = [by_epoch[e] for e in epochs]
+    # CSVLogger writes "NA" where a run logged no value (e.g. val_* without validation): an
+    # optional column that is NA throughout is absent; a missing value elsewhere is NaN.
+    columns = list(REQUIRED_COLUMNS) + [
+        c for c in OPTIONAL_COLUMNS if c in fields and any(row[c] not in _MISSING for row in rows)
+    ]
     try:
-        return {c: np.array([float(by_epoch[e][c]) for e in epochs]) for c in columns}
+        return {
+            c: np.array([np.nan if c in OPTIONAL_COLUMNS and row[c] in _MISSING else float(row[c]) for row in rows])
+            for c in columns
+        }
     except ValueError as error:
         raise ValueError(f"training log {csv_path} holds a value that is not a number: {error}") from None
 

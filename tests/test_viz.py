@@ -127,6 +127,20 @@ def test_training_curves_from_csv_logs(tmp_path):
     assert len(colours_in(pixels)) > 10  # Not a blank canvas.
 
 
+def test_training_log_of_a_run_without_validation_drops_its_na_columns(tmp_path):
+    # Keras' CSVLogger writes NA where nothing was logged: val_* of a run without validation.
+    write_log(tmp_path / "noval.csv", "epoch,loss,mean_iu,val_loss,val_mean_iu",
+              ["0,2.0,0.1,NA,NA", "1,1.5,NA,NA,NA", "2,1.2,0.3,NA,NA"])
+    log = viz.read_training_log(tmp_path / "noval.csv")
+    assert set(log) == {"epoch", "loss", "mean_iu"}
+    np.testing.assert_array_equal(log["mean_iu"], [0.1, np.nan, 0.3])
+    write_log(tmp_path / "bad.csv", "epoch,loss", ["0,NA"])  # A required column must hold numbers.
+    with pytest.raises(ValueError, match="holds a value that is not a number"):
+        viz.read_training_log(tmp_path / "bad.csv")
+    path = viz.plot_training_curves({"FCN-32s": tmp_path / "noval.csv"}, tmp_path / "curves.png", size_px=(400, 200))
+    assert png_pixels(path).shape[:2] == (200, 400)
+
+
 def test_training_curves_report_missing_files_and_columns(tmp_path):
     write_log(tmp_path / "no_loss.csv", "epoch,mean_iu", ["0,0.1"])
     with pytest.raises(ValueError, match=r"no_loss.csv lacks the column\(s\) \['loss'\]"):
