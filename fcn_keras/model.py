@@ -15,7 +15,7 @@ import os
 import keras
 
 from fcn_keras import architecture as arch
-from fcn_keras.backbone import NAMED_WEIGHTS, load_vgg16, resolve_preprocessing
+from fcn_keras.backbone import load_vgg16, resolve_preprocessing
 from fcn_keras.constants import NUM_CLASSES
 from fcn_keras.layers import BilinearUpsampling, CropToReference, Preprocess
 from fcn_keras.surgery import transplant_vgg16

@@ -2,7 +2,6 @@
 pixel for pixel (JPEG decoded as the pipeline does, palette PNGs read as indices)."""
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
