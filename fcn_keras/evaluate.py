@@ -1,0 +1,331 @@
+"""Evaluates an FCN on full-size images with the paper's metrics.
+
+    python -m fcn_keras.evaluate --model=runs/fcn8s/best.keras --data=/path/to/VOCdevkit \\
+        --split=val --output_dir=runs/fcn8s/eval
+
+Every image is evaluated whole (no crop, no resize). The argmax is taken on the device
+(``fcn_keras.inference.labels_model``): only uint8 label maps reach the host, where a streaming
+int64 confusion matrix counts (truth, prediction) pairs, void (255) excluded. Writes
+``metrics.json`` (scores, confusion matrix, counts), ``metrics.md`` (the four metrics and the
+per-class IU table) and ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from absl import app, flags
+
+from fcn_keras import viz
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
+from fcn_keras.data import convert as convert_lib
+from fcn_keras.data.pipeline import eval_dataset, resolve_data
+from fcn_keras.inference import labels_model
+from fcn_keras.io import check_fcn, load_fcn
+from fcn_keras.metrics import confusion_matrix, scores
+
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+CONFUSION_PNG = "confusion.png"
+
+#: The four metrics of the paper, section 5, in its table order, with their table headings.
+PAPER_METRICS: tuple[tuple[str, str], ...] = (
+    ("pixel_accuracy", "pixel acc."),
+    ("mean_accuracy", "mean acc."),
+    ("mean_iu", "mean IU"),
+    ("fw_iu", "f.w. IU"),
+)
+
+# --- Data --------------------------------------------------------------------------------------
+
+
+def default_cache_dir(data: str | os.PathLike) -> Path:
+    """Where a VOCdevkit root is converted to TFRecords when no cache folder is given.
+
+    Args:
+        data: the VOCdevkit root.
+
+    Returns:
+        ``<tmp>/fcn_keras_records/<folder name>-<hash of its absolute path>``: the same root
+        always maps to the same cache, which the converter reuses (idempotent).
+    """
+    absolute = os.path.abspath(os.fspath(data))
+    digest = hashlib.sha1(absolute.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / "fcn_keras_records" / f"{Path(absolute).name}-{digest}"
+
+
+def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None) -> tuple[str, int | None]:
+    """The TFRecord glob of ``split`` for a ``--data`` value, and its image count if known.
+
+    Args:
+        data: a TFRecord glob (evaluated whatever ``split`` is), a converted folder holding
+            ``manifest.json``, or a VOCdevkit root (converted into ``cache_dir``).
+        split: the split of a folder to evaluate, e.g. ``"val"``.
+        cache_dir: conversion folder for a VOCdevkit root (default ``default_cache_dir(data)``).
+
+    Returns:
+        ``(glob, num_images)``; ``num_images`` from the manifest, ``None`` for a plain glob.
+
+    Raises:
+        ValueError: nothing matches ``data``, or the folder has no ``split``.
+    """
+    is_folder = Path(data).is_dir()
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data)
+    globs = resolve_data(data, cache_dir)
+    if not is_folder:
+        return globs["train"], None  # A glob: resolve_data names it "train"; it is what we evaluate.
+    if split not in globs:
+        raise ValueError(f"data {str(data)!r} has no split {split!r}; it has {sorted(globs)}. Check --split")
+    manifest_dir = Path(data) if (Path(data) / convert_lib.MANIFEST_NAME).is_file() else cache_dir
+    manifest = convert_lib.read_manifest(manifest_dir) or {}
+    count = manifest.get("splits", {}).get(split, {}).get("num_examples")
+    return globs[split], count
+
+
+# --- Evaluation --------------------------------------------------------------------------------
+
+
+def evaluate_model(
+    model: keras.Model | str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str = "val",
+    output_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    class_names: Sequence[str] = VOC_CLASSES,
+    batch_size: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluates an FCN on whole images of a dataset split.
+
+    Args:
+        model: an FCN (logits ``[B, H, W, C]``) or the path of its ``.keras`` file.
+        data: a TFRecord glob, a converted folder (``manifest.json``) or a VOCdevkit root.
+        split: the split of a folder to evaluate (ignored for a plain glob).
+        output_dir: where ``metrics.json``, ``metrics.md`` and ``confusion.png`` go; nothing is
+            written when ``None``.
+        max_images: evaluate only the first N images (all when ``None``).
+        class_names: the ``C`` class names (VOC's 21 by default), for the table and figure.
+        batch_size: images per device call. 1 evaluates every image exactly at its size; above
+            1 the pipeline pads images (0) and labels (255, not counted) to the batch's largest
+            size, which can change predictions near the right and bottom borders.
+        cache_dir: conversion folder for a VOCdevkit root (see ``resolve_split``).
+        verbose: show a ``keras.utils.Progbar``.
+
+    Returns:
+        ``scores(confusion)`` (``pixel_accuracy``, ``mean_accuracy``, ``mean_iu``, ``fw_iu``,
+        ``per_class_iu``) plus ``confusion`` (int ``[C, C]`` as nested lists, rows = truth),
+        ``num_images``, ``num_pixels`` (non-void pixels counted), ``void_pixels``,
+        ``class_names``, ``model``, ``data``, ``split``, ``backend``, ``seconds`` and
+        ``images_per_second``.
+
+    Raises:
+        FileNotFoundError: the model file does not exist.
+        ValueError: the model is not an FCN, its class count differs from ``len(class_names)``,
+            the data matches nothing, a label lies outside ``[0, C)`` and is not 255, or no
+            image was evaluated.
+    """
+    # --- Arguments ---------------------------------------------------------------------------
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
+    if isinstance(model, keras.Model):
+        source = model.name
+        check_fcn(model, f"model {model.name!r}")
+    else:
+        source = str(model)
+        model = load_fcn(model)
+    num_classes = int(model.outputs[0].shape[-1])
+    if num_classes != len(class_names):
+        raise ValueError(
+            f"model {source} predicts {num_classes} classes but {len(class_names)} class names were "
+            f"given (class_names={tuple(class_names)[:4]}...)"
+        )
+    pattern, count = resolve_split(data, split, cache_dir)
+    target = min(count, max_images) if count is not None and max_images else (max_images or count)
+
+    # --- Streaming confusion matrix ------------------------------------------------------------
+    predictor = labels_model(model)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    num_images = void_pixels = 0
+    progbar = keras.utils.Progbar(target, unit_name="image") if verbose else None
+    start = time.perf_counter()
+    for images, labels in eval_dataset(pattern, batch_size=batch_size):
+        if max_images is not None:
+            images, labels = images[: max_images - num_images], labels[: max_images - num_images]
+        labels = labels.numpy()
+        predicted = np.asarray(predictor.predict_on_batch(images.numpy()))
+        invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
+        if invalid.any():
+            raise ValueError(
+                f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
+                f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + len(labels) - 1}: "
+                f"they do not fit a {num_classes}-class model"
+            )
+        confusion += confusion_matrix(labels, predicted, num_classes)
+        # Padding of batches is void too; count only the void of the images themselves.
+        void_pixels += int((labels == IGNORE_LABEL).sum())
+        num_images += len(labels)
+        if progbar is not None:
+            progbar.update(num_images)
+        if max_images is not None and num_images >= max_images:
+            break
+    seconds = time.perf_counter() - start
+    if num_images == 0:
+        raise ValueError(f"no image was evaluated: {pattern!r} holds no record")
+    if batch_size > 1:
+        void_pixels = None  # Indistinguishable from the padding of batches.
+
+    results = {
+        **scores(confusion),
+        "confusion": confusion.tolist(),
+        "num_images": num_images,
+        "num_pixels": int(confusion.sum()),
+        "void_pixels": void_pixels,
+        "class_names": list(class_names),
+        "model": source,
+        "data": str(data),
+        "split": split if Path(data).is_dir() else None,
+        "backend": keras.backend.backend(),
+        "seconds": seconds,
+        "images_per_second": num_images / seconds,
+    }
+    if output_dir is not None:
+        write_outputs(results, output_dir)
+    return results
+
+
+# --- Outputs -----------------------------------------------------------------------------------
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def metrics_markdown(results: dict[str, Any]) -> str:
+    """The markdown report: the paper's four metrics (in %) and the per-class IU table.
+
+    Args:
+        results: what ``evaluate_model`` returns.
+
+    Returns:
+        The markdown text.
+    """
+    lines = [
+        f"# Evaluation of `{results['model']}`",
+        "",
+        f"Data `{results['data']}`" + (f", split `{results['split']}`" if results.get("split") else "")
+        + f": {results['num_images']} images at full size, {results['num_pixels']:,} non-void pixels; "
+        f"backend {results['backend']}, {results['images_per_second']:.2f} images/s.",
+        "",
+        "| " + " | ".join(heading for _, heading in PAPER_METRICS) + " |",
+        "|" + "---:|" * len(PAPER_METRICS),
+        "| " + " | ".join(f"{100 * results[key]:.1f}" for key, _ in PAPER_METRICS) + " |",
+        "",
+        "## Per-class IU",
+        "",
+        "| class | IU (%) | pixels in ground truth |",
+        "|---|---:|---:|",
+    ]
+    truth = np.asarray(results["confusion"]).sum(axis=1)
+    for name, iu, pixels in zip(results["class_names"], results["per_class_iu"], truth):
+        lines.append(f"| {name} | {'-' if iu is None else f'{100 * iu:.1f}'} | {int(pixels):,} |")
+    lines += [
+        "",
+        "`-`: class absent from both ground truth and prediction (left out of the mean IU). "
+        "Definitions: docs/evaluation.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``metrics.json``, ``metrics.md`` and ``confusion.png`` (each atomically).
+
+    Args:
+        results: what ``evaluate_model`` returns.
+        output_dir: the folder (created).
+
+    Returns:
+        ``{"json": path, "markdown": path, "confusion": path}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": output_dir / METRICS_JSON,
+        "markdown": output_dir / METRICS_MD,
+        "confusion": output_dir / CONFUSION_PNG,
+    }
+    _write_text_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
+    _write_text_atomic(paths["markdown"], metrics_markdown(results))
+    viz.plot_confusion_matrix(np.asarray(results["confusion"]), results["class_names"], paths["confusion"])
+    return paths
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command-line flags of ``python -m fcn_keras.evaluate``."""
+    flags.DEFINE_string("model", None, "Trained FCN: a .keras file (from fcn_keras.train, any backend).", required=True)
+    flags.DEFINE_string(
+        "data",
+        None,
+        "TFRecord glob (e.g. 'records/val-*.tfrecord'), a folder written by fcn_keras.data.convert "
+        "(manifest.json), or a VOCdevkit root (holding VOC2012/), converted into --cache_dir.",
+        required=True,
+    )
+    flags.DEFINE_string("split", "val", "Split of a folder --data to evaluate (ignored for a TFRecord glob).")
+    flags.DEFINE_string("output_dir", None, "Folder for metrics.json, metrics.md and confusion.png (none written if unset).")
+    flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (default: all).", lower_bound=1)
+    flags.DEFINE_integer(
+        "batch_size", 1, "Images per device call; 1 is exact full-size evaluation, more pads to the batch's largest image.",
+        lower_bound=1,
+    )
+    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted to TFRecords (default: a folder under the temp dir named after it).")
+
+
+def main(argv: list[str]) -> int:
+    """Runs the evaluation and prints the four metrics; returns the exit status."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        results = evaluate_model(
+            FLAGS.model,
+            FLAGS.data,
+            split=FLAGS.split,
+            output_dir=FLAGS.output_dir,
+            max_images=FLAGS.max_images,
+            batch_size=FLAGS.batch_size,
+            cache_dir=FLAGS.cache_dir,
+        )
+    except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
+        print(f"fcn_keras.evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        " | ".join(f"{heading} {100 * results[key]:.2f}" for key, heading in PAPER_METRICS)
+        + f" | {results['num_images']} images, {results['images_per_second']:.2f} images/s"
+    )
+    if FLAGS.output_dir:
+        print(f"wrote {METRICS_JSON}, {METRICS_MD}, {CONFUSION_PNG} in {FLAGS.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,145 @@
+"""The evaluation: a tiny FCN on synthetic VOC data end to end, metrics.json against scores
+computed independently from model.predict on the images decoded straight from the files; the
+CLI under JAX; clear errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras
+
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
+from fcn_keras.data.synthetic import make_synthetic_voc
+from fcn_keras.evaluate import evaluate_model
+from fcn_keras.metrics import scores
+from fcn_keras.model import build_fcn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A synthetic VOCdevkit (5 val images of varied sizes), its conversion, a tiny FCN file."""
+    root = tmp_path_factory.mktemp("evaluate")
+    voc = make_synthetic_voc(root / "VOCdevkit", num_train=1, num_val=5, size=(40, 52), seed=3)
+    keras.utils.clear_session()
+    model = build_fcn("32s", fc_units=8, geometry="same")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # Random weights: varied predictions over many classes.
+        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
+    model.save(root / "model.keras")
+    return {"root": root, "voc": voc, "model": root / "model.keras", "cache": root / "records"}
+
+
+def reference(model_path: Path, voc: Path, ids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Confusion matrix from model.predict on images decoded from the JPEG files (tf.io, as
+    the records keep the bytes) and labels read from the palette PNGs (PIL), image by image."""
+    model = keras.saving.load_model(model_path, compile=False)
+    hist = np.zeros((21, 21), np.int64)
+    predictions = []
+    for image_id in ids:
+        image = tf.io.decode_jpeg(tf.io.read_file(str(voc / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")), channels=3)
+        label = np.array(Image.open(voc / "VOC2012" / "SegmentationClass" / f"{image_id}.png"))
+        predicted = model.predict(image.numpy()[None], verbose=0)[0].argmax(-1)
+        predictions.append(predicted)
+        for t, p in zip(label.ravel(), predicted.ravel()):
+            if t != IGNORE_LABEL:
+                hist[t, p] += 1
+    return hist, predictions
+
+
+def val_ids(voc: Path) -> list[str]:
+    return (voc / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+
+
+def test_metrics_json_equals_scores_of_model_predict(workspace, tmp_path):
+    out = tmp_path / "eval"
+    results = evaluate_model(
+        workspace["model"], str(workspace["voc"]), output_dir=out, cache_dir=workspace["cache"], verbose=False
+    )
+    ids = val_ids(workspace["voc"])
+    hist, predictions = reference(workspace["model"], workspace["voc"], ids)
+    assert len({p.shape for p in predictions}) > 1  # Whole images of several sizes, no crop.
+    assert len(np.unique(np.concatenate([p.ravel() for p in predictions]))) > 2
+    written = json.loads((out / "metrics.json").read_text())
+    np.testing.assert_array_equal(written["confusion"], hist)
+    expected = scores(hist)
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu", "per_class_iu"):
+        assert written[key] == pytest.approx(expected[key]), key
+        assert results[key] == written[key]
+    assert written["num_images"] == len(ids) == 5
+    assert written["num_pixels"] == hist.sum()
+    labels = [np.array(Image.open(workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")) for i in ids]
+    assert written["void_pixels"] == sum(int((label == IGNORE_LABEL).sum()) for label in labels) > 0
+    # The markdown table names every VOC class and shows the mean IU in %.
+    markdown = (out / "metrics.md").read_text()
+    assert f"| {100 * expected['mean_iu']:.1f} |" in markdown or f" {100 * expected['mean_iu']:.1f} |" in markdown
+    for name in VOC_CLASSES:
+        assert f"| {name} |" in markdown
+    with Image.open(out / "confusion.png") as figure:
+        assert figure.format == "PNG" and figure.size == (900, 900)
+
+
+def test_glob_max_images_and_batches(workspace):
+    glob = str(workspace["cache"] / "val-*.tfrecord")  # Written by the first test's conversion.
+    if not tf.io.gfile.glob(glob):
+        evaluate_model(workspace["model"], str(workspace["voc"]), cache_dir=workspace["cache"], max_images=1, verbose=False)
+    ids = val_ids(workspace["voc"])[:3]
+    hist, _ = reference(workspace["model"], workspace["voc"], ids)
+    exact = evaluate_model(workspace["model"], glob, max_images=3, verbose=False)
+    np.testing.assert_array_equal(exact["confusion"], hist)
+    assert exact["num_images"] == 3 and exact["split"] is None
+    # Batches of 2 pad to the largest image with void labels: the same pixels are counted.
+    batched = evaluate_model(workspace["model"], glob, max_images=3, batch_size=2, verbose=False)
+    assert batched["num_images"] == 3 and batched["num_pixels"] == hist.sum()
+
+
+def test_bad_input_gives_clear_errors(workspace, tmp_path):
+    model, voc = workspace["model"], str(workspace["voc"])
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        evaluate_model(tmp_path / "missing.keras", voc, verbose=False)
+    inputs = keras.Input((None, None, 3))
+    classifier = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    classifier.save(tmp_path / "classifier.keras")
+    with pytest.raises(ValueError, match="is not an FCN"):
+        evaluate_model(tmp_path / "classifier.keras", voc, verbose=False)
+    with pytest.raises(ValueError, match="nothing matches"):
+        evaluate_model(model, str(tmp_path / "nothing-*.tfrecord"), verbose=False)
+    with pytest.raises(ValueError, match="predicts 21 classes but 3 class names"):
+        evaluate_model(model, voc, class_names=("a", "b", "c"), cache_dir=workspace["cache"], verbose=False)
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        evaluate_model(model, voc, split="test", cache_dir=workspace["cache"], verbose=False)
+
+
+def test_cli_under_jax_writes_the_same_metrics(workspace, tmp_path):
+    pytest.importorskip("jax")
+    # One convolution: an FCN in shape (RGB in, 21-class logits out) that JAX compiles quickly
+    # for each image size; the full network under TensorFlow is checked above.
+    inputs = keras.Input((None, None, 3))
+    scaled = keras.layers.Rescaling(1 / 255)(inputs)
+    logits = keras.layers.Conv2D(21, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0, 1, seed=1))(scaled)
+    keras.Model(inputs, logits).save(tmp_path / "conv.keras")
+    out = tmp_path / "jax"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
+    flags = [f"--data={workspace['voc']}", f"--cache_dir={workspace['cache']}", f"--output_dir={out}"]
+    command = [sys.executable, "-m", "fcn_keras.evaluate", *flags, "--max_images=3"]
+    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "mean IU" in result.stdout
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["backend"] == "jax" and written["num_images"] == 3
+    hist, predictions = reference(tmp_path / "conv.keras", workspace["voc"], val_ids(workspace["voc"])[:3])
+    assert len(np.unique(np.concatenate([p.ravel() for p in predictions]))) > 2
+    np.testing.assert_array_equal(written["confusion"], hist)
+    # A missing model file exits with status 2 and a message naming it, no traceback.
+    result = subprocess.run([*command, f"--model={tmp_path / 'missing.keras'}"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert f"error: model file not found: {tmp_path / 'missing.keras'}" in result.stderr
+    assert "Traceback" not in result.stderr
