@@ -1,0 +1,477 @@
+"""Training callbacks: exact mid-epoch backups, NaN-safe checkpoints, a one-line epoch summary.
+
+Keras 3.15's ``keras.callbacks.BackupAndRestore`` records ``{"epoch", "batch"}`` when it saves
+mid-epoch, but on restore it only reads ``epoch``: the interrupted epoch is run again from step 0
+starting from the mid-epoch weights, so that epoch gets more optimizer steps than the others,
+its logged loss/metrics cover only the steps after the restart, and the input stream starts
+over. It also writes the weights file and then the metadata in place, so a kill between or
+during the two writes leaves a torn state. ``ResumableBackup`` below fixes all of that:
+
+- one state = a weights file (model + optimizer, so the optimizer's momentum and iteration
+  count), an ``.npz`` with the running epoch metrics (loss mean, confusion matrix) and the
+  dropout RNG states, and ``state.json`` naming them, with the epoch, the step within it and
+  the global step. Files are written under new names first and ``state.json`` is replaced
+  atomically last, so a kill at any moment leaves the previous complete state;
+- ``fcn_keras.train`` reads it before ``fit`` and finishes the interrupted epoch with exactly
+  the missing steps, with the epoch's metric accumulators restored, and skips the batches
+  already consumed in the (deterministic) input stream.
+
+Checkpoints (``best.keras``, ``last.keras``) are never written from non-finite weights, and
+backups are not taken once the loss is NaN, so the last good state survives a divergence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"  # the latest complete state (mid-epoch or epoch end)
+EPOCH_STATE_FILE = "epoch.json"  # the latest epoch-end state
+
+# --- Atomic files -----------------------------------------------------------------------------
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Writes ``data`` as JSON to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
+    """Saves ``model`` as a ``.keras`` file, atomically and without the optimizer's state.
+
+    Keras 3 always stores the optimizer's variables in a ``.keras`` file (for SGD with
+    momentum as much again as the weights, for Adam twice as much); trained models for
+    evaluation, export and ``--init_from`` need only the weights, and the backup holds the
+    optimizer. The compile configuration is kept, so ``load_model`` still compiles the model
+    (with a fresh optimizer).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # Keras needs the .keras suffix.
+    optimizer = model.optimizer
+    model.optimizer = None
+    try:
+        model.save(tmp)
+    finally:
+        model.optimizer = optimizer
+    os.replace(tmp, path)
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def weights_are_finite(model: keras.Model) -> bool:
+    """Whether every trainable weight of ``model`` is finite."""
+    return all(np.isfinite(keras.ops.convert_to_numpy(v.value)).all() for v in model.trainable_variables)
+
+
+# --- Backup and exact resume ------------------------------------------------------------------
+
+
+def _seed_variables(model: keras.Model) -> list:
+    """The RNG state variables of the model's layers (dropout masks), in a stable order."""
+    return [v for v in model.variables if "seed_generator" in v.path]
+
+
+def read_backup(backup_dir: str | os.PathLike, name: str = STATE_FILE) -> dict[str, Any] | None:
+    """The last complete backup state of a run, or ``None`` when there is none.
+
+    Args:
+        backup_dir: the run's ``backup/`` folder.
+        name: ``STATE_FILE`` (the latest state) or ``EPOCH_STATE_FILE`` (the latest at an
+            epoch end).
+
+    Returns:
+        The parsed ``state.json``: ``epoch`` (epochs finished), ``step`` (steps of epoch
+        ``epoch`` already done), ``global_step``, ``weights`` and ``arrays`` (file names in
+        ``backup_dir``), ``best`` (best monitored value so far or ``None``), ``best_epoch``,
+        ``elapsed_s`` and ``images`` (training wall time and images seen before the backup).
+    """
+    path = Path(backup_dir) / name
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class ResumableBackup(keras.callbacks.Callback):
+    """Backs up the complete training state every ``save_freq`` steps and at each epoch end.
+
+    Args:
+        backup_dir: folder of the backups (created); holds one complete state at a time.
+        save_freq: steps between mid-epoch backups (``0``: only at epoch ends).
+        steps_per_epoch: steps of a full epoch (to know the step within the epoch).
+        batch_size: global batch size (to count images).
+        start: the state this run starts from (``read_backup``) or ``None``; its metric
+            accumulators are added back after the first step.
+        best_tracker: the ``BestAndLastCheckpoint`` whose best value is recorded in the state.
+        restore_metrics: save and restore the epoch's metric accumulators. ``False`` under
+            ``tf.distribute``, whose metric variables are per replica (sync on read) and
+            cannot be assigned from a callback: the resumed epoch's logged loss and mean IU
+            then cover only the steps after the restart.
+    """
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        *,
+        save_freq: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        start: dict[str, Any] | None = None,
+        best_tracker: BestAndLastCheckpoint | None = None,
+        restore_metrics: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self.save_freq = int(save_freq)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.batch_size = int(batch_size)
+        self.best_tracker = best_tracker
+        self.restore_metrics = restore_metrics
+        self._pending_arrays = None
+        self._epoch = 0
+        self._step_offset = 0  # steps of the current epoch done before this fit() call
+        self._diverged = False
+        self._elapsed_before = 0.0
+        self._images_before = 0
+        self._fit_start = time.perf_counter()
+        self._images = 0
+        if start is not None:
+            self._elapsed_before = float(start.get("elapsed_s", 0.0))
+            self._images_before = int(start.get("images", 0))
+            if start.get("step", 0) and restore_metrics:
+                self._pending_arrays = self.backup_dir / start["arrays"]
+
+    # --- Bookkeeping ---
+
+    @property
+    def elapsed_s(self) -> float:
+        """Training wall time including the runs before a resume."""
+        return self._elapsed_before + time.perf_counter() - self._fit_start
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a non-finite loss was seen (backups stopped then)."""
+        return self._diverged
+
+    @property
+    def images_this_process(self) -> int:
+        """Training images seen by this process (for its images/s)."""
+        return self._images
+
+    @property
+    def images(self) -> int:
+        """Training images seen including the runs before a resume."""
+        return self._images_before + self._images
+
+    def begin_partial_epoch(self, step_offset: int) -> None:
+        """Tells the callback that the next ``fit`` continues an epoch at ``step_offset``."""
+        self._step_offset = int(step_offset)
+
+    # --- Callback hooks ---
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def _restore_metrics(self) -> None:
+        """Adds the interrupted epoch's saved accumulators to the metric variables.
+
+        Keras builds the compiled metrics inside the first train step, so their variables exist
+        only after it: the saved sums are added then. Exact because every metric state here is
+        a sum over steps (the loss mean's total and count, the confusion matrix).
+        """
+        arrays = np.load(self._pending_arrays)
+        for variable in self.model.metrics_variables:
+            key = f"metric/{variable.path}"
+            if key not in arrays.files:
+                raise ValueError(f"the backup {self._pending_arrays} has no metric state {variable.path!r}")
+            variable.assign(variable.value + keras.ops.convert_to_tensor(arrays[key], dtype=variable.dtype))
+        self._pending_arrays = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._images += self.batch_size
+        if self._pending_arrays is not None:
+            self._restore_metrics()
+        if logs is not None and not _finite(logs.get("loss")):
+            self._diverged = True
+            return
+        step = self._step_offset + batch + 1
+        if self.save_freq and step % self.save_freq == 0 and step < self.steps_per_epoch:
+            self.save(self._epoch, step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._step_offset = 0
+        if self._diverged or (logs is not None and not _finite(logs.get("loss"))):
+            self._diverged = True
+            logger.error("not backing up epoch %d: the loss is not finite", epoch + 1)
+            return
+        self.save(epoch + 1, 0)
+
+    # --- Saving ---
+
+    def save(self, epoch: int, step: int) -> None:
+        """Writes a complete state: ``epoch`` epochs done plus ``step`` steps of the next."""
+        model = self.model
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        stem = f"state-{global_step:09d}"
+        weights_name, arrays_name = f"{stem}.weights.h5", f"{stem}.npz"
+        tmp_weights = self.backup_dir / f".tmp-{weights_name}"
+        model.save_weights(tmp_weights)
+        os.replace(tmp_weights, self.backup_dir / weights_name)
+        arrays = {}
+        if self.restore_metrics:  # Under tf.distribute they are per-replica (sync on read).
+            arrays = {f"metric/{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.metrics_variables}
+        arrays.update(
+            {f"seed_{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(_seed_variables(model))}
+        )
+        tmp_arrays = self.backup_dir / f".tmp-{arrays_name}"
+        with open(tmp_arrays, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp_arrays, self.backup_dir / arrays_name)
+        best = self.best_tracker
+        record = {
+                "epoch": epoch,
+                "step": step,
+                "global_step": global_step,
+                "weights": weights_name,
+                "arrays": arrays_name,
+                "best": None if best is None else best.best,
+                "best_epoch": None if best is None else best.best_epoch,
+                "elapsed_s": self.elapsed_s,
+                "images": self.images,
+        }
+        write_json_atomic(self.backup_dir / STATE_FILE, record)
+        if step == 0:
+            write_json_atomic(self.backup_dir / EPOCH_STATE_FILE, record)
+        self._remove_unreferenced()
+        logger.debug("backup: epoch %d step %d (global step %d)", epoch, step, global_step)
+
+    def _remove_unreferenced(self) -> None:
+        """Deletes state files that neither ``state.json`` nor ``epoch.json`` names."""
+        keep = set()
+        for name in (STATE_FILE, EPOCH_STATE_FILE):
+            record = read_backup(self.backup_dir, name)
+            if record is not None:
+                keep.update((record["weights"], record["arrays"]))
+        for path in self.backup_dir.glob("state-*"):
+            if path.name not in keep:
+                path.unlink()
+
+    def roll_back_to_epoch_end(self) -> dict[str, Any] | None:
+        """After a divergence: makes the last epoch-end state the one a rerun resumes from.
+
+        Mid-epoch backups taken just before the loss became NaN may already hold exploded
+        (finite but huge) weights; the state at the end of the last good epoch is the one that
+        ``last.keras`` also holds. Returns that state, or ``None`` if no epoch ended yet (then
+        the backup is removed and a rerun starts afresh).
+        """
+        record = read_backup(self.backup_dir, EPOCH_STATE_FILE)
+        if record is None:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            return None
+        write_json_atomic(self.backup_dir / STATE_FILE, record)
+        self._remove_unreferenced()
+        return record
+
+
+def restore_backup(model: keras.Model, backup_dir: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Loads a ``ResumableBackup`` state into a compiled model: weights, optimizer, RNG states.
+
+    Args:
+        model: the compiled model of the same run (same layers and optimizer).
+        backup_dir: the backup folder.
+        state: ``read_backup(backup_dir)``.
+    """
+    backup_dir = Path(backup_dir)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(backup_dir / state["weights"])
+    arrays = np.load(backup_dir / state["arrays"])
+    for index, variable in enumerate(_seed_variables(model)):
+        key = f"seed_{index}"
+        if key in arrays:
+            variable.assign(arrays[key])
+
+
+# --- Checkpoints ------------------------------------------------------------------------------
+
+
+class BestAndLastCheckpoint(keras.callbacks.Callback):
+    """Saves ``last.keras`` after every epoch and ``best.keras`` when ``monitor`` improves.
+
+    Unlike ``keras.callbacks.ModelCheckpoint`` it never writes non-finite weights (after a NaN
+    loss the previous files stay), and writes atomically.
+
+    Args:
+        output_dir: where ``best.keras`` and ``last.keras`` go.
+        monitor: the log key to maximise (``"val_mean_iu"`` or ``"mean_iu"``).
+        best: best value reached before a resume, or ``None``.
+        best_epoch: its epoch (1-based), or ``None``.
+        enabled: ``False`` on non-chief workers of a multi-worker run (nothing written).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        monitor: str,
+        *,
+        best: float | None = None,
+        best_epoch: int | None = None,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.monitor = monitor
+        self.best = best
+        self.best_epoch = best_epoch
+        self.enabled = enabled
+        self.last_good_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if not _finite(logs.get("loss")) or not weights_are_finite(self.model):
+            logger.error(
+                "epoch %d ended with a non-finite loss or weights: best.keras and last.keras are "
+                "left as they were (last good epoch: %s)",
+                epoch + 1,
+                self.last_good_epoch,
+            )
+            return
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"checkpoint monitor {self.monitor!r} is not in the logs {sorted(logs)}")
+        if self.enabled:
+            save_model_atomic(self.model, self.output_dir / "last.keras")
+        self.last_good_epoch = epoch + 1
+        if self.best is None or float(value) > self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            if self.enabled:
+                save_model_atomic(self.model, self.output_dir / "best.keras")
+            logger.info("epoch %d: %s improved to %.4f, saved best.keras", epoch + 1, self.monitor, value)
+
+
+# --- TensorBoard ------------------------------------------------------------------------------
+
+
+class ScalarTensorBoard(keras.callbacks.Callback):
+    """Writes the epoch logs as TensorBoard scalars (``train/`` and ``validation/`` runs).
+
+    ``keras.callbacks.TensorBoard`` needs the ``tensorboard`` package for ``tf.summary.scalar``;
+    this writes the same event files with TensorFlow's core ``tf.summary.write`` and the scalar
+    plugin's metadata, so no extra dependency is needed and ``tensorboard --logdir`` reads them.
+    Works under every backend (TensorFlow is always installed for tf.data).
+
+    Args:
+        log_dir: the ``tensorboard/`` folder of the run.
+        enabled: ``False`` writes nothing (non-chief workers).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, enabled: bool = True) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.enabled = enabled
+        self._writers: dict = {}
+
+    def _write(self, run: str, tag: str, value: float, step: int) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(str(self.log_dir / run))
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "scalars"
+        with self._writers[run].as_default():
+            tf.summary.write(f"epoch_{tag}", tf.constant(float(value)), step=step, metadata=metadata)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        for key, value in (logs or {}).items():
+            run, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._write(run, tag, value, epoch + 1)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+# --- Progress ---------------------------------------------------------------------------------
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """Logs one line per epoch: epoch, loss, mean IU, val mean IU, time and images/s.
+
+    Args:
+        epochs: total number of epochs (for ``epoch 3/8``).
+        batch_size: global batch size (images per step).
+    """
+
+    def __init__(self, epochs: int, batch_size: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.history: list[dict[str, Any]] = []
+        self._start = 0.0
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+        self._steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._steps += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        seconds = time.perf_counter() - self._start
+        rate = self._steps * self.batch_size / seconds if seconds > 0 else float("nan")
+        row = {
+            "epoch": epoch + 1,
+            "loss": logs.get("loss"),
+            "mean_iu": logs.get("mean_iu"),
+            "val_loss": logs.get("val_loss"),
+            "val_mean_iu": logs.get("val_mean_iu"),
+            "seconds": seconds,
+            "images_per_s": rate,
+            "steps": self._steps,
+        }
+        self.history.append(row)
+
+        def fmt(key: str) -> str:
+            value = row[key]
+            return "-" if value is None else f"{float(value):.4f}"
+
+        logger.info(
+            "epoch %d/%d: loss %s  mean_iu %s  val_loss %s  val_mean_iu %s  %.1f s  %.1f img/s",
+            epoch + 1,
+            self.epochs,
+            fmt("loss"),
+            fmt("mean_iu"),
+            fmt("val_loss"),
+            fmt("val_mean_iu"),
+            seconds,
+            rate,
+        )

@@ -1,0 +1,766 @@
+"""Training CLI and API: ``python -m fcn_keras.train --variant=8s ...`` / ``train(TrainConfig(...))``.
+
+The paper's recipe by default on real data (SGD, momentum 0.99, weight decay 5e-4 on the
+kernels, biases at twice the learning rate, whole images in batches of 1, staged 32s → 16s →
+8s with ``--init_from``), the modern one with ``--crop_size`` and ``--batch_size``. Without
+``--data`` it trains on a small synthetic dataset in the VOC layout that it generates itself (the
+README's quick start, a few minutes on 2 CPU cores).
+
+Per run, in ``--output_dir``: ``best.keras`` (best validation mean IU, or training mean IU
+without validation data), ``last.keras``, ``backup/`` (complete state every ``--backup_freq``
+steps and at each epoch end: the same command resumes after a kill, see
+``fcn_keras.callbacks``), ``log.csv``, ``tensorboard/``, ``config.json`` and, at the end,
+``summary.json``. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from fcn_keras import architecture as arch
+from fcn_keras import callbacks as cb
+from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS
+from fcn_keras.distribute import DISTRIBUTE_MODES, Distribution, adapt_model, prepare_dataset, setup_distribution
+
+logger = logging.getLogger("fcn_keras.train")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "poly")
+MIXED_PRECISION: dict[str, str] = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+JIT_COMPILE: dict[str, Any] = {"auto": "auto", "true": True, "false": False}
+
+# --- Defaults ---------------------------------------------------------------------------------
+# Fields left at None ("auto") take their value from one of two profiles: the paper's setup on
+# real data, or the quick synthetic demo when --data is empty. config.json records both what
+# was asked and what was used.
+
+#: Mean number of non-void pixels per training image of PASCAL VOC 2012: 169,756, measured on
+#: the 311 official-train masks in ../shared/voc2012 (179,056 pixels per image with void). The
+#: paper sums the per-pixel losses; our loss is their mean, so the same update needs a learning
+#: rate larger by this factor (docs/training.md, docs/evaluation.md).
+VOC_VALID_PIXELS_PER_IMAGE = 1.70e5
+
+#: The reference solvers' learning rates for the unnormalised loss (voc-fcn*/solver.prototxt).
+PAPER_LEARNING_RATES: dict[str, float] = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14, "8s_at_once": 1e-10}
+
+PAPER_PROFILE: dict[str, Any] = {
+    "epochs": 25,  # the reference solve.py: 25 rounds of 4,000 iterations (100k at batch 1)
+    "steps_per_epoch": 4000,
+    "batch_size": 1,
+    "crop_size": 0,  # whole images
+    "fc_units": arch.FC_UNITS,
+    "geometry": "reference",
+    "optimizer": "sgd",
+}
+
+DEMO_PROFILE: dict[str, Any] = {
+    "epochs": 10,
+    "steps_per_epoch": 60,
+    "batch_size": 4,
+    "crop_size": 64,
+    "fc_units": 256,
+    "geometry": "same",
+    "optimizer": "adam",
+    "learning_rate": 3e-4,
+}
+
+#: The synthetic dataset of the demo (fcn_keras.data.synthetic.make_synthetic_voc arguments).
+DEMO_DATA: dict[str, Any] = {"num_train": 48, "num_val": 12, "size": (64, 80), "seed": 0}
+
+
+@dataclass
+class TrainConfig:
+    """One training run; one field per CLI flag, with the same names and defaults.
+
+    ``None`` means "auto": the paper's setting on real data, the demo's without ``data`` (see
+    ``PAPER_PROFILE`` / ``DEMO_PROFILE`` and ``resolve_config``).
+    """
+
+    variant: str = "8s"
+    data: str = ""
+    init_from: str = ""
+    weights: str = "auto"
+    num_classes: int = NUM_CLASSES
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    crop_size: int | None = None
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    lr_schedule: str = "constant"
+    momentum: float = 0.99
+    weight_decay: float = 5e-4
+    mixed_precision: str = "none"
+    jit_compile: str = "auto"
+    output_dir: str = ""
+    cache_dir: str = "cache"
+    seed: int = 0
+    distribute: str = "none"
+    at_once: bool = False
+    geometry: str | None = None
+    fc_units: int | None = None
+    val_steps: int | None = None
+    backup_freq: int = 100
+    deterministic: bool = True
+    verbose: int = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; training stopped and the last good checkpoints were kept."""
+
+
+# --- Configuration ----------------------------------------------------------------------------
+
+
+def _choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}. Received: {name}={value!r}")
+
+
+def paper_learning_rate(variant: str, at_once: bool = False) -> float:
+    """The paper's learning rate for our per-pixel-mean loss: ``lr_caffe * pixels per image``."""
+    key = "8s_at_once" if at_once else variant
+    return PAPER_LEARNING_RATES[key] * VOC_VALID_PIXELS_PER_IMAGE
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Validates ``config`` and fills its ``None`` ("auto") fields.
+
+    Returns:
+        A new ``TrainConfig`` with no ``None`` left (``val_steps``: ``None`` = the whole val
+        split) and ``output_dir`` set.
+
+    Raises:
+        ValueError: a field out of range, naming the flag and the value received.
+    """
+    arch.check_variant(config.variant)
+    _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    _choice("mixed_precision", config.mixed_precision, tuple(MIXED_PRECISION))
+    _choice("jit_compile", config.jit_compile, tuple(JIT_COMPILE))
+    _choice("distribute", config.distribute, DISTRIBUTE_MODES)
+    if config.geometry is not None:
+        arch.get_geometry(config.geometry)
+    if config.at_once and config.variant == "32s":
+        raise ValueError("at_once needs variant '16s' or '8s' (it scales the skip inputs). Received: variant='32s'")
+    profile = DEMO_PROFILE if not config.data else PAPER_PROFILE
+    values = dataclasses.asdict(config)
+    for key, value in profile.items():
+        if values.get(key) is None:
+            values[key] = value
+    if values["learning_rate"] is None:
+        values["learning_rate"] = paper_learning_rate(config.variant, config.at_once)
+    if values["weights"] == "auto":
+        values["weights"] = "none" if (not config.data or config.init_from) else "imagenet"
+    if not values["output_dir"]:
+        values["output_dir"] = str(Path("runs") / f"fcn{config.variant}{'_at_once' if config.at_once else ''}")
+    resolved = TrainConfig(**values)
+    _choice("optimizer", resolved.optimizer, OPTIMIZERS)
+    for name in ("epochs", "steps_per_epoch", "batch_size", "fc_units", "num_classes"):
+        value = getattr(resolved, name)
+        minimum = 2 if name == "num_classes" else 1
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value!r}")
+    stride = arch.output_stride(resolved.variant)
+    if not isinstance(resolved.crop_size, int) or resolved.crop_size < 0:
+        raise ValueError(f"crop_size must be 0 (whole images) or a positive integer. Received: crop_size={resolved.crop_size!r}")
+    if 0 < resolved.crop_size < 32 or (resolved.crop_size and resolved.crop_size % stride):
+        # The trunk has stride 32 (pool5) whatever the variant; a crop must hold at least one
+        # pool5 cell and a whole number of cells of the finest fused map.
+        raise ValueError(
+            f"crop_size must be 0 (whole images) or a multiple of the network stride {stride} of FCN-{resolved.variant} "
+            f"and at least 32 (pool5). Received: crop_size={resolved.crop_size}"
+        )
+    if resolved.crop_size == 0 and resolved.batch_size != 1:
+        raise ValueError(
+            "batch_size must be 1 with whole images (crop_size=0, the paper's setup); pass crop_size to "
+            f"train on batches. Received: batch_size={resolved.batch_size}, crop_size=0"
+        )
+    if not resolved.learning_rate > 0 or not math.isfinite(resolved.learning_rate):
+        raise ValueError(f"learning_rate must be a positive number. Received: learning_rate={resolved.learning_rate!r}")
+    if not 0.0 <= resolved.momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1). Received: momentum={resolved.momentum!r}")
+    if resolved.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={resolved.weight_decay!r}")
+    if resolved.val_steps is not None and resolved.val_steps < 0:
+        raise ValueError(f"val_steps must be >= 0 (0: no validation). Received: val_steps={resolved.val_steps!r}")
+    if resolved.backup_freq < 0:
+        raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
+    return resolved
+
+
+#: Fields that must not change when a run resumes from its backup.
+_RESUME_KEYS = (
+    "variant", "data", "init_from", "num_classes", "steps_per_epoch", "batch_size", "crop_size",
+    "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
+    "distribute",
+)  # fmt: skip
+
+
+# --- The optimizer of the paper ---------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="fcn_keras")
+class CaffeSGD(keras.optimizers.SGD):
+    """SGD with momentum as Caffe runs it for the reference FCNs.
+
+    The weight decay is an L2 term added to the gradient of every kernel before the momentum
+    update (Caffe's ``weight_decay`` with the nets' ``decay_mult=1``; biases ``decay_mult=0``),
+    not Keras' decoupled ``weight_decay``; biases learn at ``bias_lr_mult`` (2) times the rate
+    (``lr_mult=2``). Keras' SGD momentum ``m = mu m - lr g; w += m`` is Caffe's.
+
+    Args:
+        learning_rate: float or schedule.
+        momentum: ``mu`` (0.99 in the reference solvers).
+        l2: weight decay coefficient on kernels (5e-4).
+        bias_lr_mult: learning rate multiplier of biases.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum: float = 0.99, l2: float = 5e-4, bias_lr_mult: float = 2.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        self.l2 = float(l2)
+        self.bias_lr_mult = float(bias_lr_mult)
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = keras.ops.cast(gradient, variable.dtype)
+        if variable.name == "bias":
+            learning_rate = learning_rate * self.bias_lr_mult
+        elif self.l2:
+            gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "l2": self.l2, "bias_lr_mult": self.bias_lr_mult}
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """The optimizer and learning-rate schedule of a resolved config.
+
+    ``sgd``: ``CaffeSGD`` (momentum, coupled L2 on kernels, biases x2). ``adam``: Adam with
+    Keras' decoupled weight decay (AdamW) of ``weight_decay``. ``poly``: ``lr (1 - t/T)^0.9``.
+    """
+    learning_rate: Any = config.learning_rate
+    if config.lr_schedule == "poly":
+        learning_rate = keras.optimizers.schedules.PolynomialDecay(
+            config.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=0.9
+        )
+    if config.optimizer == "sgd":
+        return CaffeSGD(learning_rate, momentum=config.momentum, l2=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None)
+
+
+# --- Data -------------------------------------------------------------------------------------
+
+
+def _demo_data(cache_dir: Path) -> str:
+    """Generates (once) the synthetic demo dataset and returns its VOCdevkit root."""
+    from fcn_keras.data.synthetic import make_synthetic_voc
+
+    tag = hashlib.sha256(json.dumps(DEMO_DATA, sort_keys=True).encode()).hexdigest()[:10]
+    root = cache_dir / f"synthetic-{tag}" / "VOCdevkit"
+    if not (root / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():
+        tmp = root.with_name(f".tmp-{os.getpid()}-VOCdevkit")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_synthetic_voc(tmp, **DEMO_DATA)
+        if root.exists():  # Another process finished first: same content.
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, root)
+        logger.info("wrote the synthetic demo dataset to %s (%s)", root, DEMO_DATA)
+    return str(root)
+
+
+def resolve_run_data(config: TrainConfig) -> dict[str, str]:
+    """TFRecord globs per split for ``config.data`` (``""``: the synthetic demo dataset)."""
+    from fcn_keras.data.pipeline import resolve_data
+
+    cache_dir = Path(config.cache_dir)
+    data = config.data or _demo_data(cache_dir)
+    key = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
+    try:
+        return resolve_data(data, cache_dir / f"records-{key}")
+    except ValueError as error:
+        raise ValueError(f"--data: {error}") from error
+
+
+def count_examples(pattern: str) -> int:
+    """Number of records matching a TFRecord glob: from the converter's manifest.json when the
+    glob is one of its splits, else by reading the files."""
+    import tensorflow as tf
+
+    from fcn_keras.data import convert as convert_lib
+
+    folder = Path(pattern).parent
+    manifest = convert_lib.read_manifest(folder)
+    if manifest is not None:
+        for entry in manifest.get("splits", {}).values():
+            if str(folder / entry.get("glob", "")) == pattern:
+                return int(entry["num_examples"])
+    files = tf.io.gfile.glob(pattern)
+    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+# --- Model ------------------------------------------------------------------------------------
+
+
+def _variant_of(model: keras.Model) -> str:
+    names = {layer.name for layer in model.layers}
+    return "8s" if "score_pool3" in names else "16s" if "score_pool4" in names else "32s"
+
+
+def _geometry_of(model: keras.Model) -> str:
+    return "reference" if "input_padding" in {layer.name for layer in model.layers} else "same"
+
+
+def load_init_model(init_from: str) -> tuple[keras.Model, Path]:
+    """The trained FCN of ``--init_from``: a ``.keras`` file, or a run directory (its
+    ``best.keras``, else ``last.keras``)."""
+    from fcn_keras.io import load_fcn
+
+    path = Path(init_from)
+    if path.is_dir():
+        candidates = [path / "best.keras", path / "last.keras"]
+        found = [p for p in candidates if p.is_file()]
+        if not found:
+            raise ValueError(f"init_from is a folder without best.keras or last.keras. Received: init_from={init_from!r}")
+        path = found[0]
+    try:
+        return load_fcn(path), path
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"init_from must be a trained FCN (.keras file or run folder): {error}. Received: init_from={init_from!r}") from error
+
+
+def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
+    """Builds the FCN of a resolved config, initialised from ``init_from`` or ``weights``.
+
+    Returns:
+        ``(model, init_report)``; the report says where the weights came from.
+
+    Raises:
+        ValueError: ``init_from`` is not an FCN of a compatible variant (same or finer stride
+            than the source), geometry, number of classes or fc width; bad ``weights``.
+    """
+    from fcn_keras import build_fcn, transfer_weights
+
+    common = dict(at_once=config.at_once, fc_units=config.fc_units, geometry=config.geometry)
+    if config.init_from:
+        source, path = load_init_model(config.init_from)
+        source_variant = _variant_of(source)
+        problems = []
+        if arch.output_stride(source_variant) < arch.output_stride(config.variant):
+            problems.append(f"it is an FCN-{source_variant}, finer than the FCN-{config.variant} to train (32s -> 16s -> 8s)")
+        if source.outputs[0].shape[-1] != config.num_classes:
+            problems.append(f"it has {source.outputs[0].shape[-1]} classes, not num_classes={config.num_classes}")
+        if _geometry_of(source) != config.geometry:
+            problems.append(f"its geometry is {_geometry_of(source)!r}, not geometry={config.geometry!r}")
+        if source.get_layer("fc7").filters != config.fc_units:
+            problems.append(f"its fc6/fc7 have {source.get_layer('fc7').filters} units, not fc_units={config.fc_units}")
+        if problems:
+            raise ValueError(f"init_from {str(path)!r} is not compatible: {'; '.join(problems)}")
+        mode = source.get_layer("preprocess").mode
+        model = build_fcn(config.variant, config.num_classes, preprocessing=mode, **common)
+        report = transfer_weights(source, model)
+        logger.info("initialised FCN-%s from FCN-%s %s (new layers: %s)", config.variant, source_variant, path, report["kept"] or "none")
+        return model, {"init_from": str(path), "source_variant": source_variant, **report}
+    weights = None if config.weights == "none" else config.weights
+    try:
+        model = build_fcn(config.variant, config.num_classes, weights=weights, **common)
+    except Exception as error:
+        if config.weights == "imagenet" and not isinstance(error, ValueError):
+            raise ValueError(
+                "weights='imagenet' downloads keras.applications' VGG16 and failed "
+                f"({type(error).__name__}: {error}). Offline, pass --weights=PATH to a Keras VGG16 weights "
+                "file (e.g. ../shared/weights/vgg16_imagenet_notop_torchvision.weights.h5) or --weights=none"
+            ) from error
+        raise
+    logger.info("FCN-%s backbone weights: %s", config.variant, config.weights)
+    return model, {"weights": config.weights}
+
+
+# --- Run metadata -----------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(distribution: Distribution) -> dict[str, Any]:
+    """Versions, backend, devices and git commit, for ``config.json``."""
+    import tensorflow as tf
+
+    versions = {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    try:
+        import jax
+
+        versions["jax"] = jax.__version__
+    except ImportError:
+        versions["jax"] = None
+    return {
+        "versions": versions,
+        "backend": keras.backend.backend(),
+        "distribution": distribution.describe(),
+        "host": platform.node(),
+        "argv": sys.argv,
+        "git_commit": _git_commit(),
+    }
+
+
+def _truncate_csv(path: Path, epochs_done: int) -> None:
+    """Keeps the header and the rows of the first ``epochs_done`` epochs of a CSV log (rows
+    written after the backup a run resumes from are done again)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epochs_done]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
+# --- Training ---------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Trains an FCN and writes the run's artefacts into ``config.output_dir``.
+
+    If ``output_dir/backup`` holds a state of the same run, training resumes from it (same
+    epoch and step, optimizer state, dropout RNG, epoch metrics, input stream position;
+    bit-exact under TensorFlow, see docs/training.md for JAX).
+
+    Args:
+        config: the run (``None`` fields are resolved by ``resolve_config``).
+
+    Returns:
+        The summary (also ``output_dir/summary.json``): ``status``, ``epochs_done``,
+        ``global_step``, ``best`` (monitor, value, epoch), ``final_metrics``, ``wall_time_s``,
+        ``images_seen``, ``images_per_s``, ``history``, ``resumed_from``, ``num_replicas``.
+
+    Raises:
+        ValueError: bad configuration, data or ``init_from``, naming the flag.
+        TrainingDiverged: the loss became NaN/inf (``summary.json`` says so; ``best.keras`` and
+            ``last.keras`` hold the last good weights).
+    """
+    config = resolve_config(config)
+    # Strategies must exist before TensorFlow / JAX run anything.
+    distribution = setup_distribution(config.distribute)
+    if config.batch_size % distribution.num_replicas:
+        raise ValueError(
+            f"batch_size must be a multiple of the {distribution.num_replicas} replicas of distribute={config.distribute!r}. "
+            f"Received: batch_size={config.batch_size}"
+        )
+    run_dir = Path(config.output_dir)
+    if not distribution.is_chief:  # Non-chief workers keep their files apart.
+        run_dir = run_dir / "workers" / str(distribution.worker_index)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backup_dir = run_dir / "backup"
+    state = cb.read_backup(backup_dir)
+    requested = dataclasses.asdict(config)
+    if state is not None:
+        previous = json.loads((run_dir / "config.json").read_text())["config"]
+        changed = {k: (previous.get(k), requested[k]) for k in _RESUME_KEYS if previous.get(k) != requested[k]}
+        if changed:
+            details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"output_dir {str(run_dir)!r} holds the backup of a different run ({details}); resume it with the same "
+                "flags, or use another --output_dir"
+            )
+        if state["epoch"] >= config.epochs and (run_dir / "summary.json").is_file():
+            logger.info("%s already holds a finished run of %d epochs: nothing to do", run_dir, state["epoch"])
+            return json.loads((run_dir / "summary.json").read_text())
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
+    try:
+        return _train(config, distribution, run_dir, state)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state: dict[str, Any] | None) -> dict[str, Any]:
+    from fcn_keras.data.pipeline import eval_dataset, train_dataset
+    from fcn_keras.losses import SegmentationCrossEntropy
+    from fcn_keras.metrics import ConfusionMatrix
+
+    keras.utils.set_random_seed(config.seed)
+    globs = resolve_run_data(config)
+    val_glob = globs.get("val") if config.val_steps != 0 else None
+    monitor = "val_mean_iu" if val_glob else "mean_iu"
+    num_train = count_examples(globs["train"])
+
+    # --- Model ---
+    with distribution.scope():
+        model, init_report = build_model(config)
+        total_steps = config.epochs * config.steps_per_epoch
+        model.compile(
+            optimizer=make_optimizer(config, total_steps),
+            loss=SegmentationCrossEntropy(ignore_label=IGNORE_LABEL),
+            metrics=[ConfusionMatrix(config.num_classes, ignore_label=IGNORE_LABEL, name="mean_iu")],
+            jit_compile=JIT_COMPILE[config.jit_compile],
+        )
+        adapt_model(model, distribution)
+        epoch, step = 0, 0
+        if state is not None:
+            cb.restore_backup(model, run_dir / "backup", state)
+            if config.lr_schedule == "constant":  # The backup holds the old rate: use this run's.
+                model.optimizer.learning_rate = config.learning_rate
+            epoch, step = int(state["epoch"]), int(state["step"])
+            logger.info("resuming %s from its backup: epoch %d, step %d/%d (global step %d)",
+                        run_dir, epoch + 1, step, config.steps_per_epoch, state["global_step"])
+
+    # --- Artefacts: config.json (fresh runs), truncated log on resume ---
+    if state is None:
+        for stale in ("log.csv", "summary.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        cb.write_json_atomic(
+            run_dir / "config.json",
+            {
+                "config": dataclasses.asdict(config),
+                "data": {**globs, "num_train_examples": num_train},
+                "monitor": monitor,
+                "init": init_report,
+                "num_parameters": model.count_params(),
+                "paper_learning_rate": paper_learning_rate(config.variant, config.at_once),
+                **environment(distribution),
+            },
+        )
+    else:
+        _truncate_csv(run_dir / "log.csv", epoch)
+        # config.json describes the run as it continues now, and keeps a record of each resume.
+        record = json.loads((run_dir / "config.json").read_text())
+        changed = {k: [record["config"].get(k), v] for k, v in dataclasses.asdict(config).items() if record["config"].get(k) != v}
+        record["config"] = dataclasses.asdict(config)
+        record.setdefault("resumes", []).append(
+            {"from": {k: state[k] for k in ("epoch", "step", "global_step")}, "changed": changed, "argv": sys.argv,
+             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        )
+        cb.write_json_atomic(run_dir / "config.json", record)
+    logger.info("run %s: FCN-%s%s, %d training images, monitor %s, config %s", run_dir, config.variant,
+                " at-once" if config.at_once else "", num_train, monitor, json.dumps(dataclasses.asdict(config)))
+    if keras.backend.backend() == "jax" and config.crop_size == 0:
+        logger.warning("whole images of varying sizes under JAX recompile the step for every new size; use --crop_size")
+
+    # --- Input pipelines ---
+    def training_data(skip_batches: int):
+        dataset = train_dataset(
+            globs["train"],
+            batch_size=config.batch_size,
+            crop_size=config.crop_size or None,
+            scale_range=(0.5, 2.0) if config.crop_size else None,
+            flip=bool(config.crop_size),
+            seed=config.seed,
+            deterministic=config.deterministic,
+        )
+        return prepare_dataset(dataset.skip(skip_batches) if skip_batches else dataset, distribution)
+
+    validation = None
+    if val_glob:
+        import tensorflow as tf
+
+        val_batches = math.ceil(count_examples(val_glob) / distribution.num_replicas)
+        if config.val_steps:
+            val_batches = min(val_batches, config.val_steps)
+        validation = eval_dataset(val_glob, batch_size=distribution.num_replicas).take(val_batches)
+        # A known length: Keras then neither warns that the input "ran out of data" nor guesses.
+        validation = prepare_dataset(validation.apply(tf.data.experimental.assert_cardinality(val_batches)), distribution)
+
+    # --- Callbacks ---
+    checkpoint = cb.BestAndLastCheckpoint(
+        run_dir, monitor, best=None if state is None else state.get("best"), best_epoch=None if state is None else state.get("best_epoch")
+    )
+    if state is not None and state["epoch"] > 0:
+        checkpoint.last_good_epoch = int(state["epoch"])  # last.keras is from that epoch's end
+    backup = cb.ResumableBackup(
+        run_dir / "backup",
+        save_freq=config.backup_freq,
+        steps_per_epoch=config.steps_per_epoch,
+        batch_size=config.batch_size,
+        start=state,
+        best_tracker=checkpoint,
+        restore_metrics=distribution.strategy is None,
+    )
+    summary_cb = cb.EpochSummary(config.epochs, config.batch_size)
+    # The progress bar first: its epoch line is finished before the one-line summary is logged.
+    callbacks = [keras.callbacks.ProgbarLogger()] if config.verbose else []
+    callbacks += [
+        keras.callbacks.TerminateOnNaN(),
+        summary_cb,
+        checkpoint,
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        cb.ScalarTensorBoard(run_dir / "tensorboard"),
+        backup,  # Last: a state says "epoch done" only once the epoch's files are written.
+    ]
+
+    # --- Fit: the rest of an interrupted epoch, then whole epochs ---
+    start = time.perf_counter()
+    global_step = epoch * config.steps_per_epoch + step
+    if step:
+        backup.begin_partial_epoch(step)
+        model.fit(training_data(global_step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=config.steps_per_epoch - step,
+                  validation_data=validation, callbacks=callbacks, verbose=config.verbose, shuffle=False)
+        epoch, global_step = epoch + 1, (epoch + 1) * config.steps_per_epoch
+    if epoch < config.epochs and not backup.diverged and not model.stop_training:
+        model.fit(training_data(global_step), epochs=config.epochs, initial_epoch=epoch, steps_per_epoch=config.steps_per_epoch,
+                  validation_data=validation, callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    seconds = time.perf_counter() - start
+
+    # --- Summary ---
+    diverged = backup.diverged
+    final = (backup.roll_back_to_epoch_end() if diverged else cb.read_backup(run_dir / "backup")) or {}
+    rows = _read_csv(run_dir / "log.csv")
+    images_this_run = backup.images_this_process
+    summary = {
+        "status": "diverged" if diverged else "finished",
+        "epochs_requested": config.epochs,
+        "epochs_done": int(final.get("epoch", 0)),
+        "global_step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "best": {"monitor": monitor, "value": checkpoint.best, "epoch": checkpoint.best_epoch},
+        "last_good_epoch": checkpoint.last_good_epoch,
+        "final_metrics": rows[-1] if rows else {},
+        "wall_time_s": backup.elapsed_s,
+        "wall_time_this_process_s": seconds,
+        "images_seen": backup.images,
+        "images_per_s": images_this_run / seconds if seconds > 0 else None,
+        "history": summary_cb.history,
+        "resumed_from": None if state is None else {k: state[k] for k in ("epoch", "step", "global_step")},
+        "num_replicas": distribution.num_replicas,
+        "output_dir": str(run_dir),
+    }
+    cb.write_json_atomic(run_dir / "summary.json", summary)
+    if diverged:
+        raise TrainingDiverged(
+            f"training of {run_dir} stopped: the loss became NaN/inf at epoch {len(summary_cb.history) and summary_cb.history[-1]['epoch']} "
+            f"(learning_rate={config.learning_rate}); best.keras/last.keras hold the last good weights "
+            f"(epoch {summary['last_good_epoch']}) and the backup was rolled back to the end of that epoch: rerun with a "
+            "lower --learning_rate to continue from there."
+        )
+    logger.info("done: %d epochs, best %s %.4f (epoch %s), %.1f s, %.1f img/s; artefacts in %s", summary["epochs_done"], monitor,
+                checkpoint.best if checkpoint.best is not None else float("nan"), checkpoint.best_epoch, summary["wall_time_s"],
+                summary["images_per_s"] or 0.0, run_dir)
+    return summary
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", "NA")} for row in csv.DictReader(f)]
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def define_flags(flag_values=None) -> None:
+    """Defines the CLI's absl flags, one per ``TrainConfig`` field, in ``flag_values``
+    (default ``absl.flags.FLAGS``)."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    d = TrainConfig()
+
+    def define(kind: str, *args) -> None:
+        getattr(flags, f"DEFINE_{kind}")(*args, flag_values=flag_values)
+    auto = "auto: {} on real data, {} for the synthetic demo"
+
+    def both(key):
+        return auto.format(PAPER_PROFILE.get(key, "the paper's"), DEMO_PROFILE.get(key))
+
+    define("enum", "variant", d.variant, list(VARIANTS), "FCN variant: 32s, 16s or 8s (the stride of the finest skip).")
+    define("string", "data", d.data, "Training data: a TFRecord glob (fcn_keras.data.convert shards), a converted folder "
+                        "(manifest.json, train+val), or a VOCdevkit root (converted once into --cache_dir). Empty: "
+                        "generate and train on the embedded synthetic VOC-layout dataset (the quick start).")
+    define("string", "init_from", d.init_from, "Staged training: a trained FCN (.keras file or run folder: its best.keras) of "
+                        "the same or a coarser variant (16s from 32s, 8s from 16s), copied by layer name; new score layers "
+                        "start at zero.")
+    define("string", "weights", d.weights, "Backbone initialisation when not --init_from: imagenet (keras.applications "
+                        "VGG16 with fc6/fc7, needs internet), none (random), or a Keras VGG16 weights file. auto: none for "
+                        "the synthetic demo and with --init_from, imagenet on real data.")
+    define("integer", "num_classes", d.num_classes, "Number of classes (21 for PASCAL VOC).")
+    define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
+    define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
+    define("integer", "batch_size", d.batch_size, f"Global batch size, split over replicas ({both('batch_size')}).")
+    define("integer", "crop_size", d.crop_size, "Square random crops (random scale 0.5-2 and flip; a multiple of the "
+                         f"variant's stride, >= 32), or 0 for whole images with batch 1, the paper's setup ({both('crop_size')}).")
+    define("enum", "optimizer", d.optimizer, list(OPTIMIZERS), "sgd: the paper's SGD (momentum, L2 weight decay on kernels, "
+                      f"biases at 2x lr); adam: Adam with decoupled weight decay ({both('optimizer')}).")
+    define("float", "learning_rate", d.learning_rate, "Learning rate for the per-pixel mean loss. auto: the paper's unnormalised "
+                       f"rate times {VOC_VALID_PIXELS_PER_IMAGE:.3g} valid pixels per VOC image (32s {paper_learning_rate('32s'):.3g}, "
+                       f"16s {paper_learning_rate('16s'):.3g}, 8s {paper_learning_rate('8s'):.3g}, at-once "
+                       f"{paper_learning_rate('8s', True):.3g}); {DEMO_PROFILE['learning_rate']} for the demo. See docs/training.md.")
+    define("enum", "lr_schedule", d.lr_schedule, list(LR_SCHEDULES), "constant (the paper) or poly: lr (1 - step/total)^0.9.")
+    define("float", "momentum", d.momentum, "SGD momentum (0.99 in the reference solvers).")
+    define("float", "weight_decay", d.weight_decay, "Weight decay: L2 on kernels for sgd (5e-4 as in the paper), decoupled for adam.")
+    define("enum", "mixed_precision", d.mixed_precision, list(MIXED_PRECISION), "none, bf16 (mixed_bfloat16) or fp16 "
+                      "(mixed_float16, with loss scaling); variables and logits stay float32.")
+    define("enum", "jit_compile", d.jit_compile, list(JIT_COMPILE), "XLA compilation of the train step: auto (Keras: on for JAX "
+                      "and TF GPUs; off on TF CPU and under tf.distribute), true or false.")
+    define("string", "output_dir", d.output_dir, "Run folder (default runs/fcn<variant>[_at_once]). A backup in it is resumed.")
+    define("string", "cache_dir", d.cache_dir, "Where VOCdevkit roots are converted and the synthetic dataset is generated.")
+    define("integer", "seed", d.seed, "Seed of initialisation, dropout and the input pipeline.")
+    define("enum", "distribute", d.distribute, list(DISTRIBUTE_MODES), "none; mirrored: all local GPUs/devices "
+                      "(tf.distribute.MirroredStrategy or keras.distribution.DataParallel under JAX); multi_worker: "
+                      "MultiWorkerMirroredStrategy from TF_CONFIG (JAX: keras.distribution.initialize from KERAS_DISTRIBUTION_*).")
+    define("boolean", "at_once", d.at_once, "The TPAMI at-once FCN-8s/16s (pool4 x0.01, pool3 x1e-4), trained in one stage.")
+    define("enum", "geometry", d.geometry, list(arch.GEOMETRIES), f"reference (the authors' nets) or same ({both('geometry')}).")
+    define("integer", "fc_units", d.fc_units, f"Channels of fc6/fc7 (4096 = VGG16; smaller only for tests) ({both('fc_units')}).")
+    define("integer", "val_steps", d.val_steps, "Validation images per epoch (whole images); default: all of the val split "
+                         "when the data has one; 0: no validation (best.keras by training mean IU).")
+    define("integer", "backup_freq", d.backup_freq, "Steps between mid-epoch backups (also one at each epoch end; 0: epoch ends only).")
+    define("boolean", "deterministic", d.deterministic, "Deterministic input order and augmentation (needed for exact resume).")
+    define("integer", "verbose", d.verbose, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m fcn_keras.train``: builds a ``TrainConfig`` from the flags and trains."""
+    from absl import flags
+
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)}
+    logging.getLogger("fcn_keras").setLevel(logging.INFO)
+    try:
+        summary = train(TrainConfig(**values))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    print(json.dumps({k: summary[k] for k in ("status", "epochs_done", "best", "wall_time_s", "images_per_s")}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
+    app.run(main)

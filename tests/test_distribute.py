@@ -1,0 +1,146 @@
+"""--distribute: MirroredStrategy on 2 logical CPUs, two MultiWorkerMirroredStrategy workers on
+localhost, and keras.distribution.DataParallel under JAX with 2 host devices.
+
+Each runs in subprocesses (devices and collectives are fixed when TensorFlow / JAX start).
+Tiny FCN-32s (fc_units=8, 'same' geometry, 32 px crops, global batch 2, 2 steps).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fcn_keras import build_fcn
+from fcn_keras.data.convert import convert
+from fcn_keras.data.synthetic import make_synthetic_voc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+FLAGS = dict(
+    variant="32s", fc_units=8, geometry="same", crop_size=32, batch_size=2, epochs=1,
+    steps_per_epoch=2, optimizer="sgd", learning_rate=1e-3, momentum=0.9, weights="none", verbose=0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    """A converted folder (manifest.json; 4 train, 2 val images), so no worker converts."""
+    root = tmp_path_factory.mktemp("dist")
+    voc = make_synthetic_voc(root / "voc", num_train=4, num_val=2, size=(40, 48), seed=3)
+    convert(voc, root / "records")
+    return root / "records"
+
+
+def _cli(records: Path, out: Path, **extra) -> list[str]:
+    flags = [f"--{k}={v}" for k, v in {**FLAGS, **extra}.items()]
+    return [sys.executable, "-m", "fcn_keras.train", f"--data={records}", f"--output_dir={out}", *flags]
+
+
+def _env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "KERAS_BACKEND", "XLA_FLAGS")}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def _assert_trained(weights: list[np.ndarray]) -> None:
+    """The weights differ from the seeded initialisation (seed 0) of the tiny FCN-32s."""
+    keras.utils.set_random_seed(0)
+    initial = build_fcn("32s", fc_units=8, geometry="same").get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(weights, initial))
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_mirrored_on_two_logical_cpus(records, tmp_path):
+    out = tmp_path / "mirrored"
+    script = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from fcn_keras.train import TrainConfig, train
+        summary = train(TrainConfig(data={str(records)!r}, output_dir={str(out)!r}, distribute="mirrored", val_steps=1, **{FLAGS!r}))
+        print("SUMMARY", json.dumps(summary))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.split("SUMMARY ", 1)[1])
+    assert summary["num_replicas"] == 2 and summary["status"] == "finished" and summary["global_step"] == 2
+    assert np.isfinite(summary["final_metrics"]["loss"]) and "val_mean_iu" in summary["final_metrics"]
+    devices = json.loads((out / "config.json").read_text())["distribution"]["devices"]
+    assert [d.rsplit("/", 1)[-1] for d in devices] == ["device:CPU:0", "device:CPU:1"]
+    _assert_trained(_weights(out / "last.keras"))
+
+
+def test_two_workers_on_localhost_end_with_identical_weights(records, tmp_path):
+    out = tmp_path / "multi"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(
+            subprocess.Popen(_cli(records, out, distribute="multi_worker"), cwd=REPO_ROOT, env=_env(TF_CONFIG=tf_config),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=300))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+
+    chief, worker = out, out / "workers" / "1"  # worker 0 is the chief; others keep their files apart
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (chief, worker)]
+    assert [s["num_replicas"] for s in summaries] == [2, 2]
+    assert [s["global_step"] for s in summaries] == [2, 2]
+    config = json.loads((chief / "config.json").read_text())["distribution"]
+    assert config["mode"] == "multi_worker" and config["num_workers"] == 2 and config["is_chief"]
+    chief_weights, worker_weights = _weights(chief / "last.keras"), _weights(worker / "last.keras")
+    for a, b in zip(chief_weights, worker_weights):
+        np.testing.assert_array_equal(a, b)
+    _assert_trained(chief_weights)
+
+
+def test_jax_cli_with_data_parallel_on_two_host_devices_and_resume(records, tmp_path):
+    out = tmp_path / "jax"
+    env = _env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = subprocess.run(_cli(records, out, distribute="mirrored", val_steps=1), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["backend"] == "jax"
+    assert config["distribution"]["num_replicas"] == 2 and len(config["distribution"]["devices"]) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 2 and summary["num_replicas"] == 2
+    assert np.isfinite(summary["final_metrics"]["loss"]) and "val_mean_iu" in summary["final_metrics"]
+    # The same command with one more epoch resumes from the backup under JAX too.
+    result = subprocess.run(_cli(records, out, distribute="mirrored", val_steps=1, epochs=2), cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] == {"epoch": 1, "step": 0, "global_step": 2}
+    assert summary["global_step"] == 4 and summary["epochs_done"] == 2
+    # A model trained under JAX loads here (TensorFlow backend) and predicts.
+    model = keras.saving.load_model(out / "last.keras", compile=False)
+    _assert_trained(model.get_weights())
+    assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 32, 32, 21)

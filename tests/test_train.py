@@ -1,0 +1,232 @@
+"""fcn_keras.train: the run's artefacts, staged training, bad input, NaN loss, the CLI's flags.
+
+Tiny runs: FCN-32s/16s with fc_units=8, 'same' geometry, 32 px crops, 2 steps per epoch, on a
+synthetic VOC-layout dataset of a few 40x48 images.
+"""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from fcn_keras import build_fcn
+from fcn_keras.data.synthetic import make_synthetic_voc
+from fcn_keras.train import TrainConfig, TrainingDiverged, define_flags, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = dict(
+    variant="32s",
+    fc_units=8,
+    geometry="same",
+    crop_size=32,
+    batch_size=2,
+    steps_per_epoch=2,
+    epochs=2,
+    backup_freq=1,
+    verbose=0,
+    optimizer="adam",
+    learning_rate=1e-3,
+    weights="none",
+)
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory) -> Path:
+    """A VOCdevkit root with 4 train and 2 val images (converted on the fly by train)."""
+    return make_synthetic_voc(tmp_path_factory.mktemp("voc"), num_train=4, num_val=2, size=(40, 48), seed=1)
+
+
+@pytest.fixture(scope="module")
+def run32(voc_root, tmp_path_factory) -> tuple[Path, dict]:
+    """A finished tiny FCN-32s run (shared by several tests)."""
+    out = tmp_path_factory.mktemp("run32")
+    config = TrainConfig(data=str(voc_root), output_dir=str(out), cache_dir=str(out.parent / "cache32"), **TINY)
+    return out, train(config)
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+# --- Artefacts --------------------------------------------------------------------------------
+
+
+def test_run_writes_every_artefact(run32):
+    out, summary = run32
+    for name in ("best.keras", "last.keras", "log.csv", "config.json", "summary.json", "backup/state.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["config"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert config["config"]["variant"] == "32s" and config["config"]["weights"] == "none"
+    assert set(config["versions"]) >= {"python", "tensorflow", "keras", "jax", "numpy"}
+    assert config["backend"] == keras.backend.backend()
+    assert config["distribution"]["devices"] and "git_commit" in config
+    assert config["monitor"] == "val_mean_iu" and config["data"]["num_train_examples"] == 4
+
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 2
+    assert summary["global_step"] == 2 * 2
+    assert summary["images_seen"] == 2 * 2 * 2 and summary["images_per_s"] > 0
+    assert summary["best"]["monitor"] == "val_mean_iu" and 1 <= summary["best"]["epoch"] <= 2
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
+    assert {"loss", "mean_iu", "val_loss", "val_mean_iu"} <= set(summary["final_metrics"])
+
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["epoch", "loss", "mean_iu"] and len(rows) == 3
+
+    # best.keras holds the best epoch's weights, last.keras the final ones; both are FCN-32s.
+    model = keras.saving.load_model(out / "last.keras", compile=False)
+    assert model.name == "fcn32s" and model.get_layer("fc7").filters == 8
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == 0 and state["global_step"] == 4
+    assert state["best"] == pytest.approx(summary["best"]["value"])
+
+
+def test_finished_run_is_not_retrained(run32):
+    out, summary = run32
+    before = (out / "last.keras").stat().st_mtime_ns
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert train(TrainConfig(**config)) == summary
+    assert (out / "last.keras").stat().st_mtime_ns == before
+
+
+def test_resume_with_other_flags_is_refused(run32):
+    out, _ = run32
+    config = json.loads((out / "config.json").read_text())["config"]
+    config["variant"] = "16s"
+    with pytest.raises(ValueError, match=r"holds the backup of a different run \(variant: '32s' -> '16s'\)"):
+        train(TrainConfig(**config))
+
+
+# --- Staged training --------------------------------------------------------------------------
+
+
+def test_staged_16s_from_trained_32s(run32, voc_root, tmp_path):
+    out32, _ = run32
+    out = tmp_path / "run16"
+    # Also bf16 mixed precision and the poly schedule.
+    config = TrainConfig(**{**TINY, "variant": "16s", "epochs": 1, "val_steps": 0}, data=str(voc_root),
+                         init_from=str(out32), output_dir=str(out), cache_dir=str(tmp_path / "cache"),
+                         mixed_precision="bf16", lr_schedule="poly")
+    summary = train(config)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    init = json.loads((out / "config.json").read_text())["init"]
+    assert init["init_from"] == str(out32 / "best.keras") and init["source_variant"] == "32s"
+    assert {"block1_conv1", "fc6", "fc7", "score_fr"} <= set(init["copied"])
+    assert {"upscore2", "score_pool4"} <= set(init["kept"])
+    assert summary["best"]["monitor"] == "mean_iu"  # val_steps=0: best by training mean IU
+    model = keras.saving.load_model(out / "best.keras", compile=False)
+    assert model.name == "fcn16s" and model.get_layer("fc7").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("fc7").kernel.dtype == "float32" and np.isfinite(summary["final_metrics"]["loss"])
+
+
+def _save(model: keras.Model, path: Path) -> str:
+    model.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: build_fcn("8s", fc_units=8, geometry="same"), r"FCN-8s, finer than the FCN-32s"),
+        (lambda: build_fcn("32s", 5, fc_units=8, geometry="same"), r"5 classes, not num_classes=21"),
+        (lambda: build_fcn("32s", fc_units=8, geometry="reference"), r"geometry is 'reference', not geometry='same'"),
+        (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), r"init_from must be a trained FCN"),
+    ],
+    ids=["finer_variant", "num_classes", "geometry", "not_an_fcn"],
+)
+def test_incompatible_init_from_is_refused(make, message, voc_root, tmp_path):
+    path = _save(make(), tmp_path / "source.keras")
+    config = TrainConfig(**TINY, data=str(voc_root), init_from=path, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=message) as error:
+        train(config)
+    assert "init_from" in str(error.value)
+
+
+# --- Bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"variant": "4s"}, r"variant must be one of \('32s', '16s', '8s'\). Received: variant='4s'"),
+        ({"crop_size": 16}, r"crop_size must be 0 \(whole images\) or a multiple of the network stride 32.*Received: crop_size=16"),
+        ({"variant": "8s", "crop_size": 36}, r"network stride 8 of FCN-8s.*Received: crop_size=36"),
+        ({"crop_size": 0, "batch_size": 2}, r"batch_size must be 1 with whole images"),
+        ({"optimizer": "rmsprop"}, r"optimizer must be one of \('sgd', 'adam'\). Received: optimizer='rmsprop'"),
+        ({"distribute": "tpu"}, r"distribute must be one of"),
+        ({"at_once": True}, r"at_once needs variant '16s' or '8s'"),
+    ],
+)
+def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**{**TINY, **overrides}, output_dir=str(tmp_path)))
+
+
+def test_data_glob_matching_nothing(tmp_path):
+    pattern = str(tmp_path / "nothing-*.tfrecord")
+    with pytest.raises(ValueError, match=r"--data: .*nothing matches.*" + "nothing-"):
+        train(TrainConfig(**TINY, data=pattern, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c")))
+
+
+def test_cli_reports_bad_data_and_exits_nonzero(tmp_path):
+    pattern = str(tmp_path / "missing-*.tfrecord")
+    result = subprocess.run(
+        [sys.executable, "-m", "fcn_keras.train", f"--data={pattern}", f"--output_dir={tmp_path / 'out'}", "--variant=32s"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: --data:" in result.stderr and "missing-" in result.stderr
+
+
+# --- NaN loss ---------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(voc_root, tmp_path):
+    out = tmp_path / "nan"
+    base = dict(TINY, epochs=1, steps_per_epoch=3, val_steps=0)
+    common = dict(data=str(voc_root), output_dir=str(out), cache_dir=str(tmp_path / "c"))
+    train(TrainConfig(**base, **common))  # one good epoch
+    good = _weights(out / "last.keras")
+    state_before = json.loads((out / "backup" / "state.json").read_text())
+
+    # Resume for a second epoch with an absurd learning rate: the loss becomes NaN/inf.
+    with pytest.raises(TrainingDiverged, match=r"loss became NaN/inf.*last good weights \(epoch 1\)"):
+        train(TrainConfig(**{**base, "epochs": 2, "learning_rate": 1e30}, **common))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["last_good_epoch"] == 1
+    after = _weights(out / "last.keras")
+    assert all(np.isfinite(w).all() for w in after)
+    for a, b in zip(good, after):
+        np.testing.assert_array_equal(a, b)
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (state_before["epoch"], state_before["step"]) == (1, 0)
+    resumes = json.loads((out / "config.json").read_text())["resumes"]
+    assert resumes[-1]["from"]["epoch"] == 1 and resumes[-1]["changed"]["learning_rate"] == [1e-3, 1e30]
+    rows = (out / "log.csv").read_text().splitlines()[1:]  # the log shows the diverged epoch
+    assert len(rows) == 2 and math.isfinite(float(rows[0].split(",")[1])) and not math.isfinite(float(rows[1].split(",")[1]))
+
+
+# --- CLI flags --------------------------------------------------------------------------------
+
+
+def test_every_config_field_is_a_documented_flag():
+    values = flags.FlagValues()
+    define_flags(values)
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = values[field.name]
+        assert len(flag.help) > 20, field.name
+        assert flag.default == getattr(defaults, field.name), field.name
+    assert set(values) == {f.name for f in dataclasses.fields(TrainConfig)}
