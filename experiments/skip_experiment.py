@@ -1,0 +1,600 @@
+r"""The skip-architecture experiment (paper §4.2, Table 2, Fig. 4): FCN-32s -> 16s -> 8s.
+
+    python -m experiments.skip_experiment --smoke --output_dir=/tmp/skip_smoke   # CI, < 1 min
+    KERAS_BACKEND=jax python -m experiments.skip_experiment --data=../shared/voc2012/VOCdevkit \
+        --weights=../shared/weights/vgg16_imagenet_notop_torchvision.weights.h5 \
+        --output_dir=experiments/results/voc2012-h100 --at_once --mixed_precision=bf16 ...
+
+The paper's staged protocol, each stage a ``fcn_keras.train.train`` run:
+
+1. FCN-32s from the VGG16 backbone weights (``--weights``);
+2. FCN-16s initialised from the trained FCN-32s (its ``last.keras``: no model selection on the
+   evaluation split);
+3. FCN-8s initialised from the trained FCN-16s;
+4. with ``--at_once``: the TPAMI "at-once" FCN-8s from the backbone, trained as long as the three
+   stages together.
+
+Every model's ``last.keras`` is then evaluated on the same held-out split at full image size
+(``fcn_keras.evaluate.evaluate_model``). Written to ``--output_dir``: ``results.md`` (Table 2's
+layout beside the paper's numbers, per-class IU, training time and throughput, the exact command,
+commit, backend, device and data counts), ``results.json``, ``comparison.png`` (Fig. 4 on a fixed
+set of validation images: the first ``--figure_images`` of the split) and
+``training_curves.png``; each stage's run folder (``fcn32s/``, ...) and its ``eval/``.
+
+Resumable stage by stage: a stage whose ``summary.json`` says "finished" is not retrained (its
+settings must match, else an error), an interrupted one resumes from its backup (``train()``), an
+evaluation is redone only if its model is newer than its ``metrics.json``. Run the same command
+again after a kill (e.g. the GPU's 10-minute command limit) and it continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from absl import app, flags
+
+from benchmarks.throughput import device_description, write_text_atomic
+from fcn_keras import viz
+from fcn_keras.data.pipeline import eval_dataset, resolve_data
+from fcn_keras.evaluate import PAPER_METRICS, evaluate_model
+from fcn_keras.inference import predict_labels
+from fcn_keras.io import load_fcn
+from fcn_keras.train import TrainConfig, environment, resolve_config, train
+
+# --- The protocol ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run of the protocol."""
+
+    name: str  # run folder, e.g. "fcn16s"
+    title: str  # table row, e.g. "FCN-16s"
+    variant: str
+    at_once: bool = False
+    init_from: str | None = None  # the stage whose last.keras initialises this one
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("fcn32s", "FCN-32s", "32s"),
+    Stage("fcn16s", "FCN-16s", "16s", init_from="fcn32s"),
+    Stage("fcn8s", "FCN-8s", "8s", init_from="fcn16s"),
+)
+AT_ONCE_STAGE = Stage("fcn8s_at_once", "FCN-8s at-once", "8s", at_once=True)
+
+#: Long, Shelhamer & Darrell (CVPR 2015), Table 2: skip FCNs on a subset of PASCAL VOC 2011 val
+#: (seg11valid, 736 images), trained on SBD train (8,498 images) with ImageNet VGG16 fc6/fc7.
+PAPER_TABLE2: dict[str, dict[str, float]] = {
+    "FCN-32s": {"pixel_accuracy": 89.1, "mean_accuracy": 73.3, "mean_iu": 59.4, "fw_iu": 81.4},
+    "FCN-16s": {"pixel_accuracy": 90.0, "mean_accuracy": 75.7, "mean_iu": 62.4, "fw_iu": 83.0},
+    "FCN-8s": {"pixel_accuracy": 90.3, "mean_accuracy": 75.9, "mean_iu": 62.7, "fw_iu": 83.2},
+}
+
+#: Settings of ``--smoke``: the whole protocol on a tiny synthetic VOC set in well under a minute.
+SMOKE_SETTINGS: dict[str, Any] = {
+    "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32, "optimizer": "adam",
+    "learning_rates": [1e-3, 1e-4, 1e-5], "at_once_learning_rate": 1e-3, "fc_units": 8, "geometry": "same",
+    "val_steps": 0, "backup_freq": 0, "jit_compile": "false", "weights": "none", "mixed_precision": "none",
+}
+SMOKE_DATA: dict[str, Any] = {"num_train": 6, "num_val": 3, "size": (40, 48), "seed": 0}
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+COMPARISON_PNG = "comparison.png"
+CURVES_PNG = "training_curves.png"
+
+#: TrainConfig fields that may differ between a finished stage and a rerun without retraining.
+_IGNORED_ON_RERUN = ("verbose", "backup_freq", "cache_dir")
+
+
+# --- Settings -> TrainConfig -------------------------------------------------------------------
+
+
+@dataclass
+class ExperimentSettings:
+    """What the driver's flags set; ``None`` leaves ``fcn_keras.train``'s default ("auto")."""
+
+    data: str
+    output_dir: str
+    weights: str = "auto"
+    at_once: bool = False
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    at_once_epochs: int | None = None  # default: the three stages' epochs together
+    batch_size: int | None = None
+    crop_size: int | None = None
+    optimizer: str | None = None
+    learning_rates: list[float] | None = None  # per stage 32s, 16s, 8s (train's per-variant default)
+    at_once_learning_rate: float | None = None
+    lr_schedule: str = "constant"
+    mixed_precision: str = "none"
+    jit_compile: str = "auto"
+    geometry: str | None = None
+    fc_units: int | None = None
+    val_steps: int | None = None
+    backup_freq: int = 100
+    seed: int = 0
+    eval_split: str = "val"
+    eval_max_images: int | None = None
+    eval_batch_size: int = 1
+    figure_images: int = 4
+    verbose: int = 1
+
+
+def stages_of(settings: ExperimentSettings) -> tuple[Stage, ...]:
+    """The stages to run: 32s, 16s, 8s, and the at-once 8s with ``settings.at_once``."""
+    return STAGES + ((AT_ONCE_STAGE,) if settings.at_once else ())
+
+
+def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> TrainConfig:
+    """The ``TrainConfig`` of one stage.
+
+    Args:
+        stage: the stage.
+        settings: the experiment's settings.
+        data: the converted dataset folder (``manifest.json`` with train and val).
+
+    Returns:
+        A ``TrainConfig``: same data, budget and schedule for every staged model; the at-once
+        model gets ``at_once_epochs`` (default the staged epochs together).
+    """
+    output_dir = Path(settings.output_dir)
+    epochs = settings.epochs
+    learning_rate = None
+    if stage.at_once:
+        learning_rate = settings.at_once_learning_rate
+        epochs = settings.at_once_epochs
+        if epochs is None:  # as long as the staged models together (train's default epochs if unset)
+            epochs = resolve_config(stage_config(STAGES[0], settings, data)).epochs * len(STAGES)
+    elif settings.learning_rates:
+        learning_rate = settings.learning_rates[[s.name for s in STAGES].index(stage.name)]
+    init_from = str(output_dir / stage.init_from / "last.keras") if stage.init_from else ""
+    return TrainConfig(
+        variant=stage.variant,
+        data=data,
+        init_from=init_from,
+        weights="none" if init_from else settings.weights,
+        epochs=epochs,
+        steps_per_epoch=settings.steps_per_epoch,
+        batch_size=settings.batch_size,
+        crop_size=settings.crop_size,
+        optimizer=settings.optimizer,
+        learning_rate=learning_rate,
+        lr_schedule=settings.lr_schedule,
+        mixed_precision=settings.mixed_precision,
+        jit_compile=settings.jit_compile,
+        output_dir=str(output_dir / stage.name),
+        cache_dir=str(output_dir / "cache"),
+        seed=settings.seed,
+        at_once=stage.at_once,
+        geometry=settings.geometry,
+        fc_units=settings.fc_units,
+        val_steps=settings.val_steps,
+        backup_freq=settings.backup_freq,
+        verbose=settings.verbose,
+    )
+
+
+# --- Data --------------------------------------------------------------------------------------
+
+
+def prepare_data(settings: ExperimentSettings, smoke: bool) -> tuple[str, dict[str, str]]:
+    """The converted dataset folder the stages and the evaluation share, and its split globs.
+
+    Args:
+        settings: ``data`` is a VOCdevkit root (converted into ``<output_dir>/records``) or a
+            folder written by ``fcn_keras.data.convert``; with ``smoke`` a synthetic VOC set is
+            generated into ``<output_dir>/synthetic_voc`` first.
+        smoke: use the embedded synthetic data.
+
+    Returns:
+        ``(folder, {split: glob})``.
+
+    Raises:
+        ValueError: naming ``--data`` when it has no train split or no ``eval_split``.
+    """
+    from fcn_keras.data.convert import MANIFEST_NAME
+    from fcn_keras.data.synthetic import make_synthetic_voc
+
+    output_dir = Path(settings.output_dir)
+    data = settings.data
+    if smoke:
+        data = str(make_synthetic_voc(output_dir / "synthetic_voc", **SMOKE_DATA))
+    if not Path(data).is_dir():
+        raise ValueError(
+            f"--data must be a VOCdevkit root (holding VOC2012/) or a folder written by fcn_keras.data.convert, "
+            f"with train and {settings.eval_split} splits. Received: --data={data!r}"
+        )
+    folder = Path(data) if (Path(data) / MANIFEST_NAME).is_file() else output_dir / "records"
+    globs = resolve_data(data, folder)
+    missing = [split for split in ("train", settings.eval_split) if split not in globs]
+    if missing:
+        raise ValueError(f"--data {data!r} has no {' or '.join(missing)} split; it has {sorted(globs)}")
+    return str(folder), globs
+
+
+# --- Stages ------------------------------------------------------------------------------------
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _IGNORED_ON_RERUN}
+
+
+def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
+    """Trains one stage unless its folder holds the same finished run.
+
+    Args:
+        config: the stage's ``TrainConfig``.
+
+    Returns:
+        ``(summary, trained)``: ``train()``'s summary, and whether this call trained.
+
+    Raises:
+        ValueError: the folder holds a finished run with other settings.
+    """
+    run_dir = Path(config.output_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file() and (run_dir / "config.json").is_file():
+        summary = json.loads(summary_path.read_text())
+        previous = json.loads((run_dir / "config.json").read_text())["config"]
+        requested = dataclasses.asdict(resolve_config(config))
+        if summary.get("status") == "finished":
+            changed = {k: (previous.get(k), v) for k, v in _comparable(requested).items() if previous.get(k) != v}
+            if changed:
+                details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                raise ValueError(
+                    f"{run_dir} holds a finished run with other settings ({details}); rerun with the same flags "
+                    "or use another --output_dir"
+                )
+            print(f"{run_dir.name}: finished earlier ({summary['epochs_done']} epochs), not retrained", flush=True)
+            return summary, False
+    print(f"{run_dir.name}: training FCN-{config.variant}{' at-once' if config.at_once else ''}", flush=True)
+    summary = train(config)
+    keras.utils.clear_session()  # the stage's model and optimizer state leave the device
+    return summary, True
+
+
+def evaluate_stage(
+    stage: Stage, settings: ExperimentSettings, data: str, figure_images: list[np.ndarray]
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Evaluates a stage's ``last.keras`` on the held-out split, and predicts the figure images.
+
+    Reuses ``<stage>/eval/metrics.json`` when it is newer than the model.
+
+    Returns:
+        ``(evaluate_model results, [uint8 [H, W] label map per figure image])``.
+    """
+    run_dir = Path(settings.output_dir) / stage.name
+    model_path = run_dir / "last.keras"
+    metrics_path = run_dir / "eval" / "metrics.json"
+    model = load_fcn(model_path)
+    if metrics_path.is_file() and metrics_path.stat().st_mtime >= model_path.stat().st_mtime:
+        results = json.loads(metrics_path.read_text())
+        print(f"{stage.name}: evaluated earlier: mean IU {100 * results['mean_iu']:.1f}", flush=True)
+    else:
+        results = evaluate_model(
+            model, data, split=settings.eval_split, output_dir=run_dir / "eval",
+            max_images=settings.eval_max_images, batch_size=settings.eval_batch_size,
+            cache_dir=Path(settings.output_dir) / "records", verbose=bool(settings.verbose),
+        )
+        print(f"{stage.name}: mean IU {100 * results['mean_iu']:.1f} on {results['num_images']} images", flush=True)
+    labels = [predict_labels(model, image[None])[0] for image in figure_images]
+    del model
+    keras.utils.clear_session()
+    return results, labels
+
+
+def load_figure_images(val_glob: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first ``count`` images of the evaluation split (file order) and their label maps."""
+    images, labels = [], []
+    for image, label in eval_dataset(val_glob, batch_size=1).take(count):
+        images.append(image.numpy()[0])
+        labels.append(label.numpy()[0])
+    return images, labels
+
+
+# --- Results -----------------------------------------------------------------------------------
+
+
+def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """One model's line of ``results.json``: metrics (fractions), per-class IU, training."""
+    resolved = resolve_config(config)
+    return {
+        "stage": stage.name,
+        "variant": stage.variant,
+        "at_once": stage.at_once,
+        "init": f"{stage.init_from}/last.keras" if stage.init_from else f"backbone weights: {resolved.weights}",
+        "metrics": {key: evaluation[key] for key, _ in PAPER_METRICS},
+        "per_class_iu": evaluation["per_class_iu"],
+        "eval_images": evaluation["num_images"],
+        "eval_pixels": evaluation["num_pixels"],
+        "training": {
+            "epochs": summary.get("epochs_done"),
+            "steps": summary.get("global_step"),
+            "images_seen": summary.get("images_seen"),
+            "wall_time_s": summary.get("wall_time_s"),
+            "images_per_s": summary.get("images_per_s"),
+            "learning_rate": resolved.learning_rate,
+            "optimizer": resolved.optimizer,
+            "batch_size": resolved.batch_size,
+            "crop_size": resolved.crop_size,
+        },
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """``results.md``: Table 2's layout for our models and the paper's, per-class IU, the run.
+
+    Args:
+        results: the ``results.json`` document (see ``write_results``).
+
+    Returns:
+        The markdown text.
+    """
+    models, run, data = results["models"], results["run"], results["data"]
+    headings = [heading for _, heading in PAPER_METRICS]
+    lines = [
+        f"# Skip-architecture experiment: {results['name']}",
+        "",
+        f"Data: {data['num_train']} training images, evaluated on {data['num_eval']} images of the "
+        f"`{data['eval_split']}` split at full size ({data['source']}). "
+        f"Every model trained on the same data and budget per stage; metrics in %.",
+        "",
+        "| model | " + " | ".join(headings) + " | init | steps | train time (s) | train img/s |",
+        "|---|" + "---:|" * len(headings) + "---|---:|---:|---:|",
+    ]
+    for title, entry in models.items():
+        training = entry["training"]
+        lines.append(
+            f"| {title} | " + " | ".join(_pct(entry["metrics"][key]) for key, _ in PAPER_METRICS)
+            + f" | {entry['init']} | {_num(training['steps'], 0)} | {_num(training['wall_time_s'])} | "
+            f"{_num(training['images_per_s'])} |"
+        )
+    lines += ["", "train time and img/s: the stage's wall time and images seen over the time of its last process "
+              "(train's summary: compilation and checkpoint writing included, not a kernel benchmark).",
+              "", "The paper (Table 2, VOC 2011 val subset, trained on SBD with ImageNet fc6/fc7):", "",
+              "| model | " + " | ".join(headings) + " |", "|---|" + "---:|" * len(headings)]
+    for title, paper in results["paper"].items():
+        lines.append(f"| {title} | " + " | ".join(f"{paper[key]:.1f}" for key, _ in PAPER_METRICS) + " |")
+    lines += ["", "## Findings", ""] + [f"- {finding}" for finding in findings(models)]
+    lines += ["", "## Per-class IU (%)", "", "| class | " + " | ".join(models) + " |",
+              "|---|" + "---:|" * len(models)]
+    for index, name in enumerate(results["class_names"]):
+        lines.append(f"| {name} | " + " | ".join(_pct(e["per_class_iu"][index]) for e in models.values()) + " |")
+    lines += [
+        "",
+        "`-`: class absent from both the ground truth and the predictions of the evaluated images.",
+        "",
+        "## Figures",
+        "",
+        f"![Fig. 4 style comparison]({results['figures']['comparison']})",
+        "",
+        f"![training curves]({results['figures']['training_curves']})",
+        "",
+        "## Run",
+        "",
+        f"- Command: `{run['command']}`",
+        f"- Commit: {run['git_commit']}",
+        f"- Backend: {run['backend']}; device: {run['device']}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in run['versions'].items())}",
+        f"- Date: {run['date']}",
+        f"- Data: `{data['folder']}` (train `{data['train_glob']}`, eval `{data['eval_glob']}`)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def findings(models: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain statements computed from the numbers: does mean IU rise 32s -> 16s -> 8s, and how
+    does the at-once FCN-8s compare with the staged one."""
+    ious = {title: entry["metrics"]["mean_iu"] for title, entry in models.items()}
+    staged = [title for title in ("FCN-32s", "FCN-16s", "FCN-8s") if title in ious]
+    chain = " -> ".join(f"{title} {100 * ious[title]:.1f}" for title in staged)
+    rising = all(ious[a] < ious[b] for a, b in zip(staged, staged[1:]))
+    out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."]
+    if "FCN-8s at-once" in ious and "FCN-8s" in ious:
+        diff = 100 * (ious["FCN-8s at-once"] - ious["FCN-8s"])
+        out.append(f"The at-once FCN-8s scores {100 * ious['FCN-8s at-once']:.1f} mean IU, {diff:+.1f} points "
+                   "against the staged FCN-8s.")
+    return out
+
+
+def write_results(results: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``results.json`` and ``results.md`` (each atomically) into ``output_dir``.
+
+    Args:
+        results: ``{"name", "models": {title: model_entry(...)}, "paper", "data", "run",
+            "figures", "class_names"}``.
+        output_dir: the experiment folder.
+
+    Returns:
+        ``{"json": path, "markdown": path}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output_dir / RESULTS_JSON, "markdown": output_dir / RESULTS_MD}
+    write_text_atomic(paths["json"], json.dumps(results, indent=2, default=str) + "\n")  # models in stage order
+    write_text_atomic(paths["markdown"], results_markdown(results))
+    return paths
+
+
+
+# --- The experiment ----------------------------------------------------------------------------
+
+
+def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command: str = "") -> dict[str, Any]:
+    """Runs (or continues) the whole protocol and writes the results.
+
+    Args:
+        settings: the experiment's settings (``--smoke`` overrides them with ``SMOKE_SETTINGS``).
+        smoke: the embedded synthetic data with tiny sizes.
+        command: the command line, recorded in the results.
+
+    Returns:
+        The ``results.json`` document.
+    """
+    if smoke:
+        settings = dataclasses.replace(settings, **SMOKE_SETTINGS, figure_images=2)
+    if settings.learning_rates is not None and len(settings.learning_rates) != len(STAGES):
+        raise ValueError(
+            f"--learning_rates needs one rate per stage (32s, 16s, 8s). Received: --learning_rates={settings.learning_rates}"
+        )
+    if settings.figure_images < 1:
+        raise ValueError(f"--figure_images must be >= 1. Received: --figure_images={settings.figure_images}")
+    start = time.perf_counter()
+    output_dir = Path(settings.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    folder, globs = prepare_data(settings, smoke)
+    stages = stages_of(settings)
+
+    # --- Train: stage by stage, each from the last ---
+    configs = {stage.name: stage_config(stage, settings, folder) for stage in stages}
+    summaries = {stage.name: run_stage(configs[stage.name])[0] for stage in stages}
+
+    # --- Evaluate on the same split, predict the figure's images ---
+    images, truth = load_figure_images(globs[settings.eval_split], settings.figure_images)
+    models, predictions = {}, {}
+    for stage in stages:
+        evaluation, labels = evaluate_stage(stage, settings, folder, images)
+        models[stage.title] = model_entry(stage, summaries[stage.name], evaluation, configs[stage.name])
+        predictions[stage.title] = labels
+        class_names = evaluation["class_names"]
+
+    # --- Figures and results ---
+    viz.plot_comparison(images, predictions, truth, output_dir / COMPARISON_PNG, class_names=class_names)
+    curves = {s.title: output_dir / s.name / "log.csv" for s in stages}
+    viz.plot_training_curves(curves, output_dir / CURVES_PNG)
+    env = environment_of_run()
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    results = {
+        "name": output_dir.name,
+        "models": models,
+        "paper": PAPER_TABLE2,
+        "class_names": list(class_names),
+        "data": {
+            "source": "synthetic VOC (--smoke)" if smoke else settings.data,
+            "folder": folder,
+            "train_glob": globs["train"],
+            "eval_glob": globs[settings.eval_split],
+            "eval_split": settings.eval_split,
+            "num_train": manifest["splits"]["train"]["num_examples"],
+            "num_eval_split": manifest["splits"][settings.eval_split]["num_examples"],
+            "num_eval": next(iter(models.values()))["eval_images"],
+            "figure_images": len(images),
+        },
+        "settings": dataclasses.asdict(settings),
+        "run": {**env, "command": command or " ".join(sys.argv), "driver_seconds_this_call": time.perf_counter() - start},
+        "figures": {"comparison": COMPARISON_PNG, "training_curves": CURVES_PNG},
+    }
+    write_results(results, output_dir)
+    print(f"wrote {RESULTS_MD}, {RESULTS_JSON}, {COMPARISON_PNG}, {CURVES_PNG} in {output_dir}", flush=True)
+    return results
+
+
+def environment_of_run() -> dict[str, Any]:
+    """Backend, device, versions, git commit and date of this call."""
+    from fcn_keras.distribute import setup_distribution
+
+    env = environment(setup_distribution("none"))
+    return {
+        "backend": env["backend"],
+        "device": device_description()[0],
+        "versions": env["versions"],
+        "git_commit": env["git_commit"],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The flags of ``python -m experiments.skip_experiment`` (defined only when run)."""
+    flags.DEFINE_string("data", None, "VOCdevkit root (holding VOC2012/) or a folder written by "
+                        "fcn_keras.data.convert, with train and --eval_split splits. Not needed with --smoke.")
+    flags.DEFINE_string("output_dir", None, "Experiment folder, e.g. experiments/results/<run name>.", required=True)
+    flags.DEFINE_string("weights", "auto", "Backbone of FCN-32s (and the at-once FCN-8s): a Keras VGG16 "
+                        "weights file, 'imagenet' (needs internet), 'none', or 'auto' (train's default).")
+    flags.DEFINE_boolean("at_once", False, "Also train the TPAMI at-once FCN-8s from the backbone.")
+    flags.DEFINE_boolean("smoke", False, "The whole protocol on a tiny synthetic VOC set (CI), ignoring the "
+                         "training flags.")
+    flags.DEFINE_integer("epochs", None, "Epochs per stage (default: train's).", lower_bound=1)
+    flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: train's).", lower_bound=1)
+    flags.DEFINE_integer("at_once_epochs", None, "Epochs of the at-once FCN-8s (default: the 3 stages' "
+                         "epochs together).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", None, "Batch size (default: train's; 1 with whole images).", lower_bound=1)
+    flags.DEFINE_integer("crop_size", None, "Random crops of this size (0: whole images, the paper's setup).",
+                         lower_bound=0)
+    flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimizer (default: train's, SGD momentum 0.99).")
+    flags.DEFINE_list("learning_rates", None, "Learning rate per stage: 32s,16s,8s (default: train's "
+                      "per-variant rates from the paper).")
+    flags.DEFINE_float("at_once_learning_rate", None, "Learning rate of the at-once FCN-8s (default: train's).")
+    flags.DEFINE_enum("lr_schedule", "constant", ["constant", "poly"], "Learning-rate schedule within a stage.")
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "bf16", "fp16"], "Mixed precision of training.")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA compilation of the train step.")
+    flags.DEFINE_enum("geometry", None, ["reference", "same"], "Network geometry (default: train's, reference).")
+    flags.DEFINE_integer("fc_units", None, "fc6/fc7 channels (default 4096).", lower_bound=1)
+    flags.DEFINE_integer("val_steps", None, "Validation images per epoch during training (0: none; default: "
+                         "the whole val split). Evaluation of the results always uses the whole split.",
+                         lower_bound=0)
+    flags.DEFINE_integer("backup_freq", 100, "Steps between mid-epoch backups (resume after a kill).", lower_bound=0)
+    flags.DEFINE_integer("seed", 0, "Seed of every stage.")
+    flags.DEFINE_string("eval_split", "val", "The held-out split every model is evaluated on.")
+    flags.DEFINE_integer("eval_max_images", None, "Evaluate only the first N images (default: all).", lower_bound=1)
+    flags.DEFINE_integer("eval_batch_size", 1, "Images per evaluation call: 1 is exact full size; more pads to "
+                         "the batch's largest image (fewer shapes to compile under JAX).", lower_bound=1)
+    flags.DEFINE_integer("figure_images", 4, "Validation images in the comparison figure (the first N).",
+                         lower_bound=1)
+    flags.DEFINE_integer("verbose", 1, "Keras progress output (0, 1 or 2).")
+
+
+def settings_from_flags() -> ExperimentSettings:
+    """An ``ExperimentSettings`` from the parsed flags (``--data`` required unless ``--smoke``)."""
+    if not FLAGS.smoke and not FLAGS.data:
+        raise app.UsageError("--data is required (a VOCdevkit root or converted folder) unless --smoke")
+    rates = None
+    if FLAGS.learning_rates:
+        try:
+            rates = [float(r) for r in FLAGS.learning_rates]
+        except ValueError:
+            raise app.UsageError(f"--learning_rates must be numbers. Received: {','.join(FLAGS.learning_rates)}")
+    fields = {f.name for f in dataclasses.fields(ExperimentSettings)} - {"data", "learning_rates"}
+    return ExperimentSettings(data=FLAGS.data or "", learning_rates=rates, **{name: FLAGS[name].value for name in fields})
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    command = " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={keras.backend.backend()}", "python", "-m",
+                                                 "experiments.skip_experiment", *sys.argv[1:]])
+    try:
+        run_experiment(settings_from_flags(), smoke=FLAGS.smoke, command=command)
+    except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
+        print(f"experiments.skip_experiment: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

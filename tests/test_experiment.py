@@ -1,0 +1,159 @@
+"""The skip-architecture experiment driver: results writing, stage configs, the --smoke protocol."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import skip_experiment as exp
+from fcn_keras.constants import VOC_CLASSES
+from fcn_keras.evaluate import PAPER_METRICS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = [key for key, _ in PAPER_METRICS]
+
+
+# --- Results writing on given metrics --------------------------------------------------------
+
+
+def _entry(metrics: dict[str, float], per_class: list, seconds: float) -> dict:
+    return {"stage": "x", "variant": "8s", "at_once": False, "init": "init", "metrics": metrics,
+            "per_class_iu": per_class, "eval_images": 5, "eval_pixels": 100,
+            "training": {"steps": 40, "wall_time_s": seconds, "images_per_s": 12.5}}
+
+
+def test_write_results_table_from_given_metrics(tmp_path):
+    per_class = [0.9] + [None] * 19 + [0.25]
+    models = {title: _entry({k: v / 100 for k, v in paper.items()}, per_class, 60.0)
+              for title, paper in exp.PAPER_TABLE2.items()}
+    models["FCN-8s at-once"] = _entry({"pixel_accuracy": 0.9, "mean_accuracy": 0.7, "mean_iu": 0.617,
+                                       "fw_iu": 0.8}, per_class, 180.0)
+    results = {
+        "name": "given", "models": models, "paper": exp.PAPER_TABLE2, "class_names": list(VOC_CLASSES),
+        "data": {"num_train": 311, "num_eval": 221, "eval_split": "val", "source": "voc", "folder": "f",
+                 "train_glob": "t", "eval_glob": "v"},
+        "run": {"command": "python -m experiments.skip_experiment --data=x", "git_commit": "abc", "backend": "jax",
+                "device": "gpu: H100", "versions": {"keras": "3"}, "date": "today"},
+        "figures": {"comparison": "comparison.png", "training_curves": "training_curves.png"},
+    }
+    paths = exp.write_results(results, tmp_path / "out")
+    assert json.loads(paths["json"].read_text()) == results
+    text = paths["markdown"].read_text()
+    # Our table: the given fractions in %, then init, steps, time, throughput.
+    assert "| FCN-16s | 90.0 | 75.7 | 62.4 | 83.0 | init | 40 | 60.0 | 12.5 |" in text
+    assert "| FCN-8s at-once | 90.0 | 70.0 | 61.7 | 80.0 | init | 40 | 180.0 | 12.5 |" in text
+    assert "| FCN-32s | 89.1 | 73.3 | 59.4 | 81.4 |" in text  # the paper's table
+    assert "Mean IU rises along the stages: FCN-32s 59.4 -> FCN-16s 62.4 -> FCN-8s 62.7." in text
+    assert "-1.0 points against the staged FCN-8s" in text
+    assert "| background | 90.0 | 90.0 | 90.0 | 90.0 |" in text and "| boat | - | - | - | - |" in text
+    assert "| tvmonitor | 25.0 | 25.0 | 25.0 | 25.0 |" in text
+    assert "Commit: abc" in text and "gpu: H100" in text and "311 training images" in text
+
+    models["FCN-16s"]["metrics"]["mean_iu"] = 0.70  # above FCN-8s: not monotonic any more
+    assert "does not rise monotonically" in exp.results_markdown(results)
+    assert not list((tmp_path / "out").glob(".*.tmp-*"))  # atomic writes leave no temporary files
+
+
+# --- Stage configurations --------------------------------------------------------------------
+
+
+def test_stage_configs_chain_the_stages(tmp_path):
+    settings = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), weights="w.h5", at_once=True, epochs=2,
+                                      learning_rates=[1e-4, 1e-5, 1e-6], at_once_learning_rate=3e-5)
+    stages = exp.stages_of(settings)
+    assert [s.name for s in stages] == ["fcn32s", "fcn16s", "fcn8s", "fcn8s_at_once"]
+    configs = {s.name: exp.stage_config(s, settings, "records") for s in stages}
+    assert configs["fcn32s"].weights == "w.h5" and configs["fcn32s"].init_from == ""
+    assert configs["fcn16s"].init_from == str(tmp_path / "fcn32s" / "last.keras")
+    assert configs["fcn8s"].init_from == str(tmp_path / "fcn16s" / "last.keras")
+    assert configs["fcn16s"].weights == configs["fcn8s"].weights == "none"
+    assert [configs[n].learning_rate for n in ("fcn32s", "fcn16s", "fcn8s")] == [1e-4, 1e-5, 1e-6]
+    at_once = configs["fcn8s_at_once"]
+    assert at_once.at_once and at_once.variant == "8s" and at_once.init_from == "" and at_once.weights == "w.h5"
+    assert at_once.epochs == 6 and at_once.learning_rate == 3e-5  # the three stages' budget together
+    assert all(c.data == "records" and c.epochs == 2 for n, c in configs.items() if n != "fcn8s_at_once")
+    assert len({c.output_dir for c in configs.values()}) == 4
+    assert exp.stages_of(exp.ExperimentSettings(data="d", output_dir="o")) == exp.STAGES
+    # Without --epochs, the at-once model still gets the three stages' (train's default) epochs.
+    default = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), at_once=True)
+    staged = exp.resolve_config(exp.stage_config(exp.STAGES[0], default, "records")).epochs
+    assert exp.stage_config(exp.AT_ONCE_STAGE, default, "records").epochs == 3 * staged
+
+
+# --- The whole protocol on synthetic data ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("skip") / "smoke"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "experiments.skip_experiment", "--smoke", f"--output_dir={output}", "--verbose=0"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output, result.stdout
+
+
+def test_smoke_protocol_writes_parseable_artefacts(smoke_run):
+    output, stdout = smoke_run
+    results = json.loads((output / exp.RESULTS_JSON).read_text())
+    assert list(results["models"]) == ["FCN-32s", "FCN-16s", "FCN-8s"]
+    for title, entry in results["models"].items():
+        assert sorted(entry["metrics"]) == sorted(METRIC_KEYS)
+        assert all(0.0 <= entry["metrics"][k] <= 1.0 for k in METRIC_KEYS), title
+        assert len(entry["per_class_iu"]) == len(VOC_CLASSES)
+        assert entry["eval_images"] == exp.SMOKE_DATA["num_val"]
+        assert entry["training"]["steps"] == exp.SMOKE_SETTINGS["steps_per_epoch"] > 0
+        assert entry["training"]["wall_time_s"] > 0
+        # What was evaluated is what evaluate_model wrote for that stage.
+        metrics = json.loads((output / entry["stage"] / "eval" / "metrics.json").read_text())
+        assert metrics["mean_iu"] == entry["metrics"]["mean_iu"]
+    assert results["models"]["FCN-16s"]["init"] == "fcn32s/last.keras"
+    assert results["data"]["num_train"] == exp.SMOKE_DATA["num_train"]
+    assert results["run"]["backend"] and results["run"]["device"] and results["run"]["command"]
+    text = (output / exp.RESULTS_MD).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| FCN-")]
+    assert len(rows) == 6  # ours and the paper's
+    for title, entry in results["models"].items():
+        assert f"| {title} | {100 * entry['metrics']['pixel_accuracy']:.1f} |" in text
+    for name, (width, height) in ((exp.COMPARISON_PNG, (1000, None)), (exp.CURVES_PNG, (None, None))):
+        with Image.open(output / name) as image:
+            image.load()
+            pixels = np.asarray(image)
+        assert pixels.ndim == 3 and pixels.std() > 0, name
+        if width:
+            assert image.width == width  # (2 + 3 models) columns of 200 px
+    assert "fcn32s: training FCN-32s" in stdout
+
+
+def test_smoke_rerun_resumes_without_retraining(smoke_run):
+    output, _ = smoke_run
+    before = json.loads((output / exp.RESULTS_JSON).read_text())
+    model_time = (output / "fcn8s" / "last.keras").stat().st_mtime
+    settings = exp.ExperimentSettings(data="", output_dir=str(output), verbose=0)
+    results = exp.run_experiment(settings, smoke=True, command="rerun")
+    assert (output / "fcn8s" / "last.keras").stat().st_mtime == model_time
+    for title, entry in results["models"].items():
+        assert entry["metrics"] == before["models"][title]["metrics"]
+    assert results["run"]["command"] == "rerun"
+
+    # A finished stage is not silently reused with other settings.
+    changed = dataclasses.replace(settings, **exp.SMOKE_SETTINGS)
+    changed.epochs = 3
+    config = exp.stage_config(exp.STAGES[0], changed, results["data"]["folder"])
+    with pytest.raises(ValueError, match="finished run with other settings.*epochs: 1 -> 3"):
+        exp.run_stage(config)
+
+
+def test_bad_inputs_are_named(tmp_path):
+    settings = exp.ExperimentSettings(data=str(tmp_path / "missing"), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="--data must be a VOCdevkit root.*missing"):
+        exp.run_experiment(settings)
+    two_rates = dataclasses.replace(settings, learning_rates=[1e-4, 1e-5])
+    with pytest.raises(ValueError, match="--learning_rates needs one rate per stage"):
+        exp.run_experiment(two_rates)
