@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -299,6 +299,36 @@ def resolve_run_data(config: TrainConfig) -> dict[str, str]:
         return resolve_data(data, cache_dir / f"records-{key}")
     except ValueError as error:
         raise ValueError(f"--data: {error}") from error
+
+
+def rebuilt_per_iterator(make_dataset: Callable[[], Any]) -> Any:
+    """A ``tf.data.Dataset`` that runs ``make_dataset()`` anew for every iterator made from it.
+
+    The training pipeline reshuffles (``shuffle(..., seed, reshuffle_each_iteration=True)``)
+    from a seed generator owned by the dataset object, which advances at every new iterator
+    and at every pass of ``repeat``: a second iterator of the same object yields another
+    order, which also depends on how far the first one read ahead. Keras' JAX trainer (and
+    the TensorFlow one under tf.distribute) pulls one batch from a first iterator to build the
+    model before training on a second one, so its stream was neither the pipeline's stream
+    nor that of a resumed run (which skipped into its first iterator). Built inside the
+    ``flat_map`` function, each iterator gets its own seed generator: every iterator, and
+    every backend, sees the same stream, and ``skip(n)`` continues it exactly.
+
+    Args:
+        make_dataset: builds the (infinite, batched) training dataset.
+
+    Returns:
+        A ``tf.data.Dataset`` with the elements and options of ``make_dataset()``.
+    """
+    import tensorflow as tf
+
+    @tf.autograph.experimental.do_not_convert  # plain Python building a pipeline
+    def build(_):
+        return make_dataset()
+
+    dataset = tf.data.Dataset.from_tensors(0).flat_map(build)
+    # tf.data applies the options of the outermost dataset: those of an (unused) eager build.
+    return dataset.with_options(make_dataset().options())
 
 
 def count_examples(pattern: str) -> int:
@@ -571,16 +601,19 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
 
     # --- Input pipelines ---
     def training_data(skip_batches: int):
-        dataset = train_dataset(
-            globs["train"],
-            batch_size=config.batch_size,
-            crop_size=config.crop_size or None,
-            scale_range=(0.5, 2.0) if config.crop_size else None,
-            flip=bool(config.crop_size),
-            seed=config.seed,
-            deterministic=config.deterministic,
-        )
-        return prepare_dataset(dataset.skip(skip_batches) if skip_batches else dataset, distribution)
+        def make_dataset():
+            dataset = train_dataset(
+                globs["train"],
+                batch_size=config.batch_size,
+                crop_size=config.crop_size or None,
+                scale_range=(0.5, 2.0) if config.crop_size else None,
+                flip=bool(config.crop_size),
+                seed=config.seed,
+                deterministic=config.deterministic,
+            )
+            return dataset.skip(skip_batches) if skip_batches else dataset
+
+        return prepare_dataset(rebuilt_per_iterator(make_dataset), distribution)
 
     validation = None
     if val_glob:
