@@ -54,6 +54,7 @@ from absl import app, flags  # noqa: E402
 
 from fcn_keras.architecture import check_variant  # noqa: E402
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
+from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops  # noqa: E402
 from fcn_keras.inference import labels_model  # noqa: E402
 from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
@@ -128,14 +129,6 @@ def _positive_ints(values: list[str], name: str) -> list[int]:
     if not ints or min(ints) < 1:
         raise ValueError(f"--{name} must be a list of positive integers. Received: --{name}={','.join(values)}")
     return ints
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # created with the umask's mode
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _sync(tensor) -> None:

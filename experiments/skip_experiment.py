@@ -44,10 +44,11 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from benchmarks.throughput import device_description, write_text_atomic
+from benchmarks.throughput import device_description
 from fcn_keras import viz
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model
+from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import predict_labels
 from fcn_keras.io import load_fcn
 from fcn_keras.train import TrainConfig, environment, resolve_config, train

@@ -34,24 +34,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from fcn_keras.files import atomic_path, write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"  # the latest complete state (mid-epoch or epoch end)
 EPOCH_STATE_FILE = "epoch.json"  # the latest epoch-end state
 
 # --- Atomic files -----------------------------------------------------------------------------
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes ``data`` as JSON to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
@@ -63,15 +53,13 @@ def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
     optimizer. The compile configuration is kept, so ``load_model`` still compiles the model
     (with a fresh optimizer).
     """
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # Keras needs the .keras suffix.
     optimizer = model.optimizer
     model.optimizer = None
     try:
-        model.save(tmp)
+        with atomic_path(path) as tmp:
+            model.save(tmp)
     finally:
         model.optimizer = optimizer
-    os.replace(tmp, path)
 
 
 def _finite(value: Any) -> bool:
@@ -235,19 +223,16 @@ class ResumableBackup(keras.callbacks.Callback):
         global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         stem = f"state-{global_step:09d}"
         weights_name, arrays_name = f"{stem}.weights.h5", f"{stem}.npz"
-        tmp_weights = self.backup_dir / f".tmp-{weights_name}"
-        model.save_weights(tmp_weights)
-        os.replace(tmp_weights, self.backup_dir / weights_name)
+        with atomic_path(self.backup_dir / weights_name) as tmp_weights:
+            model.save_weights(tmp_weights)
         arrays = {}
         if self.restore_metrics:  # Under tf.distribute they are per-replica (sync on read).
             arrays = {f"metric/{v.path}": keras.ops.convert_to_numpy(v.value) for v in model.metrics_variables}
         arrays.update(
             {f"seed_{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(_seed_variables(model))}
         )
-        tmp_arrays = self.backup_dir / f".tmp-{arrays_name}"
-        with open(tmp_arrays, "wb") as f:
+        with atomic_path(self.backup_dir / arrays_name) as tmp_arrays, open(tmp_arrays, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp_arrays, self.backup_dir / arrays_name)
         best = self.best_tracker
         record = {
                 "epoch": epoch,

@@ -30,6 +30,7 @@ from fcn_keras import viz
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
+from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import labels_model
 from fcn_keras.io import check_fcn, load_fcn
 from fcn_keras.metrics import confusion_matrix, scores
@@ -208,13 +209,6 @@ def evaluate_model(
 # --- Outputs -----------------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def metrics_markdown(results: dict[str, Any]) -> str:
     """The markdown report: the paper's four metrics (in %) and the per-class IU table.
 
@@ -269,8 +263,8 @@ def write_outputs(results: dict[str, Any], output_dir: str | os.PathLike) -> dic
         "markdown": output_dir / METRICS_MD,
         "confusion": output_dir / CONFUSION_PNG,
     }
-    _write_text_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
-    _write_text_atomic(paths["markdown"], metrics_markdown(results))
+    write_text_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
+    write_text_atomic(paths["markdown"], metrics_markdown(results))
     viz.plot_confusion_matrix(np.asarray(results["confusion"]), results["class_names"], paths["confusion"])
     return paths
 

@@ -12,7 +12,6 @@ is not applied. Images that are not 8-bit per channel (16-bit or float TIFF/PNG)
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import keras
@@ -22,6 +21,7 @@ from PIL import Image
 import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels models load too)
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
 from fcn_keras.constants import VOC_PALETTE
+from fcn_keras.files import atomic_path
 
 # --- Models ------------------------------------------------------------------------------------
 
@@ -175,13 +175,6 @@ def write_image(image: np.ndarray, path: str | os.PathLike, quality: int = 90) -
 
 def _atomic_save(image: Image.Image, path: Path, image_format: str, **options) -> Path:
     """Saves to a temporary file beside ``path``, then renames it (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temp, "xb") as file:
-            image.save(file, format=image_format, **options)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "xb") as file:
+        image.save(file, format=image_format, **options)
     return path

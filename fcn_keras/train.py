@@ -37,6 +37,7 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS
+from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.distribute import DISTRIBUTE_MODES, Distribution, adapt_model, prepare_dataset, setup_distribution
 
 logger = logging.getLogger("fcn_keras.train")
@@ -470,10 +471,8 @@ def _truncate_csv(path: Path, epochs_done: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epochs_done]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
 
 
 # --- Training ---------------------------------------------------------------------------------
@@ -571,7 +570,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         for stale in ("log.csv", "summary.json"):
             (run_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-        cb.write_json_atomic(
+        write_json_atomic(
             run_dir / "config.json",
             {
                 "config": dataclasses.asdict(config),
@@ -593,7 +592,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
             {"from": {k: state[k] for k in ("epoch", "step", "global_step")}, "changed": changed, "argv": sys.argv,
              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         )
-        cb.write_json_atomic(run_dir / "config.json", record)
+        write_json_atomic(run_dir / "config.json", record)
     logger.info("run %s: FCN-%s%s, %d training images, monitor %s, config %s", run_dir, config.variant,
                 " at-once" if config.at_once else "", num_train, monitor, json.dumps(dataclasses.asdict(config)))
     if keras.backend.backend() == "jax" and config.crop_size == 0:
@@ -688,7 +687,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         "num_replicas": distribution.num_replicas,
         "output_dir": str(run_dir),
     }
-    cb.write_json_atomic(run_dir / "summary.json", summary)
+    write_json_atomic(run_dir / "summary.json", summary)
     if diverged:
         raise TrainingDiverged(
             f"training of {run_dir} stopped: the loss became NaN/inf at epoch {len(summary_cb.history) and summary_cb.history[-1]['epoch']} "

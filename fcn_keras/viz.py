@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from fcn_keras.files import atomic_path
 
 # --- Label maps as pictures --------------------------------------------------------------------
 
@@ -134,25 +134,9 @@ def _new_figure(width_px: int, height_px: int):
 
 def _save_png(figure, path: str | os.PathLike) -> Path:
     """Writes ``figure`` as a PNG to a temporary file beside ``path``, then renames it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode.
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
-
-
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return Path(path)
 
 
 def _axes_px(figure, left: float, top: float, width: float, height: float):

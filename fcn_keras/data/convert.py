@@ -27,6 +27,7 @@ from absl import app, flags
 
 from fcn_keras import __version__
 from fcn_keras.data import records, voc
+from fcn_keras.files import atomic_path, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
 SKIPPED_REPORT_NAME = "skipped.json"
@@ -34,13 +35,6 @@ DEFAULT_SHARD_SIZE = 1000
 
 
 # --- Small helpers ----------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -126,24 +120,18 @@ def _write_shard(
     Raises:
         InvalidPairError: the first invalid pair, unless ``skip_invalid``.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     problems, count = [], 0
-    try:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for result in executor.map(_encode_pair, pairs):
-                if isinstance(result, voc.Problem):
-                    if not skip_invalid:
-                        raise voc.InvalidPairError(result)
-                    problems.append(result)
-                else:
-                    writer.write(result)
-                    count += 1
-                if progbar is not None:
-                    progbar.add(1)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for result in executor.map(_encode_pair, pairs):
+            if isinstance(result, voc.Problem):
+                if not skip_invalid:
+                    raise voc.InvalidPairError(result)
+                problems.append(result)
+            else:
+                writer.write(result)
+                count += 1
+            if progbar is not None:
+                progbar.add(1)
     return count, problems
 
 
@@ -214,7 +202,7 @@ def _convert_split(
             }
         split_entry["shards"].append(entry)
         split_entry["num_examples"] += entry["num_examples"]
-        _write_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+        write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     split_entry["skipped"] += [problem for entry in split_entry["shards"] for problem in entry["skipped"]]
     split_entry["num_skipped"] = len(split_entry["skipped"])
     split_entry["complete"] = True
@@ -322,11 +310,11 @@ def convert(
     skipped = [problem for entry in manifest["splits"].values() for problem in entry["skipped"]]
     report = output_dir / SKIPPED_REPORT_NAME
     if skipped:
-        _write_atomic(report, json.dumps(skipped, indent=2))
+        write_text_atomic(report, json.dumps(skipped, indent=2))
         manifest["skipped_report"] = SKIPPED_REPORT_NAME
     elif report.exists():
         report.unlink()
-    _write_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     if verbose:
         for split in splits:
             entry = manifest["splits"][split]

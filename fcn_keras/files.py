@@ -1,0 +1,58 @@
+"""Atomic file writes: a file either holds its complete new content or is left as it was.
+
+Every writer in the project (JSON records, markdown tables, PNG figures and label maps, ``.keras``
+files, backups, TFRecord shards) writes to a temporary file beside its target and renames it
+over the target, so a kill never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed over ``path`` when the block succeeds.
+
+    The temporary name is hidden and unique (``.tmp-<pid>-<random>-<name>``) and ends with
+    ``path``'s own name, so writers that check the suffix (Keras' ``.keras`` and
+    ``.weights.h5``) accept it. If the block raises, the temporary file is removed and ``path``
+    is untouched. The parent folder is created if needed.
+
+    Args:
+        path: the file to write.
+
+    Yields:
+        The temporary path to write to.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Writes ``data`` as indented, key-sorted JSON to ``path``, fsynced, atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
