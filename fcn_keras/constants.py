@@ -72,6 +72,13 @@ TORCH_RGB_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch")
 
+#: uint8 RGB fill of image padding (crop windows leaving the image, batches of unequal sizes):
+#: the ImageNet mean colour (123.68, 116.78, 103.94) rounded, which both normalisations above map
+#: to about 0 (caffe: within 0.8; torch: within 0.01). Padded pixels then look to the network like
+#: the zeros its convolutions pad with, the reference geometry's 100 pixels included, instead of a
+#: black frame. Label padding is always IGNORE_LABEL.
+PAD_RGB: tuple[int, int, int] = (124, 116, 104)
+
 # --- Model family -----------------------------------------------------------------------------
 
 VARIANTS: tuple[str, ...] = ("32s", "16s", "8s")

@@ -1,4 +1,5 @@
-"""The tf.data pipelines: exact whole images for eval (padding 0 / 255 when batched), the
+"""The tf.data pipelines: exact whole images for eval (padding PAD_RGB / 255 when batched or on a
+canvas), the
 paper's and the modern training setups (window, padding, nearest-neighbour labels, alignment,
 flip), determinism by seed, resolve_data, and model.fit under TensorFlow and JAX."""
 
@@ -18,7 +19,7 @@ import scipy.ndimage
 import tensorflow as tf
 from PIL import Image
 
-from fcn_keras.constants import IGNORE_LABEL
+from fcn_keras.constants import IGNORE_LABEL, PAD_RGB
 from fcn_keras.data import pipeline, records
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_voc
@@ -77,7 +78,7 @@ def test_eval_yields_every_whole_image_exactly_in_order(data):
         np.testing.assert_array_equal(label.numpy()[0], data["sources"][image_id][1])
 
 
-def test_eval_batches_pad_labels_with_void_and_images_with_zero(data):
+def test_eval_batches_pad_labels_with_void_and_images_with_the_mean_colour(data):
     val_ids = (data["root"] / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
     batches = list(pipeline.eval_dataset(data["val"], batch_size=3))
     assert [int(b[0].shape[0]) for b in batches] == [3, 1]
@@ -90,11 +91,38 @@ def test_eval_batches_pad_labels_with_void_and_images_with_zero(data):
         np.testing.assert_array_equal(image[:h, :w], source_image)
         np.testing.assert_array_equal(label[:h, :w], source_label)
         assert (label[h:] == IGNORE_LABEL).all() and (label[:, w:] == IGNORE_LABEL).all()
-        assert (image[h:] == 0).all() and (image[:, w:] == 0).all()
+        assert (image[h:] == PAD_RGB).all() and (image[:, w:] == PAD_RGB).all()
         padded += label.size - h * w
     assert padded > 0  # sizes differ, so some padding happened
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1. Received: batch_size=0"):
         pipeline.eval_dataset(data["val"], batch_size=0)
+
+
+def test_eval_canvas_gives_one_shape_and_the_sizes_of_the_images(data):
+    val_ids = (data["root"] / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    batches = list(pipeline.eval_dataset(data["val"], batch_size=3, canvas=(50, 60), with_sizes=True))
+    assert [tuple(b[0].shape) for b in batches] == [(3, 50, 60, 3), (1, 50, 60, 3)]
+    assert [tuple(b[1].shape) for b in batches] == [(3, 50, 60), (1, 50, 60)]
+    items = [(im, lb, sz) for b in batches for im, lb, sz in zip(*(t.numpy() for t in b))]
+    for (image, label, size), image_id in zip(items, val_ids):
+        source_image, source_label = data["sources"][image_id]
+        h, w = source_label.shape
+        assert tuple(size) == (h, w)
+        np.testing.assert_array_equal(image[:h, :w], source_image)
+        np.testing.assert_array_equal(label[:h, :w], source_label)
+        assert (label[h:] == IGNORE_LABEL).all() and (label[:, w:] == IGNORE_LABEL).all()
+        assert (image[h:] == PAD_RGB).all() and (image[:, w:] == PAD_RGB).all()
+    # Batch 1 on a canvas is padded too; without a canvas sizes come with exact images.
+    image, label, size = next(iter(pipeline.eval_dataset(data["val"], canvas=(50, 60), with_sizes=True)))
+    assert image.shape == (1, 50, 60, 3) and tuple(size.numpy()[0]) == data["sources"][val_ids[0]][1].shape
+
+
+def test_eval_canvas_smaller_than_an_image_is_a_clear_error(data):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape("larger than the canvas (20, 20)")):
+        list(pipeline.eval_dataset(data["val"], canvas=(20, 20)))
+    for bad in [(0, 10), (10,), (10.5, 10)]:
+        with pytest.raises(ValueError, match=re.escape(f"canvas must be None or (height, width) with integers >= 1. Received: canvas={bad!r}")):
+            pipeline.eval_dataset(data["val"], canvas=bad)
 
 
 def test_no_matching_files_is_a_clear_error(tmp_path):
@@ -150,7 +178,7 @@ def test_modern_mode_fixed_batches_and_valid_labels(data):
     assert [int(b[0].shape[0]) for b in pipeline.train_dataset(data["train"], batch_size=4, crop_size=32, repeat=False)] == [4]
 
 
-def test_crop_larger_than_image_pads_image_zero_label_void(tmp_path):
+def test_crop_larger_than_image_pads_image_mean_colour_label_void(tmp_path):
     rng = np.random.default_rng(0)
     label = rng.choice(np.array([1, 2, 3], np.uint8), (20, 24))
     image = (rng.integers(30, 220, (20, 24, 3))).astype(np.uint8)
@@ -165,7 +193,7 @@ def test_crop_larger_than_image_pads_image_zero_label_void(tmp_path):
         np.testing.assert_array_equal(image_out[y : y + 20, x : x + 24], source)
         outside = np.ones((32, 32), bool)
         outside[y : y + 20, x : x + 24] = False
-        assert (label_out[outside] == IGNORE_LABEL).all() and (image_out[outside] == 0).all()
+        assert (label_out[outside] == IGNORE_LABEL).all() and (image_out[outside] == PAD_RGB).all()
     assert len(offsets) > 1  # the image lands at random places in the window
 
 

@@ -6,7 +6,7 @@ import pytest
 import keras
 
 from fcn_keras import architecture as arch
-from fcn_keras.constants import CAFFE_BGR_MEAN
+from fcn_keras.constants import CAFFE_BGR_MEAN, PAD_RGB
 from fcn_keras.model import build_fcn
 from fcn_keras.surgery import transfer_weights
 
@@ -232,6 +232,11 @@ def test_model_preprocessing_matches_the_weights_origin():
     )
     floats = rgb.astype("float32")
     np.testing.assert_array_equal(caffe(floats), caffe(rgb))
+    # The padding colour of crops and batches is (about) zero after either normalisation, like
+    # the zeros the convolutions pad with; black would be a strong signal (-124 / -2.1).
+    pad = np.array([[[PAD_RGB]]], dtype="uint8")
+    assert np.abs(np.asarray(caffe(pad))).max() < 1.0 and np.abs(np.asarray(torch(pad))).max() < 0.01
+    assert np.asarray(caffe(np.zeros_like(pad))).min() < -100
 
 
 # --- Mixed precision -------------------------------------------------------------------------

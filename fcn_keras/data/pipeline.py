@@ -8,8 +8,12 @@ Training modes of ``train_dataset``:
 
 - ``crop_size=None``, the paper's: whole images of their own size, ``batch_size=1``.
 - ``crop_size=S``, the modern one: a random scale from ``scale_range``, a random ``S x S``
-  window (image padded with 0, label with 255 where the window leaves the scaled image) and a
-  random horizontal flip, batched to fixed ``[B, S, S]``.
+  window (image padded with the mean colour ``PAD_RGB``, label with 255 where the window leaves
+  the scaled image) and a random horizontal flip, batched to fixed ``[B, S, S]``.
+
+Evaluation (``eval_dataset``) yields whole images, padded the same way when batched: to the
+batch's largest image, or to a fixed ``canvas`` so that every batch has one shape (one XLA
+compilation under JAX instead of one per image size).
 
 Only the JPEG region a window needs is decoded (``tf.io.decode_and_crop_jpeg``) and resized
 (bilinear for the image, nearest neighbour only for the label), so the cost follows the crop.
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fcn_keras.constants import IGNORE_LABEL
+from fcn_keras.constants import IGNORE_LABEL, PAD_RGB
 from fcn_keras.data import records
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -96,9 +100,24 @@ def _axis_plan(size: tf.Tensor, scale: tf.Tensor, out: tf.Tensor, offset: tf.Ten
     }
 
 
-def _place(pixels: tf.Tensor, ys: dict, xs: dict, method: str, pad_value: int) -> tf.Tensor:
+def pad_pixels(pixels: tf.Tensor, paddings, fill: int | tuple[int, ...]) -> tf.Tensor:
+    """Pads uint8 ``pixels [..., C]`` with a per-channel ``fill`` (or one value for all).
+
+    Args:
+        pixels: uint8 tensor whose last axis holds the channels.
+        paddings: ``tf.pad`` paddings, one ``[before, after]`` per axis of ``pixels``.
+        fill: ``PAD_RGB`` for images, ``IGNORE_LABEL`` for labels.
+
+    Returns:
+        The padded uint8 tensor.
+    """
+    fill = tf.constant(fill, tf.int32)
+    return tf.cast(tf.pad(tf.cast(pixels, tf.int32) - fill, paddings) + fill, pixels.dtype)
+
+
+def _place(pixels: tf.Tensor, ys: dict, xs: dict, method: str, fill: int | tuple[int, ...]) -> tf.Tensor:
     """Resizes decoded source pixels ``[h, w, C]`` to their scaled size, keeps the window's part
-    and pads it to the window, in ``pixels``' dtype (uint8)."""
+    and pads it to the window with ``fill``, in ``pixels``' dtype (uint8)."""
     if method == "bilinear":
         resized = tf.image.resize(pixels, tf.stack([ys["resized"], xs["resized"]]), method="bilinear", antialias=False)
         resized = tf.cast(resized + 0.5, pixels.dtype)  # round; bilinear stays within 0..255
@@ -106,7 +125,7 @@ def _place(pixels: tf.Tensor, ys: dict, xs: dict, method: str, pad_value: int) -
         resized = tf.image.resize(pixels, tf.stack([ys["resized"], xs["resized"]]), method="nearest")
     window = resized[ys["take_start"] : ys["take_start"] + ys["take_len"], xs["take_start"] : xs["take_start"] + xs["take_len"]]
     paddings = [[ys["pad_before"], ys["pad_after"]], [xs["pad_before"], xs["pad_after"]], [0, 0]]
-    return tf.pad(window, paddings, constant_values=tf.constant(pad_value, pixels.dtype))
+    return pad_pixels(window, paddings, fill)
 
 
 def augment(
@@ -134,7 +153,7 @@ def augment(
 
     Returns:
         ``(image uint8 [h, w, 3], label uint8 [h, w])``; ``h = w = crop_size`` when given.
-        Padding is 0 in the image and 255 (void) in the label.
+        Padding is ``PAD_RGB`` in the image and 255 (void) in the label.
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     height = tf.cast(features["image/height"], tf.int32)
@@ -159,7 +178,7 @@ def augment(
         label = records.decode_label(features["label/encoded"])[
             ys["src_start"] : ys["src_start"] + ys["src_len"], xs["src_start"] : xs["src_start"] + xs["src_len"], None
         ]
-        image = _place(image, ys, xs, "bilinear", 0)
+        image = _place(image, ys, xs, "bilinear", PAD_RGB)
         label = _place(label, ys, xs, "nearest", IGNORE_LABEL)[:, :, 0]
     if flip:
         mirror = _uniform(seeds[3], 0.0, 1.0) < 0.5
@@ -266,38 +285,75 @@ def train_dataset(
     return dataset.prefetch(AUTOTUNE).with_options(_options(deterministic))
 
 
-def eval_dataset(file_pattern: str | os.PathLike | list[str], *, batch_size: int = 1, dct_method: str = "") -> tf.data.Dataset:
+def eval_dataset(
+    file_pattern: str | os.PathLike | list[str],
+    *,
+    batch_size: int = 1,
+    canvas: tuple[int, int] | None = None,
+    with_sizes: bool = False,
+    dct_method: str = "",
+) -> tf.data.Dataset:
     """The evaluation input pipeline: every record once, in file order, whole images.
 
     Args:
         file_pattern: a glob (or list of globs) of TFRecord shards.
-        batch_size: images per batch; above 1, images are padded at the bottom and right to the
-            batch's largest size, with 0 in images and 255 (void, ignored) in labels.
+        batch_size: images per batch; above 1 (or with ``canvas``), images are padded at the
+            bottom and right to the batch's largest size, with ``PAD_RGB`` in images and 255
+            (void, ignored) in labels.
+        canvas: ``(height, width)``: pad every image to this size instead (a fixed shape for
+            every batch; the last batch may hold fewer images). An image larger than the canvas
+            stops the iteration with ``tf.errors.InvalidArgumentError`` naming both sizes.
+        with_sizes: also yield each image's own ``(height, width)``.
         dct_method: JPEG decoding, see ``fcn_keras.data.records.decode_image``.
 
     Returns:
-        A ``tf.data.Dataset`` of ``(image uint8 [B, H, W, 3], label uint8 [B, H, W])``.
+        A ``tf.data.Dataset`` of ``(image uint8 [B, H, W, 3], label uint8 [B, H, W])``, plus
+        ``sizes int32 [B, 2]`` with ``with_sizes``.
 
     Raises:
-        ValueError: no file matches, or bad ``batch_size``.
+        ValueError: no file matches, or bad ``batch_size`` or ``canvas``.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if canvas is not None and (len(canvas) != 2 or not all(isinstance(d, int) and d >= 1 for d in canvas)):
+        raise ValueError(f"canvas must be None or (height, width) with integers >= 1. Received: canvas={canvas!r}")
     dataset = tf.data.TFRecordDataset(list_files(file_pattern))
 
     def prepare(serialized):
         example = records.parse_example(serialized, dct_method)
-        return example["image"], example["label"]
+        image, label = example["image"], example["label"]
+        size = tf.shape(label)
+        if canvas is not None:
+            tf.debugging.assert_less_equal(
+                size, tf.constant(canvas), message=f"an image (height, width) is larger than the canvas {canvas}"
+            )
+            paddings = [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]]]
+            image = pad_pixels(image, paddings + [[0, 0]], PAD_RGB)
+            label = pad_pixels(label, paddings, IGNORE_LABEL)
+            image.set_shape([*canvas, 3])
+            label.set_shape(canvas)
+        return image, label, size
+
+    def fill_padding(images, labels, sizes):
+        """Padded batches are padded with 0: make the images' padding ``PAD_RGB``."""
+        shape = tf.shape(labels)
+        rows = tf.range(shape[1])[None, :, None] < sizes[:, 0, None, None]
+        cols = tf.range(shape[2])[None, None, :] < sizes[:, 1, None, None]
+        inside = (rows & cols)[..., None]
+        return tf.where(inside, images, tf.constant(PAD_RGB, tf.uint8)), labels, sizes
 
     dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if batch_size == 1:
-        dataset = dataset.batch(1)
+    if batch_size == 1 or canvas is not None:
+        dataset = dataset.batch(batch_size)
     else:
         dataset = dataset.padded_batch(
             batch_size,
-            padded_shapes=([None, None, 3], [None, None]),
-            padding_values=(tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8)),
+            padded_shapes=([None, None, 3], [None, None], [2]),
+            padding_values=(tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), tf.constant(0, tf.int32)),
         )
+        dataset = dataset.map(fill_padding, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not with_sizes:
+        dataset = dataset.map(lambda images, labels, sizes: (images, labels))
     return dataset.prefetch(AUTOTUNE)
 
 
