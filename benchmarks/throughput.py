@@ -57,6 +57,7 @@ from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E40
 from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops  # noqa: E402
 from fcn_keras.inference import labels_model  # noqa: E402
+from fcn_keras.io import parse_size  # noqa: E402
 from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 
@@ -98,27 +99,6 @@ def _define_flags() -> None:
 
 
 # --- Small helpers -----------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512"`` -> (512, 512); ``"375x500"`` -> (375, 500) (height x width).
-
-    Args:
-        text: a ``--sizes`` entry.
-
-    Returns:
-        ``(height, width)``, ints >= 1.
-    """
-    parts = text.lower().split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1:
-        raise ValueError(f"--sizes entries must be N or HxW with positive integers. Received: {text!r}")
-    return dims
 
 
 def _positive_ints(values: list[str], name: str) -> list[int]:
@@ -405,7 +385,7 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
 def run(argv: list[str]) -> str:
     """Runs the benchmark described by the flags; returns the markdown it printed."""
     variants = [check_variant(v) for v in FLAGS.variants]
-    sizes = [parse_size(s) for s in FLAGS.sizes]
+    sizes = [parse_size(s, "--sizes entries") for s in FLAGS.sizes]
     batches = _positive_ints(FLAGS.batch_sizes, "batch_sizes")
     for name in ("steps", "warmup", "latency_runs", "fc_units", "peak_runs"):
         if getattr(FLAGS, name) < 1:

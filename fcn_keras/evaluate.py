@@ -3,7 +3,10 @@
     python -m fcn_keras.evaluate --model=runs/fcn8s/best.keras --data=/path/to/VOCdevkit \\
         --split=val --output_dir=runs/fcn8s/eval
 
-Every image is evaluated whole (no crop, no resize). The argmax is taken on the device
+Every image is evaluated whole (no crop, no resize): one at a time by default (exact), or in
+batches padded to the batch's largest image or to a fixed ``--canvas`` (padding: the mean
+colour in images, void in labels, not counted; under JAX a canvas means one XLA compilation
+instead of one per image size, see docs/evaluation.md). The argmax is taken on the device
 (``fcn_keras.inference.labels_model``): only uint8 label maps reach the host, where a streaming
 int64 confusion matrix counts (truth, prediction) pairs, void (255) excluded. Writes
 ``metrics.json`` (scores, confusion matrix, counts), ``metrics.md`` (the four metrics and the
@@ -24,15 +27,16 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import viz
-from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
+from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import labels_model
-from fcn_keras.io import check_fcn, load_fcn
+from fcn_keras.io import check_fcn, load_fcn, parse_size
 from fcn_keras.metrics import confusion_matrix, scores
 
 METRICS_JSON = "metrics.json"
@@ -105,6 +109,8 @@ def evaluate_model(
     max_images: int | None = None,
     class_names: Sequence[str] = VOC_CLASSES,
     batch_size: int = 1,
+    canvas: tuple[int, int] | None = None,
+    keep_predictions: int = 0,
     cache_dir: str | os.PathLike | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -119,8 +125,14 @@ def evaluate_model(
         max_images: evaluate only the first N images (all when ``None``).
         class_names: the ``C`` class names (VOC's 21 by default), for the table and figure.
         batch_size: images per device call. 1 evaluates every image exactly at its size; above
-            1 the pipeline pads images (0) and labels (255, not counted) to the batch's largest
-            size, which can change predictions near the right and bottom borders.
+            1 the pipeline pads images (``PAD_RGB``, the mean colour) and labels (255, not
+            counted) to the batch's largest size, which can change predictions near the right
+            and bottom borders.
+        canvas: ``(height, width)``: pad every image to this size instead, and fill the last
+            batch up to ``batch_size`` with blank images (not counted), so the model sees one
+            input shape (one compilation under JAX/XLA). Images must fit in it.
+        keep_predictions: also return the label maps of the first N images, each cropped to
+            its image's size, as ``predictions`` (not written to ``metrics.json``).
         cache_dir: conversion folder for a VOCdevkit root (see ``resolve_split``).
         verbose: show a ``keras.utils.Progbar``.
 
@@ -128,18 +140,21 @@ def evaluate_model(
         ``scores(confusion)`` (``pixel_accuracy``, ``mean_accuracy``, ``mean_iu``, ``fw_iu``,
         ``per_class_iu``) plus ``confusion`` (int ``[C, C]`` as nested lists, rows = truth),
         ``num_images``, ``num_pixels`` (non-void pixels counted), ``void_pixels``,
-        ``class_names``, ``model``, ``data``, ``split``, ``backend``, ``seconds`` and
-        ``images_per_second``.
+        ``class_names``, ``model``, ``data``, ``split``, ``batch_size``, ``canvas``,
+        ``backend``, ``seconds`` and ``images_per_second``; with ``keep_predictions``,
+        ``predictions``: a list of uint8 ``[h, w]`` arrays.
 
     Raises:
         FileNotFoundError: the model file does not exist.
         ValueError: the model is not an FCN, its class count differs from ``len(class_names)``,
-            the data matches nothing, a label lies outside ``[0, C)`` and is not 255, or no
-            image was evaluated.
+            the data matches nothing, a label lies outside ``[0, C)`` and is not 255, an image
+            is larger than ``canvas``, or no image was evaluated.
     """
     # --- Arguments ---------------------------------------------------------------------------
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
+    if not isinstance(keep_predictions, int) or keep_predictions < 0:
+        raise ValueError(f"keep_predictions must be an integer >= 0. Received: keep_predictions={keep_predictions!r}")
     if isinstance(model, keras.Model):
         source = model.name
         check_fcn(model, f"model {model.name!r}")
@@ -157,35 +172,46 @@ def evaluate_model(
 
     # --- Streaming confusion matrix ------------------------------------------------------------
     predictor = labels_model(model)
+    dataset = eval_dataset(pattern, batch_size=batch_size, canvas=canvas, with_sizes=True)
+    blank = None if canvas is None else np.broadcast_to(np.asarray(PAD_RGB, np.uint8), (batch_size, *canvas, 3))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     num_images = void_pixels = 0
+    predictions: list[np.ndarray] = []
     progbar = keras.utils.Progbar(target, unit_name="image") if verbose else None
     start = time.perf_counter()
-    for images, labels in eval_dataset(pattern, batch_size=batch_size):
-        if max_images is not None:
-            images, labels = images[: max_images - num_images], labels[: max_images - num_images]
-        labels = labels.numpy()
-        predicted = np.asarray(predictor.predict_on_batch(images.numpy()))
-        invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
-        if invalid.any():
-            raise ValueError(
-                f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
-                f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + len(labels) - 1}: "
-                f"they do not fit a {num_classes}-class model"
-            )
-        confusion += confusion_matrix(labels, predicted, num_classes)
-        # Padding of batches is void too; count only the void of the images themselves.
-        void_pixels += int((labels == IGNORE_LABEL).sum())
-        num_images += len(labels)
-        if progbar is not None:
-            progbar.update(num_images)
-        if max_images is not None and num_images >= max_images:
-            break
+    try:
+        for images, labels, sizes in dataset:
+            count = len(labels) if max_images is None else min(len(labels), max_images - num_images)
+            images, labels, sizes = images.numpy(), labels.numpy()[:count], sizes.numpy()[:count]
+            if blank is not None and len(images) < batch_size:  # the same shape for the last batch
+                images = np.concatenate([images, blank[len(images) :]])
+            predicted = np.asarray(predictor.predict_on_batch(images))[:count]
+            invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
+            if invalid.any():
+                raise ValueError(
+                    f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
+                    f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + count - 1}: "
+                    f"they do not fit a {num_classes}-class model"
+                )
+            confusion += confusion_matrix(labels, predicted, num_classes)
+            for label, prediction, (height, width) in zip(labels, predicted, sizes):
+                # Padding of batches is void too; count only the void of the images themselves.
+                void_pixels += int((label[:height, :width] == IGNORE_LABEL).sum())
+                if len(predictions) < keep_predictions:
+                    predictions.append(prediction[:height, :width].copy())
+            num_images += count
+            if progbar is not None:
+                progbar.update(num_images)
+            if max_images is not None and num_images >= max_images:
+                break
+    except tf.errors.InvalidArgumentError as error:
+        if canvas is not None and "larger than the canvas" in str(error):
+            raise ValueError(f"data {str(data)!r} holds an image larger than canvas={canvas} (height, width): "
+                             f"pass a larger canvas, or none") from None
+        raise
     seconds = time.perf_counter() - start
     if num_images == 0:
         raise ValueError(f"no image was evaluated: {pattern!r} holds no record")
-    if batch_size > 1:
-        void_pixels = None  # Indistinguishable from the padding of batches.
 
     results = {
         **scores(confusion),
@@ -197,16 +223,28 @@ def evaluate_model(
         "model": source,
         "data": str(data),
         "split": split if Path(data).is_dir() else None,
+        "batch_size": batch_size,
+        "canvas": None if canvas is None else list(canvas),
         "backend": keras.backend.backend(),
         "seconds": seconds,
         "images_per_second": num_images / seconds,
     }
     if output_dir is not None:
         write_outputs(results, output_dir)
+    if keep_predictions:
+        results["predictions"] = predictions
     return results
 
 
 # --- Outputs -----------------------------------------------------------------------------------
+
+
+def evaluation_mode(results: dict[str, Any]) -> str:
+    """How the images were fed, in words, e.g. "batches of 16 padded to a 500x500 canvas"."""
+    batch, canvas = results.get("batch_size", 1), results.get("canvas")
+    if canvas:
+        return f"batches of {batch} padded to a {canvas[0]}x{canvas[1]} canvas"
+    return "one at a time, exact" if batch == 1 else f"batches of {batch} padded to the largest image"
 
 
 def metrics_markdown(results: dict[str, Any]) -> str:
@@ -222,8 +260,8 @@ def metrics_markdown(results: dict[str, Any]) -> str:
         f"# Evaluation of `{results['model']}`",
         "",
         f"Data `{results['data']}`" + (f", split `{results['split']}`" if results.get("split") else "")
-        + f": {results['num_images']} images at full size, {results['num_pixels']:,} non-void pixels; "
-        f"backend {results['backend']}, {results['images_per_second']:.2f} images/s.",
+        + f": {results['num_images']} images at full size ({evaluation_mode(results)}), "
+        f"{results['num_pixels']:,} non-void pixels; backend {results['backend']}, {results['images_per_second']:.2f} images/s.",
         "",
         "| " + " | ".join(heading for _, heading in PAPER_METRICS) + " |",
         "|" + "---:|" * len(PAPER_METRICS),
@@ -291,6 +329,11 @@ def define_flags() -> None:
         "batch_size", 1, "Images per device call; 1 is exact full-size evaluation, more pads to the batch's largest image.",
         lower_bound=1,
     )
+    flags.DEFINE_string(
+        "canvas", None, "N or HxW: pad every image to this size (mean colour; labels void, not counted) and fill the "
+        "last batch, so the model sees one input shape: one XLA compilation under JAX instead of one per image size. "
+        "Default: exact sizes (batch 1) or the batch's largest image.",
+    )
     flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted to TFRecords (default: a folder under the temp dir named after it).")
 
 
@@ -299,6 +342,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
+        canvas = parse_size(FLAGS.canvas, "--canvas") if FLAGS.canvas else None
         results = evaluate_model(
             FLAGS.model,
             FLAGS.data,
@@ -306,6 +350,7 @@ def main(argv: list[str]) -> int:
             output_dir=FLAGS.output_dir,
             max_images=FLAGS.max_images,
             batch_size=FLAGS.batch_size,
+            canvas=canvas,
             cache_dir=FLAGS.cache_dir,
         )
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.

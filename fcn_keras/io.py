@@ -1,4 +1,5 @@
-"""Files in and out: trained FCNs, RGB images, VOC-style palette label PNGs, atomic writes.
+"""Files in and out: trained FCNs, RGB images, VOC-style palette label PNGs, atomic writes;
+image sizes written on command lines.
 
 ``load_fcn`` loads a ``.keras`` file and checks that it is an FCN (one RGB image input, one
 ``[B, H, W, classes]`` output), with errors that name the file.
@@ -22,6 +23,34 @@ import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels mod
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.files import atomic_path
+
+# --- Sizes -------------------------------------------------------------------------------------
+
+
+def parse_size(text: str, name: str = "size") -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"375x500"`` -> (375, 500) (height x width).
+
+    Args:
+        text: the size as written on a command line.
+        name: what to name in the error (e.g. ``"--canvas"``).
+
+    Returns:
+        ``(height, width)``, ints >= 1.
+
+    Raises:
+        ValueError: ``text`` is not N or HxW with positive integers.
+    """
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise ValueError(f"{name} must be N or HxW with positive integers. Received: {text!r}")
+    return dims
+
 
 # --- Models ------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ CLI under JAX; clear errors for bad input."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ from PIL import Image
 
 import keras
 
-from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
+from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data.synthetic import make_synthetic_voc
-from fcn_keras.evaluate import evaluate_model
+from fcn_keras.evaluate import evaluate_model, metrics_markdown
 from fcn_keras.metrics import scores
 from fcn_keras.model import build_fcn
 
@@ -101,6 +102,42 @@ def test_glob_max_images_and_batches(workspace):
     assert batched["num_images"] == 3 and batched["num_pixels"] == hist.sum()
 
 
+def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(workspace):
+    glob = str(workspace["cache"] / "val-*.tfrecord")
+    if not tf.io.gfile.glob(glob):
+        evaluate_model(workspace["model"], str(workspace["voc"]), cache_dir=workspace["cache"], max_images=1, verbose=False)
+    ids = val_ids(workspace["voc"])
+    canvas = (64, 72)
+    model = keras.saving.load_model(workspace["model"], compile=False)
+    hist = np.zeros((21, 21), np.int64)
+    expected_predictions, void = [], 0
+    for image_id in ids:  # Reference: each image padded to the canvas by hand, predicted alone.
+        image = tf.io.decode_jpeg(tf.io.read_file(str(workspace["voc"] / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")), channels=3).numpy()
+        label = np.array(Image.open(workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{image_id}.png"))
+        h, w = label.shape
+        padded = np.empty((*canvas, 3), np.uint8)
+        padded[:] = PAD_RGB
+        padded[:h, :w] = image
+        predicted = model.predict(padded[None], verbose=0)[0].argmax(-1)[:h, :w]
+        expected_predictions.append(predicted)
+        valid = label != IGNORE_LABEL
+        np.add.at(hist, (label[valid], predicted[valid]), 1)
+        void += int((~valid).sum())
+    # 5 images in batches of 2: the last batch is filled with blank images, which count for nothing.
+    results = evaluate_model(workspace["model"], glob, batch_size=2, canvas=canvas, keep_predictions=3, verbose=False)
+    np.testing.assert_array_equal(results["confusion"], hist)
+    assert results["num_images"] == 5 and results["void_pixels"] == void > 0
+    assert results["canvas"] == list(canvas) and results["batch_size"] == 2
+    assert len(results["predictions"]) == 3
+    for kept, expected in zip(results["predictions"], expected_predictions):
+        np.testing.assert_array_equal(kept, expected)
+    assert "batches of 2 padded to a 64x72 canvas" in metrics_markdown(results)
+    with pytest.raises(ValueError, match=re.escape("holds an image larger than canvas=(16, 16) (height, width)")):
+        evaluate_model(workspace["model"], glob, canvas=(16, 16), verbose=False)
+    with pytest.raises(ValueError, match="keep_predictions must be an integer >= 0. Received: keep_predictions=-1"):
+        evaluate_model(workspace["model"], glob, keep_predictions=-1, verbose=False)
+
+
 def test_bad_input_gives_clear_errors(workspace, tmp_path):
     model, voc = workspace["model"], str(workspace["voc"])
     with pytest.raises(FileNotFoundError, match="model file not found"):
@@ -143,3 +180,11 @@ def test_cli_under_jax_writes_the_same_metrics(workspace, tmp_path):
     assert result.returncode == 2
     assert f"error: model file not found: {tmp_path / 'missing.keras'}" in result.stderr
     assert "Traceback" not in result.stderr
+    # A bad --canvas is named; a canvas run under JAX counts the same pixels.
+    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--canvas=12x"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "--canvas must be N or HxW with positive integers. Received: '12x'" in result.stderr
+    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--canvas=64x72", "--batch_size=2"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["canvas"] == [64, 72] and written["num_pixels"] == hist.sum()

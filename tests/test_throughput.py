@@ -91,8 +91,8 @@ def test_parse_size_and_table_rendering():
     assert throughput.parse_size("512") == (512, 512)
     assert throughput.parse_size("375x500") == (375, 500)
     for bad in ("0", "12x", "axb"):
-        with pytest.raises(ValueError, match="--sizes"):
-            throughput.parse_size(bad)
+        with pytest.raises(ValueError, match=f"--sizes entries must be N or HxW with positive integers. Received: '{bad}'"):
+            throughput.parse_size(bad, "--sizes entries")
     with pytest.raises(ValueError, match="--batch_sizes must be a list of positive integers"):
         throughput._positive_ints(["8", "0"], "batch_sizes")
     setup = {"geometry": "reference", "input_pipeline": "tfrecord"}
