@@ -47,10 +47,9 @@ from absl import app, flags
 from benchmarks.throughput import device_description
 from fcn_keras import viz
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
-from fcn_keras.evaluate import PAPER_METRICS, evaluate_model
-from fcn_keras.files import write_text_atomic
-from fcn_keras.inference import predict_labels
-from fcn_keras.io import load_fcn
+from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
+from fcn_keras.files import atomic_path, write_text_atomic
+from fcn_keras.io import parse_size
 from fcn_keras.train import TrainConfig, environment, resolve_config, train
 
 # --- The protocol ------------------------------------------------------------------------------
@@ -87,6 +86,7 @@ SMOKE_SETTINGS: dict[str, Any] = {
     "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32, "optimizer": "adam",
     "learning_rates": [1e-3, 1e-4, 1e-5], "at_once_learning_rate": 1e-3, "fc_units": 8, "geometry": "same",
     "val_steps": 0, "backup_freq": 0, "jit_compile": "false", "weights": "none", "mixed_precision": "none",
+    "eval_batch_size": 2, "eval_canvas": "48x56",  # the GPU run's evaluation mode (images are <= 45x54)
 }
 SMOKE_DATA: dict[str, Any] = {"num_train": 6, "num_val": 3, "size": (40, 48), "seed": 0}
 
@@ -129,6 +129,7 @@ class ExperimentSettings:
     eval_split: str = "val"
     eval_max_images: int | None = None
     eval_batch_size: int = 1
+    eval_canvas: str = ""  # "N" or "HxW": evaluate on a fixed canvas (one compilation per model)
     figure_images: int = 4
     verbose: int = 1
 
@@ -266,12 +267,15 @@ def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
     return summary, True
 
 
-def evaluate_stage(
-    stage: Stage, settings: ExperimentSettings, data: str, figure_images: list[np.ndarray]
-) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Evaluates a stage's ``last.keras`` on the held-out split, and predicts the figure images.
+FIGURE_LABELS = "figure_labels.npz"  # in <stage>/eval/: the figure images' label maps
 
-    Reuses ``<stage>/eval/metrics.json`` when it is newer than the model.
+
+def evaluate_stage(stage: Stage, settings: ExperimentSettings, data: str) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Evaluates a stage's ``last.keras`` on the held-out split, keeping the label maps of the
+    first ``figure_images`` images (the figure's) from the same pass.
+
+    Reuses ``<stage>/eval/metrics.json`` and ``figure_labels.npz`` when they are newer than the
+    model.
 
     Returns:
         ``(evaluate_model results, [uint8 [H, W] label map per figure image])``.
@@ -279,20 +283,26 @@ def evaluate_stage(
     run_dir = Path(settings.output_dir) / stage.name
     model_path = run_dir / "last.keras"
     metrics_path = run_dir / "eval" / "metrics.json"
-    model = load_fcn(model_path)
-    if metrics_path.is_file() and metrics_path.stat().st_mtime >= model_path.stat().st_mtime:
+    figure_path = run_dir / "eval" / FIGURE_LABELS
+    fresh = [p for p in (metrics_path, figure_path) if p.is_file() and p.stat().st_mtime >= model_path.stat().st_mtime]
+    if len(fresh) == 2:
         results = json.loads(metrics_path.read_text())
+        with np.load(figure_path) as saved:
+            labels = [saved[f"image_{i}"] for i in range(len(saved.files))]
         print(f"{stage.name}: evaluated earlier: mean IU {100 * results['mean_iu']:.1f}", flush=True)
-    else:
-        results = evaluate_model(
-            model, data, split=settings.eval_split, output_dir=run_dir / "eval",
-            max_images=settings.eval_max_images, batch_size=settings.eval_batch_size,
-            cache_dir=Path(settings.output_dir) / "records", verbose=bool(settings.verbose),
-        )
-        print(f"{stage.name}: mean IU {100 * results['mean_iu']:.1f} on {results['num_images']} images", flush=True)
-    labels = [predict_labels(model, image[None])[0] for image in figure_images]
-    del model
+        return results, labels
+    results = evaluate_model(
+        model_path, data, split=settings.eval_split, output_dir=run_dir / "eval",
+        max_images=settings.eval_max_images, batch_size=settings.eval_batch_size,
+        canvas=parse_size(settings.eval_canvas, "--eval_canvas") if settings.eval_canvas else None,
+        keep_predictions=settings.figure_images, cache_dir=Path(settings.output_dir) / "records",
+        verbose=bool(settings.verbose),
+    )
+    labels = results.pop("predictions")
+    with atomic_path(figure_path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{f"image_{i}": label for i, label in enumerate(labels)})
     keras.utils.clear_session()
+    print(f"{stage.name}: mean IU {100 * results['mean_iu']:.1f} on {results['num_images']} images", flush=True)
     return results, labels
 
 
@@ -357,7 +367,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"# Skip-architecture experiment: {results['name']}",
         "",
         f"Data: {data['num_train']} training images, evaluated on {data['num_eval']} images of the "
-        f"`{data['eval_split']}` split at full size ({data['source']}). "
+        f"`{data['eval_split']}` split at full size, {data.get('eval_mode', 'one at a time, exact')} ({data['source']}). "
         f"Every model trained on the same data and budget per stage; metrics in %.",
         "",
         "| model | " + " | ".join(headings) + " | init | steps | train time (s) | train img/s |",
@@ -475,7 +485,7 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
     images, truth = load_figure_images(globs[settings.eval_split], settings.figure_images)
     models, predictions = {}, {}
     for stage in stages:
-        evaluation, labels = evaluate_stage(stage, settings, folder, images)
+        evaluation, labels = evaluate_stage(stage, settings, folder)
         models[stage.title] = model_entry(stage, summaries[stage.name], evaluation, configs[stage.name])
         predictions[stage.title] = labels
         class_names = evaluation["class_names"]
@@ -500,6 +510,7 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
             "num_train": manifest["splits"]["train"]["num_examples"],
             "num_eval_split": manifest["splits"][settings.eval_split]["num_examples"],
             "num_eval": next(iter(models.values()))["eval_images"],
+            "eval_mode": evaluation_mode(evaluation),
             "figure_images": len(images),
         },
         "settings": dataclasses.asdict(settings),
@@ -565,6 +576,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_max_images", None, "Evaluate only the first N images (default: all).", lower_bound=1)
     flags.DEFINE_integer("eval_batch_size", 1, "Images per evaluation call: 1 is exact full size; more pads to "
                          "the batch's largest image (fewer shapes to compile under JAX).", lower_bound=1)
+    flags.DEFINE_string("eval_canvas", "", "N or HxW: pad every evaluation image to this canvas (mean colour, void "
+                        "labels) and fill the last batch: one input shape, one XLA compilation per model under JAX "
+                        "(VOC images are at most 500x500). Empty: exact sizes / the batch's largest image.")
     flags.DEFINE_integer("figure_images", 4, "Validation images in the comparison figure (the first N).",
                          lower_bound=1)
     flags.DEFINE_integer("verbose", 1, "Keras progress output (0, 1 or 2).")

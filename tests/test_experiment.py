@@ -113,6 +113,10 @@ def test_smoke_protocol_writes_parseable_artefacts(smoke_run):
         # What was evaluated is what evaluate_model wrote for that stage.
         metrics = json.loads((output / entry["stage"] / "eval" / "metrics.json").read_text())
         assert metrics["mean_iu"] == entry["metrics"]["mean_iu"]
+        assert metrics["canvas"] == [48, 56] and metrics["batch_size"] == 2
+        with np.load(output / entry["stage"] / "eval" / exp.FIGURE_LABELS) as figure:
+            assert len(figure.files) == 2 and figure["image_0"].dtype == np.uint8
+    assert results["data"]["eval_mode"] == "batches of 2 padded to a 48x56 canvas"
     assert results["models"]["FCN-16s"]["init"] == "fcn32s/last.keras"
     assert results["data"]["num_train"] == exp.SMOKE_DATA["num_train"]
     assert results["run"]["backend"] and results["run"]["device"] and results["run"]["command"]
@@ -131,7 +135,7 @@ def test_smoke_protocol_writes_parseable_artefacts(smoke_run):
     assert "fcn32s: training FCN-32s" in stdout
 
 
-def test_smoke_rerun_resumes_without_retraining(smoke_run):
+def test_smoke_rerun_resumes_without_retraining(smoke_run, monkeypatch):
     output, _ = smoke_run
     before = json.loads((output / exp.RESULTS_JSON).read_text())
     model_time = (output / "fcn8s" / "last.keras").stat().st_mtime
@@ -141,6 +145,16 @@ def test_smoke_rerun_resumes_without_retraining(smoke_run):
     for title, entry in results["models"].items():
         assert entry["metrics"] == before["models"][title]["metrics"]
     assert results["run"]["command"] == "rerun"
+    # A finished evaluation is reused with its saved figure label maps: no model is evaluated again.
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluate_model called for a stage evaluated earlier")
+
+    monkeypatch.setattr(exp, "evaluate_model", no_evaluation)
+    smoke_settings = dataclasses.replace(settings, **exp.SMOKE_SETTINGS, figure_images=2)
+    evaluation, labels = exp.evaluate_stage(exp.STAGES[2], smoke_settings, results["data"]["folder"])
+    assert evaluation["mean_iu"] == before["models"]["FCN-8s"]["metrics"]["mean_iu"]
+    with np.load(output / "fcn8s" / "eval" / exp.FIGURE_LABELS) as figure:
+        assert len(labels) == 2 and all(np.array_equal(labels[i], figure[f"image_{i}"]) for i in range(2))
 
     # A finished stage is not silently reused with other settings.
     changed = dataclasses.replace(settings, **exp.SMOKE_SETTINGS)
