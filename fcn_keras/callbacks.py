@@ -34,7 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from fcn_keras.files import atomic_path, write_json_atomic
+from fcn_keras.files import atomic_path, copy_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,8 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
     """Saves ``last.keras`` after every epoch and ``best.keras`` when ``monitor`` improves.
 
     Unlike ``keras.callbacks.ModelCheckpoint`` it never writes non-finite weights (after a NaN
-    loss the previous files stay), and writes atomically.
+    loss the previous files stay), and writes atomically. An improving epoch's ``best.keras`` is
+    a hard link to its ``last.keras`` (``copy_atomic``): the weights are written once.
 
     Args:
         output_dir: where ``best.keras`` and ``last.keras`` go.
@@ -350,8 +351,8 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
         self.last_good_epoch = epoch + 1
         if self.best is None or float(value) > self.best:
             self.best, self.best_epoch = float(value), epoch + 1
-            if self.enabled:
-                save_model_atomic(self.model, self.output_dir / "best.keras")
+            if self.enabled:  # the same weights as last.keras: link, don't write them again
+                copy_atomic(self.output_dir / "last.keras", self.output_dir / "best.keras")
             logger.info("epoch %d: %s improved to %.4f, saved best.keras", epoch + 1, self.monitor, value)
 
 
