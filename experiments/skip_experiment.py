@@ -330,12 +330,16 @@ def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any
         "per_class_iu": evaluation["per_class_iu"],
         "eval_images": evaluation["num_images"],
         "eval_pixels": evaluation["num_pixels"],
+        "eval_seconds": evaluation.get("seconds"),
         "training": {
             "epochs": summary.get("epochs_done"),
             "steps": summary.get("global_step"),
             "images_seen": summary.get("images_seen"),
             "wall_time_s": summary.get("wall_time_s"),
             "images_per_s": summary.get("images_per_s"),
+            # The first step of the process's first epoch holds the XLA compilation.
+            "first_step_s": (summary.get("history") or [{}])[0].get("first_step_s"),
+            "steady_images_per_s": (summary.get("history") or [{}])[-1].get("steady_images_per_s"),
             "learning_rate": resolved.learning_rate,
             "optimizer": resolved.optimizer,
             "batch_size": resolved.batch_size,
@@ -387,6 +391,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     for title, paper in results["paper"].items():
         lines.append(f"| {title} | " + " | ".join(f"{paper[key]:.1f}" for key, _ in PAPER_METRICS) + " |")
     lines += ["", "## Findings", ""] + [f"- {finding}" for finding in findings(models)]
+    lines += ["", "## Time (s)", "", "| model | training | its first step | img/s after it | evaluation |",
+              "|---|---:|---:|---:|---:|"]
+    for title, entry in models.items():
+        training = entry["training"]
+        lines.append(f"| {title} | {_num(training['wall_time_s'])} | {_num(training.get('first_step_s'))} | "
+                     f"{_num(training.get('steady_images_per_s'))} | {_num(entry.get('eval_seconds'))} |")
+    lines += ["", "The first step of a process holds the compilation (XLA) of the train step; evaluation includes "
+              "loading the model and compiling it for the evaluation shape."]
     lines += ["", "## Per-class IU (%)", "", "| class | " + " | ".join(models) + " |",
               "|---|" + "---:|" * len(models)]
     for index, name in enumerate(results["class_names"]):

@@ -410,6 +410,10 @@ class ScalarTensorBoard(keras.callbacks.Callback):
 class EpochSummary(keras.callbacks.Callback):
     """Logs one line per epoch: epoch, loss, mean IU, val mean IU, time and images/s.
 
+    The first step of an epoch is timed apart: in the first epoch of a process it holds the
+    compilation of the train step (XLA), so ``steady_images_per_s`` (the steps after it) is the
+    training speed, and ``first_step_s`` what compiling cost.
+
     Args:
         epochs: total number of epochs (for ``epoch 3/8``).
         batch_size: global batch size (images per step).
@@ -421,6 +425,7 @@ class EpochSummary(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.history: list[dict[str, Any]] = []
         self._start = 0.0
+        self._first_step_end = 0.0
         self._steps = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -429,11 +434,16 @@ class EpochSummary(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._steps += 1
+        if self._steps == 1:
+            self._first_step_end = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
         seconds = time.perf_counter() - self._start
         rate = self._steps * self.batch_size / seconds if seconds > 0 else float("nan")
+        first = self._first_step_end - self._start if self._steps else None
+        after_first = seconds - first if first is not None else 0.0
+        steady = (self._steps - 1) * self.batch_size / after_first if self._steps > 1 and after_first > 0 else None
         row = {
             "epoch": epoch + 1,
             "loss": logs.get("loss"),
@@ -443,6 +453,8 @@ class EpochSummary(keras.callbacks.Callback):
             "seconds": seconds,
             "images_per_s": rate,
             "steps": self._steps,
+            "first_step_s": first,
+            "steady_images_per_s": steady,
         }
         self.history.append(row)
 
@@ -451,7 +463,8 @@ class EpochSummary(keras.callbacks.Callback):
             return "-" if value is None else f"{float(value):.4f}"
 
         logger.info(
-            "epoch %d/%d: loss %s  mean_iu %s  val_loss %s  val_mean_iu %s  %.1f s  %.1f img/s",
+            "epoch %d/%d: loss %s  mean_iu %s  val_loss %s  val_mean_iu %s  %.1f s  %.1f img/s  "
+            "(first step %s s, then %s img/s)",
             epoch + 1,
             self.epochs,
             fmt("loss"),
@@ -460,4 +473,6 @@ class EpochSummary(keras.callbacks.Callback):
             fmt("val_mean_iu"),
             seconds,
             rate,
+            "-" if first is None else f"{first:.1f}",
+            "-" if steady is None else f"{steady:.1f}",
         )

@@ -25,7 +25,9 @@ METRIC_KEYS = [key for key, _ in PAPER_METRICS]
 def _entry(metrics: dict[str, float], per_class: list, seconds: float) -> dict:
     return {"stage": "x", "variant": "8s", "at_once": False, "init": "init", "metrics": metrics,
             "per_class_iu": per_class, "eval_images": 5, "eval_pixels": 100,
-            "training": {"steps": 40, "wall_time_s": seconds, "images_per_s": 12.5}}
+            "eval_seconds": 9.5,
+            "training": {"steps": 40, "wall_time_s": seconds, "images_per_s": 12.5, "first_step_s": 21.0,
+                         "steady_images_per_s": 300.0}}
 
 
 def test_write_results_table_from_given_metrics(tmp_path):
@@ -49,6 +51,7 @@ def test_write_results_table_from_given_metrics(tmp_path):
     assert "| FCN-16s | 90.0 | 75.7 | 62.4 | 83.0 | init | 40 | 60.0 | 12.5 |" in text
     assert "| FCN-8s at-once | 90.0 | 70.0 | 61.7 | 80.0 | init | 40 | 180.0 | 12.5 |" in text
     assert "| FCN-32s | 89.1 | 73.3 | 59.4 | 81.4 |" in text  # the paper's table
+    assert "| FCN-8s at-once | 180.0 | 21.0 | 300.0 | 9.5 |" in text  # the time table
     assert "Mean IU rises along the stages: FCN-32s 59.4 -> FCN-16s 62.4 -> FCN-8s 62.7." in text
     assert "-1.0 points against the staged FCN-8s" in text
     assert "| background | 90.0 | 90.0 | 90.0 | 90.0 |" in text and "| boat | - | - | - | - |" in text
@@ -122,7 +125,7 @@ def test_smoke_protocol_writes_parseable_artefacts(smoke_run):
     assert results["run"]["backend"] and results["run"]["device"] and results["run"]["command"]
     text = (output / exp.RESULTS_MD).read_text()
     rows = [line for line in text.splitlines() if line.startswith("| FCN-")]
-    assert len(rows) == 6  # ours and the paper's
+    assert len(rows) == 9  # ours, the paper's, and the time table
     for title, entry in results["models"].items():
         assert f"| {title} | {100 * entry['metrics']['pixel_accuracy']:.1f} |" in text
     for name, (width, height) in ((exp.COMPARISON_PNG, (1000, None)), (exp.CURVES_PNG, (None, None))):

@@ -80,6 +80,8 @@ def test_run_writes_every_artefact(run32):
     assert summary["images_seen"] == 2 * 2 * 2 and summary["images_per_s"] > 0
     assert summary["best"]["monitor"] == "val_mean_iu" and 1 <= summary["best"]["epoch"] <= 2
     assert [row["epoch"] for row in summary["history"]] == [1, 2]
+    for row in summary["history"]:  # the first step (compilation in epoch 1) is timed apart
+        assert 0 < row["first_step_s"] <= row["seconds"] and row["steady_images_per_s"] > 0
     assert {"loss", "mean_iu", "val_loss", "val_mean_iu"} <= set(summary["final_metrics"])
 
     rows = (out / "log.csv").read_text().splitlines()
