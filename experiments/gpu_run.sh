@@ -1,125 +1,242 @@
 #!/usr/bin/env bash
-# The command sequence of a GPU session: Keras on JAX (bf16, XLA) trains on the lent GPU from a
-# tf.data pipeline on the host (../shared/gpu/README.md). Every step is resumable: rerun the same
-# step in the next `run` call after a 10-minute kill and it continues.
+# The GPU session's steps: Keras on JAX (bf16, XLA) trains on the lent GPU from a tf.data
+# pipeline on the host. The GPU machine has JAX, numpy, h5py, matplotlib, absl-py, rich and
+# protobuf but no TensorFlow or Keras and no network, so they travel as a bundle, with the
+# TFRecords and the VGG16 weights, in parts that fit one `run` call each (64 MiB with the tree).
 #
-#   Here (CPU, once):    experiments/gpu_run.sh stage
-#       converts ../shared/voc2012 to TFRecords, downloads matplotlib's wheels (figures), and
-#       calls ../shared/gpu/stage.sh with them and the VGG16 weights -> .gpu1 .. .gpuN.
-#   Device, calls 1..N-1 (carry [".gpuK"]):   mkdir -p /tmp/stage && cp .gpuK/* /tmp/stage/
-#   Device, call N (carry [".gpuN"]):         cp .gpuN/* /tmp/stage/ && experiments/gpu_run.sh unpack
-#   Device, then (no carry), each until it prints "complete":
-#       experiments/gpu_run.sh bench          # issue 7: throughput tables -> $OUT/bench.tar.gz
-#       experiments/gpu_run.sh experiment     # issue 6: 32s -> 16s -> 8s (+ at-once) -> $OUT/<RUN>.tar.gz
-#   Here, afterwards:    experiments/gpu_run.sh collect FILES_AT   # untar into the repo folders
+#   Here (CPU, once, ~6 min):  experiments/gpu_run.sh stage
+#       -> .gpu1 .. .gpuN (git-ignored), N = 4 at 61 MiB: site.tar.xz (tensorflow-cpu without
+#          its C++ headers, keras and small deps, unzipped and xz-compressed: 133 MiB instead of
+#          the wheels' 265), the converted VOC 2012 records (45 MiB), the weights (56 MiB).
+#          (`pack DIR` alone splits a folder named bundle into such parts.)
+#   Device, call K = 1 .. N, carry [".gpuK"], back to back (the machine is given back 30 s
+#   after a call; /tmp survives while it stays warm):
+#       experiments/gpu_run.sh receive            # copies the part to /tmp/stage; after the
+#                                                 # last one: checks the sha256, unpacks
+#       last call (timeout_s 600): experiments/gpu_run.sh receive all
+#   Device, `all`: the experiment (issue 6) within LIMIT_S - BENCH_RESERVE_S of the call's start,
+#       then the benchmark (issue 7) until LIMIT_S; every partial result comes back in $OUT.
+#       `experiment` and `bench` run one of them. Each continues where a killed call stopped
+#       while the machine is warm (finished stages, configurations and compilations are kept).
+#   Here, afterwards:  experiments/gpu_run.sh collect FILES_AT   # untar into the repo folders
 #
-# Budget knobs (environment, same values on every call of a run): RUN (results folder name),
-# EPOCHS, STEPS (per epoch), BATCH, CROP, GEOMETRY, AT_ONCE (1/0), LIMIT_S (seconds a device
-# call may run before stopping cleanly), BENCH_NAME, BENCH_VARIANTS, BENCH_BATCHES, BENCH_REFERENCE
-# (1: also the reference geometry at 500x500), EXTRA_FLAGS. See experiments/README.md for the timing.
+# Knobs (environment; the same values on every call of a run): RUN (results folder name),
+# EPOCHS, STEPS (per epoch), BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the
+# whole call), BENCH_RESERVE_S (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
+# BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), EXTRA_FLAGS,
+# EXTRA_BENCH_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
+# it too). experiments/README.md has the timing plan.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-STAGE_EXTRA=${STAGE_EXTRA:-/tmp/fcn_gpu_extra}   # here: what stage.sh bundles besides the wheels
-BUNDLE=${BUNDLE:-/tmp/stage/bundle}              # device: where stage.sh's bundle is unpacked
-SITE=${SITE:-/tmp/site}                          # device: where unpack.sh installed the wheels
-WORK=${WORK:-/tmp/fcn_work}                      # device: survives between calls while warm
+STAGE_BUILD=${STAGE_BUILD:-/tmp/fcn_gpu_build}   # here: where the bundle is assembled
+STAGE=${STAGE:-/tmp/stage}                       # device: the parts, then the unpacked bundle
+SITE=${SITE:-/tmp/site}                          # device: the unpacked Python packages
+WORK=${WORK:-/tmp/fcn_work}                      # device: runs, caches; survives while warm
 RUN=${RUN:-voc2012-gpu}
-EPOCHS=${EPOCHS:-3}
-STEPS=${STEPS:-100}
+EPOCHS=${EPOCHS:-1}
+STEPS=${STEPS:-150}
 BATCH=${BATCH:-16}
 CROP=${CROP:-384}
 GEOMETRY=${GEOMETRY:-reference}
-AT_ONCE=${AT_ONCE:-1}
-LIMIT_S=${LIMIT_S:-540}
-BENCH_NAME=${BENCH_NAME:-h100}
+AT_ONCE=${AT_ONCE:-0}
+EVAL_CANVAS=${EVAL_CANVAS:-500}
+LIMIT_S=${LIMIT_S:-560}
+BENCH_RESERVE_S=${BENCH_RESERVE_S:-150}
+BENCH_NAME=${BENCH_NAME:-h200}
 BENCH_VARIANTS=${BENCH_VARIANTS:-8s,16s,32s}
 BENCH_BATCHES=${BENCH_BATCHES:-8,16}
 BENCH_REFERENCE=${BENCH_REFERENCE:-1}
-EXTRA_FLAGS=${EXTRA_FLAGS:-}   # appended to the driver's / benchmark's flags (the last value of a flag wins)
+EXTRA_FLAGS=${EXTRA_FLAGS:-}              # appended to the experiment's flags (the last value of a flag wins)
+EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}  # appended to the benchmark's flags
+PYVER=${PYVER:-3.12}
+PART_SIZE=${PART_SIZE:-61m}   # of each part (split -b): 61 MiB + the tree (0.6 MiB) < 64 MiB a call
+MATPLOTLIB=${MATPLOTLIB:-0}
 WEIGHTS_FILE=vgg16_imagenet_notop_torchvision.weights.h5
+# What the bundle's site holds: the versions CI tests, built for the device's Python. protobuf
+# and flatbuffers travel too so that TensorFlow gets versions it accepts whatever the device has.
+PACKAGES="tensorflow-cpu==2.21.0 keras==3.15.1 namex==0.1.0 optree==0.20.0 protobuf==7.36.2 flatbuffers==25.12.19
+ gast==0.7.0 astunparse==1.6.3 google-pasta==0.2.0 termcolor==3.3.0 six==1.17.0 wheel==0.48.0"
+MATPLOTLIB_PACKAGES="matplotlib>=3.8,<4 contourpy cycler fonttools kiwisolver pyparsing python-dateutil"
+
+elapsed() { echo $(( $(date +%s) - START )); }
+START=$(date +%s)
 
 device_env() {
-  # unpack.sh's environment without reinstalling the wheels (they stay in /tmp/site while warm).
-  if [ ! -d "$SITE/tensorflow" ]; then
-    echo "no $SITE/tensorflow: run 'experiments/gpu_run.sh unpack' first (the machine may have been given back)" >&2
+  if [ ! -d "$SITE/tensorflow" ] || [ ! -f "$STAGE/bundle/$WEIGHTS_FILE" ]; then
+    echo "gpu_run: $SITE or $STAGE/bundle is missing: the machine was given back since the parts were received." >&2
+    echo "gpu_run: send the parts again (call K carries .gpuK: experiments/gpu_run.sh receive)." >&2
     exit 3
   fi
   export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1 \
     XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 \
     JAX_COMPILATION_CACHE_DIR=$WORK/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
-  mkdir -p "$WORK" "${OUT:-$WORK/out}"
   OUT=${OUT:-$WORK/out}
+  mkdir -p "$WORK" "$OUT"
 }
 
-case "${1:-}" in
-stage)  # --- here, on the CPU machine ---
-  . .venv/bin/activate
-  mkdir -p "$STAGE_EXTRA"
-  python -m fcn_keras.data.convert --voc_root=../shared/voc2012/VOCdevkit \
-    --output_dir="$STAGE_EXTRA/voc2012_records" --splits=train,val
-  python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$STAGE_EXTRA/extra_wheels" \
-    "matplotlib>=3.8,<4" contourpy cycler fonttools kiwisolver pyparsing python-dateutil packaging
-  cp ../shared/weights/$WEIGHTS_FILE "$STAGE_EXTRA/"
-  ../shared/gpu/stage.sh "$STAGE_EXTRA/voc2012_records" "$STAGE_EXTRA/extra_wheels" "$STAGE_EXTRA/$WEIGHTS_FILE"
-  ;;
-
-unpack)  # --- device, last staging call ---
-  cat /tmp/stage/part* | tar -x -C /tmp/stage
-  . "$BUNDLE/unpack.sh"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$BUNDLE"/extra_wheels/*.whl
-  device_env
-  python3 -c "import matplotlib, keras, jax; print('matplotlib', matplotlib.__version__, 'keras', keras.__version__, jax.devices())"
-  nvidia-smi --query-gpu=name,memory.total --format=csv || true
-  echo "unpack complete"
-  ;;
-
-bench)  # --- device: issue 7's tables (resumable: finished configurations are kept) ---
-  device_env
-  mkdir -p "$WORK/bench"
-  status=0
-  # The PyTorch reference's setting (8s, 'same', 512, batch 8, bf16) with the TFRecord pipeline
-  # beside it, then the paper's reference geometry at 500x500 with batch-1 latency.
-  # Configurations are measured in the order given and saved one by one: the target comes first.
-  timeout "$LIMIT_S" python3 benchmarks/throughput.py --variants="$BENCH_VARIANTS" --sizes=512 \
-    --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16 --input_pipeline=tfrecord \
-    --data="$BUNDLE/voc2012_records" --cache_dir="$WORK/bench/cache" --output="$WORK/bench/$BENCH_NAME.md" $EXTRA_FLAGS 2>&1 \
-    | tee -a "$OUT/bench.log" || status=$?
-  if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
-    timeout "$LIMIT_S" python3 benchmarks/throughput.py --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
-      --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" $EXTRA_FLAGS 2>&1 \
-      | tee -a "$OUT/bench.log" || status=$?
-  fi
-  tar -czf "$OUT/bench.tar.gz" -C "$WORK/bench" --exclude=cache .
-  if [ "$status" = 0 ]; then echo "bench complete"; else echo "bench stopped (status $status): run it again"; fi
-  ;;
-
-experiment)  # --- device: issue 6's protocol (resumable stage by stage, and inside a stage) ---
-  device_env
+run_experiment() {  # $1: seconds it may take
+  local dir="$WORK/experiments/$RUN" status=0 at_once
   at_once=$([ "$AT_ONCE" = 1 ] && echo --at_once || echo --noat_once)
-  status=0
-  timeout "$LIMIT_S" python3 -m experiments.skip_experiment --data="$BUNDLE/voc2012_records" \
-    --weights="$BUNDLE/$WEIGHTS_FILE" --output_dir="$WORK/experiments/$RUN" $at_once \
+  # shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
+  timeout "$1" python3 -m experiments.skip_experiment --data="$STAGE/bundle/voc2012_records" \
+    --weights="$STAGE/bundle/$WEIGHTS_FILE" --output_dir="$dir" $at_once \
     --geometry="$GEOMETRY" --crop_size="$CROP" --batch_size="$BATCH" --epochs="$EPOCHS" \
     --steps_per_epoch="$STEPS" --optimizer=adam --learning_rates=1e-4,3e-5,1e-5 --at_once_learning_rate=1e-4 \
-    --mixed_precision=bf16 --jit_compile=true --val_steps=0 --backup_freq=0 --eval_batch_size=16 \
-    --figure_images=4 --verbose=2 $EXTRA_FLAGS 2>&1 | tee -a "$OUT/experiment.log" || status=$?
-  dir="$WORK/experiments/$RUN"
-  if [ -d "$dir" ]; then
+    --mixed_precision=bf16 --jit_compile=true --val_steps=0 --backup_freq=0 \
+    --eval_batch_size=16 --eval_canvas="$EVAL_CANVAS" --figure_images=4 --verbose=2 $EXTRA_FLAGS 2>&1 \
+    | tee -a "$OUT/experiment.log" || status=$?
+  if [ -d "$dir" ]; then  # results, figures, logs, configs, summaries, metrics: no model files
     (cd "$dir" && find . -maxdepth 3 \( -name 'results.*' -o -name '*.png' -o -name summary.json -o -name config.json \
       -o -name log.csv -o -name 'metrics.*' \) -not -path './records/*' -not -path './cache/*' -print0 \
       | tar -czf "$OUT/$RUN.tar.gz" --null -T -)
   fi
-  if [ "$status" = 0 ] && [ -f "$dir/results.md" ]; then echo "experiment complete"; else
-    echo "experiment stopped (status $status): run it again to continue"; fi
-  ;;
+  if [ "$status" = 0 ] && [ -f "$dir/results.md" ]; then echo "experiment complete"; return 0; fi
+  echo "experiment stopped (status $status) after $(elapsed) s: run it again to continue"
+  return 1
+}
 
-collect)  # --- here: FILES_AT of the last device call -> the repo's results folders ---
-  files_at=${2:?usage: experiments/gpu_run.sh collect FILES_AT}
+run_bench() {  # $1: seconds it may take
+  local status=0 left
+  mkdir -p "$WORK/bench"
+  # The PyTorch reference's setting (8s, 'same', 512, batch 8, bf16) with the TFRecord pipeline
+  # beside it first, then the paper's reference geometry at 500x500 with batch-1 latency.
+  # Configurations are saved one by one (<name>.jsonl) and skipped when the call is repeated.
+  # shellcheck disable=SC2086
+  timeout "$1" python3 benchmarks/throughput.py --variants="$BENCH_VARIANTS" --sizes=512 \
+    --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16 --input_pipeline=tfrecord \
+    --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md" \
+    $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
+  left=$(( $1 - ($(elapsed) - BENCH_START) ))
+  if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
+    if [ "$left" -le 30 ]; then
+      status="no time left for the reference geometry"
+    else
+      # shellcheck disable=SC2086
+      timeout "$left" python3 benchmarks/throughput.py --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
+        --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" \
+        $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
+    fi
+  fi
+  tar -czf "$OUT/bench.tar.gz" -C "$WORK/bench" .
+  if [ "$status" = 0 ]; then echo "bench complete"; return 0; fi
+  echo "bench stopped (status $status) after $(elapsed) s: run it again to continue"
+  return 1
+}
+
+do_stage() {  # --- here, on the CPU machine ---
+  . .venv/bin/activate
+  rm -rf "$STAGE_BUILD" && mkdir -p "$STAGE_BUILD/bundle" "$STAGE_BUILD/wheels" "$STAGE_BUILD/site"
+  pip_download="python -m pip download -q --no-deps --only-binary=:all: --python-version $PYVER --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d $STAGE_BUILD/wheels"
+  # shellcheck disable=SC2086
+  $pip_download $PACKAGES $([ "$MATPLOTLIB" = 1 ] && echo "$MATPLOTLIB_PACKAGES")
+  for wheel in "$STAGE_BUILD"/wheels/*.whl; do unzip -q -o "$wheel" -d "$STAGE_BUILD/site"; done
+  rm -rf "$STAGE_BUILD/site/tensorflow/include"  # C++ headers (287 MB): never read at run time
+  echo "compressing $(du -sh "$STAGE_BUILD/site" | cut -f1) of packages (xz -9, a few minutes)"
+  tar -C "$STAGE_BUILD/site" -cf - . | xz -9 -T0 > "$STAGE_BUILD/bundle/site.tar.xz"
+  python -m fcn_keras.data.convert --voc_root=../shared/voc2012/VOCdevkit \
+    --output_dir="$STAGE_BUILD/bundle/voc2012_records" --splits=train,val
+  cp ../shared/weights/$WEIGHTS_FILE "$STAGE_BUILD/bundle/"
+  (cd "$STAGE_BUILD/wheels" && ls) > "$STAGE_BUILD/bundle/wheels.txt"
+  do_pack "$STAGE_BUILD/bundle"
+  rm -rf "$STAGE_BUILD"
+}
+
+do_pack() {  # --- here: a folder named bundle -> .gpu1 .. .gpuN (git-ignored), PART_SIZE each ---
+  local bundle=$1 tmp sum parts i k
+  [ "$(basename "$bundle")" = bundle ] || { echo "gpu_run: pack needs a folder named bundle. Received: $bundle" >&2; exit 2; }
+  tmp=$(mktemp -d)
+  tar -C "$(dirname "$bundle")" -cf "$tmp/bundle.tar" bundle
+  sum=$(sha256sum "$tmp/bundle.tar" | cut -d' ' -f1)
+  (cd "$tmp" && split -b "$PART_SIZE" -d -a 2 bundle.tar part && rm bundle.tar)
+  parts=("$tmp"/part*)
+  rm -rf .gpu[0-9]*
+  for i in "${!parts[@]}"; do
+    k=$((i + 1)); mkdir -p ".gpu$k"
+    mv "${parts[$i]}" ".gpu$k/part-$k-of-${#parts[@]}"
+    echo "$sum" > ".gpu$k/bundle.sha256"
+    if [ -d .git/info ]; then grep -qsx "/.gpu$k/" .git/info/exclude || echo "/.gpu$k/" >> .git/info/exclude; fi
+  done
+  rm -rf "$tmp"
+  echo "staged ${#parts[@]} parts of at most $PART_SIZE (bundle sha256 $sum): $(ls -d .gpu[0-9]* | tr '\n' ' ')"
+}
+
+do_receive() {  # --- device, every part call: keep the carried part; after the last, unpack ---
+  mkdir -p "$STAGE"
+  found=$(find . -maxdepth 2 -path './.gpu*/part-*-of-*' | head -1)
+  if [ -n "$found" ]; then cp "$found" "$(dirname "$found")/bundle.sha256" "$STAGE/"; fi
+  total=$(find "$STAGE" -maxdepth 1 -name 'part-*-of-*' | head -1 | sed 's/.*-of-//')
+  if [ -z "$total" ] && [ -d "$SITE/tensorflow" ] && [ -f "$STAGE/bundle/$WEIGHTS_FILE" ]; then
+    echo "bundle already unpacked"; return 0
+  fi
+  if [ -z "$total" ]; then echo "gpu_run: no part carried and none received: carry .gpuK" >&2; exit 4; fi
+  carried=${found##*/part-}; carried=${carried%-of-*}
+  missing=$(for k in $(seq 1 "$total"); do [ -f "$STAGE/part-$k-of-$total" ] || printf '%s ' "$k"; done)
+  if [ -n "$missing" ]; then
+    echo "received part ${carried:-none} of $total; missing: $missing"
+    # Only later parts missing: the normal progression. An earlier one missing: this is a new
+    # machine (the last was given back), so `all` must not run; start again from part 1.
+    for k in $missing; do
+      if [ -z "$carried" ] || [ "$k" -lt "$carried" ]; then
+        echo "gpu_run: part $k was received on a machine that has been given back since: send every part again" >&2
+        exit 4
+      fi
+    done
+    return 0
+  fi
+  parts=$(for k in $(seq 1 "$total"); do printf '%s ' "$STAGE/part-$k-of-$total"; done)
+  # shellcheck disable=SC2086
+  sum=$(cat $parts | sha256sum | cut -d' ' -f1)
+  if [ "$sum" != "$(cat "$STAGE/bundle.sha256")" ]; then
+    echo "gpu_run: the $total parts do not make the staged bundle (sha256 $sum, expected $(cat "$STAGE/bundle.sha256")):" \
+      "parts of two stagings mixed? rm -rf $STAGE and send them again" >&2
+    exit 5
+  fi
+  # shellcheck disable=SC2086
+  cat $parts | tar -x -C "$STAGE" && rm -f $parts
+  mkdir -p "$SITE"
+  if command -v xz >/dev/null; then xz -d -T0 < "$STAGE/bundle/site.tar.xz" | tar -x -C "$SITE"
+  else python3 -c "import sys, tarfile; tarfile.open(sys.argv[1], 'r:xz').extractall(sys.argv[2])" "$STAGE/bundle/site.tar.xz" "$SITE"
+  fi
+  rm -f "$STAGE/bundle/site.tar.xz"
+  device_env
+  python3 -c "
+import tensorflow as tf; tf.config.set_visible_devices([], 'GPU')
+import keras, jax, matplotlib
+print('tensorflow', tf.__version__, tf.__file__, '| keras', keras.__version__, '| matplotlib', matplotlib.__version__, '|', jax.devices())"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  echo "bundle unpacked in $(elapsed) s"
+}
+
+do_all() {  # --- device: the experiment, then the benchmark with the rest of the call's time ---
+  device_env
+  exp_status=0
+  if [ -f "experiments/results/$RUN/results.md" ] && [ -z "${RERUN:-}" ]; then
+    echo "experiments/results/$RUN/results.md is in the tree: experiment skipped (RERUN=1 repeats it)"
+  else
+    run_experiment $(( LIMIT_S - BENCH_RESERVE_S )) || exp_status=$?
+  fi
+  BENCH_START=$(elapsed)
+  run_bench $(( LIMIT_S - BENCH_START )) || true
+  [ "$exp_status" = 0 ] || echo "experiment incomplete: call 'all' again while the machine is warm"
+}
+
+do_experiment() {  # --- device: issue 6's protocol alone ---
+  device_env
+  run_experiment "$LIMIT_S"
+}
+
+do_bench() {  # --- device: issue 7's tables alone ---
+  device_env
+  BENCH_START=0
+  run_bench "$LIMIT_S"
+}
+
+do_collect() {  # --- here: FILES_AT of the last device call -> the repo's results folders ---
+  files_at=$1
   if [ -f "$files_at/bench.tar.gz" ]; then
     mkdir -p benchmarks/results && tar -xzf "$files_at/bench.tar.gz" -C benchmarks/results
     echo "benchmarks/results: $(ls benchmarks/results | tr '\n' ' ')"
@@ -128,10 +245,20 @@ collect)  # --- here: FILES_AT of the last device call -> the repo's results fol
     mkdir -p "experiments/results/$RUN" && tar -xzf "$files_at/$RUN.tar.gz" -C "experiments/results/$RUN"
     echo "experiments/results/$RUN: $(ls "experiments/results/$RUN" | tr '\n' ' ')"
   fi
-  ;;
+  for log in experiment.log bench.log; do [ -f "$files_at/$log" ] && cp "$files_at/$log" "/tmp/gpu_$log" && echo "log: /tmp/gpu_$log"; done
+  true
+}
 
-*)
-  sed -n '2,/^set -euo/p' "$0" | grep '^#'
-  exit 2
-  ;;
-esac
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 2; }
+
+# Verbs run in order in one process, so that `receive all` shares one clock (LIMIT_S counts from
+# the start of the call, unpacking included).
+[ $# -gt 0 ] || usage
+while [ $# -gt 0 ]; do
+  verb=$1; shift
+  case "$verb" in
+    stage|receive|all|experiment|bench) "do_$verb" ;;
+    collect|pack) [ $# -gt 0 ] || usage; "do_$verb" "$1"; shift ;;
+    *) usage ;;
+  esac
+done

@@ -1,0 +1,106 @@
+"""experiments/gpu_run.sh's staging protocol without a GPU: a bundle packed into parts, received
+one part per (simulated) device call, refused when parts are missing or mixed, unpacked and
+checked; `all` refuses to start without the bundle. The packages of the real bundle (TensorFlow
+and Keras for the device's Python) are not downloaded here: the fake site links this
+environment's TensorFlow."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "experiments" / "gpu_run.sh"
+WEIGHTS = "vgg16_imagenet_notop_torchvision.weights.h5"
+
+pytestmark = pytest.mark.skipif(shutil.which("xz") is None or shutil.which("split") is None, reason="needs xz and split")
+
+
+def _bundle(folder: Path, payload: bytes) -> Path:
+    """A folder named bundle shaped like stage's: site.tar.xz (a link to this environment's
+    tensorflow package), voc2012_records/, the weights file (here ``payload``)."""
+    bundle = folder / "bundle"
+    (bundle / "voc2012_records").mkdir(parents=True)
+    (bundle / WEIGHTS).write_bytes(payload)
+    with tarfile.open(bundle / "site.tar.xz", "w:xz") as site:
+        info = tarfile.TarInfo("tensorflow")
+        info.type, info.linkname = tarfile.SYMTYPE, str(Path(tf.__file__).parent)
+        site.addfile(info)
+    return bundle
+
+
+def _script_tree(root: Path) -> Path:
+    (root / "experiments").mkdir(parents=True)
+    shutil.copy(SCRIPT, root / "experiments" / "gpu_run.sh")
+    return root
+
+
+def _run(tree: Path, *verbs: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "experiments/gpu_run.sh", *verbs], cwd=tree, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _device_call(tmp_path: Path, parts: Path, k: int | None, *verbs: str, env: dict) -> subprocess.CompletedProcess:
+    """A device call: a fresh copy of the tree carrying only part ``k`` (or none)."""
+    device = tmp_path / "device"
+    shutil.rmtree(device, ignore_errors=True)
+    _script_tree(device)
+    if k is not None:
+        shutil.copytree(parts / f".gpu{k}", device / f".gpu{k}")
+    return _run(device, *verbs, env=env)
+
+
+@pytest.fixture()
+def env(tmp_path):
+    bin_dir = tmp_path / "bin"  # python3 = this interpreter (and its environment), as on the device
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STAGE": str(tmp_path / "stage"),
+            "SITE": str(tmp_path / "site"), "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
+            "PART_SIZE": "8k", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def test_parts_are_received_checked_and_unpacked(tmp_path, env):
+    here = _script_tree(tmp_path / "here")
+    packed = _run(here, "pack", str(_bundle(tmp_path / "a", os.urandom(10_000))), env=env)
+    assert packed.returncode == 0, packed.stderr
+    assert sorted(p.name for p in here.glob(".gpu*")) == [".gpu1", ".gpu2", ".gpu3"]
+    assert "staged 3 parts of at most 8k" in packed.stdout
+    assert (here / ".gpu3" / "part-3-of-3").is_file() and (here / ".gpu3" / "bundle.sha256").is_file()
+
+    # Part 2 first: part 1 would have been received on a machine given back since. Refused.
+    result = _device_call(tmp_path, here, 2, "receive", env=env)
+    assert result.returncode == 4 and "send every part again" in result.stderr
+    shutil.rmtree(env["STAGE"])
+    for k in (1, 2):  # the normal progression
+        result = _device_call(tmp_path, here, k, "receive", env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"received part {k} of 3; missing: {' '.join(str(j) for j in range(k + 1, 4))}" in result.stdout
+    result = _device_call(tmp_path, here, 3, "receive", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"tensorflow {tf.__version__}" in result.stdout and "bundle unpacked in" in result.stdout
+    assert (Path(env["SITE"]) / "tensorflow").is_dir() and (Path(env["STAGE"]) / "bundle" / WEIGHTS).is_file()
+    assert not list(Path(env["STAGE"]).glob("part-*"))  # parts removed once unpacked
+    # Again with no part: nothing to do.
+    result = _device_call(tmp_path, here, None, "receive", env=env)
+    assert result.returncode == 0 and "bundle already unpacked" in result.stdout
+
+
+def test_mixed_parts_and_a_missing_bundle_are_refused(tmp_path, env):
+    first, second = _script_tree(tmp_path / "first"), _script_tree(tmp_path / "second")
+    for tree, seed in ((first, b"a"), (second, b"b")):
+        assert _run(tree, "pack", str(_bundle(tmp_path / seed.decode(), seed * 10_000)), env=env).returncode == 0
+    for tree, k in ((first, 1), (first, 2), (second, 3)):
+        result = _device_call(tmp_path, tree, k, "receive", env=env)
+    assert result.returncode == 5 and "the 3 parts do not make the staged bundle" in result.stderr
+    assert not (Path(env["SITE"]) / "tensorflow").exists()
+    # The work itself refuses to start without an unpacked bundle.
+    result = _device_call(tmp_path, first, None, "all", env=env)
+    assert result.returncode == 3 and "send the parts again" in result.stderr
+    assert _run(first, "pack", str(tmp_path / "a"), env=env).returncode == 2  # not a folder named bundle
