@@ -76,8 +76,14 @@ device_env() {
   mkdir -p "$WORK" "$OUT"
 }
 
-run_experiment() {  # $1: seconds it may take
+too_short() {  # $1: seconds left, $2: what for. timeout 0 would mean no limit at all.
+  if [ "$1" -lt 30 ]; then echo "gpu_run: only $(( $1 > 0 ? $1 : 0 )) s left of LIMIT_S=$LIMIT_S: $2 not started"; return 0; fi
+  return 1
+}
+
+run_experiment() {  # $1: seconds it may take from now
   local dir="$WORK/experiments/$RUN" status=0 at_once
+  if too_short "$1" experiment; then return 1; fi
   at_once=$([ "$AT_ONCE" = 1 ] && echo --at_once || echo --noat_once)
   # shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
   timeout "$1" python3 -m experiments.skip_experiment --data="$STAGE/bundle/voc2012_records" \
@@ -97,8 +103,9 @@ run_experiment() {  # $1: seconds it may take
   return 1
 }
 
-run_bench() {  # $1: seconds it may take
+run_bench() {  # $1: seconds it may take from BENCH_START
   local status=0 left
+  if too_short "$1" benchmark; then return 1; fi
   mkdir -p "$WORK/bench"
   # The PyTorch reference's setting (8s, 'same', 512, batch 8, bf16) with the TFRecord pipeline
   # beside it first, then the paper's reference geometry at 500x500 with batch-1 latency.
@@ -217,7 +224,7 @@ do_all() {  # --- device: the experiment, then the benchmark with the rest of th
   if [ -f "experiments/results/$RUN/results.md" ] && [ -z "${RERUN:-}" ]; then
     echo "experiments/results/$RUN/results.md is in the tree: experiment skipped (RERUN=1 repeats it)"
   else
-    run_experiment $(( LIMIT_S - BENCH_RESERVE_S )) || exp_status=$?
+    run_experiment $(( LIMIT_S - BENCH_RESERVE_S - $(elapsed) )) || exp_status=$?
   fi
   BENCH_START=$(elapsed)
   run_bench $(( LIMIT_S - BENCH_START )) || true
@@ -226,13 +233,13 @@ do_all() {  # --- device: the experiment, then the benchmark with the rest of th
 
 do_experiment() {  # --- device: issue 6's protocol alone ---
   device_env
-  run_experiment "$LIMIT_S"
+  run_experiment $(( LIMIT_S - $(elapsed) ))
 }
 
 do_bench() {  # --- device: issue 7's tables alone ---
   device_env
-  BENCH_START=0
-  run_bench "$LIMIT_S"
+  BENCH_START=$(elapsed)
+  run_bench $(( LIMIT_S - BENCH_START ))
 }
 
 do_collect() {  # --- here: FILES_AT of the last device call -> the repo's results folders ---

@@ -90,6 +90,12 @@ def test_parts_are_received_checked_and_unpacked(tmp_path, env):
     # Again with no part: nothing to do.
     result = _device_call(tmp_path, here, None, "receive", env=env)
     assert result.returncode == 0 and "bundle already unpacked" in result.stdout
+    # The work is fitted to the call's clock: with too little of LIMIT_S left nothing starts
+    # (timeout 0 would mean no limit at all).
+    result = _device_call(tmp_path, here, None, "all", env={**env, "LIMIT_S": "20"})
+    assert result.returncode == 0, result.stderr
+    assert "of LIMIT_S=20: experiment not started" in result.stdout and "benchmark not started" in result.stdout
+    assert "experiment incomplete" in result.stdout
 
 
 def test_mixed_parts_and_a_missing_bundle_are_refused(tmp_path, env):
