@@ -321,6 +321,7 @@ def load_figure_images(val_glob: str, count: int) -> tuple[list[np.ndarray], lis
 def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
     """One model's line of ``results.json``: metrics (fractions), per-class IU, training."""
     resolved = resolve_config(config)
+    history = summary.get("history") or [{}]
     return {
         "stage": stage.name,
         "variant": stage.variant,
@@ -338,8 +339,8 @@ def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any
             "wall_time_s": summary.get("wall_time_s"),
             "images_per_s": summary.get("images_per_s"),
             # The first step of the process's first epoch holds the XLA compilation.
-            "first_step_s": (summary.get("history") or [{}])[0].get("first_step_s"),
-            "steady_images_per_s": (summary.get("history") or [{}])[-1].get("steady_images_per_s"),
+            "first_step_s": history[0].get("first_step_s"),
+            "steady_images_per_s": history[-1].get("steady_images_per_s"),
             "learning_rate": resolved.learning_rate,
             "optimizer": resolved.optimizer,
             "batch_size": resolved.batch_size,

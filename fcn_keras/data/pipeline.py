@@ -100,7 +100,7 @@ def _axis_plan(size: tf.Tensor, scale: tf.Tensor, out: tf.Tensor, offset: tf.Ten
     }
 
 
-def pad_pixels(pixels: tf.Tensor, paddings, fill: int | tuple[int, ...]) -> tf.Tensor:
+def _pad_pixels(pixels: tf.Tensor, paddings, fill: int | tuple[int, ...]) -> tf.Tensor:
     """Pads uint8 ``pixels [..., C]`` with a per-channel ``fill`` (or one value for all).
 
     Args:
@@ -125,7 +125,7 @@ def _place(pixels: tf.Tensor, ys: dict, xs: dict, method: str, fill: int | tuple
         resized = tf.image.resize(pixels, tf.stack([ys["resized"], xs["resized"]]), method="nearest")
     window = resized[ys["take_start"] : ys["take_start"] + ys["take_len"], xs["take_start"] : xs["take_start"] + xs["take_len"]]
     paddings = [[ys["pad_before"], ys["pad_after"]], [xs["pad_before"], xs["pad_after"]], [0, 0]]
-    return pad_pixels(window, paddings, fill)
+    return _pad_pixels(window, paddings, fill)
 
 
 def augment(
@@ -321,21 +321,15 @@ def eval_dataset(
 
     def prepare(serialized):
         example = records.parse_example(serialized, dct_method)
-        image, label = example["image"], example["label"]
-        size = tf.shape(label)
+        size = tf.shape(example["label"])
         if canvas is not None:
             tf.debugging.assert_less_equal(
                 size, tf.constant(canvas), message=f"an image (height, width) is larger than the canvas {canvas}"
             )
-            paddings = [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]]]
-            image = pad_pixels(image, paddings + [[0, 0]], PAD_RGB)
-            label = pad_pixels(label, paddings, IGNORE_LABEL)
-            image.set_shape([*canvas, 3])
-            label.set_shape(canvas)
-        return image, label, size
+        return example["image"], example["label"], size
 
     def fill_padding(images, labels, sizes):
-        """Padded batches are padded with 0: make the images' padding ``PAD_RGB``."""
+        """``padded_batch`` pads images with 0 (one value only): make their padding ``PAD_RGB``."""
         shape = tf.shape(labels)
         rows = tf.range(shape[1])[None, :, None] < sizes[:, 0, None, None]
         cols = tf.range(shape[2])[None, None, :] < sizes[:, 1, None, None]
@@ -343,12 +337,13 @@ def eval_dataset(
         return tf.where(inside, images, tf.constant(PAD_RGB, tf.uint8)), labels, sizes
 
     dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if batch_size == 1 or canvas is not None:
-        dataset = dataset.batch(batch_size)
-    else:
+    if batch_size == 1 and canvas is None:
+        dataset = dataset.batch(1)
+    else:  # to the canvas, or to the batch's largest image
+        shape = [None, None] if canvas is None else list(canvas)
         dataset = dataset.padded_batch(
             batch_size,
-            padded_shapes=([None, None, 3], [None, None], [2]),
+            padded_shapes=([*shape, 3], shape, [2]),
             padding_values=(tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), tf.constant(0, tf.int32)),
         )
         dataset = dataset.map(fill_padding, num_parallel_calls=AUTOTUNE, deterministic=True)
