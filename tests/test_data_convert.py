@@ -5,7 +5,6 @@ seg11valid, parallel determinism, and the CLI."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import scipy.sparse
 import tensorflow as tf
 from PIL import Image
 
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import records, voc
 from fcn_keras.data.convert import convert, file_sha256
-from fcn_keras.data.synthetic import make_synthetic_voc
+from fcn_keras.data.synthetic import make_synthetic_sbd, make_synthetic_voc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,34 +238,9 @@ def test_bad_arguments_and_layouts(voc_root, tmp_path):
 # --- Other layouts ----------------------------------------------------------------------------
 
 
-def _write_sbd(root: Path, voc_root: Path, ids: list[str], seed: int = 0) -> dict[str, np.ndarray]:
-    """An SBD tree (dataset/img, dataset/cls/*.mat with GTcls in SBD's structure, lists) made of
-    the synthetic images with new random masks (SBD has no void label)."""
-    rng = np.random.default_rng(seed)
-    (root / "dataset/img").mkdir(parents=True)
-    (root / "dataset/cls").mkdir()
-    masks = {}
-    for image_id in ids:
-        shutil.copy(voc_root / "VOC2012/JPEGImages" / f"{image_id}.jpg", root / "dataset/img")
-        height, width = _indices(voc_root / "VOC2012/SegmentationClass" / f"{image_id}.png").shape
-        masks[image_id] = rng.integers(0, 21, (height, width)).astype(np.uint8)
-        boundaries = np.empty((20, 1), dtype=object)  # a cell of sparse edge maps, as in SBD
-        for cls in range(20):
-            boundaries[cls, 0] = scipy.sparse.csc_matrix((height, width), dtype=bool)
-        gtcls = {
-            "Segmentation": masks[image_id],
-            "Boundaries": boundaries,
-            "CategoriesPresent": np.unique(masks[image_id])[1:].astype(np.uint8)[:, None],
-        }
-        scipy.io.savemat(root / "dataset/cls" / f"{image_id}.mat", {"GTcls": gtcls})
-    (root / "dataset/train.txt").write_text("".join(f"{i}\n" for i in ids[:-1]))
-    (root / "dataset/val.txt").write_text(f"{ids[-1]}\n")
-    return masks
-
-
 def test_sbd_mat_masks(voc_root, tmp_path):
     ids = [f"synth_{i:06d}" for i in range(4)]
-    masks = _write_sbd(tmp_path / "benchmark_RELEASE", voc_root, ids)
+    masks = make_synthetic_sbd(tmp_path / "benchmark_RELEASE", voc_root, ids)
     out = tmp_path / "records"
     manifest = convert(voc_root, out, splits=("sbd_train", "sbd_val"), sbd_root=tmp_path / "benchmark_RELEASE", verbose=False)
     assert manifest["splits"]["sbd_train"]["num_examples"] == 3 and manifest["splits"]["sbd_val"]["num_examples"] == 1
@@ -288,7 +261,7 @@ def test_segmentation_class_aug_train_aug_and_seg11valid(voc_root, tmp_path):
     (lists / "train_aug.txt").write_text("synth_000000\nsynth_000002\nsynth_000004\n")
     (lists / "seg11valid.txt").write_text("synth_000007\nsynth_000008\n")
     # train_aug without SegmentationClassAug: VOC masks where present, else SBD's.
-    masks = _write_sbd(tmp_path / "sbd", voc_root, ["synth_000004"])
+    masks = make_synthetic_sbd(tmp_path / "sbd", voc_root, ["synth_000004"])
     (vocdir / "SegmentationClass/synth_000004.png").unlink()
     out = tmp_path / "records"
     manifest = convert(voc_root, out, splits=("train_aug", "seg11valid"), lists_dir=lists, sbd_root=tmp_path / "sbd", verbose=False)

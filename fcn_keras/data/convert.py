@@ -2,6 +2,7 @@
 
     python -m fcn_keras.data.convert --voc_root=VOCdevkit --output_dir=data/voc
         [--sbd_root=benchmark_RELEASE] [--splits=train,val] [--skip_invalid] [--num_workers=8]
+    python -m fcn_keras.data.convert --download_dir=downloads --output_dir=data/voc [--splits=...]
 
 Writes ``<output_dir>/<split>-00000-of-0000N.tfrecord`` (schema in ``fcn_keras.data.records``)
 and ``<output_dir>/manifest.json``. Each shard goes to a temporary name and is renamed when
@@ -26,7 +27,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import __version__
-from fcn_keras.data import records, voc
+from fcn_keras.data import download, records, voc
 from fcn_keras.files import atomic_path, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -331,7 +332,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("voc_root", None, "VOCdevkit folder, the one holding VOC2012/.", required=True)
+    flags.DEFINE_string("voc_root", None, "VOCdevkit folder, the one holding VOC2012/ (or pass --download_dir).")
     flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards, manifest.json and skipped.json.", required=True)
     flags.DEFINE_string("sbd_root", None, "SBD folder holding dataset/{img,cls,train.txt,val.txt} (splits sbd_train, sbd_val, train_aug).")
     flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt).")
@@ -341,26 +342,37 @@ def _define_flags() -> None:
     flags.DEFINE_integer("shard_size", DEFAULT_SHARD_SIZE, "At most this many examples per shard.", lower_bound=1)
     flags.DEFINE_integer("max_images", None, "Convert only the first N ids of each list (quick runs).", lower_bound=1)
     flags.DEFINE_boolean("quiet", False, "No per-split lines or progress bar.")
+    download.define_download_flags(required=False)
 
 
 def main(argv: list[str]) -> None:
     """Runs ``convert`` from the flags; invalid input exits with status 1 and a one-line error."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    roots = {"voc_root": FLAGS.voc_root, "sbd_root": FLAGS.sbd_root, "lists_dir": FLAGS.lists_dir}
     try:
+        if FLAGS.download_dir is not None:
+            given = [f"--{name}" for name, value in roots.items() if value is not None]
+            if given:
+                raise ValueError(f"--download_dir finds the data itself: drop {', '.join(given)}, or drop --download_dir")
+            needed = download.sources_for_splits(FLAGS.splits)
+            downloaded = download.download(needed, FLAGS.download_dir, mirror=FLAGS.download_mirror, verbose=not FLAGS.quiet)
+            roots = {"voc_root": downloaded.voc_root, "sbd_root": downloaded.sbd_root, "lists_dir": downloaded.lists_dir}
+        elif FLAGS.voc_root is None:
+            raise ValueError("pass --voc_root (a VOCdevkit folder) or --download_dir (to download VOC 2012 and SBD)")
         convert(
-            FLAGS.voc_root,
+            roots["voc_root"],
             FLAGS.output_dir,
             splits=FLAGS.splits,
-            sbd_root=FLAGS.sbd_root,
-            lists_dir=FLAGS.lists_dir,
+            sbd_root=roots["sbd_root"],
+            lists_dir=roots["lists_dir"],
             skip_invalid=FLAGS.skip_invalid,
             num_workers=FLAGS.num_workers,
             shard_size=FLAGS.shard_size,
             max_images=FLAGS.max_images,
             verbose=not FLAGS.quiet,
         )
-    except ValueError as error:
+    except (ValueError, download.DownloadError) as error:
         sys.exit(f"error: {error}")
 
 

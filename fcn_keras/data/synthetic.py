@@ -3,14 +3,18 @@
 ``make_synthetic_voc(root)`` writes real JPEG images and palette PNG masks (the format of VOC's
 ``SegmentationClass``) of simple shapes, each shape one VOC class painted in a colour tied to
 its class (so a model can learn it), with a void (255) border around every shape as VOC has.
+``make_synthetic_sbd(root, voc_root, ids)`` adds an SBD tree (``.mat`` masks) of those images.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import scipy.io
+import scipy.sparse
 from PIL import Image, ImageDraw
 
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VOC_PALETTE
@@ -118,3 +122,53 @@ def make_synthetic_voc(
     for split, split_ids in lists.items():
         (voc / LISTS_DIR / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     return root
+
+
+def make_synthetic_sbd(
+    root: str | os.PathLike,
+    voc_root: str | os.PathLike,
+    ids: list[str] | tuple[str, ...],
+    *,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Writes an SBD tree (Hariharan et al.'s ``benchmark_RELEASE`` layout) from VOC images.
+
+    Creates ``<root>/dataset/{img/<id>.jpg, cls/<id>.mat, train.txt, val.txt}``: the images are
+    copied from ``<voc_root>/VOC2012/JPEGImages``; each ``.mat`` holds a new random mask of
+    classes 0..20 (SBD has no void label) in SBD's structure (``GTcls`` with ``Segmentation``,
+    a cell of sparse ``Boundaries`` and ``CategoriesPresent``). ``train.txt`` lists all ids but
+    the last, ``val.txt`` the last.
+
+    Args:
+        root: the folder to write into (SBD's ``benchmark_RELEASE``); created if needed.
+        voc_root: a VOCdevkit holding the images of ``ids`` (e.g. from ``make_synthetic_voc``).
+        ids: the image ids (at least one).
+        seed: seed of the random masks.
+
+    Returns:
+        The masks written, ``{id: uint8 [H, W]}``.
+    """
+    if not ids:
+        raise ValueError("ids must name at least one image. Received: ids=[]")
+    root, voc = Path(root) / "dataset", Path(voc_root) / VOC_DIR
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "cls").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for image_id in ids:
+        image = voc / IMAGES_DIR / f"{image_id}.jpg"
+        shutil.copy(image, root / "img")
+        width, height = Image.open(image).size
+        masks[image_id] = rng.integers(0, NUM_CLASSES, (height, width)).astype(np.uint8)
+        boundaries = np.empty((NUM_CLASSES - 1, 1), dtype=object)
+        for cls in range(NUM_CLASSES - 1):
+            boundaries[cls, 0] = scipy.sparse.csc_matrix((height, width), dtype=bool)
+        gtcls = {
+            "Segmentation": masks[image_id],
+            "Boundaries": boundaries,
+            "CategoriesPresent": np.unique(masks[image_id])[1:].astype(np.uint8)[:, None],
+        }
+        scipy.io.savemat(root / "cls" / f"{image_id}.mat", {"GTcls": gtcls})
+    (root / "train.txt").write_text("".join(f"{i}\n" for i in ids[:-1]))
+    (root / "val.txt").write_text(f"{ids[-1]}\n")
+    return masks
