@@ -23,6 +23,11 @@ For each variant x size x batch size, on synthetic data, it measures:
   geometry's 100-pixel padding included; training = 3 x forward), and its share of a measured
   bf16 matmul peak (a jitted ``keras.ops.matmul`` of two n x n bf16 matrices on the same device).
 
+With ``--profile`` it also times the forward pass block by block, to say which layers dominate:
+prefixes of the network ending after each VGG block, after fc7 and at the label map are each
+jitted and timed (best of 3 timings of ``--steps`` back-to-back calls on a batch already on the
+device); a block's time is the difference between consecutive prefixes, set beside its FLOPs.
+
 Results are appended to ``<output>.jsonl`` as each configuration finishes, and the markdown
 table is rewritten (atomically) after each: an interrupted run resumes where it stopped when the
 same command is run again (``--resume``, default on).
@@ -55,7 +60,7 @@ from absl import app, flags  # noqa: E402
 from fcn_keras.architecture import check_variant  # noqa: E402
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
-from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops  # noqa: E402
+from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, model_flops  # noqa: E402
 from fcn_keras.inference import labels_model  # noqa: E402
 from fcn_keras.io import parse_size  # noqa: E402
 from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
@@ -96,6 +101,8 @@ def _define_flags() -> None:
                         "records to the same name with .jsonl; default: print only.")
     flags.DEFINE_boolean("resume", True, "Skip configurations already in <output>.jsonl for the same setup.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and weights.")
+    flags.DEFINE_boolean("profile", False, "Also time the forward pass block by block (VGG blocks, fc6+fc7, "
+                         "the head) for each variant and size at the first --batch_sizes entry.")
 
 
 # --- Small helpers -----------------------------------------------------------------------------
@@ -268,6 +275,75 @@ def latency_ms(labeler: keras.Model, image: np.ndarray, runs: int, warmup: int) 
     return 1e3 * statistics.median(times)
 
 
+#: Where the forward pass is cut for ``--profile``: (block name, last layer of the block); the
+#: last block (score layers, skips, upsampling and the argmax) ends at the label map.
+PROFILE_CUTS: tuple[tuple[str, str], ...] = (
+    ("block1 (conv1_x, pool1; input padding)", "block1_pool"),
+    ("block2", "block2_pool"),
+    ("block3", "block3_pool"),
+    ("block4", "block4_pool"),
+    ("block5", "block5_pool"),
+    ("fc6 + fc7", "drop7"),
+)
+PROFILE_HEAD = "head (score_fr, skips, upsampling, argmax)"
+
+
+def forward_fn(model: keras.Model):
+    """``x -> model(x, training=False)``, compiled by the backend's XLA, weights passed as
+    arguments (not baked in as constants); the output stays on the device."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+        compiled = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
+        return lambda x: compiled(trainable, frozen, x)
+    return _jit(lambda x: model(x, training=False))
+
+
+def seconds_per_call(fn, x, runs: int, warmup: int) -> float:
+    """Best of 3 timings of ``runs`` back-to-back calls ``fn(x)`` (synchronised at the end), per call."""
+    for _ in range(warmup):
+        _sync(fn(x))
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(runs):
+            out = fn(x)
+        _sync(out)
+        best = min(best, time.perf_counter() - start)
+    return best / runs
+
+
+def profile_blocks(model: keras.Model, labeler: keras.Model, images: np.ndarray, runs: int, warmup: int) -> list[dict]:
+    """Forward time and FLOPs of each block of ``model`` on ``images`` (already on the device).
+
+    Each prefix of the network (input to the end of a block; the last one is ``labeler``, input to
+    label map) is compiled and timed on its own; a block's time is its prefix's time minus the
+    previous prefix's. A prefix writes its output to memory where the whole net may fuse on, and
+    two timings carry noise: small blocks can come out slightly negative.
+
+    Returns:
+        ``[{"block", "gflop_per_image", "prefix_ms", "ms"}]`` in network order, ``ms`` per batch.
+    """
+    flops = model_flops(model)
+    order = [layer.name for layer in model.layers]
+    x = keras.ops.convert_to_tensor(images)
+    blocks, start, previous_ms = [], 0, 0.0
+    for name, last in (*PROFILE_CUTS, (PROFILE_HEAD, None)):
+        end = len(order) if last is None else order.index(last) + 1
+        prefix = labeler if last is None else keras.Model(model.inputs, model.get_layer(last).output)
+        prefix_ms = 1e3 * seconds_per_call(forward_fn(prefix), x, runs, warmup)
+        blocks.append({
+            "block": name,
+            "gflop_per_image": sum(flops.get(layer, 0) for layer in order[start:end]) / 1e9,
+            "prefix_ms": prefix_ms,
+            "ms": prefix_ms - previous_ms,
+        })
+        start, previous_ms = end, prefix_ms
+    return blocks
+
+
 def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, latency, tf_glob, seed) -> dict:
     """Every measurement of one (variant, size, batch); ``latency`` is given (per size)."""
     height, width = size
@@ -347,7 +423,7 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
     with_tfrecord = setup["input_pipeline"] == "tfrecord"
     columns = TABLE_COLUMNS + (TFRECORD_COLUMNS if with_tfrecord else ())
     for variant in VARIANTS:
-        rows = [r for r in records if r["variant"] == variant]
+        rows = [r for r in records if r["kind"] == "config" and r["variant"] == variant]
         if not rows:
             continue
         lines += ["", f"## FCN-{variant}", "", "| " + " | ".join(columns) + " |",
@@ -362,6 +438,8 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
             if with_tfrecord:
                 cells += [_fmt(r["tfrecord_train_img_s"]), _fmt(100 * r["tfrecord_train_img_s"] / r["train_img_s"])]
             lines.append("| " + " | ".join(cells) + " |")
+    for profile in (r for r in records if r["kind"] == "profile"):
+        lines += render_profile(profile, peak)
     lines += [
         "",
         "How it is measured. FLOPs = 2 x multiply-accumulates of every convolution and "
@@ -377,6 +455,26 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
         "",
     ]
     return "\n".join(lines)
+
+
+PROFILE_COLUMNS: tuple[str, ...] = ("block", "GFLOP/img", "ms/batch", "% of forward", "TFLOP/s", "% peak")
+
+
+def render_profile(record: dict, peak: float) -> list[str]:
+    """The markdown lines of one ``--profile`` record: a table of the blocks and a total row."""
+    batch, blocks = record["batch"], record["blocks"]
+    total_ms = blocks[-1]["prefix_ms"]
+    lines = ["", f"## Forward time by block: FCN-{record['variant']}, {record['size']}, batch {batch}", "",
+             "| " + " | ".join(PROFILE_COLUMNS) + " |", "|" + "---|" * len(PROFILE_COLUMNS)]
+    for block in [*blocks, {"block": "**whole forward**", "gflop_per_image": sum(b["gflop_per_image"] for b in blocks),
+                            "ms": total_ms}]:
+        tflops = block["gflop_per_image"] * batch / block["ms"] if block["ms"] > 0 else float("nan")
+        lines.append("| " + " | ".join([block["block"], _fmt(block["gflop_per_image"]), _fmt(block["ms"]),
+                                        _fmt(100 * block["ms"] / total_ms), _fmt(tflops), _fmt(100 * tflops / peak)]) + " |")
+    lines += ["", "Each block's time is the difference between two jitted prefixes of the network (input to "
+              "the end of the block), each timed on its own; a prefix writes its output to memory, where the "
+              "whole net may fuse on. TFLOP/s = the block's FLOPs / its time."]
+    return lines
 
 
 # --- Main --------------------------------------------------------------------------------------
@@ -409,8 +507,8 @@ def run(argv: list[str]) -> str:
     old = read_records(records_path) if FLAGS.resume else []
     if not FLAGS.resume and records_path is not None and records_path.exists():
         records_path.unlink()
-    done = [r for r in old if r.get("kind") == "config" and r["setup"] == setup]
-    if len(done) < len([r for r in old if r.get("kind") == "config"]):
+    done = [r for r in old if r.get("kind") in ("config", "profile") and r["setup"] == setup]
+    if len(done) < len([r for r in old if r.get("kind") in ("config", "profile")]):
         print(f"{records_path}: records of other setups are kept there but not shown", flush=True)
 
     peak_n = FLAGS.peak_size or (8192 if accelerator else 1024)
@@ -437,9 +535,10 @@ def run(argv: list[str]) -> str:
     records = list(done)
     for variant in variants:
         for height, width in sizes:
-            todo = [b for b in batches if not any(
-                r["variant"] == variant and r["size"] == f"{height}x{width}" and r["batch"] == b for r in done)]
-            if not todo:
+            measured = {(r["kind"], r["batch"]) for r in done if r["variant"] == variant and r["size"] == f"{height}x{width}"}
+            todo = [b for b in batches if ("config", b) not in measured]
+            profile = FLAGS.profile and ("profile", batches[0]) not in measured
+            if not todo and not profile:
                 print(f"FCN-{variant} {height}x{width}: already measured, skipped (--resume)", flush=True)
                 continue
             keras.utils.clear_session()
@@ -448,8 +547,9 @@ def run(argv: list[str]) -> str:
             compile_for_training(model)
             labeler = labels_model(model)
             labeler.compile(jit_compile=True)
-            image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
-            latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
+            if todo:
+                image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
             for batch in todo:
                 record = measure_config(model, labeler, variant, (height, width), batch, setup,
                                         FLAGS.steps, FLAGS.warmup, latency, tf_glob, FLAGS.seed)
@@ -457,6 +557,16 @@ def run(argv: list[str]) -> str:
                 records.append(record)
                 print(f"FCN-{variant} {height}x{width} batch {batch}: train {record['train_img_s']:.2f} img/s, "
                       f"infer {record['infer_img_s']:.2f} img/s, latency {latency:.2f} ms", flush=True)
+                if output is not None:
+                    write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
+            if profile:
+                images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
+                          "batch": batches[0], "blocks": profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup)}
+                append_record(records_path, record)
+                records.append(record)
+                print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "
+                      + ", ".join(f"{b['block'].split(' ')[0]} {b['ms']:.2f} ms" for b in record["blocks"]), flush=True)
                 if output is not None:
                     write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
     markdown = render_markdown(records, setup, max(peaks), header)

@@ -23,7 +23,8 @@
 # Knobs (environment; the same values on every call of a run): RUN (results folder name),
 # EPOCHS, STEPS (per epoch), BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the
 # whole call), BENCH_RESERVE_S (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
-# BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), EXTRA_FLAGS,
+# BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
+# then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
 # EXTRA_BENCH_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
 # it too). experiments/README.md has the timing plan.
 set -euo pipefail
@@ -48,6 +49,7 @@ BENCH_NAME=${BENCH_NAME:-h200}
 BENCH_VARIANTS=${BENCH_VARIANTS:-8s,16s,32s}
 BENCH_BATCHES=${BENCH_BATCHES:-8,16}
 BENCH_REFERENCE=${BENCH_REFERENCE:-1}
+BENCH_PROFILE=${BENCH_PROFILE:-1}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}              # appended to the experiment's flags (the last value of a flag wins)
 EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}  # appended to the benchmark's flags
 PYVER=${PYVER:-3.12}
@@ -123,6 +125,20 @@ run_bench() {  # $1: seconds it may take from BENCH_START
       # shellcheck disable=SC2086
       timeout "$left" python3 benchmarks/throughput.py --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
         --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" \
+        $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
+    fi
+  fi
+  left=$(( $1 - ($(elapsed) - BENCH_START) ))
+  if [ "$status" = 0 ] && [ "$BENCH_PROFILE" = 1 ]; then
+    if [ "$left" -le 30 ]; then
+      status="no time left for the block profile"
+    else
+      # Which blocks take the time: FCN-8s at 512 'same', the first batch size (the measured
+      # configurations in the same .jsonl are skipped; only the profile runs).
+      # shellcheck disable=SC2086
+      timeout "$left" python3 benchmarks/throughput.py --variants=8s --sizes=512 \
+        --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16 --input_pipeline=tfrecord \
+        --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md" --profile \
         $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
     fi
   fi

@@ -96,7 +96,7 @@ def test_parse_size_and_table_rendering():
     with pytest.raises(ValueError, match="--batch_sizes must be a list of positive integers"):
         throughput._positive_ints(["8", "0"], "batch_sizes")
     setup = {"geometry": "reference", "input_pipeline": "tfrecord"}
-    record = {"variant": "8s", "size": "512x512", "batch": 8, "forward_gflop_per_image": 200.0,
+    record = {"kind": "config", "variant": "8s", "size": "512x512", "batch": 8, "forward_gflop_per_image": 200.0,
               "train_img_s": 400.0, "infer_img_s": 1000.0, "latency_ms": 3.5, "tfrecord_train_img_s": 380.0}
     text = throughput.render_markdown([record], setup, peak=800.0, header={"Device": "test"})
     rows = _table_rows(text)
@@ -107,6 +107,15 @@ def test_parse_size_and_table_rendering():
     assert row["infer TFLOP/s"] == 200.0 and row["infer % peak"] == 25.0
     assert row["TFRecords / synthetic %"] == 95.0
     assert "100-pixel input padding" in text and "3 x forward" in text
+    # --profile records: a block's TFLOP/s is its FLOPs x batch over its time, its share of the last prefix's time.
+    profile = {"kind": "profile", "variant": "8s", "size": "512x512", "batch": 8, "blocks": [
+        {"block": "block1", "gflop_per_image": 10.0, "prefix_ms": 2.0, "ms": 2.0},
+        {"block": "head", "gflop_per_image": 30.0, "prefix_ms": 8.0, "ms": 6.0}]}
+    text = throughput.render_markdown([record, profile], setup, peak=800.0, header={})
+    table = text[text.index("## Forward time by block: FCN-8s, 512x512, batch 8"):]
+    assert "| block1 | 10 | 2 | 25 | 40 | 5 |" in table  # 10 GFLOP x 8 / 2 ms = 40 TFLOP/s
+    assert "| head | 30 | 6 | 75 | 40 | 5 |" in table
+    assert "| **whole forward** | 40 | 8 | 100.0 | 40 | 5 |" in table
 
 
 def _table_rows(markdown: str) -> dict[str, list[dict]]:
@@ -130,6 +139,9 @@ def _table_rows(markdown: str) -> dict[str, list[dict]]:
 
 
 def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
     output = tmp_path / "bench" / "cpu.md"
     command = [sys.executable, str(SCRIPT), "--variants=8s", "--sizes=32", "--batch_sizes=2", "--steps=2",
                "--warmup=1", "--latency_runs=2", "--fc_units=8", "--geometry=same", "--precision=float32",
@@ -159,3 +171,19 @@ def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already measured" in again.stdout
     assert _table_rows(output.read_text())["8s"][0]["train img/s"] == row["train img/s"]
+
+    # With --profile: only the block profile is measured, its blocks' FLOPs add up to the model's.
+    profiled = subprocess.run([*command, "--profile"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert profiled.returncode == 0, profiled.stderr[-3000:]
+    assert "profiled block1" in profiled.stdout and "already measured" not in profiled.stdout
+    records = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
+    assert len([r for r in records if r["kind"] == "config"]) == 1
+    (profile,) = [r for r in records if r["kind"] == "profile"]
+    assert [b["block"] for b in profile["blocks"]] == [name for name, _ in throughput.PROFILE_CUTS] + [throughput.PROFILE_HEAD]
+    assert sum(b["gflop_per_image"] for b in profile["blocks"]) == pytest.approx(expected / 1e9)
+    layers = model_flops(build_fcn("8s", input_shape=(32, 32, 3), fc_units=8, geometry="same"))
+    assert profile["blocks"][0]["gflop_per_image"] == pytest.approx((layers["block1_conv1"] + layers["block1_conv2"]) / 1e9)
+    assert profile["blocks"][-1]["prefix_ms"] > 0
+    assert "## Forward time by block: FCN-8s, 32x32, batch 2" in output.read_text()
+    assert "already measured" in subprocess.run([*command, "--profile"], capture_output=True, text=True, cwd=tmp_path,
+                                                env=env, timeout=300).stdout
