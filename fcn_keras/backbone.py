@@ -14,7 +14,6 @@ weights source needs, from a table of known files, or from the caller.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import h5py
 import keras
 
 from fcn_keras.constants import PREPROCESSING_MODES
+from fcn_keras.files import file_digests
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ KNOWN_WEIGHT_FILES: dict[str, str] = {
 
 #: ``build_fcn(weights=...)`` values that are not files.
 NAMED_WEIGHTS: tuple[str | None, ...] = (None, "imagenet")
-
-
-def _digests(path: Path) -> tuple[str, str]:
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return md5.hexdigest(), sha256.hexdigest()
 
 
 def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str = "auto") -> str:
@@ -77,7 +68,7 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    for digest in _digests(path):
+    for digest in file_digests(path, "md5", "sha256"):
         if digest in KNOWN_WEIGHT_FILES:
             return KNOWN_WEIGHT_FILES[digest]
     raise ValueError(

@@ -8,6 +8,7 @@ over the target, so a kill never leaves a half-written file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -73,3 +74,21 @@ def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         except OSError:  # another device, or no hard links on this file system
             shutil.copyfile(source, temporary)
     return Path(path)
+
+
+def file_digests(path: str | os.PathLike, *algorithms: str) -> tuple[str, ...]:
+    """The hex digests of a file's bytes, one per ``hashlib`` algorithm, in one read.
+
+    Args:
+        path: the file.
+        algorithms: ``hashlib`` names, e.g. ``"sha256"``, ``"md5"``.
+
+    Returns:
+        The digests in the order of ``algorithms``.
+    """
+    digests = [hashlib.new(name, usedforsecurity=False) for name in algorithms]
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            for digest in digests:
+                digest.update(block)
+    return tuple(digest.hexdigest() for digest in digests)

@@ -28,7 +28,7 @@ from absl import app, flags
 
 from fcn_keras import __version__
 from fcn_keras.data import download, records, voc
-from fcn_keras.files import atomic_path, write_text_atomic
+from fcn_keras.files import atomic_path, file_digests, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
 SKIPPED_REPORT_NAME = "skipped.json"
@@ -36,15 +36,6 @@ DEFAULT_SHARD_SIZE = 1000
 
 
 # --- Small helpers ----------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -102,7 +93,7 @@ def _shard_is_current(output_dir: Path, old: dict | None, name: str, fingerprint
         and old.get("name") == name
         and old.get("fingerprint") == fingerprint
         and path.is_file()
-        and file_sha256(path) == old.get("sha256")
+        and file_digests(path, "sha256")[0] == old.get("sha256")
     )
 
 
@@ -197,7 +188,7 @@ def _convert_split(
             entry = {
                 "name": name,
                 "num_examples": count,
-                "sha256": file_sha256(output_dir / name),
+                "sha256": file_digests(output_dir / name, "sha256")[0],
                 "fingerprint": fingerprint,
                 "skipped": [_problem_dict(split, p) for p in shard_problems],
             }

@@ -16,7 +16,6 @@ downloaded but derived: ``(SBD train | SBD val | VOC train) - VOC val``, sorted.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 from absl import app, flags
 
 from fcn_keras.data import voc
-from fcn_keras.files import copy_atomic, write_json_atomic, write_text_atomic
+from fcn_keras.files import copy_atomic, file_digests, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # imported where used: the converter, evaluate and the GPU bundle run without it
     import tensorflow_datasets as tfds
@@ -126,15 +125,6 @@ def sources_for_splits(splits: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 # --- Checking a file --------------------------------------------------------------------------
 
 
-def file_digest(path: str | os.PathLike, algorithm: str) -> str:
-    """The hex digest of a file's bytes with a ``hashlib`` algorithm (``"sha256"``, ``"md5"``)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_file(path: Path, source: Source) -> str | None:
     """What is wrong with a downloaded file (size, then checksum), or ``None`` when it is right.
 
@@ -152,7 +142,7 @@ def check_file(path: Path, source: Source) -> str | None:
     if source.size is not None and stat.st_size != source.size:
         return f"size {stat.st_size} bytes, expected {source.size}"
     algorithm, expected = source.checksum.split(":", 1)
-    actual = file_digest(path, algorithm)
+    (actual,) = file_digests(path, algorithm)
     if actual != expected:
         return f"{algorithm} {actual}, expected {expected}"
     write_json_atomic(marker, stamp)
