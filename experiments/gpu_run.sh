@@ -21,7 +21,7 @@
 #   Here, afterwards:  experiments/gpu_run.sh collect FILES_AT   # untar into the repo folders
 #
 # Knobs (environment; the same values on every call of a run): RUN (results folder name),
-# EPOCHS, STEPS (per epoch), BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the
+# EPOCHS (at most), STEPS (per epoch), STAGE_SECONDS (FCN-32s's time budget), BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the
 # whole call), BENCH_RESERVE_S (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
@@ -36,8 +36,8 @@ STAGE=${STAGE:-/tmp/stage}                       # device: the parts, then the u
 SITE=${SITE:-/tmp/site}                          # device: the unpacked Python packages
 WORK=${WORK:-/tmp/fcn_work}                      # device: runs, caches; survives while warm
 RUN=${RUN:-voc2012-gpu}
-EPOCHS=${EPOCHS:-1}
-STEPS=${STEPS:-150}
+EPOCHS=${EPOCHS:-20}   # at most: FCN-32s stops at its time budget (STAGE_SECONDS), the later stages
+STEPS=${STEPS:-100}    # then train as many epochs as it did
 BATCH=${BATCH:-16}
 CROP=${CROP:-384}
 GEOMETRY=${GEOMETRY:-reference}
@@ -45,6 +45,10 @@ AT_ONCE=${AT_ONCE:-0}
 EVAL_CANVAS=${EVAL_CANVAS:-500}
 LIMIT_S=${LIMIT_S:-560}
 BENCH_RESERVE_S=${BENCH_RESERVE_S:-150}
+# FCN-32s's training budget (wall time, compilation included). The three stages then take about
+# 3 x STAGE_SECONDS; what the experiment's share of the call leaves after that (200 s) is for
+# starting up, the four evaluations and the epoch-end checkpoints. Not measured yet: a guess.
+STAGE_SECONDS=${STAGE_SECONDS:-$(( (LIMIT_S - BENCH_RESERVE_S - 200) / 3 > 10 ? (LIMIT_S - BENCH_RESERVE_S - 200) / 3 : 10 ))}
 BENCH_NAME=${BENCH_NAME:-h200}
 BENCH_VARIANTS=${BENCH_VARIANTS:-8s,16s,32s}
 BENCH_BATCHES=${BENCH_BATCHES:-8,16}
@@ -91,7 +95,7 @@ run_experiment() {  # $1: seconds it may take from now
   timeout "$1" python3 -m experiments.skip_experiment --data="$STAGE/bundle/voc2012_records" \
     --weights="$STAGE/bundle/$WEIGHTS_FILE" --output_dir="$dir" $at_once \
     --geometry="$GEOMETRY" --crop_size="$CROP" --batch_size="$BATCH" --epochs="$EPOCHS" \
-    --steps_per_epoch="$STEPS" --optimizer=adam --learning_rates=1e-4,3e-5,1e-5 --at_once_learning_rate=1e-4 \
+    --steps_per_epoch="$STEPS" --stage_seconds="$STAGE_SECONDS" --optimizer=adam --learning_rates=1e-4,3e-5,1e-5 --at_once_learning_rate=1e-4 \
     --mixed_precision=bf16 --jit_compile=true --val_steps=0 --backup_freq=0 \
     --eval_batch_size=16 --eval_canvas="$EVAL_CANVAS" --figure_images=4 --verbose=2 $EXTRA_FLAGS 2>&1 \
     | tee -a "$OUT/experiment.log" || status=$?

@@ -112,6 +112,7 @@ class ExperimentSettings:
     at_once: bool = False
     epochs: int | None = None
     steps_per_epoch: int | None = None
+    stage_seconds: float = 0.0  # > 0: FCN-32s stops within this time budget; later stages get its epochs
     at_once_epochs: int | None = None  # default: the three stages' epochs together
     batch_size: int | None = None
     crop_size: int | None = None
@@ -169,6 +170,7 @@ def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> Train
         weights="none" if init_from else settings.weights,
         epochs=epochs,
         steps_per_epoch=settings.steps_per_epoch,
+        max_train_seconds=settings.stage_seconds if stage == STAGES[0] else 0.0,
         batch_size=settings.batch_size,
         crop_size=settings.crop_size,
         optimizer=settings.optimizer,
@@ -375,6 +377,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"`{data['eval_split']}` split at full size, {data.get('eval_mode', 'one at a time, exact')} ({data['source']}). "
         f"Every model trained on the same data and budget per stage; metrics in %.",
         "",
+        *budget_lines(results.get("budget")),
         "| model | " + " | ".join(headings) + " | init | steps | train time (s) | train img/s |",
         "|---|" + "---:|" * len(headings) + "---|---:|---:|---:|",
     ]
@@ -425,6 +428,16 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def budget_lines(budget: dict[str, Any] | None) -> list[str]:
+    """How ``--stage_seconds`` set the stages' budget, as results.md lines (none without it)."""
+    if not budget:
+        return []
+    how = "stopped by" if budget["fcn32s_stopped_by_budget"] else "finished its --epochs within"
+    return [f"Budget: FCN-32s {how} its time budget of {budget['stage_seconds']:g} s after "
+            f"{budget['epochs_per_stage']} epoch(s); every later stage trained the same {budget['epochs_per_stage']} "
+            "epoch(s), so all stages had the same number of steps.", ""]
 
 
 def findings(models: dict[str, dict[str, Any]]) -> list[str]:
@@ -491,8 +504,18 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
     stages = stages_of(settings)
 
     # --- Train: stage by stage, each from the last ---
-    configs = {stage.name: stage_config(stage, settings, folder) for stage in stages}
-    summaries = {stage.name: run_stage(configs[stage.name])[0] for stage in stages}
+    configs, summaries, budget, stage_settings = {}, {}, None, settings
+    for stage in stages:
+        configs[stage.name] = stage_config(stage, stage_settings, folder)
+        summaries[stage.name] = run_stage(configs[stage.name])[0]
+        if stage == STAGES[0] and settings.stage_seconds:
+            # The same budget for every stage: the epochs FCN-32s did within its time budget.
+            epochs = int(summaries[stage.name]["epochs_done"])
+            budget = {"stage_seconds": settings.stage_seconds, "epochs_per_stage": epochs,
+                      "fcn32s_stopped_by_budget": bool(summaries[stage.name].get("stopped_by_time_budget"))}
+            stage_settings = dataclasses.replace(settings, epochs=epochs)
+            print(f"{stage.name}: {epochs} epoch(s) within --stage_seconds={settings.stage_seconds:g}: every later "
+                  f"stage trains {epochs} epoch(s)", flush=True)
 
     # --- Evaluate on the same split, predict the figure's images ---
     images, truth = load_figure_images(globs[settings.eval_split], settings.figure_images)
@@ -527,6 +550,7 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
             "figure_images": len(images),
         },
         "settings": dataclasses.asdict(settings),
+        "budget": budget,
         "run": {**env, "command": command or " ".join(sys.argv), "driver_seconds_this_call": time.perf_counter() - start},
         "figures": {"comparison": COMPARISON_PNG, "training_curves": CURVES_PNG},
     }
@@ -566,6 +590,9 @@ def define_flags() -> None:
                          "training flags.")
     flags.DEFINE_integer("epochs", None, "Epochs per stage (default: train's).", lower_bound=1)
     flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: train's).", lower_bound=1)
+    flags.DEFINE_float("stage_seconds", 0.0, "Time budget of FCN-32s (training wall time, compilation included): it "
+                       "stops at the first epoch end past it, and FCN-16s/8s then train as many epochs as it did (the "
+                       "same steps per stage; at-once: 3x). 0: every stage trains --epochs.", lower_bound=0.0)
     flags.DEFINE_integer("at_once_epochs", None, "Epochs of the at-once FCN-8s (default: the 3 stages' "
                          "epochs together).", lower_bound=1)
     flags.DEFINE_integer("batch_size", None, "Batch size (default: train's; 1 with whole images).", lower_bound=1)

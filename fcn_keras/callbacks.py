@@ -404,6 +404,37 @@ class ScalarTensorBoard(keras.callbacks.Callback):
         self._writers = {}
 
 
+# --- Time budget ------------------------------------------------------------------------------
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training at the end of the first epoch by which ``seconds`` of training have passed.
+
+    Epoch granularity keeps every artefact whole: the stop comes after the epoch's checkpoints
+    and backup are written, so the run ends as a finished run with fewer epochs.
+
+    Args:
+        seconds: the budget (> 0).
+        elapsed: returns the training time spent so far in seconds (``ResumableBackup.elapsed_s``:
+            wall time including compilation and the processes before a resume).
+    """
+
+    def __init__(self, seconds: float, elapsed) -> None:
+        super().__init__()
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0. Received: seconds={seconds!r}")
+        self.seconds = float(seconds)
+        self.elapsed = elapsed
+        self.stopped_after_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        spent = self.elapsed()
+        if spent >= self.seconds:
+            self.stopped_after_epoch = epoch + 1
+            self.model.stop_training = True
+            logger.info("time budget: %.1f s of training >= %.1f s: stopping after epoch %d", spent, self.seconds, epoch + 1)
+
+
 # --- Progress ---------------------------------------------------------------------------------
 
 

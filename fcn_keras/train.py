@@ -103,6 +103,7 @@ class TrainConfig:
     num_classes: int = NUM_CLASSES
     epochs: int | None = None
     steps_per_epoch: int | None = None
+    max_train_seconds: float = 0.0
     batch_size: int | None = None
     crop_size: int | None = None
     optimizer: str | None = None
@@ -203,6 +204,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={resolved.weight_decay!r}")
     if resolved.val_steps is not None and resolved.val_steps < 0:
         raise ValueError(f"val_steps must be >= 0 (0: no validation). Received: val_steps={resolved.val_steps!r}")
+    if not resolved.max_train_seconds >= 0 or not math.isfinite(resolved.max_train_seconds):
+        raise ValueError(f"max_train_seconds must be >= 0 (0: no limit). Received: max_train_seconds={resolved.max_train_seconds!r}")
     if resolved.backup_freq < 0:
         raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
     return resolved
@@ -525,6 +528,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if state["epoch"] >= config.epochs and (run_dir / "summary.json").is_file():
             logger.info("%s already holds a finished run of %d epochs: nothing to do", run_dir, state["epoch"])
             return json.loads((run_dir / "summary.json").read_text())
+        spent = float(state.get("elapsed_s", 0.0))
+        if config.max_train_seconds and spent >= config.max_train_seconds and not state["step"] and (run_dir / "summary.json").is_file():
+            logger.info("%s already spent its time budget (%.1f s of %.1f s, %d epochs): nothing to do", run_dir, spent,
+                        config.max_train_seconds, state["epoch"])
+            return json.loads((run_dir / "summary.json").read_text())
 
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
@@ -641,10 +649,12 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         restore_metrics=distribution.strategy is None,
     )
     summary_cb = cb.EpochSummary(config.epochs, config.batch_size)
+    budget = cb.TimeBudget(config.max_train_seconds, lambda: backup.elapsed_s) if config.max_train_seconds else None
     # The progress bar first: its epoch line is finished before the one-line summary is logged.
     callbacks = [keras.callbacks.ProgbarLogger()] if config.verbose else []
     callbacks += [
         keras.callbacks.TerminateOnNaN(),
+        *([budget] if budget else []),
         summary_cb,
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
@@ -674,6 +684,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         "status": "diverged" if diverged else "finished",
         "epochs_requested": config.epochs,
         "epochs_done": int(final.get("epoch", 0)),
+        "stopped_by_time_budget": bool(budget and budget.stopped_after_epoch and budget.stopped_after_epoch < config.epochs),
         "global_step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "best": {"monitor": monitor, "value": checkpoint.best, "epoch": checkpoint.best_epoch},
         "last_good_epoch": checkpoint.last_good_epoch,
@@ -739,6 +750,10 @@ def define_flags(flag_values=None) -> None:
     define("integer", "num_classes", d.num_classes, "Number of classes (21 for PASCAL VOC).")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
     define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
+    define("float", "max_train_seconds", d.max_train_seconds, "Time budget: stop at the end of the first epoch by which this "
+                       "many seconds of training (wall time, compilation and earlier resumed processes included) have passed; "
+                       "the run then counts as finished with fewer epochs, and a rerun with the same budget does nothing. "
+                       "0: no limit.")
     define("integer", "batch_size", d.batch_size, f"Global batch size, split over replicas ({both('batch_size')}).")
     define("integer", "crop_size", d.crop_size, "Square random crops (random scale 0.5-2 and flip; a multiple of the "
                          f"variant's stride, >= 32), or 0 for whole images with batch 1, the paper's setup ({both('crop_size')}).")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from experiments import skip_experiment as exp
 from fcn_keras.constants import VOC_CLASSES
+from fcn_keras.data.synthetic import make_synthetic_voc
 from fcn_keras.evaluate import PAPER_METRICS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,21 @@ def test_smoke_rerun_resumes_without_retraining(smoke_run, monkeypatch):
     config = exp.stage_config(exp.STAGES[0], changed, results["data"]["folder"])
     with pytest.raises(ValueError, match="finished run with other settings.*epochs: 1 -> 3"):
         exp.run_stage(config)
+
+
+def test_stage_seconds_gives_every_stage_the_epochs_fcn32s_did(tmp_path):
+    voc = make_synthetic_voc(tmp_path / "voc", **exp.SMOKE_DATA)
+    settings = exp.ExperimentSettings(data=str(voc), output_dir=str(tmp_path / "out"))
+    settings = dataclasses.replace(settings, **{**exp.SMOKE_SETTINGS, "epochs": 3, "stage_seconds": 1e-3},
+                                   figure_images=1, verbose=0)
+    results = exp.run_experiment(settings)
+    # FCN-32s stops after its first epoch (2 steps); the later stages get that 1 epoch, not 3.
+    assert {title: entry["training"]["steps"] for title, entry in results["models"].items()} == {
+        "FCN-32s": 2, "FCN-16s": 2, "FCN-8s": 2}
+    assert results["budget"] == {"stage_seconds": 1e-3, "epochs_per_stage": 1, "fcn32s_stopped_by_budget": True}
+    assert results["settings"]["epochs"] == 3 and results["settings"]["stage_seconds"] == 1e-3
+    text = (tmp_path / "out" / exp.RESULTS_MD).read_text()
+    assert "Budget: FCN-32s stopped by its time budget of 0.001 s after 1 epoch(s); every later stage trained the same 1" in text
 
 
 def test_bad_inputs_are_named(tmp_path):

@@ -111,6 +111,24 @@ def test_resume_with_other_flags_is_refused(run32):
         train(TrainConfig(**config))
 
 
+def test_time_budget_stops_at_an_epoch_end_and_a_rerun_keeps_it(voc_root, tmp_path):
+    out = tmp_path / "budget"
+    config = TrainConfig(**{**TINY, "epochs": 3, "max_train_seconds": 1e-3}, data=str(voc_root), output_dir=str(out),
+                         cache_dir=str(tmp_path / "cache"))
+    summary = train(config)
+    assert summary["status"] == "finished" and summary["stopped_by_time_budget"] is True
+    assert summary["epochs_done"] == 1 and summary["global_step"] == TINY["steps_per_epoch"]
+    assert len((out / "log.csv").read_text().splitlines()) == 2  # header + epoch 1
+    assert (out / "last.keras").is_file() and (out / "best.keras").is_file()
+    # The same budget again: nothing to do.
+    before = (out / "last.keras").stat().st_mtime_ns
+    assert train(config) == summary and (out / "last.keras").stat().st_mtime_ns == before
+    # No limit: the run continues from epoch 1 to the 3 epochs asked for.
+    longer = train(dataclasses.replace(config, max_train_seconds=0.0))
+    assert longer["epochs_done"] == 3 and longer["stopped_by_time_budget"] is False
+    assert longer["global_step"] == 3 * TINY["steps_per_epoch"]
+
+
 # --- Staged training --------------------------------------------------------------------------
 
 
@@ -169,6 +187,7 @@ def test_incompatible_init_from_is_refused(make, message, voc_root, tmp_path):
         ({"optimizer": "rmsprop"}, r"optimizer must be one of \('sgd', 'adam'\). Received: optimizer='rmsprop'"),
         ({"distribute": "tpu"}, r"distribute must be one of"),
         ({"at_once": True}, r"at_once needs variant '16s' or '8s'"),
+        ({"max_train_seconds": -1.0}, r"max_train_seconds must be >= 0 \(0: no limit\). Received: max_train_seconds=-1.0"),
     ],
 )
 def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
