@@ -64,6 +64,7 @@ class Stage:
     variant: str
     at_once: bool = False
     init_from: str | None = None  # the stage whose last.keras initialises this one
+    mirrors: str | None = None  # a control: trained exactly as this staged model, without its skips
 
 
 STAGES: tuple[Stage, ...] = (
@@ -72,6 +73,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("fcn8s", "FCN-8s", "8s", init_from="fcn16s"),
 )
 AT_ONCE_STAGE = Stage("fcn8s_at_once", "FCN-8s at-once", "8s", at_once=True)
+#: Controls (``--controls``): FCN-32s continued with FCN-16s's and then FCN-8s's learning rate and
+#: epochs. Each differs from its staged model only by the skips, which separates what the skips
+#: buy from what the extra training of the later stages buys when no stage has converged.
+CONTROL_STAGES: tuple[Stage, ...] = (
+    Stage("fcn32s_as16s", "FCN-32s trained as FCN-16s", "32s", init_from="fcn32s", mirrors="fcn16s"),
+    Stage("fcn32s_as8s", "FCN-32s trained as FCN-8s", "32s", init_from="fcn32s_as16s", mirrors="fcn8s"),
+)
 
 #: Long, Shelhamer & Darrell (CVPR 2015), Table 2: skip FCNs on a subset of PASCAL VOC 2011 val
 #: (seg11valid, 736 images), trained on SBD train (8,498 images) with ImageNet VGG16 fc6/fc7.
@@ -110,6 +118,7 @@ class ExperimentSettings:
     output_dir: str
     weights: str = "auto"
     at_once: bool = False
+    controls: bool = False
     epochs: int | None = None
     steps_per_epoch: int | None = None
     stage_seconds: float = 0.0  # > 0: FCN-32s stops within this time budget; later stages get its epochs
@@ -136,8 +145,9 @@ class ExperimentSettings:
 
 
 def stages_of(settings: ExperimentSettings) -> tuple[Stage, ...]:
-    """The stages to run: 32s, 16s, 8s, and the at-once 8s with ``settings.at_once``."""
-    return STAGES + ((AT_ONCE_STAGE,) if settings.at_once else ())
+    """The stages to run: 32s, 16s, 8s, the controls with ``settings.controls``, and the at-once
+    8s with ``settings.at_once``."""
+    return STAGES + (CONTROL_STAGES if settings.controls else ()) + ((AT_ONCE_STAGE,) if settings.at_once else ())
 
 
 def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> TrainConfig:
@@ -161,7 +171,9 @@ def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> Train
         if epochs is None:  # as long as the staged models together (train's default epochs if unset)
             epochs = resolve_config(stage_config(STAGES[0], settings, data)).epochs * len(STAGES)
     elif settings.learning_rates:
-        learning_rate = settings.learning_rates[[s.name for s in STAGES].index(stage.name)]
+        learning_rate = settings.learning_rates[[s.name for s in STAGES].index(stage.mirrors or stage.name)]
+    elif stage.mirrors:  # train's default rate of the mirrored variant
+        learning_rate = resolve_config(stage_config(STAGES[[s.name for s in STAGES].index(stage.mirrors)], settings, data)).learning_rate
     init_from = str(output_dir / stage.init_from / "last.keras") if stage.init_from else ""
     return TrainConfig(
         variant=stage.variant,
@@ -448,6 +460,13 @@ def findings(models: dict[str, dict[str, Any]]) -> list[str]:
     chain = " -> ".join(f"{title} {100 * ious[title]:.1f}" for title in staged)
     rising = all(ious[a] < ious[b] for a, b in zip(staged, staged[1:]))
     out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."]
+    for control in CONTROL_STAGES:
+        mirrored = next(stage.title for stage in STAGES if stage.name == control.mirrors)
+        if control.title in ious and mirrored in ious:
+            diff = 100 * (ious[mirrored] - ious[control.title])
+            out.append(f"{mirrored} against {control.title} (same steps and learning rates, no skips): "
+                       f"{100 * ious[mirrored]:.1f} vs {100 * ious[control.title]:.1f} mean IU, {diff:+.1f} points "
+                       "from the skips.")
     if "FCN-8s at-once" in ious and "FCN-8s" in ious:
         diff = 100 * (ious["FCN-8s at-once"] - ious["FCN-8s"])
         out.append(f"The at-once FCN-8s scores {100 * ious['FCN-8s at-once']:.1f} mean IU, {diff:+.1f} points "
@@ -523,7 +542,8 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
     for stage in stages:
         evaluation, labels = evaluate_stage(stage, settings, folder)
         models[stage.title] = model_entry(stage, summaries[stage.name], evaluation, configs[stage.name])
-        predictions[stage.title] = labels
+        if not stage.mirrors:  # the figure shows the paper's models
+            predictions[stage.title] = labels
         class_names = evaluation["class_names"]
 
     # --- Figures and results ---
@@ -586,6 +606,8 @@ def define_flags() -> None:
     flags.DEFINE_string("weights", "auto", "Backbone of FCN-32s (and the at-once FCN-8s): a Keras VGG16 "
                         "weights file, 'imagenet' (needs internet), 'none', or 'auto' (train's default).")
     flags.DEFINE_boolean("at_once", False, "Also train the TPAMI at-once FCN-8s from the backbone.")
+    flags.DEFINE_boolean("controls", False, "Also train FCN-32s on as FCN-16s and then as FCN-8s (same learning rates "
+                         "and epochs, no skips): what the skips buy apart from the later stages' extra training.")
     flags.DEFINE_boolean("smoke", False, "The whole protocol on a tiny synthetic VOC set (CI), ignoring the "
                          "training flags.")
     flags.DEFINE_integer("epochs", None, "Epochs per stage (default: train's).", lower_bound=1)

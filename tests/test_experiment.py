@@ -88,6 +88,19 @@ def test_stage_configs_chain_the_stages(tmp_path):
     default = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), at_once=True)
     staged = exp.resolve_config(exp.stage_config(exp.STAGES[0], default, "records")).epochs
     assert exp.stage_config(exp.AT_ONCE_STAGE, default, "records").epochs == 3 * staged
+    # Controls: FCN-32s continued with the rate and epochs of the stage each mirrors.
+    controlled = dataclasses.replace(settings, controls=True, at_once=False)
+    names = [s.name for s in exp.stages_of(controlled)]
+    assert names == ["fcn32s", "fcn16s", "fcn8s", "fcn32s_as16s", "fcn32s_as8s"]
+    as16, as8 = (exp.stage_config(s, controlled, "records") for s in exp.CONTROL_STAGES)
+    assert as16.variant == as8.variant == "32s" and (as16.learning_rate, as8.learning_rate) == (1e-5, 1e-6)
+    assert as16.init_from == str(tmp_path / "fcn32s" / "last.keras")
+    assert as8.init_from == str(tmp_path / "fcn32s_as16s" / "last.keras")
+    assert as16.epochs == as8.epochs == 2 and as16.max_train_seconds == 0.0
+    # Without --learning_rates, a control takes train's default rate of the variant it mirrors.
+    plain = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), controls=True)
+    assert exp.stage_config(exp.CONTROL_STAGES[1], plain, "records").learning_rate == exp.resolve_config(
+        exp.stage_config(exp.STAGES[2], plain, "records")).learning_rate
 
 
 # --- The whole protocol on synthetic data ----------------------------------------------------
@@ -172,11 +185,15 @@ def test_stage_seconds_gives_every_stage_the_epochs_fcn32s_did(tmp_path):
     voc = make_synthetic_voc(tmp_path / "voc", **exp.SMOKE_DATA)
     settings = exp.ExperimentSettings(data=str(voc), output_dir=str(tmp_path / "out"))
     settings = dataclasses.replace(settings, **{**exp.SMOKE_SETTINGS, "epochs": 3, "stage_seconds": 1e-3},
-                                   figure_images=1, verbose=0)
+                                   figure_images=1, verbose=0, controls=True)
     results = exp.run_experiment(settings)
-    # FCN-32s stops after its first epoch (2 steps); the later stages get that 1 epoch, not 3.
-    assert {title: entry["training"]["steps"] for title, entry in results["models"].items()} == {
-        "FCN-32s": 2, "FCN-16s": 2, "FCN-8s": 2}
+    # FCN-32s stops after its first epoch (2 steps); the later stages and the controls get that
+    # 1 epoch, not 3.
+    steps = {title: entry["training"]["steps"] for title, entry in results["models"].items()}
+    assert steps == {"FCN-32s": 2, "FCN-16s": 2, "FCN-8s": 2, "FCN-32s trained as FCN-16s": 2, "FCN-32s trained as FCN-8s": 2}
+    findings = "\n".join(exp.findings(results["models"]))
+    assert "FCN-16s against FCN-32s trained as FCN-16s (same steps and learning rates, no skips)" in findings
+    assert "FCN-8s against FCN-32s trained as FCN-8s" in findings
     assert results["budget"] == {"stage_seconds": 1e-3, "epochs_per_stage": 1, "fcn32s_stopped_by_budget": True}
     assert results["settings"]["epochs"] == 3 and results["settings"]["stage_seconds"] == 1e-3
     text = (tmp_path / "out" / exp.RESULTS_MD).read_text()
