@@ -21,8 +21,9 @@
 #   Here, afterwards:  experiments/gpu_run.sh collect FILES_AT   # untar into the repo folders
 #
 # Knobs (environment; the same values on every call of a run): RUN (results folder name),
-# EPOCHS (at most), STEPS (per epoch), STAGE_SECONDS (FCN-32s's time budget), BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the
-# whole call), BENCH_RESERVE_S (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
+# EPOCHS (at most), STEPS (per epoch), STAGE_SECONDS (FCN-32s's time budget), CONTROLS (1/0),
+# BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the whole call), BENCH_RESERVE_S
+# (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
 # EXTRA_BENCH_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
@@ -45,10 +46,15 @@ AT_ONCE=${AT_ONCE:-0}
 EVAL_CANVAS=${EVAL_CANVAS:-500}
 LIMIT_S=${LIMIT_S:-560}
 BENCH_RESERVE_S=${BENCH_RESERVE_S:-150}
-# FCN-32s's training budget (wall time, compilation included). The three stages then take about
-# 3 x STAGE_SECONDS; what the experiment's share of the call leaves after that (200 s) is for
-# starting up, the four evaluations and the epoch-end checkpoints. Not measured yet: a guess.
-STAGE_SECONDS=${STAGE_SECONDS:-$(( (LIMIT_S - BENCH_RESERVE_S - 200) / 3 > 10 ? (LIMIT_S - BENCH_RESERVE_S - 200) / 3 : 10 ))}
+CONTROLS=${CONTROLS:-0}   # 1: also FCN-32s trained as FCN-16s and as FCN-8s (skip_experiment --controls)
+# FCN-32s's training budget (wall time, compilation included). Every other stage trains as many
+# epochs, so training takes about UNITS x STAGE_SECONDS (3 stages, + 2 controls, + 3 for the
+# at-once model); of the experiment's share of the call, 20 s are kept for starting up and 60 s
+# per evaluated model for its evaluation and epoch-end checkpoints. Not measured yet: a guess.
+UNITS=$(( 3 + 2 * CONTROLS + 3 * AT_ONCE ))
+EVALS=$(( 3 + 2 * CONTROLS + AT_ONCE ))
+STAGE_SECONDS=${STAGE_SECONDS:-$(( (LIMIT_S - BENCH_RESERVE_S - 20 - 60 * EVALS) / UNITS ))}
+if [ "$STAGE_SECONDS" -lt 10 ]; then STAGE_SECONDS=10; fi
 BENCH_NAME=${BENCH_NAME:-h200}
 BENCH_VARIANTS=${BENCH_VARIANTS:-8s,16s,32s}
 BENCH_BATCHES=${BENCH_BATCHES:-8,16}
@@ -88,12 +94,13 @@ too_short() {  # $1: seconds left, $2: what for. timeout 0 would mean no limit a
 }
 
 run_experiment() {  # $1: seconds it may take from now
-  local dir="$WORK/experiments/$RUN" status=0 at_once
+  local dir="$WORK/experiments/$RUN" status=0 at_once controls
   if too_short "$1" experiment; then return 1; fi
   at_once=$([ "$AT_ONCE" = 1 ] && echo --at_once || echo --noat_once)
+  controls=$([ "$CONTROLS" = 1 ] && echo --controls || echo --nocontrols)
   # shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
   timeout "$1" python3 -m experiments.skip_experiment --data="$STAGE/bundle/voc2012_records" \
-    --weights="$STAGE/bundle/$WEIGHTS_FILE" --output_dir="$dir" $at_once \
+    --weights="$STAGE/bundle/$WEIGHTS_FILE" --output_dir="$dir" $at_once $controls \
     --geometry="$GEOMETRY" --crop_size="$CROP" --batch_size="$BATCH" --epochs="$EPOCHS" \
     --steps_per_epoch="$STEPS" --stage_seconds="$STAGE_SECONDS" --optimizer=adam --learning_rates=1e-4,3e-5,1e-5 --at_once_learning_rate=1e-4 \
     --mixed_precision=bf16 --jit_compile=true --val_steps=0 --backup_freq=0 \
