@@ -266,7 +266,10 @@ def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
         previous = json.loads((run_dir / "config.json").read_text())["config"]
         requested = dataclasses.asdict(resolve_config(config))
         if summary.get("status") == "finished":
-            changed = {k: (previous.get(k), v) for k, v in _comparable(requested).items() if previous.get(k) != v}
+            # A field newer than the finished run's config.json counts as its default value.
+            defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+            changed = {k: (previous.get(k, defaults.get(k)), v) for k, v in _comparable(requested).items()
+                       if previous.get(k, defaults.get(k)) != v}
             if changed:
                 details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                 raise ValueError(

@@ -173,6 +173,16 @@ def test_smoke_rerun_resumes_without_retraining(smoke_run, monkeypatch):
     with np.load(output / "fcn8s" / "eval" / exp.FIGURE_LABELS) as figure:
         assert len(labels) == 2 and all(np.array_equal(labels[i], figure[f"image_{i}"]) for i in range(2))
 
+    # A finished stage written before a TrainConfig field existed is reused when the field is at
+    # its default (config.json has no max_train_seconds): nothing retrained.
+    config_path = output / "fcn32s" / "config.json"
+    record = json.loads(config_path.read_text())
+    del record["config"]["max_train_seconds"]
+    config_path.write_text(json.dumps(record))
+    smoke_again = dataclasses.replace(settings, **exp.SMOKE_SETTINGS)
+    summary, trained = exp.run_stage(exp.stage_config(exp.STAGES[0], smoke_again, results["data"]["folder"]))
+    assert not trained and summary["status"] == "finished"
+
     # A finished stage is not silently reused with other settings.
     changed = dataclasses.replace(settings, **exp.SMOKE_SETTINGS)
     changed.epochs = 3
