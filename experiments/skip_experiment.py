@@ -50,7 +50,7 @@ from fcn_keras.data.pipeline import eval_dataset, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import atomic_path, write_text_atomic
 from fcn_keras.io import parse_size
-from fcn_keras.train import TrainConfig, environment, resolve_config, train
+from fcn_keras.train import TrainConfig, environment, recorded_config, resolve_config, train
 
 # --- The protocol ------------------------------------------------------------------------------
 
@@ -72,6 +72,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("fcn16s", "FCN-16s", "16s", init_from="fcn32s"),
     Stage("fcn8s", "FCN-8s", "8s", init_from="fcn16s"),
 )
+STAGE_INDEX: dict[str, int] = {stage.name: index for index, stage in enumerate(STAGES)}
 AT_ONCE_STAGE = Stage("fcn8s_at_once", "FCN-8s at-once", "8s", at_once=True)
 #: Controls (``--controls``): FCN-32s continued with FCN-16s's and then FCN-8s's learning rate and
 #: epochs. Each differs from its staged model only by the skips, which separates what the skips
@@ -171,9 +172,9 @@ def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> Train
         if epochs is None:  # as long as the staged models together (train's default epochs if unset)
             epochs = resolve_config(stage_config(STAGES[0], settings, data)).epochs * len(STAGES)
     elif settings.learning_rates:
-        learning_rate = settings.learning_rates[[s.name for s in STAGES].index(stage.mirrors or stage.name)]
+        learning_rate = settings.learning_rates[STAGE_INDEX[stage.mirrors or stage.name]]
     elif stage.mirrors:  # train's default rate of the mirrored variant
-        learning_rate = resolve_config(stage_config(STAGES[[s.name for s in STAGES].index(stage.mirrors)], settings, data)).learning_rate
+        learning_rate = resolve_config(stage_config(STAGES[STAGE_INDEX[stage.mirrors]], settings, data)).learning_rate
     init_from = str(output_dir / stage.init_from / "last.keras") if stage.init_from else ""
     return TrainConfig(
         variant=stage.variant,
@@ -263,13 +264,10 @@ def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and (run_dir / "config.json").is_file():
         summary = json.loads(summary_path.read_text())
-        previous = json.loads((run_dir / "config.json").read_text())["config"]
+        previous = recorded_config(run_dir)
         requested = dataclasses.asdict(resolve_config(config))
         if summary.get("status") == "finished":
-            # A field newer than the finished run's config.json counts as its default value.
-            defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-            changed = {k: (previous.get(k, defaults.get(k)), v) for k, v in _comparable(requested).items()
-                       if previous.get(k, defaults.get(k)) != v}
+            changed = {k: (previous.get(k), v) for k, v in _comparable(requested).items() if previous.get(k) != v}
             if changed:
                 details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                 raise ValueError(
@@ -464,7 +462,7 @@ def findings(models: dict[str, dict[str, Any]]) -> list[str]:
     rising = all(ious[a] < ious[b] for a, b in zip(staged, staged[1:]))
     out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."]
     for control in CONTROL_STAGES:
-        mirrored = next(stage.title for stage in STAGES if stage.name == control.mirrors)
+        mirrored = STAGES[STAGE_INDEX[control.mirrors]].title
         if control.title in ious and mirrored in ious:
             diff = 100 * (ious[mirrored] - ious[control.title])
             out.append(f"{mirrored} against {control.title} (same steps and learning rates, no skips): "

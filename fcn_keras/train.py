@@ -464,6 +464,13 @@ def environment(distribution: Distribution) -> dict[str, Any]:
     }
 
 
+def recorded_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``TrainConfig`` fields a run recorded in its ``config.json``; a field newer than the
+    run (absent from the file) has its default value, so old runs compare as they ran."""
+    recorded = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    return {**{field.name: field.default for field in dataclasses.fields(TrainConfig)}, **recorded}
+
+
 def _truncate_csv(path: Path, epochs_done: int) -> None:
     """Keeps the header and the rows of the first ``epochs_done`` epochs of a CSV log (rows
     written after the backup a run resumes from are done again)."""
@@ -517,7 +524,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     state = cb.read_backup(backup_dir)
     requested = dataclasses.asdict(config)
     if state is not None:
-        previous = json.loads((run_dir / "config.json").read_text())["config"]
+        previous = recorded_config(run_dir)
         changed = {k: (previous.get(k), requested[k]) for k in _RESUME_KEYS if previous.get(k) != requested[k]}
         if changed:
             details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
