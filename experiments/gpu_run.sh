@@ -116,42 +116,33 @@ run_experiment() {  # $1: seconds it may take from now
   return 1
 }
 
+bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (for the message), then throughput.py's flags
+  local budget=$1 what=$2 left
+  shift 2
+  left=$(( budget - ($(elapsed) - BENCH_START) ))
+  if [ "$left" -le 30 ]; then echo "gpu_run: no time left for $what"; return 1; fi
+  # shellcheck disable=SC2086  # EXTRA_BENCH_FLAGS is a list of flags
+  timeout "$left" python3 benchmarks/throughput.py "$@" $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log"
+}
+
 run_bench() {  # $1: seconds it may take from BENCH_START
-  local status=0 left
+  local status=0
   if too_short "$1" benchmark; then return 1; fi
   mkdir -p "$WORK/bench"
   # The PyTorch reference's setting (8s, 'same', 512, batch 8, bf16) with the TFRecord pipeline
-  # beside it first, then the paper's reference geometry at 500x500 with batch-1 latency.
+  # beside it first, then the paper's reference geometry at 500x500 with batch-1 latency, then
+  # which blocks take the time (FCN-8s at 512 'same', the first batch size: the configurations
+  # already in the same .jsonl are skipped, only the profile runs).
   # Configurations are saved one by one (<name>.jsonl) and skipped when the call is repeated.
-  # shellcheck disable=SC2086
-  timeout "$1" python3 benchmarks/throughput.py --variants="$BENCH_VARIANTS" --sizes=512 \
-    --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16 --input_pipeline=tfrecord \
-    --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md" \
-    $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
-  left=$(( $1 - ($(elapsed) - BENCH_START) ))
+  local issue_setting=(--sizes=512 --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16
+    --input_pipeline=tfrecord --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md")
+  bench_run "$1" "the issue's setting" --variants="$BENCH_VARIANTS" "${issue_setting[@]}" || status=$?
   if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
-    if [ "$left" -le 30 ]; then
-      status="no time left for the reference geometry"
-    else
-      # shellcheck disable=SC2086
-      timeout "$left" python3 benchmarks/throughput.py --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
-        --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" \
-        $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
-    fi
+    bench_run "$1" "the reference geometry" --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
+      --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" || status=$?
   fi
-  left=$(( $1 - ($(elapsed) - BENCH_START) ))
   if [ "$status" = 0 ] && [ "$BENCH_PROFILE" = 1 ]; then
-    if [ "$left" -le 30 ]; then
-      status="no time left for the block profile"
-    else
-      # Which blocks take the time: FCN-8s at 512 'same', the first batch size (the measured
-      # configurations in the same .jsonl are skipped; only the profile runs).
-      # shellcheck disable=SC2086
-      timeout "$left" python3 benchmarks/throughput.py --variants=8s --sizes=512 \
-        --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16 --input_pipeline=tfrecord \
-        --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md" --profile \
-        $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log" || status=$?
-    fi
+    bench_run "$1" "the block profile" --variants=8s "${issue_setting[@]}" --profile || status=$?
   fi
   tar -czf "$OUT/bench.tar.gz" -C "$WORK/bench" .
   if [ "$status" = 0 ]; then echo "bench complete"; return 0; fi
