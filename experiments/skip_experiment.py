@@ -105,7 +105,7 @@ COMPARISON_PNG = "comparison.png"
 CURVES_PNG = "training_curves.png"
 
 #: TrainConfig fields that may differ between a finished stage and a rerun without retraining.
-_IGNORED_ON_RERUN = ("verbose", "backup_freq", "cache_dir")
+_IGNORED_ON_RERUN = ("verbose", "backup_freq", "checkpoint_freq", "cache_dir")
 
 
 # --- Settings -> TrainConfig -------------------------------------------------------------------
@@ -136,6 +136,7 @@ class ExperimentSettings:
     fc_units: int | None = None
     val_steps: int | None = None
     backup_freq: int = 100
+    checkpoint_freq: int = 1  # epochs between the checkpoint and backup writes
     seed: int = 0
     eval_split: str = "val"
     eval_max_images: int | None = None
@@ -199,6 +200,7 @@ def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> Train
         fc_units=settings.fc_units,
         val_steps=settings.val_steps,
         backup_freq=settings.backup_freq,
+        checkpoint_freq=settings.checkpoint_freq,
         verbose=settings.verbose,
     )
 
@@ -634,6 +636,8 @@ def define_flags() -> None:
                          "the whole val split). Evaluation of the results always uses the whole split.",
                          lower_bound=0)
     flags.DEFINE_integer("backup_freq", 100, "Steps between mid-epoch backups (resume after a kill).", lower_bound=0)
+    flags.DEFINE_integer("checkpoint_freq", 1, "Epochs between the writes of last.keras and the backup (always at a "
+                         "stage's last epoch and at its time-budget stop): for short epochs.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of every stage.")
     flags.DEFINE_string("eval_split", "val", "The held-out split every model is evaluated on.")
     flags.DEFINE_integer("eval_max_images", None, "Evaluate only the first N images (default: all).", lower_bound=1)

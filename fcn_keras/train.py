@@ -8,7 +8,8 @@ README's quick start, a few minutes on 2 CPU cores).
 
 Per run, in ``--output_dir``: ``best.keras`` (best validation mean IU, or training mean IU
 without validation data), ``last.keras``, ``backup/`` (complete state every ``--backup_freq``
-steps and at each epoch end: the same command resumes after a kill, see
+steps and at each epoch end, or every ``--checkpoint_freq`` epochs with the checkpoints: the
+same command resumes after a kill, see
 ``fcn_keras.callbacks``), ``log.csv``, ``tensorboard/``, ``config.json`` and, at the end,
 ``summary.json``. See docs/training.md.
 """
@@ -122,6 +123,7 @@ class TrainConfig:
     fc_units: int | None = None
     val_steps: int | None = None
     backup_freq: int = 100
+    checkpoint_freq: int = 1
     deterministic: bool = True
     verbose: int = 1
 
@@ -208,6 +210,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"max_train_seconds must be >= 0 (0: no limit). Received: max_train_seconds={resolved.max_train_seconds!r}")
     if resolved.backup_freq < 0:
         raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
+    if not isinstance(resolved.checkpoint_freq, int) or resolved.checkpoint_freq < 1:
+        raise ValueError(f"checkpoint_freq must be an integer >= 1 (epochs). Received: checkpoint_freq={resolved.checkpoint_freq!r}")
     return resolved
 
 
@@ -641,11 +645,14 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         validation = prepare_dataset(validation.apply(tf.data.experimental.assert_cardinality(val_batches)), distribution)
 
     # --- Callbacks ---
+    schedule = cb.CheckpointSchedule(config.checkpoint_freq, config.epochs)
     checkpoint = cb.BestAndLastCheckpoint(
-        run_dir, monitor, best=None if state is None else state.get("best"), best_epoch=None if state is None else state.get("best_epoch")
+        run_dir, monitor, best=None if state is None else state.get("best"), best_epoch=None if state is None else state.get("best_epoch"),
+        schedule=schedule,
     )
-    if state is not None and state["epoch"] > 0:
-        checkpoint.last_good_epoch = int(state["epoch"])  # last.keras is from that epoch's end
+    epoch_state = cb.read_backup(run_dir / "backup", cb.EPOCH_STATE_FILE) if state is not None else None
+    if epoch_state is not None and epoch_state["epoch"] > 0:
+        checkpoint.last_good_epoch = int(epoch_state["epoch"])  # last.keras is from that epoch's end
     backup = cb.ResumableBackup(
         run_dir / "backup",
         save_freq=config.backup_freq,
@@ -654,10 +661,13 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         start=state,
         best_tracker=checkpoint,
         restore_metrics=distribution.strategy is None,
+        schedule=schedule,
     )
     summary_cb = cb.EpochSummary(config.epochs, config.batch_size)
     budget = cb.TimeBudget(config.max_train_seconds, lambda: backup.elapsed_s) if config.max_train_seconds else None
     # The progress bar first: its epoch line is finished before the one-line summary is logged.
+    # The callbacks that stop training (NaN, budget) come before the checkpoint and the backup,
+    # whose schedule then saves that epoch.
     callbacks = [keras.callbacks.ProgbarLogger()] if config.verbose else []
     callbacks += [
         keras.callbacks.TerminateOnNaN(),
@@ -789,6 +799,9 @@ def define_flags(flag_values=None) -> None:
     define("integer", "val_steps", d.val_steps, "Validation images per epoch (whole images); default: all of the val split "
                          "when the data has one; 0: no validation (best.keras by training mean IU).")
     define("integer", "backup_freq", d.backup_freq, "Steps between mid-epoch backups (also one at each epoch end; 0: epoch ends only).")
+    define("integer", "checkpoint_freq", d.checkpoint_freq, "Epochs between the epoch-end writes of last.keras, best.keras and "
+           "the backup (always at the last epoch and at a time-budget stop; best.keras is judged at those epochs). Raise it "
+           "when epochs are short and the writes (2 GB for FCN-VGG16 with Adam) would take a large share of the time.")
     define("boolean", "deterministic", d.deterministic, "Deterministic input order and augmentation (needed for exact resume).")
     define("integer", "verbose", d.verbose, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
 

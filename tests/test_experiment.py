@@ -69,7 +69,7 @@ def test_write_results_table_from_given_metrics(tmp_path):
 
 def test_stage_configs_chain_the_stages(tmp_path):
     settings = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), weights="w.h5", at_once=True, epochs=2,
-                                      learning_rates=[1e-4, 1e-5, 1e-6], at_once_learning_rate=3e-5)
+                                      learning_rates=[1e-4, 1e-5, 1e-6], at_once_learning_rate=3e-5, checkpoint_freq=3)
     stages = exp.stages_of(settings)
     assert [s.name for s in stages] == ["fcn32s", "fcn16s", "fcn8s", "fcn8s_at_once"]
     configs = {s.name: exp.stage_config(s, settings, "records") for s in stages}
@@ -83,6 +83,7 @@ def test_stage_configs_chain_the_stages(tmp_path):
     assert at_once.epochs == 6 and at_once.learning_rate == 3e-5  # the three stages' budget together
     assert all(c.data == "records" and c.epochs == 2 for n, c in configs.items() if n != "fcn8s_at_once")
     assert len({c.output_dir for c in configs.values()}) == 4
+    assert all(c.checkpoint_freq == 3 for c in configs.values())
     assert exp.stages_of(exp.ExperimentSettings(data="d", output_dir="o")) == exp.STAGES
     # Without --epochs, the at-once model still gets the three stages' (train's default) epochs.
     default = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), at_once=True)

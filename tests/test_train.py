@@ -17,6 +17,7 @@ import pytest
 from absl import flags
 
 from fcn_keras import build_fcn
+from fcn_keras import callbacks as cb
 from fcn_keras.data.synthetic import make_synthetic_voc
 from fcn_keras.train import TrainConfig, TrainingDiverged, define_flags, train
 
@@ -129,6 +130,69 @@ def test_time_budget_stops_at_an_epoch_end_and_a_rerun_keeps_it(voc_root, tmp_pa
     assert longer["global_step"] == 3 * TINY["steps_per_epoch"]
 
 
+def test_checkpoint_freq_writes_every_nth_epoch_the_last_and_at_a_budget_stop(voc_root, tmp_path, monkeypatch):
+    steps = TINY["steps_per_epoch"]
+    saved, backed_up = [], []
+    real_save, real_backup = cb.save_model_atomic, cb.ResumableBackup.save
+
+    def spy_save(model, path):
+        saved.append((Path(path).name, int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps))
+        real_save(model, path)
+
+    def spy_backup(self, epoch, step):
+        backed_up.append((epoch, step))
+        real_backup(self, epoch, step)
+
+    monkeypatch.setattr(cb, "save_model_atomic", spy_save)
+    monkeypatch.setattr(cb.ResumableBackup, "save", spy_backup)
+    common = dict(data=str(voc_root), cache_dir=str(tmp_path / "cache"))
+    summary = train(TrainConfig(**{**TINY, "epochs": 5, "checkpoint_freq": 2, "backup_freq": 0}, output_dir=str(tmp_path / "a"),
+                                **common))
+    assert saved == [("last.keras", 2), ("last.keras", 4), ("last.keras", 5)]
+    assert backed_up == [(2, 0), (4, 0), (5, 0)]
+    assert summary["epochs_done"] == 5 and summary["last_good_epoch"] == 5
+    assert summary["best"]["epoch"] in (2, 4, 5)  # judged at the checkpointed epochs only
+    assert len((tmp_path / "a" / "log.csv").read_text().splitlines()) == 6  # every epoch is logged
+
+    # A time budget stops after epoch 1, which is not a multiple of 3: it is checkpointed all the same.
+    saved.clear(), backed_up.clear()
+    summary = train(TrainConfig(**{**TINY, "epochs": 4, "checkpoint_freq": 3, "max_train_seconds": 1e-3, "backup_freq": 0},
+                                output_dir=str(tmp_path / "b"), **common))
+    assert summary["stopped_by_time_budget"] and summary["epochs_done"] == 1
+    assert saved == [("last.keras", 1)] and backed_up == [(1, 0)]
+
+
+def test_resume_between_checkpoints_knows_which_epoch_last_keras_holds(voc_root, tmp_path, monkeypatch):
+    """A run with checkpoints every 3 epochs killed in epoch 5, after its mid-epoch backup: the
+    state to resume is mid-epoch 5 but last.keras is from epoch 3. A divergence after the resume
+    keeps epoch 3's weights and says so."""
+    out = tmp_path / "run"
+    base = dict(TINY, epochs=6, checkpoint_freq=3, backup_freq=1, val_steps=0)
+    common = dict(data=str(voc_root), output_dir=str(out), cache_dir=str(tmp_path / "cache"))
+    real_batch_end = cb.EpochSummary.on_train_batch_end
+
+    def killed_at_step_10(self, batch, logs=None):
+        real_batch_end(self, batch, logs)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 10:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", killed_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, **common))
+    monkeypatch.undo()
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (4, 1)  # epoch 4 ended without a checkpoint
+    assert json.loads((out / "backup" / "epoch.json").read_text())["epoch"] == 3
+    epoch3 = _weights(out / "last.keras")
+
+    with pytest.raises(TrainingDiverged, match=r"last good weights \(epoch 3\)"):
+        train(TrainConfig(**{**base, "learning_rate": 1e30}, **common))
+    assert json.loads((out / "summary.json").read_text())["last_good_epoch"] == 3
+    for a, b in zip(epoch3, _weights(out / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+    assert json.loads((out / "backup" / "state.json").read_text())["epoch"] == 3  # rolled back to epoch 3's state
+
+
 # --- Staged training --------------------------------------------------------------------------
 
 
@@ -188,6 +252,7 @@ def test_incompatible_init_from_is_refused(make, message, voc_root, tmp_path):
         ({"distribute": "tpu"}, r"distribute must be one of"),
         ({"at_once": True}, r"at_once needs variant '16s' or '8s'"),
         ({"max_train_seconds": -1.0}, r"max_train_seconds must be >= 0 \(0: no limit\). Received: max_train_seconds=-1.0"),
+        ({"checkpoint_freq": 0}, r"checkpoint_freq must be an integer >= 1 \(epochs\). Received: checkpoint_freq=0"),
     ],
 )
 def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
