@@ -39,6 +39,7 @@ from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS
 from fcn_keras.files import atomic_path, write_json_atomic
+from fcn_keras.optimizers import CaffeSGD
 from fcn_keras.distribute import DISTRIBUTE_MODES, Distribution, adapt_model, prepare_dataset, setup_distribution
 
 logger = logging.getLogger("fcn_keras.train")
@@ -223,40 +224,7 @@ _RESUME_KEYS = (
 )  # fmt: skip
 
 
-# --- The optimizer of the paper ---------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="fcn_keras")
-class CaffeSGD(keras.optimizers.SGD):
-    """SGD with momentum as Caffe runs it for the reference FCNs.
-
-    The weight decay is an L2 term added to the gradient of every kernel before the momentum
-    update (Caffe's ``weight_decay`` with the nets' ``decay_mult=1``; biases ``decay_mult=0``),
-    not Keras' decoupled ``weight_decay``; biases learn at ``bias_lr_mult`` (2) times the rate
-    (``lr_mult=2``). Keras' SGD momentum ``m = mu m - lr g; w += m`` is Caffe's.
-
-    Args:
-        learning_rate: float or schedule.
-        momentum: ``mu`` (0.99 in the reference solvers).
-        l2: weight decay coefficient on kernels (5e-4).
-        bias_lr_mult: learning rate multiplier of biases.
-    """
-
-    def __init__(self, learning_rate=0.01, momentum: float = 0.99, l2: float = 5e-4, bias_lr_mult: float = 2.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
-        self.l2 = float(l2)
-        self.bias_lr_mult = float(bias_lr_mult)
-
-    def update_step(self, gradient, variable, learning_rate):
-        gradient = keras.ops.cast(gradient, variable.dtype)
-        if variable.name == "bias":
-            learning_rate = learning_rate * self.bias_lr_mult
-        elif self.l2:
-            gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
-        super().update_step(gradient, variable, learning_rate)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "l2": self.l2, "bias_lr_mult": self.bias_lr_mult}
+# --- The optimizer ------------------------------------------------------------------------------
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:

@@ -7,6 +7,7 @@ synthetic VOC-layout dataset of a few 40x48 images.
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,34 @@ def test_run_writes_every_artefact(run32):
     state = json.loads((out / "backup" / "state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == 0 and state["global_step"] == 4
     assert state["best"] == pytest.approx(summary["best"]["value"])
+
+
+def test_saved_runs_load_compiled_after_import_fcn_keras(run32, voc_root, tmp_path):
+    """A fresh interpreter: ``import fcn_keras`` registers the loss, metric and optimizer, so
+    ``keras.saving.load_model`` with its default ``compile=True`` gives a model ready to evaluate
+    (Adam: run32; Caffe's SGD: a run trained here)."""
+    sgd = tmp_path / "sgd"
+    train(TrainConfig(**{**TINY, "epochs": 1, "optimizer": "sgd", "learning_rate": 1e-4, "val_steps": 0}, data=str(voc_root),
+                      output_dir=str(sgd), cache_dir=str(tmp_path / "cache")))
+    script = """
+import sys, warnings
+import keras, numpy as np
+import fcn_keras
+for path in sys.argv[1:]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file holds no optimizer state (docs/training.md)
+        model = keras.saving.load_model(path)
+    logs = model.evaluate(np.zeros((1, 32, 32, 3), "uint8"), np.zeros((1, 32, 32), "int32"), verbose=0, return_dict=True)
+    print(type(model.optimizer).__name__, type(model.loss).__name__, sorted(logs))
+"""
+    result = subprocess.run([sys.executable, "-c", script, str(run32[0] / "best.keras"), str(sgd / "best.keras")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-2:] == [
+        "Adam SegmentationCrossEntropy ['loss', 'mean_iu']",
+        "CaffeSGD SegmentationCrossEntropy ['loss', 'mean_iu']",
+    ]
 
 
 def test_finished_run_is_not_retrained(run32):
@@ -236,6 +265,28 @@ def test_incompatible_init_from_is_refused(make, message, voc_root, tmp_path):
     with pytest.raises(ValueError, match=message) as error:
         train(config)
     assert "init_from" in str(error.value)
+
+
+# --- Mixed precision (bf16: test_staged_16s_from_trained_32s) ---------------------------------
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes(voc_root, tmp_path):
+    import h5py
+
+    out = tmp_path / "fp16"
+    config = TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0}, data=str(voc_root), output_dir=str(out),
+                         cache_dir=str(tmp_path / "cache"), mixed_precision="fp16")
+    first = train(config)
+    assert first["status"] == "finished" and np.isfinite(first["final_metrics"]["loss"])
+    state = json.loads((out / "backup" / "state.json").read_text())
+    with h5py.File(out / "backup" / state["weights"]) as weights:  # Keras wrapped the optimizer for loss scaling
+        assert "inner_optimizer" in weights["optimizer"]
+    resumed = train(dataclasses.replace(config, epochs=2))
+    assert resumed["epochs_done"] == 2 and resumed["global_step"] == 2 * TINY["steps_per_epoch"]
+    model = keras.saving.load_model(out / "last.keras", compile=False)
+    assert model.get_layer("fc6").dtype_policy.name == "mixed_float16" and model.get_layer("fc6").kernel.dtype == "float32"
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert keras.config.dtype_policy().name == "float32"
 
 
 # --- Bad input --------------------------------------------------------------------------------
