@@ -4,7 +4,7 @@
 # protobuf but no TensorFlow or Keras and no network, so they travel as a bundle, with the
 # TFRecords and the VGG16 weights, in parts that fit one `run` call each (64 MiB with the tree).
 #
-#   Here (CPU, once, ~6 min):  experiments/gpu_run.sh stage
+#   Here (CPU, once, 6-8 min):  experiments/gpu_run.sh stage
 #       -> .gpu1 .. .gpuN (git-ignored), N = 4 at 61 MiB: site.tar.xz (tensorflow-cpu without
 #          its C++ headers, keras and small deps, unzipped and xz-compressed: 133 MiB instead of
 #          the wheels' 265), the converted VOC 2012 records (45 MiB), the weights (56 MiB).
