@@ -1,5 +1,6 @@
 """--distribute: MirroredStrategy on 2 logical CPUs, two MultiWorkerMirroredStrategy workers on
-localhost, and keras.distribution.DataParallel under JAX with 2 host devices.
+localhost, and keras.distribution.DataParallel under JAX with 2 host devices and with two
+processes on localhost.
 
 Each runs in subprocesses (devices and collectives are fixed when TensorFlow / JAX start).
 Tiny FCN-32s (fc_units=8, 'same' geometry, 32 px crops, global batch 2, 2 steps).
@@ -89,16 +90,10 @@ def test_mirrored_on_two_logical_cpus(records, tmp_path):
     _assert_trained(_weights(out / "last.keras"))
 
 
-def test_two_workers_on_localhost_end_with_identical_weights(records, tmp_path):
-    out = tmp_path / "multi"
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        processes.append(
-            subprocess.Popen(_cli(records, out, distribute="multi_worker"), cwd=REPO_ROOT, env=_env(TF_CONFIG=tf_config),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
+def _run_workers(command: list[str], envs: list[dict[str, str]]) -> None:
+    """Runs ``command`` once per environment, all at the same time, and checks they succeed."""
+    processes = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for env in envs]
     outputs = []
     try:
         for process in processes:
@@ -109,6 +104,13 @@ def test_two_workers_on_localhost_end_with_identical_weights(records, tmp_path):
                 process.kill()
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
+
+
+def test_two_workers_on_localhost_end_with_identical_weights(records, tmp_path):
+    out = tmp_path / "multi"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    configs = [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}) for index in range(2)]
+    _run_workers(_cli(records, out, distribute="multi_worker"), [_env(TF_CONFIG=config) for config in configs])
 
     chief, worker = out, out / "workers" / "1"  # worker 0 is the chief; others keep their files apart
     summaries = [json.loads((d / "summary.json").read_text()) for d in (chief, worker)]
@@ -144,3 +146,29 @@ def test_jax_cli_with_data_parallel_on_two_host_devices_and_resume(records, tmp_
     model = keras.saving.load_model(out / "last.keras", compile=False)
     _assert_trained(model.get_weights())
     assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 32, 32, 21)
+
+
+def test_jax_two_processes_on_localhost_match_one_process_on_two_devices(records, tmp_path):
+    """keras.distribution.initialize with two processes (one CPU device each, gloo collectives):
+    both end with the weights of a single process training on two devices with the same global
+    batch, to the bit, so each process fed its own share of every batch."""
+    out, single = tmp_path / "processes", tmp_path / "single"
+    coordinator = f"127.0.0.1:{_free_ports(1)[0]}"
+    _run_workers(_cli(records, out, distribute="multi_worker"), [
+        _env(KERAS_BACKEND="jax", KERAS_DISTRIBUTION_JOB_ADDRESSES=coordinator, KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+             KERAS_DISTRIBUTION_PROCESS_ID=str(index)) for index in range(2)
+    ])
+    result = subprocess.run(_cli(records, single, distribute="mirrored"), cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=240, env=_env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    config = json.loads((out / "config.json").read_text())["distribution"]
+    assert config["mode"] == "multi_worker" and config["num_workers"] == 2 and config["num_replicas"] == 2
+    assert config["is_chief"] and len(config["devices"]) == 2
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (out, out / "workers" / "1")]
+    assert [s["global_step"] for s in summaries] == [2, 2]
+    chief, worker, reference = (_weights(d / "last.keras") for d in (out, out / "workers" / "1", single))
+    for a, b, c in zip(chief, worker, reference):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    _assert_trained(chief)
