@@ -11,6 +11,12 @@ from typing import Any
 import keras
 
 
+def _is_bias(variable) -> bool:
+    """Whether ``variable`` is a layer's bias. Under JAX ``update_step`` gets the Keras variable
+    (name ``bias``); under TensorFlow the ``tf.Variable`` inside it (name ``bias:0``)."""
+    return variable.name.split(":")[0].rsplit("/", 1)[-1] == "bias"
+
+
 @keras.saving.register_keras_serializable(package="fcn_keras")
 class CaffeSGD(keras.optimizers.SGD):
     """SGD with momentum as Caffe runs it for the reference FCNs.
@@ -34,7 +40,7 @@ class CaffeSGD(keras.optimizers.SGD):
 
     def update_step(self, gradient, variable, learning_rate):
         gradient = keras.ops.cast(gradient, variable.dtype)
-        if variable.name == "bias":
+        if _is_bias(variable):
             learning_rate = learning_rate * self.bias_lr_mult
         elif self.l2:
             gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable

@@ -1,0 +1,81 @@
+"""fcn_keras.optimizers.CaffeSGD: Caffe's SGD update of the reference solvers, step by step
+against the formula under both backends (TensorFlow hands update_step the tf.Variable, named
+``bias:0``, JAX the Keras variable, named ``bias``); what --optimizer=sgd builds; config round
+trip."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from fcn_keras import build_fcn
+from fcn_keras.optimizers import CaffeSGD
+from fcn_keras.train import TrainConfig, make_optimizer, resolve_config
+
+
+def caffe_sgd_reference(weights, gradients, *, lr, mu, l2, bias_lr_mult, is_bias):
+    """Caffe's SGDSolver with momentum, written out: the L2 term joins the gradient of a kernel
+    (decay_mult 1; biases decay_mult 0), biases learn at bias_lr_mult times the rate,
+    ``v = mu v - lr g; w += v``. Returns the weights after each step."""
+    w, v, out = weights.astype(np.float64), np.zeros_like(weights, np.float64), []
+    for g in gradients:
+        rate = lr * bias_lr_mult if is_bias else lr
+        g = g if is_bias else g + l2 * w
+        v = mu * v - rate * g
+        w = w + v
+        out.append(w.copy())
+    return out
+
+
+def test_update_matches_caffe_over_steps():
+    rng = np.random.default_rng(0)
+    kernel0, bias0 = rng.normal(size=(3, 3, 2, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")
+    kernel, bias = keras.Variable(kernel0, name="kernel"), keras.Variable(bias0, name="bias")
+    grads = [(rng.normal(size=kernel0.shape).astype("float32"), rng.normal(size=bias0.shape).astype("float32")) for _ in range(3)]
+    settings = dict(lr=0.01, mu=0.9, l2=5e-2, bias_lr_mult=2.0)
+    optimizer = CaffeSGD(settings["lr"], momentum=settings["mu"], l2=settings["l2"], bias_lr_mult=settings["bias_lr_mult"])
+
+    expected_kernel = caffe_sgd_reference(kernel0, [g for g, _ in grads], **settings, is_bias=False)
+    expected_bias = caffe_sgd_reference(bias0, [g for _, g in grads], **settings, is_bias=True)
+    for step, (g_kernel, g_bias) in enumerate(grads):
+        optimizer.apply_gradients([(g_kernel, kernel), (g_bias, bias)])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), expected_kernel[step], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), expected_bias[step], rtol=1e-5, atol=1e-6)
+    # Keras' decoupled weight decay would shrink the bias too and not go through the momentum:
+    # the bias moved exactly as without any decay.
+    plain = caffe_sgd_reference(bias0, [g for _, g in grads], **{**settings, "l2": 0.0}, is_bias=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), plain[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_update_matches_caffe_under_the_other_backend():
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    code = "import test_optimizers as t; t.test_update_matches_caffe_over_steps(); import keras; print(keras.backend.backend())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": other, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == other
+
+
+def test_the_fcn_biases_are_the_ones_it_treats_as_biases():
+    """The rule keys on the variable name: every conv/deconv bias of the model is named
+    ``bias`` and every kernel ``kernel``."""
+    model = build_fcn("8s", fc_units=8, geometry="same")
+    names = {variable.name for variable in model.trainable_variables}
+    assert names == {"kernel", "bias"}
+    assert sum(v.name == "bias" for v in model.trainable_variables) == sum(len(v.shape) == 1 for v in model.trainable_variables)
+
+
+def test_sgd_flag_builds_it_with_the_run_settings_and_config_round_trips():
+    config = resolve_config(TrainConfig(optimizer="sgd", learning_rate=1e-4, momentum=0.95, weight_decay=1e-3, data="d"))
+    optimizer = make_optimizer(config, total_steps=10)
+    assert isinstance(optimizer, CaffeSGD)
+    assert (float(optimizer.learning_rate), optimizer.momentum, optimizer.l2, optimizer.bias_lr_mult) == (
+        np.float32(1e-4), 0.95, 1e-3, 2.0)
+    clone = CaffeSGD.from_config(optimizer.get_config())
+    assert clone.get_config() == optimizer.get_config()
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(restored, CaffeSGD) and restored.l2 == 1e-3
