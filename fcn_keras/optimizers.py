@@ -11,12 +11,6 @@ from typing import Any
 import keras
 
 
-def _is_bias(variable) -> bool:
-    """Whether ``variable`` is a layer's bias. Under JAX ``update_step`` gets the Keras variable
-    (name ``bias``); under TensorFlow the ``tf.Variable`` inside it (name ``bias:0``)."""
-    return variable.name.split(":")[0].rsplit("/", 1)[-1] == "bias"
-
-
 @keras.saving.register_keras_serializable(package="fcn_keras")
 class CaffeSGD(keras.optimizers.SGD):
     """SGD with momentum as Caffe runs it for the reference FCNs.
@@ -38,9 +32,18 @@ class CaffeSGD(keras.optimizers.SGD):
         self.l2 = float(l2)
         self.bias_lr_mult = float(bias_lr_mult)
 
+    def build(self, variables) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        # The biases by their Keras names, found again in update_step by index, as SGD finds a
+        # variable's momentum: under TensorFlow update_step gets the tf.Variable inside (named
+        # ``bias:0``, and ``bias/replica_1:0`` on MirroredStrategy's second replica).
+        self._bias_indices = frozenset(index for index, variable in enumerate(variables) if variable.name == "bias")
+
     def update_step(self, gradient, variable, learning_rate):
         gradient = keras.ops.cast(gradient, variable.dtype)
-        if _is_bias(variable):
+        if self._get_variable_index(variable) in self._bias_indices:
             learning_rate = learning_rate * self.bias_lr_mult
         elif self.l2:
             gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable

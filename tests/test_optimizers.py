@@ -1,8 +1,10 @@
 """fcn_keras.optimizers.CaffeSGD: Caffe's SGD update of the reference solvers, step by step
 against the formula under both backends (TensorFlow hands update_step the tf.Variable, named
-``bias:0``, JAX the Keras variable, named ``bias``); what --optimizer=sgd builds; config round
+``bias:0``, JAX the Keras variable, named ``bias``) and on both replicas of a MirroredStrategy
+(whose second copy is named ``bias/replica_1:0``); what --optimizer=sgd builds; config round
 trip."""
 
+import json
 import os
 import subprocess
 import sys
@@ -58,6 +60,35 @@ def test_update_matches_caffe_under_the_other_backend():
                                  "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == other
+
+
+def test_both_mirrored_replicas_apply_the_bias_rule():
+    """One step under MirroredStrategy on 2 logical CPUs (set before TensorFlow starts, hence a
+    subprocess): both copies of the bias and of the kernel end equal, and as Caffe's update on
+    the summed gradient says."""
+    code = """
+import json
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from fcn_keras.optimizers import CaffeSGD
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    bias, kernel = keras.Variable(np.zeros(2, "float32"), name="bias"), keras.Variable(np.ones(2, "float32"), name="kernel")
+    optimizer = CaffeSGD(0.01, momentum=0.9, l2=0.5)
+    optimizer.build([bias, kernel])
+strategy.run(tf.function(lambda: optimizer.apply_gradients([(tf.ones(2), bias), (tf.zeros(2), kernel)])))
+print(json.dumps([[c.numpy().tolist() for c in v.value.values] for v in (bias, kernel)]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr[-3000:]
+    biases, kernels = json.loads(result.stdout.strip().splitlines()[-1])
+    # The gradients of the two replicas sum to 2: bias -0.01 x 2 (rate) x 2; kernel -0.01 x 0.5 x 1 (L2).
+    np.testing.assert_allclose(biases, [[-0.04, -0.04]] * 2, rtol=1e-6)
+    np.testing.assert_allclose(kernels, [[0.995, 0.995]] * 2, rtol=1e-6)
 
 
 def test_the_fcn_biases_are_the_ones_it_treats_as_biases():
