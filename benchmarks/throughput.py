@@ -59,6 +59,7 @@ from absl import app, flags  # noqa: E402
 
 from fcn_keras.architecture import check_variant  # noqa: E402
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
+from fcn_keras.distribute import releasing_train_graphs  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, model_flops  # noqa: E402
 from fcn_keras.inference import labels_model  # noqa: E402
@@ -541,34 +542,35 @@ def run(argv: list[str]) -> str:
             if not todo and not profile:
                 print(f"FCN-{variant} {height}x{width}: already measured, skipped (--resume)", flush=True)
                 continue
-            keras.utils.clear_session()
-            model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
-                              geometry=FLAGS.geometry, fc_units=FLAGS.fc_units)
-            compile_for_training(model)
-            labeler = labels_model(model)
-            labeler.compile(jit_compile=True)
-            if todo:
-                image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
-                latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
-            for batch in todo:
-                record = measure_config(model, labeler, variant, (height, width), batch, setup,
-                                        FLAGS.steps, FLAGS.warmup, latency, tf_glob, FLAGS.seed)
-                append_record(records_path, record)
-                records.append(record)
-                print(f"FCN-{variant} {height}x{width} batch {batch}: train {record['train_img_s']:.2f} img/s, "
-                      f"infer {record['infer_img_s']:.2f} img/s, latency {latency:.2f} ms", flush=True)
-                if output is not None:
-                    write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
-            if profile:
-                images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
-                record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
-                          "batch": batches[0], "blocks": profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup)}
-                append_record(records_path, record)
-                records.append(record)
-                print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "
-                      + ", ".join(f"{b['block'].split(' ')[0]} {b['ms']:.2f} ms" for b in record["blocks"]), flush=True)
-                if output is not None:
-                    write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
+            with releasing_train_graphs():  # TensorFlow: free this model before the next one
+                keras.utils.clear_session()
+                model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
+                                  geometry=FLAGS.geometry, fc_units=FLAGS.fc_units)
+                compile_for_training(model)
+                labeler = labels_model(model)
+                labeler.compile(jit_compile=True)
+                if todo:
+                    image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                    latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
+                for batch in todo:
+                    record = measure_config(model, labeler, variant, (height, width), batch, setup,
+                                            FLAGS.steps, FLAGS.warmup, latency, tf_glob, FLAGS.seed)
+                    append_record(records_path, record)
+                    records.append(record)
+                    print(f"FCN-{variant} {height}x{width} batch {batch}: train {record['train_img_s']:.2f} img/s, "
+                          f"infer {record['infer_img_s']:.2f} img/s, latency {latency:.2f} ms", flush=True)
+                    if output is not None:
+                        write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
+                if profile:
+                    images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                    record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
+                              "batch": batches[0], "blocks": profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup)}
+                    append_record(records_path, record)
+                    records.append(record)
+                    print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "
+                          + ", ".join(f"{b['block'].split(' ')[0]} {b['ms']:.2f} ms" for b in record["blocks"]), flush=True)
+                    if output is not None:
+                        write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
     markdown = render_markdown(records, setup, max(peaks), header)
     if output is not None:
         write_text_atomic(output, markdown)

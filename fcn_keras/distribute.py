@@ -265,6 +265,39 @@ def _patch_multi_worker_mean(tf_trainer) -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+@contextlib.contextmanager
+def releasing_train_graphs() -> Iterator[None]:
+    """Lets the TensorFlow backend free a finished training's graphs and variables.
+
+    Keras' TensorFlow optimizer sums gradients with the replica context's ``all_reduce`` (also
+    on one device), which is a ``tf.custom_gradient``; in graph mode each one registers its
+    gradient function, under a fresh ``CustomGradient-N`` name, in TensorFlow's global gradient
+    registry, and the function's closure holds the traced train step's graph, whose captures
+    hold the model's and the optimizer's variables (tensorflow/tensorflow#97697). Nothing ever
+    removes them, so every ``model.fit`` in a process keeps its model alive: measured with
+    TensorFlow 2.21 / Keras 3.15, 220 MB more resident memory per tiny FCN-32s trained (its
+    VGG16 weights and Adam moments); a full FCN-8s would keep 1.6 GB, in GPU memory under
+    TensorFlow-GPU. The skip experiment trains up to six models in one process.
+
+    On exit this drops the ``CustomGradient-*`` entries registered inside the block. They are
+    read only while a gradient is being traced, so the block must hold the whole life of the
+    models it traces (``train`` builds, fits and drops its model inside it). Other backends, or
+    a TensorFlow without that private registry: does nothing.
+    """
+    registry = None
+    if keras.backend.backend() == "tensorflow":
+        from tensorflow.python.framework import ops as tf_ops
+
+        registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
+    before = set(registry) if isinstance(registry, dict) else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
+                del registry[name]
+
+
 # --- Input pipeline ---------------------------------------------------------------------------
 
 

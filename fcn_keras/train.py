@@ -40,7 +40,14 @@ from fcn_keras import callbacks as cb
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.optimizers import CaffeSGD
-from fcn_keras.distribute import DISTRIBUTE_MODES, Distribution, adapt_model, prepare_dataset, setup_distribution
+from fcn_keras.distribute import (
+    DISTRIBUTE_MODES,
+    Distribution,
+    adapt_model,
+    prepare_dataset,
+    releasing_train_graphs,
+    setup_distribution,
+)
 
 logger = logging.getLogger("fcn_keras.train")
 
@@ -516,7 +523,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
     try:
-        return _train(config, distribution, run_dir, state)
+        with releasing_train_graphs():
+            return _train(config, distribution, run_dir, state)
     finally:
         keras.config.set_dtype_policy(policy)
 

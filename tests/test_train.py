@@ -355,6 +355,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(voc_root, tmp_path):
     assert len(rows) == 2 and math.isfinite(float(rows[0].split(",")[1])) and not math.isfinite(float(rows[1].split(",")[1]))
 
 
+# --- Memory -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the leak is TensorFlow's gradient registry")
+def test_trained_models_are_freed_for_the_next_one(voc_root, tmp_path):
+    """TensorFlow registers a gradient function per traced ``all_reduce`` that holds the train
+    step's graph and, through it, the model's variables (tensorflow/tensorflow#97697); train
+    drops what it registered, so the stages of an experiment don't pile up in memory."""
+    import gc
+
+    from tensorflow.python.framework import ops as tf_ops
+
+    def custom_gradients() -> set[str]:
+        return {n for n in tf_ops._gradient_registry._registry if n.startswith("CustomGradient-")}
+
+    def step_graphs() -> int:
+        return sum(type(o).__name__ == "FuncGraph" and o.name == "one_step_on_data" for o in gc.get_objects())
+
+    gc.collect()
+    registered, graphs = custom_gradients(), step_graphs()
+    for run in ("a", "b"):
+        train(TrainConfig(**{**TINY, "epochs": 1}, data=str(voc_root), output_dir=str(tmp_path / run),
+                          cache_dir=str(tmp_path / "cache")))
+    gc.collect()
+    assert custom_gradients() == registered
+    assert step_graphs() == graphs
+
+
 # --- CLI flags --------------------------------------------------------------------------------
 
 
