@@ -66,9 +66,9 @@ def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
-def weights_are_finite(model: keras.Model) -> bool:
-    """Whether every trainable weight of ``model`` is finite."""
-    return all(np.isfinite(keras.ops.convert_to_numpy(v.value)).all() for v in model.trainable_variables)
+def nonfinite_weights(model: keras.Model) -> list[str]:
+    """The paths of the trainable weights of ``model`` holding a NaN or an infinity."""
+    return [v.path for v in model.trainable_variables if not np.isfinite(keras.ops.convert_to_numpy(v.value)).all()]
 
 
 # --- Backup and exact resume ------------------------------------------------------------------
@@ -144,6 +144,7 @@ class ResumableBackup(keras.callbacks.Callback):
         self._epoch = 0
         self._step_offset = 0  # steps of the current epoch done before this fit() call
         self._diverged = False
+        self.divergence = ""  # what became non-finite: "the loss" or "the weights (<paths>)"
         self._elapsed_before = 0.0
         self._images_before = 0
         self._fit_start = time.perf_counter()
@@ -163,7 +164,8 @@ class ResumableBackup(keras.callbacks.Callback):
 
     @property
     def diverged(self) -> bool:
-        """Whether a non-finite loss was seen (backups stopped then)."""
+        """Whether a non-finite loss, or non-finite weights at a backup, were seen (backups
+        stopped then)."""
         return self._diverged
 
     @property
@@ -205,7 +207,7 @@ class ResumableBackup(keras.callbacks.Callback):
         if self._pending_arrays is not None:
             self._restore_metrics()
         if logs is not None and not _finite(logs.get("loss")):
-            self._diverged = True
+            self._diverged, self.divergence = True, "the loss"
             return
         step = self._step_offset + batch + 1
         if self.save_freq and step % self.save_freq == 0 and step < self.steps_per_epoch:
@@ -214,10 +216,18 @@ class ResumableBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._step_offset = 0
         if self._diverged or (logs is not None and not _finite(logs.get("loss"))):
-            self._diverged = True
+            self._diverged, self.divergence = True, self.divergence or "the loss"
             logger.error("not backing up epoch %d: the loss is not finite", epoch + 1)
             return
         if self.schedule is None or self.schedule.due(epoch, self.model):
+            # The last step's update can make a weight non-finite after a finite loss.
+            bad = nonfinite_weights(self.model)
+            if bad:
+                names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                self._diverged, self.divergence = True, f"the weights ({names})"
+                self.model.stop_training = True
+                logger.error("not backing up epoch %d: %s are not finite", epoch + 1, self.divergence)
+                return
             self.save(epoch + 1, 0)
 
     # --- Saving ---
@@ -373,11 +383,13 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
         if self.schedule is not None and not self.schedule.due(epoch, self.model):
             return
         logs = logs or {}
-        if not _finite(logs.get("loss")) or not weights_are_finite(self.model):
+        bad = ["loss"] if not _finite(logs.get("loss")) else nonfinite_weights(self.model)
+        if bad:
             logger.error(
-                "epoch %d ended with a non-finite loss or weights: best.keras and last.keras are "
-                "left as they were (last good epoch: %s)",
+                "epoch %d ended with non-finite values (%s): best.keras and last.keras are left as "
+                "they were (last good epoch: %s)",
                 epoch + 1,
+                ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""),
                 self.last_good_epoch,
             )
             return

@@ -137,7 +137,8 @@ class TrainConfig:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; training stopped and the last good checkpoints were kept."""
+    """The loss (or, at an epoch end, a weight) became NaN/inf; training stopped and the last
+    good checkpoints were kept."""
 
 
 # --- Configuration ----------------------------------------------------------------------------
@@ -484,8 +485,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Raises:
         ValueError: bad configuration, data or ``init_from``, naming the flag.
-        TrainingDiverged: the loss became NaN/inf (``summary.json`` says so; ``best.keras`` and
-            ``last.keras`` hold the last good weights).
+        TrainingDiverged: the loss, or a weight at an epoch end, became NaN/inf
+            (``summary.json`` says so; ``best.keras`` and ``last.keras`` hold the last good
+            weights).
     """
     config = resolve_config(config)
     # Strategies must exist before TensorFlow / JAX run anything.
@@ -694,7 +696,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     write_json_atomic(run_dir / "summary.json", summary)
     if diverged:
         raise TrainingDiverged(
-            f"training of {run_dir} stopped: the loss became NaN/inf at epoch {len(summary_cb.history) and summary_cb.history[-1]['epoch']} "
+            f"training of {run_dir} stopped: {backup.divergence} became NaN/inf at epoch {len(summary_cb.history) and summary_cb.history[-1]['epoch']} "
             f"(learning_rate={config.learning_rate}); best.keras/last.keras hold the last good weights "
             f"(epoch {summary['last_good_epoch']}) and the backup was rolled back to the end of that epoch: rerun with a "
             "lower --learning_rate to continue from there."

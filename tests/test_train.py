@@ -355,6 +355,31 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(voc_root, tmp_path):
     assert len(rows) == 2 and math.isfinite(float(rows[0].split(",")[1])) and not math.isfinite(float(rows[1].split(",")[1]))
 
 
+def test_weights_made_non_finite_by_the_last_step_stop_the_run(voc_root, tmp_path, monkeypatch):
+    """The last step of epoch 2 leaves a NaN in score_fr's kernel after a finite loss: no
+    checkpoint or backup of epoch 2 is written, and the run stops naming the weight."""
+    out = tmp_path / "run"
+    steps = TINY["steps_per_epoch"]
+    real_batch_end = cb.EpochSummary.on_train_batch_end
+
+    def nan_after_step_4(self, batch, logs=None):
+        real_batch_end(self, batch, logs)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 2 * steps:
+            kernel = self.model.get_layer("score_fr").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", nan_after_step_4)
+    with pytest.raises(TrainingDiverged, match=r"the weights \(score_fr/kernel\) became NaN/inf at epoch 2.*\(epoch 1\)"):
+        train(TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0}, data=str(voc_root), output_dir=str(out),
+                          cache_dir=str(tmp_path / "cache")))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["last_good_epoch"] == 1 and summary["epochs_done"] == 1
+    assert all(np.isfinite(w).all() for w in _weights(out / "last.keras"))
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # epochs 1 and 2 logged, not 3
+
+
 # --- Memory -----------------------------------------------------------------------------------
 
 
