@@ -187,3 +187,13 @@ def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
     assert "## Forward time by block: FCN-8s, 32x32, batch 2" in output.read_text()
     assert "already measured" in subprocess.run([*command, "--profile"], capture_output=True, text=True, cwd=tmp_path,
                                                 env=env, timeout=300).stdout
+
+
+def test_bf16_conv_grad_check_measures_against_float32():
+    """benchmarks/bf16_conv_grad.py's measurement, in this process (TensorFlow, 3x3 input, where
+    the gradient is right): bf16 rounding only, the same at every call."""
+    from benchmarks import bf16_conv_grad
+
+    row = bf16_conv_grad._measure("tensorflow", 3, runs=2)
+    assert row["size"] == 3 and row["non_finite"] == 0 and row["calls_agree"] is True
+    assert 0 < row["max_rel_error"] < 0.02

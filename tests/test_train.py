@@ -228,8 +228,9 @@ def test_resume_between_checkpoints_knows_which_epoch_last_keras_holds(voc_root,
 def test_staged_16s_from_trained_32s(run32, voc_root, tmp_path):
     out32, _ = run32
     out = tmp_path / "run16"
-    # Also bf16 mixed precision and the poly schedule.
-    config = TrainConfig(**{**TINY, "variant": "16s", "epochs": 1, "val_steps": 0}, data=str(voc_root),
+    # Also bf16 mixed precision and the poly schedule. 96 px crops: pool5 is 3x3, for TensorFlow's
+    # CPU (oneDNN) bf16 gradient of fc6's 7x7 kernel is wrong on a pool5 of 1 or 2 pixels.
+    config = TrainConfig(**{**TINY, "variant": "16s", "epochs": 1, "val_steps": 0, "crop_size": 96}, data=str(voc_root),
                          init_from=str(out32), output_dir=str(out), cache_dir=str(tmp_path / "cache"),
                          mixed_precision="bf16", lr_schedule="poly")
     summary = train(config)
