@@ -451,6 +451,28 @@ def recorded_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return {**{field.name: field.default for field in dataclasses.fields(TrainConfig)}, **recorded}
 
 
+def cpu_bf16_warning(config: TrainConfig, devices: list[str]) -> str | None:
+    """The warning for bf16 training on a CPU under TensorFlow where its oneDNN convolution
+    gradient is wrong: fc6's 7x7 'same' kernel on a pool5 of 1-2 pixels (crops up to 64 px;
+    ``benchmarks/bf16_conv_grad.py``, docs/training.md "Mixed precision on a CPU").
+
+    Args:
+        config: the resolved run configuration.
+        devices: the distribution's device names (``Distribution.devices``).
+
+    Returns:
+        The warning text, or ``None`` when the run is not affected.
+    """
+    pool5 = math.ceil(config.crop_size / 32)
+    affected = (keras.backend.backend() == "tensorflow" and config.mixed_precision == "bf16" and config.geometry == "same"
+                and 0 < pool5 <= 2 and not any("GPU" in d.upper() for d in devices))
+    if not affected:
+        return None
+    return (f"--mixed_precision=bf16 on a CPU with --crop_size={config.crop_size}: pool5 is {pool5}x{pool5}, where "
+            "TensorFlow's oneDNN bf16 gradient of fc6's 7x7 kernel is wrong (36-72% error, sometimes NaN; see "
+            "docs/training.md, 'Mixed precision on a CPU'); use float32 on a CPU, or crops of 96 px or more")
+
+
 def _truncate_csv(path: Path, epochs_done: int) -> None:
     """Keeps the header and the rows of the first ``epochs_done`` epochs of a CSV log (rows
     written after the backup a run resumes from are done again)."""
@@ -594,6 +616,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
                 " at-once" if config.at_once else "", num_train, monitor, json.dumps(dataclasses.asdict(config)))
     if keras.backend.backend() == "jax" and config.crop_size == 0:
         logger.warning("whole images of varying sizes under JAX recompile the step for every new size; use --crop_size")
+    warning = cpu_bf16_warning(config, distribution.devices)
+    if warning:
+        logger.warning(warning)
 
     # --- Input pipelines ---
     def training_data(skip_batches: int):

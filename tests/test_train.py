@@ -381,6 +381,20 @@ def test_weights_made_non_finite_by_the_last_step_stop_the_run(voc_root, tmp_pat
     assert len((out / "log.csv").read_text().splitlines()) == 3  # epochs 1 and 2 logged, not 3
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow CPU kernel")
+def test_bf16_on_a_cpu_with_a_tiny_pool5_is_warned_about():
+    from fcn_keras.train import cpu_bf16_warning
+
+    cpu, gpu = ["/device:CPU:0"], ["/device:GPU:0"]
+    bf16 = TrainConfig(mixed_precision="bf16", geometry="same", crop_size=64)
+    assert "pool5 is 2x2" in cpu_bf16_warning(bf16, cpu) and "--crop_size=64" in cpu_bf16_warning(bf16, cpu)
+    assert "pool5 is 1x1" in cpu_bf16_warning(dataclasses.replace(bf16, crop_size=32), cpu)
+    for fine in (dataclasses.replace(bf16, crop_size=96), dataclasses.replace(bf16, crop_size=0),
+                 dataclasses.replace(bf16, mixed_precision="none"), dataclasses.replace(bf16, geometry="reference")):
+        assert cpu_bf16_warning(fine, cpu) is None, fine
+    assert cpu_bf16_warning(bf16, gpu) is None
+
+
 # --- Memory -----------------------------------------------------------------------------------
 
 
