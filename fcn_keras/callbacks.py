@@ -71,6 +71,11 @@ def nonfinite_weights(model: keras.Model) -> list[str]:
     return [v.path for v in model.trainable_variables if not np.isfinite(keras.ops.convert_to_numpy(v.value)).all()]
 
 
+def _describe(names: list[str]) -> str:
+    """``names`` for a log line: the first five, then how many more."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 # --- Backup and exact resume ------------------------------------------------------------------
 
 
@@ -220,11 +225,13 @@ class ResumableBackup(keras.callbacks.Callback):
             logger.error("not backing up epoch %d: the loss is not finite", epoch + 1)
             return
         if self.schedule is None or self.schedule.due(epoch, self.model):
-            # The last step's update can make a weight non-finite after a finite loss.
-            bad = nonfinite_weights(self.model)
+            # The last step's update can make a weight non-finite after a finite loss. The
+            # checkpoint (same schedule, called before) has read the weights this epoch: reuse it.
+            tracker = self.best_tracker
+            checked = tracker is not None and tracker.weights_checked_epoch == epoch
+            bad = tracker.nonfinite if checked else nonfinite_weights(self.model)
             if bad:
-                names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-                self._diverged, self.divergence = True, f"the weights ({names})"
+                self._diverged, self.divergence = True, f"the weights ({_describe(bad)})"
                 self.model.stop_training = True
                 logger.error("not backing up epoch %d: %s are not finite", epoch + 1, self.divergence)
                 return
@@ -378,18 +385,25 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
         self.enabled = enabled
         self.schedule = schedule
         self.last_good_epoch: int | None = None
+        # The last epoch (0-based) whose weights were checked, and the non-finite ones then.
+        self.weights_checked_epoch: int | None = None
+        self.nonfinite: list[str] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.schedule is not None and not self.schedule.due(epoch, self.model):
             return
         logs = logs or {}
-        bad = ["loss"] if not _finite(logs.get("loss")) else nonfinite_weights(self.model)
+        if _finite(logs.get("loss")):
+            self.weights_checked_epoch, self.nonfinite = epoch, nonfinite_weights(self.model)
+            bad = self.nonfinite
+        else:
+            bad = ["loss"]
         if bad:
             logger.error(
                 "epoch %d ended with non-finite values (%s): best.keras and last.keras are left as "
                 "they were (last good epoch: %s)",
                 epoch + 1,
-                ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""),
+                _describe(bad),
                 self.last_good_epoch,
             )
             return
