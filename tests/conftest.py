@@ -1,4 +1,5 @@
-"""Shared test set-up: quiet TensorFlow, the location of ../shared, a fresh Keras session."""
+"""Shared test set-up: quiet TensorFlow, the location of ../shared, a fresh Keras session, and a
+tiny evaluation workspace."""
 
 import os
 
@@ -7,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +30,21 @@ def _fresh_keras_state():
     keras.utils.clear_session()
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="module")
+def eval_workspace(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic VOCdevkit (5 val images of varied sizes), its conversion folder (filled by the
+    first evaluation) and a tiny 'same' FCN-32s file with random weights, one per test module."""
+    from fcn_keras.data.synthetic import make_synthetic_voc
+    from fcn_keras.model import build_fcn
+
+    root = tmp_path_factory.mktemp("evaluate")
+    voc = make_synthetic_voc(root / "VOCdevkit", num_train=1, num_val=5, size=(40, 52), seed=3)
+    keras.utils.clear_session()
+    model = build_fcn("32s", fc_units=8, geometry="same")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # Random weights: varied predictions over many classes.
+        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
+    model.save(root / "model.keras")
+    return {"root": root, "voc": voc, "model": root / "model.keras", "cache": root / "records"}

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
@@ -19,9 +18,7 @@ from experiments.canvas_effect import (
     effect_markdown,
     padding_distance,
 )
-from fcn_keras.data.synthetic import make_synthetic_voc
 from fcn_keras.evaluate import evaluate_model
-from fcn_keras.model import build_fcn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,17 +56,9 @@ def test_changes_are_counted_in_their_distance_band():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Synthetic VOC (5 val images of varied sizes, converted) and a tiny random 'same' FCN-32s."""
-    root = tmp_path_factory.mktemp("canvas")
-    voc = make_synthetic_voc(root / "VOCdevkit", num_train=1, num_val=5, size=(40, 52), seed=3)
-    keras.utils.clear_session()
-    model = build_fcn("32s", fc_units=8, geometry="same")
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # Random weights: varied predictions, which the padding changes.
-        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
-    model.save(root / "model.keras")
-    return {"voc": str(voc), "model": root / "model.keras", "cache": root / "records"}
+def workspace(eval_workspace):
+    """conftest's synthetic VOC (5 val images of varied sizes) and tiny random 'same' FCN-32s."""
+    return {**eval_workspace, "voc": str(eval_workspace["voc"])}
 
 
 def test_canvas_effect_compares_two_independent_evaluations(workspace):

@@ -17,26 +17,10 @@ from PIL import Image
 import keras
 
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
-from fcn_keras.data.synthetic import make_synthetic_voc
 from fcn_keras.evaluate import evaluate_model, metrics_markdown
 from fcn_keras.metrics import scores
-from fcn_keras.model import build_fcn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A synthetic VOCdevkit (5 val images of varied sizes), its conversion, a tiny FCN file."""
-    root = tmp_path_factory.mktemp("evaluate")
-    voc = make_synthetic_voc(root / "VOCdevkit", num_train=1, num_val=5, size=(40, 52), seed=3)
-    keras.utils.clear_session()
-    model = build_fcn("32s", fc_units=8, geometry="same")
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # Random weights: varied predictions over many classes.
-        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
-    model.save(root / "model.keras")
-    return {"root": root, "voc": voc, "model": root / "model.keras", "cache": root / "records"}
 
 
 def reference(model_path: Path, voc: Path, ids: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -60,13 +44,13 @@ def val_ids(voc: Path) -> list[str]:
     return (voc / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
 
 
-def test_metrics_json_equals_scores_of_model_predict(workspace, tmp_path):
+def test_metrics_json_equals_scores_of_model_predict(eval_workspace, tmp_path):
     out = tmp_path / "eval"
     results = evaluate_model(
-        workspace["model"], str(workspace["voc"]), output_dir=out, cache_dir=workspace["cache"], verbose=False
+        eval_workspace["model"], str(eval_workspace["voc"]), output_dir=out, cache_dir=eval_workspace["cache"], verbose=False
     )
-    ids = val_ids(workspace["voc"])
-    hist, predictions = reference(workspace["model"], workspace["voc"], ids)
+    ids = val_ids(eval_workspace["voc"])
+    hist, predictions = reference(eval_workspace["model"], eval_workspace["voc"], ids)
     assert len({p.shape for p in predictions}) > 1  # Whole images of several sizes, no crop.
     assert len(np.unique(np.concatenate([p.ravel() for p in predictions]))) > 2
     written = json.loads((out / "metrics.json").read_text())
@@ -77,7 +61,7 @@ def test_metrics_json_equals_scores_of_model_predict(workspace, tmp_path):
         assert results[key] == written[key]
     assert written["num_images"] == len(ids) == 5
     assert written["num_pixels"] == hist.sum()
-    labels = [np.array(Image.open(workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")) for i in ids]
+    labels = [np.array(Image.open(eval_workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")) for i in ids]
     assert written["void_pixels"] == sum(int((label == IGNORE_LABEL).sum()) for label in labels) > 0
     # The markdown table names every VOC class and shows the mean IU in %.
     markdown = (out / "metrics.md").read_text()
@@ -88,32 +72,32 @@ def test_metrics_json_equals_scores_of_model_predict(workspace, tmp_path):
         assert figure.format == "PNG" and figure.size == (900, 900)
 
 
-def test_glob_max_images_and_batches(workspace):
-    glob = str(workspace["cache"] / "val-*.tfrecord")  # Written by the first test's conversion.
+def test_glob_max_images_and_batches(eval_workspace):
+    glob = str(eval_workspace["cache"] / "val-*.tfrecord")  # Written by the first test's conversion.
     if not tf.io.gfile.glob(glob):
-        evaluate_model(workspace["model"], str(workspace["voc"]), cache_dir=workspace["cache"], max_images=1, verbose=False)
-    ids = val_ids(workspace["voc"])[:3]
-    hist, _ = reference(workspace["model"], workspace["voc"], ids)
-    exact = evaluate_model(workspace["model"], glob, max_images=3, verbose=False)
+        evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"], max_images=1, verbose=False)
+    ids = val_ids(eval_workspace["voc"])[:3]
+    hist, _ = reference(eval_workspace["model"], eval_workspace["voc"], ids)
+    exact = evaluate_model(eval_workspace["model"], glob, max_images=3, verbose=False)
     np.testing.assert_array_equal(exact["confusion"], hist)
     assert exact["num_images"] == 3 and exact["split"] is None
     # Batches of 2 pad to the largest image with void labels: the same pixels are counted.
-    batched = evaluate_model(workspace["model"], glob, max_images=3, batch_size=2, verbose=False)
+    batched = evaluate_model(eval_workspace["model"], glob, max_images=3, batch_size=2, verbose=False)
     assert batched["num_images"] == 3 and batched["num_pixels"] == hist.sum()
 
 
-def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(workspace):
-    glob = str(workspace["cache"] / "val-*.tfrecord")
+def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(eval_workspace):
+    glob = str(eval_workspace["cache"] / "val-*.tfrecord")
     if not tf.io.gfile.glob(glob):
-        evaluate_model(workspace["model"], str(workspace["voc"]), cache_dir=workspace["cache"], max_images=1, verbose=False)
-    ids = val_ids(workspace["voc"])
+        evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"], max_images=1, verbose=False)
+    ids = val_ids(eval_workspace["voc"])
     canvas = (64, 72)
-    model = keras.saving.load_model(workspace["model"], compile=False)
+    model = keras.saving.load_model(eval_workspace["model"], compile=False)
     hist = np.zeros((21, 21), np.int64)
     expected_predictions, void = [], 0
     for image_id in ids:  # Reference: each image padded to the canvas by hand, predicted alone.
-        image = tf.io.decode_jpeg(tf.io.read_file(str(workspace["voc"] / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")), channels=3).numpy()
-        label = np.array(Image.open(workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{image_id}.png"))
+        image = tf.io.decode_jpeg(tf.io.read_file(str(eval_workspace["voc"] / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")), channels=3).numpy()
+        label = np.array(Image.open(eval_workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{image_id}.png"))
         h, w = label.shape
         padded = np.empty((*canvas, 3), np.uint8)
         padded[:] = PAD_RGB
@@ -124,7 +108,7 @@ def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(workspace):
         np.add.at(hist, (label[valid], predicted[valid]), 1)
         void += int((~valid).sum())
     # 5 images in batches of 2: the last batch is filled with blank images, which count for nothing.
-    results = evaluate_model(workspace["model"], glob, batch_size=2, canvas=canvas, keep_predictions=3, verbose=False)
+    results = evaluate_model(eval_workspace["model"], glob, batch_size=2, canvas=canvas, keep_predictions=3, verbose=False)
     np.testing.assert_array_equal(results["confusion"], hist)
     assert results["num_images"] == 5 and results["void_pixels"] == void > 0
     assert results["canvas"] == list(canvas) and results["batch_size"] == 2
@@ -133,13 +117,13 @@ def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(workspace):
         np.testing.assert_array_equal(kept, expected)
     assert "batches of 2 padded to a 64x72 canvas" in metrics_markdown(results)
     with pytest.raises(ValueError, match=re.escape("holds an image larger than canvas=(16, 16) (height, width)")):
-        evaluate_model(workspace["model"], glob, canvas=(16, 16), verbose=False)
+        evaluate_model(eval_workspace["model"], glob, canvas=(16, 16), verbose=False)
     with pytest.raises(ValueError, match="keep_predictions must be an integer >= 0. Received: keep_predictions=-1"):
-        evaluate_model(workspace["model"], glob, keep_predictions=-1, verbose=False)
+        evaluate_model(eval_workspace["model"], glob, keep_predictions=-1, verbose=False)
 
 
-def test_bad_input_gives_clear_errors(workspace, tmp_path):
-    model, voc = workspace["model"], str(workspace["voc"])
+def test_bad_input_gives_clear_errors(eval_workspace, tmp_path):
+    model, voc = eval_workspace["model"], str(eval_workspace["voc"])
     with pytest.raises(FileNotFoundError, match="model file not found"):
         evaluate_model(tmp_path / "missing.keras", voc, verbose=False)
     inputs = keras.Input((None, None, 3))
@@ -150,12 +134,12 @@ def test_bad_input_gives_clear_errors(workspace, tmp_path):
     with pytest.raises(ValueError, match="nothing matches"):
         evaluate_model(model, str(tmp_path / "nothing-*.tfrecord"), verbose=False)
     with pytest.raises(ValueError, match="predicts 21 classes but 3 class names"):
-        evaluate_model(model, voc, class_names=("a", "b", "c"), cache_dir=workspace["cache"], verbose=False)
+        evaluate_model(model, voc, class_names=("a", "b", "c"), cache_dir=eval_workspace["cache"], verbose=False)
     with pytest.raises(ValueError, match="has no split 'test'"):
-        evaluate_model(model, voc, split="test", cache_dir=workspace["cache"], verbose=False)
+        evaluate_model(model, voc, split="test", cache_dir=eval_workspace["cache"], verbose=False)
 
 
-def test_cli_under_jax_writes_the_same_metrics(workspace, tmp_path):
+def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
     pytest.importorskip("jax")
     # One convolution: an FCN in shape (RGB in, 21-class logits out) that JAX compiles quickly
     # for each image size; the full network under TensorFlow is checked above.
@@ -165,14 +149,14 @@ def test_cli_under_jax_writes_the_same_metrics(workspace, tmp_path):
     keras.Model(inputs, logits).save(tmp_path / "conv.keras")
     out = tmp_path / "jax"
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
-    flags = [f"--data={workspace['voc']}", f"--cache_dir={workspace['cache']}", f"--output_dir={out}"]
+    flags = [f"--data={eval_workspace['voc']}", f"--cache_dir={eval_workspace['cache']}", f"--output_dir={out}"]
     command = [sys.executable, "-m", "fcn_keras.evaluate", *flags, "--max_images=3"]
     result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "mean IU" in result.stdout
     written = json.loads((out / "metrics.json").read_text())
     assert written["backend"] == "jax" and written["num_images"] == 3
-    hist, predictions = reference(tmp_path / "conv.keras", workspace["voc"], val_ids(workspace["voc"])[:3])
+    hist, predictions = reference(tmp_path / "conv.keras", eval_workspace["voc"], val_ids(eval_workspace["voc"])[:3])
     assert len(np.unique(np.concatenate([p.ravel() for p in predictions]))) > 2
     np.testing.assert_array_equal(written["confusion"], hist)
     # A missing model file exits with status 2 and a message naming it, no traceback.
