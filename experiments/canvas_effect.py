@@ -20,7 +20,6 @@ prints the markdown.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from experiments.skip_experiment import environment_of_run
+from experiments.skip_experiment import command_line, environment_of_run
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import write_json_atomic, write_text_atomic
 from fcn_keras.io import load_fcn, parse_size
@@ -226,8 +225,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    command = " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={keras.backend.backend()}", "python", "-m",
-                                                 "experiments.canvas_effect", *sys.argv[1:]])
+    command = command_line("experiments.canvas_effect")
     try:
         canvas = parse_size(FLAGS.canvas, "--canvas")
         result = canvas_effect(FLAGS.model, FLAGS.data, canvas=canvas, split=FLAGS.split, batch_size=FLAGS.batch_size,

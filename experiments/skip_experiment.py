@@ -665,11 +665,16 @@ def settings_from_flags() -> ExperimentSettings:
     return ExperimentSettings(data=FLAGS.data or "", learning_rates=rates, **{name: FLAGS[name].value for name in fields})
 
 
+def command_line(module: str) -> str:
+    """This process as a shell command for a results file: backend, ``python -m module`` and the flags."""
+    return " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={keras.backend.backend()}", "python", "-m", module,
+                                             *sys.argv[1:]])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    command = " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={keras.backend.backend()}", "python", "-m",
-                                                 "experiments.skip_experiment", *sys.argv[1:]])
+    command = command_line("experiments.skip_experiment")
     try:
         run_experiment(settings_from_flags(), smoke=FLAGS.smoke, command=command)
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
