@@ -133,9 +133,10 @@ def canvas_effect(
         "changed_pixels", "num_pixels", "by_distance": changes_by_distance(...)}``; each
         metrics dict is ``evaluate_model``'s without the confusion matrix and predictions.
     """
-    source = model.name if isinstance(model, keras.Model) else str(model)
-    if not isinstance(model, keras.Model):
-        model = load_fcn(model)
+    if isinstance(model, keras.Model):
+        source = model.name
+    else:
+        source, model = str(model), load_fcn(model)
     runs = {}
     for name, options in (("exact", {"batch_size": 1}), ("canvas", {"batch_size": batch_size, "canvas": canvas})):
         runs[name] = evaluate_model(model, data, split=split, max_images=max_images, cache_dir=cache_dir,

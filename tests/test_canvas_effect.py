@@ -55,19 +55,13 @@ def test_changes_are_counted_in_their_distance_band():
         changes_by_distance(exact, padded[:1], (40, 80))
 
 
-@pytest.fixture(scope="module")
-def workspace(eval_workspace):
-    """conftest's synthetic VOC (5 val images of varied sizes) and tiny random 'same' FCN-32s."""
-    return {**eval_workspace, "voc": str(eval_workspace["voc"])}
-
-
-def test_canvas_effect_compares_two_independent_evaluations(workspace):
+def test_canvas_effect_compares_two_independent_evaluations(eval_workspace):
     canvas = (64, 72)
-    result = canvas_effect(workspace["model"], workspace["voc"], canvas=canvas, batch_size=2,
-                           cache_dir=workspace["cache"], verbose=False)
-    common = {"cache_dir": workspace["cache"], "keep_predictions": 5, "verbose": False}
-    exact = evaluate_model(workspace["model"], workspace["voc"], **common)
-    padded = evaluate_model(workspace["model"], workspace["voc"], batch_size=2, canvas=canvas, **common)
+    result = canvas_effect(eval_workspace["model"], eval_workspace["voc"], canvas=canvas, batch_size=2,
+                           cache_dir=eval_workspace["cache"], verbose=False)
+    common = {"cache_dir": eval_workspace["cache"], "keep_predictions": 5, "verbose": False}
+    exact = evaluate_model(eval_workspace["model"], eval_workspace["voc"], **common)
+    padded = evaluate_model(eval_workspace["model"], eval_workspace["voc"], batch_size=2, canvas=canvas, **common)
     for key in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu"):
         assert result["exact"][key] == exact[key] and result["canvas"][key] == padded[key]
         assert result["difference"][key] == pytest.approx(padded[key] - exact[key])
@@ -77,17 +71,17 @@ def test_canvas_effect_compares_two_independent_evaluations(workspace):
     assert result["changed_pixels"] == changed > 0  # 'same' padding differs from the mean-colour canvas.
     assert result["num_pixels"] == sum(p.size for p in exact["predictions"])
     assert result["by_distance"]["no padding"] == {"pixels": 0, "changed": 0}  # no image fills 64x72
-    assert result["model"] == str(workspace["model"])
+    assert result["model"] == str(eval_workspace["model"])
     markdown = effect_markdown(result)
     assert f"{result['changed_pixels']:,} of {result['num_pixels']:,} pixels" in markdown
     assert "batches of 2 padded to a 64x72 canvas" in markdown and "one at a time, exact" in markdown
     assert f"{100 * result['difference']['mean_iu']:+.2f}" in markdown
 
 
-def test_cli_writes_the_report_and_names_bad_input(workspace, tmp_path):
+def test_cli_writes_the_report_and_names_bad_input(eval_workspace, tmp_path):
     out = tmp_path / "effect"
-    command = [sys.executable, "-m", "experiments.canvas_effect", f"--model={workspace['model']}",
-               f"--data={workspace['voc']}", f"--cache_dir={workspace['cache']}", "--batch_size=2", "--max_images=3"]
+    command = [sys.executable, "-m", "experiments.canvas_effect", f"--model={eval_workspace['model']}",
+               f"--data={eval_workspace['voc']}", f"--cache_dir={eval_workspace['cache']}", "--batch_size=2", "--max_images=3"]
     result = subprocess.run([*command, "--canvas=64x72", f"--output_dir={out}"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
