@@ -70,7 +70,7 @@ class CropToReference(keras.layers.Layer):
 
     Args:
         offset: the crop's top-left corner in ``x``, the same for rows and columns (FCN's
-            offsets come from the network geometry, see ``fcn_keras.model.crop_offsets``).
+            offsets come from the network geometry, see ``fcn_keras.architecture.crop_offsets``).
 
     Call args:
         inputs: ``[x, reference]``; ``x`` is ``[B, Hx, Wx, C]``, ``reference`` is ``[B, H, W, *]``

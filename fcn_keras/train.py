@@ -228,7 +228,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 _RESUME_KEYS = (
     "variant", "data", "init_from", "num_classes", "steps_per_epoch", "batch_size", "crop_size",
     "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
-    "distribute",
+    "distribute", "deterministic",
 )  # fmt: skip
 
 
@@ -495,7 +495,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     If ``output_dir/backup`` holds a state of the same run, training resumes from it (same
     epoch and step, optimizer state, dropout RNG, epoch metrics, input stream position;
-    bit-exact under TensorFlow, see docs/training.md for JAX).
+    bit-exact under TensorFlow and JAX, see docs/training.md "Resume").
 
     Args:
         config: the run (``None`` fields are resolved by ``resolve_config``).

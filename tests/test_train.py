@@ -139,6 +139,10 @@ def test_resume_with_other_flags_is_refused(run32):
     config["variant"] = "16s"
     with pytest.raises(ValueError, match=r"holds the backup of a different run \(variant: '32s' -> '16s'\)"):
         train(TrainConfig(**config))
+    # The resumed input stream is the original one only when it is deterministic on both sides.
+    config.update(variant="32s", deterministic=not config["deterministic"])
+    with pytest.raises(ValueError, match=r"different run \(deterministic: True -> False\)"):
+        train(TrainConfig(**config))
 
 
 def test_time_budget_stops_at_an_epoch_end_and_a_rerun_keeps_it(voc_root, tmp_path):
