@@ -99,7 +99,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             if self.reduction == "sum":
                 return total
             # 0, not NaN, when the batch has no valid pixel.
-            return _scale_for_distribution(ops.divide_no_nan(total, ops.sum(weights)))
+            return ops.divide_no_nan(total, _global_sum(ops.sum(weights)))
 
     def call(self, y_true, y_pred):
         """Per-pixel losses ``[B, H, W]`` (float32, 0 at void pixels), without reduction."""
@@ -109,16 +109,21 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "ignore_label": self.ignore_label}
 
 
-def _scale_for_distribution(loss):
-    """Divides a mean loss by the replicas of a ``tf.distribute`` strategy, as Keras losses do.
+def _global_sum(count):
+    """``count`` summed over the replicas of a ``tf.distribute`` strategy; itself otherwise.
 
-    Keras' TensorFlow trainer sums the replicas' gradients and un-scales the logged loss, so
-    each replica's mean must carry the ``1 / num_replicas`` factor. A no-op on other backends.
+    Keras' TensorFlow trainer sums the replicas' gradients (and multiplies the logged loss by
+    the number of replicas before averaging it over them), so when each replica divides its own
+    sum of pixel losses by the *global* number of valid pixels, the update and the logged loss
+    are exactly those of one device on the whole batch, however unevenly the void pixels fall
+    between the replicas. (Dividing each replica's own mean by the number of replicas, as Keras'
+    built-in losses do, gives that only when the replicas hold equally many valid pixels.)
+    Under JAX, ``keras.distribution`` shards one global computation, so the sum is global already.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            loss = loss * (1.0 / replicas)
-    return loss
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return count
