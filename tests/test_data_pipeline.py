@@ -164,6 +164,17 @@ def test_paper_mode_scaling_keeps_labels_nearest(tmp_path):
     assert len(sizes) > 3
 
 
+def test_paper_mode_scaling_equals_a_nearest_resize_of_the_whole_label(tmp_path):
+    """Whole scaled images sample the label exactly as one nearest resize to their size would,
+    also where round(size * scale) rounds down (61 * 0.368 -> 22): no source row or column dropped."""
+    label = np.random.default_rng(0).integers(0, 21, size=(61, 83)).astype(np.uint8)
+    path = _single_pair_records(tmp_path, np.zeros((61, 83, 3), np.uint8), label)
+    dataset = pipeline.train_dataset(path, scale_range=(0.3, 0.45), flip=False, seed=1)
+    for _, label_out in dataset.take(16):
+        expected = tf.image.resize(label[..., None], label_out.shape[1:], method="nearest")[..., 0]
+        np.testing.assert_array_equal(label_out[0], expected)
+
+
 # --- Training: the modern setup ---------------------------------------------------------------
 
 

@@ -85,6 +85,10 @@ def _axis_plan(size: tf.Tensor, scale: tf.Tensor, out: tf.Tensor, offset: tf.Ten
     visible_end = tf.minimum(offset + out, scaled)
     src_start = tf.clip_by_value(tf.cast(tf.floor(tf.cast(visible_start, tf.float32) / scale), tf.int32), 0, size - 1)
     src_end = tf.clip_by_value(tf.cast(tf.math.ceil(tf.cast(visible_end, tf.float32) / scale), tf.int32), src_start + 1, size)
+    # A window reaching the end of the scaled image takes the source to its end: round() may
+    # have scaled the size down (round(61 * 0.368) = 22 < 61 * 0.368), and ceil(22 / 0.368) = 60
+    # would drop the last source pixel and resample the rest 60 -> 22 instead of 61 -> 22.
+    src_end = tf.where(visible_end >= scaled, size, src_end)
     take_start = tf.maximum(tf.cast(tf.round(tf.cast(visible_start, tf.float32) - tf.cast(src_start, tf.float32) * scale), tf.int32), 0)
     take_len = visible_end - visible_start
     resized = tf.maximum(_scaled_size(src_end - src_start, scale), take_start + take_len)
