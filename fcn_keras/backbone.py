@@ -72,9 +72,10 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
         if digest in KNOWN_WEIGHT_FILES:
             return KNOWN_WEIGHT_FILES[digest]
     raise ValueError(
-        f"cannot tell which input normalisation the weights in {str(path)!r} expect: pass "
-        "preprocessing='caffe' (keras.applications / Caffe ImageNet weights: BGR, mean "
-        "subtracted) or preprocessing='torch' (torchvision weights: RGB / 255, mean/std)"
+        f"cannot tell which input normalisation the weights in {str(path)!r} expect (not one of the "
+        "known files of fcn_keras.backbone.KNOWN_WEIGHT_FILES): pass preprocessing='caffe' "
+        "(--preprocessing=caffe; keras.applications / Caffe ImageNet weights: BGR, mean subtracted) or "
+        "preprocessing='torch' (--preprocessing=torch; torchvision weights: RGB / 255, mean/std)"
     )
 
 
@@ -120,8 +121,10 @@ def load_vgg16(weights: str | os.PathLike) -> keras.Model:
     try:
         vgg.load_weights(str(path))
     except Exception as error:  # Keras raises ValueError/KeyError/TypeError by format.
+        reason = str(error)  # Keras may print whole weight tensors: keep the start.
+        reason = reason if len(reason) <= 400 else reason[:400] + " ..."
         raise ValueError(
             f"weights file {str(path)!r} does not hold VGG16 weights "
-            f"(include_top={include_top}): {error}"
+            f"(include_top={include_top}): {reason}"
         ) from error
     return vgg

@@ -86,7 +86,7 @@ def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathL
     """
     is_folder = Path(data).is_dir()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data)
-    globs = resolve_data(data, cache_dir)
+    globs = resolve_data(data, cache_dir, splits=(split,))
     if not is_folder:
         return globs["train"], None  # A glob: resolve_data names it "train"; it is what we evaluate.
     if split not in globs:

@@ -89,8 +89,9 @@ def build_fcn(
         vgg = weights
         mode = resolve_preprocessing(None, preprocessing)
     else:
-        mode = resolve_preprocessing(weights, preprocessing)
+        # What the file holds is checked first: a file that is no VGG16 says so, whatever its origin.
         vgg = None if weights is None else load_vgg16(weights)
+        mode = resolve_preprocessing(weights, preprocessing)
     if name is None:
         name = f"fcn{variant}" + ("_at_once" if at_once else "")
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
-from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS
+from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.optimizers import CaffeSGD
 from fcn_keras.distribute import (
@@ -109,6 +109,7 @@ class TrainConfig:
     data: str = ""
     init_from: str = ""
     weights: str = "auto"
+    preprocessing: str = "auto"
     num_classes: int = NUM_CLASSES
     epochs: int | None = None
     steps_per_epoch: int | None = None
@@ -170,6 +171,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     _choice("mixed_precision", config.mixed_precision, tuple(MIXED_PRECISION))
     _choice("jit_compile", config.jit_compile, tuple(JIT_COMPILE))
     _choice("distribute", config.distribute, DISTRIBUTE_MODES)
+    _choice("preprocessing", config.preprocessing, ("auto",) + PREPROCESSING_MODES)
     if config.geometry is not None:
         arch.get_geometry(config.geometry)
     if config.at_once and config.variant == "32s":
@@ -228,8 +230,16 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 _RESUME_KEYS = (
     "variant", "data", "init_from", "num_classes", "steps_per_epoch", "batch_size", "crop_size",
     "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
-    "distribute", "deterministic",
+    "distribute", "deterministic", "preprocessing",
 )  # fmt: skip
+
+
+def _resume_value(key: str, value: Any) -> Any:
+    """A config value as a resume compares it: paths (``data``, ``init_from``) made absolute
+    from the current folder, so ``voc``, ``./voc/`` and ``/abs/voc`` name the same data."""
+    if key in ("data", "init_from") and value:
+        return os.path.abspath(os.path.expanduser(value))
+    return value
 
 
 # --- The optimizer ------------------------------------------------------------------------------
@@ -387,16 +397,18 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
             problems.append(f"its geometry is {_geometry_of(source)!r}, not geometry={config.geometry!r}")
         if source.get_layer("fc7").filters != config.fc_units:
             problems.append(f"its fc6/fc7 have {source.get_layer('fc7').filters} units, not fc_units={config.fc_units}")
+        mode = source.get_layer("preprocess").mode
+        if config.preprocessing not in ("auto", mode):
+            problems.append(f"it normalises its input as {mode!r}, not preprocessing={config.preprocessing!r}")
         if problems:
             raise ValueError(f"init_from {str(path)!r} is not compatible: {'; '.join(problems)}")
-        mode = source.get_layer("preprocess").mode
         model = build_fcn(config.variant, config.num_classes, preprocessing=mode, **common)
         report = transfer_weights(source, model)
         logger.info("initialised FCN-%s from FCN-%s %s (new layers: %s)", config.variant, source_variant, path, report["kept"] or "none")
         return model, {"init_from": str(path), "source_variant": source_variant, **report}
     weights = None if config.weights == "none" else config.weights
     try:
-        model = build_fcn(config.variant, config.num_classes, weights=weights, **common)
+        model = build_fcn(config.variant, config.num_classes, weights=weights, preprocessing=config.preprocessing, **common)
     except Exception as error:
         if config.weights == "imagenet" and not isinstance(error, ValueError):
             raise ValueError(
@@ -522,26 +534,30 @@ def train(config: TrainConfig) -> dict[str, Any]:
     run_dir = Path(config.output_dir)
     if not distribution.is_chief:  # Non-chief workers keep their files apart.
         run_dir = run_dir / "workers" / str(distribution.worker_index)
-    run_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = run_dir / "backup"
     state = cb.read_backup(backup_dir)
     requested = dataclasses.asdict(config)
     if state is not None:
         previous = recorded_config(run_dir)
-        changed = {k: (previous.get(k), requested[k]) for k in _RESUME_KEYS if previous.get(k) != requested[k]}
+        changed = {k: (previous.get(k), requested[k]) for k in _RESUME_KEYS
+                   if _resume_value(k, previous.get(k)) != _resume_value(k, requested[k])}
         if changed:
             details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(
                 f"output_dir {str(run_dir)!r} holds the backup of a different run ({details}); resume it with the same "
                 "flags, or use another --output_dir"
             )
+        unused = ", ".join(f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in requested.items()
+                           if k not in _RESUME_KEYS and k != "output_dir" and previous.get(k) != v)
+        unused = f" (not applied: {unused})" if unused else ""
         if state["epoch"] >= config.epochs and (run_dir / "summary.json").is_file():
-            logger.info("%s already holds a finished run of %d epochs: nothing to do", run_dir, state["epoch"])
+            logger.info("%s already holds a finished run of %d epochs: nothing to do%s; raise --epochs to continue it",
+                        run_dir, state["epoch"], unused)
             return json.loads((run_dir / "summary.json").read_text())
         spent = float(state.get("elapsed_s", 0.0))
         if config.max_train_seconds and spent >= config.max_train_seconds and not state["step"] and (run_dir / "summary.json").is_file():
-            logger.info("%s already spent its time budget (%.1f s of %.1f s, %d epochs): nothing to do", run_dir, spent,
-                        config.max_train_seconds, state["epoch"])
+            logger.info("%s already spent its time budget (%.1f s of %.1f s, %d epochs): nothing to do%s", run_dir, spent,
+                        config.max_train_seconds, state["epoch"], unused)
             return json.loads((run_dir / "summary.json").read_text())
 
     policy = keras.config.dtype_policy()
@@ -585,6 +601,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
                         run_dir, epoch + 1, step, config.steps_per_epoch, state["global_step"])
 
     # --- Artefacts: config.json (fresh runs), truncated log on resume ---
+    run_dir.mkdir(parents=True, exist_ok=True)  # Only now: bad data, weights or init_from leave no folder.
     if state is None:
         for stale in ("log.csv", "summary.json"):
             (run_dir / stale).unlink(missing_ok=True)
@@ -726,9 +743,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
             f"(epoch {summary['last_good_epoch']}) and the backup was rolled back to the end of that epoch: rerun with a "
             "lower --learning_rate to continue from there."
         )
-    logger.info("done: %d epochs, best %s %.4f (epoch %s), %.1f s, %.1f img/s; artefacts in %s", summary["epochs_done"], monitor,
+    logger.info("done: %d epochs, best %s %.4f (epoch %s), %.1f s, %s img/s; artefacts in %s", summary["epochs_done"], monitor,
                 checkpoint.best if checkpoint.best is not None else float("nan"), checkpoint.best_epoch, summary["wall_time_s"],
-                summary["images_per_s"] or 0.0, run_dir)
+                cb.format_rate(summary["images_per_s"]), run_dir)
     return summary
 
 
@@ -767,6 +784,11 @@ def define_flags(flag_values=None) -> None:
     define("string", "weights", d.weights, "Backbone initialisation when not --init_from: imagenet (keras.applications "
                         "VGG16 with fc6/fc7, needs internet), none (random), or a Keras VGG16 weights file. auto: none for "
                         "the synthetic demo and with --init_from, imagenet on real data.")
+    define("enum", "preprocessing", d.preprocessing, ["auto", *PREPROCESSING_MODES], "The input normalisation built into "
+                      "the model, which must be the one the backbone weights were trained with: caffe (BGR, ImageNet mean "
+                      "subtracted: keras.applications / the authors' Caffe VGG16) or torch (RGB / 255, mean/std: torchvision). "
+                      "auto: caffe for imagenet and none, the known origin of a listed weights file (fcn_keras.backbone."
+                      "KNOWN_WEIGHT_FILES), the source model's with --init_from; any other weights file needs it set.")
     define("integer", "num_classes", d.num_classes, "Number of classes (21 for PASCAL VOC).")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
     define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
@@ -825,6 +847,11 @@ def main(argv: list[str]) -> int:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        state = cb.read_backup(Path(resolve_config(TrainConfig(**values)).output_dir) / "backup")
+        then = f"resume from its backup (epoch {state['epoch'] + 1}, step {state['step']})" if state else "start over (no backup yet)"
+        print(f"interrupted: run the same command again to {then}", file=sys.stderr)
+        return 130
     print(json.dumps({k: summary[k] for k in ("status", "epochs_done", "best", "wall_time_s", "images_per_s")}, default=str))
     return 0
 

@@ -287,11 +287,28 @@ def test_resolve_data_glob_converted_folder_and_voc_root(data, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.tfrecord")}
     assert pipeline.resolve_data(str(data["root"]), cache) == converted  # idempotent: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.tfrecord")} == stamps
+    assert set(pipeline.resolve_data(data["root"], tmp_path / "val-only", splits=("val",))) == {"val"}
+    assert not list((tmp_path / "val-only").glob("train-*"))  # evaluation converts only its split
+
+
+def test_resolve_data_errors_say_what_is_wrong(data, tmp_path):
     missing = str(tmp_path / "nope-*.tfrecord")
-    with pytest.raises(ValueError, match=rf"nothing matches for split 'train' .* Received: data='{re.escape(missing)}'"):
+    with pytest.raises(ValueError, match=rf"nothing matches \(.*\)\. Received: data='{re.escape(missing)}'"):
         pipeline.resolve_data(missing, tmp_path)
-    with pytest.raises(ValueError, match=r"nothing matches for split 'train'"):
-        pipeline.resolve_data(str(tmp_path), tmp_path)  # a folder of neither kind
+    with pytest.raises(ValueError, match=r"no such file \(.*records\.tfrecord\)"):
+        pipeline.resolve_data(str(tmp_path / "records.tfrecord"), tmp_path)
+    with pytest.raises(ValueError, match=r"this folder is none of them\. Received"):
+        pipeline.resolve_data(str(tmp_path), tmp_path)
+    with pytest.raises(ValueError, match=r"looks like the VOC2012 folder itself: pass the VOCdevkit folder above it"):
+        pipeline.resolve_data(data["root"] / "VOC2012", tmp_path)
+    manifest = data["out"] / "manifest.json"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))} is not a TFRecord file of fcn_keras.data.convert"):
+        pipeline.resolve_data(manifest, tmp_path)
+    foreign = tmp_path / "foreign.tfrecord"
+    with tf.io.TFRecordWriter(str(foreign)) as writer:
+        writer.write(tf.train.Example().SerializeToString())
+    with pytest.raises(ValueError, match=r"foreign.tfrecord is not a TFRecord file of fcn_keras.data.convert"):
+        pipeline.resolve_data(foreign, tmp_path)
 
 
 # --- model.fit --------------------------------------------------------------------------------

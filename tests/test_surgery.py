@@ -147,9 +147,10 @@ def test_weights_file_with_top_transplants_fc_layers(tmp_path, random_vgg16):
 def test_weights_file_of_another_network_is_refused_with_its_name(tmp_path):
     path = tmp_path / "mobilenet.weights.h5"
     keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), include_top=False, alpha=0.35).save_weights(path)
+    # What a file holds is checked before its origin: no "cannot tell which normalisation" here.
     with pytest.raises(ValueError, match=rf"weights file '{path}' does not hold VGG16 weights"):
-        build_fcn("8s", weights=path, preprocessing="caffe", fc_units=8)
+        build_fcn("8s", weights=path, fc_units=8)
     not_hdf5 = tmp_path / "notes.h5"
     not_hdf5.write_text("hello")
     with pytest.raises(ValueError, match=rf"weights file '{not_hdf5}' is not an HDF5 file"):
-        build_fcn("8s", weights=not_hdf5, preprocessing="caffe", fc_units=8)
+        build_fcn("8s", weights=not_hdf5, fc_units=8)

@@ -20,7 +20,7 @@ from absl import flags
 from fcn_keras import build_fcn
 from fcn_keras import callbacks as cb
 from fcn_keras.data.synthetic import make_synthetic_voc
-from fcn_keras.train import TrainConfig, TrainingDiverged, define_flags, train
+from fcn_keras.train import TrainConfig, TrainingDiverged, build_model, define_flags, resolve_config, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,6 +97,10 @@ def test_run_writes_every_artefact(run32):
     assert state["best"] == pytest.approx(summary["best"]["value"])
 
 
+def test_log_lines_show_slow_rates_instead_of_zero():
+    assert [cb.format_rate(r) for r in (0.04123, 2.349, 15.06, 1064.3, None)] == ["0.0412", "2.35", "15.1", "1064.3", "-"]
+
+
 def test_saved_runs_load_compiled_after_import_fcn_keras(run32, voc_root, tmp_path):
     """A fresh interpreter: ``import fcn_keras`` registers the loss, metric and optimizer, so
     ``keras.saving.load_model`` with its default ``compile=True`` gives a model ready to evaluate
@@ -125,11 +129,15 @@ for path in sys.argv[1:]:
     ]
 
 
-def test_finished_run_is_not_retrained(run32):
+def test_finished_run_is_not_retrained(run32, monkeypatch):
     out, summary = run32
     before = (out / "last.keras").stat().st_mtime_ns
     config = json.loads((out / "config.json").read_text())["config"]
     assert train(TrainConfig(**config)) == summary
+    # The same data named by a relative path with a trailing slash is the same run.
+    data = Path(config["data"])
+    monkeypatch.chdir(data.parent)
+    assert train(TrainConfig(**{**config, "data": f"./{data.name}/"})) == summary
     assert (out / "last.keras").stat().st_mtime_ns == before
 
 
@@ -143,6 +151,25 @@ def test_resume_with_other_flags_is_refused(run32):
     config.update(variant="32s", deterministic=not config["deterministic"])
     with pytest.raises(ValueError, match=r"different run \(deterministic: True -> False\)"):
         train(TrainConfig(**config))
+
+
+def test_weights_file_of_unknown_origin_needs_preprocessing(run32, tmp_path):
+    """A VGG16 file that is none of the known ones (here: random, as a fine-tuned one would be)
+    loads once --preprocessing says how its inputs were normalised; --init_from keeps its own."""
+    path = tmp_path / "vgg16_finetuned.weights.h5"
+    vgg = keras.applications.VGG16(include_top=False, weights=None)
+    vgg.save_weights(path)
+    config = resolve_config(TrainConfig(**{**TINY, "weights": str(path)}, data="records", output_dir=str(tmp_path / "run")))
+    with pytest.raises(ValueError, match=r"cannot tell which input normalisation.*--preprocessing=caffe"):
+        build_model(config)
+    model, report = build_model(dataclasses.replace(config, preprocessing="torch"))
+    assert model.get_layer("preprocess").mode == "torch" and report == {"weights": str(path)}
+    for ours, saved in zip(model.get_layer("block1_conv1").get_weights(), vgg.get_layer("block1_conv1").get_weights()):
+        np.testing.assert_array_equal(ours, saved)
+    staged = resolve_config(TrainConfig(**{**TINY, "variant": "16s", "preprocessing": "torch"}, data="records",
+                                        init_from=str(run32[0]), output_dir=str(tmp_path / "run16")))
+    with pytest.raises(ValueError, match=r"normalises its input as 'caffe', not preprocessing='torch'"):
+        build_model(staged)
 
 
 def test_time_budget_stops_at_an_epoch_end_and_a_rerun_keeps_it(voc_root, tmp_path):
@@ -269,7 +296,7 @@ def test_incompatible_init_from_is_refused(make, message, voc_root, tmp_path):
     config = TrainConfig(**TINY, data=str(voc_root), init_from=path, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match=message) as error:
         train(config)
-    assert "init_from" in str(error.value)
+    assert "init_from" in str(error.value) and not (tmp_path / "out").exists()
 
 
 # --- Mixed precision (bf16: test_staged_16s_from_trained_32s) ---------------------------------
@@ -320,6 +347,7 @@ def test_data_glob_matching_nothing(tmp_path):
     pattern = str(tmp_path / "nothing-*.tfrecord")
     with pytest.raises(ValueError, match=r"--data: .*nothing matches.*" + "nothing-"):
         train(TrainConfig(**TINY, data=pattern, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c")))
+    assert not (tmp_path / "out").exists()  # Bad input leaves no empty run folder behind.
 
 
 def test_cli_reports_bad_data_and_exits_nonzero(tmp_path):

@@ -122,3 +122,25 @@ def test_sigkill_mid_epoch_then_same_command_resumes_exactly(tmp_path, request, 
     keras.utils.set_random_seed(0)
     initial = build_fcn("32s", fc_units=8, geometry="same").get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(resumed, initial))
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    """SIGINT (Ctrl-C) ends the CLI with status 130 and one line naming the backup to resume
+    from, not a traceback."""
+    voc = make_synthetic_voc(tmp_path / "voc", num_train=4, num_val=2, size=(40, 48), seed=2)
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    process = subprocess.Popen(_command(voc, out), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and process.poll() is None and not _state(out):
+            time.sleep(0.02)
+        assert _state(out), f"no backup appeared (returncode {process.poll()})"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        _stop(process)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted: run the same command again to resume from its backup (epoch " in stderr
+    assert "Traceback" not in stderr

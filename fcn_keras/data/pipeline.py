@@ -359,21 +359,25 @@ def eval_dataset(
 # --- Data resolution --------------------------------------------------------------------------
 
 
-def resolve_data(data: str | os.PathLike, cache_dir: str | os.PathLike) -> dict[str, str]:
+def resolve_data(
+    data: str | os.PathLike, cache_dir: str | os.PathLike, splits: tuple[str, ...] = ("train", "val")
+) -> dict[str, str]:
     """Turns a ``--data`` value into TFRecord globs per split.
 
     Args:
         data: a TFRecord glob (→ ``{"train": data}``), a folder written by the converter
             (holding ``manifest.json``: a glob per split in it), or a VOCdevkit root (holding
             ``VOC2012/``), converted into ``cache_dir`` (idempotent: a second call reuses the
-            shards) for each of ``train`` and ``val`` that has a list.
+            shards) for each of ``splits`` that has a list.
         cache_dir: where a VOCdevkit root is converted.
+        splits: the splits of a VOCdevkit root to convert (evaluation needs only its own).
 
     Returns:
         ``{split: glob}``, e.g. ``{"train": ".../train-*-of-*.tfrecord", "val": ...}``.
 
     Raises:
-        ValueError: naming ``data`` when it is none of the above or nothing matches.
+        ValueError: naming ``data`` when it is none of the above, nothing matches, or the first
+            file of a split is not a TFRecord file of ``fcn_keras.data.records``.
     """
     # Imported here: the converter pulls in absl flags and keras, which the pipeline needs not.
     from fcn_keras.data import convert as convert_lib
@@ -385,17 +389,43 @@ def resolve_data(data: str | os.PathLike, cache_dir: str | os.PathLike) -> dict[
             raise ValueError(f"data holds an unreadable or foreign manifest.json. Received: data={str(data)!r}")
         globs = {split: str(path / entry["glob"]) for split, entry in manifest["splits"].items()}
     elif path.is_dir() and (path / "VOC2012").is_dir():
-        splits = [s for s in ("train", "val") if (path / "VOC2012" / "ImageSets" / "Segmentation" / f"{s}.txt").is_file()]
-        if not splits:
-            raise ValueError(f"data is a VOCdevkit root without ImageSets/Segmentation/train.txt or val.txt. Received: data={str(data)!r}")
-        convert_lib.convert(path, cache_dir, splits=splits)
-        globs = {split: convert_lib.split_glob(cache_dir, split) for split in splits}
+        lists = path / "VOC2012" / "ImageSets" / "Segmentation"
+        found = [s for s in splits if (lists / f"{s}.txt").is_file()]
+        if not found:
+            raise ValueError(f"data has no split {' or '.join(map(repr, splits))}: a VOCdevkit root without "
+                             f"{' or '.join(f'{s}.txt' for s in splits)} in {lists}. Received: data={str(data)!r}")
+        convert_lib.convert(path, cache_dir, splits=found)
+        globs = {split: convert_lib.split_glob(cache_dir, split) for split in found}
+    elif path.is_dir():
+        hint = " (this looks like the VOC2012 folder itself: pass the VOCdevkit folder above it)" if (path / "JPEGImages").is_dir() else ""
+        raise ValueError(
+            "data must be a TFRecord glob, a converted folder (manifest.json) or a VOCdevkit root (holding VOC2012/); "
+            f"this folder is none of them{hint}. Received: data={str(data)!r}"
+        )
     else:
         globs = {"train": str(data)}
     for split, pattern in globs.items():
-        if not any(not tf.io.gfile.isdir(match) for match in tf.io.gfile.glob(pattern)):
+        files = [match for match in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(match)]
+        if not files:
+            if path.is_dir():
+                what = f"nothing matches for split {split!r}"
+            else:
+                what = "nothing matches" if any(c in pattern for c in "*?[") else "no such file"
             raise ValueError(
                 "data must be a TFRecord glob, a converted folder (manifest.json) or a VOCdevkit root (holding VOC2012/); "
-                f"nothing matches for split {split!r} ({pattern}). Received: data={str(data)!r}"
+                f"{what} ({pattern}). Received: data={str(data)!r}"
             )
+        _check_record_file(sorted(files)[0], data)
     return globs
+
+
+def _check_record_file(path: str, data: str | os.PathLike) -> None:
+    """Reads the first record of ``path``: a clear error now, not a ``DataLossError`` mid-run."""
+    try:
+        for serialized in tf.data.TFRecordDataset(path).take(1):
+            records.parse_features(serialized)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        reason = error.message.splitlines()[0] if error.message else type(error).__name__
+        raise ValueError(
+            f"{path} is not a TFRecord file of fcn_keras.data.convert ({reason}). Received: data={str(data)!r}"
+        ) from error
