@@ -104,6 +104,21 @@ def test_idempotent_and_rewrites_only_what_changed(voc_root, tmp_path):
     assert fourth["splits"]["train"]["num_examples"] == 7
 
 
+def test_a_split_kept_from_other_data_is_warned_about(voc_root, tmp_path, caplog):
+    out = tmp_path / "records"
+    convert(voc_root, out, verbose=False)
+    other = make_synthetic_voc(tmp_path / "other", num_train=2, num_val=1, size=(40, 48), seed=9)
+    with caplog.at_level("WARNING", logger="fcn_keras.data.convert"):
+        manifest = convert(other, out, splits=("train",), max_images=1, verbose=False)
+    assert manifest["splits"]["val"]["source"]["voc_root"] == str(voc_root.resolve())  # kept, and said so:
+    assert re.search(rf"also holds split 'val' converted from other data: voc_root '{re.escape(str(voc_root.resolve()))}' "
+                     rf"\(now '{re.escape(str(other.resolve()))}'\), max_images None \(now 1\)", caplog.text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fcn_keras.data.convert"):
+        convert(voc_root, out, splits=("train",), verbose=False)  # the same data again: nothing to say
+    assert "other data" not in caplog.text
+
+
 def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, monkeypatch):
     out = tmp_path / "records"
     encode = convert_lib._encode_pair

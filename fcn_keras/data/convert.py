@@ -17,6 +17,7 @@ import concurrent.futures
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -29,6 +30,8 @@ from absl import app, flags
 from fcn_keras import __version__
 from fcn_keras.data import download, records, voc
 from fcn_keras.files import atomic_path, file_digests, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 SKIPPED_REPORT_NAME = "skipped.json"
@@ -280,6 +283,13 @@ def convert(
         "splits": {s: entry for s, entry in old.get("splits", {}).items() if s not in splits},
         "skipped_report": None,
     }
+    for split, entry in manifest["splits"].items():  # Kept from an earlier conversion: same data?
+        differences = [f"{key} {value!r} (now {source[key]!r})" for key, value in (entry.get("source") or {}).items()
+                       if source.get(key) != value]
+        if differences:
+            logger.warning("%s also holds split %r converted from other data: %s. A --data of this folder uses it "
+                           "with the splits converted now; reconvert it or use another --output_dir",
+                           output_dir, split, ", ".join(differences))
     options = {
         "sbd_root": sbd_root,
         "lists_dir": lists_dir,
