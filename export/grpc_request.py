@@ -6,11 +6,16 @@ Builds a ``PredictRequest`` for the ``predict_image_bytes`` signature: one DT_ST
 ``image_bytes`` of shape [N] holding the image files' bytes unchanged (no base64 over gRPC).
 The response's ``labels`` (uint8 [N, Hmax, Wmax], 255 beyond each image), ``heights``,
 ``widths`` and ``label_png_bytes`` tensors are read with ``tf.make_ndarray``.
+
+Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
+message names the address), an error status from the server (with its message), an unreadable
+image file.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,13 +79,29 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
 
 
 def predict(server: str, request: predict_pb2.PredictRequest, timeout: float = 60.0) -> predict_pb2.PredictResponse:
-    """Sends ``request`` to TF Serving's gRPC port (plain-text channel)."""
+    """Sends ``request`` to TF Serving's gRPC port (plain-text channel).
+
+    Raises:
+        ConnectionError: nothing answered at ``server`` (gRPC ``UNAVAILABLE`` or
+            ``DEADLINE_EXCEEDED``); the message names the address.
+        RuntimeError: the server answered with an error (e.g. ``NOT_FOUND`` for an unknown
+            model); the message names the address, the status and the server's words.
+    """
     import grpc
 
-    with grpc.insecure_channel(
-        server, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-    ) as channel:
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+    try:
+        with grpc.insecure_channel(
+            server, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        ) as channel:
+            return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+    except grpc.RpcError as error:  # Also a grpc.Call: code() and details() say what happened.
+        code, details = error.code(), " ".join(str(error.details()).split())  # One line.
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ConnectionError(
+                f"no TF Serving answered at {server} ({code.name}: {details}): is tensorflow_model_server "
+                "running there with --port? (check --server)"
+            ) from error
+        raise RuntimeError(f"TF Serving at {server} answered {code.name}: {details}") from error
 
 
 # --- Command line ------------------------------------------------------------------------------
@@ -102,8 +123,13 @@ def main(argv: list[str]) -> int:
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the image files to segment after the flags")
-    request = build_predict_request(paths, FLAGS.model_name, FLAGS.signature_name, FLAGS.version)
-    for path, result in zip(paths, parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout))):
+    try:
+        request = build_predict_request(paths, FLAGS.model_name, FLAGS.signature_name, FLAGS.version)
+        results = parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout))
+    except (OSError, RuntimeError) as error:  # One line naming the file or the server, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path, result in zip(paths, results):
         labels = result["labels"]
         print(f"{path}: {labels.shape[0]}x{labels.shape[1]}, classes {np.unique(labels).tolist()}")
     return 0

@@ -15,6 +15,10 @@ The request body (TF Serving's REST "row" format):
 The response has one object per instance: ``labels`` (nested lists [Hmax][Wmax], 255 beyond the
 image), ``heights``, ``widths`` and ``label_png_bytes`` (``{"b64": ...}``: TF Serving
 base64-encodes outputs whose name ends in ``_bytes``).
+
+Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
+message names the URL), an error status from the server (with its message), an unreadable
+image file.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,15 +82,41 @@ def parse_rest_response(response: dict) -> list[dict]:
 
 
 def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0) -> dict:
-    """POSTs ``body`` to ``<server>/v1/models/<model_name>:predict`` and returns the JSON reply."""
+    """POSTs ``body`` to ``<server>/v1/models/<model_name>:predict`` and returns the JSON reply.
+
+    Raises:
+        ConnectionError: nothing answered at that URL (refused, unreachable, timed out); the
+            message names the URL.
+        RuntimeError: the server answered with an error status (e.g. an unknown model), or
+            with something that is not JSON; the message names the URL and the server's words.
+    """
+    url = f"{server.rstrip('/')}/v1/models/{model_name}:predict"
     request = urllib.request.Request(
-        f"{server.rstrip('/')}/v1/models/{model_name}:predict",
+        url,
         data=json.dumps(body).encode("utf-8"),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=timeout) as reply:
-        return json.loads(reply.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            text = reply.read()
+    except urllib.error.HTTPError as error:  # An answer, with an error status: say what it said.
+        detail = error.read().decode("utf-8", "replace").strip()
+        try:
+            detail = json.loads(detail).get("error", detail)
+        except (ValueError, AttributeError):
+            pass
+        raise RuntimeError(f"TF Serving at {url} answered HTTP {error.code}: {detail}") from error
+    except (urllib.error.URLError, OSError) as error:  # Refused, unreachable, timed out, reset.
+        reason = getattr(error, "reason", None) or error
+        raise ConnectionError(
+            f"no TF Serving answered at {url} ({reason}): is tensorflow_model_server running there "
+            "with --rest_api_port? (check --server)"
+        ) from error
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise RuntimeError(f"the reply of {url} is not JSON, so not TF Serving's: {text[:80]!r}") from error
 
 
 # --- Command line ------------------------------------------------------------------------------
@@ -106,8 +138,12 @@ def main(argv: list[str]) -> int:
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the image files to segment after the flags")
-    body = build_rest_body(paths, FLAGS.signature_name)
-    results = parse_rest_response(post_predict(FLAGS.server, FLAGS.model_name, body, FLAGS.timeout))
+    try:
+        body = build_rest_body(paths, FLAGS.signature_name)
+        results = parse_rest_response(post_predict(FLAGS.server, FLAGS.model_name, body, FLAGS.timeout))
+    except (OSError, RuntimeError) as error:  # One line naming the file or the server, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     for path, result in zip(paths, results):
         classes = np.unique(result["labels"]).tolist()
         print(f"{path}: {result['labels'].shape[0]}x{result['labels'].shape[1]}, classes {classes}")

@@ -1,13 +1,21 @@
 """Files in and out: trained FCNs, RGB images, VOC-style palette label PNGs, atomic writes;
 image sizes written on command lines.
 
-``load_fcn`` loads a ``.keras`` file and checks that it is an FCN (one RGB image input, one
-``[B, H, W, classes]`` output), with errors that name the file.
+``load_fcn`` loads a ``.keras`` file, or a training run folder (its ``best.keras``, else its
+``last.keras``: ``resolve_model_file``), without compiling it, and checks that it is an FCN
+(one RGB image input, one ``[B, H, W, classes]`` output), with errors that name the file.
 
-Image reading follows what TensorFlow's decoders do with ``channels=3`` (the SavedModel's
-bytes signature uses ``tf.io.decode_image``), so the predict CLI and a served model see the
-same pixels: grayscale and palette images become RGB, an alpha channel is dropped, EXIF orientation
-is not applied. Images that are not 8-bit per channel (16-bit or float TIFF/PNG) are rejected.
+``read_image`` decodes JPEGs with TensorFlow's decoder and its default settings
+(``tf.io.decode_jpeg(channels=3)``, ``dct_method=""``, which TensorFlow maps to libjpeg's
+``JDCT_IFAST``), exactly as the training and evaluation pipelines (``fcn_keras.data``) and the
+SavedModel's bytes signature (``tf.io.decode_image``) do, so the predict CLI, training and a
+served model see the same pixels. PIL's JPEG decoder (libjpeg's default ``JDCT_ISLOW``, what
+TensorFlow calls ``INTEGER_ACCURATE``) gives different pixels: up to 20 levels apart on real
+VOC photos. Other formats are read with PIL (PNG, BMP and GIF are lossless: PIL and
+TensorFlow give the same pixels), following what TensorFlow's decoders do with
+``channels=3``: grayscale and palette images become RGB, an alpha channel is dropped. EXIF
+orientation is not applied. Images that are not 8-bit per channel (16-bit or float TIFF/PNG)
+are rejected.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels models load too)
@@ -84,22 +93,59 @@ def check_fcn(model: keras.Model, source: str) -> keras.Model:
     return model
 
 
+#: The checkpoints of a training run folder that a model path may name, in order of preference
+#: (``fcn_keras.train`` writes both: the best validation mean IU, and the last epoch's).
+RUN_CHECKPOINTS: tuple[str, ...] = ("best.keras", "last.keras")
+
+
+def resolve_model_file(path: str | os.PathLike) -> Path:
+    """The ``.keras`` file that a model path names: the file itself, or a training run folder's
+    ``best.keras``, else its ``last.keras`` (``RUN_CHECKPOINTS``).
+
+    Args:
+        path: a ``.keras`` file, or a run folder written by ``fcn_keras.train``.
+
+    Returns:
+        The file (not checked further: ``load_fcn`` does that).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or is a folder holding none of
+            ``RUN_CHECKPOINTS`` (the message lists the files looked for).
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / name for name in RUN_CHECKPOINTS]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"model folder {path} holds no trained model: looked for "
+            f"{' and '.join(str(c) for c in candidates)}; give a .keras file or a run folder of fcn_keras.train"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return path
+
+
 def load_fcn(path: str | os.PathLike) -> keras.Model:
     """Loads a ``.keras`` file saved from ``build_fcn`` (under any backend) and checks it.
 
+    The model is loaded with ``compile=False``: the file's training configuration (loss,
+    optimizer without its variables) is not needed to predict, and compiling it would only
+    make Keras warn that the optimizer's variables are not in the file.
+
     Args:
-        path: a ``.keras`` file.
+        path: a ``.keras`` file, or a training run folder (its ``best.keras``, else its
+            ``last.keras``; see ``resolve_model_file``).
 
     Returns:
         The model (not compiled), mapping RGB ``[B, H, W, 3]`` to logits ``[B, H, W, C]``.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist, or is a folder without those files.
         ValueError: ``path`` is not a ``.keras`` file, cannot be loaded, or is not an FCN.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+    path = resolve_model_file(path)
     if path.suffix != ".keras":
         raise ValueError(f"model must be a .keras file. Received: {path}")
     try:
@@ -122,15 +168,49 @@ _CONVERTIBLE_MODES: frozenset[str] = frozenset(
 )
 
 
+#: The first bytes of every JPEG file (SOI marker, then a marker's 0xFF): how ``read_image`` and
+#: ``tf.io.decode_image`` recognise a JPEG, whatever the file's name.
+JPEG_SIGNATURE: bytes = b"\xff\xd8\xff"
+
+
+def decode_jpeg(encoded: bytes, source: str | os.PathLike = "JPEG data") -> np.ndarray:
+    """Decodes JPEG bytes to RGB exactly as the training pipeline and the SavedModel do.
+
+    ``tf.io.decode_jpeg(encoded, channels=3)`` with its default ``dct_method=""``, which
+    TensorFlow maps to libjpeg's fast integer IDCT (``JDCT_IFAST``, the same as
+    ``"INTEGER_FAST"``); ``tf.io.decode_image`` and ``tf.io.decode_and_crop_jpeg`` decode the
+    same pixels. Grayscale and CMYK JPEGs become RGB.
+
+    Args:
+        encoded: the JPEG file's bytes.
+        source: what to name in the error (the file).
+
+    Returns:
+        uint8 ``[H, W, 3]``.
+
+    Raises:
+        ValueError: TensorFlow cannot decode the bytes (corrupt or truncated JPEG).
+    """
+    try:
+        return tf.io.decode_jpeg(encoded, channels=3).numpy()
+    except tf.errors.OpError as error:
+        # "{{function_node ...}} jpeg::Uncompress failed. Invalid JPEG data ... [Op:DecodeJpeg]"
+        reason = error.message.rsplit("}}", 1)[-1].split(" [Op:", 1)[0].strip()
+        raise ValueError(f"cannot read image {source}: TensorFlow's JPEG decoder failed: {reason}") from error
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as RGB.
+    """Reads an image file as RGB, JPEGs exactly as training and serving decode them.
 
     Args:
         path: a JPEG, PNG, BMP, GIF (first frame), WebP or TIFF file, 8 bits per channel.
 
     Returns:
-        uint8 ``[H, W, 3]``. Grayscale is replicated into the three channels, palette images
-        are expanded, alpha is dropped (not composited), CMYK/YCbCr are converted.
+        uint8 ``[H, W, 3]``. JPEGs (recognised by their first bytes, not their name) are
+        decoded by ``decode_jpeg`` (TensorFlow, as ``fcn_keras.data`` and the SavedModel).
+        Other formats are read with PIL: grayscale is replicated into the three channels,
+        palette images are expanded, alpha is dropped (not composited), CMYK/YCbCr are
+        converted.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -140,6 +220,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    with open(path, "rb") as file:
+        is_jpeg = file.read(len(JPEG_SIGNATURE)) == JPEG_SIGNATURE
+    if is_jpeg:
+        return decode_jpeg(path.read_bytes(), path)
     try:
         with Image.open(path) as image:
             image.load()  # Decode now: a truncated file fails here, not later.

@@ -5,16 +5,19 @@
 
 For every input image ``<stem>.<ext>`` it writes ``<output_dir>/<stem>.png`` (a palette PNG of
 class indices in VOC's colours, like VOC's ``SegmentationClass`` files) and
-``<output_dir>/<stem>_overlay.jpg`` (or ``.png``). The model is a ``.keras`` file (the argmax
-is appended to the graph with ``fcn_keras.inference.labels_model``) or a SavedModel from
-``fcn_keras.export`` (its ``serving_default`` ``labels`` output): either way only the uint8
-label map leaves the device.
+``<output_dir>/<stem>_overlay.jpg`` (or ``.png``). The model is a ``.keras`` file or a
+training run folder (its ``best.keras``, else ``last.keras``; the argmax is appended to the
+graph with ``fcn_keras.inference.labels_model``) or a SavedModel from ``fcn_keras.export`` (its
+``serving_default`` ``labels`` output): either way only the uint8 label map leaves the device.
 
 Inputs: files, or folders (not recursive) whose files ending in one of
-``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others are counted and reported). Grayscale,
-palette and RGBA images are converted to RGB (alpha dropped); images that are not 8 bits per
-channel are rejected. A file that cannot be used is reported with the reason and the others
-are still processed; the exit status is then 1.
+``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others are counted and reported). Files inside
+``output_dir`` are not taken from a folder (they may be an earlier run's outputs; they are
+counted and reported), and nothing is written if an output would replace an input file.
+JPEGs are decoded as training and the SavedModel decode them (``fcn_keras.io.read_image``).
+Grayscale, palette and RGBA images are converted to RGB (alpha dropped); images that are not
+8 bits per channel are rejected. A file that cannot be used is reported with the reason and the
+others are still processed; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -31,7 +35,7 @@ from absl import app, flags
 
 from fcn_keras.export import SERVING_SIGNATURE
 from fcn_keras.inference import labels_model
-from fcn_keras.io import IMAGE_EXTENSIONS, load_fcn, read_image, write_image, write_label_png
+from fcn_keras.io import IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, read_image, write_image, write_label_png
 from fcn_keras.viz import overlay
 
 #: Maps one RGB image uint8 [H, W, 3] to its label map uint8 [H, W].
@@ -53,7 +57,8 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     """A label-map function from a ``.keras`` FCN or an exported SavedModel.
 
     Args:
-        path: a ``.keras`` file, a SavedModel folder written by ``fcn_keras.export``
+        path: a ``.keras`` file, a training run folder (its ``best.keras``, else
+            ``last.keras``), a SavedModel folder written by ``fcn_keras.export``
             (``<export_dir>/<name>/<version>``), or its model folder ``<export_dir>/<name>``
             (the highest version is used, as TF Serving does).
 
@@ -67,16 +72,17 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
-    if not path.is_dir():
-        model = labels_model(load_fcn(path))
+    saved_dir = _savedmodel_dir(path) if path.is_dir() else None
+    if saved_dir is None:
+        if path.is_dir() and not any((path / name).is_file() for name in RUN_CHECKPOINTS):
+            raise ValueError(
+                f"{path} is a folder without saved_model.pb (nor numbered version folders holding one) "
+                f"nor {' or '.join(RUN_CHECKPOINTS)}: give a .keras file, a run folder of "
+                "fcn_keras.train or a SavedModel from fcn_keras.export"
+            )
+        model = labels_model(load_fcn(path))  # A .keras file or a run folder's checkpoint.
         return lambda image: np.asarray(model.predict_on_batch(image[np.newaxis]))[0]
 
-    saved_dir = _savedmodel_dir(path)
-    if saved_dir is None:
-        raise ValueError(
-            f"{path} is a folder without saved_model.pb (nor numbered version folders holding one): "
-            "give a .keras file or a SavedModel from fcn_keras.export"
-        )
     try:
         loaded = tf.saved_model.load(str(saved_dir))
     except Exception as error:  # TF raises several types for a corrupt SavedModel.
@@ -105,34 +111,118 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
 # --- Inputs ------------------------------------------------------------------------------------
 
 
-def collect_images(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]], int]:
+class Inputs(NamedTuple):
+    """What ``collect_images`` found."""
+
+    #: The image paths in order (folders sorted by name).
+    images: list[Path]
+    #: The sources that cannot be used, with the reason (missing path, empty folder).
+    bad: list[tuple[Path, str]]
+    #: Folder entries skipped for not having an image extension.
+    ignored: int
+    #: Folder entries skipped for lying inside ``output_dir`` (an earlier run's outputs).
+    skipped: int
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` (resolved, following links) lies in ``folder`` (resolved) or below it."""
+    return folder is not None and path.resolve().is_relative_to(folder)
+
+
+def collect_images(
+    sources: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None
+) -> Inputs:
     """Expands files and folders into the list of images to process.
 
     Args:
         sources: image files and folders (each folder's files with an image extension).
+        output_dir: where the outputs will go, or None. A folder's files that lie inside it
+            (after resolving links) are not taken: they may be an earlier run's label PNGs and
+            overlays, which would otherwise be segmented as new images. Files named explicitly
+            in ``sources`` are always taken (``check_outputs_spare_inputs`` then refuses any
+            that an output would replace).
 
     Returns:
-        ``(images, bad, ignored)``: the image paths in order (folders sorted by name), the
-        sources that cannot be used with the reason (missing path, empty folder), and the
-        number of folder entries skipped for not having an image extension.
+        ``Inputs(images, bad, ignored, skipped)``: the image paths in order (folders sorted by
+        name), the sources that cannot be used with the reason (missing path, empty folder),
+        the number of folder entries skipped for not having an image extension, and the number
+        of image files skipped for lying inside ``output_dir``.
     """
-    images, bad, ignored = [], [], 0
+    out = Path(output_dir).resolve() if output_dir is not None else None
+    images, bad, ignored, skipped = [], [], 0, 0
     for source in map(Path, sources):
         if source.is_dir():
             entries = sorted(child for child in source.iterdir() if child.is_file())
             found = [child for child in entries if child.suffix.lower() in IMAGE_EXTENSIONS]
             ignored += len(entries) - len(found)
+            kept = [child for child in found if not _inside(child, out)]
+            skipped += len(found) - len(kept)
             if not found:
                 bad.append((source, f"folder holds no file ending in {', '.join(IMAGE_EXTENSIONS)}"))
-            images.extend(found)
+            elif not kept:
+                bad.append((source, f"the {len(found)} image files of {source} are inside --output_dir={output_dir} "
+                                    "and are not taken as inputs (they may be outputs of an earlier run): write "
+                                    "the outputs to another --output_dir"))
+            images.extend(kept)
         elif source.is_file():
             images.append(source)
         else:
             bad.append((source, "no such file or folder"))
-    return images, bad, ignored
+    return Inputs(images, bad, ignored, skipped)
 
 
 # --- Prediction --------------------------------------------------------------------------------
+
+
+def output_paths(image: Path, output_dir: str | os.PathLike, overlay_format: str = "jpg") -> tuple[Path, Path]:
+    """``(<output_dir>/<stem>.png, <output_dir>/<stem>_overlay.<overlay_format>)`` for ``image``."""
+    output_dir = Path(output_dir)
+    return output_dir / f"{image.stem}.png", output_dir / f"{image.stem}_overlay.{overlay_format}"
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of an existing file (the same for every link to it), else None."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def check_outputs_spare_inputs(
+    images: Sequence[Path], output_dir: str | os.PathLike, overlay_format: str = "jpg"
+) -> None:
+    """Refuses a run in which an output file would replace one of the input images.
+
+    Outputs and inputs are compared as resolved paths and, for files that exist, as the same
+    file on disk (links, case-insensitive file systems).
+
+    Args:
+        images: the input image files.
+        output_dir: see ``predict_images``.
+        overlay_format: ``"jpg"`` or ``"png"``.
+
+    Raises:
+        ValueError: naming the first input that would be overwritten, the output that would
+            overwrite it, how many more would be, and suggesting another ``--output_dir``.
+    """
+    by_path = {image.resolve(): image for image in images}
+    by_id = {file_id: image for image in images if (file_id := _file_id(image)) is not None}
+    clashes = []
+    for image in images:
+        for output in output_paths(image, output_dir, overlay_format):
+            victim = by_path.get(output.resolve()) or by_id.get(_file_id(output))
+            if victim is not None:
+                clashes.append((victim, output))
+    if clashes:
+        victim, output = clashes[0]
+        resolved = Path(output_dir).resolve()
+        raise ValueError(
+            f"output {output} would overwrite the input image {victim}"
+            + (f" ({len(clashes) - 1} more outputs would overwrite inputs)" if len(clashes) > 1 else "")
+            + f"; nothing was written: choose another --output_dir, one that holds no input images "
+            f"(e.g. --output_dir={resolved.parent / (resolved.name + '_predictions')})"
+        )
 
 
 def predict_images(
@@ -156,12 +246,16 @@ def predict_images(
 
     Returns:
         ``(written, bad)``: the label PNGs written, and the images that failed with the reason.
+
+    Raises:
+        ValueError: an output would replace an input image (``check_outputs_spare_inputs``);
+            nothing is written then.
     """
-    output_dir = Path(output_dir)
+    check_outputs_spare_inputs(images, output_dir, overlay_format)
     written, bad, claimed = [], [], {}
     progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=1 if verbose else 0)
     for index, path in enumerate(images):
-        label_path = output_dir / f"{path.stem}.png"
+        label_path, overlay_path = output_paths(path, output_dir, overlay_format)
         if label_path in claimed:
             bad.append((path, f"its outputs would overwrite those of {claimed[label_path]} (same file stem)"))
         else:
@@ -170,7 +264,7 @@ def predict_images(
                 image = read_image(path)
                 labels = predictor(image)
                 write_label_png(labels, label_path)
-                write_image(overlay(image, labels, alpha), output_dir / f"{path.stem}_overlay.{overlay_format}")
+                write_image(overlay(image, labels, alpha), overlay_path)
                 written.append(label_path)
             except (ValueError, OSError) as error:  # read_image's errors name the file and the problem.
                 bad.append((path, str(error)))
@@ -187,8 +281,10 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
-    flags.DEFINE_string("model", None, "A .keras FCN, or a SavedModel from fcn_keras.export (version folder or model folder).")
-    flags.DEFINE_string("output_dir", None, "Folder for <stem>.png (VOC palette labels) and <stem>_overlay.<format>.")
+    flags.DEFINE_string("model", None, "A .keras FCN, a run folder of fcn_keras.train (its best.keras, else last.keras), "
+                        "or a SavedModel from fcn_keras.export (version folder or model folder).")
+    flags.DEFINE_string("output_dir", None, "Folder for <stem>.png (VOC palette labels) and <stem>_overlay.<format>; "
+                        "its files are not taken as inputs, and no output may replace an input file.")
     flags.DEFINE_enum("overlay_format", "jpg", ["jpg", "png"], "File format of the overlays.")
     flags.DEFINE_float("alpha", 0.5, "Weight of the label colours in the overlays (0 = image only, 1 = colours only).",
                        lower_bound=0.0, upper_bound=1.0)
@@ -213,10 +309,15 @@ def run(
         alpha: weight of the label colours in the overlays.
 
     Returns:
-        The exit status: 0 when every input was processed, 1 otherwise or if the model is bad.
+        The exit status: 0 when every input was processed, 1 otherwise, if the model is bad, or
+        if an output would replace an input image (then nothing is written).
     """
-    images, bad_sources, ignored = collect_images(sources)
+    images, bad_sources, ignored, skipped = collect_images(sources, output_dir)
+    if skipped:
+        print(f"skipped {skipped} image files inside --output_dir={output_dir}: outputs (of an earlier run, say) "
+              "are not taken as inputs")
     try:
+        check_outputs_spare_inputs(images, output_dir, overlay_format)
         predictor = load_predictor(model)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -224,7 +325,8 @@ def run(
     written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha)
     bad = bad_sources + bad_images
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
-          + (f"; {ignored} files without an image extension ignored" if ignored else "") + ")")
+          + (f"; {ignored} files without an image extension ignored" if ignored else "")
+          + (f"; {skipped} image files inside --output_dir skipped" if skipped else "") + ")")
     if bad:
         print(f"{len(bad)} inputs failed:", file=sys.stderr)
         for path, reason in bad:  # Reasons from read_image already name the file.
@@ -233,10 +335,24 @@ def run(
     return 0
 
 
+def _keep_tensorflow_off_the_gpus(model: str | os.PathLike) -> None:
+    """Under JAX, TensorFlow only decodes the JPEGs of a ``.keras`` model's inputs: hide the GPUs
+    from it, so that it does not claim their memory, which the backend's model needs. (A
+    SavedModel runs on TensorFlow, which keeps them then.)"""
+    path = Path(model)
+    if keras.backend.backend() == "tensorflow" or (path.is_dir() and _savedmodel_dir(path) is not None):
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices: too late, keep going.
+        pass
+
+
 def main(argv: list[str]) -> int:
     """Runs the CLI: positional arguments are image files or folders. Returns the exit status."""
     if len(argv) < 2:
         raise app.UsageError("give image files or folders to segment after the flags")
+    _keep_tensorflow_off_the_gpus(FLAGS.model)
     return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha)
 
 

@@ -1,6 +1,7 @@
 """SavedModel export for TF Serving: labels equal model.predict's argmax, the signatures are the
-documented ones, REST and gRPC requests run through the bytes signature, a JAX-trained model
-exports, and bad models / existing versions are refused."""
+documented ones, REST and gRPC requests run through the bytes signature, the clients fail in one
+line when no server answers, a run folder and a JAX-trained model export, and bad models /
+existing versions are refused."""
 
 import base64
 import importlib.util
@@ -8,6 +9,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -237,6 +239,30 @@ def test_grpc_predict_request_runs_through_the_bytes_signature(exported, image_f
         np.testing.assert_array_equal(result["labels"], expected, err_msg=str(path))
 
 
+@pytest.fixture
+def dead_port():
+    """A local port bound but not listening: connecting to it is refused, and nothing else can
+    take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("script", ["rest_request", "grpc_request"])
+def test_clients_say_in_one_line_that_no_server_answered(script, dead_port, image_files):
+    server = f"http://127.0.0.1:{dead_port}" if script == "rest_request" else f"127.0.0.1:{dead_port}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "export" / f"{script}.py"), f"--server={server}", str(image_files[0][0])],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: no TF Serving answered at {server}"), line
+    assert "Connection refused" in line, line
+
+
 def test_models_config_is_a_valid_model_server_config():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -308,7 +334,24 @@ def test_bad_model_files_are_named_in_the_error(tmp_path):
     weights.write_bytes(b"")
     with pytest.raises(ValueError, match="model must be a .keras file"):
         export.export_saved_model(weights, tmp_path / "out")
+    run = tmp_path / "runs" / "fcn16s"
+    run.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f"model folder {run} holds no trained model: looked for {run / 'best.keras'} and {run / 'last.keras'}"
+    )):
+        export.export_saved_model(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_folder_exports_its_best_keras(model, keras_file, tmp_path):
+    run = tmp_path / "runs" / "fcn8s"
+    run.mkdir(parents=True)
+    (run / "best.keras").symlink_to(keras_file)  # What fcn_keras.train leaves, with last.keras.
+    (run / "last.keras").write_bytes(b"not this one")
+    version_dir = export.export_saved_model(run, tmp_path / "serving", name="fcn8s", version=1)
+    images = random_image(6, (33, 47))[np.newaxis]
+    labels = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images))["labels"]
+    np.testing.assert_array_equal(labels.numpy(), model.predict(images, verbose=0).argmax(-1))
 
 
 # --- A model trained under the JAX backend --------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The predict CLI: VOC palette label PNGs equal to the model's labels, overlays, .keras and
-SavedModel models, converted gray/RGBA inputs, and bad inputs reported by name."""
+"""The predict CLI: VOC palette label PNGs equal to the model's labels, overlays, .keras files,
+run folders and SavedModel models, JPEGs decoded as in training, converted gray/RGBA inputs, bad
+inputs reported by name, and input files never overwritten nor outputs taken as inputs."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +56,8 @@ def inputs(tmp_path_factory):
     Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(folder / "deep.png")  # 16-bit.
     (folder / "notes.txt").write_text("not an image")
     expected = {
-        "photo": np.asarray(Image.open(folder / "photo.jpg").convert("RGB")),
+        # TensorFlow's decoder, as in training and serving (PIL's gives other pixels).
+        "photo": tf.io.decode_jpeg((folder / "photo.jpg").read_bytes(), channels=3).numpy(),
         "drawing": np.asarray(Image.open(folder / "drawing.png")),
         "gray": np.repeat(gray[..., None], 3, axis=-1),
         "alpha": rgba[..., :3],
@@ -112,8 +115,8 @@ def test_inputs_with_the_same_stem_do_not_overwrite_each_other(inputs, tmp_path)
     twin = tmp_path / "twin"
     twin.mkdir()
     Image.fromarray(random_image(9, (30, 30))).save(twin / "photo.png")
-    images, bad, ignored = predict.collect_images([folder / "photo.jpg", twin])
-    assert images == [folder / "photo.jpg", twin / "photo.png"] and bad == [] and ignored == 0
+    images, bad, ignored, skipped = predict.collect_images([folder / "photo.jpg", twin], tmp_path / "out")
+    assert images == [folder / "photo.jpg", twin / "photo.png"] and bad == [] and ignored == skipped == 0
     written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out", verbose=False)
     assert [p.name for p in written] == ["photo.png"]
     assert bad == [(twin / "photo.png", f"its outputs would overwrite those of {folder / 'photo.jpg'} (same file stem)")]
@@ -152,3 +155,85 @@ def test_read_image_converts_gray_and_alpha_and_rejects_16_bit(inputs):
         np.testing.assert_array_equal(image, expected[stem])
     with pytest.raises(ValueError, match="found PIL mode 'I;16'"):
         read_image(folder / "deep.png")
+
+
+def test_a_run_folder_is_a_model(keras_file, labeler, inputs, tmp_path):
+    folder, expected = inputs
+    run = tmp_path / "runs" / "fcn8s"
+    run.mkdir(parents=True)
+    (run / "last.keras").symlink_to(keras_file)  # As fcn_keras.train leaves it: best.keras, else last.keras.
+    written, bad = predict.predict_images(
+        predict.load_predictor(run), [folder / "photo.jpg"], tmp_path / "out", verbose=False
+    )
+    assert bad == [] and written == [tmp_path / "out" / "photo.png"]
+    check_outputs(labeler, tmp_path / "out", {"photo": expected["photo"]}, "jpg")
+
+
+def files_and_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_an_output_that_would_replace_an_input_stops_the_run_before_anything_is_written(keras_file, tmp_path, capsys):
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    Image.fromarray(random_image(5, (30, 40))).save(pngs / "cat.png")
+    Image.fromarray(random_image(6, (30, 40))).save(pngs / "dog.jpg")
+    before = files_and_bytes(pngs)
+
+    # The user's command, with the file named: its label map would replace it.
+    assert predict.run(keras_file, [pngs / "dog.jpg", pngs / "cat.png"], pngs) == 1
+    error = capsys.readouterr().err
+    cat = pngs / "cat.png"
+    assert f"error: output {cat} would overwrite the input image {cat}; nothing was written" in error
+    suggestion = tmp_path / "pngs_predictions"
+    assert f"choose another --output_dir, one that holds no input images (e.g. --output_dir={suggestion})" in error
+    assert files_and_bytes(pngs) == before  # Not even dog.jpg's outputs.
+
+    # The same folder spelled differently (a link to it, "sub/.."): resolved paths are compared.
+    (tmp_path / "link").symlink_to(pngs)
+    (pngs / "sub").mkdir()
+    for output_dir in (tmp_path / "link", pngs / "sub" / ".."):
+        with pytest.raises(ValueError, match=re.escape(f"would overwrite the input image {pngs / 'cat.png'}")):
+            predict.predict_images(lambda image: image[..., 0] % 21, [pngs / "cat.png"], output_dir, verbose=False)
+    (pngs / "sub").rmdir()
+    assert files_and_bytes(pngs) == before
+
+    # An overlay would replace an input named like one; counted when several would.
+    Image.fromarray(random_image(7, (30, 40))).save(pngs / "dog_overlay.jpg")
+    with pytest.raises(ValueError, match=re.escape(
+        f"output {pngs / 'dog_overlay.jpg'} would overwrite the input image {pngs / 'dog_overlay.jpg'} "
+        "(1 more outputs would overwrite inputs)"
+    )):
+        predict.check_outputs_spare_inputs([pngs / "dog.jpg", pngs / "dog_overlay.jpg", pngs / "cat.png"], pngs)
+    # No clash: PNG overlays.
+    predict.check_outputs_spare_inputs([pngs / "dog.jpg", pngs / "dog_overlay.jpg"], pngs, overlay_format="png")
+    predict.check_outputs_spare_inputs([pngs / "dog.jpg", pngs / "cat.png"], tmp_path / "out")
+
+
+def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(random_image(8, (30, 40))).save(photos / "a.jpg")
+    Image.fromarray(random_image(9, (30, 40))).save(photos / "cat.png")
+    # An earlier run wrote into the input folder: its outputs are not new inputs ...
+    predict.predict_images(lambda image: image[..., 0] % 21, [photos / "a.jpg"], photos, verbose=False)
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a.png", "a_overlay.jpg", "cat.png"]
+    assert len(predict.collect_images([photos]).images) == 4  # (what a folder scan alone finds)
+    images, bad, ignored, skipped = predict.collect_images([photos], photos)
+    assert images == [] and ignored == 0 and skipped == 4
+    assert bad == [(photos, f"the 4 image files of {photos} are inside --output_dir={photos} and are not taken "
+                            "as inputs (they may be outputs of an earlier run): write the outputs to another "
+                            "--output_dir")]
+    # ... nor through a link to the folder, while a sub-folder output_dir leaves them all in.
+    (tmp_path / "link").symlink_to(photos)
+    assert predict.collect_images([tmp_path / "link"], photos).skipped == 4
+    assert predict.collect_images([photos], photos / "out") == (sorted(photos.iterdir()), [], 0, 0)
+
+    # The user's command: `--output_dir=pngs pngs/` writes nothing and says why.
+    before = files_and_bytes(photos)
+    assert predict.run(keras_file, [photos], photos) == 1
+    out, err = capsys.readouterr()
+    assert f"skipped 4 image files inside --output_dir={photos}" in out
+    assert "wrote 0 label maps and overlays" in out and "4 image files inside --output_dir skipped" in out
+    assert f"  the 4 image files of {photos} are inside --output_dir={photos}" in err
+    assert files_and_bytes(photos) == before

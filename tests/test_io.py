@@ -1,0 +1,120 @@
+"""fcn_keras.io: JPEGs read exactly as training and the SavedModel decode them (TensorFlow's
+decoder, not PIL's), and models loaded from a .keras file or a training run folder."""
+
+import io
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fcn_keras.data import records
+from fcn_keras.io import RUN_CHECKPOINTS, load_fcn, read_image, resolve_model_file
+
+
+def noisy_image(seed: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] with smooth structure and noise: its JPEG decodes differently with
+    libjpeg's fast and accurate integer IDCTs."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (size[0] // 8, size[1] // 8, 3)).astype("uint8")
+    smooth = np.asarray(Image.fromarray(coarse).resize(size[::-1], Image.BILINEAR)).astype(int)
+    return np.clip(smooth + rng.integers(-30, 31, smooth.shape), 0, 255).astype("uint8")
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+# --- JPEG decoding ---------------------------------------------------------------------------------
+
+
+def test_jpegs_decode_exactly_as_tensorflow_decodes_them_not_as_pil(tmp_path):
+    encoded = jpeg_bytes(noisy_image(0, (64, 96)))
+    (tmp_path / "photo.jpg").write_bytes(encoded)
+    (tmp_path / "named_like_a.png").write_bytes(encoded)  # Recognised by its bytes, not its name.
+    gray = jpeg_bytes(noisy_image(1, (40, 48))[..., 0])
+    (tmp_path / "gray.jpg").write_bytes(gray)
+
+    expected = tf.io.decode_jpeg(encoded, channels=3).numpy()
+    pil = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+    assert not np.array_equal(pil, expected), "PIL and TensorFlow agree here: the test would not tell them apart"
+    for name in ("photo.jpg", "named_like_a.png"):
+        image = read_image(tmp_path / name)
+        assert image.dtype == np.uint8 and image.shape == (64, 96, 3)
+        np.testing.assert_array_equal(image, expected, err_msg=name)
+        # The training pipeline's decoder and the SavedModel's give those pixels too.
+        np.testing.assert_array_equal(image, records.decode_image(tf.constant(encoded)).numpy())
+        np.testing.assert_array_equal(image, tf.io.decode_image(encoded, channels=3).numpy())
+    np.testing.assert_array_equal(read_image(tmp_path / "gray.jpg"), tf.io.decode_jpeg(gray, channels=3).numpy())
+
+
+def test_real_voc_jpegs_decode_as_the_training_pipeline_decodes_them(shared_dir):
+    folder = shared_dir / "voc2012" / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    paths = sorted(folder.glob("*.jpg"))[:3]
+    if not paths:
+        pytest.skip(f"no JPEG in {folder}")
+    for path in paths:
+        encoded = path.read_bytes()
+        expected = records.decode_image(tf.constant(encoded)).numpy()
+        np.testing.assert_array_equal(read_image(path), expected, err_msg=str(path))
+
+
+def test_broken_and_truncated_jpegs_are_named_in_the_error(tmp_path):
+    encoded = jpeg_bytes(noisy_image(2, (48, 48)))
+    (tmp_path / "truncated.jpg").write_bytes(encoded[: len(encoded) // 3])
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for name in ("truncated.jpg", "broken.jpg"):
+        path = tmp_path / name
+        expected = f"^cannot read image {re.escape(str(path))}: TensorFlow's JPEG decoder failed"
+        with pytest.raises(ValueError, match=expected):
+            read_image(path)
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        read_image(tmp_path / "missing.jpg")
+
+
+# --- Models: a .keras file or a run folder ------------------------------------------------------------
+
+
+def small_fcn() -> keras.Model:
+    """The smallest model ``check_fcn`` accepts: RGB in, 21 class scores per pixel out."""
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, keras.layers.Conv2D(21, 1)(keras.layers.Rescaling(1 / 255)(inputs)))
+
+
+def test_a_run_folder_resolves_to_best_keras_else_last_keras(tmp_path):
+    assert RUN_CHECKPOINTS == ("best.keras", "last.keras")  # What fcn_keras.train writes.
+    run = tmp_path / "runs" / "fcn16s"
+    run.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_model_file(run)
+    message = str(error.value)
+    assert message.startswith(f"model folder {run} holds no trained model: looked for ")
+    assert f"{run / 'best.keras'} and {run / 'last.keras'}" in message
+
+    (run / "last.keras").write_bytes(b"")
+    assert resolve_model_file(run) == run / "last.keras"
+    (run / "best.keras").write_bytes(b"")
+    assert resolve_model_file(run) == run / "best.keras"
+    assert resolve_model_file(run / "last.keras") == run / "last.keras"  # A file is itself.
+    with pytest.raises(FileNotFoundError, match=f"model file not found: {re.escape(str(run / 'no.keras'))}"):
+        resolve_model_file(run / "no.keras")
+
+
+def test_load_fcn_takes_a_run_folder_and_does_not_compile(tmp_path):
+    model = small_fcn()
+    model.compile(optimizer="sgd", loss="mse")  # Saved with a training config, like train's files.
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "last.keras")
+    loaded = load_fcn(run)
+    assert not loaded.compiled  # compile=False: no optimizer, so no "Skipping variable loading" warning.
+    for expected, actual in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(actual, expected)
+    os.remove(run / "last.keras")
+    with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(str(run))} holds no trained model"):
+        load_fcn(run)
