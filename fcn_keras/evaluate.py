@@ -36,7 +36,7 @@ from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import labels_model
-from fcn_keras.io import check_fcn, load_fcn, parse_size
+from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file
 from fcn_keras.metrics import confusion_matrix, scores
 
 METRICS_JSON = "metrics.json"
@@ -159,8 +159,8 @@ def evaluate_model(
         source = model.name
         check_fcn(model, f"model {model.name!r}")
     else:
-        source = str(model)
-        model = load_fcn(model)
+        source = str(resolve_model_file(model))  # A run folder: record which checkpoint it was.
+        model = load_fcn(source)
     num_classes = int(model.outputs[0].shape[-1])
     if num_classes != len(class_names):
         raise ValueError(
@@ -314,7 +314,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command-line flags of ``python -m fcn_keras.evaluate``."""
-    flags.DEFINE_string("model", None, "Trained FCN: a .keras file (from fcn_keras.train, any backend).", required=True)
+    flags.DEFINE_string("model", None, "Trained FCN: a .keras file (from fcn_keras.train, any backend) or a run folder of "
+                        "fcn_keras.train (its best.keras, else last.keras).", required=True)
     flags.DEFINE_string(
         "data",
         None,

@@ -357,16 +357,10 @@ def _geometry_of(model: keras.Model) -> str:
 def load_init_model(init_from: str) -> tuple[keras.Model, Path]:
     """The trained FCN of ``--init_from``: a ``.keras`` file, or a run directory (its
     ``best.keras``, else ``last.keras``)."""
-    from fcn_keras.io import load_fcn
+    from fcn_keras.io import load_fcn, resolve_model_file
 
-    path = Path(init_from)
-    if path.is_dir():
-        candidates = [path / "best.keras", path / "last.keras"]
-        found = [p for p in candidates if p.is_file()]
-        if not found:
-            raise ValueError(f"init_from is a folder without best.keras or last.keras. Received: init_from={init_from!r}")
-        path = found[0]
     try:
+        path = resolve_model_file(init_from)
         return load_fcn(path), path
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(f"init_from must be a trained FCN (.keras file or run folder): {error}. Received: init_from={init_from!r}") from error

@@ -233,7 +233,8 @@ def train_dataset(
             ``deterministic``).
         deterministic: the same order and augmentations on every run with the same seed.
         repeat: repeat forever (for ``model.fit`` with ``steps_per_epoch``).
-        dct_method: JPEG decoding, ``""`` (exact) or ``"INTEGER_FAST"`` (see ``records``).
+        dct_method: JPEG decoding, ``""`` (TensorFlow's default, the pixels of the SavedModel and
+            the predict CLI) or ``"INTEGER_ACCURATE"`` (PIL's pixels), see ``records.decode_image``.
 
     Returns:
         A ``tf.data.Dataset`` of ``(image uint8 [B, h, w, 3], label uint8 [B, h, w])``.

@@ -114,8 +114,10 @@ def decode_image(encoded: tf.Tensor, dct_method: str = "") -> tf.Tensor:
 
     Args:
         encoded: scalar ``tf.string``, JPEG bytes.
-        dct_method: ``""`` (libjpeg's default, exact ``INTEGER_ISLOW``) or ``"INTEGER_FAST"``
-            (faster, pixels differ slightly from the default).
+        dct_method: ``""`` (TensorFlow's default, libjpeg's fast integer IDCT ``JDCT_IFAST``:
+            identical to ``"INTEGER_FAST"`` and to what ``tf.io.decode_image`` and
+            ``fcn_keras.io.read_image`` decode) or ``"INTEGER_ACCURATE"`` (libjpeg's accurate
+            ``JDCT_ISLOW``, what PIL decodes; up to 20 levels apart on VOC photos).
 
     Returns:
         uint8 ``[H, W, 3]``.
