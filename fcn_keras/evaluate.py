@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import viz
+from fcn_keras.console import progress_verbosity
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
@@ -177,7 +178,7 @@ def evaluate_model(
     confusion = np.zeros((num_classes, num_classes), np.int64)
     num_images = void_pixels = 0
     predictions: list[np.ndarray] = []
-    progbar = keras.utils.Progbar(target, unit_name="image") if verbose else None
+    progbar = keras.utils.Progbar(target, unit_name="image", verbose=progress_verbosity(1)) if verbose else None
     start = time.perf_counter()
     try:
         for images, labels, sizes in dataset:

@@ -253,7 +253,10 @@ def main(argv: list[str]) -> int:
             extra_output=extra,
             overwrite=FLAGS.overwrite,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # Bad input: nothing exported.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"exported {FLAGS.model} to {version_dir}")

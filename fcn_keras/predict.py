@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from fcn_keras.console import progress_verbosity
 from fcn_keras.export import SERVING_SIGNATURE
 from fcn_keras.inference import labels_model
 from fcn_keras.io import IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, read_image, write_image, write_label_png
@@ -253,7 +254,7 @@ def predict_images(
     """
     check_outputs_spare_inputs(images, output_dir, overlay_format)
     written, bad, claimed = [], [], {}
-    progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=1 if verbose else 0)
+    progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=progress_verbosity(1 if verbose else 0))
     for index, path in enumerate(images):
         label_path, overlay_path = output_paths(path, output_dir, overlay_format)
         if label_path in claimed:
@@ -319,9 +320,9 @@ def run(
     try:
         check_outputs_spare_inputs(images, output_dir, overlay_format)
         predictor = load_predictor(model)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha)
     bad = bad_sources + bad_images
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"

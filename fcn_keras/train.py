@@ -37,6 +37,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
+from fcn_keras.console import progress_verbosity
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.optimizers import CaffeSGD
@@ -682,7 +683,8 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     # The progress bar first: its epoch line is finished before the one-line summary is logged.
     # The callbacks that stop training (NaN, budget) come before the checkpoint and the backup,
     # whose schedule then saves that epoch.
-    callbacks = [keras.callbacks.ProgbarLogger()] if config.verbose else []
+    verbose = progress_verbosity(config.verbose)  # The live bar only on a terminal: a line per epoch in a log.
+    callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks += [
         keras.callbacks.TerminateOnNaN(),
         *([budget] if budget else []),
@@ -699,11 +701,11 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     if step:
         backup.begin_partial_epoch(step)
         model.fit(training_data(global_step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=config.steps_per_epoch - step,
-                  validation_data=validation, callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                  validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=False)
         epoch, global_step = epoch + 1, (epoch + 1) * config.steps_per_epoch
     if epoch < config.epochs and not backup.diverged and not model.stop_training:
         model.fit(training_data(global_step), epochs=config.epochs, initial_epoch=epoch, steps_per_epoch=config.steps_per_epoch,
-                  validation_data=validation, callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                  validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
 
     # --- Summary ---

@@ -317,12 +317,14 @@ def test_cli_converts_fails_clearly_and_skips_with_report(voc_root, tmp_path):
     _break_missing_mask_of.unlink()
     out = tmp_path / "records"
     failed = _cli(f"--voc_root={voc_root}", f"--output_dir={out}", "--splits=train,val", "--num_workers=2")
-    assert failed.returncode == 1
+    assert failed.returncode == 2
     assert "error: " in failed.stderr and "synth_000005.png: mask file is missing" in failed.stderr
     assert "and 0 more" not in failed.stderr
     skipped = _cli(f"--voc_root={voc_root}", f"--output_dir={out}", "--splits=train,val", "--skip_invalid", "--shard_size=2")
     assert skipped.returncode == 0, skipped.stderr
     assert "train: 5 examples in 3 shard(s), 2 skipped" in skipped.stdout
+    # Printed to a pipe, the progress bar is one plain line per split, no escape codes.
+    assert "\x1b[" not in skipped.stdout and re.search(r"^6/6 - \d+s - ", skipped.stdout, re.MULTILINE), skipped.stdout
     assert "val: 3 examples in 2 shard(s), 0 skipped" in skipped.stdout
     assert f"skipped 2 invalid pair(s); report: {out / 'skipped.json'}" in skipped.stdout
     report = json.loads((out / "skipped.json").read_text())

@@ -128,7 +128,7 @@ def test_models_that_are_not_fcns_are_named_in_the_error(inputs, tmp_path, capsy
     folder, _ = inputs
     inputs_layer = keras.Input((16, 16, 3))
     keras.Model(inputs_layer, keras.layers.GlobalAveragePooling2D()(inputs_layer)).save(tmp_path / "pool.keras")
-    assert predict.run(tmp_path / "pool.keras", [folder], tmp_path / "out") == 1
+    assert predict.run(tmp_path / "pool.keras", [folder], tmp_path / "out") == 2
     expected = f"error: {tmp_path / 'pool.keras'} is not an FCN: expected one output of shape [B, H, W, classes]"
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -181,7 +181,7 @@ def test_an_output_that_would_replace_an_input_stops_the_run_before_anything_is_
     before = files_and_bytes(pngs)
 
     # The user's command, with the file named: its label map would replace it.
-    assert predict.run(keras_file, [pngs / "dog.jpg", pngs / "cat.png"], pngs) == 1
+    assert predict.run(keras_file, [pngs / "dog.jpg", pngs / "cat.png"], pngs) == 2
     error = capsys.readouterr().err
     cat = pngs / "cat.png"
     assert f"error: output {cat} would overwrite the input image {cat}; nothing was written" in error

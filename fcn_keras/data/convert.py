@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import __version__
+from fcn_keras.console import progress_verbosity
 from fcn_keras.data import download, records, voc
 from fcn_keras.files import atomic_path, file_digests, write_text_atomic
 
@@ -182,7 +183,7 @@ def _convert_split(
     if verbose:
         print(f"{split}: {len(pairs)} pairs from {list_path}, {num_shards} shard(s), "
               f"{num_shards - len(current)} to write, {len(current)} already complete")
-    progbar = keras.utils.Progbar(to_write, unit_name="image") if verbose and to_write else None
+    progbar = keras.utils.Progbar(to_write, unit_name="image", verbose=progress_verbosity(1)) if verbose and to_write else None
     for name, shard_pairs, fingerprint in plans:
         if name in current:
             entry = old_shards[name]
@@ -373,8 +374,12 @@ def main(argv: list[str]) -> None:
             max_images=FLAGS.max_images,
             verbose=not FLAGS.quiet,
         )
-    except (ValueError, download.DownloadError) as error:
-        sys.exit(f"error: {error}")
+    except ValueError as error:  # Bad flags or data (an invalid pair names its file): status 2.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except download.DownloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -304,8 +304,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         downloaded = download(FLAGS.datasets, FLAGS.download_dir, mirror=FLAGS.download_mirror)
-    except (ValueError, DownloadError) as error:
-        sys.exit(f"error: {error}")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except DownloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(f"python -m fcn_keras.data.convert {downloaded.convert_flags()} --output_dir=...")
 
 
