@@ -235,7 +235,9 @@ class ResumableBackup(keras.callbacks.Callback):
                 self.model.stop_training = True
                 logger.error("not backing up epoch %d: %s are not finite", epoch + 1, self.divergence)
                 return
+            start = time.perf_counter()
             self.save(epoch + 1, 0)
+            _log_slow_write(f"epoch {epoch + 1}: wrote the backup (model and optimizer state)", start)
 
     # --- Saving ---
 
@@ -411,7 +413,9 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
         if value is None:
             raise KeyError(f"checkpoint monitor {self.monitor!r} is not in the logs {sorted(logs)}")
         if self.enabled:
+            start = time.perf_counter()
             save_model_atomic(self.model, self.output_dir / "last.keras")
+            _log_slow_write(f"epoch {epoch + 1}: wrote last.keras", start)
         self.last_good_epoch = epoch + 1
         if self.best is None or float(value) > self.best:
             self.best, self.best_epoch = float(value), epoch + 1
@@ -497,6 +501,14 @@ class TimeBudget(keras.callbacks.Callback):
             self.stopped_after_epoch = epoch + 1
             self.model.stop_training = True
             logger.info("time budget: %.1f s of training >= %.1f s: stopping after epoch %d", spent, self.seconds, epoch + 1)
+
+
+def _log_slow_write(what: str, start: float) -> None:
+    """Logs ``what`` and its duration when it took a second or more (a full-size FCN's files:
+    seconds of silence after the epoch line otherwise)."""
+    seconds = time.perf_counter() - start
+    if seconds >= 1.0:
+        logger.info("%s in %.1f s", what, seconds)
 
 
 # --- Progress ---------------------------------------------------------------------------------

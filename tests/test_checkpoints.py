@@ -2,11 +2,13 @@
 each keeping its own epoch's weights when the other is replaced; copy_atomic's fallback."""
 
 import os
+import time
 
 import keras
 import numpy as np
 import pytest
 
+from fcn_keras import callbacks as cb
 from fcn_keras import files
 from fcn_keras.callbacks import BestAndLastCheckpoint
 
@@ -55,3 +57,11 @@ def test_copy_atomic_falls_back_to_a_byte_copy(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         files.copy_atomic(tmp_path / "missing.bin", tmp_path / "c.bin")
     assert not (tmp_path / "c.bin").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_slow_checkpoint_writes_are_logged_with_their_time(caplog):
+    with caplog.at_level("INFO", logger="fcn_keras.callbacks"):
+        cb._log_slow_write("epoch 3: wrote last.keras", time.perf_counter())  # a tiny model: silent
+        assert caplog.text == ""
+        cb._log_slow_write("epoch 3: wrote last.keras", time.perf_counter() - 4.5)
+    assert "epoch 3: wrote last.keras in 4.5 s" in caplog.text
