@@ -15,11 +15,9 @@ per-class IU table) and ``confusion.png``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +32,7 @@ from fcn_keras import viz
 from fcn_keras.console import progress_verbosity
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
-from fcn_keras.data.pipeline import eval_dataset, resolve_data
+from fcn_keras.data.pipeline import conversion_dir, eval_dataset, resolve_data
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import labels_model
 from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file
@@ -55,21 +53,6 @@ PAPER_METRICS: tuple[tuple[str, str], ...] = (
 # --- Data --------------------------------------------------------------------------------------
 
 
-def default_cache_dir(data: str | os.PathLike) -> Path:
-    """Where a VOCdevkit root is converted to TFRecords when no cache folder is given.
-
-    Args:
-        data: the VOCdevkit root.
-
-    Returns:
-        ``<tmp>/fcn_keras_records/<folder name>-<hash of its absolute path>``: the same root
-        always maps to the same cache, which the converter reuses (idempotent).
-    """
-    absolute = os.path.abspath(os.fspath(data))
-    digest = hashlib.sha1(absolute.encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / "fcn_keras_records" / f"{Path(absolute).name}-{digest}"
-
-
 def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None) -> tuple[str, int | None]:
     """The TFRecord glob of ``split`` for a ``--data`` value, and its image count if known.
 
@@ -77,7 +60,9 @@ def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathL
         data: a TFRecord glob (evaluated whatever ``split`` is), a converted folder holding
             ``manifest.json``, or a VOCdevkit root (converted into ``cache_dir``).
         split: the split of a folder to evaluate, e.g. ``"val"``.
-        cache_dir: conversion folder for a VOCdevkit root (default ``default_cache_dir(data)``).
+        cache_dir: conversion folder for a VOCdevkit root (default ``conversion_dir(data)``: the
+            folder ``python -m fcn_keras.train`` converts the same root into, from the same
+            working folder, so it is converted once).
 
     Returns:
         ``(glob, num_images)``; ``num_images`` from the manifest, ``None`` for a plain glob.
@@ -86,7 +71,7 @@ def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathL
         ValueError: nothing matches ``data``, or the folder has no ``split``.
     """
     is_folder = Path(data).is_dir()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data)
+    cache_dir = Path(cache_dir) if cache_dir else conversion_dir(data)
     globs = resolve_data(data, cache_dir, splits=(split,))
     if not is_folder:
         return globs["train"], None  # A glob: resolve_data names it "train"; it is what we evaluate.
@@ -336,7 +321,8 @@ def define_flags() -> None:
         "last batch, so the model sees one input shape: one XLA compilation under JAX instead of one per image size. "
         "Default: exact sizes (batch 1) or the batch's largest image.",
     )
-    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted to TFRecords (default: a folder under the temp dir named after it).")
+    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted to TFRecords (default: cache/records-<hash>, "
+                        "the folder fcn_keras.train converts the same root into, so it is converted once).")
 
 
 def main(argv: list[str]) -> int:

@@ -285,13 +285,11 @@ def _demo_data(cache_dir: Path) -> str:
 
 def resolve_run_data(config: TrainConfig) -> dict[str, str]:
     """TFRecord globs per split for ``config.data`` (``""``: the synthetic demo dataset)."""
-    from fcn_keras.data.pipeline import resolve_data
+    from fcn_keras.data.pipeline import conversion_dir, resolve_data
 
-    cache_dir = Path(config.cache_dir)
-    data = config.data or _demo_data(cache_dir)
-    key = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
+    data = config.data or _demo_data(Path(config.cache_dir))
     try:
-        return resolve_data(data, cache_dir / f"records-{key}")
+        return resolve_data(data, conversion_dir(data, config.cache_dir))
     except ValueError as error:
         raise ValueError(f"--data: {error}") from error
 

@@ -172,3 +172,18 @@ def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     written = json.loads((out / "metrics.json").read_text())
     assert written["canvas"] == [64, 72] and written["num_pixels"] == hist.sum()
+
+
+def test_default_conversion_folder_is_the_one_training_made(eval_workspace, tmp_path, monkeypatch):
+    """Without --cache_dir, evaluating a VOCdevkit root reads what `fcn_keras.train --data=<root>`
+    converted from the same working folder (cache/records-<hash>): nothing is converted twice."""
+    from fcn_keras.evaluate import resolve_split
+    from fcn_keras.train import TrainConfig, resolve_run_data
+
+    monkeypatch.chdir(tmp_path)
+    voc = eval_workspace["voc"]
+    trained = resolve_run_data(TrainConfig(data=str(voc)))
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("val-*.tfrecord")}
+    pattern, count = resolve_split(voc, "val")
+    assert pattern == trained["val"] and count == 5 and Path(pattern).is_relative_to(Path("cache"))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("val-*.tfrecord")} == stamps

@@ -23,6 +23,7 @@ Randomness comes from stateless ops seeded by ``(seed, element index)``: with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -358,6 +359,13 @@ def eval_dataset(
 
 
 # --- Data resolution --------------------------------------------------------------------------
+
+
+def conversion_dir(data: str | os.PathLike, cache_dir: str | os.PathLike = "cache") -> Path:
+    """Where a VOCdevkit ``--data`` is converted: ``<cache_dir>/records-<hash of its absolute
+    path>``. Training and evaluation use the same folder, so a root is converted once."""
+    key = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"records-{key}"
 
 
 def resolve_data(
