@@ -362,7 +362,8 @@ def load_init_model(init_from: str) -> tuple[keras.Model, Path]:
         path = resolve_model_file(init_from)
         return load_fcn(path), path
     except (FileNotFoundError, ValueError) as error:
-        raise ValueError(f"init_from must be a trained FCN (.keras file or run folder): {error}. Received: init_from={init_from!r}") from error
+        # The reason names the file (or folder) already.
+        raise ValueError(f"init_from must be a trained FCN (.keras file or run folder): {error}") from error
 
 
 def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
