@@ -93,8 +93,9 @@ def _define_flags() -> None:
                       "synthetic: random tensors only. tfrecord: also model.fit from the tf.data "
                       "pipeline on TFRecords (fcn_keras.data), reported beside the synthetic figure.")
     flags.DEFINE_string("data", None, "With --input_pipeline=tfrecord: a TFRecord glob or a VOCdevkit "
-                        "root (converted into --cache_dir). Default: a synthetic VOC set made in a temp dir.")
-    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted (default: a temp dir).")
+                        "root (converted under --cache_dir). Default: a synthetic VOC set made in a temp dir.")
+    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted, into <cache_dir>/records-<hash> as "
+                        "fcn_keras.train does (default: a temp dir).")
     flags.DEFINE_integer("peak_size", 0, "n of the n x n x n bf16 matmul measuring the peak; "
                          "0: 8192 on an accelerator, 1024 on CPU.")
     flags.DEFINE_integer("peak_runs", 10, "Back-to-back matmuls per peak timing (best of 3 timings).")
@@ -212,14 +213,14 @@ def tfrecord_glob(data: str | None, cache_dir: str | None) -> str:
     Returns:
         str: a glob of training TFRecords.
     """
-    from fcn_keras.data.pipeline import resolve_data
+    from fcn_keras.data.pipeline import conversion_dir, resolve_data
     from fcn_keras.data.synthetic import make_synthetic_voc
 
     cache = cache_dir or tempfile.mkdtemp(prefix="fcn_bench_records_")
     if data is None:
         data = str(make_synthetic_voc(Path(cache) / "voc", num_train=16, num_val=1))
         print(f"--data not given: using a synthetic VOC set in {data}", flush=True)
-    return resolve_data(data, cache)["train"]
+    return resolve_data(data, conversion_dir(data, cache))["train"]
 
 
 def tfrecord_dataset(glob: str, batch: int, height: int, width: int, seed: int):

@@ -113,7 +113,7 @@ def canvas_effect(
     split: str = "val",
     batch_size: int = 16,
     max_images: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike = "cache",
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Evaluates one model exactly and on a canvas, on the same images, and compares.
@@ -125,7 +125,7 @@ def canvas_effect(
         split: the split of a folder.
         batch_size: images per call on the canvas (exact evaluation is one image at a time).
         max_images: only the first N images of the split (all when ``None``).
-        cache_dir: conversion folder for a VOCdevkit root.
+        cache_dir: where a VOCdevkit root is converted (see ``evaluate_model``).
         verbose: progress bars.
 
     Returns:
@@ -219,7 +219,8 @@ def define_flags() -> None:
     flags.DEFINE_string("canvas", "500", "N or HxW: the canvas of the padded evaluation (VOC images are at most 500x500).")
     flags.DEFINE_integer("batch_size", 16, "Images per call on the canvas.", lower_bound=1)
     flags.DEFINE_integer("max_images", None, "Only the first N images of the split (default: all).", lower_bound=1)
-    flags.DEFINE_string("cache_dir", None, "Conversion folder for a VOCdevkit root (default: a temp folder).")
+    flags.DEFINE_string("cache_dir", "cache", "Where a VOCdevkit root is converted, into <cache_dir>/records-<hash> "
+                        "(as fcn_keras.train and fcn_keras.evaluate do).")
     flags.DEFINE_string("output_dir", None, "Where canvas_effect.md and .json go (default: print only).")
 
 

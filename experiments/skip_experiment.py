@@ -312,8 +312,7 @@ def evaluate_stage(stage: Stage, settings: ExperimentSettings, data: str) -> tup
         model_path, data, split=settings.eval_split, output_dir=run_dir / "eval",
         max_images=settings.eval_max_images, batch_size=settings.eval_batch_size,
         canvas=parse_size(settings.eval_canvas, "--eval_canvas") if settings.eval_canvas else None,
-        keep_predictions=settings.figure_images, cache_dir=Path(settings.output_dir) / "records",
-        verbose=bool(settings.verbose),
+        keep_predictions=settings.figure_images, verbose=bool(settings.verbose),
     )
     labels = results.pop("predictions")
     with atomic_path(figure_path) as tmp, open(tmp, "wb") as f:

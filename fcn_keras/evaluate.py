@@ -53,16 +53,17 @@ PAPER_METRICS: tuple[tuple[str, str], ...] = (
 # --- Data --------------------------------------------------------------------------------------
 
 
-def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike | None = None) -> tuple[str, int | None]:
+def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike = "cache") -> tuple[str, int | None]:
     """The TFRecord glob of ``split`` for a ``--data`` value, and its image count if known.
 
     Args:
         data: a TFRecord glob (evaluated whatever ``split`` is), a converted folder holding
-            ``manifest.json``, or a VOCdevkit root (converted into ``cache_dir``).
+            ``manifest.json``, or a VOCdevkit root (converted under ``cache_dir``).
         split: the split of a folder to evaluate, e.g. ``"val"``.
-        cache_dir: conversion folder for a VOCdevkit root (default ``conversion_dir(data)``: the
-            folder ``python -m fcn_keras.train`` converts the same root into, from the same
-            working folder, so it is converted once).
+        cache_dir: where a VOCdevkit root is converted, into ``conversion_dir(data, cache_dir)``
+            (``<cache_dir>/records-<hash of the root's path>``): the folder ``python -m
+            fcn_keras.train`` converts the same root into with the same ``--cache_dir``, so it is
+            converted once.
 
     Returns:
         ``(glob, num_images)``; ``num_images`` from the manifest, ``None`` for a plain glob.
@@ -71,13 +72,13 @@ def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathL
         ValueError: nothing matches ``data``, or the folder has no ``split``.
     """
     is_folder = Path(data).is_dir()
-    cache_dir = Path(cache_dir) if cache_dir else conversion_dir(data)
-    globs = resolve_data(data, cache_dir, splits=(split,))
+    records = conversion_dir(data, cache_dir)
+    globs = resolve_data(data, records, splits=(split,))
     if not is_folder:
         return globs["train"], None  # A glob: resolve_data names it "train"; it is what we evaluate.
     if split not in globs:
         raise ValueError(f"data {str(data)!r} has no split {split!r}; it has {sorted(globs)}. Check --split")
-    manifest_dir = Path(data) if (Path(data) / convert_lib.MANIFEST_NAME).is_file() else cache_dir
+    manifest_dir = Path(data) if (Path(data) / convert_lib.MANIFEST_NAME).is_file() else records
     manifest = convert_lib.read_manifest(manifest_dir) or {}
     count = manifest.get("splits", {}).get(split, {}).get("num_examples")
     return globs[split], count
@@ -97,7 +98,7 @@ def evaluate_model(
     batch_size: int = 1,
     canvas: tuple[int, int] | None = None,
     keep_predictions: int = 0,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike = "cache",
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Evaluates an FCN on whole images of a dataset split.
@@ -119,7 +120,7 @@ def evaluate_model(
             input shape (one compilation under JAX/XLA). Images must fit in it.
         keep_predictions: also return the label maps of the first N images, each cropped to
             its image's size, as ``predictions`` (not written to ``metrics.json``).
-        cache_dir: conversion folder for a VOCdevkit root (see ``resolve_split``).
+        cache_dir: where a VOCdevkit root is converted (see ``resolve_split``).
         verbose: show a ``keras.utils.Progbar``.
 
     Returns:
@@ -306,7 +307,7 @@ def define_flags() -> None:
         "data",
         None,
         "TFRecord glob (e.g. 'records/val-*.tfrecord'), a folder written by fcn_keras.data.convert "
-        "(manifest.json), or a VOCdevkit root (holding VOC2012/), converted into --cache_dir.",
+        "(manifest.json), or a VOCdevkit root (holding VOC2012/), converted under --cache_dir.",
         required=True,
     )
     flags.DEFINE_string("split", "val", "Split of a folder --data to evaluate (ignored for a TFRecord glob).")
@@ -321,8 +322,9 @@ def define_flags() -> None:
         "last batch, so the model sees one input shape: one XLA compilation under JAX instead of one per image size. "
         "Default: exact sizes (batch 1) or the batch's largest image.",
     )
-    flags.DEFINE_string("cache_dir", None, "Where a VOCdevkit --data is converted to TFRecords (default: cache/records-<hash>, "
-                        "the folder fcn_keras.train converts the same root into, so it is converted once).")
+    flags.DEFINE_string("cache_dir", "cache", "Where a VOCdevkit --data is converted to TFRecords, into "
+                        "<cache_dir>/records-<hash of its path>: as fcn_keras.train does, so a root it trained on "
+                        "with the same --cache_dir is not converted again.")
 
 
 def main(argv: list[str]) -> int:

@@ -34,8 +34,10 @@ def _fresh_keras_state():
 
 @pytest.fixture(scope="module")
 def eval_workspace(tmp_path_factory) -> dict[str, Path]:
-    """A synthetic VOCdevkit (5 val images of varied sizes), its conversion folder (filled by the
-    first evaluation) and a tiny 'same' FCN-32s file with random weights, one per test module."""
+    """A synthetic VOCdevkit (5 val images of varied sizes), a ``cache`` folder and the folder the
+    VOCdevkit is converted into under it (``records``, filled by the first evaluation), and a tiny
+    'same' FCN-32s file with random weights, one per test module."""
+    from fcn_keras.data.pipeline import conversion_dir
     from fcn_keras.data.synthetic import make_synthetic_voc
     from fcn_keras.model import build_fcn
 
@@ -47,4 +49,5 @@ def eval_workspace(tmp_path_factory) -> dict[str, Path]:
     for layer in model.layers:  # Random weights: varied predictions over many classes.
         layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
     model.save(root / "model.keras")
-    return {"root": root, "voc": voc, "model": root / "model.keras", "cache": root / "records"}
+    cache = root / "cache"
+    return {"root": root, "voc": voc, "model": root / "model.keras", "cache": cache, "records": conversion_dir(voc, cache)}

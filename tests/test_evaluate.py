@@ -73,7 +73,7 @@ def test_metrics_json_equals_scores_of_model_predict(eval_workspace, tmp_path):
 
 
 def test_glob_max_images_and_batches(eval_workspace):
-    glob = str(eval_workspace["cache"] / "val-*.tfrecord")  # Written by the first test's conversion.
+    glob = str(eval_workspace["records"] / "val-*.tfrecord")  # Written by the first test's conversion.
     if not tf.io.gfile.glob(glob):
         evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"], max_images=1, verbose=False)
     ids = val_ids(eval_workspace["voc"])[:3]
@@ -87,7 +87,7 @@ def test_glob_max_images_and_batches(eval_workspace):
 
 
 def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(eval_workspace):
-    glob = str(eval_workspace["cache"] / "val-*.tfrecord")
+    glob = str(eval_workspace["records"] / "val-*.tfrecord")
     if not tf.io.gfile.glob(glob):
         evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"], max_images=1, verbose=False)
     ids = val_ids(eval_workspace["voc"])
@@ -174,16 +174,19 @@ def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
     assert written["canvas"] == [64, 72] and written["num_pixels"] == hist.sum()
 
 
-def test_default_conversion_folder_is_the_one_training_made(eval_workspace, tmp_path, monkeypatch):
-    """Without --cache_dir, evaluating a VOCdevkit root reads what `fcn_keras.train --data=<root>`
-    converted from the same working folder (cache/records-<hash>): nothing is converted twice."""
+@pytest.mark.parametrize("cache_dir", [None, "elsewhere"])
+def test_conversion_folder_is_the_one_training_made(eval_workspace, tmp_path, monkeypatch, cache_dir):
+    """With the same --cache_dir (or neither), evaluating a VOCdevkit root reads what
+    `fcn_keras.train --data=<root>` converted (<cache_dir>/records-<hash>): nothing converted twice."""
     from fcn_keras.evaluate import resolve_split
     from fcn_keras.train import TrainConfig, resolve_run_data
 
     monkeypatch.chdir(tmp_path)
     voc = eval_workspace["voc"]
-    trained = resolve_run_data(TrainConfig(data=str(voc)))
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("val-*.tfrecord")}
-    pattern, count = resolve_split(voc, "val")
-    assert pattern == trained["val"] and count == 5 and Path(pattern).is_relative_to(Path("cache"))
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("val-*.tfrecord")} == stamps
+    parent = Path(cache_dir or "cache")
+    trained = resolve_run_data(TrainConfig(data=str(voc), **({"cache_dir": cache_dir} if cache_dir else {})))
+    stamps = {p: p.stat().st_mtime_ns for p in parent.rglob("val-*.tfrecord")}
+    assert stamps
+    pattern, count = resolve_split(voc, "val", *([cache_dir] if cache_dir else []))
+    assert pattern == trained["val"] and count == 5 and Path(pattern).parent.parent == parent
+    assert {p: p.stat().st_mtime_ns for p in parent.rglob("val-*.tfrecord")} == stamps
