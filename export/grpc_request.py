@@ -122,7 +122,8 @@ def main(argv: list[str]) -> int:
     """Sends the image files named after the flags and reports what came back."""
     paths = argv[1:]
     if not paths:
-        raise app.UsageError("give the image files to segment after the flags")
+        print("error: give the image files to segment after the flags", file=sys.stderr)
+        return 2
     try:
         request = build_predict_request(paths, FLAGS.model_name, FLAGS.signature_name, FLAGS.version)
         results = parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout))

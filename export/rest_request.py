@@ -67,7 +67,7 @@ def parse_rest_response(response: dict) -> list[dict]:
         ``label_png`` (bytes of the colour PNG).
     """
     if "error" in response:
-        raise RuntimeError(f"TF Serving returned an error: {response['error']}")
+        raise RuntimeError(f"TF Serving returned an error: {_one_line(response['error'])}")
     results = []
     for prediction in response["predictions"]:
         labels = np.asarray(prediction["labels"], dtype=np.uint8)
@@ -81,8 +81,15 @@ def parse_rest_response(response: dict) -> list[dict]:
     return results
 
 
+def _one_line(text: object) -> str:
+    """TF Serving's error text on one line (its messages end with "\\n\\t [[{{node ...}}]]")."""
+    return " ".join(str(text).split())
+
+
 def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0) -> dict:
     """POSTs ``body`` to ``<server>/v1/models/<model_name>:predict`` and returns the JSON reply.
+
+    ``server`` is a URL (``http://host:8501``); a bare ``host:port`` is taken as ``http://``.
 
     Raises:
         ConnectionError: nothing answered at that URL (refused, unreachable, timed out); the
@@ -90,6 +97,8 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
         RuntimeError: the server answered with an error status (e.g. an unknown model), or
             with something that is not JSON; the message names the URL and the server's words.
     """
+    if "://" not in server:
+        server = f"http://{server}"
     url = f"{server.rstrip('/')}/v1/models/{model_name}:predict"
     request = urllib.request.Request(
         url,
@@ -106,7 +115,7 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
             detail = json.loads(detail).get("error", detail)
         except (ValueError, AttributeError):
             pass
-        raise RuntimeError(f"TF Serving at {url} answered HTTP {error.code}: {detail}") from error
+        raise RuntimeError(f"TF Serving at {url} answered HTTP {error.code}: {_one_line(detail)}") from error
     except (urllib.error.URLError, OSError) as error:  # Refused, unreachable, timed out, reset.
         reason = getattr(error, "reason", None) or error
         raise ConnectionError(
@@ -137,7 +146,16 @@ def main(argv: list[str]) -> int:
     """Sends the image files named after the flags and reports what came back."""
     paths = argv[1:]
     if not paths:
-        raise app.UsageError("give the image files to segment after the flags")
+        print("error: give the image files to segment after the flags", file=sys.stderr)
+        return 2
+    if FLAGS.output_dir:  # <stem>_labels.png: two inputs with one stem would write one file.
+        stems = {}
+        for path in paths:
+            if Path(path).stem in stems:
+                print(f"error: {path} and {stems[Path(path).stem]} would both write "
+                      f"{Path(path).stem}_labels.png in --output_dir; rename one", file=sys.stderr)
+                return 2
+            stems[Path(path).stem] = path
     try:
         body = build_rest_body(paths, FLAGS.signature_name)
         results = parse_rest_response(post_predict(FLAGS.server, FLAGS.model_name, body, FLAGS.timeout))

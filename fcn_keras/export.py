@@ -38,9 +38,10 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
+from fcn_keras.console import usage_error
 from fcn_keras.constants import IGNORE_LABEL, VOC_PALETTE
 from fcn_keras.inference import ArgmaxLabels
-from fcn_keras.io import check_fcn, load_fcn
+from fcn_keras.io import check_fcn, decode_image_tensor, load_fcn
 
 # --- Names of the serving interface ---------------------------------------------------------
 
@@ -116,7 +117,7 @@ class FCNServingModule(tf.Module):
         ``[N]``, label_png_bytes string ``[N]``. One image at a time, so sizes may differ."""
 
         def segment_one(encoded):
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            image = decode_image_tensor(encoded)
             labels = self._argmax(self.model(image[tf.newaxis], training=False))[0]
             png = tf.io.encode_png(tf.gather(self.palette, tf.cast(labels, tf.int32)))
             size = tf.shape(labels)
@@ -173,7 +174,7 @@ def export_saved_model(
         The version folder ``<export_dir>/<name>/<version>``.
 
     Raises:
-        FileExistsError: the version folder exists and ``overwrite`` is False.
+        FileExistsError: the version folder exists (or appears while exporting) and ``overwrite`` is False.
         FileNotFoundError, ValueError: a missing or non-FCN model, bad name or version.
     """
     _require_tensorflow_backend()
@@ -182,6 +183,9 @@ def export_saved_model(
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         raise ValueError(f"name must be a plain folder name. Received: name={name!r}")
     version_dir = Path(export_dir) / name / str(version)
+    for folder in (Path(export_dir), version_dir.parent):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file, not a folder: choose another --export_dir or --name")
     if version_dir.exists() and not overwrite:
         raise FileExistsError(
             f"{version_dir} already exists; pass --overwrite to replace it or choose another --version"
@@ -194,7 +198,7 @@ def export_saved_model(
     temp_dir = _hidden_sibling(version_dir, "tmp")
     try:
         tf.saved_model.save(serving, str(temp_dir), signatures=serving.signatures())
-        if version_dir.exists():  # overwrite: move the old version aside, swap, then delete it.
+        if version_dir.exists() and overwrite:  # Move the old version aside, swap, then delete it.
             old_dir = _hidden_sibling(version_dir, "old")
             os.replace(version_dir, old_dir)
             try:
@@ -204,7 +208,13 @@ def export_saved_model(
                 raise
             shutil.rmtree(old_dir)
         else:
-            os.replace(temp_dir, version_dir)
+            try:  # Fails if another export made a (non-empty) version folder meanwhile: not replaced.
+                os.rename(temp_dir, version_dir)
+            except OSError as error:
+                if version_dir.exists():
+                    raise FileExistsError(f"{version_dir} appeared while exporting (another export?) and was "
+                                          "left as it is; pass --overwrite to replace it") from error
+                raise
     finally:
         if temp_dir.exists():
             shutil.rmtree(temp_dir)
@@ -242,7 +252,7 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> int:
     """Runs the export for the parsed flags; returns the exit status."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("fcn_keras.export", f"unexpected arguments: {argv[1:]}")
     extra = "probabilities" if FLAGS.probabilities else "logits" if FLAGS.logits else None
     try:
         version_dir = export_saved_model(
@@ -256,7 +266,7 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as error:  # Bad input: nothing exported.
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:  # E.g. no permission to write --export_dir.
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"exported {FLAGS.model} to {version_dir}")

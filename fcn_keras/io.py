@@ -21,12 +21,13 @@ are rejected.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels models load too)
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
@@ -148,6 +149,8 @@ def load_fcn(path: str | os.PathLike) -> keras.Model:
     path = resolve_model_file(path)
     if path.suffix != ".keras":
         raise ValueError(f"model must be a .keras file. Received: {path}")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found".
+        raise ValueError(f"cannot load {path} as a Keras model: it is not a .keras archive (not a zip file)")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt or foreign file.
@@ -171,6 +174,56 @@ _CONVERTIBLE_MODES: frozenset[str] = frozenset(
 #: The first bytes of every JPEG file (SOI marker, then a marker's 0xFF): how ``read_image`` and
 #: ``tf.io.decode_image`` recognise a JPEG, whatever the file's name.
 JPEG_SIGNATURE: bytes = b"\xff\xd8\xff"
+
+
+#: The first bytes of the files that ``read_image`` decodes with TensorFlow like the SavedModel
+#: (``decode_image_tensor``): BMP and GIF, whose TensorFlow decoding differs from PIL's.
+TF_DECODED_SIGNATURES: tuple[bytes, ...] = (b"BM", b"GIF8")
+
+
+def _little_endian(header: tf.Tensor, start: int, size: int) -> tf.Tensor:
+    """The unsigned little-endian integer in ``header[start:start + size]`` (uint8), as int32."""
+    weights = tf.constant([256**i for i in range(size)], tf.int32)
+    return tf.reduce_sum(tf.cast(header[start : start + size], tf.int32) * weights)
+
+
+def decode_image_tensor(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes one encoded image (JPEG, PNG, BMP, GIF's first frame, WebP) to RGB in TensorFlow
+    ops: what the SavedModel's ``predict_image_bytes`` signature and, for BMP and GIF,
+    ``read_image`` use, so both give the same pixels.
+
+    ``tf.io.decode_image(channels=3)`` (gray replicated, alpha dropped, JPEGs with the default
+    ``dct_method``; a GIF's transparent pixels become black), with one correction: for an 8-bit
+    BMP TensorFlow returns the palette indices as gray; here they are looked up in the file's
+    colour table (BITMAPINFOHEADER or later). 1- and 4-bit BMPs fail in TensorFlow's decoder.
+
+    Args:
+        encoded: string scalar, the file's bytes.
+
+    Returns:
+        uint8 ``[H, W, 3]``.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    # BMP layout: 14-byte file header, then the DIB header (its size in its first 4 bytes, bits
+    # per pixel at byte 28, colours used at byte 46), then the table of (blue, green, red, 0).
+    padded = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 54), b"\0" * 54]), 0, 54)
+    header = tf.io.decode_raw(padded, tf.uint8)
+    dib_size = _little_endian(header, 14, 4)
+    paletted = (
+        tf.equal(tf.strings.substr(encoded, 0, 2), b"BM")
+        & tf.equal(_little_endian(header, 28, 2), 8)
+        & tf.greater_equal(dib_size, 40)
+    )
+
+    def apply_palette() -> tf.Tensor:
+        colours = _little_endian(header, 46, 4)
+        colours = tf.where(tf.equal(colours, 0), 256, colours)
+        table = tf.io.decode_raw(tf.strings.substr(encoded, 14 + dib_size, 4 * colours), tf.uint8)
+        table = tf.reshape(table, [-1, 4])[:, 2::-1]  # BGR0 -> RGB
+        indices = tf.minimum(tf.cast(image[..., 0], tf.int32), tf.shape(table)[0] - 1)
+        return tf.gather(table, indices)
+
+    return tf.cond(paletted, apply_palette, lambda: image)
 
 
 def decode_jpeg(encoded: bytes, source: str | os.PathLike = "JPEG data") -> np.ndarray:
@@ -199,31 +252,53 @@ def decode_jpeg(encoded: bytes, source: str | os.PathLike = "JPEG data") -> np.n
         raise ValueError(f"cannot read image {source}: TensorFlow's JPEG decoder failed: {reason}") from error
 
 
+#: The first bytes of every PNG file.
+PNG_SIGNATURE: bytes = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth per sample in a PNG file's IHDR chunk (byte 24), or None if not a PNG."""
+    with open(path, "rb") as file:
+        head = file.read(25)
+    return head[24] if len(head) == 25 and head.startswith(PNG_SIGNATURE) else None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as RGB, JPEGs exactly as training and serving decode them.
+    """Reads an image file as RGB, with the pixels that training and serving decode.
 
     Args:
         path: a JPEG, PNG, BMP, GIF (first frame), WebP or TIFF file, 8 bits per channel.
 
     Returns:
-        uint8 ``[H, W, 3]``. JPEGs (recognised by their first bytes, not their name) are
-        decoded by ``decode_jpeg`` (TensorFlow, as ``fcn_keras.data`` and the SavedModel).
-        Other formats are read with PIL: grayscale is replicated into the three channels,
-        palette images are expanded, alpha is dropped (not composited), CMYK/YCbCr are
-        converted.
+        uint8 ``[H, W, 3]``. The format is recognised by the first bytes, not the name. JPEGs
+        are decoded by ``decode_jpeg`` (TensorFlow, as ``fcn_keras.data`` and the SavedModel),
+        BMPs and GIFs by ``decode_image_tensor`` (TensorFlow, as the SavedModel). Other formats
+        are read with PIL (the same pixels as TensorFlow's decoders where it has one): grayscale
+        is replicated into the three channels, palette images are expanded, alpha is dropped
+        (not composited), CMYK/YCbCr are converted.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be decoded as an image, or is not 8 bits per channel
-            (the message names the file and its PIL mode).
+        ValueError: the file cannot be decoded as an image (naming the decoder's reason), or
+            is not 8 bits per channel (naming the PIL mode or the PNG's bit depth).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     with open(path, "rb") as file:
-        is_jpeg = file.read(len(JPEG_SIGNATURE)) == JPEG_SIGNATURE
-    if is_jpeg:
+        head = file.read(8)
+    if head.startswith(JPEG_SIGNATURE):
         return decode_jpeg(path.read_bytes(), path)
+    if head.startswith(TF_DECODED_SIGNATURES):
+        try:
+            return decode_image_tensor(tf.constant(path.read_bytes())).numpy()
+        except tf.errors.OpError as error:
+            reason = error.message.rsplit("}}", 1)[-1].split(" [Op:", 1)[0].strip()
+            raise ValueError(f"cannot read image {path}: TensorFlow's decoder failed (as the SavedModel's "
+                             f"would): {reason}") from error
+    depth = _png_bit_depth(path)
+    if depth is not None and depth > 8:  # PIL reads 16-bit RGB(A) PNGs as 8-bit modes, keeping the high byte.
+        raise ValueError(f"cannot use image {path}: expected 8 bits per channel, found a {depth}-bit PNG")
     try:
         with Image.open(path) as image:
             image.load()  # Decode now: a truncated file fails here, not later.
@@ -286,8 +361,31 @@ def write_image(image: np.ndarray, path: str | os.PathLike, quality: int = 90) -
     return _atomic_save(Image.fromarray(image, mode="RGB"), path, formats[path.suffix.lower()], **options)
 
 
+#: The mark ``write_label_png`` and ``write_image`` leave in their files (a PNG ``Software`` text
+#: chunk, a JPEG comment), so a later run can tell its own outputs from other files.
+WRITER_MARK: str = "fcn-keras"
+
+
 def _atomic_save(image: Image.Image, path: Path, image_format: str, **options) -> Path:
-    """Saves to a temporary file beside ``path``, then renames it (no half-written files)."""
+    """Saves to a temporary file beside ``path``, then renames it (no half-written files); marks
+    the file with ``WRITER_MARK``."""
+    if image_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", WRITER_MARK)
+        options["pnginfo"] = info
+    else:
+        options["comment"] = WRITER_MARK.encode()
     with atomic_path(path) as temp, open(temp, "xb") as file:
         image.save(file, format=image_format, **options)
     return path
+
+
+def written_here(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an image that ``write_label_png`` or ``write_image`` wrote (it holds
+    ``WRITER_MARK``). False for other images, other files and missing paths."""
+    try:
+        with Image.open(path) as image:
+            mark = image.info.get("Software") if image.format == "PNG" else image.info.get("comment")
+    except (OSError, Image.DecompressionBombError):
+        return False
+    return mark in (WRITER_MARK, WRITER_MARK.encode())

@@ -11,9 +11,10 @@ graph with ``fcn_keras.inference.labels_model``) or a SavedModel from ``fcn_kera
 ``serving_default`` ``labels`` output): either way only the uint8 label map leaves the device.
 
 Inputs: files, or folders (not recursive) whose files ending in one of
-``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others are counted and reported). Files inside
-``output_dir`` are not taken from a folder (they may be an earlier run's outputs; they are
-counted and reported), and nothing is written if an output would replace an input file.
+``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others and hidden files are counted and
+reported). Files in ``output_dir`` itself are not taken from a folder (they may be an earlier
+run's outputs; they are counted and reported). Nothing is written if an output would replace
+an input file, or, without ``--overwrite``, a file that fcn_keras did not write.
 JPEGs are decoded as training and the SavedModel decode them (``fcn_keras.io.read_image``).
 Grayscale, palette and RGBA images are converted to RGB (alpha dropped); images that are not
 8 bits per channel are rejected. A file that cannot be used is reported with the reason and the
@@ -33,10 +34,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from fcn_keras.console import progress_verbosity
+from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.export import SERVING_SIGNATURE
 from fcn_keras.inference import labels_model
-from fcn_keras.io import IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, read_image, write_image, write_label_png
+from fcn_keras.io import (
+    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, read_image, write_image, write_label_png, written_here,
+)
 from fcn_keras.viz import overlay
 
 #: Maps one RGB image uint8 [H, W, 3] to its label map uint8 [H, W].
@@ -119,15 +122,17 @@ class Inputs(NamedTuple):
     images: list[Path]
     #: The sources that cannot be used, with the reason (missing path, empty folder).
     bad: list[tuple[Path, str]]
-    #: Folder entries skipped for not having an image extension.
+    #: Folder entries skipped for being hidden (``.name``, e.g. macOS' ``._photo.jpg``) or for
+    #: not having an image extension.
     ignored: int
-    #: Folder entries skipped for lying inside ``output_dir`` (an earlier run's outputs).
+    #: Folder entries skipped for lying in ``output_dir`` itself (an earlier run's outputs).
     skipped: int
 
 
-def _inside(path: Path, folder: Path | None) -> bool:
-    """Whether ``path`` (resolved, following links) lies in ``folder`` (resolved) or below it."""
-    return folder is not None and path.resolve().is_relative_to(folder)
+def _in_folder(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` (resolved, following links) lies directly in ``folder`` (resolved), where
+    the outputs are written (not in a folder below it: outputs never go there)."""
+    return folder is not None and path.resolve().parent == folder
 
 
 def collect_images(
@@ -136,32 +141,34 @@ def collect_images(
     """Expands files and folders into the list of images to process.
 
     Args:
-        sources: image files and folders (each folder's files with an image extension).
-        output_dir: where the outputs will go, or None. A folder's files that lie inside it
-            (after resolving links) are not taken: they may be an earlier run's label PNGs and
-            overlays, which would otherwise be segmented as new images. Files named explicitly
-            in ``sources`` are always taken (``check_outputs_spare_inputs`` then refuses any
-            that an output would replace).
+        sources: image files and folders (each folder's files with an image extension, not
+            hidden ones; not recursive).
+        output_dir: where the outputs will go, or None. A folder's files that lie directly in
+            it (after resolving links) are not taken: they may be an earlier run's label PNGs
+            and overlays, which would otherwise be segmented as new images. Files named
+            explicitly in ``sources`` are always taken (``check_outputs`` then refuses any that
+            an output would replace).
 
     Returns:
         ``Inputs(images, bad, ignored, skipped)``: the image paths in order (folders sorted by
         name), the sources that cannot be used with the reason (missing path, empty folder),
-        the number of folder entries skipped for not having an image extension, and the number
-        of image files skipped for lying inside ``output_dir``.
+        the number of folder entries skipped for being hidden or not having an image
+        extension, and the number of image files skipped for lying in ``output_dir``.
     """
     out = Path(output_dir).resolve() if output_dir is not None else None
     images, bad, ignored, skipped = [], [], 0, 0
     for source in map(Path, sources):
         if source.is_dir():
             entries = sorted(child for child in source.iterdir() if child.is_file())
-            found = [child for child in entries if child.suffix.lower() in IMAGE_EXTENSIONS]
+            found = [child for child in entries
+                     if child.suffix.lower() in IMAGE_EXTENSIONS and not child.name.startswith(".")]
             ignored += len(entries) - len(found)
-            kept = [child for child in found if not _inside(child, out)]
+            kept = [child for child in found if not _in_folder(child, out)]
             skipped += len(found) - len(kept)
             if not found:
-                bad.append((source, f"folder holds no file ending in {', '.join(IMAGE_EXTENSIONS)}"))
+                bad.append((source, f"folder holds no (not hidden) file ending in {', '.join(IMAGE_EXTENSIONS)}"))
             elif not kept:
-                bad.append((source, f"the {len(found)} image files of {source} are inside --output_dir={output_dir} "
+                bad.append((source, f"the {len(found)} image files of {source} are in --output_dir={output_dir} "
                                     "and are not taken as inputs (they may be outputs of an earlier run): write "
                                     "the outputs to another --output_dir"))
             images.extend(kept)
@@ -190,31 +197,38 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def check_outputs_spare_inputs(
-    images: Sequence[Path], output_dir: str | os.PathLike, overlay_format: str = "jpg"
+def check_outputs(
+    images: Sequence[Path], output_dir: str | os.PathLike, overlay_format: str = "jpg", overwrite: bool = False
 ) -> None:
-    """Refuses a run in which an output file would replace one of the input images.
+    """Refuses, before anything is written, a run that would destroy a file it did not write.
 
-    Outputs and inputs are compared as resolved paths and, for files that exist, as the same
-    file on disk (links, case-insensitive file systems).
+    Checks that ``output_dir`` is a folder (or does not exist yet); that no output would replace
+    one of the input images (outputs and inputs compared as resolved paths and, for files that
+    exist, as the same file on disk: links, case-insensitive file systems), even with
+    ``overwrite``; and, unless ``overwrite``, that every file already at an output path is one
+    that ``fcn_keras.io`` wrote (``written_here``: an earlier run's output, which the run replaces).
 
     Args:
         images: the input image files.
         output_dir: see ``predict_images``.
         overlay_format: ``"jpg"`` or ``"png"``.
+        overwrite: also replace files at output paths that ``fcn_keras.io`` did not write.
 
     Raises:
-        ValueError: naming the first input that would be overwritten, the output that would
-            overwrite it, how many more would be, and suggesting another ``--output_dir``.
+        ValueError: naming ``output_dir`` if it is a file; else the first input or other file
+            that would be overwritten, the output that would overwrite it and how many more
+            would be, with what to do instead.
     """
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"--output_dir={output_dir} is a file, not a folder; nothing was written")
     by_path = {image.resolve(): image for image in images}
     by_id = {file_id: image for image in images if (file_id := _file_id(image)) is not None}
+    outputs = list(dict.fromkeys(output for image in images for output in output_paths(image, output_dir, overlay_format)))
     clashes = []
-    for image in images:
-        for output in output_paths(image, output_dir, overlay_format):
-            victim = by_path.get(output.resolve()) or by_id.get(_file_id(output))
-            if victim is not None:
-                clashes.append((victim, output))
+    for output in outputs:
+        victim = by_path.get(output.resolve()) or by_id.get(_file_id(output))
+        if victim is not None:
+            clashes.append((victim, output))
     if clashes:
         victim, output = clashes[0]
         resolved = Path(output_dir).resolve()
@@ -223,6 +237,13 @@ def check_outputs_spare_inputs(
             + (f" ({len(clashes) - 1} more outputs would overwrite inputs)" if len(clashes) > 1 else "")
             + f"; nothing was written: choose another --output_dir, one that holds no input images "
             f"(e.g. --output_dir={resolved.parent / (resolved.name + '_predictions')})"
+        )
+    foreign = [] if overwrite else [output for output in outputs if output.exists() and not written_here(output)]
+    if foreign:
+        raise ValueError(
+            f"output {foreign[0]} would replace a file that fcn_keras did not write"
+            + (f" ({len(foreign) - 1} more outputs would replace such files)" if len(foreign) > 1 else "")
+            + "; nothing was written: choose another --output_dir, or pass --overwrite to replace them"
         )
 
 
@@ -233,6 +254,7 @@ def predict_images(
     *,
     overlay_format: str = "jpg",
     alpha: float = 0.5,
+    overwrite: bool = False,
     verbose: bool = True,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Writes the label PNG and the overlay of every image; a bad image does not stop the rest.
@@ -243,24 +265,28 @@ def predict_images(
         output_dir: where ``<stem>.png`` and ``<stem>_overlay.<overlay_format>`` go.
         overlay_format: ``"jpg"`` or ``"png"``.
         alpha: weight of the label colours in the overlay (``fcn_keras.viz.overlay``).
+        overwrite: also replace existing files that ``fcn_keras.io`` did not write (see
+            ``check_outputs``).
         verbose: show a ``keras.utils.Progbar``.
 
     Returns:
-        ``(written, bad)``: the label PNGs written, and the images that failed with the reason.
+        ``(written, bad)``: the label PNGs written, and the images that failed with the reason
+        (among them an image whose outputs would replace an earlier image's outputs: same
+        stem, or ``b_overlay.png`` beside ``b.png`` with PNG overlays).
 
     Raises:
-        ValueError: an output would replace an input image (``check_outputs_spare_inputs``);
-            nothing is written then.
+        ValueError: ``check_outputs`` refuses the run; nothing is written then.
     """
-    check_outputs_spare_inputs(images, output_dir, overlay_format)
+    check_outputs(images, output_dir, overlay_format, overwrite)
     written, bad, claimed = [], [], {}
     progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=progress_verbosity(1 if verbose else 0))
     for index, path in enumerate(images):
         label_path, overlay_path = output_paths(path, output_dir, overlay_format)
-        if label_path in claimed:
-            bad.append((path, f"its outputs would overwrite those of {claimed[label_path]} (same file stem)"))
+        taken = next((output for output in (label_path, overlay_path) if output in claimed), None)
+        if taken is not None:
+            bad.append((path, f"its output {taken.name} would overwrite an output of {claimed[taken]}"))
         else:
-            claimed[label_path] = path
+            claimed.update({label_path: path, overlay_path: path})
             try:
                 image = read_image(path)
                 labels = predictor(image)
@@ -286,6 +312,8 @@ def _define_flags() -> None:
                         "or a SavedModel from fcn_keras.export (version folder or model folder).")
     flags.DEFINE_string("output_dir", None, "Folder for <stem>.png (VOC palette labels) and <stem>_overlay.<format>; "
                         "its files are not taken as inputs, and no output may replace an input file.")
+    flags.DEFINE_boolean("overwrite", False, "Replace files at output paths that fcn_keras did not write (without it the "
+                         "run stops before writing; earlier outputs of fcn_keras are always replaced, inputs never).")
     flags.DEFINE_enum("overlay_format", "jpg", ["jpg", "png"], "File format of the overlays.")
     flags.DEFINE_float("alpha", 0.5, "Weight of the label colours in the overlays (0 = image only, 1 = colours only).",
                        lower_bound=0.0, upper_bound=1.0)
@@ -299,6 +327,7 @@ def run(
     *,
     overlay_format: str = "jpg",
     alpha: float = 0.5,
+    overwrite: bool = False,
 ) -> int:
     """The CLI's work: segments ``sources`` (files or folders), reports failures on stderr.
 
@@ -308,26 +337,28 @@ def run(
         output_dir: see ``predict_images``.
         overlay_format: ``"jpg"`` or ``"png"``.
         alpha: weight of the label colours in the overlays.
+        overwrite: see ``check_outputs``.
 
     Returns:
-        The exit status: 0 when every input was processed, 1 otherwise, if the model is bad, or
-        if an output would replace an input image (then nothing is written).
+        The exit status: 0 when every input was processed; 2 if the model is bad or
+        ``check_outputs`` refuses the run (then nothing is written); 1 if some inputs failed.
     """
     images, bad_sources, ignored, skipped = collect_images(sources, output_dir)
     if skipped:
-        print(f"skipped {skipped} image files inside --output_dir={output_dir}: outputs (of an earlier run, say) "
+        print(f"skipped {skipped} image files in --output_dir={output_dir}: outputs (of an earlier run, say) "
               "are not taken as inputs")
     try:
-        check_outputs_spare_inputs(images, output_dir, overlay_format)
+        check_outputs(images, output_dir, overlay_format, overwrite)
         predictor = load_predictor(model)
     except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
         return 2
-    written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha)
+    written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha,
+                                         overwrite=overwrite)
     bad = bad_sources + bad_images
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
-          + (f"; {ignored} files without an image extension ignored" if ignored else "")
-          + (f"; {skipped} image files inside --output_dir skipped" if skipped else "") + ")")
+          + (f"; {ignored} hidden files or files without an image extension ignored" if ignored else "")
+          + (f"; {skipped} image files in --output_dir skipped" if skipped else "") + ")")
     if bad:
         print(f"{len(bad)} inputs failed:", file=sys.stderr)
         for path, reason in bad:  # Reasons from read_image already name the file.
@@ -352,9 +383,10 @@ def _keep_tensorflow_off_the_gpus(model: str | os.PathLike) -> None:
 def main(argv: list[str]) -> int:
     """Runs the CLI: positional arguments are image files or folders. Returns the exit status."""
     if len(argv) < 2:
-        raise app.UsageError("give image files or folders to segment after the flags")
+        return usage_error("fcn_keras.predict", "give image files or folders to segment after the flags")
     _keep_tensorflow_off_the_gpus(FLAGS.model)
-    return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha)
+    return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha,
+               overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":

@@ -239,6 +239,33 @@ def test_grpc_predict_request_runs_through_the_bytes_signature(exported, image_f
         np.testing.assert_array_equal(result["labels"], expected, err_msg=str(path))
 
 
+def test_bytes_signature_decodes_bmp_and_gif_as_read_image_does(exported, tmp_path):
+    """TensorFlow's BMP decoder returns an 8-bit BMP's palette indices as gray; the signature
+    looks them up in the colour table, and the predict CLI (read_image) decodes BMPs and GIFs
+    with the same ops: the same pixels, hence the same labels, whichever way an image goes."""
+    from fcn_keras.io import decode_image_tensor, read_image
+
+    _, loaded = exported
+    rgb = random_image(21, (23, 31))
+    palette = Image.fromarray(rgb).quantize(16)
+    files = {"palette.bmp": palette, "gray.bmp": Image.fromarray(rgb[..., 0]), "rgb.bmp": Image.fromarray(rgb),
+             "palette.gif": palette, "tiny.gif": Image.fromarray(rgb[:1, :1])}
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    expected = {name: np.asarray(image.convert("RGB")) for name, image in files.items()}
+    signature = loaded.signatures[export.BYTES_SIGNATURE]
+    decode = tf.function(decode_image_tensor)
+    for name in files:
+        encoded = (tmp_path / name).read_bytes()
+        pixels = read_image(tmp_path / name)
+        np.testing.assert_array_equal(pixels, expected[name], err_msg=name)  # The file's true colours.
+        np.testing.assert_array_equal(decode(tf.constant(encoded)).numpy(), pixels, err_msg=name)
+        served = signature(image_bytes=tf.constant([encoded]))["labels"].numpy()[0]
+        np.testing.assert_array_equal(served, loaded.signatures["serving_default"](
+            images=tf.constant(pixels[np.newaxis]))["labels"].numpy()[0], err_msg=name)
+    assert len(np.unique(expected["palette.bmp"][..., 0])) > 2  # Colours, not 0..15 as gray.
+
+
 @pytest.fixture
 def dead_port():
     """A local port bound but not listening: connecting to it is refused, and nothing else can
@@ -261,6 +288,29 @@ def test_clients_say_in_one_line_that_no_server_answered(script, dead_port, imag
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert line.startswith(f"error: no TF Serving answered at {server}"), line
     assert "Connection refused" in line, line
+
+
+def test_rest_client_takes_a_bare_address_joins_error_lines_and_refuses_a_shared_stem(dead_port, tmp_path):
+    rest = load_example("rest_request")
+    with pytest.raises(ConnectionError, match=re.escape(f"no TF Serving answered at http://127.0.0.1:{dead_port}/v1/")):
+        rest.post_predict(f"127.0.0.1:{dead_port}", "fcn8s", {"instances": []}, timeout=10)
+    # TF Serving's errors end with "\n\t [[{{node ...}}]]": one line all the same.
+    with pytest.raises(RuntimeError) as error:
+        rest.parse_rest_response({"error": "Invalid JPEG data\n\t [[{{node DecodeJpeg}}]]"})
+    assert str(error.value) == "TF Serving returned an error: Invalid JPEG data [[{{node DecodeJpeg}}]]"
+
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "x" / "a.jpg").write_bytes(b"1")
+    (tmp_path / "y" / "a.png").write_bytes(b"2")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "export" / "rest_request.py"), f"--output_dir={tmp_path / 'out'}",
+         str(tmp_path / "x" / "a.jpg"), str(tmp_path / "y" / "a.png")], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr == (
+        f"error: {tmp_path / 'y' / 'a.png'} and {tmp_path / 'x' / 'a.jpg'} would both write a_labels.png in "
+        "--output_dir; rename one\n"
+    ), result.stderr
 
 
 def test_models_config_is_a_valid_model_server_config():
@@ -318,12 +368,37 @@ def test_existing_versions_are_kept_unless_overwrite_and_a_failed_export_leaves_
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["2"]  # No "7", no temporary folder.
 
 
+def test_an_export_dir_that_is_a_file_and_a_version_that_appears_meanwhile(model, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'file'} is a file, not a folder")):
+        export.export_saved_model(model, tmp_path / "file", name="m")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "m").write_text("not a folder")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'base' / 'm'} is a file, not a folder")):
+        export.export_saved_model(model, tmp_path / "base", name="m")
+
+    # Another export writes version 3 while this one saves: it is kept, this one fails.
+    save = tf.saved_model.save
+
+    def save_while_another_exports(module, path, signatures):
+        save(module, path, signatures=signatures)
+        (tmp_path / "m" / "3").mkdir()
+        (tmp_path / "m" / "3" / "saved_model.pb").write_text("the other export's")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_while_another_exports)
+    with pytest.raises(FileExistsError, match=re.escape(f"{tmp_path / 'm' / '3'} appeared while exporting")):
+        export.export_saved_model(model, tmp_path, name="m", version=3)
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["3"]  # No temporary folder left.
+    assert (tmp_path / "m" / "3" / "saved_model.pb").read_text() == "the other export's"
+
+
 def test_bad_model_files_are_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"model file not found: {re.escape(str(tmp_path / 'no.keras'))}"):
         export.export_saved_model(tmp_path / "no.keras", tmp_path / "out")
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match=f"cannot load {re.escape(str(garbage))} as a Keras model"):
+    with pytest.raises(ValueError, match=f"cannot load {re.escape(str(garbage))} as a Keras model: it is not a "
+                       r"\.keras archive \(not a zip file\)"):
         export.export_saved_model(garbage, tmp_path / "out")
     inputs = keras.Input((32, 32, 3))
     classifier = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(inputs)))

@@ -90,7 +90,7 @@ def test_cli_on_a_folder_with_bad_files_processes_the_rest_and_fails(labeler, ke
     assert result.returncode == 1, result.stderr[-3000:]
     check_outputs(labeler, tmp_path, expected, "jpg")
     assert len(np.unique(np.asarray(Image.open(tmp_path / "photo.png")))) > 3  # Labels vary.
-    assert "wrote 4 label maps and overlays" in result.stdout and "1 files without an image extension ignored" in result.stdout
+    assert "wrote 4 label maps and overlays" in result.stdout and "1 hidden files or files without an image extension ignored" in result.stdout
     assert "3 inputs failed:" in result.stderr
     assert f"{folder / 'missing.jpg'}: no such file or folder" in result.stderr
     assert f"cannot read image {folder / 'broken.jpg'}" in result.stderr
@@ -119,7 +119,23 @@ def test_inputs_with_the_same_stem_do_not_overwrite_each_other(inputs, tmp_path)
     assert images == [folder / "photo.jpg", twin / "photo.png"] and bad == [] and ignored == skipped == 0
     written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out", verbose=False)
     assert [p.name for p in written] == ["photo.png"]
-    assert bad == [(twin / "photo.png", f"its outputs would overwrite those of {folder / 'photo.jpg'} (same file stem)")]
+    assert bad == [(twin / "photo.png", f"its output photo.png would overwrite an output of {folder / 'photo.jpg'}")]
+
+
+def test_an_input_named_like_another_inputs_overlay_is_refused(inputs, tmp_path):
+    """b.png's PNG overlay is b_overlay.png, the label map of an input b_overlay.png: the second
+    input is refused instead of silently replacing the first one's overlay."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed, name in enumerate(("b.png", "b_overlay.png")):
+        Image.fromarray(random_image(seed, (20, 24))).save(folder / name)
+    images = predict.collect_images([folder]).images
+    written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out",
+                                          overlay_format="png", verbose=False)
+    assert written == [tmp_path / "out" / "b.png"]
+    assert bad == [(folder / "b_overlay.png", f"its output b_overlay.png would overwrite an output of {folder / 'b.png'}")]
+    with Image.open(tmp_path / "out" / "b_overlay.png") as overlay_png:
+        assert overlay_png.mode == "RGB"  # Still b.png's overlay, not a label map.
 
 
 def test_models_that_are_not_fcns_are_named_in_the_error(inputs, tmp_path, capsys):
@@ -153,8 +169,12 @@ def test_read_image_converts_gray_and_alpha_and_rejects_16_bit(inputs):
         image = read_image(folder / f"{stem}.png")
         assert image.dtype == np.uint8 and image.shape[2] == 3
         np.testing.assert_array_equal(image, expected[stem])
-    with pytest.raises(ValueError, match="found PIL mode 'I;16'"):
+    with pytest.raises(ValueError, match="expected 8 bits per channel, found a 16-bit PNG"):
         read_image(folder / "deep.png")
+    # 16-bit RGB: PIL would read it as 8-bit RGB (its high bytes).
+    (folder.parent / "deep_rgb.png").write_bytes(tf.io.encode_png(np.full((4, 5, 3), 40000, np.uint16)).numpy())
+    with pytest.raises(ValueError, match="deep_rgb.png: expected 8 bits per channel, found a 16-bit PNG"):
+        read_image(folder.parent / "deep_rgb.png")
 
 
 def test_a_run_folder_is_a_model(keras_file, labeler, inputs, tmp_path):
@@ -204,10 +224,10 @@ def test_an_output_that_would_replace_an_input_stops_the_run_before_anything_is_
         f"output {pngs / 'dog_overlay.jpg'} would overwrite the input image {pngs / 'dog_overlay.jpg'} "
         "(1 more outputs would overwrite inputs)"
     )):
-        predict.check_outputs_spare_inputs([pngs / "dog.jpg", pngs / "dog_overlay.jpg", pngs / "cat.png"], pngs)
+        predict.check_outputs([pngs / "dog.jpg", pngs / "dog_overlay.jpg", pngs / "cat.png"], pngs)
     # No clash: PNG overlays.
-    predict.check_outputs_spare_inputs([pngs / "dog.jpg", pngs / "dog_overlay.jpg"], pngs, overlay_format="png")
-    predict.check_outputs_spare_inputs([pngs / "dog.jpg", pngs / "cat.png"], tmp_path / "out")
+    predict.check_outputs([pngs / "dog.jpg", pngs / "dog_overlay.jpg"], pngs, overlay_format="png")
+    predict.check_outputs([pngs / "dog.jpg", pngs / "cat.png"], tmp_path / "out")
 
 
 def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_path, capsys):
@@ -221,19 +241,61 @@ def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_pat
     assert len(predict.collect_images([photos]).images) == 4  # (what a folder scan alone finds)
     images, bad, ignored, skipped = predict.collect_images([photos], photos)
     assert images == [] and ignored == 0 and skipped == 4
-    assert bad == [(photos, f"the 4 image files of {photos} are inside --output_dir={photos} and are not taken "
+    assert bad == [(photos, f"the 4 image files of {photos} are in --output_dir={photos} and are not taken "
                             "as inputs (they may be outputs of an earlier run): write the outputs to another "
                             "--output_dir")]
-    # ... nor through a link to the folder, while a sub-folder output_dir leaves them all in.
+    # ... nor through a link to the folder, while a sub-folder output_dir, or the folder above
+    # (outputs are never written into a sub-folder), leaves them all in.
     (tmp_path / "link").symlink_to(photos)
     assert predict.collect_images([tmp_path / "link"], photos).skipped == 4
     assert predict.collect_images([photos], photos / "out") == (sorted(photos.iterdir()), [], 0, 0)
+    assert predict.collect_images([photos], tmp_path) == (sorted(photos.iterdir()), [], 0, 0)
 
     # The user's command: `--output_dir=pngs pngs/` writes nothing and says why.
     before = files_and_bytes(photos)
     assert predict.run(keras_file, [photos], photos) == 1
     out, err = capsys.readouterr()
-    assert f"skipped 4 image files inside --output_dir={photos}" in out
-    assert "wrote 0 label maps and overlays" in out and "4 image files inside --output_dir skipped" in out
-    assert f"  the 4 image files of {photos} are inside --output_dir={photos}" in err
+    assert f"skipped 4 image files in --output_dir={photos}" in out
+    assert "wrote 0 label maps and overlays" in out and "4 image files in --output_dir skipped" in out
+    assert f"  the 4 image files of {photos} are in --output_dir={photos}" in err
     assert files_and_bytes(photos) == before
+
+
+def test_files_fcn_keras_did_not_write_are_replaced_only_with_overwrite(keras_file, tmp_path, capsys):
+    """`--output_dir=photos photos/cat.jpg` would replace the user's photos/cat.png: refused
+    unless --overwrite; an earlier run's outputs (marked by fcn_keras.io) are replaced freely."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(random_image(1, (30, 40))).save(photos / "cat.jpg")
+    Image.fromarray(np.dstack([random_image(2, (30, 40)), np.full((30, 40), 9, np.uint8)])).save(photos / "cat.png")
+    before = files_and_bytes(photos)
+    assert predict.run(keras_file, [photos / "cat.jpg"], photos) == 2
+    assert (f"error: output {photos / 'cat.png'} would replace a file that fcn_keras did not write; nothing was "
+            "written: choose another --output_dir, or pass --overwrite to replace them") in capsys.readouterr().err
+    assert files_and_bytes(photos) == before
+
+    assert predict.run(keras_file, [photos / "cat.jpg"], photos, overwrite=True) == 0
+    with Image.open(photos / "cat.png") as labels:
+        assert labels.mode == "P"
+    # The same command again: the files there now are its own outputs.
+    assert predict.run(keras_file, [photos / "cat.jpg"], photos) == 0
+    assert sorted(files_and_bytes(photos)) == ["cat.jpg", "cat.png", "cat_overlay.jpg"]
+
+
+def test_an_output_dir_that_is_a_file_and_hidden_files_and_usage_errors(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(random_image(1, (20, 20))).save(photos / "cat.jpg")
+    (photos / "._cat.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork companion.
+    Image.fromarray(random_image(2, (20, 20))).save(photos / ".thumb.png")
+    assert predict.collect_images([photos]) == ([photos / "cat.jpg"], [], 2, 0)
+
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ValueError, match=re.escape(f"--output_dir={tmp_path / 'taken'} is a file, not a folder")):
+        predict.check_outputs([photos / "cat.jpg"], tmp_path / "taken")
+
+    # No image named: one line and status 2, not absl's usage dump.
+    assert predict.main(["predict"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fcn_keras.predict: error: give image files or folders to segment after the flags "
+                   "(see python -m fcn_keras.predict --help)\n")
