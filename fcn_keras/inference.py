@@ -60,8 +60,16 @@ def labels_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, ArgmaxLabels(name="labels")(model.outputs[0]), name=f"{model.name}_labels")
 
 
+#: The attribute of an FCN where ``predict_labels`` keeps its ``labels_model`` (set with
+#: ``object.__setattr__``, so Keras does not track the wrapper as a sub-layer of the FCN).
+_LABELS_ATTRIBUTE = "_fcn_keras_labels_model"
+
+
 def predict_labels(model: keras.Model, images: np.ndarray, batch_size: int = 1) -> np.ndarray:
     """Label maps for a batch of same-size images, the argmax taken on the device.
+
+    The ``labels_model`` wrapping an FCN is made once and kept with it, so calls after the
+    first reuse its compiled predict function instead of tracing or compiling the network again.
 
     Args:
         model: an FCN (logits output) or a ``labels_model``.
@@ -70,7 +78,19 @@ def predict_labels(model: keras.Model, images: np.ndarray, batch_size: int = 1) 
 
     Returns:
         uint8 ``[N, H, W]``.
+
+    Raises:
+        ValueError: ``images`` is not ``[N, H, W, 3]`` (checked before the model is called: under
+            JAX, Keras leaves a model unusable after a call with the wrong rank).
     """
+    shape = np.shape(images)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"images must be a batch [N, H, W, 3]. Received: shape {shape}"
+                         + (" (one image: add a batch axis, images[None])" if len(shape) == 3 else ""))
     if model.outputs[0].dtype != "uint8":
-        model = labels_model(model)
+        labeler = getattr(model, _LABELS_ATTRIBUTE, None)
+        if labeler is None:
+            labeler = labels_model(model)
+            object.__setattr__(model, _LABELS_ATTRIBUTE, labeler)
+        model = labeler
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))

@@ -22,12 +22,13 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy per pixel, void pixels excluded, mean over the valid pixels.
 
     ``loss = sum_{valid p} -log softmax(y_pred[p])[y_true[p]] / N_valid`` where a pixel is valid
-    when its label is not ``ignore_label``. A batch without valid pixels gives 0 (not NaN) and
+    when its label is a class, in ``[0, C)``: ``ignore_label`` and any other value are void, as
+    in ``fcn_keras.metrics.ConfusionMatrix``, under every backend. A batch without valid pixels gives 0 (not NaN) and
     zero gradients. The computation is float32 whatever the dtype policy (mixed precision) and
     uses only masks, no boolean indexing, so it compiles under XLA / ``jax.jit``.
 
-    Labels must be in ``[0, C)`` or equal ``ignore_label``; a value in between cannot be checked
-    inside a compiled step (the loss of such a pixel is that of class 0).
+    Labels outside ``[0, C)`` cannot raise an error inside a compiled step; a model with fewer
+    classes than its data's labels (say 3 on VOC's 21) trains on the pixels of its own classes.
 
     Args:
         ignore_label: label value of void pixels (255 in VOC).
@@ -40,7 +41,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     Call args:
         y_true: int or uint8 labels ``[B, H, W]`` (or ``[B, H, W, 1]``).
         y_pred: float logits ``[B, H, W, C]``.
-        sample_weight: optional float weights broadcastable to ``[B, H, W]``.
+        sample_weight: optional float weights broadcastable to ``[B, H, W]`` (or ``[B, H, W, 1]``).
 
     Returns:
         float32 scalar (or ``[B, H, W]`` for ``reduction="none"``).
@@ -77,7 +78,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         labels = ops.cast(y_true, "int32")
         if len(labels.shape) == len(y_pred.shape):  # [B, H, W, 1]
             labels = ops.squeeze(labels, axis=-1)
-        valid = ops.not_equal(labels, self.ignore_label)
+        classes = ops.shape(y_pred)[-1]
+        valid = (labels >= 0) & (labels < classes) & ops.not_equal(labels, self.ignore_label)
         # Void pixels get class 0 (a legal index) and weight 0: no boolean indexing needed.
         safe_labels = ops.where(valid, labels, 0)
         losses = ops.sparse_categorical_crossentropy(safe_labels, y_pred, from_logits=True)
@@ -90,6 +92,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             weights = valid
             if sample_weight is not None:
                 sample_weight = ops.cast(sample_weight, "float32")
+                if len(sample_weight.shape) == len(valid.shape) + 1:  # [B, H, W, 1], as labels may be.
+                    sample_weight = ops.squeeze(sample_weight, axis=-1)
                 while len(sample_weight.shape) < len(valid.shape):
                     sample_weight = ops.expand_dims(sample_weight, -1)
                 weights = valid * sample_weight

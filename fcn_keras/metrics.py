@@ -34,12 +34,15 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
     Args:
         labels: integer ground truth of any shape, ``ignore_label`` = void.
-        predictions: integer predicted classes, same shape as ``labels``.
+        predictions: integer predicted classes in ``[0, num_classes)``, same shape as ``labels``.
         num_classes: ``n_cl``.
         ignore_label: void label, excluded (as is any label outside ``[0, num_classes)``).
 
     Returns:
         int64 ``[num_classes, num_classes]``, rows = truth, columns = prediction.
+
+    Raises:
+        ValueError: the shapes differ, or a prediction at a counted pixel is not a class.
     """
     labels = np.asarray(labels)
     predictions = np.asarray(predictions)
@@ -51,7 +54,12 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     labels = labels.astype(np.int64).ravel()
     predictions = predictions.astype(np.int64).ravel()
     valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_label)
-    index = num_classes * labels[valid] + predictions[valid]
+    predictions = predictions[valid]
+    wrong = (predictions < 0) | (predictions >= num_classes)
+    if wrong.any():
+        raise ValueError(f"predictions must be classes in [0, {num_classes}); {int(wrong.sum())} are not, e.g. "
+                         f"{sorted(set(predictions[wrong].tolist()))[:5]}")
+    index = num_classes * labels[valid] + predictions
     return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
@@ -113,7 +121,8 @@ class ConfusionMatrix(keras.metrics.Metric):
     Update args:
         y_true: int/uint8 labels ``[B, H, W]`` (or ``[B, H, W, 1]``).
         y_pred: float logits ``[B, H, W, C]``.
-        sample_weight: optional weights broadcastable to ``[B, H, W]``; rounded to integers.
+        sample_weight: optional weights broadcastable to ``[B, H, W]`` (or ``[B, H, W, 1]``);
+            rounded to integers.
     """
 
     def __init__(
@@ -124,9 +133,9 @@ class ConfusionMatrix(keras.metrics.Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        if not isinstance(num_classes, int) or num_classes < 2:
+        if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = num_classes = int(num_classes)
         self.ignore_label = ignore_label
         self.confusion = self.add_variable(
             shape=(num_classes, num_classes), initializer="zeros", dtype="int32", name="confusion"
@@ -149,6 +158,8 @@ class ConfusionMatrix(keras.metrics.Metric):
         weights = ops.cast(valid, "int32")
         if sample_weight is not None:
             sample_weight = ops.convert_to_tensor(sample_weight)
+            if len(sample_weight.shape) == len(labels.shape) + 1:  # [B, H, W, 1], as labels may be.
+                sample_weight = ops.squeeze(sample_weight, axis=-1)
             while len(sample_weight.shape) < len(labels.shape):
                 sample_weight = ops.expand_dims(sample_weight, -1)
             weights = weights * ops.cast(ops.round(sample_weight), "int32")

@@ -13,6 +13,7 @@ import logging
 import os
 
 import keras
+import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
@@ -45,10 +46,11 @@ def build_fcn(
         weights: backbone initialisation. ``None``: random. ``"imagenet"``: keras.applications'
             VGG16 with fc1/fc2 (downloaded; needs internet). A path: a Keras VGG16 weights file,
             with or without the top; without it fc6/fc7 start from scratch (logged). A
-            ``keras.Model``: a VGG16 to copy from. Score layers always start at zero.
+            ``keras.Model``: a VGG16 to copy from (then ``preprocessing`` must be given). Score
+            layers always start at zero.
         preprocessing: input normalisation built into the model: ``"caffe"``, ``"torch"``, or
-            ``"auto"`` (chosen from ``weights``, see ``fcn_keras.backbone``). Callers always pass
-            plain RGB in 0..255.
+            ``"auto"`` (chosen from ``weights``, see ``fcn_keras.backbone``; not for a
+            ``keras.Model``). Callers always pass plain RGB in 0..255.
         input_shape: ``(H, W, 3)``; ``None`` sides accept any size (dynamic crops). With both
             sides fixed, crops are ``Cropping2D`` layers.
         at_once: the TPAMI "at-once" FCN-8s, which scales pool4 by 0.01 and pool3 by 1e-4
@@ -71,21 +73,32 @@ def build_fcn(
     Raises:
         ValueError: bad ``variant``, ``num_classes``, ``input_shape``, ``at_once`` for FCN-32s,
             or weights that do not fit (named, with the expected and received shapes).
+        FileNotFoundError: ``weights`` names a file that does not exist.
     """
     # --- Arguments -------------------------------------------------------------------------
     arch.check_variant(variant)
     geo = arch.get_geometry(geometry)
-    if not isinstance(num_classes, int) or num_classes < 2:
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
-    if len(input_shape) != 3 or input_shape[2] != 3:
+    num_classes = int(num_classes)
+    if len(input_shape) != 3 or input_shape[2] != 3 or any(
+        side is not None and (not isinstance(side, (int, np.integer)) or side < 1) for side in input_shape[:2]
+    ):
         raise ValueError(
-            f"input_shape must be (height, width, 3) for RGB images. Received: input_shape={input_shape!r}"
+            f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
+            f"Received: input_shape={input_shape!r}"
         )
     if at_once and variant == "32s":
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
-    if isinstance(weights, keras.Model):  # A keras.applications VGG16: Caffe-style input.
+    if isinstance(weights, keras.Model):
+        if preprocessing == "auto":  # A model does not say how its training inputs were normalised.
+            raise ValueError(
+                "preprocessing must be 'caffe' or 'torch' when weights is a keras.Model: which input "
+                "normalisation its weights expect cannot be told from the model (keras.applications.VGG16("
+                "weights='imagenet') expects 'caffe'). Received: preprocessing='auto'"
+            )
         vgg = weights
         mode = resolve_preprocessing(None, preprocessing)
     else:

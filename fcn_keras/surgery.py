@@ -61,16 +61,23 @@ def _vgg16_conv_names() -> list[str]:
     ]
 
 
-def _assign(layer: keras.layers.Layer, weights: list[np.ndarray], source: str) -> None:
-    """Sets ``layer``'s weights after checking every shape; names ``source`` on mismatch."""
-    expected = [tuple(w.shape) for w in layer.get_weights()]
-    received = [tuple(w.shape) for w in weights]
-    if expected != received:
-        raise ValueError(
-            f"cannot copy {source} into layer {layer.name!r}: expected weight shapes "
-            f"{expected}, received {received}"
-        )
-    layer.set_weights(weights)
+#: One copy: (target layer, its new weights, what they come from, for the error message).
+Copy = tuple[keras.layers.Layer, list[np.ndarray], str]
+
+
+def _assign_all(copies: list[Copy]) -> None:
+    """Checks every copy's shapes, then sets the weights: a mismatch (named with its source)
+    leaves every target layer as it was, not half overwritten."""
+    for layer, weights, source in copies:
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        received = [tuple(w.shape) for w in weights]
+        if expected != received:
+            raise ValueError(
+                f"cannot copy {source} into layer {layer.name!r}: expected weight shapes "
+                f"{expected}, received {received}; no layer was changed"
+            )
+    for layer, weights, _ in copies:
+        layer.set_weights(weights)
 
 
 def transplant_vgg16(fcn: keras.Model, vgg: keras.Model) -> list[str]:
@@ -88,11 +95,13 @@ def transplant_vgg16(fcn: keras.Model, vgg: keras.Model) -> list[str]:
 
     Returns:
         Names of the FCN layers that received weights.
+
+    Raises:
+        ValueError: a layer's weight shapes differ (named); then no layer was changed.
     """
-    copied = []
-    for name in _vgg16_conv_names():
-        _assign(fcn.get_layer(name), vgg.get_layer(name).get_weights(), f"VGG16 {name}")
-        copied.append(name)
+    copies: list[Copy] = [
+        (fcn.get_layer(name), vgg.get_layer(name).get_weights(), f"VGG16 {name}") for name in _vgg16_conv_names()
+    ]
     vgg_names = {layer.name for layer in vgg.layers}
     if {"fc1", "fc2"} <= vgg_names:
         for dense_name, conv_name in (("fc1", "fc6"), ("fc2", "fc7")):
@@ -100,12 +109,11 @@ def transplant_vgg16(fcn: keras.Model, vgg: keras.Model) -> list[str]:
             conv = fcn.get_layer(conv_name)
             size = FC6_KERNEL if conv_name == "fc6" else 1
             channels_in = kernel.shape[0] // (size * size)
-            _assign(
-                conv,
-                [kernel.reshape(size, size, channels_in, kernel.shape[1]), bias],
-                f"VGG16 {dense_name} {kernel.shape}",
+            copies.append(
+                (conv, [kernel.reshape(size, size, channels_in, kernel.shape[1]), bias], f"VGG16 {dense_name} {kernel.shape}")
             )
-            copied.append(conv_name)
+    _assign_all(copies)
+    copied = [layer.name for layer, _, _ in copies]
     logger.info("transplanted VGG16 weights into %s: %s", fcn.name, ", ".join(copied))
     return copied
 
@@ -130,23 +138,25 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
 
     Raises:
         ValueError: a layer of the same name has other weight shapes (e.g. another number of
-            classes), or the two nets share no weighted layer at all.
+            classes), or the two nets share no weighted layer at all; then no layer was changed.
     """
     source_layers = {layer.name: layer for layer in source.layers if layer.weights}
     report: dict[str, list[str]] = {"copied": [], "kept": [], "unused": []}
+    copies: list[Copy] = []
     for layer in target.layers:
         if not layer.weights:
             continue
         if layer.name in source_layers:
-            _assign(layer, source_layers.pop(layer.name).get_weights(), f"{source.name}/{layer.name}")
+            copies.append((layer, source_layers.pop(layer.name).get_weights(), f"{source.name}/{layer.name}"))
             report["copied"].append(layer.name)
         else:
             report["kept"].append(layer.name)
     report["unused"] = sorted(source_layers)
-    if not report["copied"]:
+    if not copies:
         raise ValueError(
             f"{source.name!r} and {target.name!r} share no weighted layer: is the source an FCN?"
         )
+    _assign_all(copies)
     logger.info(
         "transferred %d layers %s -> %s; kept initialisation of %s",
         len(report["copied"]),

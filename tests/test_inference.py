@@ -44,3 +44,16 @@ def test_labels_model_rejects_a_model_without_class_axis():
     flat = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name="classifier")
     with pytest.raises(ValueError, match=r"model must have one output of shape \[B, H, W, classes\]"):
         labels_model(flat)
+
+
+def test_predict_labels_reuses_its_wrapper_and_refuses_one_image_without_a_batch_axis(model):
+    images = np.random.default_rng(4).integers(0, 256, (2, 40, 52, 3)).astype("uint8")
+    layers = [layer.name for layer in model.layers]
+    first = predict_labels(model, images)
+    wrapper = model._fcn_keras_labels_model
+    np.testing.assert_array_equal(predict_labels(model, images), first)
+    assert model._fcn_keras_labels_model is wrapper  # Built once: no new trace or compilation per call.
+    assert [layer.name for layer in model.layers] == layers  # Not tracked as a part of the FCN.
+    with pytest.raises(ValueError, match=r"images must be a batch \[N, H, W, 3\]. Received: shape \(40, 52, 3\) "
+                                         r"\(one image: add a batch axis"):
+        predict_labels(model, images[0])

@@ -107,3 +107,25 @@ def test_serializable_and_trains_inside_a_saved_model(tmp_path):
 def test_bad_ignore_label_is_rejected():
     with pytest.raises(ValueError, match="ignore_label must be a non-negative integer"):
         SegmentationCrossEntropy(ignore_label=-1)
+
+
+def test_labels_outside_the_classes_are_void_as_in_the_metric():
+    """A label in [C, 255) (VOC data, a 3-class model) cannot raise inside a compiled step; it is
+    void, as ConfusionMatrix treats it, and does not count in N_valid (TensorFlow's sparse
+    cross-entropy raised on it, JAX's counted it with zero loss)."""
+    labels, logits = random_batch(2, classes=3)
+    strange = labels.copy()
+    strange[0, 0, :4] = [3, 7, 20, 254]
+    voided = strange.copy()
+    voided[0, 0, :4] = IGNORE_LABEL
+    loss = SegmentationCrossEntropy()
+    assert float(loss(strange, logits)) == pytest.approx(float(loss(voided, logits)), rel=1e-6)
+    assert float(loss(strange, logits)) != pytest.approx(float(loss(labels, logits)), rel=1e-3)
+
+
+def test_sample_weight_with_a_channel_axis_like_the_labels():
+    labels, logits = random_batch(3)
+    weights = np.random.default_rng(3).uniform(0, 2, labels.shape).astype("float32")
+    loss = SegmentationCrossEntropy()
+    expected = float(loss(labels, logits, sample_weight=weights))
+    assert float(loss(labels[..., None], logits, sample_weight=weights[..., None])) == pytest.approx(expected, rel=1e-6)

@@ -128,6 +128,19 @@ def test_update_compiles_under_xla_with_labels_channel_axis_and_sample_weight():
     np.testing.assert_array_equal(np.asarray(metric.confusion), expected)
 
 
+def test_predictions_outside_the_classes_and_weights_with_a_channel_axis():
+    labels = np.array([[0, 1, 2, 255]])
+    with pytest.raises(ValueError, match=r"predictions must be classes in \[0, 3\); 2 are not, e.g. \[-1, 4\]"):
+        confusion_matrix(labels, np.array([[4, 1, -1, 9]]), num_classes=3)  # 9 is at a void pixel: not counted.
+    np.testing.assert_array_equal(confusion_matrix(labels, np.array([[0, 1, 2, 9]]), num_classes=3), np.eye(3))
+
+    metric = ConfusionMatrix(np.int64(3))  # A numpy integer is an integer.
+    logits = tf.one_hot([[[0, 1], [2, 2]]], 3)
+    metric.update_state(np.array([[[0, 1], [2, 0]]])[..., None], logits, sample_weight=np.array([[[1, 0], [2, 1]]])[..., None])
+    np.testing.assert_array_equal(metric.confusion.numpy(), [[1, 0, 1], [0, 0, 0], [0, 0, 2]])
+    assert metric.num_classes == 3 and type(metric.num_classes) is int
+
+
 def test_metric_serializes_and_rejects_a_class_count_mismatch():
     metric = ConfusionMatrix(num_classes=4, ignore_label=9, name="val_iu")
     restored = keras.metrics.deserialize(keras.metrics.serialize(metric))

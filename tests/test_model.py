@@ -269,6 +269,8 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"variant": "4s"}, r"variant must be one of \('32s', '16s', '8s'\)\. Received: variant='4s'"),
         ({"num_classes": 1}, r"num_classes must be an integer >= 2\. Received: num_classes=1"),
         ({"input_shape": (64, 64, 1)}, r"input_shape must be \(height, width, 3\)"),
+        ({"input_shape": (0, 5, 3)}, r"each side None or >= 1\. Received: input_shape=\(0, 5, 3\)"),
+        ({"num_classes": True}, r"num_classes must be an integer >= 2\. Received: num_classes=True"),
         ({"variant": "32s", "at_once": True}, r"at_once=True .* needs variant '16s' or '8s'"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"geometry": "valid"}, r"geometry must be one of \('reference', 'same'\)\. Received: geometry='valid'"),
@@ -279,3 +281,7 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         build_fcn(**{"fc_units": 8, **kwargs})
+
+
+def test_a_numpy_integer_is_a_class_count():
+    assert build_fcn("32s", np.int64(5), fc_units=8, geometry="same").output.shape[-1] == 5

@@ -62,7 +62,9 @@ def random_vgg16():
 
 
 def test_fc6_fc7_compute_vgg16_fc1_fc2_on_every_7x7_window(random_vgg16):
-    fcn = build_fcn("32s", weights=random_vgg16)
+    with pytest.raises(ValueError, match="preprocessing must be 'caffe' or 'torch' when weights is a keras.Model"):
+        build_fcn("32s", weights=random_vgg16)
+    fcn = build_fcn("32s", weights=random_vgg16, preprocessing="caffe")
     images = np.random.default_rng(1).uniform(0, 255, (1, 70, 90, 3)).astype("float32")
     probe = keras.Model(fcn.input, [fcn.get_layer("block5_pool").output, fcn.get_layer("fc7").output])
     pool5, fc7 = (np.asarray(t) for t in probe(images, training=False))
@@ -77,7 +79,7 @@ def test_fc7_at_the_position_that_sees_the_whole_224_input_equals_vgg16_fc2(rand
     # position (3, 3) covers pool5's whole 7x7 grid: fc7 there is VGG16's fc2, biases included.
     # (The reference geometry's 100-pixel padding puts no fc6 position on that grid; its fc6/fc7
     # are checked window by window in the test above.)
-    fcn = build_fcn("32s", weights=random_vgg16, geometry="same")
+    fcn = build_fcn("32s", weights=random_vgg16, preprocessing="caffe", geometry="same")
     images = np.random.default_rng(2).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
     fc7 = np.asarray(keras.Model(fcn.input, fcn.get_layer("fc7").output)(images, training=False))
     assert fc7.shape == (2, 7, 7, 4096)
@@ -96,16 +98,23 @@ def test_transplant_reports_what_it_copied_and_refuses_wrong_shapes(random_vgg16
     np.testing.assert_array_equal(
         fcn.get_layer("fc6").get_weights()[0], random_vgg16.get_layer("fc1").get_weights()[0].reshape(7, 7, 512, 4096)
     )
+    small = build_fcn("8s", fc_units=64)
+    conv1_1 = small.get_layer("block1_conv1").get_weights()[0]
     with pytest.raises(ValueError, match=r"cannot copy VGG16 fc1 .* into layer 'fc6': expected weight shapes \[\(7, 7, 512, 64\), \(64,\)\]"):
-        transplant_vgg16(build_fcn("8s", fc_units=64), random_vgg16)
+        transplant_vgg16(small, random_vgg16)
+    np.testing.assert_array_equal(small.get_layer("block1_conv1").get_weights()[0], conv1_1)  # Nothing copied.
 
 
 # --- FCN → FCN -------------------------------------------------------------------------------
 
 
 def test_transfer_refuses_other_class_counts_and_non_fcn_sources():
-    with pytest.raises(ValueError, match=r"into layer 'score_fr': expected weight shapes \[\(1, 1, 8, 21\)"):
-        transfer_weights(build_fcn("32s", num_classes=5, fc_units=8), build_fcn("16s", fc_units=8))
+    target = build_fcn("16s", fc_units=8)
+    before = target.get_weights()
+    with pytest.raises(ValueError, match=r"into layer 'score_fr': expected weight shapes \[\(1, 1, 8, 21\).*no layer was changed"):
+        transfer_weights(build_fcn("32s", num_classes=5, fc_units=8), target)
+    for a, b in zip(target.get_weights(), before):  # Not half overwritten: the trunk before score_fr too.
+        np.testing.assert_array_equal(a, b)
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense_x")], name="mlp")
     with pytest.raises(ValueError, match="share no weighted layer: is the source an FCN"):
         transfer_weights(other, build_fcn("16s", fc_units=8))
