@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import __version__
-from fcn_keras.console import progress_verbosity
+from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.data import download, records, voc
 from fcn_keras.files import atomic_path, file_digests, write_text_atomic
 
@@ -70,6 +70,12 @@ def _encode_pair(pair: voc.Pair) -> bytes | voc.Problem:
         return error.problem
     label_png = records.encode_label_png(loaded.label)
     return records.encode_example(loaded.image_id, loaded.image_bytes, label_png, loaded.height, loaded.width)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically, unless the file already holds exactly that."""
+    if not (path.is_file() and path.read_text() == text):
+        write_text_atomic(path, text)
 
 
 def read_manifest(output_dir: str | os.PathLike) -> dict | None:
@@ -198,7 +204,8 @@ def _convert_split(
             }
         split_entry["shards"].append(entry)
         split_entry["num_examples"] += entry["num_examples"]
-        write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+        if name not in current:  # A new shard: recorded now, so a killed run keeps it.
+            write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     split_entry["skipped"] += [problem for entry in split_entry["shards"] for problem in entry["skipped"]]
     split_entry["num_skipped"] = len(split_entry["skipped"])
     split_entry["complete"] = True
@@ -313,11 +320,13 @@ def convert(
     skipped = [problem for entry in manifest["splits"].values() for problem in entry["skipped"]]
     report = output_dir / SKIPPED_REPORT_NAME
     if skipped:
-        write_text_atomic(report, json.dumps(skipped, indent=2))
+        _write_if_changed(report, json.dumps(skipped, indent=2))
         manifest["skipped_report"] = SKIPPED_REPORT_NAME
     elif report.exists():
         report.unlink()
-    write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    if {**manifest, "created": None} == {**old, "created": None}:  # An identical rerun writes nothing.
+        manifest["created"] = old["created"]
+    _write_if_changed(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     if verbose:
         for split in splits:
             entry = manifest["splits"][split]
@@ -347,10 +356,11 @@ def _define_flags() -> None:
     download.define_download_flags(required=False)
 
 
-def main(argv: list[str]) -> None:
-    """Runs ``convert`` from the flags; invalid input exits with status 1 and a one-line error."""
+def main(argv: list[str]) -> int | None:
+    """Runs ``convert`` from the flags; bad input exits with status 2 and a one-line error, a
+    failed download with status 1."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("fcn_keras.data.convert", f"unexpected arguments: {argv[1:]}")
     roots = {"voc_root": FLAGS.voc_root, "sbd_root": FLAGS.sbd_root, "lists_dir": FLAGS.lists_dir}
     try:
         if FLAGS.download_dir is not None:
