@@ -58,6 +58,7 @@ import tensorflow as tf  # noqa: E402  (tf.data on the host, whatever the Keras 
 from absl import app, flags  # noqa: E402
 
 from fcn_keras.architecture import check_variant  # noqa: E402
+from fcn_keras.console import usage_error  # noqa: E402
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
 from fcn_keras.distribute import releasing_train_graphs  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
@@ -579,9 +580,9 @@ def run(argv: list[str]) -> str:
     return markdown
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int | None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("benchmarks/throughput.py", f"unexpected arguments: {argv[1:]}")
     try:
         run(sys.argv)
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.

@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.skip_experiment import command_line, environment_of_run
+from fcn_keras.console import usage_error
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import write_json_atomic, write_text_atomic
 from fcn_keras.io import load_fcn, parse_size
@@ -224,9 +225,9 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Where canvas_effect.md and .json go (default: print only).")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int | None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("experiments.canvas_effect", f"unexpected arguments: {argv[1:]}")
     command = command_line("experiments.canvas_effect")
     try:
         canvas = parse_size(FLAGS.canvas, "--canvas")

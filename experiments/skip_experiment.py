@@ -46,6 +46,7 @@ from absl import app, flags
 
 from benchmarks.throughput import device_description
 from fcn_keras import viz
+from fcn_keras.console import usage_error
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import atomic_path, write_text_atomic
@@ -651,15 +652,19 @@ def define_flags() -> None:
 
 
 def settings_from_flags() -> ExperimentSettings:
-    """An ``ExperimentSettings`` from the parsed flags (``--data`` required unless ``--smoke``)."""
+    """An ``ExperimentSettings`` from the parsed flags (``--data`` required unless ``--smoke``).
+
+    Raises:
+        ValueError: no ``--data`` without ``--smoke``, or ``--learning_rates`` not numbers.
+    """
     if not FLAGS.smoke and not FLAGS.data:
-        raise app.UsageError("--data is required (a VOCdevkit root or converted folder) unless --smoke")
+        raise ValueError("--data is required (a VOCdevkit root or converted folder) unless --smoke")
     rates = None
     if FLAGS.learning_rates:
         try:
             rates = [float(r) for r in FLAGS.learning_rates]
         except ValueError:
-            raise app.UsageError(f"--learning_rates must be numbers. Received: {','.join(FLAGS.learning_rates)}")
+            raise ValueError(f"--learning_rates must be numbers. Received: {','.join(FLAGS.learning_rates)}") from None
     fields = {f.name for f in dataclasses.fields(ExperimentSettings)} - {"data", "learning_rates"}
     return ExperimentSettings(data=FLAGS.data or "", learning_rates=rates, **{name: FLAGS[name].value for name in fields})
 
@@ -670,9 +675,9 @@ def command_line(module: str) -> str:
                                              *sys.argv[1:]])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int | None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("experiments.skip_experiment", f"unexpected arguments: {argv[1:]}")
     command = command_line("experiments.skip_experiment")
     try:
         run_experiment(settings_from_flags(), smoke=FLAGS.smoke, command=command)

@@ -26,3 +26,20 @@ def progress_verbosity(verbose: int, stream: TextIO | None = None) -> int:
     if verbose == 1 and not (hasattr(stream, "isatty") and stream.isatty()):
         return 2
     return verbose
+
+
+def usage_error(program: str, message: str) -> int:
+    """Reports a command line the program cannot use (e.g. missing or unexpected positional
+    arguments) as one line on stderr, as every CLI reports bad input, instead of absl's
+    ``UsageError`` (which exits with status 1 after printing the whole flag list).
+
+    Args:
+        program: the CLI's module, e.g. ``"fcn_keras.predict"``, or its script's path.
+        message: what is wrong.
+
+    Returns:
+        2, the exit status for bad input.
+    """
+    command = f"python {program}" if program.endswith(".py") else f"python -m {program}"
+    print(f"{program}: error: {message} (see {command} --help)", file=sys.stderr)
+    return 2

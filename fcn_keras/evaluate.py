@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import viz
-from fcn_keras.console import progress_verbosity
+from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.pipeline import conversion_dir, eval_dataset, resolve_data
@@ -330,7 +330,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> int:
     """Runs the evaluation and prints the four metrics; returns the exit status."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("fcn_keras.evaluate", f"unexpected arguments: {argv[1:]}")
     try:
         canvas = parse_size(FLAGS.canvas, "--canvas") if FLAGS.canvas else None
         results = evaluate_model(

@@ -37,7 +37,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
-from fcn_keras.console import progress_verbosity
+from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.optimizers import CaffeSGD
@@ -831,7 +831,7 @@ def main(argv: list[str]) -> int:
     from absl import flags
 
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+        return usage_error("fcn_keras.train", f"unexpected arguments: {argv[1:]}")
     values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)}
     logging.getLogger("fcn_keras").setLevel(logging.INFO)
     try:

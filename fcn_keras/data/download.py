@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags
 
+from fcn_keras.console import usage_error
 from fcn_keras.data import voc
 from fcn_keras.files import copy_atomic, file_digests, write_json_atomic, write_text_atomic
 
@@ -298,10 +299,10 @@ def define_download_flags(required: bool) -> None:
     )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int | None:
     """Downloads ``--datasets`` and prints the converter flags that read them."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        return usage_error("fcn_keras.data.download", f"unexpected arguments: {argv[1:]}")
     try:
         downloaded = download(FLAGS.datasets, FLAGS.download_dir, mirror=FLAGS.download_mirror)
     except ValueError as error:
