@@ -419,6 +419,9 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
 
 
 def _git_commit() -> str | None:
+    """The repository's commit (``-dirty`` with local changes); None for an installed package."""
+    if not (REPO_ROOT / ".git").exists():  # pip-installed: site-packages is no checkout of ours.
+        return None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
@@ -433,7 +436,10 @@ def environment(distribution: Distribution) -> dict[str, Any]:
     """Versions, backend, devices and git commit, for ``config.json``."""
     import tensorflow as tf
 
-    versions = {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}
+    from fcn_keras import __version__
+
+    versions = {"fcn_keras": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+                "keras": keras.__version__, "numpy": np.__version__}
     try:
         import jax
 

@@ -71,7 +71,7 @@ def test_run_writes_every_artefact(run32):
     config = json.loads((out / "config.json").read_text())
     assert set(config["config"]) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert config["config"]["variant"] == "32s" and config["config"]["weights"] == "none"
-    assert set(config["versions"]) >= {"python", "tensorflow", "keras", "jax", "numpy"}
+    assert set(config["versions"]) >= {"fcn_keras", "python", "tensorflow", "keras", "jax", "numpy"}
     assert config["backend"] == keras.backend.backend()
     assert config["distribution"]["devices"] and "git_commit" in config
     assert config["monitor"] == "val_mean_iu" and config["data"]["num_train_examples"] == 4
