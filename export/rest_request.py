@@ -135,7 +135,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
-    flags.DEFINE_string("server", "http://localhost:8501", "TF Serving's REST address (--rest_api_port).")
+    flags.DEFINE_string("server", "http://localhost:8501", "TF Serving's REST address (--rest_api_port): a URL or host:port.")
     flags.DEFINE_string("model_name", "fcn8s", "The served model's name (--model_name / models.config).")
     flags.DEFINE_string("signature_name", BYTES_SIGNATURE, "The signature that takes encoded images.")
     flags.DEFINE_string("output_dir", None, "If set, write <stem>_labels.png (VOC colours) here.")
