@@ -5,7 +5,7 @@
 # TFRecords and the VGG16 weights, in parts that fit one `run` call each (64 MiB with the tree).
 #
 #   Here (CPU, once, 6-8 min):  experiments/gpu_run.sh stage
-#       -> .gpu1 .. .gpuN (git-ignored), N = 4 at 61 MiB: site.tar.xz (tensorflow-cpu without
+#       -> .gpu1 .. .gpuN (git-ignored), N = 4 at 60 MiB: site.tar.xz (tensorflow-cpu without
 #          its C++ headers, keras and small deps, unzipped and xz-compressed: 133 MiB instead of
 #          the wheels' 265), the converted VOC 2012 records (45 MiB), the weights (56 MiB).
 #          (`pack DIR` alone splits a folder named bundle into such parts.)
@@ -45,7 +45,9 @@ GEOMETRY=${GEOMETRY:-reference}
 AT_ONCE=${AT_ONCE:-0}
 EVAL_CANVAS=${EVAL_CANVAS:-500}
 LIMIT_S=${LIMIT_S:-560}
-BENCH_RESERVE_S=${BENCH_RESERVE_S:-150}
+# Kept for the benchmark (issue 7) at the end of the call; the experiment (issue 6) comes first,
+# so a short call keeps less: a fifth of LIMIT_S below 750 s, at least 60 s.
+BENCH_RESERVE_S=${BENCH_RESERVE_S:-$(( LIMIT_S >= 750 ? 150 : (LIMIT_S / 5 > 60 ? LIMIT_S / 5 : 60) ))}
 CONTROLS=${CONTROLS:-0}   # 1: also FCN-32s trained as FCN-16s and as FCN-8s (skip_experiment --controls)
 # Epochs between the writes of last.keras and the backup (0.5 + 1.6 GB with Adam; about 4.5 s on
 # the 2-core CPU machine, while an epoch of 100 steps may take only a few seconds on the GPU).
@@ -53,12 +55,12 @@ CONTROLS=${CONTROLS:-0}   # 1: also FCN-32s trained as FCN-16s and as FCN-8s (sk
 CHECKPOINT_FREQ=${CHECKPOINT_FREQ:-5}
 # FCN-32s's training budget (wall time, compilation included). Every other stage trains as many
 # epochs, so training takes about UNITS x STAGE_SECONDS (3 stages, + 2 controls, + 3 for the
-# at-once model); of the experiment's share of the call, 20 s are kept for starting up and 60 s
-# per evaluated model for its evaluation and epoch-end checkpoints. Not measured yet: a guess.
+# at-once model); of the experiment's share of the call (what is left when it starts), 30 s are
+# kept for starting up and 60 s per evaluated model for its evaluation and epoch-end checkpoints.
+# Not measured yet: a guess. Fixed by the first call that runs the experiment (kept in
+# $WORK/stage_seconds), so that a continuation with another LIMIT_S finds the same settings.
 UNITS=$(( 3 + 2 * CONTROLS + 3 * AT_ONCE ))
 EVALS=$(( 3 + 2 * CONTROLS + AT_ONCE ))
-STAGE_SECONDS=${STAGE_SECONDS:-$(( (LIMIT_S - BENCH_RESERVE_S - 20 - 60 * EVALS) / UNITS ))}
-if [ "$STAGE_SECONDS" -lt 10 ]; then STAGE_SECONDS=10; fi
 BENCH_NAME=${BENCH_NAME:-h200}
 BENCH_VARIANTS=${BENCH_VARIANTS:-8s,16s,32s}
 BENCH_BATCHES=${BENCH_BATCHES:-8,16}
@@ -67,7 +69,7 @@ BENCH_PROFILE=${BENCH_PROFILE:-1}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}              # appended to the experiment's flags (the last value of a flag wins)
 EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}  # appended to the benchmark's flags
 PYVER=${PYVER:-3.12}
-PART_SIZE=${PART_SIZE:-61m}   # of each part (split -b): 61 MiB + the tree (0.6 MiB) < 64 MiB a call
+PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (1.2 MiB in Dec 2026) < 64 MiB a call
 MATPLOTLIB=${MATPLOTLIB:-0}
 WEIGHTS_FILE=vgg16_imagenet_notop_torchvision.weights.h5
 # What the bundle's site holds: the versions CI tests, built for the device's Python. protobuf
@@ -90,6 +92,11 @@ device_env() {
     JAX_COMPILATION_CACHE_DIR=$WORK/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
   OUT=${OUT:-$WORK/out}
   mkdir -p "$WORK" "$OUT"
+  OUT=$(cd "$OUT" && pwd)  # absolute: archives are written from inside other folders
+}
+
+complete() {  # $1: a results.json: did every planned model finish?
+  [ -f "$1" ] && grep -q '"complete": true' "$1"
 }
 
 too_short() {  # $1: seconds left, $2: what for. timeout 0 would mean no limit at all.
@@ -97,26 +104,48 @@ too_short() {  # $1: seconds left, $2: what for. timeout 0 would mean no limit a
   return 1
 }
 
+stage_seconds() {  # $1: seconds the experiment may take from now -> FCN-32s's budget (see above)
+  if [ -n "${STAGE_SECONDS:-}" ]; then echo "$STAGE_SECONDS"; return; fi
+  if [ ! -f "$WORK/stage_seconds" ]; then
+    local seconds=$(( ($1 - 30 - 60 * EVALS) / UNITS ))
+    echo $(( seconds < 10 ? 10 : seconds )) > "$WORK/stage_seconds"
+  fi
+  cat "$WORK/stage_seconds"
+}
+
+pack_experiment() {  # what the experiment has written so far -> $OUT/$RUN.tar.gz (atomically)
+  local dir="$WORK/experiments/$RUN" status=0 tmp="$OUT/.$RUN.tar.gz.$BASHPID.tmp"  # one per packing shell
+  [ -d "$dir" ] || return 0
+  # results, figures, logs, configs, summaries, metrics: no model files. GNU tar's status 1 means
+  # a file (a log.csv) grew while it was read: the archive is still whole.
+  (cd "$dir" && find . -maxdepth 3 \( -name 'results.*' -o -name '*.png' -o -name summary.json -o -name config.json \
+    -o -name log.csv -o -name 'metrics.*' \) -not -path './records/*' -not -path './cache/*' -print0 \
+    | tar -czf "$tmp" --warning=no-file-changed --null -T -) || status=$?
+  if [ "$status" -le 1 ]; then mv "$tmp" "$OUT/$RUN.tar.gz"; else rm -f "$tmp"; fi
+}
+
 run_experiment() {  # $1: seconds it may take from now
-  local dir="$WORK/experiments/$RUN" status=0 at_once controls
+  local dir="$WORK/experiments/$RUN" status=0 at_once controls stage_s packer
   if too_short "$1" experiment; then return 1; fi
+  stage_s=$(stage_seconds "$1")
+  echo "gpu_run: experiment for at most $1 s, FCN-32s's budget --stage_seconds=$stage_s"
   at_once=$([ "$AT_ONCE" = 1 ] && echo --at_once || echo --noat_once)
   controls=$([ "$CONTROLS" = 1 ] && echo --controls || echo --nocontrols)
+  # Packed every 30 s meanwhile: if the device tool ends the call first, what was written comes back.
+  ( while sleep 30; do pack_experiment || true; done ) &
+  packer=$!
   # shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
   timeout "$1" python3 -m experiments.skip_experiment --data="$STAGE/bundle/voc2012_records" \
     --weights="$STAGE/bundle/$WEIGHTS_FILE" --output_dir="$dir" $at_once $controls \
     --geometry="$GEOMETRY" --crop_size="$CROP" --batch_size="$BATCH" --epochs="$EPOCHS" \
-    --steps_per_epoch="$STEPS" --stage_seconds="$STAGE_SECONDS" --optimizer=adam --learning_rates=1e-4,3e-5,1e-5 --at_once_learning_rate=1e-4 \
+    --steps_per_epoch="$STEPS" --stage_seconds="$stage_s" --optimizer=adam --learning_rates=1e-4,3e-5,1e-5 --at_once_learning_rate=1e-4 \
     --mixed_precision=bf16 --jit_compile=true --val_steps=0 --backup_freq=0 \
     --checkpoint_freq="$CHECKPOINT_FREQ" --eval_batch_size=16 --eval_canvas="$EVAL_CANVAS" --figure_images=4 --verbose=2 \
     $EXTRA_FLAGS 2>&1 \
     | tee -a "$OUT/experiment.log" || status=$?
-  if [ -d "$dir" ]; then  # results, figures, logs, configs, summaries, metrics: no model files
-    (cd "$dir" && find . -maxdepth 3 \( -name 'results.*' -o -name '*.png' -o -name summary.json -o -name config.json \
-      -o -name log.csv -o -name 'metrics.*' \) -not -path './records/*' -not -path './cache/*' -print0 \
-      | tar -czf "$OUT/$RUN.tar.gz" --null -T -)
-  fi
-  if [ "$status" = 0 ] && [ -f "$dir/results.md" ]; then echo "experiment complete"; return 0; fi
+  kill "$packer" 2>/dev/null; wait "$packer" 2>/dev/null || true
+  pack_experiment
+  if [ "$status" = 0 ] && complete "$dir/results.json"; then echo "experiment complete"; return 0; fi
   echo "experiment stopped (status $status) after $(elapsed) s: run it again to continue"
   return 1
 }
@@ -134,6 +163,10 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   local status=0
   if too_short "$1" benchmark; then return 1; fi
   mkdir -p "$WORK/bench"
+  # Configurations measured by an earlier session (committed) are kept, not measured again.
+  for done in benchmarks/results/"$BENCH_NAME"*.jsonl; do
+    [ -f "$done" ] && [ ! -f "$WORK/bench/$(basename "$done")" ] && cp "$done" "$WORK/bench/"
+  done
   # The PyTorch reference's setting (8s, 'same', 512, batch 8, bf16) with the TFRecord pipeline
   # beside it first, then the paper's reference geometry at 500x500 with batch-1 latency, then
   # which blocks take the time (FCN-8s at 512 'same', the first batch size: the configurations
@@ -149,7 +182,7 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   if [ "$status" = 0 ] && [ "$BENCH_PROFILE" = 1 ]; then
     bench_run "$1" "the block profile" --variants=8s "${issue_setting[@]}" --profile || status=$?
   fi
-  tar -czf "$OUT/bench.tar.gz" -C "$WORK/bench" .
+  tar -czf "$OUT/.bench.tar.gz.tmp" -C "$WORK/bench" . && mv "$OUT/.bench.tar.gz.tmp" "$OUT/bench.tar.gz"
   if [ "$status" = 0 ]; then echo "bench complete"; return 0; fi
   echo "bench stopped (status $status) after $(elapsed) s: run it again to continue"
   return 1
@@ -195,15 +228,21 @@ do_pack() {  # --- here: a folder named bundle -> .gpu1 .. .gpuN (git-ignored), 
 }
 
 do_receive() {  # --- device, every part call: keep the carried part; after the last, unpack ---
-  mkdir -p "$STAGE"
-  found=$(find . -maxdepth 2 -path './.gpu*/part-*-of-*' | head -1)
-  if [ -n "$found" ]; then cp "$found" "$(dirname "$found")/bundle.sha256" "$STAGE/"; fi
-  total=$(find "$STAGE" -maxdepth 1 -name 'part-*-of-*' | head -1 | sed 's/.*-of-//')
-  if [ -z "$total" ] && [ -d "$SITE/tensorflow" ] && [ -f "$STAGE/bundle/$WEIGHTS_FILE" ]; then
-    echo "bundle already unpacked"; return 0
+  if [ -d "$SITE/tensorflow" ] && [ -f "$STAGE/bundle/$WEIGHTS_FILE" ]; then
+    echo "bundle already unpacked"; return 0  # a repeated `receive all`: go on with `all`
   fi
+  mkdir -p "$STAGE"
+  # Every part in the tree: the one carried now and, where the machine keeps ignored folders
+  # between calls, the earlier ones. The carried part is the highest; parts of another staging
+  # (another sha256) are caught below.
+  carried=
+  while IFS= read -r found; do
+    cp "$found" "$(dirname "$found")/bundle.sha256" "$STAGE/"
+    k=${found##*/part-}; k=${k%-of-*}
+    if [ -z "$carried" ] || [ "$k" -gt "$carried" ]; then carried=$k; fi
+  done < <(find . -maxdepth 2 -path './.gpu*/part-*-of-*')
+  total=$(find "$STAGE" -maxdepth 1 -name 'part-*-of-*' | head -1 | sed 's/.*-of-//')
   if [ -z "$total" ]; then echo "gpu_run: no part carried and none received: carry .gpuK" >&2; exit 4; fi
-  carried=${found##*/part-}; carried=${carried%-of-*}
   missing=$(for k in $(seq 1 "$total"); do [ -f "$STAGE/part-$k-of-$total" ] || printf '%s ' "$k"; done)
   if [ -n "$missing" ]; then
     echo "received part ${carried:-none} of $total; missing: $missing"
@@ -244,8 +283,8 @@ print('tensorflow', tf.__version__, tf.__file__, '| keras', keras.__version__, '
 do_all() {  # --- device: the experiment, then the benchmark with the rest of the call's time ---
   device_env
   exp_status=0
-  if [ -f "experiments/results/$RUN/results.md" ] && [ -z "${RERUN:-}" ]; then
-    echo "experiments/results/$RUN/results.md is in the tree: experiment skipped (RERUN=1 repeats it)"
+  if complete "experiments/results/$RUN/results.json" && [ -z "${RERUN:-}" ]; then
+    echo "experiments/results/$RUN holds complete results: experiment skipped (RERUN=1 repeats it)"
   else
     run_experiment $(( LIMIT_S - BENCH_RESERVE_S - $(elapsed) )) || exp_status=$?
   fi
@@ -266,17 +305,31 @@ do_bench() {  # --- device: issue 7's tables alone ---
 }
 
 do_collect() {  # --- here: FILES_AT of the last device call -> the repo's results folders ---
-  files_at=$1
+  local files_at=$1 tmp found=0
+  [ -d "$files_at" ] || { echo "gpu_run: collect: no folder $files_at" >&2; exit 2; }
+  # Each archive is unpacked into a temporary folder beside its target, checked, then swapped in:
+  # a truncated archive changes nothing, and no file of an earlier collect stays mixed in.
   if [ -f "$files_at/bench.tar.gz" ]; then
-    mkdir -p benchmarks/results && tar -xzf "$files_at/bench.tar.gz" -C benchmarks/results
+    found=1; mkdir -p benchmarks/results; tmp=$(mktemp -d benchmarks/.collect-XXXXXX)
+    tar -xzf "$files_at/bench.tar.gz" -C "$tmp" || { rm -rf "$tmp"; echo "gpu_run: bench.tar.gz is damaged" >&2; exit 1; }
+    [ -f "$files_at/bench.log" ] && cp "$files_at/bench.log" "$tmp/$BENCH_NAME.log"
+    cp -a "$tmp"/. benchmarks/results/ && rm -rf "$tmp"  # other devices' tables stay
     echo "benchmarks/results: $(ls benchmarks/results | tr '\n' ' ')"
   fi
   if [ -f "$files_at/$RUN.tar.gz" ]; then
-    mkdir -p "experiments/results/$RUN" && tar -xzf "$files_at/$RUN.tar.gz" -C "experiments/results/$RUN"
+    found=1; mkdir -p experiments/results; tmp=$(mktemp -d "experiments/results/.collect-$RUN-XXXXXX")
+    tar -xzf "$files_at/$RUN.tar.gz" -C "$tmp" || { rm -rf "$tmp"; echo "gpu_run: $RUN.tar.gz is damaged" >&2; exit 1; }
+    [ -f "$files_at/experiment.log" ] && cp "$files_at/experiment.log" "$tmp/experiment.log"
+    rm -rf "experiments/results/$RUN" && mv "$tmp" "experiments/results/$RUN"
     echo "experiments/results/$RUN: $(ls "experiments/results/$RUN" | tr '\n' ' ')"
+    if complete "experiments/results/$RUN/results.json"; then echo "experiment: complete"
+    elif [ -f "experiments/results/$RUN/results.json" ]; then echo "experiment: PARTIAL (results.md says which models)"
+    else echo "experiment: no results.json (no stage finished): see experiment.log"; fi
   fi
-  for log in experiment.log bench.log; do [ -f "$files_at/$log" ] && cp "$files_at/$log" "/tmp/gpu_$log" && echo "log: /tmp/gpu_$log"; done
-  true
+  if [ "$found" = 0 ]; then
+    echo "gpu_run: collect: neither bench.tar.gz nor $RUN.tar.gz in $files_at (RUN=$RUN?): $(ls -A "$files_at" | tr '\n' ' ')" >&2
+    exit 1
+  fi
 }
 
 usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 2; }

@@ -84,6 +84,10 @@ grep -qx './results.md' <<< "$listing" \
   || { echo "rehearse: FAILED: the experiment wrote no results.md ($SIM/all.log)" >&2; exit 1; }
 grep -q '^experiment complete' "$SIM/all.log" && grep -q '^bench complete' "$SIM/all.log" \
   || { echo "rehearse: FAILED: the experiment or the benchmark did not complete ($SIM/all.log)" >&2; exit 1; }
+# And `collect`, in the last call's copy of the tree (as here, afterwards).
+(cd "$SIM/tree" && bash experiments/gpu_run.sh collect "$SIM/out") | tee -a "$SIM/all.log"
+grep -q '^experiment: complete' "$SIM/all.log" \
+  || { echo "rehearse: FAILED: collect did not find complete results ($SIM/all.log)" >&2; exit 1; }
 echo "rehearse: passed: the bundle ran the experiment and the benchmark under $("$VENV/bin/python3" --version)" \
   "with $("$VENV/bin/python3" -c 'import jax, numpy; print("jax", jax.__version__, "numpy", numpy.__version__)');" \
   "what came back is in $SIM/out"

@@ -388,6 +388,9 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Skip-architecture experiment: {results['name']}",
         "",
+        *([] if results.get("complete", True) else [
+            f"**Partial results**: {len(models)} of the {len(results['planned'])} planned models "
+            f"({', '.join(results['planned'])}) trained and evaluated so far; the same command continues.", ""]),
         f"Data: {data['num_train']} training images, evaluated on {data['num_eval']} images of the "
         f"`{data['eval_split']}` split at full size, {data.get('eval_mode', 'one at a time, exact')} ({data['source']}). "
         f"Every model trained on the same data and budget per stage; metrics in %.",
@@ -462,7 +465,10 @@ def findings(models: dict[str, dict[str, Any]]) -> list[str]:
     staged = [title for title in ("FCN-32s", "FCN-16s", "FCN-8s") if title in ious]
     chain = " -> ".join(f"{title} {100 * ious[title]:.1f}" for title in staged)
     rising = all(ious[a] < ious[b] for a, b in zip(staged, staged[1:]))
-    out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."]
+    if len(staged) < 2:
+        out = [f"Mean IU so far: {chain or 'no staged model'}."]
+    else:
+        out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."]
     for control in CONTROL_STAGES:
         mirrored = STAGES[STAGE_INDEX[control.mirrors]].title
         if control.title in ious and mirrored in ious:
@@ -501,7 +507,8 @@ def write_results(results: dict[str, Any], output_dir: str | os.PathLike) -> dic
 
 
 def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command: str = "") -> dict[str, Any]:
-    """Runs (or continues) the whole protocol and writes the results.
+    """Runs (or continues) the whole protocol and writes the results, after every stage (then
+    ``complete`` is false until the last one).
 
     Args:
         settings: the experiment's settings (``--smoke`` overrides them with ``SMOKE_SETTINGS``).
@@ -525,8 +532,12 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
     folder, globs = prepare_data(settings, smoke)
     stages = stages_of(settings)
 
-    # --- Train: stage by stage, each from the last ---
-    configs, summaries, budget, stage_settings = {}, {}, None, settings
+    # --- Stage by stage: train from the last stage, then evaluate at once and write the results
+    # so far, so that a call stopped later (a time limit) still leaves every finished row ---
+    images, truth = load_figure_images(globs[settings.eval_split], settings.figure_images)
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    env = environment_of_run()
+    configs, summaries, models, predictions, budget, stage_settings = {}, {}, {}, {}, None, settings
     for stage in stages:
         configs[stage.name] = stage_config(stage, stage_settings, folder)
         summaries[stage.name] = run_stage(configs[stage.name])[0]
@@ -538,46 +549,42 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
             stage_settings = dataclasses.replace(settings, epochs=epochs)
             print(f"{stage.name}: {epochs} epoch(s) within --stage_seconds={settings.stage_seconds:g}: every later "
                   f"stage trains {epochs} epoch(s)", flush=True)
-
-    # --- Evaluate on the same split, predict the figure's images ---
-    images, truth = load_figure_images(globs[settings.eval_split], settings.figure_images)
-    models, predictions = {}, {}
-    for stage in stages:
         evaluation, labels = evaluate_stage(stage, settings, folder)
         models[stage.title] = model_entry(stage, summaries[stage.name], evaluation, configs[stage.name])
         if not stage.mirrors:  # the figure shows the paper's models
             predictions[stage.title] = labels
         class_names = evaluation["class_names"]
 
-    # --- Figures and results ---
-    viz.plot_comparison(images, predictions, truth, output_dir / COMPARISON_PNG, class_names=class_names)
-    curves = {s.title: output_dir / s.name / "log.csv" for s in stages}
-    viz.plot_training_curves(curves, output_dir / CURVES_PNG)
-    env = environment_of_run()
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    results = {
-        "name": output_dir.name,
-        "models": models,
-        "paper": PAPER_TABLE2,
-        "class_names": list(class_names),
-        "data": {
-            "source": "synthetic VOC (--smoke)" if smoke else settings.data,
-            "folder": folder,
-            "train_glob": globs["train"],
-            "eval_glob": globs[settings.eval_split],
-            "eval_split": settings.eval_split,
-            "num_train": manifest["splits"]["train"]["num_examples"],
-            "num_eval_split": manifest["splits"][settings.eval_split]["num_examples"],
-            "num_eval": next(iter(models.values()))["eval_images"],
-            "eval_mode": evaluation_mode(evaluation),
-            "figure_images": len(images),
-        },
-        "settings": dataclasses.asdict(settings),
-        "budget": budget,
-        "run": {**env, "command": command or " ".join(sys.argv), "driver_seconds_this_call": time.perf_counter() - start},
-        "figures": {"comparison": COMPARISON_PNG, "training_curves": CURVES_PNG},
-    }
-    write_results(results, output_dir)
+        # --- Figures and results (of the models so far) ---
+        viz.plot_comparison(images, predictions, truth, output_dir / COMPARISON_PNG, class_names=class_names)
+        curves = {s.title: output_dir / s.name / "log.csv" for s in stages if s.title in models}
+        viz.plot_training_curves(curves, output_dir / CURVES_PNG)
+        results = {
+            "name": output_dir.name,
+            "complete": len(models) == len(stages),
+            "planned": [s.title for s in stages],
+            "models": models,
+            "paper": PAPER_TABLE2,
+            "class_names": list(class_names),
+            "data": {
+                "source": "synthetic VOC (--smoke)" if smoke else settings.data,
+                "folder": folder,
+                "train_glob": globs["train"],
+                "eval_glob": globs[settings.eval_split],
+                "eval_split": settings.eval_split,
+                "num_train": manifest["splits"]["train"]["num_examples"],
+                "num_eval_split": manifest["splits"][settings.eval_split]["num_examples"],
+                "num_eval": next(iter(models.values()))["eval_images"],
+                "eval_mode": evaluation_mode(evaluation),
+                "figure_images": len(images),
+            },
+            "settings": dataclasses.asdict(settings),
+            "budget": budget,
+            "run": {**env, "command": command or " ".join(sys.argv),
+                    "driver_seconds_this_call": time.perf_counter() - start},
+            "figures": {"comparison": COMPARISON_PNG, "training_curves": CURVES_PNG},
+        }
+        write_results(results, output_dir)
     print(f"wrote {RESULTS_MD}, {RESULTS_JSON}, {COMPARISON_PNG}, {CURVES_PNG} in {output_dir}", flush=True)
     return results
 

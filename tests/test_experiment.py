@@ -58,6 +58,15 @@ def test_write_results_table_from_given_metrics(tmp_path):
     assert "| background | 90.0 | 90.0 | 90.0 | 90.0 |" in text and "| boat | - | - | - | - |" in text
     assert "| tvmonitor | 25.0 | 25.0 | 25.0 | 25.0 |" in text
     assert "Commit: abc" in text and "gpu: H100" in text and "311 training images" in text
+    assert "Partial" not in text
+
+    # What a call stopped after FCN-32s leaves: the row, marked partial.
+    partial = {**results, "complete": False, "planned": ["FCN-32s", "FCN-16s", "FCN-8s"],
+               "models": {"FCN-32s": models["FCN-32s"]}}
+    text = exp.write_results(partial, tmp_path / "partial")["markdown"].read_text()
+    assert ("**Partial results**: 1 of the 3 planned models (FCN-32s, FCN-16s, FCN-8s) trained and evaluated so "
+            "far; the same command continues.") in text
+    assert "| FCN-32s | 89.1 | 73.3 | 59.4 | 81.4 | init |" in text and "Mean IU so far: FCN-32s 59.4." in text
 
     models["FCN-16s"]["metrics"]["mean_iu"] = 0.70  # above FCN-8s: not monotonic any more
     assert "does not rise monotonically" in exp.results_markdown(results)
@@ -120,6 +129,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_protocol_writes_parseable_artefacts(smoke_run):
     output, stdout = smoke_run
     results = json.loads((output / exp.RESULTS_JSON).read_text())
+    assert results["complete"] and results["planned"] == ["FCN-32s", "FCN-16s", "FCN-8s"]
     assert list(results["models"]) == ["FCN-32s", "FCN-16s", "FCN-8s"]
     for title, entry in results["models"].items():
         assert sorted(entry["metrics"]) == sorted(METRIC_KEYS)
@@ -218,3 +228,26 @@ def test_bad_inputs_are_named(tmp_path):
     two_rates = dataclasses.replace(settings, learning_rates=[1e-4, 1e-5])
     with pytest.raises(ValueError, match="--learning_rates needs one rate per stage"):
         exp.run_experiment(two_rates)
+
+
+def test_a_call_stopped_after_a_stage_leaves_its_evaluated_row(tmp_path, monkeypatch):
+    """Each stage is evaluated, and the results written, before the next trains: a time limit
+    that ends the call in FCN-16s still leaves FCN-32s's metrics, figure and curves."""
+    real_run_stage = exp.run_stage
+
+    def stopped_after_32s(config):
+        if config.variant != "32s":
+            raise TimeoutError("the call's time limit")
+        return real_run_stage(config)
+
+    monkeypatch.setattr(exp, "run_stage", stopped_after_32s)
+    settings = exp.ExperimentSettings(data="", output_dir=str(tmp_path / "run"), verbose=0)
+    with pytest.raises(TimeoutError):
+        exp.run_experiment(settings, smoke=True)
+    results = json.loads((tmp_path / "run" / exp.RESULTS_JSON).read_text())
+    assert not results["complete"] and list(results["models"]) == ["FCN-32s"]
+    assert 0 <= results["models"]["FCN-32s"]["metrics"]["mean_iu"] <= 1
+    assert "**Partial results**: 1 of the 3 planned models" in (tmp_path / "run" / exp.RESULTS_MD).read_text()
+    for figure in (exp.COMPARISON_PNG, exp.CURVES_PNG):
+        with Image.open(tmp_path / "run" / figure) as image:
+            assert image.format == "PNG"

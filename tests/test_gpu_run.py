@@ -4,6 +4,7 @@ checked; `all` refuses to start without the bundle. The packages of the real bun
 and Keras for the device's Python) are not downloaded here: the fake site links this
 environment's TensorFlow."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -45,13 +46,16 @@ def _run(tree: Path, *verbs: str, env: dict) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def _device_call(tmp_path: Path, parts: Path, k: int | None, *verbs: str, env: dict) -> subprocess.CompletedProcess:
-    """A device call: a fresh copy of the tree carrying only part ``k`` (or none)."""
+def _device_call(tmp_path: Path, parts: Path, k: int | None, *verbs: str, env: dict,
+                 keep: bool = False) -> subprocess.CompletedProcess:
+    """A device call: a fresh copy of the tree carrying only part ``k`` (or none); with ``keep``,
+    the earlier calls' parts stay in the tree (the device tool may keep ignored folders)."""
     device = tmp_path / "device"
-    shutil.rmtree(device, ignore_errors=True)
-    _script_tree(device)
+    if not (keep and device.is_dir()):
+        shutil.rmtree(device, ignore_errors=True)
+        _script_tree(device)
     if k is not None:
-        shutil.copytree(parts / f".gpu{k}", device / f".gpu{k}")
+        shutil.copytree(parts / f".gpu{k}", device / f".gpu{k}", dirs_exist_ok=True)
     return _run(device, *verbs, env=env)
 
 
@@ -110,3 +114,60 @@ def test_mixed_parts_and_a_missing_bundle_are_refused(tmp_path, env):
     result = _device_call(tmp_path, first, None, "all", env=env)
     assert result.returncode == 3 and "send the parts again" in result.stderr
     assert _run(first, "pack", str(tmp_path / "a"), env=env).returncode == 2  # not a folder named bundle
+
+
+def test_parts_kept_in_the_tree_and_a_repeated_receive_all(tmp_path, env):
+    """Where the machine keeps the earlier calls' .gpuK folders in the tree, each call still
+    takes the part it carries; a second `receive all` after unpacking goes on with `all`."""
+    here = _script_tree(tmp_path / "here")
+    assert _run(here, "pack", str(_bundle(tmp_path / "a", os.urandom(10_000))), env=env).returncode == 0
+    for k in (1, 2):
+        result = _device_call(tmp_path, here, k, "receive", env=env, keep=True)
+        assert result.returncode == 0, result.stderr
+        assert f"received part {k} of 3" in result.stdout
+    result = _device_call(tmp_path, here, 3, "receive", env=env, keep=True)
+    assert result.returncode == 0 and "bundle unpacked in" in result.stdout, result.stderr
+    result = _device_call(tmp_path, here, 3, "receive", "all", env={**env, "LIMIT_S": "20"}, keep=True)
+    assert result.returncode == 0, result.stderr
+    assert "bundle already unpacked" in result.stdout and "experiment not started" in result.stdout
+
+
+def _archive(path: Path, files: dict[str, str]) -> None:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_collect_checks_and_swaps_in_what_came_back(tmp_path, env):
+    here = _script_tree(tmp_path / "here")
+    files_at = tmp_path / "files_at"
+    files_at.mkdir()
+    result = _run(here, "collect", str(files_at), env=env)
+    assert result.returncode == 1 and "neither bench.tar.gz nor voc2012-gpu.tar.gz" in result.stderr
+
+    # A partial run: FCN-32s only, and its log; an earlier collect's stale file does not stay.
+    stale = here / "experiments" / "results" / "voc2012-gpu" / "fcn8s" / "summary.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    _archive(files_at / "voc2012-gpu.tar.gz", {"results.json": '{"complete": false}', "results.md": "# partial",
+                                               "fcn32s/log.csv": "epoch\n0\n"})
+    (files_at / "experiment.log").write_text("fcn32s: ...")
+    _archive(files_at / "bench.tar.gz", {"h200.md": "| table |", "h200.jsonl": "{}"})
+    result = _run(here, "collect", str(files_at), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "experiment: PARTIAL" in result.stdout
+    run = here / "experiments" / "results" / "voc2012-gpu"
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == [
+        "experiment.log", "fcn32s/log.csv", "results.json", "results.md"]
+    assert (here / "benchmarks" / "results" / "h200.md").read_text() == "| table |"
+
+    # A damaged archive changes nothing.
+    (files_at / "voc2012-gpu.tar.gz").write_bytes(b"\x1f\x8b truncated")
+    (files_at / "bench.tar.gz").unlink()
+    result = _run(here, "collect", str(files_at), env=env)
+    assert result.returncode == 1 and "voc2012-gpu.tar.gz is damaged" in result.stderr
+    assert (run / "results.md").read_text() == "# partial"
+    assert not list((here / "experiments" / "results").glob(".collect-*"))
