@@ -34,12 +34,15 @@ def test_pip_install_gives_the_package_and_its_dependencies(tmp_path):
     assert sorted(r.split("<")[0].split(">")[0] for r in requires) == sorted(
         r.split("<")[0].split(">")[0] for r in listed if r)
 
-    # Imported from another folder, the installed copy is used, and it does not claim a git commit.
+    # Imported from another folder, the installed copy is used, and it does not claim a git commit
+    # unless FCN_KERAS_COMMIT names one (as on the GPU machine, whose copy of the tree has no .git).
     env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("FCN_KERAS_COMMIT", None)
     result = subprocess.run(
-        [sys.executable, "-c", "import fcn_keras, fcn_keras.data.convert; from fcn_keras.train import _git_commit; "
-         "print(fcn_keras.__file__); print(_git_commit())"],
+        [sys.executable, "-c", "import os, fcn_keras, fcn_keras.data.convert; from fcn_keras.train import _git_commit; "
+         "print(fcn_keras.__file__); print(_git_commit()); os.environ['FCN_KERAS_COMMIT'] = 'abc123'; "
+         "print(_git_commit())"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == [str(target / "fcn_keras" / "__init__.py"), "None"]
+    assert result.stdout.split() == [str(target / "fcn_keras" / "__init__.py"), "None", "abc123"]
