@@ -202,12 +202,27 @@ def test_smoke_rerun_resumes_without_retraining(smoke_run, monkeypatch):
         exp.run_stage(config)
 
 
-def test_stage_seconds_gives_every_stage_the_epochs_fcn32s_did(tmp_path):
+def test_stage_seconds_gives_every_stage_the_epochs_fcn32s_did(tmp_path, monkeypatch):
+    """... and the results are written after every stage (partial until the last), so a call
+    ended by a time limit in a later stage still leaves every evaluated row and both figures."""
     voc = make_synthetic_voc(tmp_path / "voc", **exp.SMOKE_DATA)
     settings = exp.ExperimentSettings(data=str(voc), output_dir=str(tmp_path / "out"))
     settings = dataclasses.replace(settings, **{**exp.SMOKE_SETTINGS, "epochs": 3, "stage_seconds": 1e-3},
                                    figure_images=1, verbose=0, controls=True)
+    written, real_write = [], exp.write_results
+
+    def write_and_look(results, output_dir):
+        paths = real_write(results, output_dir)
+        on_disk = json.loads(paths["json"].read_text())
+        figures = [Image.open(Path(output_dir) / name).format for name in (exp.COMPARISON_PNG, exp.CURVES_PNG)]
+        written.append((on_disk["complete"], list(on_disk["models"]), figures,
+                        "**Partial results**" in paths["markdown"].read_text()))
+        return paths
+
+    monkeypatch.setattr(exp, "write_results", write_and_look)
     results = exp.run_experiment(settings)
+    titles = ["FCN-32s", "FCN-16s", "FCN-8s", "FCN-32s trained as FCN-16s", "FCN-32s trained as FCN-8s"]
+    assert written == [(n == 5, titles[:n], ["PNG", "PNG"], n < 5) for n in range(1, 6)]
     # FCN-32s stops after its first epoch (2 steps); the later stages and the controls get that
     # 1 epoch, not 3.
     steps = {title: entry["training"]["steps"] for title, entry in results["models"].items()}
@@ -228,26 +243,3 @@ def test_bad_inputs_are_named(tmp_path):
     two_rates = dataclasses.replace(settings, learning_rates=[1e-4, 1e-5])
     with pytest.raises(ValueError, match="--learning_rates needs one rate per stage"):
         exp.run_experiment(two_rates)
-
-
-def test_a_call_stopped_after_a_stage_leaves_its_evaluated_row(tmp_path, monkeypatch):
-    """Each stage is evaluated, and the results written, before the next trains: a time limit
-    that ends the call in FCN-16s still leaves FCN-32s's metrics, figure and curves."""
-    real_run_stage = exp.run_stage
-
-    def stopped_after_32s(config):
-        if config.variant != "32s":
-            raise TimeoutError("the call's time limit")
-        return real_run_stage(config)
-
-    monkeypatch.setattr(exp, "run_stage", stopped_after_32s)
-    settings = exp.ExperimentSettings(data="", output_dir=str(tmp_path / "run"), verbose=0)
-    with pytest.raises(TimeoutError):
-        exp.run_experiment(settings, smoke=True)
-    results = json.loads((tmp_path / "run" / exp.RESULTS_JSON).read_text())
-    assert not results["complete"] and list(results["models"]) == ["FCN-32s"]
-    assert 0 <= results["models"]["FCN-32s"]["metrics"]["mean_iu"] <= 1
-    assert "**Partial results**: 1 of the 3 planned models" in (tmp_path / "run" / exp.RESULTS_MD).read_text()
-    for figure in (exp.COMPARISON_PNG, exp.CURVES_PNG):
-        with Image.open(tmp_path / "run" / figure) as image:
-            assert image.format == "PNG"
