@@ -81,8 +81,12 @@ MATPLOTLIB_PACKAGES="matplotlib>=3.8,<4 contourpy cycler fonttools kiwisolver py
 elapsed() { echo $(( $(date +%s) - START )); }
 START=$(date +%s)
 
+unpacked() {  # the bundle is unpacked on this machine
+  [ -d "$SITE/tensorflow" ] && [ -f "$STAGE/bundle/$WEIGHTS_FILE" ]
+}
+
 device_env() {
-  if [ ! -d "$SITE/tensorflow" ] || [ ! -f "$STAGE/bundle/$WEIGHTS_FILE" ]; then
+  if ! unpacked; then
     echo "gpu_run: $SITE or $STAGE/bundle is missing: the machine was given back since the parts were received." >&2
     echo "gpu_run: send the parts again (call K carries .gpuK: experiments/gpu_run.sh receive)." >&2
     exit 3
@@ -228,9 +232,7 @@ do_pack() {  # --- here: a folder named bundle -> .gpu1 .. .gpuN (git-ignored), 
 }
 
 do_receive() {  # --- device, every part call: keep the carried part; after the last, unpack ---
-  if [ -d "$SITE/tensorflow" ] && [ -f "$STAGE/bundle/$WEIGHTS_FILE" ]; then
-    echo "bundle already unpacked"; return 0  # a repeated `receive all`: go on with `all`
-  fi
+  if unpacked; then echo "bundle already unpacked"; return 0; fi  # a repeated `receive all`: go on with `all`
   mkdir -p "$STAGE"
   # Every part in the tree: the one carried now and, where the machine keeps ignored folders
   # between calls, the earlier ones. The carried part is the highest; parts of another staging

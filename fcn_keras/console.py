@@ -8,6 +8,7 @@ prints one plain line when the bar is done (per epoch for ``model.fit``).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TextIO
 
@@ -26,6 +27,13 @@ def progress_verbosity(verbose: int, stream: TextIO | None = None) -> int:
     if verbose == 1 and not (hasattr(stream, "isatty") and stream.isatty()):
         return 2
     return verbose
+
+
+def op_error_reason(message: str) -> str:
+    """A TensorFlow op error's message for a one-line report: without the ``{{function_node
+    ...}}`` prefix and the ``[Op:DecodeJpeg]`` suffix, e.g. ``"jpeg::Uncompress failed. Invalid
+    JPEG data or crop window."``."""
+    return re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*\]", "", message).strip()
 
 
 def usage_error(program: str, message: str) -> int:

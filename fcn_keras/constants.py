@@ -79,6 +79,13 @@ PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch")
 #: black frame. Label padding is always IGNORE_LABEL.
 PAD_RGB: tuple[int, int, int] = (124, 116, 104)
 
+# --- Files ---------------------------------------------------------------------------------------
+
+#: The first bytes of every JPEG file (SOI marker, then a marker's 0xFF): how the converter, the
+#: predict CLI (``fcn_keras.io.read_image``) and ``tf.io.decode_image`` recognise a JPEG,
+#: whatever the file's name.
+JPEG_SIGNATURE: bytes = b"\xff\xd8\xff"
+
 # --- Model family -----------------------------------------------------------------------------
 
 VARIANTS: tuple[str, ...] = ("32s", "16s", "8s")

@@ -11,11 +11,12 @@ image sizes written on command lines.
 SavedModel's bytes signature (``tf.io.decode_image``) do, so the predict CLI, training and a
 served model see the same pixels. PIL's JPEG decoder (libjpeg's default ``JDCT_ISLOW``, what
 TensorFlow calls ``INTEGER_ACCURATE``) gives different pixels: up to 20 levels apart on real
-VOC photos. Other formats are read with PIL (PNG, BMP and GIF are lossless: PIL and
-TensorFlow give the same pixels), following what TensorFlow's decoders do with
-``channels=3``: grayscale and palette images become RGB, an alpha channel is dropped. EXIF
-orientation is not applied. Images that are not 8-bit per channel (16-bit or float TIFF/PNG)
-are rejected.
+VOC photos. BMPs and GIFs are decoded by the SavedModel's own ops (``decode_image_tensor``:
+TensorFlow and PIL differ on 8-bit BMP palettes and GIF transparency). Other formats are read
+with PIL (PNG is lossless: PIL and TensorFlow give the same pixels), following what
+TensorFlow's decoders do with ``channels=3``: grayscale and palette images become RGB, an
+alpha channel is dropped. EXIF orientation is not applied. Images that are not 8-bit per
+channel (16-bit or float TIFF/PNG) are rejected.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from PIL import Image, PngImagePlugin
 
 import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels models load too)
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
-from fcn_keras.constants import VOC_PALETTE
+from fcn_keras.console import op_error_reason
+from fcn_keras.constants import JPEG_SIGNATURE, VOC_PALETTE
 from fcn_keras.files import atomic_path
 
 # --- Sizes -------------------------------------------------------------------------------------
@@ -171,11 +173,6 @@ _CONVERTIBLE_MODES: frozenset[str] = frozenset(
 )
 
 
-#: The first bytes of every JPEG file (SOI marker, then a marker's 0xFF): how ``read_image`` and
-#: ``tf.io.decode_image`` recognise a JPEG, whatever the file's name.
-JPEG_SIGNATURE: bytes = b"\xff\xd8\xff"
-
-
 #: The first bytes of the files that ``read_image`` decodes with TensorFlow like the SavedModel
 #: (``decode_image_tensor``): BMP and GIF, whose TensorFlow decoding differs from PIL's.
 TF_DECODED_SIGNATURES: tuple[bytes, ...] = (b"BM", b"GIF8")
@@ -247,20 +244,18 @@ def decode_jpeg(encoded: bytes, source: str | os.PathLike = "JPEG data") -> np.n
     try:
         return tf.io.decode_jpeg(encoded, channels=3).numpy()
     except tf.errors.OpError as error:
-        # "{{function_node ...}} jpeg::Uncompress failed. Invalid JPEG data ... [Op:DecodeJpeg]"
-        reason = error.message.rsplit("}}", 1)[-1].split(" [Op:", 1)[0].strip()
-        raise ValueError(f"cannot read image {source}: TensorFlow's JPEG decoder failed: {reason}") from error
+        raise ValueError(f"cannot read image {source}: TensorFlow's JPEG decoder failed: "
+                         f"{op_error_reason(error.message)}") from error
 
 
 #: The first bytes of every PNG file.
 PNG_SIGNATURE: bytes = b"\x89PNG\r\n\x1a\n"
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    """The bit depth per sample in a PNG file's IHDR chunk (byte 24), or None if not a PNG."""
-    with open(path, "rb") as file:
-        head = file.read(25)
-    return head[24] if len(head) == 25 and head.startswith(PNG_SIGNATURE) else None
+def _png_bit_depth(head: bytes) -> int | None:
+    """The bit depth per sample in a PNG file's IHDR chunk (byte 24 of the file), or None if
+    ``head`` (the file's first bytes) is not a PNG's."""
+    return head[24] if len(head) > 24 and head.startswith(PNG_SIGNATURE) else None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -286,17 +281,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     with open(path, "rb") as file:
-        head = file.read(8)
+        head = file.read(25)  # Enough for the signatures and a PNG's bit depth.
     if head.startswith(JPEG_SIGNATURE):
         return decode_jpeg(path.read_bytes(), path)
     if head.startswith(TF_DECODED_SIGNATURES):
         try:
             return decode_image_tensor(tf.constant(path.read_bytes())).numpy()
         except tf.errors.OpError as error:
-            reason = error.message.rsplit("}}", 1)[-1].split(" [Op:", 1)[0].strip()
             raise ValueError(f"cannot read image {path}: TensorFlow's decoder failed (as the SavedModel's "
-                             f"would): {reason}") from error
-    depth = _png_bit_depth(path)
+                             f"would): {op_error_reason(error.message)}") from error
+    depth = _png_bit_depth(head)
     if depth is not None and depth > 8:  # PIL reads 16-bit RGB(A) PNGs as 8-bit modes, keeping the high byte.
         raise ValueError(f"cannot use image {path}: expected 8 bits per channel, found a {depth}-bit PNG")
     try:

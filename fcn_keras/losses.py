@@ -17,6 +17,42 @@ from fcn_keras.constants import IGNORE_LABEL
 
 
 
+# --- Labels and weights per pixel (shared with fcn_keras.metrics.ConfusionMatrix) ---------------
+
+
+def class_labels(y_true, y_pred, ignore_label: int = IGNORE_LABEL):
+    """The labels as int32 ``[B, H, W]`` and which pixels count.
+
+    Args:
+        y_true: int or uint8 labels ``[B, H, W]`` or ``[B, H, W, 1]``.
+        y_pred: ``[B, H, W, C]`` (logits or scores).
+        ignore_label: the void label.
+
+    Returns:
+        ``(labels, valid)``: int32 ``[B, H, W]`` and bool ``[B, H, W]``, true where the label is
+        a class, in ``[0, C)`` (``ignore_label`` and any other value are void).
+    """
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == len(y_pred.shape):  # [B, H, W, 1]
+        labels = ops.squeeze(labels, axis=-1)
+    valid = (labels >= 0) & (labels < ops.shape(y_pred)[-1]) & ops.not_equal(labels, ignore_label)
+    return labels, valid
+
+
+def pixel_sample_weight(sample_weight, rank: int):
+    """``sample_weight`` with the labels' rank (``[B, H, W]``: 3): a ``[B, H, W, 1]`` weight is
+    squeezed, per-image ``[B]`` weights get trailing axes to broadcast."""
+    sample_weight = ops.convert_to_tensor(sample_weight)
+    if len(sample_weight.shape) == rank + 1:  # [B, H, W, 1], as labels may be.
+        sample_weight = ops.squeeze(sample_weight, axis=-1)
+    while len(sample_weight.shape) < rank:
+        sample_weight = ops.expand_dims(sample_weight, -1)
+    return sample_weight
+
+
+# --- The loss ------------------------------------------------------------------------------------
+
+
 @keras.saving.register_keras_serializable(package="fcn_keras")
 class SegmentationCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy per pixel, void pixels excluded, mean over the valid pixels.
@@ -75,11 +111,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             ``(losses, valid)``: float32 ``[B, H, W]`` each; ``losses`` is 0 where ``valid`` is 0.
         """
         y_pred = ops.cast(y_pred, "float32")
-        labels = ops.cast(y_true, "int32")
-        if len(labels.shape) == len(y_pred.shape):  # [B, H, W, 1]
-            labels = ops.squeeze(labels, axis=-1)
-        classes = ops.shape(y_pred)[-1]
-        valid = (labels >= 0) & (labels < classes) & ops.not_equal(labels, self.ignore_label)
+        labels, valid = class_labels(y_true, y_pred, self.ignore_label)
         # Void pixels get class 0 (a legal index) and weight 0: no boolean indexing needed.
         safe_labels = ops.where(valid, labels, 0)
         losses = ops.sparse_categorical_crossentropy(safe_labels, y_pred, from_logits=True)
@@ -91,12 +123,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             losses, valid = self.pixel_losses(y_true, y_pred)
             weights = valid
             if sample_weight is not None:
-                sample_weight = ops.cast(sample_weight, "float32")
-                if len(sample_weight.shape) == len(valid.shape) + 1:  # [B, H, W, 1], as labels may be.
-                    sample_weight = ops.squeeze(sample_weight, axis=-1)
-                while len(sample_weight.shape) < len(valid.shape):
-                    sample_weight = ops.expand_dims(sample_weight, -1)
-                weights = valid * sample_weight
+                weights = valid * ops.cast(pixel_sample_weight(sample_weight, len(valid.shape)), "float32")
             if self.reduction in (None, "none"):
                 return losses * weights
             total = ops.sum(losses * weights)

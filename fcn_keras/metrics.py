@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES
+from fcn_keras.losses import class_labels, pixel_sample_weight
 
 # --- Scores from a confusion matrix (numpy) ----------------------------------------------------
 
@@ -148,20 +149,11 @@ class ConfusionMatrix(keras.metrics.Metric):
                 f"y_pred must have {c} classes on its last axis (num_classes={c}). Received: "
                 f"y_pred.shape={tuple(y_pred.shape)}"
             )
-        labels = ops.cast(y_true, "int32")
-        if len(labels.shape) == len(y_pred.shape):  # [B, H, W, 1]
-            labels = ops.squeeze(labels, axis=-1)
+        labels, valid = class_labels(y_true, y_pred, self.ignore_label)
         predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
-        valid = ops.logical_and(
-            ops.logical_and(labels >= 0, labels < c), ops.not_equal(labels, self.ignore_label)
-        )
         weights = ops.cast(valid, "int32")
         if sample_weight is not None:
-            sample_weight = ops.convert_to_tensor(sample_weight)
-            if len(sample_weight.shape) == len(labels.shape) + 1:  # [B, H, W, 1], as labels may be.
-                sample_weight = ops.squeeze(sample_weight, axis=-1)
-            while len(sample_weight.shape) < len(labels.shape):
-                sample_weight = ops.expand_dims(sample_weight, -1)
+            sample_weight = pixel_sample_weight(sample_weight, len(labels.shape))
             weights = weights * ops.cast(ops.round(sample_weight), "int32")
             weights = ops.broadcast_to(weights, ops.shape(labels))
         index = ops.where(valid, labels * c + predicted, 0)

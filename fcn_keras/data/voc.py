@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
-from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES
+from fcn_keras.console import op_error_reason
+from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES
 
 # --- Layouts ----------------------------------------------------------------------------------
 
@@ -40,7 +40,6 @@ SPLITS: tuple[str, ...] = (*VOC_SPLITS, AUG_SPLIT, *SBD_SPLITS)
 _VALID_VALUES = np.zeros(256, dtype=bool)
 _VALID_VALUES[:NUM_CLASSES] = True
 _VALID_VALUES[IGNORE_LABEL] = True
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,13 +291,12 @@ def load_pair(pair: Pair) -> LoadedPair:
         image_bytes = pair.image_path.read_bytes()
     except OSError as error:
         raise InvalidPairError(Problem(pair.image_id, image_path, f"unreadable image file ({error})"))
-    if not image_bytes.startswith(_JPEG_MAGIC):
+    if not image_bytes.startswith(JPEG_SIGNATURE):
         raise InvalidPairError(Problem(pair.image_id, image_path, "image is not a JPEG file"))
     try:
         shape = tf.io.decode_jpeg(image_bytes, channels=3).shape
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*\]", "", error.message).strip()
-        raise InvalidPairError(Problem(pair.image_id, image_path, f"undecodable JPEG ({reason})"))
+        raise InvalidPairError(Problem(pair.image_id, image_path, f"undecodable JPEG ({op_error_reason(error.message)})"))
     height, width = int(shape[0]), int(shape[1])
     label = read_label(pair.label_path)
     if label.shape != (height, width):
