@@ -46,7 +46,7 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
 
     Args:
         weights: ``None`` (random initialisation), ``"imagenet"`` or a path to a weights file.
-        preprocessing: ``"caffe"``, ``"torch"``, or ``"auto"`` to infer it: ``"caffe"`` for
+        preprocessing: one of ``PREPROCESSING_MODES``, or ``"auto"`` to infer it: ``"caffe"`` for
             ``None`` and ``"imagenet"``, the known origin of a file listed in
             ``KNOWN_WEIGHT_FILES``.
 

@@ -66,15 +66,19 @@ VOC_PALETTE.setflags(write=False)
 #: Caffe / keras.applications "imagenet" VGG16: BGR order, mean subtracted, no scaling.
 CAFFE_BGR_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
 
+#: The authors' trained FCNs (their .caffemodel files, see fcn_keras.caffe_import): BGR minus the
+#: mean their data layers subtract (voc_layers.py / infer.py), which differs from VGG's by < 1.
+FCN_CAFFE_BGR_MEAN: tuple[float, float, float] = (104.00698793, 116.66876762, 122.67891434)
+
 #: torchvision VGG16 (e.g. ../shared/weights): RGB scaled to [0, 1], then (x - mean) / std.
 TORCH_RGB_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 TORCH_RGB_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch")
+PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch", "caffe_fcn")
 
 #: uint8 RGB fill of image padding (crop windows leaving the image, batches of unequal sizes):
 #: the ImageNet mean colour (123.68, 116.78, 103.94) rounded, which both normalisations above map
-#: to about 0 (caffe: within 0.8; torch: within 0.01). Padded pixels then look to the network like
+#: to about 0 (caffe: within 0.8; caffe_fcn: within 1.4; torch: within 0.01). Padded pixels then look to the network like
 #: the zeros its convolutions pad with, the reference geometry's 100 pixels included, instead of a
 #: black frame. Label padding is always IGNORE_LABEL.
 PAD_RGB: tuple[int, int, int] = (124, 116, 104)

@@ -16,6 +16,7 @@ from keras import ops
 from fcn_keras.surgery import bilinear_kernel
 from fcn_keras.constants import (
     CAFFE_BGR_MEAN,
+    FCN_CAFFE_BGR_MEAN,
     PREPROCESSING_MODES,
     TORCH_RGB_MEAN,
     TORCH_RGB_STD,
@@ -28,8 +29,9 @@ class Preprocess(keras.layers.Layer):
 
     Args:
         mode: ``"caffe"`` for keras.applications / Caffe ImageNet weights (RGB→BGR, subtract
-            ``CAFFE_BGR_MEAN``) or ``"torch"`` for torchvision-derived weights (scale to [0, 1],
-            subtract ``TORCH_RGB_MEAN``, divide by ``TORCH_RGB_STD``).
+            ``CAFFE_BGR_MEAN``), ``"caffe_fcn"`` for the authors' trained FCNs (RGB→BGR, subtract
+            ``FCN_CAFFE_BGR_MEAN``) or ``"torch"`` for torchvision-derived weights (scale to
+            [0, 1], subtract ``TORCH_RGB_MEAN``, divide by ``TORCH_RGB_STD``).
 
     Call args:
         images: ``[B, H, W, 3]`` RGB, any real or integer dtype, values in 0..255.
@@ -50,9 +52,10 @@ class Preprocess(keras.layers.Layer):
 
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
-        if self.mode == "caffe":
+        if self.mode in ("caffe", "caffe_fcn"):
             x = ops.flip(x, axis=-1)  # RGB -> BGR
-            return x - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=self.compute_dtype)
+            mean = CAFFE_BGR_MEAN if self.mode == "caffe" else FCN_CAFFE_BGR_MEAN
+            return x - ops.convert_to_tensor(mean, dtype=self.compute_dtype)
         mean = ops.convert_to_tensor(TORCH_RGB_MEAN, dtype=self.compute_dtype)
         std = ops.convert_to_tensor(TORCH_RGB_STD, dtype=self.compute_dtype)
         return (x / 255.0 - mean) / std

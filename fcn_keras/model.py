@@ -17,7 +17,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
-from fcn_keras.constants import NUM_CLASSES
+from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
 from fcn_keras.layers import BilinearUpsampling, CropToReference, Preprocess
 from fcn_keras.surgery import transplant_vgg16
 
@@ -48,7 +48,8 @@ def build_fcn(
             with or without the top; without it fc6/fc7 start from scratch (logged). A
             ``keras.Model``: a VGG16 to copy from (then ``preprocessing`` must be given). Score
             layers always start at zero.
-        preprocessing: input normalisation built into the model: ``"caffe"``, ``"torch"``, or
+        preprocessing: input normalisation built into the model: ``"caffe"``, ``"torch"``,
+            ``"caffe_fcn"`` (the authors' trained nets, see ``fcn_keras.caffe_import``), or
             ``"auto"`` (chosen from ``weights``, see ``fcn_keras.backbone``; not for a
             ``keras.Model``). Callers always pass plain RGB in 0..255.
         input_shape: ``(H, W, 3)``; ``None`` sides accept any size (dynamic crops). With both
@@ -95,7 +96,7 @@ def build_fcn(
     if isinstance(weights, keras.Model):
         if preprocessing == "auto":  # A model does not say how its training inputs were normalised.
             raise ValueError(
-                "preprocessing must be 'caffe' or 'torch' when weights is a keras.Model: which input "
+                f"preprocessing must be one of {PREPROCESSING_MODES} when weights is a keras.Model: which input "
                 "normalisation its weights expect cannot be told from the model (keras.applications.VGG16("
                 "weights='imagenet') expects 'caffe'). Received: preprocessing='auto'"
             )

@@ -222,9 +222,12 @@ def test_model_preprocessing_matches_the_weights_origin():
     rgb = np.array([[[[10, 100, 200]]]], dtype="uint8")
     caffe = build_fcn("32s", fc_units=8).get_layer("preprocess")
     torch = build_fcn("32s", fc_units=8, preprocessing="torch").get_layer("preprocess")
+    caffe_fcn = build_fcn("32s", fc_units=8, preprocessing="caffe_fcn").get_layer("preprocess")
     np.testing.assert_allclose(
         caffe(rgb)[0, 0, 0], [200 - CAFFE_BGR_MEAN[0], 100 - CAFFE_BGR_MEAN[1], 10 - CAFFE_BGR_MEAN[2]], rtol=1e-6
     )
+    # The authors' FCN data layer: in_ -= np.array((104.00698793, 116.66876762, 122.67891434)), BGR.
+    np.testing.assert_allclose(caffe_fcn(rgb)[0, 0, 0], [200 - 104.00698793, 100 - 116.66876762, 10 - 122.67891434], rtol=1e-6)
     np.testing.assert_allclose(
         torch(rgb)[0, 0, 0],
         (np.array([10, 100, 200]) / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
@@ -274,7 +277,7 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"variant": "32s", "at_once": True}, r"at_once=True .* needs variant '16s' or '8s'"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"geometry": "valid"}, r"geometry must be one of \('reference', 'same'\)\. Received: geometry='valid'"),
-        ({"preprocessing": "tf"}, r"preprocessing must be one of \('auto', 'caffe', 'torch'\)"),
+        ({"preprocessing": "tf"}, r"preprocessing must be one of \('auto', 'caffe', 'torch', 'caffe_fcn'\)"),
         ({"weights": "/nonexistent/vgg16.h5"}, r"weights file '/nonexistent/vgg16.h5' does not exist"),
     ],
 )

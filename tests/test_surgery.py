@@ -62,7 +62,7 @@ def random_vgg16():
 
 
 def test_fc6_fc7_compute_vgg16_fc1_fc2_on_every_7x7_window(random_vgg16):
-    with pytest.raises(ValueError, match="preprocessing must be 'caffe' or 'torch' when weights is a keras.Model"):
+    with pytest.raises(ValueError, match=r"preprocessing must be one of \(.caffe., .torch., .caffe_fcn.\) when weights is a keras.Model"):
         build_fcn("32s", weights=random_vgg16)
     fcn = build_fcn("32s", weights=random_vgg16, preprocessing="caffe")
     images = np.random.default_rng(1).uniform(0, 255, (1, 70, 90, 3)).astype("float32")
