@@ -65,7 +65,7 @@ def _vgg16_conv_names() -> list[str]:
 Copy = tuple[keras.layers.Layer, list[np.ndarray], str]
 
 
-def _assign_all(copies: list[Copy]) -> None:
+def assign_all(copies: list[Copy]) -> None:
     """Checks every copy's shapes, then sets the weights: a mismatch (named with its source)
     leaves every target layer as it was, not half overwritten."""
     for layer, weights, source in copies:
@@ -112,7 +112,7 @@ def transplant_vgg16(fcn: keras.Model, vgg: keras.Model) -> list[str]:
             copies.append(
                 (conv, [kernel.reshape(size, size, channels_in, kernel.shape[1]), bias], f"VGG16 {dense_name} {kernel.shape}")
             )
-    _assign_all(copies)
+    assign_all(copies)
     copied = [layer.name for layer, _, _ in copies]
     logger.info("transplanted VGG16 weights into %s: %s", fcn.name, ", ".join(copied))
     return copied
@@ -156,7 +156,7 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
         raise ValueError(
             f"{source.name!r} and {target.name!r} share no weighted layer: is the source an FCN?"
         )
-    _assign_all(copies)
+    assign_all(copies)
     logger.info(
         "transferred %d layers %s -> %s; kept initialisation of %s",
         len(report["copied"]),

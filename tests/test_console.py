@@ -21,7 +21,7 @@ def test_the_live_bar_becomes_one_line_when_not_on_a_terminal():
 
 
 @pytest.mark.parametrize("module", ["fcn_keras.train", "fcn_keras.evaluate", "fcn_keras.export",
-                                    "fcn_keras.data.convert", "fcn_keras.data.download"])
+                                    "fcn_keras.data.convert", "fcn_keras.data.download", "fcn_keras.caffe_import"])
 def test_unexpected_arguments_are_one_line_and_status_2(module, capsys):
     """Not absl's UsageError, which exits with status 1 after printing every flag."""
     assert importlib.import_module(module).main([module, "stray.jpg"]) == 2

@@ -1,0 +1,244 @@
+"""Caffe .caffemodel import: files written here byte by byte in Caffe's format (an encoder of
+the protobuf wire format independent of the reader, field numbers from caffe.proto), checked
+against Caffe's arithmetic written out in numpy: convolution [out, in, kh, kw] correlates, an
+InnerProduct flattens [C, H, W], a deconvolution [in, out, kh, kw] scatters."""
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fcn_keras.architecture import VGG16_BLOCKS
+from fcn_keras.caffe_import import fcn_from_caffemodel, keras_layer_name, read_caffemodel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FC, K = 8, 5  # fc6/fc7 units and classes of the tiny nets
+
+
+# --- A writer of Caffe's NetParameter (protobuf wire format) ---------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:  # wire type 2: length-delimited
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _blob(array: np.ndarray, legacy: bool = False) -> bytes:
+    """BlobProto: shape = 7 (BlobShape: dim = 1, packed) or num/channels/height/width = 1..4
+    (legacy 4-D, leading 1s), data = 5 (packed float)."""
+    if legacy:
+        dims = (1,) * (4 - array.ndim) + array.shape
+        head = b"".join(_varint(n << 3) + _varint(d) for n, d in zip((1, 2, 3, 4), dims))
+    else:
+        head = _field(7, _field(1, b"".join(_varint(d) for d in array.shape)))
+    return head + _field(5, array.astype("<f4").tobytes())
+
+
+def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool = False) -> bytes:
+    """LayerParameter (name 1, type 2, bottom 3, param 6, blobs 7) or V1LayerParameter (name 4,
+    type 5 enum, blobs 6); NetParameter holds them as layer = 100 / layers = 2."""
+    if v1:
+        enum = {"Convolution": 4, "InnerProduct": 14, "Deconvolution": 39}[kind]
+        body = _field(2, b"data") + _field(4, name.encode()) + _varint(5 << 3) + _varint(enum)
+        body += b"".join(_field(6, _blob(b, legacy=True)) for b in blobs)
+        return _field(2, body)
+    lr_mult = _varint(3 << 3 | 5) + struct.pack("<f", 1.0)  # ParamSpec.lr_mult: a fixed32 field to skip
+    body = _field(1, name.encode()) + _field(2, kind.encode()) + _field(3, b"data") + _field(6, lr_mult)
+    body += b"".join(_field(7, _blob(b)) for b in blobs)
+    return _field(100, body)
+
+
+def _write_net(path, layers: list[bytes], name: str = "net") -> None:
+    path.write_bytes(_field(1, name.encode()) + b"".join(layers))
+
+
+def _vgg_blobs(rng) -> dict[str, list[np.ndarray]]:
+    """Caffe-shaped random weights of VGG16's convolutions, conv1_1 ... conv5_3."""
+    blobs, channels = {}, 3
+    for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            blobs[f"conv{block}_{conv}"] = [rng.normal(0, 0.1, (width, channels, 3, 3)), rng.normal(0, 0.1, width)]
+            channels = width
+    return blobs
+
+
+def _fcn8s_at_once_blobs(rng) -> dict[str, tuple[str, list[np.ndarray]]]:
+    """The layers with weights of the authors' voc-fcn8s-atonce net (tiny fc/classes)."""
+    layers = {name: ("Convolution", b) for name, b in _vgg_blobs(rng).items()}
+    conv = lambda out, inp, k: ("Convolution", [rng.normal(0, 0.1, (out, inp, k, k)), rng.normal(0, 0.1, out)])  # noqa: E731
+    deconv = lambda k: ("Deconvolution", [rng.normal(0, 0.1, (K, K, k, k))])  # noqa: E731
+    layers.update(fc6=conv(FC, 512, 7), fc7=conv(FC, FC, 1), score_fr=conv(K, FC, 1), upscore2=deconv(4),
+                  scale_pool4=("Scale", [np.full(512, 0.01)]), score_pool4=conv(K, 512, 1), upscore_pool4=deconv(4),
+                  scale_pool3=("Scale", [np.full(256, 1e-4)]), score_pool3=conv(K, 256, 1), upscore8=deconv(16))
+    return layers
+
+
+@pytest.fixture(scope="module")
+def fcn_file(tmp_path_factory):
+    layers = _fcn8s_at_once_blobs(np.random.default_rng(0))
+    path = tmp_path_factory.mktemp("caffe") / "fcn8s-atonce.caffemodel"
+    _write_net(path, [_layer(name, kind, blobs) for name, (kind, blobs) in layers.items()])
+    return path, layers
+
+
+# --- Reading -----------------------------------------------------------------------------------
+
+
+def test_reader_returns_every_blob_in_caffe_shape(fcn_file):
+    path, layers = fcn_file
+    read = read_caffemodel(path)
+    assert [layer.name for layer in read] == list(layers)
+    for layer in read:
+        kind, blobs = layers[layer.name]
+        assert layer.type == kind and len(layer.blobs) == len(blobs)
+        for got, expected in zip(layer.blobs, blobs):
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, expected.astype("float32"))
+
+
+def test_bad_files_are_refused_with_their_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.caffemodel' does not exist"):
+        read_caffemodel(tmp_path / "missing.caffemodel")
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text('name: "FCN"\nlayer { name: "conv1_1" type: "Convolution" }\n')
+    with pytest.raises(ValueError, match=r"deploy.prototxt' (is not a Caffe net|holds no layer with weights)"):
+        read_caffemodel(prototxt)
+    truncated = tmp_path / "truncated.caffemodel"
+    _write_net(truncated, [_layer("conv1_1", "Convolution", [np.ones((2, 3, 3, 3))])])
+    truncated.write_bytes(truncated.read_bytes()[:-7])
+    with pytest.raises(ValueError, match="truncated.caffemodel' is not a Caffe net"):
+        read_caffemodel(truncated)
+
+
+# --- Converting: the weights do Caffe's arithmetic ----------------------------------------------
+
+
+def test_fcn_file_gives_the_authors_net_computing_what_caffe_computes(fcn_file):
+    path, layers = fcn_file
+    model, report = fcn_from_caffemodel(path)
+    assert (report["source"], report["variant"], report["at_once"], report["num_classes"]) == ("FCN", "8s", True, K)
+    assert report["kept"] == [] and report["unused"] == []
+    assert len(report["copied"]) == 13 + 2 + 6
+    assert model.get_layer("preprocess").mode == "caffe_fcn" and model.output_shape[-1] == K
+    assert model.get_layer("scale_pool4").scale == 0.01
+    rng = np.random.default_rng(1)
+
+    # Convolution: y[o, i, j] = b[o] + sum_{c, u, v} W[o, c, u, v] x[c, i + u, j + v].
+    x = rng.normal(size=(3, 6, 7)).astype("float32")  # Caffe's [C, H, W]
+    w, b = (blob.astype("float32") for blob in layers["conv1_1"][1])
+    windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))  # [C, 4, 5, 3, 3]
+    caffe = np.einsum("ocuv,cijuv->oij", w, windows) + b[:, None, None]
+    kernel, bias = model.get_layer(keras_layer_name("conv1_1")).get_weights()
+    ours = keras.ops.conv(x.transpose(1, 2, 0)[None], kernel, padding="valid")[0] + bias
+    np.testing.assert_allclose(np.asarray(ours), caffe.transpose(1, 2, 0), rtol=1e-4, atol=1e-5)
+
+    # Deconvolution: y[o, s*i + u, s*j + v] += W[c, o, u, v] x[c, i, j] (Caffe's col2im).
+    x = rng.normal(size=(K, 3, 2)).astype("float32")
+    w = layers["upscore2"][1][0].astype("float32")
+    caffe = np.zeros((K, 2 * (3 - 1) + 4, 2 * (2 - 1) + 4), "float32")
+    for i in range(3):
+        for j in range(2):
+            caffe[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += np.einsum("couv,c->ouv", w, x[:, i, j])
+    (kernel,) = model.get_layer("upscore2").get_weights()
+    ours = keras.ops.conv_transpose(x.transpose(1, 2, 0)[None], kernel, strides=2, padding="valid")[0]
+    np.testing.assert_allclose(np.asarray(ours), caffe.transpose(1, 2, 0), rtol=1e-4, atol=1e-5)
+
+    # Every other layer: the same layouts, biases included.
+    for name, (kind, blobs) in layers.items():
+        if kind == "Scale":
+            continue
+        weights = model.get_layer(keras_layer_name(name)).get_weights()
+        np.testing.assert_array_equal(weights[0], blobs[0].astype("float32").transpose(2, 3, 1, 0))
+        if len(blobs) == 2:
+            np.testing.assert_array_equal(weights[1], blobs[1].astype("float32"))
+
+
+def test_v1_vgg16_file_gives_the_backbone_with_fc6_fc7_from_its_inner_products(tmp_path):
+    """VGG_ILSVRC_16_layers.caffemodel: V1 layers, legacy 4-D blobs, fc6-fc8 InnerProducts."""
+    rng = np.random.default_rng(2)
+    vgg = _vgg_blobs(rng)
+    fc6, fc7 = rng.normal(0, 0.1, (FC, 512 * 7 * 7)), rng.normal(0, 0.1, (FC, FC))
+    fc_biases = rng.normal(0, 0.1, FC), rng.normal(0, 0.1, FC)
+    layers = [_layer(name, "Convolution", blobs, v1=True) for name, blobs in vgg.items()]
+    layers += [_layer("fc6", "InnerProduct", [fc6, fc_biases[0]], v1=True),
+               _layer("fc7", "InnerProduct", [fc7, fc_biases[1]], v1=True),
+               _layer("fc8", "InnerProduct", [rng.normal(0, 0.1, (10, FC)), np.zeros(10)], v1=True)]
+    path = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    _write_net(path, layers)
+
+    model, report = fcn_from_caffemodel(path, variant="16s", num_classes=K)
+    assert (report["source"], report["variant"], report["num_classes"]) == ("VGG16", "16s", K)
+    assert report["unused"] == ["fc8"] and report["kept"] == ["score_fr", "upscore2", "score_pool4", "upscore16"]
+    assert model.get_layer("preprocess").mode == "caffe"
+    assert not np.any(model.get_layer("score_fr").get_weights()[0])  # score layers start at zero
+
+    # fc6 on pool5 [512, 7, 7] is W @ pool5.flatten() in Caffe: one output pixel of our 7x7 conv.
+    pool5 = rng.normal(size=(512, 7, 7)).astype("float32")
+    kernel, bias = model.get_layer("fc6").get_weights()
+    ours = keras.ops.conv(pool5.transpose(1, 2, 0)[None], kernel, padding="valid")[0, 0, 0] + bias
+    np.testing.assert_allclose(np.asarray(ours), fc6.astype("float32") @ pool5.ravel() + fc_biases[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(model.get_layer("fc7").get_weights()[0][0, 0], fc7.astype("float32").T)
+    np.testing.assert_array_equal(
+        model.get_layer("block5_conv3").get_weights()[0], vgg["conv5_3"][0].astype("float32").transpose(2, 3, 1, 0)
+    )
+
+
+def test_files_that_do_not_fit_are_refused_before_any_copy(tmp_path, fcn_file):
+    path, layers = fcn_file
+    with pytest.raises(ValueError, match=r"holds an FCN-8s of 5 classes; variant='16s' differs"):
+        fcn_from_caffemodel(path, variant="16s")
+
+    def write(name, changed):
+        out = tmp_path / name
+        _write_net(out, [_layer(n, kind, blobs) for n, (kind, blobs) in {**layers, **changed}.items() if blobs is not None])
+        return out
+
+    missing = write("missing.caffemodel", {"conv3_2": ("Convolution", None)})
+    with pytest.raises(ValueError, match="the caffemodel has no layer for 'block3_conv2'"):
+        fcn_from_caffemodel(missing)
+    wrong = write("wrong.caffemodel", {"score_pool4": ("Convolution", [np.ones((K, 256, 1, 1)), np.ones(K)])})
+    with pytest.raises(ValueError, match=r"'score_pool4' \(Convolution\) has weights \(5, 256, 1, 1\); .* needs \(5, 512, 1, 1\)"):
+        fcn_from_caffemodel(wrong)
+    biased = write("biased.caffemodel", {"upscore8": ("Deconvolution", [np.ones((K, K, 16, 16)), np.ones(K)])})
+    with pytest.raises(ValueError, match="'upscore8' has a non-zero bias"):
+        fcn_from_caffemodel(biased)
+    renamed = write("renamed.caffemodel", {"score-pool4": layers["score_pool4"]})
+    with pytest.raises(ValueError, match=r"weights that no layer of the FCN-8s takes: \['score-pool4'\]"):
+        fcn_from_caffemodel(renamed)
+    scaled = write("scaled.caffemodel", {"scale_pool3": ("Scale", [np.full(256, 0.5)])})
+    with pytest.raises(ValueError, match="scale_pool3 scales by .*not the at-once net's 0.0001"):
+        fcn_from_caffemodel(scaled)
+
+
+def test_cli_writes_a_keras_file_that_predicts_like_the_converted_model(fcn_file, tmp_path):
+    path, _ = fcn_file
+    output = tmp_path / "fcn8s.keras"
+    command = [sys.executable, "-m", "fcn_keras.caffe_import", f"--caffemodel={path}", f"--output={output}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FCN -> FCN-8s at once, 5 classes, fc6/fc7 8 units" in result.stdout
+    assert f"wrote {output}" in result.stdout and not result.stderr.count("Traceback")
+    loaded = keras.saving.load_model(output)
+    expected, _ = fcn_from_caffemodel(path)
+    images = np.random.default_rng(3).integers(0, 256, (1, 20, 23, 3)).astype("uint8")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+
+    again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and f"{output} exists: pass --overwrite" in again.stderr
+    bad = subprocess.run([*command[:-1], f"--output={tmp_path / 'x.h5'}"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--output must end with .keras" in bad.stderr
