@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from fcn_keras.architecture import AT_ONCE_SCALES
+from fcn_keras.architecture import AT_ONCE_SCALES, FC6_KERNEL, VGG16_BLOCKS
 from fcn_keras.console import usage_error
 from fcn_keras.constants import NUM_CLASSES, VARIANTS
 from fcn_keras.files import atomic_path
@@ -56,7 +56,9 @@ class CaffeLayer:
     Attributes:
         name: the layer's name, e.g. ``"conv1_1"`` or ``"score_fr"``.
         type: its Caffe type, e.g. ``"Convolution"`` (V1 files' enum values are named too).
-        blobs: its parameter arrays in Caffe's shapes (float32), e.g. ``[W [64, 3, 3, 3], b [64]]``.
+        blobs: its parameter arrays in Caffe's shapes (float32), e.g. ``[W [64, 3, 3, 3], b [64]]``;
+            an InnerProduct's weight is always ``[..., out, in]`` (one saved with ``transpose:
+            true``, i.e. ``[in, out]``, is transposed on reading).
     """
 
     name: str
@@ -121,23 +123,24 @@ def _packed_varints(value: int | memoryview, wire: int) -> list[int]:
 
 
 def _blob(buf: memoryview) -> np.ndarray:
-    """A ``BlobProto`` as a float32 array of its shape (``shape``, else the legacy 4-D sizes)."""
+    """A ``BlobProto`` as a float32 array of its shape: the legacy 4-D sizes where any is set
+    (as Caffe's ``Blob::FromProto``), else ``shape`` (no dimensions: one value)."""
     dims: list[int] = []
-    legacy = {1: 0, 2: 0, 3: 0, 4: 0}  # num, channels, height, width
+    legacy: dict[int, int] = {}  # num, channels, height, width: fields 1-4
     chunks: list[np.ndarray] = []
     for number, wire, value in _fields(buf):
         if number == 7 and wire == _BYTES:  # shape: BlobShape
             for sub_number, sub_wire, sub_value in _fields(value):
                 if sub_number == 1:
                     dims.extend(_packed_varints(sub_value, sub_wire))
-        elif number in legacy and wire == _VARINT:
+        elif number in (1, 2, 3, 4) and wire == _VARINT:
             legacy[number] = value
         elif number == 5:  # data: float, packed (or one fixed32 per value)
             chunks.append(np.frombuffer(value, dtype="<f4"))
         elif number == 8:  # double_data
             chunks.append(np.frombuffer(value, dtype="<f8").astype(np.float32))
     data = np.concatenate(chunks) if len(chunks) > 1 else chunks[0] if chunks else np.zeros(0, np.float32)
-    shape = tuple(dims) if dims else tuple(v for v in legacy.values())
+    shape = tuple(legacy.get(n, 0) for n in (1, 2, 3, 4)) if legacy else tuple(dims)
     if int(np.prod(shape)) != data.size:
         raise _Malformed(f"a blob of shape {shape} holds {data.size} values")
     return data.astype(np.float32, copy=False).reshape(shape)
@@ -165,8 +168,9 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
         for number, wire, value in _fields(buf):
             if wire != _BYTES or number not in (100, 2):  # layer (V2) / layers (V1)
                 continue
-            name_field, type_field, blobs_field = (1, 2, 7) if number == 100 else (4, 5, 6)
-            name, kind, blobs = "", "", []
+            # name, type, blobs, inner_product_param (InnerProductParameter.transpose = 6)
+            name_field, type_field, blobs_field, inner_product_field = (1, 2, 7, 117) if number == 100 else (4, 5, 6, 17)
+            name, kind, blobs, transpose = "", "", [], False
             for sub_number, sub_wire, sub_value in _fields(value):
                 if sub_number == name_field and sub_wire == _BYTES:
                     name = bytes(sub_value).decode("utf-8")
@@ -177,6 +181,10 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
                         kind = _V1_TYPES.get(sub_value, f"V1 type {sub_value}")
                 elif sub_number == blobs_field and sub_wire == _BYTES:
                     blobs.append(_blob(sub_value))
+                elif sub_number == inner_product_field and sub_wire == _BYTES:
+                    transpose = any(n == 6 and w == _VARINT and v for n, w, v in _fields(sub_value))
+            if transpose and blobs:  # An InnerProduct stored [in, out]: to the usual [out, in].
+                blobs[0] = np.swapaxes(blobs[0], -1, -2)
             if blobs:
                 layers.append(CaffeLayer(name, kind, tuple(blobs)))
     except (_Malformed, UnicodeDecodeError) as error:
@@ -207,7 +215,7 @@ def describe_caffemodel(layers: list[CaffeLayer]) -> dict:
         "num_classes": int | None, "fc_units": int}``.
 
     Raises:
-        ValueError: no ``fc6``, or an at-once scale that is not the paper's.
+        ValueError: no ``fc6`` or not VGG16's, or an at-once scale that is not the paper's.
     """
     by_name = {layer.name: layer for layer in layers}
     if "fc6" not in by_name:
@@ -225,7 +233,11 @@ def describe_caffemodel(layers: list[CaffeLayer]) -> dict:
                 )
             at_once = True
     num_classes = _outputs(by_name["score_fr"]) if "score_fr" in by_name else None
-    return {"variant": variant, "at_once": at_once, "num_classes": num_classes, "fc_units": _outputs(by_name["fc6"])}
+    fc6, fc_units = by_name["fc6"], _outputs(by_name["fc6"])
+    fc6_inputs = VGG16_BLOCKS[-1][0] * FC6_KERNEL**2  # pool5's 512 x 7 x 7 per unit
+    if fc6.blobs[0].size != fc_units * fc6_inputs:  # Checked before a model of that width is built.
+        raise ValueError(f"fc6's weights {fc6.blobs[0].shape} are not VGG16's fc6 ({fc6_inputs} = 512 x 7 x 7 inputs per unit)")
+    return {"variant": variant, "at_once": at_once, "num_classes": num_classes, "fc_units": fc_units}
 
 
 def _outputs(layer: CaffeLayer) -> int:

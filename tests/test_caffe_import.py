@@ -37,8 +37,10 @@ def _field(number: int, payload: bytes) -> bytes:  # wire type 2: length-delimit
 
 
 def _blob(array: np.ndarray, legacy: bool = False) -> bytes:
-    """BlobProto: shape = 7 (BlobShape: dim = 1, packed) or num/channels/height/width = 1..4
-    (legacy 4-D, leading 1s), data = 5 (packed float)."""
+    """BlobProto: shape = 7 (BlobShape: dim = 1, packed; none for one value) or
+    num/channels/height/width = 1..4 (legacy 4-D, leading 1s), data = 5 (packed float)."""
+    if array.ndim == 0:
+        return _field(5, array.astype("<f4").tobytes())
     if legacy:
         dims = (1,) * (4 - array.ndim) + array.shape
         head = b"".join(_varint(n << 3) + _varint(d) for n, d in zip((1, 2, 3, 4), dims))
@@ -47,17 +49,22 @@ def _blob(array: np.ndarray, legacy: bool = False) -> bytes:
     return head + _field(5, array.astype("<f4").tobytes())
 
 
-def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool = False) -> bytes:
-    """LayerParameter (name 1, type 2, bottom 3, param 6, blobs 7) or V1LayerParameter (name 4,
-    type 5 enum, blobs 6); NetParameter holds them as layer = 100 / layers = 2."""
+def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool = False, transpose: bool = False) -> bytes:
+    """LayerParameter (name 1, type 2, bottom 3, param 6, blobs 7, inner_product_param 117) or
+    V1LayerParameter (name 4, type 5 enum, blobs 6, inner_product_param 17); NetParameter holds
+    them as layer = 100 / layers = 2. ``transpose``: an InnerProduct whose weight is saved
+    [in, out] (InnerProductParameter.transpose = 6)."""
+    inner_product = _field(117 if not v1 else 17, _varint(6 << 3) + _varint(1)) if transpose else b""
+    if transpose:
+        blobs = [blobs[0].T, *blobs[1:]]
     if v1:
         enum = {"Convolution": 4, "InnerProduct": 14, "Deconvolution": 39}[kind]
-        body = _field(2, b"data") + _field(4, name.encode()) + _varint(5 << 3) + _varint(enum)
+        body = _field(2, b"data") + _field(4, name.encode()) + _varint(5 << 3) + _varint(enum) + inner_product
         body += b"".join(_field(6, _blob(b, legacy=True)) for b in blobs)
         return _field(2, body)
     lr_mult = _varint(3 << 3 | 5) + struct.pack("<f", 1.0)  # ParamSpec.lr_mult: a fixed32 field to skip
     body = _field(1, name.encode()) + _field(2, kind.encode()) + _field(3, b"data") + _field(6, lr_mult)
-    body += b"".join(_field(7, _blob(b)) for b in blobs)
+    body += b"".join(_field(7, _blob(b)) for b in blobs) + inner_product
     return _field(100, body)
 
 
@@ -97,10 +104,14 @@ def fcn_file(tmp_path_factory):
 # --- Reading -----------------------------------------------------------------------------------
 
 
-def test_reader_returns_every_blob_in_caffe_shape(fcn_file):
+def test_reader_returns_every_blob_in_caffe_shape(fcn_file, tmp_path):
     path, layers = fcn_file
     read = read_caffemodel(path)
     assert [layer.name for layer in read] == list(layers)
+    # A blob without dimensions holds one value (Caffe's Blob::FromProto), e.g. a scalar Scale.
+    scalar = tmp_path / "scalar.caffemodel"
+    _write_net(scalar, [_layer("scale", "Scale", [np.array(0.5)])])
+    assert read_caffemodel(scalar)[0].blobs[0].shape == () and read_caffemodel(scalar)[0].blobs[0] == 0.5
     for layer in read:
         kind, blobs = layers[layer.name]
         assert layer.type == kind and len(layer.blobs) == len(blobs)
@@ -173,8 +184,9 @@ def test_v1_vgg16_file_gives_the_backbone_with_fc6_fc7_from_its_inner_products(t
     fc6, fc7 = rng.normal(0, 0.1, (FC, 512 * 7 * 7)), rng.normal(0, 0.1, (FC, FC))
     fc_biases = rng.normal(0, 0.1, FC), rng.normal(0, 0.1, FC)
     layers = [_layer(name, "Convolution", blobs, v1=True) for name, blobs in vgg.items()]
-    layers += [_layer("fc6", "InnerProduct", [fc6, fc_biases[0]], v1=True),
-               _layer("fc7", "InnerProduct", [fc7, fc_biases[1]], v1=True),
+    # fc6 and the square fc7 saved [in, out] (transpose: true): read back as [out, in].
+    layers += [_layer("fc6", "InnerProduct", [fc6, fc_biases[0]], v1=True, transpose=True),
+               _layer("fc7", "InnerProduct", [fc7, fc_biases[1]], v1=True, transpose=True),
                _layer("fc8", "InnerProduct", [rng.normal(0, 0.1, (10, FC)), np.zeros(10)], v1=True)]
     path = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
     _write_net(path, layers)
@@ -215,6 +227,9 @@ def test_files_that_do_not_fit_are_refused_before_any_copy(tmp_path, fcn_file):
     biased = write("biased.caffemodel", {"upscore8": ("Deconvolution", [np.ones((K, K, 16, 16)), np.ones(K)])})
     with pytest.raises(ValueError, match="'upscore8' has a non-zero bias"):
         fcn_from_caffemodel(biased)
+    alexnet_fc6 = write("alexnet.caffemodel", {"fc6": ("Convolution", [np.ones((FC, 256, 6, 6)), np.ones(FC)])})
+    with pytest.raises(ValueError, match=r"fc6's weights \(8, 256, 6, 6\) are not VGG16's fc6 \(25088 = 512 x 7 x 7"):
+        fcn_from_caffemodel(alexnet_fc6)
     renamed = write("renamed.caffemodel", {"score-pool4": layers["score_pool4"]})
     with pytest.raises(ValueError, match=r"weights that no layer of the FCN-8s takes: \['score-pool4'\]"):
         fcn_from_caffemodel(renamed)
