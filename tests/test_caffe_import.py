@@ -1,7 +1,8 @@
 """Caffe .caffemodel import: files written here byte by byte in Caffe's format (an encoder of
 the protobuf wire format independent of the reader, field numbers from caffe.proto), checked
 against Caffe's arithmetic written out in numpy: convolution [out, in, kh, kw] correlates, an
-InnerProduct flattens [C, H, W], a deconvolution [in, out, kh, kw] scatters."""
+InnerProduct flattens [C, H, W], a deconvolution [in, out, kh, kw] scatters, and the whole
+converted net against a numpy forward pass of the authors' deploy nets."""
 
 import os
 import struct
@@ -257,3 +258,87 @@ def test_cli_writes_a_keras_file_that_predicts_like_the_converted_model(fcn_file
     bad = subprocess.run([*command[:-1], f"--output={tmp_path / 'x.h5'}"], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--output must end with .keras" in bad.stderr
+
+
+# --- The whole net against Caffe's forward pass in numpy ----------------------------------------
+
+
+def _caffe_forward(weights: dict[str, list[np.ndarray]], image: np.ndarray, variant: str, at_once: bool) -> np.ndarray:
+    """The authors' voc-fcn{variant}(-atonce) deploy net, layer by layer as Caffe computes it:
+    BGR minus their mean, conv1_1 padded by 100, 3x3 convs padded by 1, 2x2 ceil-mode pooling,
+    fc6/fc7 valid, deconvolution by col2im scatter, and the Crop offsets of their prototxts
+    (score_pool4c 5, score_pool3c 9, score 19 / 27 / 31 for 32s / 16s / 8s). Returns [H, W, K]."""
+
+    def conv(x, name, pad, relu=True):
+        w, b = weights[name]
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (pad, pad), (pad, pad))), w.shape[2:], axis=(1, 2))
+        y = np.tensordot(w, windows, axes=([1, 2, 3], [0, 3, 4])) + b[:, None, None]
+        return np.maximum(y, 0) if relu else y
+
+    def pool(x):
+        c, h, w = x.shape
+        padded = np.full((c, h + h % 2, w + w % 2), -np.inf)
+        padded[:, :h, :w] = x
+        return padded.reshape(c, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).max(axis=(2, 4))
+
+    def deconv(x, name, stride):
+        w = weights[name][0]
+        k, (_, h, wd) = w.shape[-1], x.shape
+        y = np.zeros((w.shape[1], (h - 1) * stride + k, (wd - 1) * stride + k))
+        for i in range(h):
+            for j in range(wd):
+                y[:, stride * i : stride * i + k, stride * j : stride * j + k] += np.einsum("couv,c->ouv", w, x[:, i, j])
+        return y
+
+    def crop(x, reference, offset):
+        return x[:, offset : offset + reference.shape[1], offset : offset + reference.shape[2]]
+
+    data = (image[:, :, ::-1].astype("float64") - [104.00698793, 116.66876762, 122.67891434]).transpose(2, 0, 1)
+    h, pools = data, {}
+    for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for index in range(1, convs + 1):
+            h = conv(h, f"conv{block}_{index}", 100 if (block, index) == (1, 1) else 1)
+        h = pools[block] = pool(h)
+    score = conv(conv(conv(h, "fc6", 0), "fc7", 0), "score_fr", 0, relu=False)
+    if variant != "32s":
+        up = deconv(score, "upscore2", 2)
+        score = up + crop(conv(pools[4] * (0.01 if at_once else 1), "score_pool4", 0, relu=False), up, 5)
+    if variant == "8s":
+        up = deconv(score, "upscore_pool4", 2)
+        score = up + crop(conv(pools[3] * (1e-4 if at_once else 1), "score_pool3", 0, relu=False), up, 9)
+    final, stride, offset = {"32s": ("upscore", 32, 19), "16s": ("upscore16", 16, 27), "8s": ("upscore8", 8, 31)}[variant]
+    return crop(deconv(score, final, stride), data, offset).transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("variant, at_once", [("32s", False), ("16s", False), ("8s", True)])
+def test_converted_net_predicts_what_caffe_computes(tmp_path, variant, at_once):
+    """Random, non-symmetric weights (He-scaled, so activations neither vanish nor explode) and an
+    odd-sized image: every offset, the ceil-mode pooling and the kernel layouts must be right."""
+    rng = np.random.default_rng(4)
+    he = lambda o, i, k: rng.normal(size=(o, i, k, k)) * np.sqrt(2 / (i * k * k))  # noqa: E731
+    layers = {name: ("Convolution", [he(*w.shape[:3]), b]) for name, (w, b) in _vgg_blobs(rng).items()}
+    layers.update(fc6=("Convolution", [he(FC, 512, 7), rng.normal(0, 0.1, FC)]),
+                  fc7=("Convolution", [he(FC, FC, 1), rng.normal(0, 0.1, FC)]),
+                  score_fr=("Convolution", [he(K, FC, 1), rng.normal(0, 0.1, K)]))
+    deconv = lambda k: ("Deconvolution", [rng.normal(0, 0.3, (K, K, k, k))])  # noqa: E731
+    if variant != "32s":
+        layers["upscore2"] = deconv(4)
+        layers["score_pool4"] = ("Convolution", [he(K, 512, 1) * (100 if at_once else 1), rng.normal(0, 0.1, K)])
+    if variant == "8s":
+        layers["upscore_pool4"] = deconv(4)
+        layers["score_pool3"] = ("Convolution", [he(K, 256, 1) * (1e4 if at_once else 1), rng.normal(0, 0.1, K)])
+    if at_once:
+        layers.update(scale_pool4=("Scale", [np.full(512, 0.01)]), scale_pool3=("Scale", [np.full(256, 1e-4)]))
+    layers[{"32s": "upscore", "16s": "upscore16", "8s": "upscore8"}[variant]] = deconv(2 * {"32s": 32, "16s": 16, "8s": 8}[variant])
+    path = tmp_path / f"fcn{variant}.caffemodel"
+    _write_net(path, [_layer(name, kind, blobs) for name, (kind, blobs) in layers.items()])
+    weights = {name: [blob.astype("float32").astype("float64") for blob in blobs] for name, (_, blobs) in layers.items()}
+
+    image = rng.integers(0, 256, (37, 45, 3)).astype("uint8")
+    caffe = _caffe_forward(weights, image, variant, at_once)
+    model, report = fcn_from_caffemodel(path)
+    assert (report["variant"], report["at_once"]) == (variant, at_once)
+    ours = model.predict(image[None], verbose=0)[0]
+    assert ours.shape == caffe.shape == (37, 45, K)
+    print(variant, "max |ours - caffe| / max |caffe|:", np.abs(ours - caffe).max() / np.abs(caffe).max())
+    np.testing.assert_allclose(ours, caffe, atol=1e-4 * np.abs(caffe).max())
