@@ -301,8 +301,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command-line flags of ``python -m fcn_keras.evaluate``."""
-    flags.DEFINE_string("model", None, "Trained FCN: a .keras file (from fcn_keras.train, any backend) or a run folder of "
-                        "fcn_keras.train (its best.keras, else last.keras).", required=True)
+    flags.DEFINE_string("model", None, "Trained FCN: a .keras file (from fcn_keras.train, any backend), a run folder of "
+                        "fcn_keras.train (its best.keras, else last.keras), or the authors' .caffemodel.", required=True)
     flags.DEFINE_string(
         "data",
         None,

@@ -234,7 +234,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
     flags.DEFINE_string("model", None, "Trained FCN: a .keras file from build_fcn / fcn_keras.train (TF or JAX backend), "
-                        "or a run folder of fcn_keras.train (its best.keras, else last.keras).")
+                        "a run folder of fcn_keras.train (its best.keras, else last.keras), or the authors' .caffemodel.")
     flags.DEFINE_string("export_dir", None, "Base folder; the SavedModel goes to <export_dir>/<name>/<version>/.")
     flags.DEFINE_string("name", "fcn8s", "Model name: the folder under --export_dir and TF Serving's --model_name.")
     flags.DEFINE_integer("version", 1, "Version number (>= 1): the folder under <export_dir>/<name>/.", lower_bound=1)

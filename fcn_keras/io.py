@@ -131,26 +131,37 @@ def resolve_model_file(path: str | os.PathLike) -> Path:
 
 
 def load_fcn(path: str | os.PathLike) -> keras.Model:
-    """Loads a ``.keras`` file saved from ``build_fcn`` (under any backend) and checks it.
+    """Loads a ``.keras`` file saved from ``build_fcn`` (under any backend), or converts one of the
+    authors' Caffe ``.caffemodel`` files (``fcn_keras.caffe_import``), and checks it.
 
     The model is loaded with ``compile=False``: the file's training configuration (loss,
     optimizer without its variables) is not needed to predict, and compiling it would only
     make Keras warn that the optimizer's variables are not in the file.
 
     Args:
-        path: a ``.keras`` file, or a training run folder (its ``best.keras``, else its
-            ``last.keras``; see ``resolve_model_file``).
+        path: a ``.keras`` file, a training run folder (its ``best.keras``, else its
+            ``last.keras``; see ``resolve_model_file``), or a ``.caffemodel`` FCN (converted
+            on every call, ~13 s for VGG16 sizes: ``python -m fcn_keras.caffe_import`` once
+            for repeated use).
 
     Returns:
         The model (not compiled), mapping RGB ``[B, H, W, 3]`` to logits ``[B, H, W, C]``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or is a folder without those files.
-        ValueError: ``path`` is not a ``.keras`` file, cannot be loaded, or is not an FCN.
+        ValueError: ``path`` is not a ``.keras`` or ``.caffemodel`` file, cannot be loaded, or
+            is not an FCN.
     """
     path = resolve_model_file(path)
+    if path.suffix == ".caffemodel":
+        from fcn_keras.caffe_import import fcn_from_caffemodel  # It builds models: imports fcn_keras.model.
+
+        model, report = fcn_from_caffemodel(path)
+        if report["source"] != "FCN":
+            raise ValueError(f"{path} holds a VGG16, not a trained FCN: its score layers would be zero")
+        return check_fcn(model, str(path))
     if path.suffix != ".keras":
-        raise ValueError(f"model must be a .keras file. Received: {path}")
+        raise ValueError(f"model must be a .keras file (or an FCN .caffemodel). Received: {path}")
     if not zipfile.is_zipfile(path):  # Keras would call it "File not found".
         raise ValueError(f"cannot load {path} as a Keras model: it is not a .keras archive (not a zip file)")
     try:

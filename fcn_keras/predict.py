@@ -309,7 +309,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
     flags.DEFINE_string("model", None, "A .keras FCN, a run folder of fcn_keras.train (its best.keras, else last.keras), "
-                        "or a SavedModel from fcn_keras.export (version folder or model folder).")
+                        "a SavedModel from fcn_keras.export (version folder or model folder), or the authors' .caffemodel.")
     flags.DEFINE_string("output_dir", None, "Folder for <stem>.png (VOC palette labels) and <stem>_overlay.<format>; "
                         "its files are not taken as inputs, and no output may replace an input file.")
     flags.DEFINE_boolean("overwrite", False, "Replace files at output paths that fcn_keras did not write (without it the "

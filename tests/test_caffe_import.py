@@ -342,3 +342,21 @@ def test_converted_net_predicts_what_caffe_computes(tmp_path, variant, at_once):
     assert ours.shape == caffe.shape == (37, 45, K)
     print(variant, "max |ours - caffe| / max |caffe|:", np.abs(ours - caffe).max() / np.abs(caffe).max())
     np.testing.assert_allclose(ours, caffe, atol=1e-4 * np.abs(caffe).max())
+
+
+def test_every_cli_loader_takes_an_fcn_caffemodel(fcn_file, tmp_path):
+    """evaluate, predict, export and train --init_from load models with io.load_fcn."""
+    from fcn_keras.io import load_fcn
+
+    path, _ = fcn_file
+    loaded = load_fcn(path)
+    expected, _ = fcn_from_caffemodel(path)
+    images = np.random.default_rng(5).integers(0, 256, (1, 19, 21, 3)).astype("uint8")
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected.predict(images, verbose=0))
+    vgg = tmp_path / "vgg.caffemodel"
+    rng = np.random.default_rng(6)
+    _write_net(vgg, [_layer(name, "Convolution", blobs) for name, blobs in _vgg_blobs(rng).items()]
+               + [_layer("fc6", "Convolution", [np.zeros((FC, 512, 7, 7)), np.zeros(FC)]),
+                  _layer("fc7", "Convolution", [np.zeros((FC, FC, 1, 1)), np.zeros(FC)])])
+    with pytest.raises(ValueError, match="vgg.caffemodel holds a VGG16, not a trained FCN"):
+        load_fcn(vgg)
