@@ -74,13 +74,16 @@ FCN_CAFFE_BGR_MEAN: tuple[float, float, float] = (104.00698793, 116.66876762, 12
 TORCH_RGB_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 TORCH_RGB_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: The BGR mean-subtracting modes and their means.
+BGR_MEANS: dict[str, tuple[float, float, float]] = {"caffe": CAFFE_BGR_MEAN, "caffe_fcn": FCN_CAFFE_BGR_MEAN}
+
 PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch", "caffe_fcn")
 
 #: uint8 RGB fill of image padding (crop windows leaving the image, batches of unequal sizes):
-#: the ImageNet mean colour (123.68, 116.78, 103.94) rounded, which both normalisations above map
-#: to about 0 (caffe: within 0.8; caffe_fcn: within 1.4; torch: within 0.01). Padded pixels then look to the network like
-#: the zeros its convolutions pad with, the reference geometry's 100 pixels included, instead of a
-#: black frame. Label padding is always IGNORE_LABEL.
+#: the ImageNet mean colour (123.68, 116.78, 103.94) rounded, which the normalisations above map
+#: to about 0 (caffe: within 0.8; caffe_fcn: within 1.4; torch: within 0.01). Padded pixels then
+#: look to the network like the zeros its convolutions pad with, the reference geometry's 100
+#: pixels included, instead of a black frame. Label padding is always IGNORE_LABEL.
 PAD_RGB: tuple[int, int, int] = (124, 116, 104)
 
 # --- Files ---------------------------------------------------------------------------------------

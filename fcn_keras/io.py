@@ -32,6 +32,7 @@ from PIL import Image, PngImagePlugin
 
 import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels models load too)
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
+from fcn_keras.caffe_import import fcn_from_caffemodel
 from fcn_keras.console import op_error_reason
 from fcn_keras.constants import JPEG_SIGNATURE, VOC_PALETTE
 from fcn_keras.files import atomic_path
@@ -154,8 +155,6 @@ def load_fcn(path: str | os.PathLike) -> keras.Model:
     """
     path = resolve_model_file(path)
     if path.suffix == ".caffemodel":
-        from fcn_keras.caffe_import import fcn_from_caffemodel  # It builds models: imports fcn_keras.model.
-
         model, report = fcn_from_caffemodel(path)
         if report["source"] != "FCN":
             raise ValueError(f"{path} holds a VGG16, not a trained FCN: its score layers would be zero")

@@ -15,8 +15,7 @@ from keras import ops
 
 from fcn_keras.surgery import bilinear_kernel
 from fcn_keras.constants import (
-    CAFFE_BGR_MEAN,
-    FCN_CAFFE_BGR_MEAN,
+    BGR_MEANS,
     PREPROCESSING_MODES,
     TORCH_RGB_MEAN,
     TORCH_RGB_STD,
@@ -52,10 +51,9 @@ class Preprocess(keras.layers.Layer):
 
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
-        if self.mode in ("caffe", "caffe_fcn"):
+        if self.mode in BGR_MEANS:
             x = ops.flip(x, axis=-1)  # RGB -> BGR
-            mean = CAFFE_BGR_MEAN if self.mode == "caffe" else FCN_CAFFE_BGR_MEAN
-            return x - ops.convert_to_tensor(mean, dtype=self.compute_dtype)
+            return x - ops.convert_to_tensor(BGR_MEANS[self.mode], dtype=self.compute_dtype)
         mean = ops.convert_to_tensor(TORCH_RGB_MEAN, dtype=self.compute_dtype)
         std = ops.convert_to_tensor(TORCH_RGB_STD, dtype=self.compute_dtype)
         return (x / 255.0 - mean) / std
