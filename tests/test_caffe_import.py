@@ -73,30 +73,44 @@ def _write_net(path, layers: list[bytes], name: str = "net") -> None:
     path.write_bytes(_field(1, name.encode()) + b"".join(layers))
 
 
+def _conv_blobs(rng, out: int, inputs: int, kernel: int, gain: float = 1.0) -> list[np.ndarray]:
+    """A Caffe convolution's [out, in, k, k] weight, He-scaled (random, non-symmetric; activations
+    neither vanish nor explode through VGG16), times ``gain``, and its [out] bias."""
+    weight = rng.normal(size=(out, inputs, kernel, kernel)) * np.sqrt(2 / (inputs * kernel * kernel)) * gain
+    return [weight, rng.normal(0, 0.1, out)]
+
+
 def _vgg_blobs(rng) -> dict[str, list[np.ndarray]]:
     """Caffe-shaped random weights of VGG16's convolutions, conv1_1 ... conv5_3."""
     blobs, channels = {}, 3
     for block, (width, convs) in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, convs + 1):
-            blobs[f"conv{block}_{conv}"] = [rng.normal(0, 0.1, (width, channels, 3, 3)), rng.normal(0, 0.1, width)]
+            blobs[f"conv{block}_{conv}"] = _conv_blobs(rng, width, channels, 3)
             channels = width
     return blobs
 
 
-def _fcn8s_at_once_blobs(rng) -> dict[str, tuple[str, list[np.ndarray]]]:
-    """The layers with weights of the authors' voc-fcn8s-atonce net (tiny fc/classes)."""
-    layers = {name: ("Convolution", b) for name, b in _vgg_blobs(rng).items()}
-    conv = lambda out, inp, k: ("Convolution", [rng.normal(0, 0.1, (out, inp, k, k)), rng.normal(0, 0.1, out)])  # noqa: E731
-    deconv = lambda k: ("Deconvolution", [rng.normal(0, 0.1, (K, K, k, k))])  # noqa: E731
-    layers.update(fc6=conv(FC, 512, 7), fc7=conv(FC, FC, 1), score_fr=conv(K, FC, 1), upscore2=deconv(4),
-                  scale_pool4=("Scale", [np.full(512, 0.01)]), score_pool4=conv(K, 512, 1), upscore_pool4=deconv(4),
-                  scale_pool3=("Scale", [np.full(256, 1e-4)]), score_pool3=conv(K, 256, 1), upscore8=deconv(16))
+def _fcn_layers(rng, variant: str = "8s", at_once: bool = True) -> dict[str, tuple[str, list[np.ndarray]]]:
+    """The layers with weights of the authors' voc-fcn{variant}(-atonce) net (tiny fc/classes), in
+    their order. At once, score_pool4/3 are 100 / 1e4 times larger, undoing the scale layers, so
+    the skips still count in the output."""
+    layers = {name: ("Convolution", blobs) for name, blobs in _vgg_blobs(rng).items()}
+    layers.update(fc6=("Convolution", _conv_blobs(rng, FC, 512, 7)), fc7=("Convolution", _conv_blobs(rng, FC, FC, 1)),
+                  score_fr=("Convolution", _conv_blobs(rng, K, FC, 1)))
+    deconv = lambda k: ("Deconvolution", [rng.normal(0, 0.3, (K, K, k, k))])  # noqa: E731
+    for block, channels, scale in ((4, 512, 0.01), (3, 256, 1e-4))[: {"32s": 0, "16s": 1, "8s": 2}[variant]]:
+        layers["upscore2" if block == 4 else "upscore_pool4"] = deconv(4)
+        if at_once:
+            layers[f"scale_pool{block}"] = ("Scale", [np.full(channels, scale)])
+        layers[f"score_pool{block}"] = ("Convolution", _conv_blobs(rng, K, channels, 1, 1 / scale if at_once else 1))
+    final = {"32s": ("upscore", 32), "16s": ("upscore16", 16), "8s": ("upscore8", 8)}[variant]
+    layers[final[0]] = deconv(2 * final[1])
     return layers
 
 
 @pytest.fixture(scope="module")
 def fcn_file(tmp_path_factory):
-    layers = _fcn8s_at_once_blobs(np.random.default_rng(0))
+    layers = _fcn_layers(np.random.default_rng(0))
     path = tmp_path_factory.mktemp("caffe") / "fcn8s-atonce.caffemodel"
     _write_net(path, [_layer(name, kind, blobs) for name, (kind, blobs) in layers.items()])
     return path, layers
@@ -312,24 +326,10 @@ def _caffe_forward(weights: dict[str, list[np.ndarray]], image: np.ndarray, vari
 
 @pytest.mark.parametrize("variant, at_once", [("32s", False), ("16s", False), ("8s", True)])
 def test_converted_net_predicts_what_caffe_computes(tmp_path, variant, at_once):
-    """Random, non-symmetric weights (He-scaled, so activations neither vanish nor explode) and an
-    odd-sized image: every offset, the ceil-mode pooling and the kernel layouts must be right."""
+    """Random, non-symmetric weights and an odd-sized image: every offset, the ceil-mode pooling
+    and the kernel layouts must be right."""
     rng = np.random.default_rng(4)
-    he = lambda o, i, k: rng.normal(size=(o, i, k, k)) * np.sqrt(2 / (i * k * k))  # noqa: E731
-    layers = {name: ("Convolution", [he(*w.shape[:3]), b]) for name, (w, b) in _vgg_blobs(rng).items()}
-    layers.update(fc6=("Convolution", [he(FC, 512, 7), rng.normal(0, 0.1, FC)]),
-                  fc7=("Convolution", [he(FC, FC, 1), rng.normal(0, 0.1, FC)]),
-                  score_fr=("Convolution", [he(K, FC, 1), rng.normal(0, 0.1, K)]))
-    deconv = lambda k: ("Deconvolution", [rng.normal(0, 0.3, (K, K, k, k))])  # noqa: E731
-    if variant != "32s":
-        layers["upscore2"] = deconv(4)
-        layers["score_pool4"] = ("Convolution", [he(K, 512, 1) * (100 if at_once else 1), rng.normal(0, 0.1, K)])
-    if variant == "8s":
-        layers["upscore_pool4"] = deconv(4)
-        layers["score_pool3"] = ("Convolution", [he(K, 256, 1) * (1e4 if at_once else 1), rng.normal(0, 0.1, K)])
-    if at_once:
-        layers.update(scale_pool4=("Scale", [np.full(512, 0.01)]), scale_pool3=("Scale", [np.full(256, 1e-4)]))
-    layers[{"32s": "upscore", "16s": "upscore16", "8s": "upscore8"}[variant]] = deconv(2 * {"32s": 32, "16s": 16, "8s": 8}[variant])
+    layers = _fcn_layers(rng, variant, at_once)
     path = tmp_path / f"fcn{variant}.caffemodel"
     _write_net(path, [_layer(name, kind, blobs) for name, (kind, blobs) in layers.items()])
     weights = {name: [blob.astype("float32").astype("float64") for blob in blobs] for name, (_, blobs) in layers.items()}
