@@ -93,6 +93,15 @@ PAD_RGB: tuple[int, int, int] = (124, 116, 104)
 #: whatever the file's name.
 JPEG_SIGNATURE: bytes = b"\xff\xd8\xff"
 
+#: The first bytes of every PNG file.
+PNG_SIGNATURE: bytes = b"\x89PNG\r\n\x1a\n"
+
+
+def png_bit_depth(head: bytes) -> int | None:
+    """The bit depth per sample in a PNG file's IHDR chunk (byte 24 of the file), or None if
+    ``head`` (the file's first bytes) is not a PNG's."""
+    return head[24] if len(head) > 24 and head.startswith(PNG_SIGNATURE) else None
+
 # --- Model family -----------------------------------------------------------------------------
 
 VARIANTS: tuple[str, ...] = ("32s", "16s", "8s")

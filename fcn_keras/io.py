@@ -34,7 +34,7 @@ import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels mod
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
 from fcn_keras.caffe_import import fcn_from_caffemodel
 from fcn_keras.console import op_error_reason
-from fcn_keras.constants import JPEG_SIGNATURE, VOC_PALETTE
+from fcn_keras.constants import JPEG_SIGNATURE, VOC_PALETTE, png_bit_depth
 from fcn_keras.files import atomic_path
 
 # --- Sizes -------------------------------------------------------------------------------------
@@ -258,16 +258,6 @@ def decode_jpeg(encoded: bytes, source: str | os.PathLike = "JPEG data") -> np.n
                          f"{op_error_reason(error.message)}") from error
 
 
-#: The first bytes of every PNG file.
-PNG_SIGNATURE: bytes = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_bit_depth(head: bytes) -> int | None:
-    """The bit depth per sample in a PNG file's IHDR chunk (byte 24 of the file), or None if
-    ``head`` (the file's first bytes) is not a PNG's."""
-    return head[24] if len(head) > 24 and head.startswith(PNG_SIGNATURE) else None
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads an image file as RGB, with the pixels that training and serving decode.
 
@@ -300,7 +290,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         except tf.errors.OpError as error:
             raise ValueError(f"cannot read image {path}: TensorFlow's decoder failed (as the SavedModel's "
                              f"would): {op_error_reason(error.message)}") from error
-    depth = _png_bit_depth(head)
+    depth = png_bit_depth(head)
     if depth is not None and depth > 8:  # PIL reads 16-bit RGB(A) PNGs as 8-bit modes, keeping the high byte.
         raise ValueError(f"cannot use image {path}: expected 8 bits per channel, found a {depth}-bit PNG")
     try:

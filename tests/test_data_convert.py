@@ -1,6 +1,6 @@
 """The converter: manifest and shards, exact contents, idempotence and resume, validation of
 every pair (clear errors, --skip_invalid with a report), SBD .mat, SegmentationClassAug,
-seg11valid, parallel determinism, and the CLI."""
+seg11valid, a dataset of your own (any classes, PNG images), parallel determinism, and the CLI."""
 
 import hashlib
 import json
@@ -16,10 +16,11 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
+from fcn_keras.constants import VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import records, voc
 from fcn_keras.data.convert import convert
-from fcn_keras.data.synthetic import make_synthetic_sbd, make_synthetic_voc
+from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_sbd, make_synthetic_voc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,11 +125,11 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, 
     encode = convert_lib._encode_pair
     calls = []
 
-    def dies_on_fifth(pair):
+    def dies_on_fifth(pair, num_classes):
         calls.append(pair.image_id)
         if len(calls) == 5:
             raise KeyboardInterrupt  # what a kill in the middle of shard 2 looks like to the writer
-        return encode(pair)
+        return encode(pair, num_classes)
 
     monkeypatch.setattr(convert_lib, "_encode_pair", dies_on_fifth)
     with pytest.raises(KeyboardInterrupt):
@@ -139,7 +140,7 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, 
     assert partial["complete"] is False and [s["name"] for s in partial["shards"]] == ["train-00000-of-00003.tfrecord"]
     stamp = (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns
     calls.clear()
-    monkeypatch.setattr(convert_lib, "_encode_pair", lambda pair: calls.append(pair.image_id) or encode(pair))
+    monkeypatch.setattr(convert_lib, "_encode_pair", lambda pair, num_classes: calls.append(pair.image_id) or encode(pair, num_classes))
     manifest = convert(voc_root, out, splits=("train",), shard_size=3, num_workers=1, verbose=False)
     assert calls == [f"synth_{i:06d}" for i in range(3, 7)]  # only the unfinished shards
     assert (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns == stamp
@@ -182,8 +183,8 @@ def _break_truncated_jpeg(vocdir: Path) -> str:
 
 
 def _break_not_jpeg(vocdir: Path) -> str:
-    Image.new("RGB", (48, 40)).save(vocdir / "JPEGImages/synth_000001.jpg", format="PNG")
-    return "JPEGImages/synth_000001.jpg: image is not a JPEG file"
+    Image.new("RGB", (48, 40)).save(vocdir / "JPEGImages/synth_000001.jpg", format="BMP")
+    return "JPEGImages/synth_000001.jpg: image is neither a JPEG nor a PNG file"
 
 
 def _break_rgb_mask(vocdir: Path) -> str:
@@ -333,3 +334,125 @@ def test_cli_converts_fails_clearly_and_skips_with_report(voc_root, tmp_path):
     helped = _cli("--help")
     for flag in ("voc_root", "output_dir", "sbd_root", "lists_dir", "splits", "skip_invalid", "num_workers", "shard_size", "max_images"):
         assert f"--{flag}" in helped.stdout
+
+
+# --- A dataset of your own --------------------------------------------------------------------
+
+
+@pytest.fixture
+def own(tmp_path):
+    return make_synthetic_folder_dataset(tmp_path / "mine", num_train=6, num_val=3, seed=4)
+
+
+def test_own_dataset_exact_contents_class_names_and_pixel_counts(own, tmp_path):
+    out = tmp_path / "records"
+    manifest = convert(None, out, **own, shard_size=4, num_workers=2, verbose=False)
+    assert manifest["class_names"] == ["background", "road", "car"]
+    assert manifest["source"]["class_names"] == manifest["class_names"]
+    without = {key: value for key, value in manifest.items() if key != "class_names"}
+    assert convert_lib.manifest_class_names(without) == VOC_CLASSES  # written before names were recorded: VOC
+    formats = set()
+    for split in ("train", "val"):
+        ids = (own["lists_dir"] / f"{split}.txt").read_text().split()
+        examples = _read_split(out, manifest, split)
+        assert list(examples) == ids
+        counts = np.zeros(256, np.int64)
+        for image_id, example in examples.items():
+            label = _indices(own["labels_dir"] / f"{image_id}.png")
+            np.testing.assert_array_equal(example["label"], label)
+            counts += np.bincount(label.ravel(), minlength=256)
+            (path,) = own["images_dir"].glob(f"{image_id}.*")
+            if path.suffix == ".png":  # Lossless: RGB, gray and palette PNGs give PIL's RGB pixels.
+                with Image.open(path) as png:
+                    np.testing.assert_array_equal(example["image"], np.array(png.convert("RGB")))
+            else:
+                np.testing.assert_array_equal(example["image"], tf.io.decode_jpeg(path.read_bytes(), channels=3).numpy())
+        for shard in manifest["splits"][split]["shards"]:
+            for serialized in tf.data.TFRecordDataset(str(out / shard["name"])):
+                formats.add(records.parse_features(serialized)["image/format"].numpy())
+        entry = manifest["splits"][split]
+        assert entry["class_pixels"] == counts[:3].tolist() and entry["void_pixels"] == counts[255] > 0
+        assert sum(counts[3:255]) == 0 and min(entry["class_pixels"]) > 0
+        assert entry["class_pixels"] == np.sum([s["class_pixels"] for s in entry["shards"]], axis=0).tolist()
+    assert formats == {b"jpeg", b"png"}
+    # A rerun keeps every shard (the pixel counts are in the manifest).
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
+    assert convert(None, out, **own, shard_size=4, verbose=False)["splits"] == manifest["splits"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")} == before
+
+
+def test_own_dataset_other_split_names_and_a_names_list(own, tmp_path):
+    (own["lists_dir"] / "holdout-2.txt").write_text("item_0001\nitem_0002\n")
+    manifest = convert(None, tmp_path / "r", **{**own, "class_names": "background,road,car"}, splits="holdout-2", verbose=False)
+    assert manifest["splits"]["holdout-2"]["num_examples"] == 2
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.tfrecord")) == ["holdout-2-00000-of-00001.tfrecord"]
+
+
+def _mask_value_beyond_the_classes(own) -> str:
+    path = own["labels_dir"] / "item_0002.png"
+    label = _indices(path)
+    label[3, 4] = 3
+    Image.fromarray(label, mode="L").save(path)
+    return r"masks/item_0002.png: mask values outside \{0..2, 255\}: \[3\]"
+
+
+def _two_images_for_one_id(own) -> str:
+    Image.new("RGB", (48, 40)).save(own["images_dir"] / "item_0002.png")
+    return r"id 'item_0002' has several images: item_0002.jpg, item_0002.png \(keep one\)"
+
+
+def _sixteen_bit_png_image(own) -> str:
+    path = own["images_dir"] / "item_0001.png"
+    with Image.open(path) as png:
+        width, height = png.size
+    Image.fromarray(np.zeros((height, width), np.uint16), mode="I;16").save(path)
+    return r"images/item_0001.png: image is a 16-bit PNG; expected 8 bits per channel"
+
+
+@pytest.mark.parametrize("breaker", [_mask_value_beyond_the_classes, _two_images_for_one_id, _sixteen_bit_png_image],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_own_dataset_invalid_pairs_name_the_file(own, tmp_path, breaker):
+    match = breaker(own)
+    with pytest.raises(voc.InvalidPairError, match=match):
+        convert(None, tmp_path / "r", **own, splits=("train",), verbose=False)
+    manifest = convert(None, tmp_path / "r", **own, splits=("train",), skip_invalid=True, verbose=False)
+    assert (manifest["splits"]["train"]["num_examples"], manifest["splits"]["train"]["num_skipped"]) == (5, 1)
+
+
+def test_own_dataset_bad_arguments(own, voc_root, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match=r"needs images_dir, labels_dir, lists_dir and class_names; missing: class_names"):
+        convert(None, out, **{**own, "class_names": None})
+    with pytest.raises(ValueError, match=r"drop voc_root\. Received: voc_root="):
+        convert(voc_root, out, **own)
+    with pytest.raises(ValueError, match=r"class_names names the classes of a dataset of your own"):
+        convert(voc_root, out, class_names="a,b")
+    with pytest.raises(ValueError, match=r"voc_root must be a VOCdevkit folder \(or pass images_dir"):
+        convert(None, out)
+    with pytest.raises(ValueError, match=r"split names must be letters.*Received: split='train/x'"):
+        convert(None, out, **own, splits=("train/x",))
+    with pytest.raises(ValueError, match=r"no id list for split 'test': .*test.txt does not exist \(lists there: \['train', 'val'\]\)"):
+        convert(None, out, **own, splits=("test",))
+    with pytest.raises(ValueError, match=r"labels_dir must be a folder\. Received: labels_dir="):
+        convert(None, out, **{**own, "labels_dir": tmp_path / "nowhere"})
+    for names, match in [("road", r"2 to 255 class names.*Received: 1 in"), ("a,b,a", r"distinct; repeated: \['a'\]"),
+                         ("a,,b", r"must not be empty")]:
+        with pytest.raises(ValueError, match=match):
+            convert(None, out, **{**own, "class_names": names})
+    assert not out.exists() or not list(out.glob("*.tfrecord"))
+    # Splits of other classes kept in the folder would be read with the wrong names: refused.
+    convert(voc_root, out, splits=("val",), verbose=False)
+    with pytest.raises(ValueError, match=r"holds splits \['val'\] of a dataset with other classes \(21: background"):
+        convert(None, out, **own, splits=("train",), verbose=False)
+
+
+def test_cli_converts_a_dataset_of_your_own(own, tmp_path):
+    out = tmp_path / "records"
+    done = _cli(f"--images_dir={own['images_dir']}", f"--labels_dir={own['labels_dir']}", f"--lists_dir={own['lists_dir']}",
+                f"--class_names={own['class_names']}", f"--output_dir={out}")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^train: 6 examples in 1 shard\(s\), 0 skipped; 3 of 3 classes present, \d+\.\d% void pixels$",
+                     done.stdout, re.MULTILINE), done.stdout
+    assert json.loads((out / "manifest.json").read_text())["class_names"] == ["background", "road", "car"]
+    both = _cli("--voc_root=x", f"--images_dir={own['images_dir']}", f"--output_dir={out}")
+    assert both.returncode == 2 and "--voc_root converts PASCAL VOC: drop --images_dir" in both.stderr

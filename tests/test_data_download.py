@@ -227,4 +227,4 @@ def test_convert_cli_downloads_what_the_splits_need(tmp_path, server, sources):
     both = _run(_CONVERT_MAIN, f"--download_dir={tmp_path / 'cache'}", f"--voc_root={tmp_path}", f"--output_dir={out}")
     assert both.returncode == 2 and "error: --download_dir finds the data itself: drop --voc_root, or drop --download_dir" in both.stderr
     neither = _run(_CONVERT_MAIN, f"--output_dir={out}")
-    assert neither.returncode == 2 and "error: pass --voc_root (a VOCdevkit folder) or --download_dir" in neither.stderr
+    assert neither.returncode == 2 and "error: pass --voc_root (a VOCdevkit folder), --download_dir" in neither.stderr

@@ -366,3 +366,32 @@ def test_tiny_images_survive_downscaling(tmp_path):
         for _, label_out in dataset.take(3):
             assert label_out.shape[1] >= 1 and label_out.shape[2] >= 1
             assert 4 in label_out.numpy() and set(np.unique(label_out.numpy()).tolist()) <= {4, IGNORE_LABEL}
+
+
+def test_png_images_give_what_a_jpeg_of_the_same_pixels_gives(tmp_path):
+    """A dataset of your own may hold PNG images: decoded whole, then cut, they must feed the
+    same windows (scale, crop, flip, padding) as the JPEG path's decode_and_crop_jpeg does."""
+    rng = np.random.default_rng(5)
+    label = rng.choice(np.array([0, 1, 2, IGNORE_LABEL], np.uint8), (45, 61))
+    # No chroma subsampling: then decode_and_crop_jpeg gives exactly the pixels of the whole decode.
+    jpeg, png = tmp_path / "pair.jpg", tmp_path / "pair.png"
+    Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(jpeg, quality=90, subsampling=0)
+    pixels = tf.io.decode_jpeg(jpeg.read_bytes(), channels=3).numpy()
+    Image.fromarray(pixels).save(png)
+    paths = {"jpeg": str(tmp_path / "jpeg.tfrecord"), "png": str(tmp_path / "png.tfrecord")}
+    for image_format, file in (("jpeg", jpeg), ("png", png)):
+        with tf.io.TFRecordWriter(paths[image_format]) as writer:
+            writer.write(records.encode_example("pair", file.read_bytes(), records.encode_label_png(label), 45, 61, image_format))
+    settings = [dict(crop_size=32, scale_range=(0.5, 2.0), flip=True), dict(crop_size=64, scale_range=None, flip=False),
+                dict(crop_size=None, scale_range=(0.7, 1.3), flip=True), dict(crop_size=None, scale_range=None, flip=False)]
+    for kwargs in settings:
+        got = [[t.numpy() for t in batch] for path in paths.values()
+               for batch in pipeline.train_dataset(path, batch_size=1, seed=3, deterministic=True, **kwargs).take(4)]
+        for (image_jpeg, label_jpeg), (image_png, label_png) in zip(got[:4], got[4:]):
+            np.testing.assert_array_equal(label_png, label_jpeg)
+            np.testing.assert_array_equal(image_png, image_jpeg)
+    (image, label_out), = [[t.numpy() for t in batch] for batch in pipeline.eval_dataset(paths["png"])]
+    np.testing.assert_array_equal(image[0], pixels)
+    np.testing.assert_array_equal(label_out[0], label)
+    with pytest.raises(ValueError, match=r"image_format must be one of \('jpeg', 'png'\)\. Received: image_format='gif'"):
+        records.encode_example("pair", png.read_bytes(), records.encode_label_png(label), 45, 61, "gif")

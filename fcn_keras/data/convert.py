@@ -1,20 +1,25 @@
-"""VOC 2012 / SBD → sharded TFRecords plus a manifest, validated, parallel, resumable.
+"""VOC 2012 / SBD (or a dataset of your own) → sharded TFRecords plus a manifest, validated,
+parallel, resumable.
 
     python -m fcn_keras.data.convert --voc_root=VOCdevkit --output_dir=data/voc
         [--sbd_root=benchmark_RELEASE] [--splits=train,val] [--skip_invalid] [--num_workers=8]
     python -m fcn_keras.data.convert --download_dir=downloads --output_dir=data/voc [--splits=...]
+    python -m fcn_keras.data.convert --images_dir=mine/images --labels_dir=mine/masks \
+        --lists_dir=mine/lists --class_names=mine/classes.txt --output_dir=data/mine [--splits=...]
 
 Writes ``<output_dir>/<split>-00000-of-0000N.tfrecord`` (schema in ``fcn_keras.data.records``)
 and ``<output_dir>/manifest.json``. Each shard goes to a temporary name and is renamed when
 complete, and the manifest is rewritten after every shard, so a killed run leaves only complete
 shards; the same command then resumes, keeping every shard whose inputs (ids, file sizes and
-times) and sha256 still match the manifest.
+times) and sha256 still match the manifest. The manifest also records the class names and,
+per shard and split, the pixel count of each class and of void.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -24,10 +29,12 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import __version__
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
 from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.data import download, records, voc
 from fcn_keras.files import atomic_path, file_digests, write_text_atomic
@@ -62,14 +69,21 @@ def _fingerprint(pairs: list[voc.Pair]) -> str:
     return digest.hexdigest()
 
 
-def _encode_pair(pair: voc.Pair) -> bytes | voc.Problem:
-    """Loads, validates and serializes one pair; a ``Problem`` when it is invalid."""
+def _encode_pair(pair: voc.Pair, num_classes: int) -> tuple[bytes, np.ndarray] | voc.Problem:
+    """Loads, validates and serializes one pair; a ``Problem`` when it is invalid.
+
+    Returns:
+        ``(serialized example, int64 [256] pixel count of each label value)``.
+    """
     try:
-        loaded = voc.load_pair(pair)
+        loaded = voc.load_pair(pair, num_classes)
     except voc.InvalidPairError as error:
         return error.problem
     label_png = records.encode_label_png(loaded.label)
-    return records.encode_example(loaded.image_id, loaded.image_bytes, label_png, loaded.height, loaded.width)
+    counts = np.bincount(loaded.label.ravel(), minlength=256)
+    return records.encode_example(
+        loaded.image_id, loaded.image_bytes, label_png, loaded.height, loaded.width, loaded.image_format
+    ), counts
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -88,6 +102,13 @@ def read_manifest(output_dir: str | os.PathLike) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("version") == records.SCHEMA_VERSION else None
 
 
+def manifest_class_names(manifest: dict) -> tuple[str, ...]:
+    """The class names a manifest records (index order); VOC's 21 for manifests written before
+    class names were recorded, which were all VOC / SBD conversions."""
+    names = manifest.get("class_names")
+    return tuple(names) if names else VOC_CLASSES
+
+
 def _problem_dict(split: str, problem: voc.Problem) -> dict:
     return {"split": split, "image_id": problem.image_id, "path": problem.path, "problem": problem.problem}
 
@@ -102,6 +123,7 @@ def _shard_is_current(output_dir: Path, old: dict | None, name: str, fingerprint
         old is not None
         and old.get("name") == name
         and old.get("fingerprint") == fingerprint
+        and "class_pixels" in old  # Written before pixel counts were recorded: count them now.
         and path.is_file()
         and file_digests(path, "sha256")[0] == old.get("sha256")
     )
@@ -113,33 +135,35 @@ def _write_shard(
     executor: concurrent.futures.Executor,
     progbar: keras.utils.Progbar | None,
     skip_invalid: bool,
-) -> tuple[int, list[voc.Problem]]:
+    num_classes: int,
+) -> tuple[int, list[voc.Problem], np.ndarray]:
     """Writes the valid pairs of one shard to a temporary file, then renames it to ``path``.
 
     Returns:
-        ``(num_examples, problems)`` of the shard.
+        ``(num_examples, problems, counts)`` of the shard; ``counts``: int64 ``[256]`` pixels
+        of each label value.
 
     Raises:
         InvalidPairError: the first invalid pair, unless ``skip_invalid``.
     """
-    problems, count = [], 0
+    problems, count, counts = [], 0, np.zeros(256, np.int64)
     with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        for result in executor.map(_encode_pair, pairs):
+        for result in executor.map(functools.partial(_encode_pair, num_classes=num_classes), pairs):
             if isinstance(result, voc.Problem):
                 if not skip_invalid:
                     raise voc.InvalidPairError(result)
                 problems.append(result)
             else:
-                writer.write(result)
+                writer.write(result[0])
+                counts += result[1]
                 count += 1
             if progbar is not None:
                 progbar.add(1)
-    return count, problems
+    return count, problems, counts
 
 
 def _convert_split(
     split: str,
-    voc_root: str | os.PathLike,
     output_dir: Path,
     manifest: dict,
     old_split: dict,
@@ -147,9 +171,7 @@ def _convert_split(
     executor: concurrent.futures.Executor,
 ) -> dict:
     """Converts one split, shard by shard, updating and saving ``manifest`` after each."""
-    list_path, pairs, problems = voc.resolve_pairs(
-        split, voc_root, sbd_root=options["sbd_root"], lists_dir=options["lists_dir"], max_images=options["max_images"]
-    )
+    list_path, pairs, problems = options["resolve"](split)
     if problems and not options["skip_invalid"]:
         raise voc.InvalidPairError(problems[0], more=len(problems) - 1)
     shard_size = options["shard_size"]
@@ -178,6 +200,8 @@ def _convert_split(
         "glob": Path(split_glob(output_dir, split)).name,
         "num_examples": 0,
         "num_skipped": 0,
+        "class_pixels": [0] * options["num_classes"],
+        "void_pixels": 0,
         "num_shards": num_shards,
         "shards": [],
         "skipped": [_problem_dict(split, p) for p in problems],
@@ -194,16 +218,22 @@ def _convert_split(
         if name in current:
             entry = old_shards[name]
         else:
-            count, shard_problems = _write_shard(output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"])
+            count, shard_problems, counts = _write_shard(
+                output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"]
+            )
             entry = {
                 "name": name,
                 "num_examples": count,
                 "sha256": file_digests(output_dir / name, "sha256")[0],
                 "fingerprint": fingerprint,
+                "class_pixels": counts[: options["num_classes"]].tolist(),
+                "void_pixels": int(counts[IGNORE_LABEL]),
                 "skipped": [_problem_dict(split, p) for p in shard_problems],
             }
         split_entry["shards"].append(entry)
         split_entry["num_examples"] += entry["num_examples"]
+        split_entry["class_pixels"] = [a + b for a, b in zip(split_entry["class_pixels"], entry["class_pixels"])]
+        split_entry["void_pixels"] += entry["void_pixels"]
         if name not in current:  # A new shard: recorded now, so a killed run keeps it.
             write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     split_entry["skipped"] += [problem for entry in split_entry["shards"] for problem in entry["skipped"]]
@@ -216,12 +246,15 @@ def _convert_split(
 
 
 def convert(
-    voc_root: str | os.PathLike,
+    voc_root: str | os.PathLike | None,
     output_dir: str | os.PathLike,
     *,
     splits: tuple[str, ...] | list[str] = ("train", "val"),
     sbd_root: str | os.PathLike | None = None,
     lists_dir: str | os.PathLike | None = None,
+    images_dir: str | os.PathLike | None = None,
+    labels_dir: str | os.PathLike | None = None,
+    class_names: str | os.PathLike | tuple[str, ...] | list[str] | None = None,
     skip_invalid: bool = False,
     num_workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -230,16 +263,26 @@ def convert(
 ) -> dict:
     """Converts dataset splits to sharded TFRecords and writes ``manifest.json``.
 
+    Two sources: PASCAL VOC / SBD (``voc_root``, ``sbd_root``), or a dataset of your own
+    (``images_dir``, ``labels_dir``, ``lists_dir``, ``class_names``; see ``fcn_keras.data.voc``).
+
     Idempotent and resumable: a shard already written whose inputs and sha256 match the
     manifest is kept as it is; others are rewritten (temporary file, then rename).
 
     Args:
-        voc_root: the VOCdevkit folder (the one holding ``VOC2012/``).
+        voc_root: the VOCdevkit folder (the one holding ``VOC2012/``); ``None`` with ``images_dir``.
         output_dir: where shards, ``manifest.json`` and ``skipped.json`` go (created).
         splits: names (or one comma-separated string) from ``fcn_keras.data.voc.SPLITS`` (``train``, ``val``, ``trainval``,
-            ``seg11valid``, ``train_aug``, ``sbd_train``, ``sbd_val``).
+            ``seg11valid``, ``train_aug``, ``sbd_train``, ``sbd_val``); for a dataset of your
+            own, any names with a ``<lists_dir>/<split>.txt``.
         sbd_root: SBD's folder holding ``dataset/`` (for ``sbd_*`` and ``train_aug``).
-        lists_dir: a folder searched first for ``<split>.txt`` id lists.
+        lists_dir: a folder searched first for ``<split>.txt`` id lists (the only place, for a
+            dataset of your own).
+        images_dir: a dataset of your own: its folder of ``<id>.jpg`` / ``.jpeg`` / ``.png`` images.
+        labels_dir: a dataset of your own: its folder of ``<id>.png`` masks (class indices, 255 = void).
+        class_names: a dataset of your own: its class names in index order (a file with one per
+            line, a comma-separated string or a sequence; 2 to 255 of them). Mask values must be
+            below their count (or 255).
         skip_invalid: skip invalid pairs (counted, and reported in ``skipped.json``) instead of
             stopping at the first.
         num_workers: threads reading and validating pairs (default: the CPU count).
@@ -248,9 +291,10 @@ def convert(
         verbose: print a line per split and a ``keras.utils.Progbar``.
 
     Returns:
-        The manifest: ``{"version", "format", "fcn_keras_version", "source", "shard_size",
-        "splits": {split: {"num_examples", "num_skipped", "shards": [{"name", "num_examples",
-        "sha256", ...}], "glob", "list", "skipped", ...}}, "skipped_report"}``.
+        The manifest: ``{"version", "format", "fcn_keras_version", "source", "class_names",
+        "shard_size", "splits": {split: {"num_examples", "num_skipped", "class_pixels",
+        "void_pixels", "shards": [{"name", "num_examples", "sha256", ...}], "glob", "list",
+        "skipped", ...}}, "skipped_report"}``.
 
     Raises:
         ValueError: bad arguments, a missing layout or list (named), or an invalid pair
@@ -260,9 +304,31 @@ def convert(
     splits = tuple(splits.split(",")) if isinstance(splits, str) else tuple(splits)
     if not splits:
         raise ValueError("splits must name at least one split. Received: splits=()")
-    for split in splits:
-        if split not in voc.SPLITS:
-            raise ValueError(f"splits must be among {voc.SPLITS}. Received: splits={splits!r}")
+    own = images_dir is not None or labels_dir is not None
+    if own:
+        given = [name for name, value in (("voc_root", voc_root), ("sbd_root", sbd_root)) if value is not None]
+        if given:
+            raise ValueError(f"images_dir/labels_dir convert a dataset of your own: drop {' and '.join(given)}. "
+                             f"Received: {', '.join(f'{n}={str(v)!r}' for n, v in (('voc_root', voc_root), ('sbd_root', sbd_root)) if v is not None)}")
+        missing = [name for name, value in (("images_dir", images_dir), ("labels_dir", labels_dir), ("lists_dir", lists_dir),
+                                            ("class_names", class_names)) if value is None]
+        if missing:
+            raise ValueError(f"a dataset of your own needs images_dir, labels_dir, lists_dir and class_names; missing: "
+                             f"{', '.join(missing)}")
+        for split in splits:
+            voc.check_split_name(split)
+        names = voc.read_class_names(class_names)
+    else:
+        if voc_root is None:
+            raise ValueError("voc_root must be a VOCdevkit folder (or pass images_dir, labels_dir, lists_dir and "
+                             "class_names for a dataset of your own). Received: voc_root=None")
+        if class_names is not None:
+            raise ValueError("class_names names the classes of a dataset of your own (with images_dir); VOC's are "
+                             f"fixed (fcn_keras.VOC_CLASSES). Received: class_names={class_names!r}")
+        for split in splits:
+            if split not in voc.SPLITS:
+                raise ValueError(f"splits must be among {voc.SPLITS}. Received: splits={splits!r}")
+        names = VOC_CLASSES
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be an integer >= 1. Received: shard_size={shard_size!r}")
     if max_images is not None and max_images < 1:
@@ -274,34 +340,51 @@ def convert(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # --- Manifest ----------------------------------------------------------------------------
-    source = {
-        "voc_root": str(Path(voc_root).resolve()),
-        "sbd_root": None if sbd_root is None else str(Path(sbd_root).resolve()),
-        "lists_dir": None if lists_dir is None else str(Path(lists_dir).resolve()),
-        "max_images": max_images,
-    }
+    def absolute(path):
+        return None if path is None else str(Path(path).resolve())
+
+    if own:
+        source = {"images_dir": absolute(images_dir), "labels_dir": absolute(labels_dir), "lists_dir": absolute(lists_dir),
+                  "max_images": max_images, "class_names": list(names)}
+
+        def resolve(split):
+            return voc.resolve_folder_pairs(split, images_dir, labels_dir, lists_dir, max_images=max_images)
+    else:
+        source = {"voc_root": absolute(voc_root), "sbd_root": absolute(sbd_root), "lists_dir": absolute(lists_dir),
+                  "max_images": max_images}
+
+        def resolve(split):
+            return voc.resolve_pairs(split, voc_root, sbd_root=sbd_root, lists_dir=lists_dir, max_images=max_images)
     old = read_manifest(output_dir) or {}
+    if old.get("splits") and manifest_class_names(old) != names:
+        kept = [split for split in old["splits"] if split not in splits]
+        if kept:
+            raise ValueError(
+                f"output_dir {str(output_dir)!r} holds splits {kept} of a dataset with other classes "
+                f"({len(manifest_class_names(old))}: {', '.join(manifest_class_names(old)[:4])}, ...); convert them "
+                "again with these classes too (--splits), or use another --output_dir"
+            )
     manifest = {
         "format": "fcn_keras.tfrecord",
         "version": records.SCHEMA_VERSION,
         "fcn_keras_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": source,
+        "class_names": list(names),
         "shard_size": shard_size,
         "splits": {s: entry for s, entry in old.get("splits", {}).items() if s not in splits},
         "skipped_report": None,
     }
     for split, entry in manifest["splits"].items():  # Kept from an earlier conversion: same data?
-        differences = [f"{key} {value!r} (now {source[key]!r})" for key, value in (entry.get("source") or {}).items()
+        differences = [f"{key} {value!r} (now {source.get(key)!r})" for key, value in (entry.get("source") or {}).items()
                        if source.get(key) != value]
         if differences:
             logger.warning("%s also holds split %r converted from other data: %s. A --data of this folder uses it "
                            "with the splits converted now; reconvert it or use another --output_dir",
                            output_dir, split, ", ".join(differences))
     options = {
-        "sbd_root": sbd_root,
-        "lists_dir": lists_dir,
-        "max_images": max_images,
+        "resolve": resolve,
+        "num_classes": len(names),
         "skip_invalid": skip_invalid,
         "shard_size": shard_size,
         "source": source,
@@ -314,7 +397,7 @@ def convert(
             old_split = old.get("splits", {}).get(split, {})
             if old_split.get("source") != source:
                 old_split = {}
-            _convert_split(split, voc_root, output_dir, manifest, old_split, options, executor)
+            _convert_split(split, output_dir, manifest, old_split, options, executor)
 
     # --- Report ------------------------------------------------------------------------------
     skipped = [problem for entry in manifest["splits"].values() for problem in entry["skipped"]]
@@ -330,8 +413,12 @@ def convert(
     if verbose:
         for split in splits:
             entry = manifest["splits"][split]
+            labelled = sum(entry["class_pixels"])
+            absent = [name for name, count in zip(names, entry["class_pixels"]) if not count]
             print(f"{split}: {entry['num_examples']} examples in {entry['num_shards']} shard(s), "
-                  f"{entry['num_skipped']} skipped")
+                  f"{entry['num_skipped']} skipped; {len(names) - len(absent)} of {len(names)} classes present, "
+                  f"{100 * entry['void_pixels'] / max(labelled + entry['void_pixels'], 1):.1f}% void pixels"
+                  + (f"; no pixel of: {', '.join(absent)}" if absent else ""))
         if skipped:
             print(f"skipped {len(skipped)} invalid pair(s); report: {report}")
     return manifest
@@ -346,8 +433,16 @@ def _define_flags() -> None:
     flags.DEFINE_string("voc_root", None, "VOCdevkit folder, the one holding VOC2012/ (or pass --download_dir).")
     flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards, manifest.json and skipped.json.", required=True)
     flags.DEFINE_string("sbd_root", None, "SBD folder holding dataset/{img,cls,train.txt,val.txt} (splits sbd_train, sbd_val, train_aug).")
-    flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt).")
-    flags.DEFINE_list("splits", ["train", "val"], f"Comma-separated splits among {', '.join(voc.SPLITS)}.")
+    flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt); "
+                        "for a dataset of your own, the folder of its lists.")
+    flags.DEFINE_string("images_dir", None, "A dataset of your own: the folder of its images, <id>.jpg, .jpeg or .png "
+                        "(with --labels_dir, --lists_dir and --class_names, instead of --voc_root).")
+    flags.DEFINE_string("labels_dir", None, "A dataset of your own: the folder of its masks, <id>.png of class indices "
+                        "(palette or grayscale PNGs; 255 = void).")
+    flags.DEFINE_string("class_names", None, "A dataset of your own: its class names in index order, a file with one per "
+                        "line or a comma-separated list (e.g. background,road,car).")
+    flags.DEFINE_list("splits", ["train", "val"], f"Comma-separated splits among {', '.join(voc.SPLITS)}; for a dataset "
+                      "of your own, any names with a <lists_dir>/<split>.txt.")
     flags.DEFINE_boolean("skip_invalid", False, "Skip invalid pairs, count them and write skipped.json, instead of stopping at the first.")
     flags.DEFINE_integer("num_workers", None, "Threads reading and validating pairs (default: the CPU count).", lower_bound=1)
     flags.DEFINE_integer("shard_size", DEFAULT_SHARD_SIZE, "At most this many examples per shard.", lower_bound=1)
@@ -362,22 +457,29 @@ def main(argv: list[str]) -> int | None:
     if len(argv) > 1:
         return usage_error("fcn_keras.data.convert", f"unexpected arguments: {argv[1:]}")
     roots = {"voc_root": FLAGS.voc_root, "sbd_root": FLAGS.sbd_root, "lists_dir": FLAGS.lists_dir}
+    own = {"images_dir": FLAGS.images_dir, "labels_dir": FLAGS.labels_dir, "class_names": FLAGS.class_names}
     try:
         if FLAGS.download_dir is not None:
-            given = [f"--{name}" for name, value in roots.items() if value is not None]
+            given = [f"--{name}" for name, value in {**roots, **own}.items() if value is not None]
             if given:
                 raise ValueError(f"--download_dir finds the data itself: drop {', '.join(given)}, or drop --download_dir")
             needed = download.sources_for_splits(FLAGS.splits)
             downloaded = download.download(needed, FLAGS.download_dir, mirror=FLAGS.download_mirror, verbose=not FLAGS.quiet)
             roots = {"voc_root": downloaded.voc_root, "sbd_root": downloaded.sbd_root, "lists_dir": downloaded.lists_dir}
-        elif FLAGS.voc_root is None:
-            raise ValueError("pass --voc_root (a VOCdevkit folder) or --download_dir (to download VOC 2012 and SBD)")
+        elif FLAGS.voc_root is None and all(value is None for value in own.values()):
+            raise ValueError("pass --voc_root (a VOCdevkit folder), --download_dir (to download VOC 2012 and SBD), or "
+                             "--images_dir, --labels_dir, --lists_dir and --class_names (a dataset of your own)")
+        elif FLAGS.voc_root is not None and any(value is not None for value in own.values()):
+            given = [f"--{name}" for name, value in own.items() if value is not None]
+            raise ValueError(f"--voc_root converts PASCAL VOC: drop {', '.join(given)} (they describe a dataset of your own), "
+                             "or drop --voc_root")
         convert(
             roots["voc_root"],
             FLAGS.output_dir,
             splits=FLAGS.splits,
             sbd_root=roots["sbd_root"],
             lists_dir=roots["lists_dir"],
+            **own,
             skip_invalid=FLAGS.skip_invalid,
             num_workers=FLAGS.num_workers,
             shard_size=FLAGS.shard_size,

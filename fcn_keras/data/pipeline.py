@@ -15,7 +15,8 @@ Evaluation (``eval_dataset``) yields whole images, padded the same way when batc
 batch's largest image, or to a fixed ``canvas`` so that every batch has one shape (one XLA
 compilation under JAX instead of one per image size).
 
-Only the JPEG region a window needs is decoded (``tf.io.decode_and_crop_jpeg``) and resized
+Only the JPEG region a window needs is decoded (``tf.io.decode_and_crop_jpeg``; PNG images of
+a dataset of your own are decoded whole, then cut) and resized
 (bilinear for the image, nearest neighbour only for the label), so the cost follows the crop.
 Randomness comes from stateless ops seeded by ``(seed, element index)``: with
 ``deterministic=True`` the stream is the same on every run, whatever the parallelism.
@@ -164,7 +165,7 @@ def augment(
     height = tf.cast(features["image/height"], tf.int32)
     width = tf.cast(features["image/width"], tf.int32)
     if scale_range is None and crop_size is None:
-        image = records.decode_image(features["image/encoded"], dct_method)
+        image = records.decode_image(features["image/encoded"], dct_method, features["image/format"])
         label = records.decode_label(features["label/encoded"])
     else:
         scale = tf.constant(1.0) if scale_range is None else _uniform(seeds[0], float(scale_range[0]), float(scale_range[1]))
@@ -179,10 +180,14 @@ def augment(
         ys = _axis_plan(height, scale, out_h, offset_y)
         xs = _axis_plan(width, scale, out_w, offset_x)
         crop_window = tf.stack([ys["src_start"], xs["src_start"], ys["src_len"], xs["src_len"]])
-        image = tf.io.decode_and_crop_jpeg(features["image/encoded"], crop_window, channels=3, dct_method=dct_method)
-        label = records.decode_label(features["label/encoded"])[
-            ys["src_start"] : ys["src_start"] + ys["src_len"], xs["src_start"] : xs["src_start"] + xs["src_len"], None
-        ]
+        rows = slice(ys["src_start"], ys["src_start"] + ys["src_len"])
+        cols = slice(xs["src_start"], xs["src_start"] + xs["src_len"])
+        image = tf.cond(
+            tf.equal(features["image/format"], b"png"),  # A PNG is decoded whole, then cut.
+            lambda: tf.io.decode_png(features["image/encoded"], channels=3)[rows, cols],
+            lambda: tf.io.decode_and_crop_jpeg(features["image/encoded"], crop_window, channels=3, dct_method=dct_method),
+        )
+        label = records.decode_label(features["label/encoded"])[rows, cols, None]
         image = _place(image, ys, xs, "bilinear", PAD_RGB)
         label = _place(label, ys, xs, "nearest", IGNORE_LABEL)[:, :, 0]
     if flip:
@@ -426,6 +431,28 @@ def resolve_data(
             )
         _check_record_file(sorted(files)[0], data)
     return globs
+
+
+def data_class_names(data: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names of a ``--data`` value, without converting anything.
+
+    Args:
+        data: a converted folder (its ``manifest.json`` records them), a TFRecord glob (the
+            manifest of the folder its files are in, if any), or a VOCdevkit root (VOC's 21).
+
+    Returns:
+        The names in index order, or ``None`` when ``data`` says nothing of its classes (a glob
+        of records without a manifest beside them, or a path that does not exist).
+    """
+    from fcn_keras.constants import VOC_CLASSES
+    from fcn_keras.data import convert as convert_lib
+
+    path = Path(data)
+    if path.is_dir() and (path / "VOC2012").is_dir() and not (path / convert_lib.MANIFEST_NAME).is_file():
+        return VOC_CLASSES
+    folder = path if path.is_dir() else path.parent
+    manifest = convert_lib.read_manifest(folder)
+    return None if manifest is None else convert_lib.manifest_class_names(manifest)
 
 
 def _check_record_file(path: str, data: str | os.PathLike) -> None:

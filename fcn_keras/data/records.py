@@ -6,11 +6,11 @@ Each record is a ``tf.train.Example`` with these features:
 key               type      value
 ================  ========  ============================================================
 ``image/id``      bytes     the dataset id, e.g. ``b"2007_000032"``
-``image/encoded`` bytes     the source JPEG file's bytes, as-is (never re-encoded)
-``image/format``  bytes     ``b"jpeg"``
+``image/encoded`` bytes     the source image file's bytes, as-is (never re-encoded)
+``image/format``  bytes     ``b"jpeg"`` or ``b"png"`` (8-bit PNG images of a dataset of your own)
 ``image/height``  int64     image height in pixels
 ``image/width``   int64     image width in pixels
-``label/encoded`` bytes     a single-channel 8-bit PNG of class indices (0..20, 255 = void)
+``label/encoded`` bytes     a single-channel 8-bit PNG of class indices (0..C-1, 255 = void)
 ``label/format``  bytes     ``b"png"``
 ================  ========  ============================================================
 """
@@ -25,6 +25,9 @@ from PIL import Image
 
 #: Version of the record schema, written to every manifest.
 SCHEMA_VERSION: int = 1
+
+#: The values of ``image/format``.
+IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "png")
 
 FEATURES: dict[str, tf.io.FixedLenFeature] = {
     "image/id": tf.io.FixedLenFeature([], tf.string),
@@ -65,25 +68,30 @@ def encode_label_png(label: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_example(image_id: str, image_bytes: bytes, label_png: bytes, height: int, width: int) -> bytes:
+def encode_example(
+    image_id: str, image_bytes: bytes, label_png: bytes, height: int, width: int, image_format: str = "jpeg"
+) -> bytes:
     """Serializes one image/label pair as a ``tf.train.Example``.
 
     Args:
         image_id: the dataset id of the pair.
-        image_bytes: the JPEG file's bytes, stored as-is.
+        image_bytes: the image file's bytes, stored as-is.
         label_png: a single-channel PNG of class indices (see ``encode_label_png``).
         height: image height in pixels (the label has the same size).
         width: image width in pixels.
+        image_format: ``"jpeg"`` or ``"png"``, the format of ``image_bytes``.
 
     Returns:
         The serialized ``tf.train.Example``.
     """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}. Received: image_format={image_format!r}")
     example = tf.train.Example(
         features=tf.train.Features(
             feature={
                 "image/id": _bytes_feature(image_id.encode("utf-8")),
                 "image/encoded": _bytes_feature(image_bytes),
-                "image/format": _bytes_feature(b"jpeg"),
+                "image/format": _bytes_feature(image_format.encode()),
                 "image/height": _int_feature(height),
                 "image/width": _int_feature(width),
                 "label/encoded": _bytes_feature(label_png),
@@ -109,20 +117,28 @@ def parse_features(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return tf.io.parse_single_example(serialized, FEATURES)
 
 
-def decode_image(encoded: tf.Tensor, dct_method: str = "") -> tf.Tensor:
-    """Decodes a record's JPEG to RGB.
+def decode_image(encoded: tf.Tensor, dct_method: str = "", image_format: tf.Tensor | str | None = None) -> tf.Tensor:
+    """Decodes a record's image to RGB.
 
     Args:
-        encoded: scalar ``tf.string``, JPEG bytes.
+        encoded: scalar ``tf.string``, the image file's bytes.
         dct_method: ``""`` (TensorFlow's default, libjpeg's fast integer IDCT ``JDCT_IFAST``:
             identical to ``"INTEGER_FAST"`` and to what ``tf.io.decode_image`` and
             ``fcn_keras.io.read_image`` decode) or ``"INTEGER_ACCURATE"`` (libjpeg's accurate
-            ``JDCT_ISLOW``, what PIL decodes; up to 20 levels apart on VOC photos).
+            ``JDCT_ISLOW``, what PIL decodes; up to 20 levels apart on VOC photos). JPEGs only.
+        image_format: the record's ``image/format`` (scalar ``tf.string``); ``None``: JPEG.
 
     Returns:
         uint8 ``[H, W, 3]``.
     """
-    image = tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
+
+    def jpeg() -> tf.Tensor:
+        return tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
+
+    if image_format is None:
+        image = jpeg()
+    else:
+        image = tf.cond(tf.equal(image_format, b"png"), lambda: tf.io.decode_png(encoded, channels=3), jpeg)
     image.set_shape([None, None, 3])
     return image
 
@@ -155,7 +171,7 @@ def parse_example(serialized: tf.Tensor, dct_method: str = "") -> dict[str, tf.T
     """
     features = parse_features(serialized)
     return {
-        "image": decode_image(features["image/encoded"], dct_method),
+        "image": decode_image(features["image/encoded"], dct_method, features["image/format"]),
         "label": decode_label(features["label/encoded"]),
         "image_id": features["image/id"],
         "height": features["image/height"],

@@ -4,6 +4,8 @@
 ``SegmentationClass``) of simple shapes, each shape one VOC class painted in a colour tied to
 its class (so a model can learn it), with a void (255) border around every shape as VOC has.
 ``make_synthetic_sbd(root, voc_root, ids)`` adds an SBD tree (``.mat`` masks) of those images.
+``make_synthetic_folder_dataset(root)`` writes a dataset of your own's layout (images, masks,
+lists, class names; see ``fcn_keras.data.voc``) with any number of classes and PNG images too.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ SIZE_JITTER = 0.125
 # --- Drawing ----------------------------------------------------------------------------------
 
 
-def _draw_pair(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draws one image and its label map: 1..3 shapes of random classes on a noisy background.
+def _draw_pair(rng: np.random.Generator, height: int, width: int, num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Draws one image and its label map: 1..3 shapes of random classes (1..num_classes - 1) on
+    a noisy background (class 0).
 
     Returns:
         ``(image uint8 [H, W, 3], label uint8 [H, W])``.
@@ -44,7 +47,7 @@ def _draw_pair(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     for _ in range(int(rng.integers(1, 4))):
-        cls = int(rng.integers(1, NUM_CLASSES))
+        cls = int(rng.integers(1, num_classes))
         x0, x1 = sorted(rng.integers(0, width, 2).tolist())
         y0, y1 = sorted(rng.integers(0, height, 2).tolist())
         x1, y1 = max(x1, x0 + width // 6), max(y1, y0 + height // 6)
@@ -122,6 +125,67 @@ def make_synthetic_voc(
     for split, split_ids in lists.items():
         (voc / LISTS_DIR / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     return root
+
+
+def make_synthetic_folder_dataset(
+    root: str | os.PathLike,
+    *,
+    class_names: tuple[str, ...] | list[str] = ("background", "road", "car"),
+    num_train: int = 6,
+    num_val: int = 3,
+    size: tuple[int, int] = (40, 48),
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Writes a small synthetic dataset in the layout of a dataset of your own.
+
+    Creates ``<root>/images/<id>.jpg`` (even ids, JPEG quality 95) and ``<id>.png`` (odd ids:
+    RGB, grayscale and palette PNGs in turn), ``<root>/masks/<id>.png`` (grayscale PNGs of class
+    indices: shapes of random classes 1..C-1 on class 0, 255 void borders), ``<root>/lists/
+    {train,val}.txt`` and ``<root>/classes.txt`` (one name per line). The same arguments always
+    write the same files.
+
+    Args:
+        root: the folder to write into; created if needed.
+        class_names: the ``C`` class names (2 to 255).
+        num_train: images in ``train.txt`` (>= 1).
+        num_val: images in ``val.txt`` (>= 0).
+        size: nominal ``(height, width)`` (each >= 8), varied by up to 12.5% per image.
+        seed: seed of the shapes, classes, sizes and noise.
+
+    Returns:
+        The converter's arguments: ``{"images_dir", "labels_dir", "lists_dir", "class_names"}``
+        (the last the path of ``classes.txt``).
+    """
+    if not 2 <= len(class_names) <= IGNORE_LABEL:
+        raise ValueError(f"class_names must hold 2 to {IGNORE_LABEL} names. Received: {len(class_names)} names")
+    if num_train < 1 or num_val < 0:
+        raise ValueError(f"num_train must be >= 1 and num_val >= 0. Received: num_train={num_train}, num_val={num_val}")
+    if len(size) != 2 or min(size) < 8:
+        raise ValueError(f"size must be (height, width) with both >= 8. Received: size={size!r}")
+    root = Path(root)
+    paths = {"images_dir": root / "images", "labels_dir": root / "masks", "lists_dir": root / "lists",
+             "class_names": root / "classes.txt"}
+    for key in ("images_dir", "labels_dir", "lists_dir"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = [f"item_{index:04d}" for index in range(num_train + num_val)]
+    png_modes = ("RGB", "L", "P")
+    for index, image_id in enumerate(ids):
+        jitter = rng.uniform(-SIZE_JITTER, SIZE_JITTER, 2)
+        height, width = (int(round(side * (1.0 + j))) for side, j in zip(size, jitter))
+        image, label = _draw_pair(rng, height, width, len(class_names))
+        picture = Image.fromarray(image, mode="RGB")
+        if index % 2 == 0:
+            picture.save(paths["images_dir"] / f"{image_id}.jpg", format="JPEG", quality=95)
+        else:
+            mode = png_modes[(index // 2) % len(png_modes)]
+            picture = picture.convert(mode) if mode == "L" else picture.quantize(64) if mode == "P" else picture
+            picture.save(paths["images_dir"] / f"{image_id}.png", format="PNG")
+        Image.fromarray(label, mode="L").save(paths["labels_dir"] / f"{image_id}.png", format="PNG")
+    for split, split_ids in (("train", ids[:num_train]), ("val", ids[num_train:])):
+        (paths["lists_dir"] / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
+    paths["class_names"].write_text("".join(f"{name}\n" for name in class_names))
+    return paths
 
 
 def make_synthetic_sbd(

@@ -14,12 +14,19 @@ val images not in SBD train, VOC masks); ``train_aug`` (masks from ``Segmentatio
 when that folder exists, otherwise each id's VOC mask or else its SBD mask); ``sbd_train`` and
 ``sbd_val`` (SBD images and masks). Lists named ``<split>.txt`` are looked up in ``lists_dir``
 first, then in ``VOC2012/ImageSets/Segmentation`` (SBD's lists in ``<sbd_root>/dataset``).
+
+A dataset of your own (``resolve_folder_pairs``): ``<images_dir>/<id>.jpg`` (or ``.jpeg``,
+``.png``), ``<labels_dir>/<id>.png`` (palette or grayscale PNGs of class indices, 255 = void)
+and ``<lists_dir>/<split>.txt`` for any split name; its classes are named in a list
+(``read_class_names``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +35,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn_keras.console import op_error_reason
-from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES
+from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES, PNG_SIGNATURE, png_bit_depth
 
 # --- Layouts ----------------------------------------------------------------------------------
 
@@ -37,9 +44,11 @@ AUG_SPLIT: str = "train_aug"
 SBD_SPLITS: dict[str, str] = {"sbd_train": "train.txt", "sbd_val": "val.txt"}
 SPLITS: tuple[str, ...] = (*VOC_SPLITS, AUG_SPLIT, *SBD_SPLITS)
 
-_VALID_VALUES = np.zeros(256, dtype=bool)
-_VALID_VALUES[:NUM_CLASSES] = True
-_VALID_VALUES[IGNORE_LABEL] = True
+#: Image file names a folder dataset's ids are looked up with, in this order.
+FOLDER_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+#: A folder dataset's split names: they name shard files and globs.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +83,14 @@ class InvalidPairError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedPair:
-    """A validated pair: the JPEG bytes as-is and the mask as class indices."""
+    """A validated pair: the image file's bytes as-is and the mask as class indices."""
 
     image_id: str
     image_bytes: bytes
     label: np.ndarray  # uint8 [H, W]
     height: int
     width: int
+    image_format: str = "jpeg"  # or "png"
 
 
 def voc_dir(voc_root: str | os.PathLike) -> Path:
@@ -188,6 +198,84 @@ def resolve_pairs(
     voc = None if split in SBD_SPLITS else voc_dir(voc_root)
     sbd = sbd_dir(sbd_root, split) if (split in SBD_SPLITS or sbd_root is not None) else None
     images = (sbd / "img") if split in SBD_SPLITS else (voc / "JPEGImages")
+    pairs, problems = _pair_list(
+        list_path, max_images, lambda image_id: (images / f"{image_id}.jpg", _label_path(split, image_id, voc, sbd))
+    )
+    return list_path, pairs, problems
+
+
+def check_split_name(split: str) -> None:
+    """A folder dataset's split name must be usable in file names and globs.
+
+    Raises:
+        ValueError: naming the split.
+    """
+    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+        raise ValueError(
+            "split names must be letters, digits, '_', '.' or '-' (they name the shard files and the list "
+            f"<split>.txt), starting with a letter or digit. Received: split={split!r}"
+        )
+
+
+def resolve_folder_pairs(
+    split: str,
+    images_dir: str | os.PathLike,
+    labels_dir: str | os.PathLike,
+    lists_dir: str | os.PathLike,
+    *,
+    max_images: int | None = None,
+) -> tuple[Path, list[Pair], list[Problem]]:
+    """Reads ``<lists_dir>/<split>.txt`` of a dataset of your own and pairs each id with its files.
+
+    An id's image is the first of ``<images_dir>/<id>`` + ``FOLDER_IMAGE_SUFFIXES`` that exists
+    (two of them is a problem: which one is meant?), its mask ``<labels_dir>/<id>.png``.
+
+    Args:
+        split: any name accepted by ``check_split_name``, e.g. ``train``.
+        images_dir: the folder of images.
+        labels_dir: the folder of masks.
+        lists_dir: the folder holding ``<split>.txt``, one id (a file name without its suffix) per line.
+        max_images: keep only the first ``max_images`` ids of the list.
+
+    Returns:
+        ``(list_path, pairs, problems)`` as ``resolve_pairs``.
+
+    Raises:
+        ValueError: a bad split name, or a missing folder or list (named).
+    """
+    check_split_name(split)
+    for name, folder in (("images_dir", images_dir), ("labels_dir", labels_dir), ("lists_dir", lists_dir)):
+        if folder is None or not Path(folder).is_dir():
+            raise ValueError(f"{name} must be a folder. Received: {name}={None if folder is None else str(folder)!r}")
+    list_path = Path(lists_dir) / f"{split}.txt"
+    if not list_path.is_file():
+        found = sorted(p.stem for p in Path(lists_dir).glob("*.txt"))
+        raise ValueError(f"no id list for split {split!r}: {list_path} does not exist (lists there: {found or 'none'})")
+    images, labels = Path(images_dir), Path(labels_dir)
+    ambiguous: list[Problem] = []
+
+    def files(image_id: str) -> tuple[Path, Path]:
+        candidates = [images / f"{image_id}{suffix}" for suffix in FOLDER_IMAGE_SUFFIXES]
+        present, inodes = [], set()
+        for candidate in candidates:  # On a case-insensitive disk, x.jpg and x.JPG are one file.
+            if candidate.is_file() and (inode := (candidate.stat().st_dev, candidate.stat().st_ino)) not in inodes:
+                present.append(candidate)
+                inodes.add(inode)
+        if len(present) > 1:
+            ambiguous.append(Problem(image_id, str(present[0]), f"id {image_id!r} has several images: "
+                                     f"{', '.join(p.name for p in present)} (keep one)"))
+        return (present[0] if present else candidates[0]), labels / f"{image_id}.png"
+
+    pairs, problems = _pair_list(list_path, max_images, files)
+    ambiguous_ids = {problem.image_id for problem in ambiguous}
+    return list_path, [p for p in pairs if p.image_id not in ambiguous_ids], ambiguous + problems
+
+
+def _pair_list(
+    list_path: Path, max_images: int | None, files_of
+) -> tuple[list[Pair], list[Problem]]:
+    """The pairs of the ids listed in ``list_path`` (``files_of(id) -> (image, mask)`` paths) whose
+    files exist, in list order, and a problem for each duplicate id or missing file."""
     entries = read_id_list(list_path)
     if max_images is not None:
         entries = entries[:max_images]
@@ -199,7 +287,7 @@ def resolve_pairs(
             )
             continue
         seen[image_id] = line_no
-        pair = Pair(image_id, images / f"{image_id}.jpg", _label_path(split, image_id, voc, sbd))
+        pair = Pair(image_id, *files_of(image_id))
         has_image, has_label = pair.image_path.is_file(), pair.label_path.is_file()
         if not has_image and not has_label:
             problems.append(
@@ -216,7 +304,41 @@ def resolve_pairs(
             problems.append(Problem(image_id, str(pair.label_path), "mask file is missing"))
         else:
             pairs.append(pair)
-    return list_path, pairs, problems
+    return pairs, problems
+
+
+def read_class_names(value: str | os.PathLike | Sequence[str]) -> tuple[str, ...]:
+    """The class names of a dataset, index order (the first is class 0).
+
+    Args:
+        value: a text file with one name per line (blank lines ignored), a comma-separated
+            string, or a sequence of names.
+
+    Returns:
+        At least 2 and at most 255 distinct, non-empty names (255 is the void label).
+
+    Raises:
+        ValueError: naming what is wrong (too few or many names, duplicates, an unreadable file).
+    """
+    if isinstance(value, (str, os.PathLike)) and Path(value).is_file():
+        source = f"class_names file {str(value)!r}"
+        try:
+            names = [line.strip() for line in Path(value).read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read {source}: {error}") from error
+        names = [name for name in names if name]
+    else:
+        source = f"class_names={value!r}"
+        names = [name.strip() for name in (value.split(",") if isinstance(value, str) else value)]
+        if not all(names):
+            raise ValueError(f"class names must not be empty. Received: {source}")
+    if not 2 <= len(names) <= IGNORE_LABEL:
+        raise ValueError(f"a dataset needs 2 to {IGNORE_LABEL} class names (a file with one per line, or a comma-separated "
+                         f"list; {IGNORE_LABEL} is the void label). Received: {len(names)} in {source}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names must be distinct; repeated: {repeated}. Received: {source}")
+    return tuple(names)
 
 
 # --- Reading and validating one pair ----------------------------------------------------------
@@ -252,7 +374,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             raise InvalidPairError(Problem(image_id, str(path), f"GTcls.Segmentation has shape {segmentation.shape}, expected [H, W]"))
         if segmentation.min() < 0 or segmentation.max() > 255:
             raise InvalidPairError(
-                Problem(image_id, str(path), f"mask values outside {{0..{NUM_CLASSES - 1}, {IGNORE_LABEL}}}: range {segmentation.min()}..{segmentation.max()}")
+                Problem(image_id, str(path), f"mask values outside 0..255: range {segmentation.min()}..{segmentation.max()}")
             )
         return segmentation.astype(np.uint8)
     try:
@@ -270,18 +392,19 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
         raise InvalidPairError(Problem(image_id, str(path), f"undecodable PNG mask ({error})"))
 
 
-def load_pair(pair: Pair) -> LoadedPair:
+def load_pair(pair: Pair, num_classes: int = NUM_CLASSES) -> LoadedPair:
     """Reads and validates one pair.
 
-    Checks: the image is a decodable JPEG (decoded with ``tf.io.decode_jpeg``, as the pipeline
-    does), the mask decodes to class indices, both have the same size, and every mask value is
-    in ``{0..20, 255}``.
+    Checks: the image is a decodable JPEG or 8-bit PNG (decoded with ``tf.io.decode_jpeg`` /
+    ``tf.io.decode_png``, as the pipeline does), the mask decodes to class indices, both have
+    the same size, and every mask value is a class (``0..num_classes - 1``) or 255 (void).
 
     Args:
         pair: the files of one id.
+        num_classes: the dataset's number of classes (21 for VOC).
 
     Returns:
-        The JPEG bytes as-is, the uint8 ``[H, W]`` label and the size.
+        The image bytes as-is with their format, the uint8 ``[H, W]`` label and the size.
 
     Raises:
         InvalidPairError: naming the file and the problem.
@@ -291,12 +414,19 @@ def load_pair(pair: Pair) -> LoadedPair:
         image_bytes = pair.image_path.read_bytes()
     except OSError as error:
         raise InvalidPairError(Problem(pair.image_id, image_path, f"unreadable image file ({error})"))
-    if not image_bytes.startswith(JPEG_SIGNATURE):
-        raise InvalidPairError(Problem(pair.image_id, image_path, "image is not a JPEG file"))
+    if image_bytes.startswith(JPEG_SIGNATURE):
+        image_format, decode = "jpeg", tf.io.decode_jpeg
+    elif image_bytes.startswith(PNG_SIGNATURE):
+        image_format, decode = "png", tf.io.decode_png
+        depth = png_bit_depth(image_bytes)
+        if depth is not None and depth > 8:
+            raise InvalidPairError(Problem(pair.image_id, image_path, f"image is a {depth}-bit PNG; expected 8 bits per channel"))
+    else:
+        raise InvalidPairError(Problem(pair.image_id, image_path, "image is neither a JPEG nor a PNG file"))
     try:
-        shape = tf.io.decode_jpeg(image_bytes, channels=3).shape
+        shape = decode(image_bytes, channels=3).shape
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        raise InvalidPairError(Problem(pair.image_id, image_path, f"undecodable JPEG ({op_error_reason(error.message)})"))
+        raise InvalidPairError(Problem(pair.image_id, image_path, f"undecodable {image_format.upper()} ({op_error_reason(error.message)})"))
     height, width = int(shape[0]), int(shape[1])
     label = read_label(pair.label_path)
     if label.shape != (height, width):
@@ -307,13 +437,13 @@ def load_pair(pair: Pair) -> LoadedPair:
                 f"mask is {label.shape[0]}x{label.shape[1]} (HxW) but its image {image_path} is {height}x{width}",
             )
         )
-    invalid = np.unique(label[~_VALID_VALUES[label]])
+    invalid = np.unique(label[(label >= num_classes) & (label != IGNORE_LABEL)])
     if invalid.size:
         raise InvalidPairError(
             Problem(
                 pair.image_id,
                 str(pair.label_path),
-                f"mask values outside {{0..{NUM_CLASSES - 1}, {IGNORE_LABEL}}}: {invalid.tolist()}",
+                f"mask values outside {{0..{num_classes - 1}, {IGNORE_LABEL}}}: {invalid.tolist()}",
             )
         )
-    return LoadedPair(pair.image_id, image_bytes, label, height, width)
+    return LoadedPair(pair.image_id, image_bytes, label, height, width, image_format)
