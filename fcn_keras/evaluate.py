@@ -32,7 +32,8 @@ from fcn_keras import viz
 from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
-from fcn_keras.data.pipeline import conversion_dir, eval_dataset, resolve_data
+from fcn_keras.data import voc
+from fcn_keras.data.pipeline import conversion_dir, data_class_names, eval_dataset, resolve_data
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import labels_model
 from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file
@@ -94,7 +95,7 @@ def evaluate_model(
     split: str = "val",
     output_dir: str | os.PathLike | None = None,
     max_images: int | None = None,
-    class_names: Sequence[str] = VOC_CLASSES,
+    class_names: Sequence[str] | None = None,
     batch_size: int = 1,
     canvas: tuple[int, int] | None = None,
     keep_predictions: int = 0,
@@ -110,7 +111,10 @@ def evaluate_model(
         output_dir: where ``metrics.json``, ``metrics.md`` and ``confusion.png`` go; nothing is
             written when ``None``.
         max_images: evaluate only the first N images (all when ``None``).
-        class_names: the ``C`` class names (VOC's 21 by default), for the table and figure.
+        class_names: the ``C`` class names, for the table and figure. ``None``: the data's
+            (``fcn_keras.data.pipeline.data_class_names``: recorded in its ``manifest.json``,
+            VOC's for a VOCdevkit root); for records that record none, VOC's 21 names for a
+            21-class model, else ``class 0``, ``class 1``, ....
         batch_size: images per device call. 1 evaluates every image exactly at its size; above
             1 the pipeline pads images (``PAD_RGB``, the mean colour) and labels (255, not
             counted) to the batch's largest size, which can change predictions near the right
@@ -133,7 +137,8 @@ def evaluate_model(
 
     Raises:
         FileNotFoundError: the model file does not exist.
-        ValueError: the model is not an FCN, its class count differs from ``len(class_names)``,
+        ValueError: the model is not an FCN, its class count differs from ``len(class_names)``
+            (or from the data's),
             the data matches nothing, a label lies outside ``[0, C)`` and is not 255, an image
             is larger than ``canvas``, or no image was evaluated.
     """
@@ -149,6 +154,15 @@ def evaluate_model(
         source = str(resolve_model_file(model))  # A run folder: record which checkpoint it was.
         model = load_fcn(source)
     num_classes = int(model.outputs[0].shape[-1])
+    if class_names is None:
+        class_names = data_class_names(data)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"model {source} predicts {num_classes} classes but data {str(data)!r} has {len(class_names)} "
+                f"({', '.join(class_names[:4])}, ...): it was trained on other data"
+            )
+        if class_names is None:
+            class_names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else tuple(f"class {i}" for i in range(num_classes))
     if num_classes != len(class_names):
         raise ValueError(
             f"model {source} predicts {num_classes} classes but {len(class_names)} class names were "
@@ -322,6 +336,9 @@ def define_flags() -> None:
         "last batch, so the model sees one input shape: one XLA compilation under JAX instead of one per image size. "
         "Default: exact sizes (batch 1) or the batch's largest image.",
     )
+    flags.DEFINE_string("class_names", None, "Class names for metrics.md and the confusion matrix, a file with one per "
+                        "line or a comma-separated list. Default: the data's (its manifest.json; VOC's for a VOCdevkit "
+                        "root or records without a manifest).")
     flags.DEFINE_string("cache_dir", "cache", "Where a VOCdevkit --data is converted to TFRecords, into "
                         "<cache_dir>/records-<hash of its path>: as fcn_keras.train does, so a root it trained on "
                         "with the same --cache_dir is not converted again.")
@@ -341,6 +358,7 @@ def main(argv: list[str]) -> int:
             max_images=FLAGS.max_images,
             batch_size=FLAGS.batch_size,
             canvas=canvas,
+            class_names=None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names),
             cache_dir=FLAGS.cache_dir,
         )
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.

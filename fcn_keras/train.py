@@ -38,7 +38,7 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
 from fcn_keras.console import progress_verbosity, usage_error
-from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS
+from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS, VOC_CLASSES
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.optimizers import CaffeSGD
 from fcn_keras.distribute import (
@@ -111,7 +111,7 @@ class TrainConfig:
     init_from: str = ""
     weights: str = "auto"
     preprocessing: str = "auto"
-    num_classes: int = NUM_CLASSES
+    num_classes: int | None = None
     epochs: int | None = None
     steps_per_epoch: int | None = None
     max_train_seconds: float = 0.0
@@ -157,6 +157,34 @@ def paper_learning_rate(variant: str, at_once: bool = False) -> float:
     return PAPER_LEARNING_RATES[key] * VOC_VALID_PIXELS_PER_IMAGE
 
 
+def _num_classes(config: TrainConfig) -> int:
+    """``num_classes``, or the data's class count when it is ``None`` (auto).
+
+    Raises:
+        ValueError: ``num_classes`` differs from the count the data records (its manifest): the
+            classes beyond it would be trained as void without a word, or the score layers
+            would have outputs no label ever asks for.
+    """
+    names = _class_names(config)
+    if config.num_classes is None:
+        return NUM_CLASSES if names is None else len(names)
+    if names is not None and config.num_classes != len(names):
+        raise ValueError(
+            f"num_classes must match the data, which has {len(names)} classes ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}); leave it unset to take them from the data. "
+            f"Received: num_classes={config.num_classes!r}, data={config.data or '(the synthetic demo)'!r}"
+        )
+    return config.num_classes
+
+
+def _class_names(config: TrainConfig) -> list[str] | None:
+    """The class names of the run's data (``None`` when its records say nothing of them)."""
+    from fcn_keras.data.pipeline import data_class_names
+
+    names = data_class_names(config.data) if config.data else VOC_CLASSES
+    return None if names is None else list(names)
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Validates ``config`` and fills its ``None`` ("auto") fields.
 
@@ -184,6 +212,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             values[key] = value
     if values["learning_rate"] is None:
         values["learning_rate"] = paper_learning_rate(config.variant, config.at_once)
+    values["num_classes"] = _num_classes(config)
     if values["weights"] == "auto":
         values["weights"] = "none" if (not config.data or config.init_from) else "imagenet"
     if not values["output_dir"]:
@@ -613,6 +642,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
             {
                 "config": dataclasses.asdict(config),
                 "data": {**globs, "num_train_examples": num_train},
+                "class_names": _class_names(config),
                 "monitor": monitor,
                 "init": init_report,
                 "num_parameters": model.count_params(),
@@ -792,7 +822,8 @@ def define_flags(flag_values=None) -> None:
                       "subtracted: keras.applications / the authors' Caffe VGG16) or torch (RGB / 255, mean/std: torchvision). "
                       "auto: caffe for imagenet and none, the known origin of a listed weights file (fcn_keras.backbone."
                       "KNOWN_WEIGHT_FILES), the source model's with --init_from; any other weights file needs it set.")
-    define("integer", "num_classes", d.num_classes, "Number of classes (21 for PASCAL VOC).")
+    define("integer", "num_classes", d.num_classes, "Number of classes. auto: the data's (the class names recorded by "
+                      "fcn_keras.data.convert in manifest.json; 21 for PASCAL VOC and for records without a manifest).")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
     define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
     define("float", "max_train_seconds", d.max_train_seconds, "Time budget: stop at the end of the first epoch by which this "

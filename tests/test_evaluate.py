@@ -139,6 +139,32 @@ def test_bad_input_gives_clear_errors(eval_workspace, tmp_path):
         evaluate_model(model, voc, split="test", cache_dir=eval_workspace["cache"], verbose=False)
 
 
+def test_class_names_come_from_the_data(eval_workspace, tmp_path):
+    import shutil
+
+    from fcn_keras.data.convert import convert
+    from fcn_keras.data.synthetic import make_synthetic_folder_dataset
+    from fcn_keras.model import build_fcn
+
+    own = make_synthetic_folder_dataset(tmp_path / "mine", class_names=("sky", "tree", "rock", "water"), num_train=1,
+                                        num_val=2, seed=3)
+    data = tmp_path / "records"
+    convert(None, data, **own, verbose=False)
+    model = build_fcn("32s", 4, fc_units=8, geometry="same")
+    results = evaluate_model(model, data, output_dir=tmp_path / "eval", verbose=False)
+    assert results["class_names"] == ["sky", "tree", "rock", "water"] and results["num_images"] == 2
+    assert "| water |" in (tmp_path / "eval" / "metrics.md").read_text()
+    # Records without a manifest: names for the count (VOC's for 21 classes).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for shard in data.glob("val-*.tfrecord"):
+        shutil.copy(shard, bare)
+    assert evaluate_model(model, str(bare / "*.tfrecord"), verbose=False)["class_names"] == [f"class {i}" for i in range(4)]
+    assert evaluate_model(model, str(bare / "*.tfrecord"), class_names=list("abcd"), verbose=False)["class_names"] == list("abcd")
+    with pytest.raises(ValueError, match=r"predicts 21 classes but data .* has 4 \(sky, tree, rock, water, \.\.\.\): it was trained on other data"):
+        evaluate_model(eval_workspace["model"], data, verbose=False)
+
+
 def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
     pytest.importorskip("jax")
     # One convolution: an FCN in shape (RGB in, 21-class logits out) that JAX compiles quickly

@@ -19,7 +19,9 @@ from absl import flags
 
 from fcn_keras import build_fcn
 from fcn_keras import callbacks as cb
-from fcn_keras.data.synthetic import make_synthetic_voc
+from fcn_keras.constants import VOC_CLASSES
+from fcn_keras.data.convert import convert
+from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_voc
 from fcn_keras.train import TrainConfig, TrainingDiverged, build_model, define_flags, resolve_config, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +77,7 @@ def test_run_writes_every_artefact(run32):
     assert config["backend"] == keras.backend.backend()
     assert config["distribution"]["devices"] and "git_commit" in config
     assert config["monitor"] == "val_mean_iu" and config["data"]["num_train_examples"] == 4
+    assert config["config"]["num_classes"] == 21 and config["class_names"] == list(VOC_CLASSES)  # auto: VOC's
 
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_done"] == 2
@@ -349,6 +352,25 @@ def test_data_glob_matching_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"--data: .*nothing matches.*" + "nothing-"):
         train(TrainConfig(**TINY, data=pattern, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c")))
     assert not (tmp_path / "out").exists()  # Bad input leaves no empty run folder behind.
+
+
+def test_num_classes_comes_from_the_data(voc_root, tmp_path):
+    own = make_synthetic_folder_dataset(tmp_path / "mine", num_train=4, num_val=2, seed=1)
+    data = tmp_path / "records"
+    convert(None, data, **own, verbose=False)
+    for value, expected in [(data, 3), (data / "train-*-of-*.tfrecord", 3), (voc_root, 21), ("", 21),
+                            (tmp_path / "nothing-*.tfrecord", 21)]:  # records without a manifest: VOC's
+        assert resolve_config(TrainConfig(data=str(value) if value else "")).num_classes == expected, value
+    # A count other than the data's would train its other classes as void, without a word.
+    for value, count in [(data, 21), (voc_root, 5), ("", 3)]:
+        with pytest.raises(ValueError, match=rf"num_classes must match the data, which has {21 if count != 21 else 3} classes"):
+            resolve_config(TrainConfig(data=str(value) if value else "", num_classes=count))
+    out = tmp_path / "out"
+    summary = train(TrainConfig(**{**TINY, "epochs": 1}, data=str(data), output_dir=str(out), cache_dir=str(tmp_path / "c")))
+    assert summary["status"] == "finished"
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["num_classes"] == 3 and record["class_names"] == ["background", "road", "car"]
+    assert keras.saving.load_model(out / "best.keras", compile=False).outputs[0].shape[-1] == 3
 
 
 def test_cli_reports_bad_data_and_exits_nonzero(tmp_path):
