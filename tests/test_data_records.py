@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn_keras.constants import VOC_CLASSES
 from fcn_keras.data import records
 from fcn_keras.data.convert import convert
 
@@ -85,3 +86,22 @@ def test_real_voc_records_decode_to_the_source_pixels_and_indices(shared_dir, tm
                 checked += 1
         assert ids == listed
     assert checked == 6
+
+
+def test_real_voc_as_a_dataset_of_your_own_gives_the_same_records(shared_dir, tmp_path):
+    """VOC's folders passed as a dataset of your own (its 21 names): byte-identical shards, and
+    the class pixel counts of the masks."""
+    voc_dir = shared_dir / "voc2012" / "VOCdevkit" / "VOC2012"
+    as_voc = convert(voc_dir.parent, tmp_path / "voc", splits=("val",), max_images=4, verbose=False)
+    own = convert(None, tmp_path / "own", images_dir=voc_dir / "JPEGImages", labels_dir=voc_dir / "SegmentationClass",
+                  lists_dir=voc_dir / "ImageSets/Segmentation", class_names=VOC_CLASSES, splits=("val",), max_images=4,
+                  verbose=False)
+    (shard,) = own["splits"]["val"]["shards"]
+    assert (tmp_path / "own" / shard["name"]).read_bytes() == (tmp_path / "voc" / shard["name"]).read_bytes()
+    counts = np.zeros(256, np.int64)
+    for image_id in (voc_dir / "ImageSets/Segmentation/val.txt").read_text().split()[:4]:
+        with Image.open(voc_dir / "SegmentationClass" / f"{image_id}.png") as png:
+            counts += np.bincount(np.array(png).ravel(), minlength=256)
+    for manifest in (as_voc, own):
+        assert manifest["splits"]["val"]["class_pixels"] == counts[:21].tolist()
+        assert manifest["splits"]["val"]["void_pixels"] == counts[255] > 0
