@@ -8,9 +8,12 @@ relation between the two and how the paper's learning rates translate.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from fcn_keras.constants import IGNORE_LABEL
@@ -66,8 +69,14 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     Labels outside ``[0, C)`` cannot raise an error inside a compiled step; a model with fewer
     classes than its data's labels (say 3 on VOC's 21) trains on the pixels of its own classes.
 
+    With ``class_weights`` (the class balancing of the paper's section 4.3, which it found
+    unnecessary on VOC) each valid pixel weighs ``w[label]`` and the mean is weighted:
+    ``sum_p w[y_p] l_p / sum_p w[y_p]``.
+
     Args:
         ignore_label: label value of void pixels (255 in VOC).
+        class_weights: ``None`` (every pixel weighs 1) or ``C`` non-negative finite weights, one
+            per class (see ``median_frequency_weights``); checked against the logits' ``C``.
         reduction: ``"sum_over_batch_size"`` (default), ``"mean"`` or
             ``"mean_with_sample_weight"``: all three are the mean over valid pixels (weighted by
             ``sample_weight`` when given). ``"sum"``: the paper's summed loss. ``"none"`` /
@@ -86,6 +95,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     def __init__(
         self,
         ignore_label: int = IGNORE_LABEL,
+        class_weights: Sequence[float] | None = None,
         reduction: str | None = "sum_over_batch_size",
         name: str = "segmentation_cross_entropy",
         **kwargs: Any,
@@ -97,18 +107,30 @@ class SegmentationCrossEntropy(keras.losses.Loss):
                 f"ignore_label must be a non-negative integer. Received: ignore_label={ignore_label!r}"
             )
         self.ignore_label = ignore_label
+        if class_weights is not None:
+            class_weights = [float(w) for w in class_weights]
+            if len(class_weights) < 2 or not all(math.isfinite(w) and w >= 0 for w in class_weights) or not any(class_weights):
+                raise ValueError(
+                    "class_weights must be None or one finite weight >= 0 per class (at least 2, not all 0). "
+                    f"Received: class_weights={class_weights!r}"
+                )
+        self.class_weights = class_weights
 
     # --- Per-pixel losses ----------------------------------------------------------------------
 
     def pixel_losses(self, y_true, y_pred):
-        """Per-pixel cross-entropy and the validity mask.
+        """Per-pixel cross-entropy and weight.
 
         Args:
             y_true: int or uint8 labels ``[B, H, W]`` or ``[B, H, W, 1]``.
             y_pred: float logits ``[B, H, W, C]``.
 
         Returns:
-            ``(losses, valid)``: float32 ``[B, H, W]`` each; ``losses`` is 0 where ``valid`` is 0.
+            ``(losses, weights)``: float32 ``[B, H, W]`` each; ``weights`` is 0 at void pixels,
+            else 1 (or the class weight of the pixel's label); ``losses`` is 0 at void pixels.
+
+        Raises:
+            ValueError: ``class_weights`` has not ``C`` entries.
         """
         y_pred = ops.cast(y_pred, "float32")
         labels, valid = class_labels(y_true, y_pred, self.ignore_label)
@@ -116,14 +138,19 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         safe_labels = ops.where(valid, labels, 0)
         losses = ops.sparse_categorical_crossentropy(safe_labels, y_pred, from_logits=True)
         valid = ops.cast(valid, "float32")
-        return losses * valid, valid
+        weights = valid
+        if self.class_weights is not None:
+            if y_pred.shape[-1] != len(self.class_weights):
+                raise ValueError(f"class_weights has {len(self.class_weights)} entries but the logits have "
+                                 f"{y_pred.shape[-1]} classes. Received: class_weights={self.class_weights!r}")
+            weights = valid * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe_labels)
+        return losses * valid, weights
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         with keras.name_scope(self.name):
-            losses, valid = self.pixel_losses(y_true, y_pred)
-            weights = valid
+            losses, weights = self.pixel_losses(y_true, y_pred)
             if sample_weight is not None:
-                weights = valid * ops.cast(pixel_sample_weight(sample_weight, len(valid.shape)), "float32")
+                weights = weights * ops.cast(pixel_sample_weight(sample_weight, len(weights.shape)), "float32")
             if self.reduction in (None, "none"):
                 return losses * weights
             total = ops.sum(losses * weights)
@@ -137,7 +164,33 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         return self.pixel_losses(y_true, y_pred)[0]
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "ignore_label": self.ignore_label}
+        return {**super().get_config(), "ignore_label": self.ignore_label, "class_weights": self.class_weights}
+
+
+def median_frequency_weights(class_pixels: Sequence[int]) -> list[float]:
+    """Class weights from pixel counts: ``w_c = median_k(f_k) / f_c`` with ``f_c`` the
+    fraction of labelled pixels that are of class ``c`` (median over the classes present).
+
+    Eigen & Fergus' median frequency balancing, with frequencies over the whole split (theirs
+    count, for each class, only the images where it appears). A class with no pixel gets weight
+    0: no pixel ever asks for it. The weights of a balanced split are all 1.
+
+    Args:
+        class_pixels: the pixels of each class, e.g. a split's ``class_pixels`` in the
+            converter's ``manifest.json``.
+
+    Returns:
+        One weight per class.
+
+    Raises:
+        ValueError: fewer than 2 counts, a negative count, or no pixel at all.
+    """
+    counts = np.asarray(class_pixels, np.float64)
+    if counts.ndim != 1 or len(counts) < 2 or (counts < 0).any() or not counts.sum():
+        raise ValueError(f"class_pixels must be >= 2 non-negative counts, not all 0. Received: class_pixels={list(class_pixels)!r}")
+    frequencies = counts / counts.sum()
+    median = float(np.median(frequencies[counts > 0]))
+    return [median / f if f > 0 else 0.0 for f in frequencies.tolist()]
 
 
 def _global_sum(count):

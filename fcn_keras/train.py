@@ -112,6 +112,7 @@ class TrainConfig:
     weights: str = "auto"
     preprocessing: str = "auto"
     num_classes: int | None = None
+    class_weights: str = "none"
     epochs: int | None = None
     steps_per_epoch: int | None = None
     max_train_seconds: float = 0.0
@@ -241,6 +242,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         )
     if not resolved.learning_rate > 0 or not math.isfinite(resolved.learning_rate):
         raise ValueError(f"learning_rate must be a positive number. Received: learning_rate={resolved.learning_rate!r}")
+    if resolved.class_weights not in ("none", "median_frequency"):
+        weights = _listed_weights(resolved.class_weights)
+        if len(weights) != resolved.num_classes or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise ValueError(f"class_weights must list {resolved.num_classes} finite weights >= 0 (num_classes), not all 0. "
+                             f"Received: class_weights={resolved.class_weights!r}")
     if not 0.0 <= resolved.momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1). Received: momentum={resolved.momentum!r}")
     if resolved.weight_decay < 0:
@@ -258,7 +264,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 #: Fields that must not change when a run resumes from its backup.
 _RESUME_KEYS = (
-    "variant", "data", "init_from", "num_classes", "steps_per_epoch", "batch_size", "crop_size",
+    "variant", "data", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size", "crop_size",
     "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
     "distribute", "deterministic", "preprocessing",
 )  # fmt: skip
@@ -353,11 +359,8 @@ def rebuilt_per_iterator(make_dataset: Callable[[], Any]) -> Any:
     return dataset.with_options(make_dataset().options())
 
 
-def count_examples(pattern: str) -> int:
-    """Number of records matching a TFRecord glob: from the converter's manifest.json when the
-    glob is one of its splits, else by reading the files."""
-    import tensorflow as tf
-
+def _split_entry(pattern: str) -> dict[str, Any] | None:
+    """The converter's manifest entry of the split whose glob ``pattern`` is, if any."""
     from fcn_keras.data import convert as convert_lib
 
     folder = Path(pattern).parent
@@ -365,9 +368,55 @@ def count_examples(pattern: str) -> int:
     if manifest is not None:
         for entry in manifest.get("splits", {}).values():
             if str(folder / entry.get("glob", "")) == pattern:
-                return int(entry["num_examples"])
+                return entry
+    return None
+
+
+def count_examples(pattern: str) -> int:
+    """Number of records matching a TFRecord glob: from the converter's manifest.json when the
+    glob is one of its splits, else by reading the files."""
+    import tensorflow as tf
+
+    entry = _split_entry(pattern)
+    if entry is not None:
+        return int(entry["num_examples"])
     files = tf.io.gfile.glob(pattern)
     return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def class_weights_of(config: TrainConfig, train_glob: str) -> list[float] | None:
+    """The loss's class weights for a resolved config's ``class_weights``.
+
+    Returns:
+        ``None`` for ``"none"``; the listed weights; or ``median_frequency_weights`` of the
+        training split's class pixel counts (the converter's manifest).
+
+    Raises:
+        ValueError: ``median_frequency`` on records whose manifest has no pixel counts.
+    """
+    from fcn_keras.losses import median_frequency_weights
+
+    if config.class_weights == "none":
+        return None
+    if config.class_weights != "median_frequency":
+        return _listed_weights(config.class_weights)
+    entry = _split_entry(train_glob)
+    if entry is None or "class_pixels" not in entry:
+        raise ValueError(
+            "class_weights=median_frequency needs the class pixel counts that fcn_keras.data.convert records in "
+            f"manifest.json, and the training records {train_glob} have none: convert the data (again) or list "
+            "the weights"
+        )
+    return median_frequency_weights(entry["class_pixels"])
+
+
+def _listed_weights(value: str) -> list[float]:
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"class_weights must be none, median_frequency or one number per class, comma-separated. Received: class_weights={value!r}"
+        ) from None
 
 
 # --- Model ------------------------------------------------------------------------------------
@@ -610,6 +659,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     val_glob = globs.get("val") if config.val_steps != 0 else None
     monitor = "val_mean_iu" if val_glob else "mean_iu"
     num_train = count_examples(globs["train"])
+    class_weights = class_weights_of(config, globs["train"])
 
     # --- Model ---
     with distribution.scope():
@@ -617,7 +667,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         total_steps = config.epochs * config.steps_per_epoch
         model.compile(
             optimizer=make_optimizer(config, total_steps),
-            loss=SegmentationCrossEntropy(ignore_label=IGNORE_LABEL),
+            loss=SegmentationCrossEntropy(ignore_label=IGNORE_LABEL, class_weights=class_weights),
             metrics=[ConfusionMatrix(config.num_classes, ignore_label=IGNORE_LABEL, name="mean_iu")],
             jit_compile=JIT_COMPILE[config.jit_compile],
         )
@@ -643,6 +693,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
                 "config": dataclasses.asdict(config),
                 "data": {**globs, "num_train_examples": num_train},
                 "class_names": _class_names(config),
+                "class_weights": class_weights,
                 "monitor": monitor,
                 "init": init_report,
                 "num_parameters": model.count_params(),
@@ -824,6 +875,10 @@ def define_flags(flag_values=None) -> None:
                       "KNOWN_WEIGHT_FILES), the source model's with --init_from; any other weights file needs it set.")
     define("integer", "num_classes", d.num_classes, "Number of classes. auto: the data's (the class names recorded by "
                       "fcn_keras.data.convert in manifest.json; 21 for PASCAL VOC and for records without a manifest).")
+    define("string", "class_weights", d.class_weights, "Loss weight of each class's pixels: none (the paper's: all 1; it "
+                     "found class balancing unnecessary on VOC), median_frequency (median class frequency / the class's, "
+                     "from the training split's pixel counts in the converter's manifest.json; for unbalanced data of "
+                     "your own), or one number per class, comma-separated. The loss is then the weighted mean.")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
     define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
     define("float", "max_train_seconds", d.max_train_seconds, "Time budget: stop at the end of the first epoch by which this "

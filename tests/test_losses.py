@@ -9,7 +9,7 @@ import tensorflow as tf
 import keras
 
 from fcn_keras.constants import IGNORE_LABEL
-from fcn_keras.losses import SegmentationCrossEntropy
+from fcn_keras.losses import SegmentationCrossEntropy, median_frequency_weights
 
 
 def reference_pixel_losses(labels: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +129,49 @@ def test_sample_weight_with_a_channel_axis_like_the_labels():
     loss = SegmentationCrossEntropy()
     expected = float(loss(labels, logits, sample_weight=weights))
     assert float(loss(labels[..., None], logits, sample_weight=weights[..., None])) == pytest.approx(expected, rel=1e-6)
+
+
+# --- Class weights (the paper's section 4.3 class balancing) ----------------------------------
+
+
+def test_class_weights_give_the_weighted_mean_over_valid_pixels():
+    labels, logits = random_batch(4, classes=4)
+    losses, valid = reference_pixel_losses(labels, logits)
+    weights = np.array([0.5, 1.0, 3.0, 0.0])
+    pixel_weights = np.where(valid, weights[np.where(valid, labels, 0)], 0.0)
+    expected = (losses * pixel_weights).sum() / pixel_weights.sum()
+    loss = SegmentationCrossEntropy(class_weights=weights.tolist())
+    np.testing.assert_allclose(float(loss(labels, logits)), expected, rtol=1e-5)
+    assert float(loss(labels, logits)) != pytest.approx(float(SegmentationCrossEntropy()(labels, logits)), rel=1e-3)
+    # A class of weight 0 is as void: its logits change nothing.
+    changed = logits.copy()
+    changed[labels == 3] = 1e4
+    np.testing.assert_allclose(float(loss(labels, changed)), float(loss(labels, logits)), rtol=1e-6)
+    per_pixel = SegmentationCrossEntropy(class_weights=weights.tolist(), reduction="none")(labels, logits)
+    np.testing.assert_allclose(np.asarray(per_pixel), losses * pixel_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_class_weights_survive_get_config_and_a_saved_model(tmp_path):
+    loss = SegmentationCrossEntropy(class_weights=[1, 2, 0.5])
+    assert SegmentationCrossEntropy.from_config(loss.get_config()).class_weights == [1.0, 2.0, 0.5]
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    model.compile("sgd", loss=loss)
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").loss.class_weights == [1.0, 2.0, 0.5]
+
+
+def test_bad_class_weights_are_refused():
+    labels, logits = random_batch(0, classes=5)
+    with pytest.raises(ValueError, match=r"class_weights has 3 entries but the logits have 5 classes"):
+        SegmentationCrossEntropy(class_weights=[1, 1, 1])(labels, logits)
+    for weights in ([1, -1], [0, 0], [1, float("nan")], [2]):
+        with pytest.raises(ValueError, match=r"class_weights must be None or one finite weight >= 0 per class"):
+            SegmentationCrossEntropy(class_weights=weights)
+
+
+def test_median_frequency_weights():
+    assert median_frequency_weights([600, 300, 100, 0]) == pytest.approx([0.5, 1.0, 3.0, 0.0])  # median of .6, .3, .1
+    assert median_frequency_weights([7, 7, 7]) == pytest.approx([1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"class_pixels must be >= 2 non-negative counts"):
+        median_frequency_weights([0, 0])

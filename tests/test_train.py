@@ -22,7 +22,8 @@ from fcn_keras import callbacks as cb
 from fcn_keras.constants import VOC_CLASSES
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_voc
-from fcn_keras.train import TrainConfig, TrainingDiverged, build_model, define_flags, resolve_config, train
+from fcn_keras.losses import median_frequency_weights
+from fcn_keras.train import TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, resolve_config, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -354,7 +355,7 @@ def test_data_glob_matching_nothing(tmp_path):
     assert not (tmp_path / "out").exists()  # Bad input leaves no empty run folder behind.
 
 
-def test_num_classes_comes_from_the_data(voc_root, tmp_path):
+def test_num_classes_and_class_weights_come_from_the_data(voc_root, tmp_path):
     own = make_synthetic_folder_dataset(tmp_path / "mine", num_train=4, num_val=2, seed=1)
     data = tmp_path / "records"
     convert(None, data, **own, verbose=False)
@@ -365,12 +366,21 @@ def test_num_classes_comes_from_the_data(voc_root, tmp_path):
     for value, count in [(data, 21), (voc_root, 5), ("", 3)]:
         with pytest.raises(ValueError, match=rf"num_classes must match the data, which has {21 if count != 21 else 3} classes"):
             resolve_config(TrainConfig(data=str(value) if value else "", num_classes=count))
+    for weights, match in [("1,2", r"class_weights must list 3 finite weights >= 0"), ("1,x,2", r"none, median_frequency or one number")]:
+        with pytest.raises(ValueError, match=match):
+            resolve_config(TrainConfig(data=str(data), class_weights=weights))
+    with pytest.raises(ValueError, match=r"median_frequency needs the class pixel counts .* have none"):
+        class_weights_of(resolve_config(TrainConfig(class_weights="median_frequency")), str(tmp_path / "bare-*.tfrecord"))
     out = tmp_path / "out"
-    summary = train(TrainConfig(**{**TINY, "epochs": 1}, data=str(data), output_dir=str(out), cache_dir=str(tmp_path / "c")))
+    summary = train(TrainConfig(**{**TINY, "epochs": 1}, data=str(data), output_dir=str(out), cache_dir=str(tmp_path / "c"),
+                                class_weights="median_frequency"))
     assert summary["status"] == "finished"
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["num_classes"] == 3 and record["class_names"] == ["background", "road", "car"]
-    assert keras.saving.load_model(out / "best.keras", compile=False).outputs[0].shape[-1] == 3
+    pixels = json.loads((data / "manifest.json").read_text())["splits"]["train"]["class_pixels"]
+    assert record["class_weights"] == pytest.approx(median_frequency_weights(pixels)) and len(set(record["class_weights"])) == 3
+    model = keras.saving.load_model(out / "last.keras")
+    assert model.outputs[0].shape[-1] == 3 and model.loss.class_weights == pytest.approx(record["class_weights"])
 
 
 def test_cli_reports_bad_data_and_exits_nonzero(tmp_path):
