@@ -306,10 +306,10 @@ def convert(
         raise ValueError("splits must name at least one split. Received: splits=()")
     own = images_dir is not None or labels_dir is not None
     if own:
-        given = [name for name, value in (("voc_root", voc_root), ("sbd_root", sbd_root)) if value is not None]
+        given = {name: value for name, value in (("voc_root", voc_root), ("sbd_root", sbd_root)) if value is not None}
         if given:
             raise ValueError(f"images_dir/labels_dir convert a dataset of your own: drop {' and '.join(given)}. "
-                             f"Received: {', '.join(f'{n}={str(v)!r}' for n, v in (('voc_root', voc_root), ('sbd_root', sbd_root)) if v is not None)}")
+                             f"Received: {', '.join(f'{name}={str(value)!r}' for name, value in given.items())}")
         missing = [name for name, value in (("images_dir", images_dir), ("labels_dir", labels_dir), ("lists_dir", lists_dir),
                                             ("class_names", class_names)) if value is None]
         if missing:
