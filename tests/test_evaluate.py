@@ -193,11 +193,16 @@ def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
     # A bad --canvas is named; a canvas run under JAX counts the same pixels.
     result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--canvas=12x"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "--canvas must be N or HxW with positive integers. Received: '12x'" in result.stderr
-    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--canvas=64x72", "--batch_size=2"],
-                            env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "names.txt").write_text("".join(f"thing {i}\n" for i in range(21)))
+    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--canvas=64x72", "--batch_size=2",
+                             f"--class_names={tmp_path / 'names.txt'}"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     written = json.loads((out / "metrics.json").read_text())
     assert written["canvas"] == [64, 72] and written["num_pixels"] == hist.sum()
+    assert written["class_names"] == [f"thing {i}" for i in range(21)]
+    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--class_names=sky,tree"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "predicts 21 classes but 2 class names were given" in result.stderr
 
 
 @pytest.mark.parametrize("cache_dir", [None, "elsewhere"])
