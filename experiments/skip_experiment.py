@@ -611,7 +611,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The flags of ``python -m experiments.skip_experiment`` (defined only when run)."""
     flags.DEFINE_string("data", None, "VOCdevkit root (holding VOC2012/) or a folder written by "
-                        "fcn_keras.data.convert, with train and --eval_split splits. Not needed with --smoke.")
+                        "fcn_keras.data.convert (VOC or a dataset of your own), with train and --eval_split splits. "
+                        "Not needed with --smoke.")
     flags.DEFINE_string("output_dir", None, "Experiment folder, e.g. experiments/results/<run name>.", required=True)
     flags.DEFINE_string("weights", "auto", "Backbone of FCN-32s (and the at-once FCN-8s): a Keras VGG16 "
                         "weights file, 'imagenet' (needs internet), 'none', or 'auto' (train's default).")
