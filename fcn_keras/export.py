@@ -22,6 +22,9 @@ Signatures (see docs/serving.md):
   VOC colours as an RGB PNG of the image's own size; TF Serving returns ``*_bytes`` outputs as
   ``{"b64": ...}``).
 
+Beside the SavedModel, ``assets.extra/class_names.txt`` names the classes, one per line in label
+order (TF Serving ignores the folder; clients map ``labels`` to names with it).
+
 The export runs under the TensorFlow backend; a ``.keras`` file trained under JAX loads and
 exports the same way (Keras files are backend-independent).
 """
@@ -32,6 +35,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -39,9 +43,11 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras.console import usage_error
-from fcn_keras.constants import IGNORE_LABEL, VOC_PALETTE
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from fcn_keras.data import voc
+from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import ArgmaxLabels
-from fcn_keras.io import check_fcn, decode_image_tensor, load_fcn
+from fcn_keras.io import check_fcn, decode_image_tensor, load_fcn, run_class_names
 
 # --- Names of the serving interface ---------------------------------------------------------
 
@@ -49,6 +55,8 @@ SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "predict_image_bytes"
 #: What ``serving_default`` may return besides ``labels``, chosen at export time.
 EXTRA_OUTPUTS: tuple[str, ...] = ("probabilities", "logits")
+#: The class names beside the SavedModel, relative to the version folder.
+CLASS_NAMES_FILE = os.path.join("assets.extra", "class_names.txt")
 
 
 # --- The serving module -----------------------------------------------------------------------
@@ -152,6 +160,7 @@ def export_saved_model(
     version: int = 1,
     extra_output: str | None = None,
     overwrite: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Exports an FCN as a SavedModel in TF Serving's layout, atomically.
 
@@ -169,13 +178,17 @@ def export_saved_model(
         extra_output: ``None``, ``"probabilities"`` or ``"logits"``: also returned by
             ``serving_default`` (float32 ``[N, H, W, C]``).
         overwrite: replace an existing version folder.
+        class_names: the ``C`` names written to ``CLASS_NAMES_FILE``. ``None``: those the
+            training run recorded (``model`` a run folder or a ``.keras`` file in one), else
+            VOC's for a 21-class model, else no file.
 
     Returns:
         The version folder ``<export_dir>/<name>/<version>``.
 
     Raises:
         FileExistsError: the version folder exists (or appears while exporting) and ``overwrite`` is False.
-        FileNotFoundError, ValueError: a missing or non-FCN model, bad name or version.
+        FileNotFoundError, ValueError: a missing or non-FCN model, bad name or version, or
+            ``class_names`` not one per class.
     """
     _require_tensorflow_backend()
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -191,13 +204,23 @@ def export_saved_model(
             f"{version_dir} already exists; pass --overwrite to replace it or choose another --version"
         )
     if not isinstance(model, keras.Model):
+        if class_names is None:
+            class_names = run_class_names(model)
         model = load_fcn(model)
     serving = FCNServingModule(model, extra_output)
+    num_classes = int(model.outputs[0].shape[-1])
+    if class_names is None and num_classes == len(VOC_CLASSES):
+        class_names = VOC_CLASSES
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names must name the model's {num_classes} classes. Received: {len(class_names)} names "
+                         f"({', '.join(class_names[:4])}, ...)")
 
     version_dir.parent.mkdir(parents=True, exist_ok=True)
     temp_dir = _hidden_sibling(version_dir, "tmp")
     try:
         tf.saved_model.save(serving, str(temp_dir), signatures=serving.signatures())
+        if class_names is not None:
+            write_text_atomic(temp_dir / CLASS_NAMES_FILE, "".join(f"{name}\n" for name in class_names))
         if version_dir.exists() and overwrite:  # Move the old version aside, swap, then delete it.
             old_dir = _hidden_sibling(version_dir, "old")
             os.replace(version_dir, old_dir)
@@ -241,6 +264,9 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("probabilities", False, "serving_default also returns float32 softmax probabilities [N, H, W, C].")
     flags.DEFINE_boolean("logits", False, "serving_default also returns float32 logits [N, H, W, C].")
     flags.DEFINE_boolean("overwrite", False, "Replace an existing <export_dir>/<name>/<version>/ folder.")
+    flags.DEFINE_string("class_names", None, f"Class names written to <version>/{CLASS_NAMES_FILE}: a file with one "
+                        "per line or a comma-separated list. Default: those the training run of --model recorded in "
+                        "its config.json, else VOC's for a 21-class model, else no file.")
     flags.mark_flags_as_required(["model", "export_dir"])
     flags.register_multi_flags_validator(
         ["probabilities", "logits"],
@@ -262,6 +288,7 @@ def main(argv: list[str]) -> int:
             version=FLAGS.version,
             extra_output=extra,
             overwrite=FLAGS.overwrite,
+            class_names=None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names),
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:  # Bad input: nothing exported.
         print(f"error: {error}", file=sys.stderr)
@@ -270,6 +297,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"exported {FLAGS.model} to {version_dir}")
+    names = version_dir / CLASS_NAMES_FILE
+    print(f"class names: {names}" if names.is_file() else "class names: none known (pass --class_names to write them)")
     print(f"serve it: tensorflow_model_server --rest_api_port=8501 --model_name={FLAGS.name} "
           f"--model_base_path={version_dir.parent.resolve()}")
     return 0

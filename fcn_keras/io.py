@@ -131,6 +131,24 @@ def resolve_model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def run_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names that the training run of a model path recorded (``config.json``'s
+    ``class_names`` beside its ``.keras`` file), or ``None`` (another file, or an older run).
+
+    Args:
+        path: a ``.keras`` file or a run folder of ``fcn_keras.train``.
+    """
+    import json
+
+    path = Path(path)
+    record = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        names = json.loads(record.read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tuple(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) and names else None
+
+
 def load_fcn(path: str | os.PathLike) -> keras.Model:
     """Loads a ``.keras`` file saved from ``build_fcn`` (under any backend), or converts one of the
     authors' Caffe ``.caffemodel`` files (``fcn_keras.caffe_import``), and checks it.

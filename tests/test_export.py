@@ -22,7 +22,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn_keras import export
-from fcn_keras.constants import IGNORE_LABEL, VOC_PALETTE
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
 from fcn_keras.model import build_fcn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,8 @@ def test_export_layout_is_tf_servings_and_leaves_no_temporary_folder(exported):
     assert version_dir.name == "1" and version_dir.parent.name == "fcn8s"
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
     assert [p.name for p in version_dir.parent.iterdir()] == ["1"]
+    # A 21-class model with no training record: VOC's names beside it.
+    assert (version_dir / export.CLASS_NAMES_FILE).read_text().splitlines() == list(VOC_CLASSES)
 
 
 # --- saved_model_cli: the documented signature table ---------------------------------------------
@@ -336,9 +338,13 @@ def run_export_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_exports_logits(model, keras_file, tmp_path):
-    result = run_export_cli(f"--model={keras_file}", f"--export_dir={tmp_path}", "--name=tiny", "--version=3", "--logits")
+    names = ",".join(f"c{i}" for i in range(21))
+    result = run_export_cli(f"--model={keras_file}", f"--export_dir={tmp_path}", "--name=tiny", "--version=3", "--logits",
+                            f"--class_names={names}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"exported {keras_file} to {tmp_path / 'tiny' / '3'}" in result.stdout
+    assert f"class names: {tmp_path / 'tiny' / '3' / export.CLASS_NAMES_FILE}" in result.stdout
+    assert (tmp_path / "tiny" / "3" / export.CLASS_NAMES_FILE).read_text() == names.replace(",", "\n") + "\n"
     loaded = tf.saved_model.load(str(tmp_path / "tiny" / "3"))
     images = random_image(5, (40, 52))[np.newaxis]
     outputs = loaded.signatures["serving_default"](images=tf.constant(images))
@@ -423,10 +429,18 @@ def test_a_run_folder_exports_its_best_keras(model, keras_file, tmp_path):
     run.mkdir(parents=True)
     (run / "best.keras").symlink_to(keras_file)  # What fcn_keras.train leaves, with last.keras.
     (run / "last.keras").write_bytes(b"not this one")
+    names = [f"part {i}" for i in range(21)]
+    (run / "config.json").write_text(json.dumps({"config": {}, "class_names": names}))  # As fcn_keras.train records them.
     version_dir = export.export_saved_model(run, tmp_path / "serving", name="fcn8s", version=1)
     images = random_image(6, (33, 47))[np.newaxis]
     labels = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images))["labels"]
     np.testing.assert_array_equal(labels.numpy(), model.predict(images, verbose=0).argmax(-1))
+    assert (version_dir / export.CLASS_NAMES_FILE).read_text().splitlines() == names
+    with pytest.raises(ValueError, match=r"class_names must name the model's 21 classes\. Received: 2 names \(a, b, \.\.\.\)"):
+        export.export_saved_model(run, tmp_path / "serving", name="fcn8s", version=2, class_names=["a", "b"])
+    # A model of another class count, and nothing to name its classes: no file (the CLI says so).
+    three = build_fcn("32s", 3, fc_units=8, geometry="same")
+    assert not (export.export_saved_model(three, tmp_path / "serving", name="three") / export.CLASS_NAMES_FILE).exists()
 
 
 # --- A model trained under the JAX backend --------------------------------------------------------
