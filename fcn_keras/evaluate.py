@@ -159,14 +159,14 @@ def evaluate_model(
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"model {source} predicts {num_classes} classes but data {str(data)!r} has {len(class_names)} "
-                f"({', '.join(class_names[:4])}, ...): it was trained on other data"
+                f"({voc.abbreviate(class_names)}): it was trained on other data"
             )
         if class_names is None:
             class_names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else tuple(f"class {i}" for i in range(num_classes))
     if num_classes != len(class_names):
         raise ValueError(
             f"model {source} predicts {num_classes} classes but {len(class_names)} class names were "
-            f"given (class_names={tuple(class_names)[:4]}...)"
+            f"given ({voc.abbreviate(class_names)})"
         )
     pattern, count = resolve_split(data, split, cache_dir)
     target = min(count, max_images) if count is not None and max_images else (max_images or count)

@@ -203,17 +203,18 @@ def export_saved_model(
         raise FileExistsError(
             f"{version_dir} already exists; pass --overwrite to replace it or choose another --version"
         )
+    names_from = "class_names"
     if not isinstance(model, keras.Model):
         if class_names is None:
-            class_names = run_class_names(model)
+            class_names, names_from = run_class_names(model), f"the class names its training run recorded ({model})"
         model = load_fcn(model)
     serving = FCNServingModule(model, extra_output)
     num_classes = int(model.outputs[0].shape[-1])
     if class_names is None and num_classes == len(VOC_CLASSES):
         class_names = VOC_CLASSES
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"class_names must name the model's {num_classes} classes. Received: {len(class_names)} names "
-                         f"({', '.join(class_names[:4])}, ...)")
+        raise ValueError(f"{names_from} must name the model's {num_classes} classes (pass --class_names). Received: "
+                         f"{len(class_names)} names ({voc.abbreviate(class_names)})")
 
     version_dir.parent.mkdir(parents=True, exist_ok=True)
     temp_dir = _hidden_sibling(version_dir, "tmp")

@@ -107,14 +107,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
                 f"ignore_label must be a non-negative integer. Received: ignore_label={ignore_label!r}"
             )
         self.ignore_label = ignore_label
-        if class_weights is not None:
-            class_weights = [float(w) for w in class_weights]
-            if len(class_weights) < 2 or not all(math.isfinite(w) and w >= 0 for w in class_weights) or not any(class_weights):
-                raise ValueError(
-                    "class_weights must be None or one finite weight >= 0 per class (at least 2, not all 0). "
-                    f"Received: class_weights={class_weights!r}"
-                )
-        self.class_weights = class_weights
+        self.class_weights = None if class_weights is None else check_class_weights(class_weights)
 
     # --- Per-pixel losses ----------------------------------------------------------------------
 
@@ -165,6 +158,26 @@ class SegmentationCrossEntropy(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "ignore_label": self.ignore_label, "class_weights": self.class_weights}
+
+
+def check_class_weights(class_weights: Sequence[float], num_classes: int | None = None) -> list[float]:
+    """``class_weights`` as floats, checked: one finite weight >= 0 per class, not all 0.
+
+    Args:
+        class_weights: the weights.
+        num_classes: the number of classes they must have (any number >= 2 when ``None``).
+
+    Raises:
+        ValueError: naming ``class_weights`` and what is wrong.
+    """
+    weights = [float(w) for w in class_weights]
+    count = f"{num_classes}" if num_classes is not None else "at least 2"
+    if (len(weights) != num_classes if num_classes is not None else len(weights) < 2) or not all(
+        math.isfinite(w) and w >= 0 for w in weights
+    ) or not any(weights):
+        raise ValueError(f"class_weights must be one finite weight >= 0 per class ({count}), not all 0. "
+                         f"Received: class_weights={weights!r}")
+    return weights
 
 
 def median_frequency_weights(class_pixels: Sequence[int]) -> list[float]:

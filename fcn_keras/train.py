@@ -166,13 +166,15 @@ def _num_classes(config: TrainConfig) -> int:
             classes beyond it would be trained as void without a word, or the score layers
             would have outputs no label ever asks for.
     """
+    from fcn_keras.data import voc
+
     names = _class_names(config)
     if config.num_classes is None:
         return NUM_CLASSES if names is None else len(names)
     if names is not None and config.num_classes != len(names):
         raise ValueError(
-            f"num_classes must match the data, which has {len(names)} classes ({', '.join(names[:5])}"
-            f"{', ...' if len(names) > 5 else ''}); leave it unset to take them from the data. "
+            f"num_classes must match the data, which has {len(names)} classes ({voc.abbreviate(names)}); leave it "
+            "unset to take them from the data. "
             f"Received: num_classes={config.num_classes!r}, data={config.data or '(the synthetic demo)'!r}"
         )
     return config.num_classes
@@ -243,10 +245,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if not resolved.learning_rate > 0 or not math.isfinite(resolved.learning_rate):
         raise ValueError(f"learning_rate must be a positive number. Received: learning_rate={resolved.learning_rate!r}")
     if resolved.class_weights not in ("none", "median_frequency"):
-        weights = _listed_weights(resolved.class_weights)
-        if len(weights) != resolved.num_classes or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
-            raise ValueError(f"class_weights must list {resolved.num_classes} finite weights >= 0 (num_classes), not all 0. "
-                             f"Received: class_weights={resolved.class_weights!r}")
+        from fcn_keras.losses import check_class_weights
+
+        check_class_weights(_listed_weights(resolved.class_weights), resolved.num_classes)
     if not 0.0 <= resolved.momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1). Received: momentum={resolved.momentum!r}")
     if resolved.weight_decay < 0:

@@ -381,11 +381,39 @@ def test_own_dataset_exact_contents_class_names_and_pixel_counts(own, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")} == before
 
 
-def test_own_dataset_other_split_names_and_a_names_list(own, tmp_path):
-    (own["lists_dir"] / "holdout-2.txt").write_text("item_0001\nitem_0002\n")
-    manifest = convert(None, tmp_path / "r", **{**own, "class_names": "background,road,car"}, splits="holdout-2", verbose=False)
-    assert manifest["splits"]["holdout-2"]["num_examples"] == 2
-    assert sorted(p.name for p in (tmp_path / "r").glob("*.tfrecord")) == ["holdout-2-00000-of-00001.tfrecord"]
+def test_own_dataset_other_split_names_suffix_cases_and_a_names_file_with_a_bom(own, tmp_path):
+    # Windows editors start files with a byte-order mark and end lines with \r\n: neither is in a name.
+    own["class_names"].write_bytes("\ufeffbackground\r\nroad\r\ncar\r\n".encode())
+    (own["images_dir"] / "item_0000.jpg").rename(own["images_dir"] / "item_0000.JPG")  # suffixes in any case
+    (own["labels_dir"] / "item_0000.png").rename(own["labels_dir"] / "item_0000.Png")
+    (own["lists_dir"] / "train-hard.txt").write_text("item_0000\nitem_0002\n")
+    out = tmp_path / "r"
+    convert(None, out, **own, splits="train-hard", verbose=False)
+    manifest = convert(None, out, **own, splits="train", verbose=False)  # "train" must not touch "train-hard"
+    assert manifest["class_names"] == ["background", "road", "car"]
+    assert {s: e["num_examples"] for s, e in manifest["splits"].items()} == {"train-hard": 2, "train": 6}
+    for split in ("train", "train-hard"):
+        names = sorted(Path(p).name for p in tf.io.gfile.glob(convert_lib.split_glob(out, split)))
+        assert names == [f"{split}-00000-of-00001.tfrecord"], names
+    assert list(_read_split(out, manifest, "train-hard")) == ["item_0000", "item_0002"]
+
+
+def test_a_manifest_from_before_the_pixel_counts_is_brought_up_to_date(voc_root, tmp_path):
+    """Folders converted before class names and pixel counts were recorded (all VOC / SBD)."""
+    out = tmp_path / "r"
+    manifest = convert(voc_root, out, verbose=False)
+    old = json.loads(json.dumps(manifest))
+    del old["class_names"]
+    for entry in old["splits"].values():
+        for record in (entry, *entry["shards"]):
+            del record["class_pixels"], record["void_pixels"]
+    (out / "manifest.json").write_text(json.dumps(old))
+    assert convert_lib.manifest_class_names(convert_lib.read_manifest(out)) == VOC_CLASSES
+    stamp = (out / "train-00000-of-00001.tfrecord").stat().st_mtime_ns
+    again = convert(voc_root, out, splits=("train",), verbose=False)
+    assert (out / "train-00000-of-00001.tfrecord").stat().st_mtime_ns != stamp  # rewritten to count its pixels
+    assert again["splits"]["train"]["class_pixels"] == manifest["splits"]["train"]["class_pixels"]
+    assert again["class_names"] == list(VOC_CLASSES) and "class_pixels" not in again["splits"]["val"]  # val: as it was
 
 
 def _mask_value_beyond_the_classes(own) -> str:
@@ -401,6 +429,11 @@ def _two_images_for_one_id(own) -> str:
     return r"id 'item_0002' has several images: item_0002.jpg, item_0002.png \(keep one\)"
 
 
+def _two_masks_for_one_id(own) -> str:
+    (own["labels_dir"] / "item_0002.PNG").write_bytes((own["labels_dir"] / "item_0002.png").read_bytes())
+    return r"id 'item_0002' has several masks: item_0002.PNG, item_0002.png \(keep one\)"
+
+
 def _sixteen_bit_png_image(own) -> str:
     path = own["images_dir"] / "item_0001.png"
     with Image.open(path) as png:
@@ -409,7 +442,8 @@ def _sixteen_bit_png_image(own) -> str:
     return r"images/item_0001.png: image is a 16-bit PNG; expected 8 bits per channel"
 
 
-@pytest.mark.parametrize("breaker", [_mask_value_beyond_the_classes, _two_images_for_one_id, _sixteen_bit_png_image],
+@pytest.mark.parametrize("breaker", [_mask_value_beyond_the_classes, _two_images_for_one_id, _two_masks_for_one_id,
+                                     _sixteen_bit_png_image],
                          ids=lambda f: f.__name__.strip("_"))
 def test_own_dataset_invalid_pairs_name_the_file(own, tmp_path, breaker):
     match = breaker(own)
@@ -435,8 +469,10 @@ def test_own_dataset_bad_arguments(own, voc_root, tmp_path):
         convert(None, out, **own, splits=("test",))
     with pytest.raises(ValueError, match=r"labels_dir must be a folder\. Received: labels_dir="):
         convert(None, out, **{**own, "labels_dir": tmp_path / "nowhere"})
-    for names, match in [("road", r"2 to 255 class names.*Received: 1 in"), ("a,b,a", r"distinct; repeated: \['a'\]"),
-                         ("a,,b", r"must not be empty")]:
+    (tmp_path / "one.txt").write_text("\ufeffroad\n\n")
+    for names, match in [(tmp_path / "one.txt", r"2 to 255 class names.*Received: 1 in class_names file"),
+                         ("classes.txt", r"class_names file 'classes.txt' does not exist"),
+                         ("a,b,a", r"distinct; repeated: \['a'\]"), ("a,,b", r"must not be empty")]:
         with pytest.raises(ValueError, match=match):
             convert(None, out, **{**own, "class_names": names})
     assert not out.exists() or not list(out.glob("*.tfrecord"))
@@ -456,3 +492,5 @@ def test_cli_converts_a_dataset_of_your_own(own, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["class_names"] == ["background", "road", "car"]
     both = _cli("--voc_root=x", f"--images_dir={own['images_dir']}", f"--output_dir={out}")
     assert both.returncode == 2 and "--voc_root converts PASCAL VOC: drop --images_dir" in both.stderr
+    some = _cli(f"--images_dir={own['images_dir']}", f"--class_names={own['class_names']}", f"--output_dir={out}")
+    assert some.returncode == 2 and "missing: --labels_dir, --lists_dir\n" in some.stderr, some.stderr

@@ -161,7 +161,7 @@ def test_class_names_come_from_the_data(eval_workspace, tmp_path):
         shutil.copy(shard, bare)
     assert evaluate_model(model, str(bare / "*.tfrecord"), verbose=False)["class_names"] == [f"class {i}" for i in range(4)]
     assert evaluate_model(model, str(bare / "*.tfrecord"), class_names=list("abcd"), verbose=False)["class_names"] == list("abcd")
-    with pytest.raises(ValueError, match=r"predicts 21 classes but data .* has 4 \(sky, tree, rock, water, \.\.\.\): it was trained on other data"):
+    with pytest.raises(ValueError, match=r"predicts 21 classes but data .* has 4 \(sky, tree, rock, water\): it was trained on other data"):
         evaluate_model(eval_workspace["model"], data, verbose=False)
 
 

@@ -436,8 +436,11 @@ def test_a_run_folder_exports_its_best_keras(model, keras_file, tmp_path):
     labels = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images))["labels"]
     np.testing.assert_array_equal(labels.numpy(), model.predict(images, verbose=0).argmax(-1))
     assert (version_dir / export.CLASS_NAMES_FILE).read_text().splitlines() == names
-    with pytest.raises(ValueError, match=r"class_names must name the model's 21 classes\. Received: 2 names \(a, b, \.\.\.\)"):
+    with pytest.raises(ValueError, match=r"class_names must name the model's 21 classes \(pass --class_names\)\. Received: 2 names \(a, b\)$"):
         export.export_saved_model(run, tmp_path / "serving", name="fcn8s", version=2, class_names=["a", "b"])
+    (run / "config.json").write_text(json.dumps({"config": {}, "class_names": ["x", "y", "z"]}))
+    with pytest.raises(ValueError, match=r"the class names its training run recorded \(.*fcn8s\) must name the model's 21 classes"):
+        export.export_saved_model(run, tmp_path / "serving", name="fcn8s", version=2)
     # A model of another class count, and nothing to name its classes: no file (the CLI says so).
     three = build_fcn("32s", 3, fc_units=8, geometry="same")
     assert not (export.export_saved_model(three, tmp_path / "serving", name="three") / export.CLASS_NAMES_FILE).exists()

@@ -166,7 +166,7 @@ def test_bad_class_weights_are_refused():
     with pytest.raises(ValueError, match=r"class_weights has 3 entries but the logits have 5 classes"):
         SegmentationCrossEntropy(class_weights=[1, 1, 1])(labels, logits)
     for weights in ([1, -1], [0, 0], [1, float("nan")], [2]):
-        with pytest.raises(ValueError, match=r"class_weights must be None or one finite weight >= 0 per class"):
+        with pytest.raises(ValueError, match=r"class_weights must be one finite weight >= 0 per class \(at least 2\), not all 0"):
             SegmentationCrossEntropy(class_weights=weights)
 
 

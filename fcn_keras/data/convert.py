@@ -49,14 +49,20 @@ DEFAULT_SHARD_SIZE = 1000
 # --- Small helpers ----------------------------------------------------------------------------
 
 
+#: Shards per split at most: their numbers are written on five digits.
+MAX_SHARDS = 99999
+_FIVE_DIGITS = "[0-9]" * 5
+
+
 def shard_name(split: str, index: int, num_shards: int) -> str:
     """``<split>-<index>-of-<num_shards>.tfrecord``, both numbers on five digits."""
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
 def split_glob(output_dir: str | os.PathLike, split: str) -> str:
-    """The file pattern matching every shard of ``split`` in ``output_dir``."""
-    return str(Path(output_dir) / f"{split}-*-of-*.tfrecord")
+    """The file pattern matching every shard of ``split`` in ``output_dir``, and only those:
+    digits only where the numbers are, so split ``train`` does not match ``train-hard``'s shards."""
+    return str(Path(output_dir) / f"{split}-{_FIVE_DIGITS}-of-{_FIVE_DIGITS}.tfrecord")
 
 
 def _fingerprint(pairs: list[voc.Pair]) -> str:
@@ -176,6 +182,9 @@ def _convert_split(
         raise voc.InvalidPairError(problems[0], more=len(problems) - 1)
     shard_size = options["shard_size"]
     num_shards = max(1, math.ceil(len(pairs) / shard_size))
+    if num_shards > MAX_SHARDS:
+        raise ValueError(f"split {split!r} would need {num_shards} shards (at most {MAX_SHARDS}): raise --shard_size. "
+                         f"Received: shard_size={shard_size}")
     plans = []
     for index in range(num_shards):
         shard_pairs = pairs[index * shard_size : (index + 1) * shard_size]
@@ -190,7 +199,7 @@ def _convert_split(
             raise voc.InvalidPairError(voc.Problem(first["image_id"], first["path"], first["problem"]), more=len(recorded) - 1)
     # Shards of an earlier plan of this split (another shard count) would be read by the glob.
     planned = {name for name, _, _ in plans}
-    for stale in Path(output_dir).glob(f"{split}-*-of-*.tfrecord"):
+    for stale in Path(output_dir).glob(Path(split_glob(output_dir, split)).name):
         if stale.name not in planned:
             stale.unlink()
 
@@ -361,7 +370,7 @@ def convert(
         if kept:
             raise ValueError(
                 f"output_dir {str(output_dir)!r} holds splits {kept} of a dataset with other classes "
-                f"({len(manifest_class_names(old))}: {', '.join(manifest_class_names(old)[:4])}, ...); convert them "
+                f"({len(manifest_class_names(old))}: {voc.abbreviate(manifest_class_names(old))}); convert them "
                 "again with these classes too (--splits), or use another --output_dir"
             )
     manifest = {
@@ -469,6 +478,11 @@ def main(argv: list[str]) -> int | None:
         elif FLAGS.voc_root is None and all(value is None for value in own.values()):
             raise ValueError("pass --voc_root (a VOCdevkit folder), --download_dir (to download VOC 2012 and SBD), or "
                              "--images_dir, --labels_dir, --lists_dir and --class_names (a dataset of your own)")
+        elif FLAGS.voc_root is None and any(value is None for value in [*own.values(), FLAGS.lists_dir]):
+            given = {**own, "lists_dir": FLAGS.lists_dir}
+            missing = [f"--{name}" for name in ("images_dir", "labels_dir", "lists_dir", "class_names") if given[name] is None]
+            raise ValueError(f"a dataset of your own needs --images_dir, --labels_dir, --lists_dir and --class_names; "
+                             f"missing: {', '.join(missing)}")
         elif FLAGS.voc_root is not None and any(value is not None for value in own.values()):
             given = [f"--{name}" for name, value in own.items() if value is not None]
             raise ValueError(f"--voc_root converts PASCAL VOC: drop {', '.join(given)} (they describe a dataset of your own), "

@@ -387,7 +387,7 @@ def resolve_data(
         splits: the splits of a VOCdevkit root to convert (evaluation needs only its own).
 
     Returns:
-        ``{split: glob}``, e.g. ``{"train": ".../train-*-of-*.tfrecord", "val": ...}``.
+        ``{split: glob}``, e.g. ``{"train": ".../train-[0-9][0-9][0-9][0-9][0-9]-of-...tfrecord", "val": ...}``.
 
     Raises:
         ValueError: naming ``data`` when it is none of the above, nothing matches, or the first

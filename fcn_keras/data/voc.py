@@ -44,8 +44,8 @@ AUG_SPLIT: str = "train_aug"
 SBD_SPLITS: dict[str, str] = {"sbd_train": "train.txt", "sbd_val": "val.txt"}
 SPLITS: tuple[str, ...] = (*VOC_SPLITS, AUG_SPLIT, *SBD_SPLITS)
 
-#: Image file names a folder dataset's ids are looked up with, in this order.
-FOLDER_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+#: The suffixes of a folder dataset's images (in any letter case).
+FOLDER_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 #: A folder dataset's split names: they name shard files and globs.
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -227,8 +227,9 @@ def resolve_folder_pairs(
 ) -> tuple[Path, list[Pair], list[Problem]]:
     """Reads ``<lists_dir>/<split>.txt`` of a dataset of your own and pairs each id with its files.
 
-    An id's image is the first of ``<images_dir>/<id>`` + ``FOLDER_IMAGE_SUFFIXES`` that exists
-    (two of them is a problem: which one is meant?), its mask ``<labels_dir>/<id>.png``.
+    An id's image is ``<images_dir>/<id>`` with one of ``FOLDER_IMAGE_SUFFIXES``, its mask
+    ``<labels_dir>/<id>.png``, suffixes in any letter case (``.JPG``, ``.Png``); two images (or
+    masks) for one id is a problem: which one is meant?
 
     Args:
         split: any name accepted by ``check_split_name``, e.g. ``train``.
@@ -251,24 +252,33 @@ def resolve_folder_pairs(
     if not list_path.is_file():
         found = sorted(p.stem for p in Path(lists_dir).glob("*.txt"))
         raise ValueError(f"no id list for split {split!r}: {list_path} does not exist (lists there: {found or 'none'})")
-    images, labels = Path(images_dir), Path(labels_dir)
+    images, masks = _files_by_stem(images_dir, FOLDER_IMAGE_SUFFIXES), _files_by_stem(labels_dir, (".png",))
     ambiguous: list[Problem] = []
 
     def files(image_id: str) -> tuple[Path, Path]:
-        candidates = [images / f"{image_id}{suffix}" for suffix in FOLDER_IMAGE_SUFFIXES]
-        present, inodes = [], set()
-        for candidate in candidates:  # On a case-insensitive disk, x.jpg and x.JPG are one file.
-            if candidate.is_file() and (inode := (candidate.stat().st_dev, candidate.stat().st_ino)) not in inodes:
-                present.append(candidate)
-                inodes.add(inode)
-        if len(present) > 1:
-            ambiguous.append(Problem(image_id, str(present[0]), f"id {image_id!r} has several images: "
-                                     f"{', '.join(p.name for p in present)} (keep one)"))
-        return (present[0] if present else candidates[0]), labels / f"{image_id}.png"
+        found = {"image": images.get(image_id, []), "mask": masks.get(image_id, [])}
+        for kind, paths in found.items():
+            if len(paths) > 1:
+                ambiguous.append(Problem(image_id, str(paths[0]), f"id {image_id!r} has several {kind}s: "
+                                         f"{', '.join(p.name for p in paths)} (keep one)"))
+        image = found["image"][0] if found["image"] else Path(images_dir) / f"{image_id}.jpg"
+        return image, found["mask"][0] if found["mask"] else Path(labels_dir) / f"{image_id}.png"
 
     pairs, problems = _pair_list(list_path, max_images, files)
     ambiguous_ids = {problem.image_id for problem in ambiguous}
     return list_path, [p for p in pairs if p.image_id not in ambiguous_ids], ambiguous + problems
+
+
+def _files_by_stem(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
+    """The files of ``folder`` whose suffix is one of ``suffixes`` in any letter case
+    (``x.JPG``, ``x.Png``), by name without the suffix, each list sorted."""
+    found: dict[str, list[Path]] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, suffix = os.path.splitext(entry.name)
+            if suffix.lower() in suffixes and entry.is_file():
+                found.setdefault(stem, []).append(Path(folder) / entry.name)
+    return {stem: sorted(paths) for stem, paths in found.items()}
 
 
 def _pair_list(
@@ -307,6 +317,11 @@ def _pair_list(
     return pairs, problems
 
 
+def abbreviate(names: Sequence[str], shown: int = 5) -> str:
+    """``names`` joined with commas for a message, the first ``shown`` and ``...`` if there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def read_class_names(value: str | os.PathLike | Sequence[str]) -> tuple[str, ...]:
     """The class names of a dataset, index order (the first is class 0).
 
@@ -320,10 +335,13 @@ def read_class_names(value: str | os.PathLike | Sequence[str]) -> tuple[str, ...
     Raises:
         ValueError: naming what is wrong (too few or many names, duplicates, an unreadable file).
     """
-    if isinstance(value, (str, os.PathLike)) and Path(value).is_file():
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and ("," not in value or Path(value).is_file())):
         source = f"class_names file {str(value)!r}"
-        try:
-            names = [line.strip() for line in Path(value).read_text(encoding="utf-8").splitlines()]
+        if not Path(value).is_file():
+            raise ValueError(f"{source} does not exist (class_names is a file with one name per line, or a "
+                             "comma-separated list of names)")
+        try:  # utf-8-sig: a byte-order mark is not part of the first name.
+            names = [line.strip() for line in Path(value).read_text(encoding="utf-8-sig").splitlines()]
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"cannot read {source}: {error}") from error
         names = [name for name in names if name]
