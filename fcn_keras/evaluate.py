@@ -36,7 +36,7 @@ from fcn_keras.data import voc
 from fcn_keras.data.pipeline import conversion_dir, data_class_names, eval_dataset, resolve_data
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import labels_model
-from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file
+from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file, run_class_names
 from fcn_keras.metrics import confusion_matrix, scores
 
 METRICS_JSON = "metrics.json"
@@ -113,8 +113,9 @@ def evaluate_model(
         max_images: evaluate only the first N images (all when ``None``).
         class_names: the ``C`` class names, for the table and figure. ``None``: the data's
             (``fcn_keras.data.pipeline.data_class_names``: recorded in its ``manifest.json``,
-            VOC's for a VOCdevkit root); for records that record none, VOC's 21 names for a
-            21-class model, else ``class 0``, ``class 1``, ....
+            VOC's for a VOCdevkit root); for records that record none, those the model's
+            training run recorded (``config.json`` beside its ``.keras`` file), else VOC's 21
+            names for a 21-class model, else ``class 0``, ``class 1``, ....
         batch_size: images per device call. 1 evaluates every image exactly at its size; above
             1 the pipeline pads images (``PAD_RGB``, the mean colour) and labels (255, not
             counted) to the batch's largest size, which can change predictions near the right
@@ -147,12 +148,14 @@ def evaluate_model(
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
     if not isinstance(keep_predictions, int) or keep_predictions < 0:
         raise ValueError(f"keep_predictions must be an integer >= 0. Received: keep_predictions={keep_predictions!r}")
+    recorded = None  # The class names the model's training run recorded, if any.
     if isinstance(model, keras.Model):
         source = model.name
         check_fcn(model, f"model {model.name!r}")
     else:
         source = str(resolve_model_file(model))  # A run folder: record which checkpoint it was.
         model = load_fcn(source)
+        recorded = run_class_names(source)
     num_classes = int(model.outputs[0].shape[-1])
     if class_names is None:
         class_names = data_class_names(data)
@@ -161,6 +164,8 @@ def evaluate_model(
                 f"model {source} predicts {num_classes} classes but data {str(data)!r} has {len(class_names)} "
                 f"({voc.abbreviate(class_names)}): it was trained on other data"
             )
+        if class_names is None and recorded is not None and len(recorded) == num_classes:
+            class_names = recorded
         if class_names is None:
             class_names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else tuple(f"class {i}" for i in range(num_classes))
     if num_classes != len(class_names):

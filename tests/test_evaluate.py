@@ -161,6 +161,11 @@ def test_class_names_come_from_the_data(eval_workspace, tmp_path):
         shutil.copy(shard, bare)
     assert evaluate_model(model, str(bare / "*.tfrecord"), verbose=False)["class_names"] == [f"class {i}" for i in range(4)]
     assert evaluate_model(model, str(bare / "*.tfrecord"), class_names=list("abcd"), verbose=False)["class_names"] == list("abcd")
+    run = tmp_path / "run"  # A run folder: its config.json names the classes it was trained on.
+    run.mkdir()
+    model.save(run / "best.keras")
+    (run / "config.json").write_text(json.dumps({"config": {}, "class_names": ["sky", "tree", "rock", "water"]}))
+    assert evaluate_model(run, str(bare / "*.tfrecord"), verbose=False)["class_names"] == ["sky", "tree", "rock", "water"]
     with pytest.raises(ValueError, match=r"predicts 21 classes but data .* has 4 \(sky, tree, rock, water\): it was trained on other data"):
         evaluate_model(eval_workspace["model"], data, verbose=False)
 
