@@ -21,6 +21,7 @@ channel (16-bit or float TIFF/PNG) are rejected.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -138,8 +139,6 @@ def run_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
     Args:
         path: a ``.keras`` file or a run folder of ``fcn_keras.train``.
     """
-    import json
-
     path = Path(path)
     record = (path if path.is_dir() else path.parent) / "config.json"
     try:

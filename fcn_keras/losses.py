@@ -171,10 +171,11 @@ def check_class_weights(class_weights: Sequence[float], num_classes: int | None 
         ValueError: naming ``class_weights`` and what is wrong.
     """
     weights = [float(w) for w in class_weights]
-    count = f"{num_classes}" if num_classes is not None else "at least 2"
-    if (len(weights) != num_classes if num_classes is not None else len(weights) < 2) or not all(
-        math.isfinite(w) and w >= 0 for w in weights
-    ) or not any(weights):
+    if num_classes is None:
+        count, wrong_count = "at least 2", len(weights) < 2
+    else:
+        count, wrong_count = f"{num_classes}", len(weights) != num_classes
+    if wrong_count or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
         raise ValueError(f"class_weights must be one finite weight >= 0 per class ({count}), not all 0. "
                          f"Received: class_weights={weights!r}")
     return weights
