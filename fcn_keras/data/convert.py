@@ -365,12 +365,13 @@ def convert(
         def resolve(split):
             return voc.resolve_pairs(split, voc_root, sbd_root=sbd_root, lists_dir=lists_dir, max_images=max_images)
     old = read_manifest(output_dir) or {}
-    if old.get("splits") and manifest_class_names(old) != names:
+    old_names = manifest_class_names(old)
+    if old.get("splits") and old_names != names:
         kept = [split for split in old["splits"] if split not in splits]
         if kept:
             raise ValueError(
                 f"output_dir {str(output_dir)!r} holds splits {kept} of a dataset with other classes "
-                f"({len(manifest_class_names(old))}: {voc.abbreviate(manifest_class_names(old))}); convert them "
+                f"({len(old_names)}: {voc.abbreviate(old_names)}); convert them "
                 "again with these classes too (--splits), or use another --output_dir"
             )
     manifest = {
