@@ -22,6 +22,7 @@ Two geometries:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -275,3 +276,78 @@ def _check_fits(name: str, offset: int, reference: int, available: int) -> None:
 def static_crop(offset: int, size: int, reference: int) -> tuple[int, int]:
     """(before, after) amounts that crop ``size`` positions to ``reference`` from ``offset``."""
     return offset, size - offset - reference
+
+
+# --- Dependency radius (how far context reaches) ---------------------------------------------
+# Which input pixels an output pixel depends on: a convolution's (or pooling's) position x reads
+# its input's positions s*x - p .. s*x - p + k - 1, a deconvolution's position u is written by
+# its input's positions ceil((u + p - k + 1) / s) .. floor((u + p) / s), a crop by offset c reads
+# position y + c, a fusion the union of its two inputs. A blob is kept as two functions, the
+# first and the last input pixel each of its positions depends on (both non-decreasing).
+
+#: The stride of the coarsest grid (pool5, fc6): shifting an image by a multiple of it shifts
+#: every blob of the net by whole positions, so the net computes the same values there.
+GRID_STRIDE = 2 ** len(VGG16_BLOCKS)
+
+
+def tile_context(variant: str, geometry: str = "reference") -> int:
+    """The context a tile needs around a kept part whose ends lie on the grid.
+
+    Tiled inference (``fcn_keras.inference.predict_labels_tiled``) keeps, from each tile, the
+    labels of a part that starts and ends at multiples of ``GRID_STRIDE``; a tile reading this
+    many pixels beyond both ends gives exactly the whole image's labels there.
+
+    Args:
+        variant: one of ``VARIANTS``.
+        geometry: ``"reference"`` or ``"same"``.
+
+    Returns:
+        Pixels: 221 for the reference geometry (the first kept pixel reads 221 pixels back, the
+        last 215 forward), 218 for "same", whatever the variant (fc6 and the final upsampling
+        reach farthest; the skips' finer paths reach less far). Any output pixel, off the grid's
+        ends, reads at most 233 / 241 / 245 pixels away for FCN-32s / 16s / 8s.
+    """
+    first, last = dependency_span(variant, geometry)
+    edge = 1000 * GRID_STRIDE  # Far from the borders; the pattern repeats every GRID_STRIDE.
+    return max(edge - first(edge), last(edge - 1) - (edge - 1))
+
+
+def dependency_span(variant: str, geometry: str = "reference") -> tuple[Callable[[int], int], Callable[[int], int]]:
+    """``(first, last)``: functions giving, for an output pixel ``i`` away from the borders, the
+    first and the last input pixel (same axis) that it depends on through the net's kernels."""
+    check_variant(variant)
+    geo = get_geometry(geometry)
+
+    def conv(blob, kernel: int, stride: int = 1, pad: int = 0):
+        first, last = blob
+        return (lambda x: first(stride * x - pad), lambda x: last(stride * x - pad + kernel - 1))
+
+    def deconv(blob, kernel: int, stride: int, pad: int):
+        first, last = blob
+        return (lambda u: first(-((kernel - 1 - u - pad) // stride)), lambda u: last((u + pad) // stride))
+
+    def crop(blob, offset: int):
+        first, last = blob
+        return (lambda y: first(y + offset), lambda y: last(y + offset))
+
+    def fuse(a, b):
+        return (lambda x: min(a[0](x), b[0](x)), lambda x: max(a[1](x), b[1](x)))
+
+    blob = conv((lambda x: x, lambda x: x), 3, pad=geo.input_padding + geo.conv1_1_pad)  # conv1_1
+    pools = {}
+    for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for _ in range(convs - 1 if block == 1 else convs):
+            blob = conv(blob, 3, pad=1)
+        blob = conv(blob, 2, stride=2)  # Ceil mode pads at the end only: no shift.
+        pools[block] = blob
+    blob = conv(blob, FC6_KERNEL, pad=geo.fc6_pad)  # fc7 and the score layers are 1x1.
+    offsets = crop_offsets(variant, geometry)
+    for index, block in enumerate(SKIPS[variant]):
+        upscore = deconv(blob, SKIP_UPSAMPLE_KERNEL, SKIP_UPSAMPLE_STRIDE, geo.deconv_pad(SKIP_UPSAMPLE_STRIDE))
+        offset = offsets[skip_crop_name(variant, index, geometry)]
+        if crops_pool_score(geometry):
+            blob = fuse(upscore, crop(pools[block], offset))
+        else:
+            blob = fuse(crop(upscore, offset), pools[block])
+    stride = output_stride(variant)
+    return crop(deconv(blob, final_upsample_kernel(variant), stride, geo.deconv_pad(stride)), offsets["score"])

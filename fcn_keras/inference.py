@@ -4,15 +4,23 @@ A segmentation net's logits are ``num_classes`` floats per pixel (21 x 4 bytes f
 them to the host to take the argmax there costs 84x the bytes of the uint8 label map and the
 host's time. ``labels_model`` appends the argmax to the graph, so ``predict`` (compiled by
 Keras under every backend) returns only the labels.
+
+Large images can be segmented tile by tile (``predict_labels_tiled``) to bound the memory a call
+needs; the tiles overlap by the net's reach and start on its coarsest grid, so the labels are the
+whole image's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
+
+from fcn_keras import architecture as arch
 
 
 @keras.saving.register_keras_serializable(package="fcn_keras")
@@ -94,3 +102,138 @@ def predict_labels(model: keras.Model, images: np.ndarray, batch_size: int = 1) 
             object.__setattr__(model, _LABELS_ATTRIBUTE, labeler)
         model = labeler
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
+
+
+# --- Tiles -------------------------------------------------------------------------------------
+
+#: Context read around the kept part of every tile: the largest ``arch.tile_context`` of the
+#: family (221 px, the reference geometry, any variant), so one value serves every FCN-VGG16 and
+#: also a SavedModel, whose geometry cannot be read from it. On the grid: 224 px.
+TILE_CONTEXT = max(arch.tile_context(v, g) for v in arch.VARIANTS for g in arch.GEOMETRIES)
+
+#: The layers every net of the family has, checked before a Keras model is cut into tiles.
+_FAMILY_LAYERS = ("block5_pool", "fc6", "score_fr")
+
+
+class TileSpan(NamedTuple):
+    """One tile along one axis, in image pixels (``start`` a multiple of ``arch.GRID_STRIDE``)."""
+
+    start: int  # first pixel the tile reads
+    stop: int  # one past the last pixel it reads
+    keep_start: int  # first pixel whose label is taken from this tile
+    keep_stop: int  # one past the last
+
+
+def min_tile_size(context: int = TILE_CONTEXT) -> int:
+    """The smallest tile side that keeps any pixels: the context rounded up to the grid on both
+    sides, plus one grid cell (480 px for ``TILE_CONTEXT``)."""
+    return 2 * _grid_ceil(context) + arch.GRID_STRIDE
+
+
+def tile_spans(length: int, tile_size: int, context: int = TILE_CONTEXT) -> list[TileSpan]:
+    """Cuts one image axis into overlapping tiles whose kept parts cover it exactly once.
+
+    Every tile starts on the net's coarsest grid (a multiple of ``arch.GRID_STRIDE`` = 32), so
+    the net computes the same values in it as in the whole image, and it reads at least
+    ``context`` pixels beyond its kept part on each side (except at the image's borders, which
+    the whole image has too): the kept labels are exactly the whole image's.
+
+    Args:
+        length: the axis' size in pixels, >= 1.
+        tile_size: the largest tile side, >= ``min_tile_size(context)`` if the axis is longer.
+        context: pixels of context needed on each side (``arch.tile_context``).
+
+    Returns:
+        The spans in order: one ``(0, length, 0, length)`` if ``length <= tile_size``; else tiles
+        of at most ``tile_size`` pixels that keep parts a multiple of 32 wide: equal ones, but the
+        first, which needs no context before it, keeps ``margin`` more, and the last, which reads
+        to the image's end, keeps all that it reads beyond the previous part.
+
+    Raises:
+        ValueError: ``tile_size`` is too small to keep anything (the message gives the minimum).
+    """
+    if length <= tile_size:
+        return [TileSpan(0, length, 0, length)]
+    margin = _grid_ceil(context)
+    keep = (tile_size - 2 * margin) // arch.GRID_STRIDE * arch.GRID_STRIDE
+    if keep < arch.GRID_STRIDE:
+        raise ValueError(
+            f"tile_size must be at least {min_tile_size(context)} pixels: each tile needs {context} pixels of context "
+            f"on each side ({margin} on the net's {arch.GRID_STRIDE}-pixel grid) and keeps a multiple of "
+            f"{arch.GRID_STRIDE}. Received: tile_size={tile_size}"
+        )
+    first = (tile_size - margin) // arch.GRID_STRIDE * arch.GRID_STRIDE  # No context needed before it.
+    spans = [TileSpan(0, first + margin, 0, first)]
+    while spans[-1].stop < length:
+        kept = spans[-1].keep_stop
+        stop = min(length, kept + keep + margin)
+        # A tile reaching the image's end keeps all it read beyond its part: no edge there.
+        spans.append(TileSpan(max(0, kept - margin), stop, kept, length if stop == length else kept + keep))
+    return spans
+
+
+def _grid_ceil(pixels: int) -> int:
+    return math.ceil(pixels / arch.GRID_STRIDE) * arch.GRID_STRIDE
+
+
+def segment_in_tiles(
+    segment: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile_size: int | tuple[int, int]
+) -> np.ndarray:
+    """Applies a whole-image label function tile by tile (see ``tile_spans``).
+
+    Args:
+        segment: maps uint8 ``[h, w, 3]`` to uint8 ``[h, w]`` labels with an FCN-VGG16 (a
+            ``.keras`` model or an exported SavedModel: ``TILE_CONTEXT`` covers the family).
+        image: uint8 or float ``[H, W, 3]``.
+        tile_size: the largest tile, ``N`` or ``(height, width)``.
+
+    Returns:
+        uint8 ``[H, W]``, what ``segment(image)`` returns (up to the rounding of the device's
+        convolution algorithms on other shapes), computed on at most ``tile_size`` pixels a call.
+    """
+    if np.ndim(image) != 3 or np.shape(image)[-1] != 3:
+        raise ValueError(f"image must be one RGB image [H, W, 3]. Received: shape {np.shape(image)}")
+    tile_height, tile_width = (tile_size, tile_size) if isinstance(tile_size, (int, np.integer)) else tile_size
+    rows = tile_spans(image.shape[0], tile_height)
+    columns = tile_spans(image.shape[1], tile_width)
+    labels = np.empty(image.shape[:2], np.uint8)
+    for row in rows:
+        for column in columns:
+            tile = segment(image[row.start:row.stop, column.start:column.stop])
+            labels[row.keep_start:row.keep_stop, column.keep_start:column.keep_stop] = tile[
+                row.keep_start - row.start:row.keep_stop - row.start,
+                column.keep_start - column.start:column.keep_stop - column.start,
+            ]
+    return labels
+
+
+def predict_labels_tiled(model: keras.Model, image: np.ndarray, tile_size: int | tuple[int, int]) -> np.ndarray:
+    """The label map of one large image computed tile by tile, bounding the memory of a call.
+
+    The labels equal ``predict_labels(model, image[None])[0]`` (tested): tiles overlap by the
+    net's reach (``TILE_CONTEXT``) and start on its 32-pixel grid. A tile of ``T x T`` costs
+    about the memory of a ``T x T`` image; the overlap costs compute: a large image in tiles of
+    2048 pixels keeps 1600 x 1600 of each, about 1.6x the whole image's work; in tiles of 1024,
+    576 x 576, about 3.2x.
+
+    Args:
+        model: an FCN-VGG16 of ``fcn_keras.model.build_fcn`` (logits), or its ``labels_model``.
+        image: uint8 or float ``[H, W, 3]`` RGB in 0..255.
+        tile_size: the largest tile side ``N``, or ``(height, width)``; at least ``min_tile_size()``
+            (480) where the image is larger. An image that fits is segmented whole.
+
+    Returns:
+        uint8 ``[H, W]``.
+
+    Raises:
+        ValueError: ``model`` is not an FCN-VGG16 (its reach is unknown), ``image`` is not
+            ``[H, W, 3]``, or ``tile_size`` is too small.
+    """
+    names = {layer.name for layer in model.layers}
+    missing = [name for name in _FAMILY_LAYERS if name not in names]
+    if missing:
+        raise ValueError(
+            f"tiled prediction needs an FCN-VGG16 of fcn_keras.model.build_fcn (its reach is known); model "
+            f"{model.name!r} has no layers {missing}"
+        )
+    return segment_in_tiles(lambda tile: predict_labels(model, tile[np.newaxis])[0], image, tile_size)

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import keras
+
 from fcn_keras import architecture as arch
 from fcn_keras.model import build_fcn
 
@@ -68,3 +70,38 @@ def test_static_shapes_use_cropping2d_and_match_dynamic_crops():
         dynamic.get_layer(layer.name).set_weights(weights)
     images = rng.integers(0, 256, (2, 45, 61, 3)).astype("uint8")
     np.testing.assert_allclose(static(images), dynamic(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant, geometry", [("8s", "reference"), ("32s", "same"), ("8s", "same")])
+def test_dependency_span_is_exactly_where_the_gradient_is_nonzero(variant, geometry):
+    """For output columns at 8 phases of the 32-pixel grid, the input columns with a nonzero
+    gradient are exactly ``first(i) .. last(i)``: the span is neither short nor loose."""
+    import tensorflow as tf
+
+    keras.utils.clear_session()
+    model = build_fcn(variant, fc_units=8, geometry=geometry)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
+    columns = np.arange(400, 440, 5)
+    images = tf.constant(np.repeat(rng.integers(0, 256, (1, 2, 720, 3)).astype("float32"), len(columns), axis=0))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        logits = model(images)
+        # Image b's output column columns[b], all rows and classes, randomly weighted.
+        picked = tf.gather(logits, columns, axis=2, batch_dims=1)
+        total = tf.reduce_sum(picked * rng.normal(size=picked.shape).astype("float32"))
+    reached = np.abs(tape.gradient(total, images).numpy()).max(axis=(1, 3)) > 0
+    first, last = arch.dependency_span(variant, geometry)
+    for column, row in zip(columns, reached):
+        nonzero = np.nonzero(row)[0]
+        assert (nonzero.min(), nonzero.max()) == (first(column), last(column)), column
+
+
+def test_tile_context_and_the_reach_of_the_family():
+    assert [arch.tile_context(v) for v in arch.VARIANTS] == [221, 221, 221]
+    assert [arch.tile_context(v, "same") for v in arch.VARIANTS] == [218, 218, 218]
+    for geometry in arch.GEOMETRIES:  # Off the grid's ends pixels read farther: fc6 plus the upsamplings.
+        first, last = zip(*(arch.dependency_span(v, geometry) for v in arch.VARIANTS))
+        pixels = range(3200, 3232)
+        assert [max(max(i - f(i), l(i) - i) for i in pixels) for f, l in zip(first, last)] == [233, 241, 245]

@@ -5,7 +5,9 @@ import pytest
 
 import keras
 
-from fcn_keras.inference import labels_model, predict_labels
+from fcn_keras.inference import (
+    TILE_CONTEXT, labels_model, min_tile_size, predict_labels, predict_labels_tiled, segment_in_tiles, tile_spans,
+)
 from fcn_keras.model import build_fcn
 
 
@@ -57,3 +59,87 @@ def test_predict_labels_reuses_its_wrapper_and_refuses_one_image_without_a_batch
     with pytest.raises(ValueError, match=r"images must be a batch \[N, H, W, 3\]. Received: shape \(40, 52, 3\) "
                                          r"\(one image: add a batch axis"):
         predict_labels(model, images[0])
+
+
+# --- Tiles -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length, tile_size", [(900, 672), (1000, 480), (2000, 1024), (3001, 2048), (700, 700)])
+def test_tile_spans_cover_the_axis_once_on_the_grid_with_context(length, tile_size):
+    spans = tile_spans(length, tile_size)
+    assert spans[0].keep_start == 0 and spans[-1].keep_stop == length
+    for span, following in zip(spans, spans[1:]):
+        assert span.keep_stop == following.keep_start  # Kept parts tile the axis: no gap, no overlap.
+    for span in spans:
+        assert span.start % 32 == 0 and 0 <= span.start <= span.keep_start < span.keep_stop <= span.stop <= length
+        assert span.stop - span.start <= tile_size
+        assert span.start == 0 or span.keep_start - span.start >= TILE_CONTEXT
+        assert span.stop == length or span.stop - span.keep_stop >= TILE_CONTEXT
+    if length > tile_size:  # Equal kept parts, as wide as the tile allows, but the last.
+        keep = (tile_size - 448) // 32 * 32
+        first = (tile_size - 224) // 32 * 32
+        assert spans[0].keep_stop == first and {span.keep_stop - span.keep_start for span in spans[1:-1]} <= {keep}
+        assert len(spans) == 1 + -(-(length - first - 224) // keep)
+
+
+def test_tile_spans_refuse_a_tile_too_small_to_keep_anything():
+    assert TILE_CONTEXT == 221 and min_tile_size() == 480
+    assert tile_spans(479, 479) == [(0, 479, 0, 479)]  # The whole axis fits: no context needed.
+    with pytest.raises(ValueError, match=r"tile_size must be at least 480 pixels: each tile needs 221 pixels of "
+                                         r"context on each side .* Received: tile_size=479"):
+        tile_spans(600, 479)
+
+
+def test_tiles_are_assembled_in_place():
+    """With a per-pixel function the assembly alone is tested, in both axes (no net needed)."""
+    image = np.random.default_rng(5).integers(0, 256, (1300, 1700, 3)).astype("uint8")
+    calls = []
+
+    def pixelwise(tile):
+        calls.append(tile.shape[:2])
+        return (tile[..., 0] // 2 + tile[..., 1] // 3).astype("uint8")
+
+    labels = segment_in_tiles(pixelwise, image, (600, 800))
+    np.testing.assert_array_equal(labels, pixelwise(image))
+    assert max(h for h, _ in calls[:-1]) <= 600 and max(w for _, w in calls[:-1]) <= 800
+    assert len(calls) == 1 + len(tile_spans(1300, 600)) * len(tile_spans(1700, 800))
+
+
+@pytest.mark.parametrize("variant, geometry", [("8s", "reference"), ("32s", "reference"), ("8s", "same")])
+def test_tiled_labels_equal_the_whole_image_labels(variant, geometry):
+    """A tall image in 3 tiles (the first, one with two artificial edges, the last): the logits of every
+    tile's kept rows are the whole image's, and so are the labels wherever the whole image's two
+    best classes are not tied to within rounding."""
+    keras.utils.clear_session()
+    net = build_fcn(variant, fc_units=8, geometry=geometry)
+    rng = np.random.default_rng(6)
+    for layer in net.layers:
+        layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in layer.get_weights()])
+    image = rng.integers(0, 256, (900, 40, 3)).astype("uint8")
+    spans = tile_spans(900, 672)
+    assert [tuple(span) for span in spans] == [(0, 672, 0, 448), (224, 896, 448, 672), (448, 900, 672, 900)]
+    whole_logits = net.predict(image[np.newaxis], verbose=0)[0]
+    # Equal up to the rounding of the CPU's convolution algorithms, which differ between shapes.
+    tolerance = 1e-5 * np.abs(whole_logits).max()
+    for span in spans:
+        tile_logits = net.predict(image[np.newaxis, span.start:span.stop], verbose=0)[0]
+        np.testing.assert_allclose(tile_logits[span.keep_start - span.start:span.keep_stop - span.start],
+                                   whole_logits[span.keep_start:span.keep_stop], rtol=0, atol=tolerance)
+    best_two = np.sort(whole_logits, axis=-1)[..., -2:]
+    decided = best_two[..., 1] - best_two[..., 0] > tolerance
+    assert decided.mean() > 0.999
+    whole = whole_logits.argmax(-1)
+    assert len(np.unique(whole)) > 3
+    tiled = predict_labels_tiled(net, image, 672)
+    assert tiled.dtype == np.uint8 and tiled.shape == (900, 40)
+    np.testing.assert_array_equal(tiled[decided], whole[decided])
+
+
+def test_tiled_prediction_refuses_a_model_of_unknown_reach(model):
+    inputs = keras.Input((None, None, 3))
+    other = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs), name="other")
+    with pytest.raises(ValueError, match=r"tiled prediction needs an FCN-VGG16 .* model 'other' has no layers "
+                                         r"\['block5_pool', 'fc6', 'score_fr'\]"):
+        predict_labels_tiled(other, np.zeros((600, 600, 3), "uint8"), 480)
+    with pytest.raises(ValueError, match=r"image must be one RGB image \[H, W, 3\]. Received: shape \(1, 60, 60, 3\)"):
+        predict_labels_tiled(model, np.zeros((1, 60, 60, 3), "uint8"), 480)
