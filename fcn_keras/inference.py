@@ -172,6 +172,17 @@ def tile_spans(length: int, tile_size: int, context: int = TILE_CONTEXT) -> list
     return spans
 
 
+def check_tile_size(tile_size: tuple[int, int], name: str = "tile_size") -> tuple[int, int]:
+    """Returns ``(height, width)`` if both are at least ``min_tile_size()``, else raises a
+    ``ValueError`` naming ``name`` (a flag, say)."""
+    if min(tile_size) < min_tile_size():
+        raise ValueError(
+            f"{name} must be at least {min_tile_size()} pixels on each side ({TILE_CONTEXT} pixels of context on each "
+            f"side of the part a tile keeps, on the net's {arch.GRID_STRIDE}-pixel grid). Received: {name}={tile_size}"
+        )
+    return tuple(tile_size)
+
+
 def _grid_ceil(pixels: int) -> int:
     return math.ceil(pixels / arch.GRID_STRIDE) * arch.GRID_STRIDE
 
@@ -207,6 +218,19 @@ def segment_in_tiles(
     return labels
 
 
+def check_tileable(model: keras.Model, source: str | None = None) -> keras.Model:
+    """Returns ``model`` if it is an FCN-VGG16 of ``build_fcn`` (whose reach ``TILE_CONTEXT``
+    covers), else raises a ``ValueError`` naming ``source`` (default: the model's name)."""
+    names = {layer.name for layer in model.layers}
+    missing = [name for name in _FAMILY_LAYERS if name not in names]
+    if missing:
+        raise ValueError(
+            f"tiled prediction needs an FCN-VGG16 of fcn_keras.model.build_fcn (its reach is known); "
+            f"{source or f'model {model.name!r}'} has no layers {missing}"
+        )
+    return model
+
+
 def predict_labels_tiled(model: keras.Model, image: np.ndarray, tile_size: int | tuple[int, int]) -> np.ndarray:
     """The label map of one large image computed tile by tile, bounding the memory of a call.
 
@@ -229,11 +253,5 @@ def predict_labels_tiled(model: keras.Model, image: np.ndarray, tile_size: int |
         ValueError: ``model`` is not an FCN-VGG16 (its reach is unknown), ``image`` is not
             ``[H, W, 3]``, or ``tile_size`` is too small.
     """
-    names = {layer.name for layer in model.layers}
-    missing = [name for name in _FAMILY_LAYERS if name not in names]
-    if missing:
-        raise ValueError(
-            f"tiled prediction needs an FCN-VGG16 of fcn_keras.model.build_fcn (its reach is known); model "
-            f"{model.name!r} has no layers {missing}"
-        )
+    check_tileable(model)
     return segment_in_tiles(lambda tile: predict_labels(model, tile[np.newaxis])[0], image, tile_size)

@@ -10,6 +10,10 @@ training run folder (its ``best.keras``, else ``last.keras``; the argmax is appe
 graph with ``fcn_keras.inference.labels_model``) or a SavedModel from ``fcn_keras.export`` (its
 ``serving_default`` ``labels`` output): either way only the uint8 label map leaves the device.
 
+Large images can be segmented in tiles (``--tile_size=2048``), which bounds the memory of a
+device call by the tile's size and gives the same label maps as the whole image
+(``fcn_keras.inference.segment_in_tiles``).
+
 Inputs: files, or folders (not recursive) whose files ending in one of
 ``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others and hidden files are counted and
 reported). Files in ``output_dir`` itself are not taken from a folder (they may be an earlier
@@ -36,9 +40,9 @@ from absl import app, flags
 
 from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.export import SERVING_SIGNATURE
-from fcn_keras.inference import labels_model
+from fcn_keras.inference import check_tile_size, check_tileable, labels_model, min_tile_size, segment_in_tiles
 from fcn_keras.io import (
-    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, read_image, write_image, write_label_png, written_here,
+    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, write_image, write_label_png, written_here,
 )
 from fcn_keras.viz import overlay
 
@@ -57,7 +61,7 @@ def _savedmodel_dir(path: Path) -> Path | None:
     return max(versions, key=lambda child: int(child.name)) if versions else None
 
 
-def load_predictor(path: str | os.PathLike) -> Predictor:
+def load_predictor(path: str | os.PathLike, tile_size: tuple[int, int] | None = None) -> Predictor:
     """A label-map function from a ``.keras`` FCN or an exported SavedModel.
 
     Args:
@@ -65,15 +69,29 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
             ``last.keras``), a SavedModel folder written by ``fcn_keras.export``
             (``<export_dir>/<name>/<version>``), or its model folder ``<export_dir>/<name>``
             (the highest version is used, as TF Serving does).
+        tile_size: ``(height, width)``, each >= ``min_tile_size()`` (480): images larger than
+            that are segmented in tiles (``fcn_keras.inference.segment_in_tiles``), with the
+            same labels as whole. None: whole images. A ``.keras`` model must be an FCN-VGG16 of
+            ``build_fcn``; a SavedModel is taken to be one (as ``fcn_keras.export`` makes them).
 
     Returns:
         A function mapping uint8 ``[H, W, 3]`` to uint8 ``[H, W]``, the argmax on the device.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not an FCN (the message names it and says what was found).
+        ValueError: ``path`` is not an FCN (the message names it and says what was found), a
+            ``.keras`` model to tile is not an FCN-VGG16, or ``tile_size`` is too small.
     """
-    path = Path(path)
+    if tile_size is not None:
+        check_tile_size(tile_size)
+    segment = _load_segment(Path(path), tiled=tile_size is not None)
+    if tile_size is None:
+        return segment
+    return lambda image: segment_in_tiles(segment, image, tile_size)
+
+
+def _load_segment(path: Path, tiled: bool) -> Predictor:
+    """``load_predictor``'s whole-image function; ``tiled``: check that tiles suit the model."""
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     saved_dir = _savedmodel_dir(path) if path.is_dir() else None
@@ -84,7 +102,10 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
                 f"nor {' or '.join(RUN_CHECKPOINTS)}: give a .keras file, a run folder of "
                 "fcn_keras.train or a SavedModel from fcn_keras.export"
             )
-        model = labels_model(load_fcn(path))  # A .keras file or a run folder's checkpoint.
+        fcn = load_fcn(path)  # A .keras file or a run folder's checkpoint.
+        if tiled:
+            check_tileable(fcn, str(path))
+        model = labels_model(fcn)
         return lambda image: np.asarray(model.predict_on_batch(image[np.newaxis]))[0]
 
     try:
@@ -315,6 +336,9 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("overwrite", False, "Replace files at output paths that fcn_keras did not write (without it the "
                          "run stops before writing; earlier outputs of fcn_keras are always replaced, inputs never).")
     flags.DEFINE_enum("overlay_format", "jpg", ["jpg", "png"], "File format of the overlays.")
+    flags.DEFINE_string("tile_size", None, "Segment images larger than N or HxW pixels in tiles of at most that size "
+                        f"(at least {min_tile_size()}): bounds the memory of a call, same labels as whole images. "
+                        "Default: whole images.")
     flags.DEFINE_float("alpha", 0.5, "Weight of the label colours in the overlays (0 = image only, 1 = colours only).",
                        lower_bound=0.0, upper_bound=1.0)
     flags.mark_flags_as_required(["model", "output_dir"])
@@ -328,11 +352,12 @@ def run(
     overlay_format: str = "jpg",
     alpha: float = 0.5,
     overwrite: bool = False,
+    tile_size: tuple[int, int] | None = None,
 ) -> int:
     """The CLI's work: segments ``sources`` (files or folders), reports failures on stderr.
 
     Args:
-        model: see ``load_predictor``.
+        model, tile_size: see ``load_predictor``.
         sources: image files and folders.
         output_dir: see ``predict_images``.
         overlay_format: ``"jpg"`` or ``"png"``.
@@ -349,7 +374,7 @@ def run(
               "are not taken as inputs")
     try:
         check_outputs(images, output_dir, overlay_format, overwrite)
-        predictor = load_predictor(model)
+        predictor = load_predictor(model, tile_size)
     except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -385,8 +410,14 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         return usage_error("fcn_keras.predict", "give image files or folders to segment after the flags")
     _keep_tensorflow_off_the_gpus(FLAGS.model)
+    tile_size = None
+    if FLAGS.tile_size is not None:
+        try:
+            tile_size = check_tile_size(parse_size(FLAGS.tile_size, "--tile_size"), "--tile_size")
+        except ValueError as error:
+            return usage_error("fcn_keras.predict", str(error))
     return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha,
-               overwrite=FLAGS.overwrite)
+               overwrite=FLAGS.overwrite, tile_size=tile_size)
 
 
 if __name__ == "__main__":

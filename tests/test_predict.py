@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +16,7 @@ from PIL import Image
 
 from fcn_keras import export, predict
 from fcn_keras.constants import VOC_PALETTE
-from fcn_keras.inference import labels_model
+from fcn_keras.inference import labels_model, tile_spans
 from fcn_keras.io import read_image
 from test_export import random_image, tiny_fcn
 
@@ -299,3 +300,43 @@ def test_an_output_dir_that_is_a_file_and_hidden_files_and_usage_errors(tmp_path
     err = capsys.readouterr().err
     assert err == ("fcn_keras.predict: error: give image files or folders to segment after the flags "
                    "(see python -m fcn_keras.predict --help)\n")
+
+
+def test_tiles_give_the_whole_image_labels_from_a_keras_file_and_a_savedmodel(model, keras_file, tmp_path):
+    """An image taller than the tiles: 4 row tiles of at most 480 rows, from a .keras file and from its
+    SavedModel, give the whole image's labels wherever its two best classes are not tied to within
+    the rounding of other shapes; the CLI's run writes them too."""
+    image = random_image(7, (560, 200))
+    Image.fromarray(image).save(tmp_path / "tall.png")
+    assert len(tile_spans(560, 480)) == 4 and len(tile_spans(200, 640)) == 1
+    whole_logits = model.predict(image[np.newaxis], verbose=0)[0]
+    best_two = np.sort(whole_logits, axis=-1)[..., -2:]
+    decided = best_two[..., 1] - best_two[..., 0] > 1e-5 * np.abs(whole_logits).max()
+    assert decided.mean() > 0.999
+    whole = whole_logits.argmax(-1)
+    assert len(np.unique(whole)) > 3
+    export.export_saved_model(model, tmp_path / "serving", name="fcn8s", version=1)
+    for source in (keras_file, tmp_path / "serving" / "fcn8s"):
+        labels = predict.load_predictor(source, tile_size=(480, 640))(image)
+        assert labels.dtype == np.uint8 and labels.shape == (560, 200)
+        np.testing.assert_array_equal(labels[decided], whole[decided], err_msg=str(source))
+    assert predict.run(keras_file, [tmp_path / "tall.png"], tmp_path / "out", tile_size=(480, 640)) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "tall.png"))[decided], whole[decided])
+
+
+def test_tile_sizes_too_small_or_models_of_unknown_reach_are_refused(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    other = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs), name="other")
+    other.save(tmp_path / "other.keras")
+    with pytest.raises(ValueError, match=re.escape(f"tiled prediction needs an FCN-VGG16 of fcn_keras.model.build_fcn "
+                                                   f"(its reach is known); {tmp_path / 'other.keras'} has no layers")):
+        predict.load_predictor(tmp_path / "other.keras", tile_size=(480, 480))
+    with pytest.raises(ValueError, match=re.escape("tile_size must be at least 480 pixels on each side")):
+        predict.load_predictor(tmp_path / "other.keras", tile_size=(480, 479))
+    Image.fromarray(random_image(1, (20, 20))).save(tmp_path / "cat.jpg")
+    result = run_predict_cli(f"--model={tmp_path / 'other.keras'}", f"--output_dir={tmp_path / 'out'}",
+                             "--tile_size=640x400", str(tmp_path / "cat.jpg"))
+    assert result.returncode == 2
+    assert ("fcn_keras.predict: error: --tile_size must be at least 480 pixels on each side (221 pixels of context on "
+            "each side of the part a tile keeps, on the net's 32-pixel grid). Received: --tile_size=(640, 400)") in result.stderr
+    assert not (tmp_path / "out").exists()
