@@ -6,7 +6,8 @@
 Every image is evaluated whole (no crop, no resize): one at a time by default (exact), or in
 batches padded to the batch's largest image or to a fixed ``--canvas`` (padding: the mean
 colour in images, void in labels, not counted; under JAX a canvas means one XLA compilation
-instead of one per image size, see docs/evaluation.md). The argmax is taken on the device
+instead of one per image size, see docs/evaluation.md). Images larger than ``--tile_size`` are
+segmented in tiles, with the same labels as whole (``fcn_keras.inference.segment_in_tiles``). The argmax is taken on the device
 (``fcn_keras.inference.labels_model``): only uint8 label maps reach the host, where a streaming
 int64 confusion matrix counts (truth, prediction) pairs, void (255) excluded. Writes
 ``metrics.json`` (scores, confusion matrix, counts), ``metrics.md`` (the four metrics and the
@@ -35,7 +36,7 @@ from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import voc
 from fcn_keras.data.pipeline import conversion_dir, data_class_names, eval_dataset, resolve_data
 from fcn_keras.files import write_text_atomic
-from fcn_keras.inference import labels_model
+from fcn_keras.inference import check_tile_size, check_tileable, labels_model, segment_in_tiles
 from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file, run_class_names
 from fcn_keras.metrics import confusion_matrix, scores
 
@@ -98,6 +99,7 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     batch_size: int = 1,
     canvas: tuple[int, int] | None = None,
+    tile_size: tuple[int, int] | None = None,
     keep_predictions: int = 0,
     cache_dir: str | os.PathLike = "cache",
     verbose: bool = True,
@@ -123,6 +125,10 @@ def evaluate_model(
         canvas: ``(height, width)``: pad every image to this size instead, and fill the last
             batch up to ``batch_size`` with blank images (not counted), so the model sees one
             input shape (one compilation under JAX/XLA). Images must fit in it.
+        tile_size: ``(height, width)``, each >= 480: segment images larger than that in tiles
+            (``fcn_keras.inference.segment_in_tiles``: the same labels as whole, the memory of a
+            tile). Only one image at a time (``batch_size=1``, no ``canvas``); the model must be
+            an FCN-VGG16 of ``build_fcn``.
         keep_predictions: also return the label maps of the first N images, each cropped to
             its image's size, as ``predictions`` (not written to ``metrics.json``).
         cache_dir: where a VOCdevkit root is converted (see ``resolve_split``).
@@ -132,8 +138,8 @@ def evaluate_model(
         ``scores(confusion)`` (``pixel_accuracy``, ``mean_accuracy``, ``mean_iu``, ``fw_iu``,
         ``per_class_iu``) plus ``confusion`` (int ``[C, C]`` as nested lists, rows = truth),
         ``num_images``, ``num_pixels`` (non-void pixels counted), ``void_pixels``,
-        ``class_names``, ``model``, ``data``, ``split``, ``batch_size``, ``canvas``,
-        ``backend``, ``seconds`` and ``images_per_second``; with ``keep_predictions``,
+        ``class_names``, ``model``, ``data``, ``split``, ``batch_size``, ``canvas``, ``tile_size``,
+        ``backend, ``seconds`` and ``images_per_second``; with ``keep_predictions``,
         ``predictions``: a list of uint8 ``[h, w]`` arrays.
 
     Raises:
@@ -141,13 +147,19 @@ def evaluate_model(
         ValueError: the model is not an FCN, its class count differs from ``len(class_names)``
             (or from the data's),
             the data matches nothing, a label lies outside ``[0, C)`` and is not 255, an image
-            is larger than ``canvas``, or no image was evaluated.
+            is larger than ``canvas``, no image was evaluated, or ``tile_size`` is too small, set
+            with batches or a canvas, or set for a model outside the FCN-VGG16 family.
     """
     # --- Arguments ---------------------------------------------------------------------------
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
     if not isinstance(keep_predictions, int) or keep_predictions < 0:
         raise ValueError(f"keep_predictions must be an integer >= 0. Received: keep_predictions={keep_predictions!r}")
+    if tile_size is not None:
+        check_tile_size(tile_size)
+        if batch_size != 1 or canvas is not None:
+            raise ValueError(f"tile_size segments one image at a time: it needs batch_size=1 and no canvas. Received: "
+                             f"batch_size={batch_size}, canvas={canvas}")
     recorded = None  # The class names the model's training run recorded, if any.
     if isinstance(model, keras.Model):
         source = model.name
@@ -157,6 +169,8 @@ def evaluate_model(
         model = load_fcn(source)
         recorded = run_class_names(source)
     num_classes = int(model.outputs[0].shape[-1])
+    if tile_size is not None:
+        check_tileable(model, f"model {source}")
     if class_names is None:
         class_names = data_class_names(data)
         if class_names is not None and len(class_names) != num_classes:
@@ -178,6 +192,11 @@ def evaluate_model(
 
     # --- Streaming confusion matrix ------------------------------------------------------------
     predictor = labels_model(model)
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        """The label map of one image (or tile) ``[h, w, 3]``."""
+        return np.asarray(predictor.predict_on_batch(image[np.newaxis]))[0]
+
     dataset = eval_dataset(pattern, batch_size=batch_size, canvas=canvas, with_sizes=True)
     blank = None if canvas is None else np.broadcast_to(np.asarray(PAD_RGB, np.uint8), (batch_size, *canvas, 3))
     confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -191,7 +210,10 @@ def evaluate_model(
             images, labels, sizes = images.numpy(), labels.numpy()[:count], sizes.numpy()[:count]
             if blank is not None and len(images) < batch_size:  # the same shape for the last batch
                 images = np.concatenate([images, blank[len(images) :]])
-            predicted = np.asarray(predictor.predict_on_batch(images))[:count]
+            if tile_size is None:
+                predicted = np.asarray(predictor.predict_on_batch(images))[:count]
+            else:  # One image, unpadded (batch 1, no canvas).
+                predicted = segment_in_tiles(segment, images[0], tile_size)[np.newaxis]
             invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
             if invalid.any():
                 raise ValueError(
@@ -231,6 +253,7 @@ def evaluate_model(
         "split": split if Path(data).is_dir() else None,
         "batch_size": batch_size,
         "canvas": None if canvas is None else list(canvas),
+        "tile_size": None if tile_size is None else list(tile_size),
         "backend": keras.backend.backend(),
         "seconds": seconds,
         "images_per_second": num_images / seconds,
@@ -247,9 +270,11 @@ def evaluate_model(
 
 def evaluation_mode(results: dict[str, Any]) -> str:
     """How the images were fed, in words, e.g. "batches of 16 padded to a 500x500 canvas"."""
-    batch, canvas = results.get("batch_size", 1), results.get("canvas")
+    batch, canvas, tile = results.get("batch_size", 1), results.get("canvas"), results.get("tile_size")
     if canvas:
         return f"batches of {batch} padded to a {canvas[0]}x{canvas[1]} canvas"
+    if tile:
+        return f"one at a time, exact, in tiles of at most {tile[0]}x{tile[1]}"
     return "one at a time, exact" if batch == 1 else f"batches of {batch} padded to the largest image"
 
 
@@ -341,6 +366,10 @@ def define_flags() -> None:
         "last batch, so the model sees one input shape: one XLA compilation under JAX instead of one per image size. "
         "Default: exact sizes (batch 1) or the batch's largest image.",
     )
+    flags.DEFINE_string(
+        "tile_size", None, "N or HxW (>= 480): segment images larger than that in tiles (the same labels as whole, the "
+        "memory of a tile), for datasets of large images. Needs --batch_size=1 and no --canvas. Default: whole images.",
+    )
     flags.DEFINE_string("class_names", None, "Class names for metrics.md and the confusion matrix, a file with one per "
                         "line or a comma-separated list. Default: the data's (its manifest.json; VOC's for a VOCdevkit "
                         "root or records without a manifest).")
@@ -355,6 +384,12 @@ def main(argv: list[str]) -> int:
         return usage_error("fcn_keras.evaluate", f"unexpected arguments: {argv[1:]}")
     try:
         canvas = parse_size(FLAGS.canvas, "--canvas") if FLAGS.canvas else None
+        tile_size = None
+        if FLAGS.tile_size:
+            tile_size = check_tile_size(parse_size(FLAGS.tile_size, "--tile_size"), "--tile_size")
+            if FLAGS.batch_size != 1 or canvas is not None:
+                raise ValueError(f"--tile_size segments one image at a time: it needs --batch_size=1 and no --canvas. "
+                                 f"Received: --batch_size={FLAGS.batch_size}, --canvas={FLAGS.canvas}")
         results = evaluate_model(
             FLAGS.model,
             FLAGS.data,
@@ -363,6 +398,7 @@ def main(argv: list[str]) -> int:
             max_images=FLAGS.max_images,
             batch_size=FLAGS.batch_size,
             canvas=canvas,
+            tile_size=tile_size,
             class_names=None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names),
             cache_dir=FLAGS.cache_dir,
         )

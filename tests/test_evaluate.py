@@ -208,6 +208,10 @@ def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
     result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--class_names=sky,tree"], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "predicts 21 classes but 2 class names were given" in result.stderr
+    result = subprocess.run([*command, f"--model={tmp_path / 'conv.keras'}", "--tile_size=480", "--batch_size=2"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and ("error: --tile_size segments one image at a time: it needs --batch_size=1 and no "
+                                       "--canvas. Received: --batch_size=2, --canvas=None") in result.stderr
 
 
 @pytest.mark.parametrize("cache_dir", [None, "elsewhere"])
@@ -226,3 +230,30 @@ def test_conversion_folder_is_the_one_training_made(eval_workspace, tmp_path, mo
     pattern, count = resolve_split(voc, "val", *([cache_dir] if cache_dir else []))
     assert pattern == trained["val"] and count == 5 and Path(pattern).parent.parent == parent
     assert {p: p.stat().st_mtime_ns for p in parent.rglob("val-*.tfrecord")} == stamps
+
+
+def test_tiles_give_the_whole_images_metrics(eval_workspace, tmp_path):
+    """Images taller than the tiles (500 to 640 rows) evaluated in tiles of 480: the same label maps
+    as whole (but where two classes tie to within rounding), so the same metrics; wrong uses named."""
+    from fcn_keras.data.synthetic import make_synthetic_voc
+
+    voc = make_synthetic_voc(tmp_path / "VOCdevkit", num_train=1, num_val=2, size=(570, 40), seed=4)
+    common = dict(cache_dir=tmp_path / "cache", keep_predictions=2, verbose=False)
+    whole = evaluate_model(eval_workspace["model"], str(voc), **common)
+    tiled = evaluate_model(eval_workspace["model"], str(voc), tile_size=(480, 480), **common)
+    assert [p.shape[0] > 480 for p in whole["predictions"]] == [True, True]
+    for a, b in zip(tiled["predictions"], whole["predictions"]):
+        assert len(np.unique(b)) > 3 and np.mean(a != b) <= 1e-3
+    assert tiled["num_pixels"] == whole["num_pixels"] and tiled["tile_size"] == [480, 480]
+    assert abs(tiled["mean_iu"] - whole["mean_iu"]) <= 1e-3
+    assert "one at a time, exact, in tiles of at most 480x480" in metrics_markdown(tiled)
+    with pytest.raises(ValueError, match=re.escape("tile_size segments one image at a time: it needs batch_size=1 "
+                                                   "and no canvas. Received: batch_size=2, canvas=None")):
+        evaluate_model(eval_workspace["model"], str(voc), tile_size=(480, 480), batch_size=2, **common)
+    with pytest.raises(ValueError, match=re.escape("tile_size must be at least 480 pixels on each side")):
+        evaluate_model(eval_workspace["model"], str(voc), tile_size=(479, 480), **common)
+    inputs = keras.Input((None, None, 3))
+    conv = keras.Model(inputs, keras.layers.Conv2D(21, 3, padding="same")(inputs), name="conv")
+    with pytest.raises(ValueError, match=re.escape("tiled prediction needs an FCN-VGG16 of fcn_keras.model.build_fcn "
+                                                   "(its reach is known); model conv has no layers")):
+        evaluate_model(conv, str(voc), tile_size=(480, 480), **common)
