@@ -99,7 +99,7 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     batch_size: int = 1,
     canvas: tuple[int, int] | None = None,
-    tile_size: tuple[int, int] | None = None,
+    tile_size: int | tuple[int, int] | None = None,
     keep_predictions: int = 0,
     cache_dir: str | os.PathLike = "cache",
     verbose: bool = True,
@@ -125,7 +125,8 @@ def evaluate_model(
         canvas: ``(height, width)``: pad every image to this size instead, and fill the last
             batch up to ``batch_size`` with blank images (not counted), so the model sees one
             input shape (one compilation under JAX/XLA). Images must fit in it.
-        tile_size: ``(height, width)``, each >= 480: segment images larger than that in tiles
+        tile_size: ``N`` or ``(height, width)``, each >= 480: segment images with a side larger
+            than that in tiles
             (``fcn_keras.inference.segment_in_tiles``: the same labels as whole, the memory of a
             tile). Only one image at a time (``batch_size=1``, no ``canvas``); the model must be
             an FCN-VGG16 of ``build_fcn``.
@@ -139,7 +140,7 @@ def evaluate_model(
         ``per_class_iu``) plus ``confusion`` (int ``[C, C]`` as nested lists, rows = truth),
         ``num_images``, ``num_pixels`` (non-void pixels counted), ``void_pixels``,
         ``class_names``, ``model``, ``data``, ``split``, ``batch_size``, ``canvas``, ``tile_size``,
-        ``backend, ``seconds`` and ``images_per_second``; with ``keep_predictions``,
+        ``backend``, ``seconds`` and ``images_per_second``; with ``keep_predictions``,
         ``predictions``: a list of uint8 ``[h, w]`` arrays.
 
     Raises:
@@ -156,7 +157,7 @@ def evaluate_model(
     if not isinstance(keep_predictions, int) or keep_predictions < 0:
         raise ValueError(f"keep_predictions must be an integer >= 0. Received: keep_predictions={keep_predictions!r}")
     if tile_size is not None:
-        check_tile_size(tile_size)
+        tile_size = check_tile_size(tile_size)
         if batch_size != 1 or canvas is not None:
             raise ValueError(f"tile_size segments one image at a time: it needs batch_size=1 and no canvas. Received: "
                              f"batch_size={batch_size}, canvas={canvas}")

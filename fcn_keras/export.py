@@ -23,7 +23,9 @@ Signatures (see docs/serving.md):
   ``{"b64": ...}``).
 
 Beside the SavedModel, ``assets.extra/class_names.txt`` names the classes, one per line in label
-order (TF Serving ignores the folder; clients map ``labels`` to names with it).
+order (TF Serving ignores the folder; clients map ``labels`` to names with it), and, for an
+FCN-VGG16 of ``build_fcn``, ``assets.extra/tile_context.txt`` holds the context (pixels) a tile
+needs, so that ``fcn_keras.predict --tile_size`` can segment large images with the SavedModel.
 
 The export runs under the TensorFlow backend; a ``.keras`` file trained under JAX loads and
 exports the same way (Keras files are backend-independent).
@@ -46,7 +48,7 @@ from fcn_keras.console import usage_error
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
 from fcn_keras.data import voc
 from fcn_keras.files import write_text_atomic
-from fcn_keras.inference import ArgmaxLabels
+from fcn_keras.inference import TILE_CONTEXT, ArgmaxLabels, check_tileable
 from fcn_keras.io import check_fcn, decode_image_tensor, load_fcn, run_class_names
 
 # --- Names of the serving interface ---------------------------------------------------------
@@ -57,6 +59,9 @@ BYTES_SIGNATURE = "predict_image_bytes"
 EXTRA_OUTPUTS: tuple[str, ...] = ("probabilities", "logits")
 #: The class names beside the SavedModel, relative to the version folder.
 CLASS_NAMES_FILE = os.path.join("assets.extra", "class_names.txt")
+#: ``inference.TILE_CONTEXT`` beside the SavedModel of an FCN-VGG16 (the reach of other models is
+#: unknown, and they get no file: tiled prediction refuses them).
+TILE_CONTEXT_FILE = os.path.join("assets.extra", "tile_context.txt")
 
 
 # --- The serving module -----------------------------------------------------------------------
@@ -222,6 +227,8 @@ def export_saved_model(
         tf.saved_model.save(serving, str(temp_dir), signatures=serving.signatures())
         if class_names is not None:
             write_text_atomic(temp_dir / CLASS_NAMES_FILE, "".join(f"{name}\n" for name in class_names))
+        if _tileable(model):
+            write_text_atomic(temp_dir / TILE_CONTEXT_FILE, f"{TILE_CONTEXT}\n")
         if version_dir.exists() and overwrite:  # Move the old version aside, swap, then delete it.
             old_dir = _hidden_sibling(version_dir, "old")
             os.replace(version_dir, old_dir)
@@ -243,6 +250,14 @@ def export_saved_model(
         if temp_dir.exists():
             shutil.rmtree(temp_dir)
     return version_dir
+
+
+def _tileable(model: keras.Model) -> bool:
+    try:
+        check_tileable(model)
+    except ValueError:
+        return False
+    return True
 
 
 def _hidden_sibling(path: Path, kind: str) -> Path:

@@ -172,15 +172,19 @@ def tile_spans(length: int, tile_size: int, context: int = TILE_CONTEXT) -> list
     return spans
 
 
-def check_tile_size(tile_size: tuple[int, int], name: str = "tile_size") -> tuple[int, int]:
-    """Returns ``(height, width)`` if both are at least ``min_tile_size()``, else raises a
-    ``ValueError`` naming ``name`` (a flag, say)."""
-    if min(tile_size) < min_tile_size():
+def check_tile_size(tile_size: int | tuple[int, int], name: str = "tile_size") -> tuple[int, int]:
+    """``(height, width)`` of a tile size ``N`` or ``(height, width)`` of integers, each at
+    least ``min_tile_size()``; else a ``ValueError`` naming ``name`` (a flag, say)."""
+    sides = (tile_size, tile_size) if isinstance(tile_size, (int, np.integer)) else tuple(np.atleast_1d(tile_size))
+    if len(sides) != 2 or not all(isinstance(side, (int, np.integer)) and not isinstance(side, bool) for side in sides):
+        raise ValueError(f"{name} must be an integer N or (height, width) of integers. Received: {name}={tile_size!r}")
+    if min(sides) < min_tile_size():
         raise ValueError(
             f"{name} must be at least {min_tile_size()} pixels on each side ({TILE_CONTEXT} pixels of context on each "
-            f"side of the part a tile keeps, on the net's {arch.GRID_STRIDE}-pixel grid). Received: {name}={tile_size}"
+            f"side of the part a tile keeps, on the net's {arch.GRID_STRIDE}-pixel grid). "
+            f"Received: {name}={sides[0]}x{sides[1]}"
         )
-    return tuple(tile_size)
+    return int(sides[0]), int(sides[1])
 
 
 def _grid_ceil(pixels: int) -> int:
@@ -188,7 +192,10 @@ def _grid_ceil(pixels: int) -> int:
 
 
 def segment_in_tiles(
-    segment: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile_size: int | tuple[int, int]
+    segment: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    tile_size: int | tuple[int, int],
+    context: int = TILE_CONTEXT,
 ) -> np.ndarray:
     """Applies a whole-image label function tile by tile (see ``tile_spans``).
 
@@ -197,6 +204,7 @@ def segment_in_tiles(
             ``.keras`` model or an exported SavedModel: ``TILE_CONTEXT`` covers the family).
         image: uint8 or float ``[H, W, 3]``.
         tile_size: the largest tile, ``N`` or ``(height, width)``.
+        context: pixels of context the net needs (``TILE_CONTEXT`` for the FCN-VGG16 family).
 
     Returns:
         uint8 ``[H, W]``, what ``segment(image)`` returns (up to the rounding of the device's
@@ -204,9 +212,9 @@ def segment_in_tiles(
     """
     if np.ndim(image) != 3 or np.shape(image)[-1] != 3:
         raise ValueError(f"image must be one RGB image [H, W, 3]. Received: shape {np.shape(image)}")
-    tile_height, tile_width = (tile_size, tile_size) if isinstance(tile_size, (int, np.integer)) else tile_size
-    rows = tile_spans(image.shape[0], tile_height)
-    columns = tile_spans(image.shape[1], tile_width)
+    tile_height, tile_width = check_tile_size(tile_size)
+    rows = tile_spans(image.shape[0], tile_height, context)
+    columns = tile_spans(image.shape[1], tile_width, context)
     labels = np.empty(image.shape[:2], np.uint8)
     for row in rows:
         for column in columns:

@@ -39,8 +39,10 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras.console import progress_verbosity, usage_error
-from fcn_keras.export import SERVING_SIGNATURE
-from fcn_keras.inference import check_tile_size, check_tileable, labels_model, min_tile_size, segment_in_tiles
+from fcn_keras.export import SERVING_SIGNATURE, TILE_CONTEXT_FILE
+from fcn_keras.inference import (
+    TILE_CONTEXT, check_tile_size, check_tileable, labels_model, min_tile_size, segment_in_tiles,
+)
 from fcn_keras.io import (
     IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, write_image, write_label_png, written_here,
 )
@@ -61,7 +63,7 @@ def _savedmodel_dir(path: Path) -> Path | None:
     return max(versions, key=lambda child: int(child.name)) if versions else None
 
 
-def load_predictor(path: str | os.PathLike, tile_size: tuple[int, int] | None = None) -> Predictor:
+def load_predictor(path: str | os.PathLike, tile_size: int | tuple[int, int] | None = None) -> Predictor:
     """A label-map function from a ``.keras`` FCN or an exported SavedModel.
 
     Args:
@@ -69,10 +71,11 @@ def load_predictor(path: str | os.PathLike, tile_size: tuple[int, int] | None = 
             ``last.keras``), a SavedModel folder written by ``fcn_keras.export``
             (``<export_dir>/<name>/<version>``), or its model folder ``<export_dir>/<name>``
             (the highest version is used, as TF Serving does).
-        tile_size: ``(height, width)``, each >= ``min_tile_size()`` (480): images larger than
-            that are segmented in tiles (``fcn_keras.inference.segment_in_tiles``), with the
+        tile_size: ``N`` or ``(height, width)``, each >= ``min_tile_size()`` (480): images with a
+            side larger than that are segmented in tiles (``fcn_keras.inference.segment_in_tiles``), with the
             same labels as whole. None: whole images. A ``.keras`` model must be an FCN-VGG16 of
-            ``build_fcn``; a SavedModel is taken to be one (as ``fcn_keras.export`` makes them).
+            ``build_fcn``; a SavedModel must say how much context it needs (``fcn_keras.export``
+            writes ``TILE_CONTEXT_FILE`` for those).
 
     Returns:
         A function mapping uint8 ``[H, W, 3]`` to uint8 ``[H, W]``, the argmax on the device.
@@ -80,18 +83,20 @@ def load_predictor(path: str | os.PathLike, tile_size: tuple[int, int] | None = 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not an FCN (the message names it and says what was found), a
-            ``.keras`` model to tile is not an FCN-VGG16, or ``tile_size`` is too small.
+            model to tile is not an FCN-VGG16 (or a SavedModel does not say so), or ``tile_size``
+            is too small.
     """
     if tile_size is not None:
-        check_tile_size(tile_size)
-    segment = _load_segment(Path(path), tiled=tile_size is not None)
+        tile_size = check_tile_size(tile_size)
+    segment, context = _load_segment(Path(path), tiled=tile_size is not None)
     if tile_size is None:
         return segment
-    return lambda image: segment_in_tiles(segment, image, tile_size)
+    return lambda image: segment_in_tiles(segment, image, tile_size, context)
 
 
-def _load_segment(path: Path, tiled: bool) -> Predictor:
-    """``load_predictor``'s whole-image function; ``tiled``: check that tiles suit the model."""
+def _load_segment(path: Path, tiled: bool) -> tuple[Predictor, int | None]:
+    """``load_predictor``'s whole-image function, and the context tiles need if ``tiled``
+    (checked to be known for the model)."""
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     saved_dir = _savedmodel_dir(path) if path.is_dir() else None
@@ -106,7 +111,7 @@ def _load_segment(path: Path, tiled: bool) -> Predictor:
         if tiled:
             check_tileable(fcn, str(path))
         model = labels_model(fcn)
-        return lambda image: np.asarray(model.predict_on_batch(image[np.newaxis]))[0]
+        return lambda image: np.asarray(model.predict_on_batch(image[np.newaxis]))[0], TILE_CONTEXT
 
     try:
         loaded = tf.saved_model.load(str(saved_dir))
@@ -129,8 +134,23 @@ def _load_segment(path: Path, tiled: bool) -> Predictor:
             f"found signatures {sorted(loaded.signatures)}"
             + (f", {SERVING_SIGNATURE} inputs {inputs} outputs {outputs}" if signature is not None else "")
         )
+    context = None
+    if tiled:
+        context_file = saved_dir / TILE_CONTEXT_FILE
+        if not context_file.is_file():
+            raise ValueError(
+                f"{saved_dir} does not say how much context its net needs ({TILE_CONTEXT_FILE}, written by "
+                "fcn_keras.export for FCN-VGG16s of build_fcn): tiles would be wrong; export it again, or segment "
+                "whole images (no --tile_size)"
+            )
+        try:
+            context = int(context_file.read_text())
+        except ValueError:
+            raise ValueError(f"{context_file} must hold a whole number of pixels. Received: "
+                             f"{context_file.read_text()[:40]!r}") from None
     # Through ``loaded`` (not the bare signature), which keeps the variables alive.
-    return lambda image: loaded.signatures[SERVING_SIGNATURE](images=tf.constant(image[np.newaxis]))["labels"].numpy()[0]
+    return (lambda image: loaded.signatures[SERVING_SIGNATURE](images=tf.constant(image[np.newaxis]))["labels"].numpy()[0],
+            context)
 
 
 # --- Inputs ------------------------------------------------------------------------------------

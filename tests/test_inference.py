@@ -6,7 +6,8 @@ import pytest
 import keras
 
 from fcn_keras.inference import (
-    TILE_CONTEXT, labels_model, min_tile_size, predict_labels, predict_labels_tiled, segment_in_tiles, tile_spans,
+    TILE_CONTEXT, check_tile_size, labels_model, min_tile_size, predict_labels, predict_labels_tiled, segment_in_tiles,
+    tile_spans,
 )
 from fcn_keras.model import build_fcn
 
@@ -125,6 +126,9 @@ def test_tiled_labels_equal_the_whole_image_labels(variant, geometry):
         tile_logits = net.predict(image[np.newaxis, span.start:span.stop], verbose=0)[0]
         np.testing.assert_allclose(tile_logits[span.keep_start - span.start:span.keep_stop - span.start],
                                    whole_logits[span.keep_start:span.keep_stop], rtol=0, atol=tolerance)
+    # The context matters: the middle tile's kept rows read with 32 pixels less on each side differ.
+    short = net.predict(image[np.newaxis, 448 - 192:672 + 192], verbose=0)[0, 192:-192]
+    assert np.abs(short - whole_logits[448:672]).max() > 10 * tolerance
     best_two = np.sort(whole_logits, axis=-1)[..., -2:]
     decided = best_two[..., 1] - best_two[..., 0] > tolerance
     assert decided.mean() > 0.999
@@ -143,3 +147,9 @@ def test_tiled_prediction_refuses_a_model_of_unknown_reach(model):
         predict_labels_tiled(other, np.zeros((600, 600, 3), "uint8"), 480)
     with pytest.raises(ValueError, match=r"image must be one RGB image \[H, W, 3\]. Received: shape \(1, 60, 60, 3\)"):
         predict_labels_tiled(model, np.zeros((1, 60, 60, 3), "uint8"), 480)
+    assert check_tile_size(np.int64(500)) == (500, 500) and check_tile_size((480, 640)) == (480, 640)
+    for bad in (480.5, (480, 500.0), (480,), True):
+        with pytest.raises(ValueError, match=r"tile_size must be an integer N or \(height, width\) of integers"):
+            check_tile_size(bad)
+    with pytest.raises(ValueError, match=r"--tile_size must be at least 480 .* Received: --tile_size=479x500"):
+        check_tile_size((479, 500), "--tile_size")

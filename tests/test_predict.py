@@ -315,13 +315,19 @@ def test_tiles_give_the_whole_image_labels_from_a_keras_file_and_a_savedmodel(mo
     assert decided.mean() > 0.999
     whole = whole_logits.argmax(-1)
     assert len(np.unique(whole)) > 3
-    export.export_saved_model(model, tmp_path / "serving", name="fcn8s", version=1)
+    version_dir = export.export_saved_model(model, tmp_path / "serving", name="fcn8s", version=1)
+    assert (version_dir / export.TILE_CONTEXT_FILE).read_text() == "221\n"
     for source in (keras_file, tmp_path / "serving" / "fcn8s"):
         labels = predict.load_predictor(source, tile_size=(480, 640))(image)
         assert labels.dtype == np.uint8 and labels.shape == (560, 200)
         np.testing.assert_array_equal(labels[decided], whole[decided], err_msg=str(source))
     assert predict.run(keras_file, [tmp_path / "tall.png"], tmp_path / "out", tile_size=(480, 640)) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "tall.png"))[decided], whole[decided])
+    # A SavedModel that does not say how much context its net needs is not tiled.
+    (version_dir / export.TILE_CONTEXT_FILE).unlink()
+    with pytest.raises(ValueError, match=re.escape(f"{version_dir} does not say how much context its net needs")):
+        predict.load_predictor(version_dir, tile_size=480)
+    assert predict.load_predictor(version_dir)(image).shape == (560, 200)  # Whole images still work.
 
 
 def test_tile_sizes_too_small_or_models_of_unknown_reach_are_refused(tmp_path):
@@ -333,10 +339,15 @@ def test_tile_sizes_too_small_or_models_of_unknown_reach_are_refused(tmp_path):
         predict.load_predictor(tmp_path / "other.keras", tile_size=(480, 480))
     with pytest.raises(ValueError, match=re.escape("tile_size must be at least 480 pixels on each side")):
         predict.load_predictor(tmp_path / "other.keras", tile_size=(480, 479))
+    # Exported, a model outside the family gets no tile context: its SavedModel is not tiled.
+    version_dir = export.export_saved_model(other, tmp_path / "serving", name="other", version=1)
+    assert not (version_dir / export.TILE_CONTEXT_FILE).exists()
+    with pytest.raises(ValueError, match=re.escape(f"{version_dir} does not say how much context its net needs")):
+        predict.load_predictor(version_dir, tile_size=480)
     Image.fromarray(random_image(1, (20, 20))).save(tmp_path / "cat.jpg")
     result = run_predict_cli(f"--model={tmp_path / 'other.keras'}", f"--output_dir={tmp_path / 'out'}",
                              "--tile_size=640x400", str(tmp_path / "cat.jpg"))
     assert result.returncode == 2
     assert ("fcn_keras.predict: error: --tile_size must be at least 480 pixels on each side (221 pixels of context on "
-            "each side of the part a tile keeps, on the net's 32-pixel grid). Received: --tile_size=(640, 400)") in result.stderr
+            "each side of the part a tile keeps, on the net's 32-pixel grid). Received: --tile_size=640x400") in result.stderr
     assert not (tmp_path / "out").exists()
