@@ -7,11 +7,11 @@ Every image is evaluated whole (no crop, no resize): one at a time by default (e
 batches padded to the batch's largest image or to a fixed ``--canvas`` (padding: the mean
 colour in images, void in labels, not counted; under JAX a canvas means one XLA compilation
 instead of one per image size, see docs/evaluation.md). Images larger than ``--tile_size`` are
-segmented in tiles, with the same labels as whole (``fcn_keras.inference.segment_in_tiles``). The argmax is taken on the device
-(``fcn_keras.inference.labels_model``): only uint8 label maps reach the host, where a streaming
-int64 confusion matrix counts (truth, prediction) pairs, void (255) excluded. Writes
-``metrics.json`` (scores, confusion matrix, counts), ``metrics.md`` (the four metrics and the
-per-class IU table) and ``confusion.png``.
+segmented in tiles, with the same labels as whole (``fcn_keras.inference.segment_in_tiles``).
+The argmax is taken on the device (``fcn_keras.inference.labels_model``): only uint8 label
+maps reach the host, where a streaming int64 confusion matrix counts (truth, prediction) pairs,
+void (255) excluded. Writes ``metrics.json`` (scores, confusion matrix, counts), ``metrics.md``
+(the four metrics and the per-class IU table) and ``confusion.png``.
 """
 
 from __future__ import annotations
@@ -126,9 +126,8 @@ def evaluate_model(
             batch up to ``batch_size`` with blank images (not counted), so the model sees one
             input shape (one compilation under JAX/XLA). Images must fit in it.
         tile_size: ``N`` or ``(height, width)``, each >= 480: segment images with a side larger
-            than that in tiles
-            (``fcn_keras.inference.segment_in_tiles``: the same labels as whole, the memory of a
-            tile). Only one image at a time (``batch_size=1``, no ``canvas``); the model must be
+            than that in tiles (``fcn_keras.inference.segment_in_tiles``: the same labels as
+            whole, the memory of a tile). Only one image at a time (``batch_size=1``, no ``canvas``); the model must be
             an FCN-VGG16 of ``build_fcn``.
         keep_predictions: also return the label maps of the first N images, each cropped to
             its image's size, as ``predictions`` (not written to ``metrics.json``).
