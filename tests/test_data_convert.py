@@ -16,7 +16,7 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
-from fcn_keras.constants import VOC_CLASSES
+from fcn_keras.constants import VOC_CLASSES, VOC_PALETTE
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import records, voc
 from fcn_keras.data.convert import convert
@@ -125,11 +125,11 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, 
     encode = convert_lib._encode_pair
     calls = []
 
-    def dies_on_fifth(pair, num_classes):
+    def dies_on_fifth(pair, **options):
         calls.append(pair.image_id)
         if len(calls) == 5:
             raise KeyboardInterrupt  # what a kill in the middle of shard 2 looks like to the writer
-        return encode(pair, num_classes)
+        return encode(pair, **options)
 
     monkeypatch.setattr(convert_lib, "_encode_pair", dies_on_fifth)
     with pytest.raises(KeyboardInterrupt):
@@ -140,7 +140,7 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, 
     assert partial["complete"] is False and [s["name"] for s in partial["shards"]] == ["train-00000-of-00003.tfrecord"]
     stamp = (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns
     calls.clear()
-    monkeypatch.setattr(convert_lib, "_encode_pair", lambda pair, num_classes: calls.append(pair.image_id) or encode(pair, num_classes))
+    monkeypatch.setattr(convert_lib, "_encode_pair", lambda pair, **options: calls.append(pair.image_id) or encode(pair, **options))
     manifest = convert(voc_root, out, splits=("train",), shard_size=3, num_workers=1, verbose=False)
     assert calls == [f"synth_{i:06d}" for i in range(3, 7)]  # only the unfinished shards
     assert (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns == stamp
@@ -459,8 +459,9 @@ def test_own_dataset_bad_arguments(own, voc_root, tmp_path):
         convert(None, out, **{**own, "class_names": None})
     with pytest.raises(ValueError, match=r"drop voc_root\. Received: voc_root="):
         convert(voc_root, out, **own)
-    with pytest.raises(ValueError, match=r"class_names names the classes of a dataset of your own"):
-        convert(voc_root, out, class_names="a,b")
+    for name in ("class_names", "label_colours"):
+        with pytest.raises(ValueError, match=rf"{name} describes a dataset of your own \(with images_dir\)"):
+            convert(voc_root, out, **{name: "voc"})
     with pytest.raises(ValueError, match=r"voc_root must be a VOCdevkit folder \(or pass images_dir"):
         convert(None, out)
     with pytest.raises(ValueError, match=r"split names must be letters.*Received: split='train/x'"):
@@ -494,3 +495,141 @@ def test_cli_converts_a_dataset_of_your_own(own, tmp_path):
     assert both.returncode == 2 and "--voc_root converts PASCAL VOC: drop --images_dir" in both.stderr
     some = _cli(f"--images_dir={own['images_dir']}", f"--class_names={own['class_names']}", f"--output_dir={out}")
     assert some.returncode == 2 and "missing: --labels_dir, --lists_dir\n" in some.stderr, some.stderr
+
+
+# --- Colour-coded masks -----------------------------------------------------------------------
+
+#: A colour table for the own dataset's classes (background, road, car): "car" has two colours.
+COLOURS = {"background": [(0, 0, 0)], "road": [(128, 64, 128)], "car": [(64, 0, 128), (64, 0, 129)], "void": [(255, 255, 255)]}
+COLOURS_FILE = """# CamVid-style: a header, names or indices, comments
+name,r,g,b
+background,0,0,0
+1 128 64 128   # road, by its index
+car 64 0 128
+car,64,0,129
+void 255 255 255
+"""
+
+
+def _paint(index: np.ndarray, colour_of: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    rgb = np.zeros((*index.shape, 3), np.uint8)
+    for label, colour in colour_of.items():
+        rgb[index == label] = colour
+    return rgb
+
+
+def _colour_masks(own, tmp_path, colour_of: dict[int, tuple[int, int, int]]) -> dict:
+    """The own dataset with its masks painted (PNG modes RGB, RGBA and palette in turn)."""
+    labels_dir = tmp_path / "colour_masks"
+    labels_dir.mkdir()
+    for number, path in enumerate(sorted(own["labels_dir"].glob("*.png"))):
+        rgb = Image.fromarray(_paint(_indices(path), colour_of), mode="RGB")
+        mask = (rgb, rgb.convert("RGBA"), rgb.quantize(colors=8, method=Image.Quantize.MAXCOVERAGE))[number % 3]
+        mask.save(labels_dir / path.name)
+        assert mask.mode == ("RGB", "RGBA", "P")[number % 3]
+    return {**own, "labels_dir": labels_dir}
+
+
+def test_colour_coded_masks_give_the_same_records_as_index_masks(own, tmp_path):
+    reference = convert(None, tmp_path / "indices", **own, verbose=False)
+    # "car" (2) in its second colour on the right half of every mask: both colours are read as car.
+    colour_of = {0: COLOURS["background"][0], 1: COLOURS["road"][0], 2: COLOURS["car"][0], 255: COLOURS["void"][0]}
+    painted = _colour_masks(own, tmp_path, colour_of)
+    for path in painted["labels_dir"].glob("*.png"):
+        with Image.open(path) as png:
+            mode, rgb = png.mode, np.array(png.convert("RGB"))
+        rgb[:, rgb.shape[1] // 2 :][(rgb[:, rgb.shape[1] // 2 :] == (64, 0, 128)).all(-1)] = (64, 0, 129)
+        Image.fromarray(rgb).convert(mode if mode != "P" else "RGB").save(path)
+    (tmp_path / "colours.csv").write_text(COLOURS_FILE)
+    out = tmp_path / "colours"
+    manifest = convert(None, out, **painted, label_colours=tmp_path / "colours.csv", shard_size=4, verbose=False)
+    assert manifest["source"]["label_colours"] == [[0, 0, 0, 0], [64, 0, 128, 2], [64, 0, 129, 2], [128, 64, 128, 1],
+                                                   [255, 255, 255, 255]]
+    for split in ("train", "val"):
+        expected = _read_split(tmp_path / "indices", reference, split)
+        examples = _read_split(out, manifest, split)
+        assert list(examples) == list(expected)
+        for image_id, example in examples.items():
+            np.testing.assert_array_equal(example["label"], expected[image_id]["label"])
+        assert manifest["splits"][split]["class_pixels"] == reference["splits"][split]["class_pixels"]
+        assert manifest["splits"][split]["void_pixels"] == reference["splits"][split]["void_pixels"] > 0
+    # Same colours: every shard kept. Another colour map: every shard rewritten.
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
+    convert(None, out, **painted, label_colours=tmp_path / "colours.csv", shard_size=4, verbose=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")} == stamps
+    (tmp_path / "swapped.csv").write_text(COLOURS_FILE.replace("1 128 64 128", "0 128 64 128").replace("background", "road"))
+    swapped = convert(None, out, **painted, label_colours=tmp_path / "swapped.csv", shard_size=4, verbose=False)
+    assert not set({p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}.items()) & set(stamps.items())
+    counts = reference["splits"]["train"]["class_pixels"]
+    assert swapped["splits"]["train"]["class_pixels"] == [counts[1], counts[0], counts[2]]
+
+
+def test_voc_colours_and_masks_whose_colours_are_not_in_the_map(own, tmp_path):
+    voc_colours = {label: tuple(int(v) for v in VOC_PALETTE[label]) for label in (0, 1, 2, 255)}
+    painted = _colour_masks(own, tmp_path, voc_colours)
+    reference = convert(None, tmp_path / "indices", **own, splits=("val",), verbose=False)
+    manifest = convert(None, tmp_path / "voc", **painted, splits=("val",), label_colours="voc", verbose=False)
+    for image_id, example in _read_split(tmp_path / "voc", manifest, "val").items():
+        np.testing.assert_array_equal(example["label"], _indices(own["labels_dir"] / f"{image_id}.png"))
+    assert manifest["splits"]["val"]["class_pixels"] == reference["splits"]["val"]["class_pixels"]
+    assert manifest["source"]["label_colours"][-1] == [224, 224, 192, 255]  # VOC's void colour
+    # A resized (blended) mask has colours of no class: refused with their pixel counts, or skipped.
+    path = painted["labels_dir"] / "item_0001.png"
+    with Image.open(path) as png:
+        rgb = np.array(png.convert("RGB"))
+    rgb[0, :3], rgb[1, :2] = (10, 20, 30), (1, 2, 3)
+    Image.fromarray(rgb).save(path)
+    with pytest.raises(voc.InvalidPairError, match=r"masks/item_0001.png: 5 pixels have 2 colour\(s\) not in voc: "
+                                                   r"\(10, 20, 30\) x 3, \(1, 2, 3\) x 2 \(exact colours only"):
+        convert(None, tmp_path / "r", **painted, splits=("train",), label_colours="voc", verbose=False)
+    skipped = convert(None, tmp_path / "r", **painted, splits=("train",), label_colours="voc", skip_invalid=True, verbose=False)
+    assert (skipped["splits"]["train"]["num_examples"], skipped["splits"]["train"]["num_skipped"]) == (5, 1)
+    # Index masks read through colours: gray (1, 1, 1) is no colour of the map.
+    with pytest.raises(voc.InvalidPairError, match=r"masks/item_0000.png: \d+ pixels have \d colour\(s\) not in voc"):
+        convert(None, tmp_path / "r2", **own, splits=("train",), label_colours="voc", verbose=False)
+    # 16 bits per channel: refused rather than rounded.
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.zeros((4, 4), np.uint16), mode="I;16").save(deep)
+    with pytest.raises(voc.InvalidPairError, match=r"deep.png: colour mask is a mode-I;16, 16-bit PNG"):
+        voc.read_label(deep, voc.read_label_colours("voc", ("a", "b")))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", r"lists no colour"),
+    ("car 1 2\n", r"line 1 \('car 1 2'\): expected '<label> R G B'"),
+    ("road 1 2 256\n", r"line 1 \('road 1 2 256'\): R, G and B must be integers 0..255"),
+    ("road 1 2 -3\n", r"R, G and B must be integers"),
+    ("bus 1 2 3\n", r"line 1 \('bus 1 2 3'\): 'bus' is not a class of the dataset \(3: background, road, car\), an index 0..2"),
+    ("3 1 2 3\n", r"'3' is not a class"),
+    ("# x\nroad 1 2 3\ncar 1 2 3\n", r"colour \(1, 2, 3\) is given two labels, 1 and 2"),
+    ("road 1 2 3\nname,r,g,b\n", r"line 2 \('name,r,g,b'\): R, G and B must be integers"),
+])
+def test_bad_label_colours_files_name_the_line(tmp_path, text, match):
+    path = tmp_path / "colours.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"label_colours file '.*colours.txt'.*" + match):
+        voc.read_label_colours(path, ("background", "road", "car"))
+
+
+def test_label_colours_names_indices_void_and_a_missing_file(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("\ufeffpotted plant 1 2 3\r\n0,4,5,6\r\nvoid 7 8 9\n255 7 8 9\n\npotted plant 10 11 12\n")
+    colours = voc.read_label_colours(path, ("background", "potted plant"))
+    assert colours.to_json() == [[1, 2, 3, 1], [4, 5, 6, 0], [7, 8, 9, 255], [10, 11, 12, 1]]
+    labels, unknown, counts = colours.labels_of(np.array([[[4, 5, 6], [10, 11, 12], [7, 8, 9], [9, 9, 9]]], np.uint8))
+    assert labels.tolist() == [[0, 1, 255, 0]] and unknown.tolist() == [9 << 16 | 9 << 8 | 9] and counts.tolist() == [1]
+    with pytest.raises(ValueError, match=r"cannot read label_colours file '.*nowhere.txt' \(label_colours is 'voc' or a file"):
+        voc.read_label_colours(tmp_path / "nowhere.txt", ("a", "b"))
+
+
+def test_cli_converts_colour_coded_masks(own, tmp_path):
+    painted = _colour_masks(own, tmp_path, {0: (0, 0, 0), 1: (128, 64, 128), 2: (64, 0, 128), 255: (255, 255, 255)})
+    (tmp_path / "colours.csv").write_text(COLOURS_FILE)
+    out = tmp_path / "records"
+    done = _cli(f"--images_dir={painted['images_dir']}", f"--labels_dir={painted['labels_dir']}",
+                f"--lists_dir={own['lists_dir']}", f"--class_names={own['class_names']}",
+                f"--label_colours={tmp_path / 'colours.csv'}", f"--output_dir={out}", "--splits=val")
+    assert done.returncode == 0, done.stderr
+    assert "val: 3 examples in 1 shard(s), 0 skipped; 3 of 3 classes present" in done.stdout
+    refused = _cli("--voc_root=x", "--label_colours=voc", f"--output_dir={out}")
+    assert refused.returncode == 2 and "--voc_root converts PASCAL VOC: drop --label_colours" in refused.stderr

@@ -6,6 +6,7 @@ parallel, resumable.
     python -m fcn_keras.data.convert --download_dir=downloads --output_dir=data/voc [--splits=...]
     python -m fcn_keras.data.convert --images_dir=mine/images --labels_dir=mine/masks \
         --lists_dir=mine/lists --class_names=mine/classes.txt --output_dir=data/mine [--splits=...]
+        [--label_colours=voc|mine/colours.csv]
 
 Writes ``<output_dir>/<split>-00000-of-0000N.tfrecord`` (schema in ``fcn_keras.data.records``)
 and ``<output_dir>/manifest.json``. Each shard goes to a temporary name and is renamed when
@@ -75,14 +76,14 @@ def _fingerprint(pairs: list[voc.Pair]) -> str:
     return digest.hexdigest()
 
 
-def _encode_pair(pair: voc.Pair, num_classes: int) -> tuple[bytes, np.ndarray] | voc.Problem:
+def _encode_pair(pair: voc.Pair, num_classes: int, colours: voc.LabelColours | None) -> tuple[bytes, np.ndarray] | voc.Problem:
     """Loads, validates and serializes one pair; a ``Problem`` when it is invalid.
 
     Returns:
         ``(serialized example, int64 [256] pixel count of each label value)``.
     """
     try:
-        loaded = voc.load_pair(pair, num_classes)
+        loaded = voc.load_pair(pair, num_classes, colours)
     except voc.InvalidPairError as error:
         return error.problem
     label_png = records.encode_label_png(loaded.label)
@@ -142,6 +143,7 @@ def _write_shard(
     progbar: keras.utils.Progbar | None,
     skip_invalid: bool,
     num_classes: int,
+    colours: voc.LabelColours | None,
 ) -> tuple[int, list[voc.Problem], np.ndarray]:
     """Writes the valid pairs of one shard to a temporary file, then renames it to ``path``.
 
@@ -154,7 +156,7 @@ def _write_shard(
     """
     problems, count, counts = [], 0, np.zeros(256, np.int64)
     with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        for result in executor.map(functools.partial(_encode_pair, num_classes=num_classes), pairs):
+        for result in executor.map(functools.partial(_encode_pair, num_classes=num_classes, colours=colours), pairs):
             if isinstance(result, voc.Problem):
                 if not skip_invalid:
                     raise voc.InvalidPairError(result)
@@ -228,7 +230,8 @@ def _convert_split(
             entry = old_shards[name]
         else:
             count, shard_problems, counts = _write_shard(
-                output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"]
+                output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"],
+                options["label_colours"],
             )
             entry = {
                 "name": name,
@@ -264,6 +267,7 @@ def convert(
     images_dir: str | os.PathLike | None = None,
     labels_dir: str | os.PathLike | None = None,
     class_names: str | os.PathLike | tuple[str, ...] | list[str] | None = None,
+    label_colours: str | os.PathLike | None = None,
     skip_invalid: bool = False,
     num_workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -288,10 +292,15 @@ def convert(
         lists_dir: a folder searched first for ``<split>.txt`` id lists (the only place, for a
             dataset of your own).
         images_dir: a dataset of your own: its folder of ``<id>.jpg`` / ``.jpeg`` / ``.png`` images.
-        labels_dir: a dataset of your own: its folder of ``<id>.png`` masks (class indices, 255 = void).
+        labels_dir: a dataset of your own: its folder of ``<id>.png`` masks (class indices, 255 =
+            void; colours with ``label_colours``).
         class_names: a dataset of your own: its class names in index order (a file with one per
             line, a comma-separated string or a sequence; 2 to 255 of them). Mask values must be
             below their count (or 255).
+        label_colours: a dataset of your own whose masks are colour-coded: ``"voc"`` (the VOC
+            colours) or a file of ``<label> R G B`` lines (``fcn_keras.data.voc.read_label_colours``).
+            Every mask pixel must have one of its colours (exact colours: a resized or JPEG mask
+            is refused, naming its stray colours).
         skip_invalid: skip invalid pairs (counted, and reported in ``skipped.json``) instead of
             stopping at the first.
         num_workers: threads reading and validating pairs (default: the CPU count).
@@ -327,13 +336,16 @@ def convert(
         for split in splits:
             voc.check_split_name(split)
         names = voc.read_class_names(class_names)
+        colours = None if label_colours is None else voc.read_label_colours(label_colours, names)
     else:
         if voc_root is None:
             raise ValueError("voc_root must be a VOCdevkit folder (or pass images_dir, labels_dir, lists_dir and "
                              "class_names for a dataset of your own). Received: voc_root=None")
-        if class_names is not None:
-            raise ValueError("class_names names the classes of a dataset of your own (with images_dir); VOC's are "
-                             f"fixed (fcn_keras.VOC_CLASSES). Received: class_names={class_names!r}")
+        for name, value in (("class_names", class_names), ("label_colours", label_colours)):
+            if value is not None:
+                raise ValueError(f"{name} describes a dataset of your own (with images_dir); VOC's classes are fixed and "
+                                 f"its masks are class indices. Received: {name}={str(value)!r}")
+        colours = None
         for split in splits:
             if split not in voc.SPLITS:
                 raise ValueError(f"splits must be among {voc.SPLITS}. Received: splits={splits!r}")
@@ -355,6 +367,8 @@ def convert(
     if own:
         source = {"images_dir": absolute(images_dir), "labels_dir": absolute(labels_dir), "lists_dir": absolute(lists_dir),
                   "max_images": max_images, "class_names": list(names)}
+        if colours is not None:  # Only when given: manifests written before the option stay current.
+            source["label_colours"] = colours.to_json()
 
         def resolve(split):
             return voc.resolve_folder_pairs(split, images_dir, labels_dir, lists_dir, max_images=max_images)
@@ -395,6 +409,7 @@ def convert(
     options = {
         "resolve": resolve,
         "num_classes": len(names),
+        "label_colours": colours,
         "skip_invalid": skip_invalid,
         "shard_size": shard_size,
         "source": source,
@@ -451,6 +466,8 @@ def _define_flags() -> None:
                         "(palette or grayscale PNGs; 255 = void).")
     flags.DEFINE_string("class_names", None, "A dataset of your own: its class names in index order, a file with one per "
                         "line or a comma-separated list (e.g. background,road,car).")
+    flags.DEFINE_string("label_colours", None, "A dataset of your own whose masks are colour-coded (RGB) PNGs: 'voc' (the "
+                        "VOC colours) or a file of '<label> R G B' lines, label a class name, index or void.")
     flags.DEFINE_list("splits", ["train", "val"], f"Comma-separated splits among {', '.join(voc.SPLITS)}; for a dataset "
                       "of your own, any names with a <lists_dir>/<split>.txt.")
     flags.DEFINE_boolean("skip_invalid", False, "Skip invalid pairs, count them and write skipped.json, instead of stopping at the first.")
@@ -468,9 +485,10 @@ def main(argv: list[str]) -> int | None:
         return usage_error("fcn_keras.data.convert", f"unexpected arguments: {argv[1:]}")
     roots = {"voc_root": FLAGS.voc_root, "sbd_root": FLAGS.sbd_root, "lists_dir": FLAGS.lists_dir}
     own = {"images_dir": FLAGS.images_dir, "labels_dir": FLAGS.labels_dir, "class_names": FLAGS.class_names}
+    own_options = {"label_colours": FLAGS.label_colours}  # Optional, for a dataset of your own.
     try:
         if FLAGS.download_dir is not None:
-            given = [f"--{name}" for name, value in {**roots, **own}.items() if value is not None]
+            given = [f"--{name}" for name, value in {**roots, **own, **own_options}.items() if value is not None]
             if given:
                 raise ValueError(f"--download_dir finds the data itself: drop {', '.join(given)}, or drop --download_dir")
             needed = download.sources_for_splits(FLAGS.splits)
@@ -484,8 +502,8 @@ def main(argv: list[str]) -> int | None:
             missing = [f"--{name}" for name in ("images_dir", "labels_dir", "lists_dir", "class_names") if given[name] is None]
             raise ValueError(f"a dataset of your own needs --images_dir, --labels_dir, --lists_dir and --class_names; "
                              f"missing: {', '.join(missing)}")
-        elif FLAGS.voc_root is not None and any(value is not None for value in own.values()):
-            given = [f"--{name}" for name, value in own.items() if value is not None]
+        elif FLAGS.voc_root is not None and any(value is not None for value in {**own, **own_options}.values()):
+            given = [f"--{name}" for name, value in {**own, **own_options}.items() if value is not None]
             raise ValueError(f"--voc_root converts PASCAL VOC: drop {', '.join(given)} (they describe a dataset of your own), "
                              "or drop --voc_root")
         convert(
@@ -495,6 +513,7 @@ def main(argv: list[str]) -> int | None:
             sbd_root=roots["sbd_root"],
             lists_dir=roots["lists_dir"],
             **own,
+            **own_options,
             skip_invalid=FLAGS.skip_invalid,
             num_workers=FLAGS.num_workers,
             shard_size=FLAGS.shard_size,

@@ -18,7 +18,8 @@ first, then in ``VOC2012/ImageSets/Segmentation`` (SBD's lists in ``<sbd_root>/d
 A dataset of your own (``resolve_folder_pairs``): ``<images_dir>/<id>.jpg`` (or ``.jpeg``,
 ``.png``), ``<labels_dir>/<id>.png`` (palette or grayscale PNGs of class indices, 255 = void)
 and ``<lists_dir>/<split>.txt`` for any split name; its classes are named in a list
-(``read_class_names``).
+(``read_class_names``). Colour-coded masks are read through a colour map
+(``read_label_colours``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn_keras.console import op_error_reason
-from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES, PNG_SIGNATURE, png_bit_depth
+from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES, PNG_SIGNATURE, VOC_PALETTE, png_bit_depth
 
 # --- Layouts ----------------------------------------------------------------------------------
 
@@ -359,58 +360,205 @@ def read_class_names(value: str | os.PathLike | Sequence[str]) -> tuple[str, ...
     return tuple(names)
 
 
+# --- Colour-coded masks -----------------------------------------------------------------------
+
+#: ``read_label_colours``'s name for the VOC colour map: class ``i`` is ``VOC_PALETTE[i]``,
+#: void (255) is ``VOC_PALETTE[255]`` = (224, 224, 192), as in VOC's own colour PNGs.
+VOC_COLOURS: str = "voc"
+
+#: Colours shown in an "unknown colours" problem.
+_SHOWN_COLOURS = 5
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LabelColours:
+    """Which label each colour of a colour-coded mask stands for.
+
+    Attributes:
+        keys: uint32 ``[K]``, sorted: each colour as ``R << 16 | G << 8 | B``.
+        labels: uint8 ``[K]``: the label of ``keys[k]`` (a class index, or 255 for void).
+        source: where the map came from, for messages (``"voc"`` or the file's path).
+    """
+
+    keys: np.ndarray
+    labels: np.ndarray
+    source: str
+
+    def to_json(self) -> list[list[int]]:
+        """``[[R, G, B, label], ...]`` in colour order (recorded in the manifest)."""
+        return [[int(key >> 16), int(key >> 8 & 255), int(key & 255), int(label)] for key, label in zip(self.keys, self.labels)]
+
+    def labels_of(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Maps colours to labels.
+
+        Args:
+            rgb: uint8 ``[H, W, 3]``.
+
+        Returns:
+            ``(labels, unknown, counts)``: uint8 ``[H, W]`` labels (0 where the colour is not in
+            the map), and the unknown colours (uint32 keys) with their pixel counts, most frequent
+            first (empty when every colour is known).
+        """
+        keys = rgb[..., 0].astype(np.uint32) << 16 | rgb[..., 1].astype(np.uint32) << 8 | rgb[..., 2]
+        index = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        known = self.keys[index] == keys
+        unknown, counts = np.unique(keys[~known], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        return np.where(known, self.labels[index], 0).astype(np.uint8), unknown[order], counts[order]
+
+
+def _colour_text(key: int) -> str:
+    return f"({key >> 16}, {key >> 8 & 255}, {key & 255})"
+
+
+def read_label_colours(value: str | os.PathLike, class_names: Sequence[str]) -> LabelColours:
+    """The colour map of a dataset whose masks are colour-coded (RGB) instead of class indices.
+
+    Args:
+        value: ``"voc"`` (``VOC_COLOURS``: the VOC colours of classes ``0..C-1`` and void), or a
+            text file with one colour per line, ``<label> R G B`` or ``<label>,R,G,B``: the
+            label is a class name, a class index ``0..C-1``, or ``void`` / 255. Blank lines,
+            ``#`` comments and a ``name,r,g,b`` header line (CamVid's ``class_dict.csv``) are
+            skipped. Several colours may have one label; a colour may not have two.
+        class_names: the dataset's ``C`` class names, index order.
+
+    Returns:
+        The ``LabelColours``.
+
+    Raises:
+        ValueError: naming the file, the line and what is wrong.
+    """
+    num_classes = len(class_names)
+    if str(value) == VOC_COLOURS:
+        labels = np.array([*range(num_classes), IGNORE_LABEL], np.uint8)
+        colours = [(int(r), int(g), int(b), int(label)) for (r, g, b), label in zip(VOC_PALETTE[labels], labels)]
+        source = VOC_COLOURS
+    else:
+        source = f"label_colours file {str(value)!r}"
+        try:  # utf-8-sig: a byte-order mark is not part of the first label.
+            lines = Path(value).read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read {source} (label_colours is {VOC_COLOURS!r} or a file of "
+                             f"'<label> R G B' lines): {error}") from error
+        colours, seen_data = [], False
+        for number, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            fields = [field.strip() for field in (text.rsplit(",", 3) if "," in text else text.rsplit(maxsplit=3))]
+            where = f"{source}, line {number} ({line.strip()!r})"
+            if not seen_data and [field.lower() for field in fields[1:]] == ["r", "g", "b"]:
+                seen_data = True  # A header line.
+                continue
+            seen_data = True
+            if len(fields) != 4 or not fields[0]:
+                raise ValueError(f"{where}: expected '<label> R G B' (or '<label>,R,G,B')")
+            if not all(field.isdigit() and int(field) <= 255 for field in fields[1:]):
+                raise ValueError(f"{where}: R, G and B must be integers 0..255")
+            colours.append((*map(int, fields[1:]), _label_index(fields[0], class_names, where)))
+        if not colours:
+            raise ValueError(f"{source} lists no colour (one '<label> R G B' line per colour)")
+    by_key: dict[int, int] = {}
+    for r, g, b, label in colours:
+        key = r << 16 | g << 8 | b
+        if by_key.setdefault(key, label) != label:
+            raise ValueError(f"{source}: colour ({r}, {g}, {b}) is given two labels, {by_key[key]} and {label}")
+    keys = np.array(sorted(by_key), np.uint32)
+    return LabelColours(keys, np.array([by_key[key] for key in keys.tolist()], np.uint8), source)
+
+
+def _label_index(label: str, class_names: Sequence[str], where: str) -> int:
+    """The label a colour line names: a class name, an index ``0..C-1``, or void (255)."""
+    if label in class_names:
+        return list(class_names).index(label)
+    if label.lower() == "void" or label == str(IGNORE_LABEL):
+        return IGNORE_LABEL
+    if label.isdigit() and int(label) < len(class_names):
+        return int(label)
+    raise ValueError(f"{where}: {label!r} is not a class of the dataset ({len(class_names)}: {abbreviate(class_names)}), "
+                     f"an index 0..{len(class_names) - 1}, or void / {IGNORE_LABEL}")
+
+
 # --- Reading and validating one pair ----------------------------------------------------------
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Reads a mask as class indices, never through colours.
+def read_label(path: str | os.PathLike, colours: LabelColours | None = None) -> np.ndarray:
+    """Reads a mask as class indices: from its values, or from its colours with ``colours``.
 
     Args:
         path: a palette (``P``) or grayscale (``L``) PNG, or an SBD ``.mat`` file
-            (``GTcls.Segmentation``).
+            (``GTcls.Segmentation``); with ``colours``, an 8-bit PNG whose colours stand for the
+            labels (RGB, RGBA with alpha ignored, palette or grayscale: read through its colours).
+        colours: the colour map of colour-coded masks (``read_label_colours``), or ``None``.
 
     Returns:
         uint8 ``[H, W]`` class indices (values not yet validated).
 
     Raises:
-        InvalidPairError: unreadable file, a PNG of another mode, or a ``.mat`` without
-            ``GTcls.Segmentation``.
+        InvalidPairError: unreadable file, a PNG of another mode, a ``.mat`` without
+            ``GTcls.Segmentation``, or (``colours``) a colour not in the map.
     """
     path = Path(path)
     image_id = path.stem
     if path.suffix == ".mat":
-        try:
-            contents = scipy.io.loadmat(str(path))
-        except Exception as error:  # scipy raises several types for corrupt files
-            raise InvalidPairError(Problem(image_id, str(path), f"unreadable .mat file ({error})"))
-        try:
-            segmentation = contents["GTcls"]["Segmentation"][0, 0]
-        except (KeyError, ValueError, IndexError, TypeError):
-            raise InvalidPairError(Problem(image_id, str(path), "no GTcls.Segmentation in the .mat file (SBD's cls/ layout)"))
-        segmentation = np.asarray(segmentation)
-        if segmentation.ndim != 2 or segmentation.size == 0:
-            raise InvalidPairError(Problem(image_id, str(path), f"GTcls.Segmentation has shape {segmentation.shape}, expected [H, W]"))
-        if segmentation.min() < 0 or segmentation.max() > 255:
-            raise InvalidPairError(
-                Problem(image_id, str(path), f"mask values outside 0..255: range {segmentation.min()}..{segmentation.max()}")
-            )
-        return segmentation.astype(np.uint8)
+        if colours is not None:
+            raise InvalidPairError(Problem(image_id, str(path), "a .mat mask holds class indices, not colours: "
+                                                                "convert SBD without label_colours"))
+        return _read_mat_label(path)
     try:
         with Image.open(path) as png:
             if png.format != "PNG":
                 raise InvalidPairError(Problem(image_id, str(path), f"mask is not a PNG file (format {png.format})"))
-            if png.mode not in ("P", "L"):
-                raise InvalidPairError(
-                    Problem(image_id, str(path), f"mask is a mode-{png.mode} PNG; expected a palette (P) or grayscale (L) PNG of class indices")
-                )
-            return np.array(png, dtype=np.uint8)
+            if colours is None:
+                if png.mode not in ("P", "L"):
+                    raise InvalidPairError(Problem(
+                        image_id, str(path), f"mask is a mode-{png.mode} PNG; expected a palette (P) or grayscale (L) "
+                                             "PNG of class indices (colour-coded masks: pass label_colours)"))
+                return np.array(png, dtype=np.uint8)
+            with open(path, "rb") as file:
+                depth = png_bit_depth(file.read(32))
+            if png.mode not in ("RGB", "RGBA", "P", "PA", "L", "LA") or (depth is not None and depth > 8):
+                raise InvalidPairError(Problem(image_id, str(path), f"colour mask is a mode-{png.mode}, {depth}-bit PNG; "
+                                                                    "expected 8 bits per channel"))
+            rgb = np.array(png.convert("RGB"), dtype=np.uint8)
     except InvalidPairError:
         raise
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         raise InvalidPairError(Problem(image_id, str(path), f"undecodable PNG mask ({error})"))
+    labels, unknown, counts = colours.labels_of(rgb)
+    if unknown.size:
+        shown = ", ".join(f"{_colour_text(int(key))} x {count}" for key, count in zip(unknown[:_SHOWN_COLOURS], counts))
+        more = f" and {unknown.size - _SHOWN_COLOURS} more" if unknown.size > _SHOWN_COLOURS else ""
+        raise InvalidPairError(Problem(
+            image_id, str(path),
+            f"{int(counts.sum())} pixels have {unknown.size} colour(s) not in {colours.source}: {shown}{more} (exact "
+            "colours only: was the mask resized, blurred or saved as JPEG? Map stray colours to void with a "
+            "'void R G B' line)"))
+    return labels
 
 
-def load_pair(pair: Pair, num_classes: int = NUM_CLASSES) -> LoadedPair:
+def _read_mat_label(path: Path) -> np.ndarray:
+    """An SBD ``.mat`` mask's ``GTcls.Segmentation`` as uint8 ``[H, W]``."""
+    image_id = path.stem
+    try:
+        contents = scipy.io.loadmat(str(path))
+    except Exception as error:  # scipy raises several types for corrupt files
+        raise InvalidPairError(Problem(image_id, str(path), f"unreadable .mat file ({error})"))
+    try:
+        segmentation = contents["GTcls"]["Segmentation"][0, 0]
+    except (KeyError, ValueError, IndexError, TypeError):
+        raise InvalidPairError(Problem(image_id, str(path), "no GTcls.Segmentation in the .mat file (SBD's cls/ layout)"))
+    segmentation = np.asarray(segmentation)
+    if segmentation.ndim != 2 or segmentation.size == 0:
+        raise InvalidPairError(Problem(image_id, str(path), f"GTcls.Segmentation has shape {segmentation.shape}, expected [H, W]"))
+    if segmentation.min() < 0 or segmentation.max() > 255:
+        raise InvalidPairError(
+            Problem(image_id, str(path), f"mask values outside 0..255: range {segmentation.min()}..{segmentation.max()}")
+        )
+    return segmentation.astype(np.uint8)
+
+
+def load_pair(pair: Pair, num_classes: int = NUM_CLASSES, colours: LabelColours | None = None) -> LoadedPair:
     """Reads and validates one pair.
 
     Checks: the image is a decodable JPEG or 8-bit PNG (decoded with ``tf.io.decode_jpeg`` /
@@ -420,6 +568,7 @@ def load_pair(pair: Pair, num_classes: int = NUM_CLASSES) -> LoadedPair:
     Args:
         pair: the files of one id.
         num_classes: the dataset's number of classes (21 for VOC).
+        colours: the colour map of colour-coded masks (``read_label_colours``), or ``None``.
 
     Returns:
         The image bytes as-is with their format, the uint8 ``[H, W]`` label and the size.
@@ -446,7 +595,7 @@ def load_pair(pair: Pair, num_classes: int = NUM_CLASSES) -> LoadedPair:
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
         raise InvalidPairError(Problem(pair.image_id, image_path, f"undecodable {image_format.upper()} ({op_error_reason(error.message)})"))
     height, width = int(shape[0]), int(shape[1])
-    label = read_label(pair.label_path)
+    label = read_label(pair.label_path, colours)
     if label.shape != (height, width):
         raise InvalidPairError(
             Problem(
