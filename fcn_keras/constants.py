@@ -60,6 +60,16 @@ def _voc_palette() -> np.ndarray:
 VOC_PALETTE: np.ndarray = _voc_palette()
 VOC_PALETTE.setflags(write=False)
 
+
+def check_palette(palette: np.ndarray) -> np.ndarray:
+    """``palette`` as an array, checked to be uint8 ``[256, 3]`` (a colour per label value, like
+    ``VOC_PALETTE``)."""
+    palette = np.asarray(palette)
+    if palette.shape != (256, 3) or palette.dtype != np.uint8:
+        raise ValueError(f"palette must be uint8 [256, 3] (a colour per label value). Received: shape {palette.shape}, "
+                         f"dtype {palette.dtype}")
+    return palette
+
 # --- Input normalisation, by origin of the backbone weights -----------------------------------
 # Every model takes plain RGB in 0..255; the model's first layer applies one of these.
 

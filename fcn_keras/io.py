@@ -35,7 +35,7 @@ import fcn_keras.inference  # noqa: F401  (registers ArgmaxLabels, so labels mod
 import fcn_keras.layers  # noqa: F401  (registers the FCN layers for loading)
 from fcn_keras.caffe_import import fcn_from_caffemodel
 from fcn_keras.console import op_error_reason
-from fcn_keras.constants import JPEG_SIGNATURE, VOC_PALETTE, png_bit_depth
+from fcn_keras.constants import JPEG_SIGNATURE, VOC_PALETTE, check_palette, png_bit_depth
 from fcn_keras.files import atomic_path
 
 # --- Sizes -------------------------------------------------------------------------------------
@@ -327,13 +327,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # --- Writing -----------------------------------------------------------------------------------
 
 
-def write_label_png(labels: np.ndarray, path: str | os.PathLike) -> Path:
-    """Writes a label map as a palette (mode ``P``) PNG with the VOC colours, like VOC's
-    ``SegmentationClass`` files: pixel values are the class indices, viewers show colours.
+def write_label_png(labels: np.ndarray, path: str | os.PathLike, palette: np.ndarray = VOC_PALETTE) -> Path:
+    """Writes a label map as a palette (mode ``P``) PNG, by default with the VOC colours like
+    VOC's ``SegmentationClass`` files: pixel values are the class indices, viewers show colours.
 
     Args:
         labels: uint8 ``[H, W]`` class indices (255 = void).
         path: the ``.png`` file to write (atomically).
+        palette: uint8 ``[256, 3]``, the colour of each label value (a dataset's own:
+            ``fcn_keras.data.voc.LabelColours.palette``).
 
     Returns:
         ``path`` as a ``Path``.
@@ -344,7 +346,7 @@ def write_label_png(labels: np.ndarray, path: str | os.PathLike) -> Path:
             f"labels must be a uint8 [H, W] label map. Received: shape {labels.shape}, dtype {labels.dtype}"
         )
     png = Image.fromarray(labels, mode="P")
-    png.putpalette(VOC_PALETTE.reshape(-1).tolist())
+    png.putpalette(check_palette(palette).reshape(-1).tolist())
     return _atomic_save(png, Path(path), "PNG")
 
 

@@ -2,9 +2,11 @@
 
     python -m fcn_keras.predict --model=runs/fcn8s/best.keras --output_dir=out photo.jpg images/
     python -m fcn_keras.predict --model=serving/fcn8s/1 --output_dir=out images/
+    python -m fcn_keras.predict --model=runs/mine --label_colours=mine/colours.csv --output_dir=out images/
 
 For every input image ``<stem>.<ext>`` it writes ``<output_dir>/<stem>.png`` (a palette PNG of
-class indices in VOC's colours, like VOC's ``SegmentationClass`` files) and
+class indices in VOC's colours, like VOC's ``SegmentationClass`` files, or in a dataset's own
+colours with ``--label_colours``, the colour map its masks were converted with) and
 ``<output_dir>/<stem>_overlay.jpg`` (or ``.png``). The model is a ``.keras`` file or a
 training run folder (its ``best.keras``, else ``last.keras``; the argmax is appended to the
 graph with ``fcn_keras.inference.labels_model``) or a SavedModel from ``fcn_keras.export`` (its
@@ -39,12 +41,15 @@ import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras.console import progress_verbosity, usage_error
-from fcn_keras.export import SERVING_SIGNATURE, TILE_CONTEXT_FILE
+from fcn_keras.constants import VOC_PALETTE
+from fcn_keras.data import voc
+from fcn_keras.export import CLASS_NAMES_FILE, SERVING_SIGNATURE, TILE_CONTEXT_FILE
 from fcn_keras.inference import (
     TILE_CONTEXT, check_tile_size, check_tileable, labels_model, min_tile_size, segment_in_tiles,
 )
 from fcn_keras.io import (
-    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, write_image, write_label_png, written_here,
+    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, run_class_names, write_image, write_label_png,
+    written_here,
 )
 from fcn_keras.viz import overlay
 
@@ -92,6 +97,21 @@ def load_predictor(path: str | os.PathLike, tile_size: int | tuple[int, int] | N
     if tile_size is None:
         return segment
     return lambda image: segment_in_tiles(segment, image, tile_size, context)
+
+
+def model_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names recorded for a model: by its training run (a ``.keras`` file in a run
+    folder, or the folder; ``fcn_keras.io.run_class_names``) or beside its SavedModel
+    (``fcn_keras.export.CLASS_NAMES_FILE``); ``None`` when neither recorded them."""
+    path = Path(path)
+    saved_dir = _savedmodel_dir(path) if path.is_dir() else None
+    if saved_dir is None:
+        return run_class_names(path)
+    try:
+        names = [line.strip() for line in (saved_dir / CLASS_NAMES_FILE).read_text().splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return tuple(name for name in names if name) or None
 
 
 def _load_segment(path: Path, tiled: bool) -> tuple[Predictor, int | None]:
@@ -297,6 +317,7 @@ def predict_images(
     alpha: float = 0.5,
     overwrite: bool = False,
     verbose: bool = True,
+    palette: np.ndarray = VOC_PALETTE,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Writes the label PNG and the overlay of every image; a bad image does not stop the rest.
 
@@ -309,6 +330,8 @@ def predict_images(
         overwrite: also replace existing files that ``fcn_keras.io`` did not write (see
             ``check_outputs``).
         verbose: show a ``keras.utils.Progbar``.
+        palette: uint8 ``[256, 3]``, the colours of the label PNGs and overlays (VOC's, or a
+            dataset's own: ``fcn_keras.data.voc.LabelColours.palette``).
 
     Returns:
         ``(written, bad)``: the label PNGs written, and the images that failed with the reason
@@ -331,8 +354,8 @@ def predict_images(
             try:
                 image = read_image(path)
                 labels = predictor(image)
-                write_label_png(labels, label_path)
-                write_image(overlay(image, labels, alpha), overlay_path)
+                write_label_png(labels, label_path, palette)
+                write_image(overlay(image, labels, alpha, palette), overlay_path)
                 written.append(label_path)
             except (ValueError, OSError) as error:  # read_image's errors name the file and the problem.
                 bad.append((path, str(error)))
@@ -359,6 +382,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("tile_size", None, "Segment images larger than N or HxW pixels in tiles of at most that size "
                         f"(at least {min_tile_size()}): bounds the memory of a call, same labels as whole images. "
                         "Default: whole images.")
+    flags.DEFINE_string("label_colours", None, "Paint labels in a dataset's own colours: the colour map its masks were "
+                        "converted with (a file of '<label> R G B' lines, see fcn_keras.data.convert), or 'voc' (default).")
     flags.DEFINE_float("alpha", 0.5, "Weight of the label colours in the overlays (0 = image only, 1 = colours only).",
                        lower_bound=0.0, upper_bound=1.0)
     flags.mark_flags_as_required(["model", "output_dir"])
@@ -373,6 +398,7 @@ def run(
     alpha: float = 0.5,
     overwrite: bool = False,
     tile_size: tuple[int, int] | None = None,
+    label_colours: str | os.PathLike | None = None,
 ) -> int:
     """The CLI's work: segments ``sources`` (files or folders), reports failures on stderr.
 
@@ -383,10 +409,13 @@ def run(
         overlay_format: ``"jpg"`` or ``"png"``.
         alpha: weight of the label colours in the overlays.
         overwrite: see ``check_outputs``.
+        label_colours: ``"voc"``, or a colour map file (``fcn_keras.data.voc.read_label_colours``;
+            class names in it are those the model's training run or export recorded). ``None``:
+            VOC's colours.
 
     Returns:
-        The exit status: 0 when every input was processed; 2 if the model is bad or
-        ``check_outputs`` refuses the run (then nothing is written); 1 if some inputs failed.
+        The exit status: 0 when every input was processed; 2 if the model, the colour map or
+        ``check_outputs`` is bad (then nothing is written); 1 if some inputs failed.
     """
     images, bad_sources, ignored, skipped = collect_images(sources, output_dir)
     if skipped:
@@ -395,11 +424,12 @@ def run(
     try:
         check_outputs(images, output_dir, overlay_format, overwrite)
         predictor = load_predictor(model, tile_size)
+        palette = VOC_PALETTE if label_colours is None else voc.read_label_colours(label_colours, model_class_names(model)).palette
     except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
         return 2
     written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha,
-                                         overwrite=overwrite)
+                                         overwrite=overwrite, palette=palette)
     bad = bad_sources + bad_images
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
           + (f"; {ignored} hidden files or files without an image extension ignored" if ignored else "")
@@ -437,7 +467,7 @@ def main(argv: list[str]) -> int:
         except ValueError as error:
             return usage_error("fcn_keras.predict", str(error))
     return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha,
-               overwrite=FLAGS.overwrite, tile_size=tile_size)
+               overwrite=FLAGS.overwrite, tile_size=tile_size, label_colours=FLAGS.label_colours)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, check_palette
 from fcn_keras.files import atomic_path
 
 # --- Label maps as pictures --------------------------------------------------------------------
@@ -35,31 +35,34 @@ def _check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     return labels
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Paints a label map in the VOC palette (void 255 in VOC's cream, (224, 224, 192)).
+def colorize(labels: np.ndarray, palette: np.ndarray = VOC_PALETTE) -> np.ndarray:
+    """Paints a label map in a palette, by default VOC's (void 255 in VOC's cream, (224, 224, 192)).
 
     Args:
         labels: integer (typically uint8) ``[H, W]`` class indices in 0..255.
+        palette: uint8 ``[256, 3]``: the RGB colour of each label value (a dataset's own:
+            ``fcn_keras.data.voc.LabelColours.palette``).
 
     Returns:
         uint8 ``[H, W, 3]`` RGB.
     """
-    return VOC_PALETTE[_check_labels(labels)]
+    return check_palette(palette)[_check_labels(labels)]
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, palette: np.ndarray = VOC_PALETTE) -> np.ndarray:
     """Blends the colourised labels over an image: ``round((1 - alpha) * image + alpha * colour)``.
 
     Args:
         image: uint8 ``[H, W, 3]`` RGB.
         labels: integer ``[H, W]`` class indices, the same ``H, W``.
         alpha: weight of the label colours, in [0, 1] (0 = the image, 1 = ``colorize(labels)``).
+        palette: the label colours, uint8 ``[256, 3]`` (``colorize``).
 
     Returns:
         uint8 ``[H, W, 3]`` RGB.
     """
     image = np.asarray(image)
-    colours = colorize(labels)
+    colours = colorize(labels, palette)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be an RGB [H, W, 3] array. Received: image.shape={image.shape}")
     if image.shape[:2] != colours.shape[:2]:

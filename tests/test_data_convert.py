@@ -332,7 +332,8 @@ def test_cli_converts_fails_clearly_and_skips_with_report(voc_root, tmp_path):
     assert sorted(r["image_id"] for r in report) == ["synth_000001", "synth_000005"]
     assert any("[42]" in r["problem"] for r in report)
     helped = _cli("--help")
-    for flag in ("voc_root", "output_dir", "sbd_root", "lists_dir", "splits", "skip_invalid", "num_workers", "shard_size", "max_images"):
+    for flag in ("voc_root", "output_dir", "sbd_root", "lists_dir", "splits", "skip_invalid", "num_workers", "shard_size", "max_images",
+                 "label_colours"):
         assert f"--{flag}" in helped.stdout
 
 

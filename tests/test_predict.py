@@ -2,6 +2,7 @@
 run folders and SavedModel models, JPEGs decoded as in training, converted gray/RGBA inputs, bad
 inputs reported by name, and input files never overwritten nor outputs taken as inputs."""
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from PIL import Image
 
 from fcn_keras import export, predict
 from fcn_keras.constants import VOC_PALETTE
+from fcn_keras.data import voc
 from fcn_keras.inference import labels_model, tile_spans
 from fcn_keras.io import read_image
 from test_export import random_image, tiny_fcn
@@ -73,12 +75,12 @@ def run_predict_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def check_outputs(labeler, output_dir: Path, expected: dict, overlay_format: str) -> None:
-    """Every label PNG is a VOC palette PNG of the model's labels; every overlay has its size."""
+def check_outputs(labeler, output_dir: Path, expected: dict, overlay_format: str, palette: np.ndarray = VOC_PALETTE) -> None:
+    """Every label PNG is a palette PNG (VOC's by default) of the model's labels; every overlay has its size."""
     for stem, image in expected.items():
         png = Image.open(output_dir / f"{stem}.png")
         assert png.mode == "P", (stem, png.mode)
-        np.testing.assert_array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), VOC_PALETTE)
+        np.testing.assert_array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), palette)
         labels = labeler.predict(image[np.newaxis], verbose=0)[0]
         np.testing.assert_array_equal(np.asarray(png), labels, err_msg=stem)
         with Image.open(output_dir / f"{stem}_overlay.{overlay_format}") as picture:
@@ -87,9 +89,14 @@ def check_outputs(labeler, output_dir: Path, expected: dict, overlay_format: str
 
 def test_cli_on_a_folder_with_bad_files_processes_the_rest_and_fails(labeler, keras_file, inputs, tmp_path):
     folder, expected = inputs
-    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path}", str(folder), str(folder / "missing.jpg"))
+    colours = tmp_path.parent / f"{tmp_path.name}-colours.txt"
+    colours.write_text("0 1 2 3\n")  # Background in (1, 2, 3), the rest in VOC's colours.
+    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path}", f"--label_colours={colours}", str(folder),
+                             str(folder / "missing.jpg"))
     assert result.returncode == 1, result.stderr[-3000:]
-    check_outputs(labeler, tmp_path, expected, "jpg")
+    palette = VOC_PALETTE.copy()
+    palette[0] = (1, 2, 3)
+    check_outputs(labeler, tmp_path, expected, "jpg", palette)
     assert len(np.unique(np.asarray(Image.open(tmp_path / "photo.png")))) > 3  # Labels vary.
     assert "wrote 4 label maps and overlays" in result.stdout and "1 hidden files or files without an image extension ignored" in result.stdout
     assert "3 inputs failed:" in result.stderr
@@ -351,3 +358,44 @@ def test_tile_sizes_too_small_or_models_of_unknown_reach_are_refused(tmp_path):
     assert ("fcn_keras.predict: error: --tile_size must be at least 480 pixels on each side (221 pixels of context on "
             "each side of the part a tile keeps, on the net's 32-pixel grid). Received: --tile_size=640x400") in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- A dataset's own colours --------------------------------------------------------------------
+
+
+def test_label_colours_paint_the_outputs_and_read_back_to_the_same_labels(model, keras_file, labeler, inputs, tmp_path,
+                                                                         capsys):
+    """With the colour map its masks were converted with, predict's label PNGs show a dataset's
+    own colours, and reading them through the map gives back the model's labels."""
+    folder, expected = inputs
+    names = [f"class {i}" for i in range(21)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").symlink_to(keras_file)
+    (run / "config.json").write_text(json.dumps({"class_names": names}))
+    colours_file = tmp_path / "colours.txt"
+    colours_file.write_text("".join(f"class {i} {10 * i} {250 - 10 * i} {7 * i}\n" for i in range(21))
+                            + "class 3 1 2 3\nvoid 9 9 9\n")
+    status = predict.run(run, [folder / "photo.jpg", folder / "drawing.png"], tmp_path / "out", overlay_format="png",
+                         alpha=1.0, label_colours=colours_file)
+    assert status == 0, capsys.readouterr().err
+    colours = voc.read_label_colours(colours_file, names)
+    assert colours.palette[3].tolist() == [30, 220, 21] and colours.palette[255].tolist() == [9, 9, 9]  # first listed
+    for stem in ("photo", "drawing"):
+        labels = labeler.predict(expected[stem][np.newaxis], verbose=0)[0]
+        with Image.open(tmp_path / "out" / f"{stem}.png") as png:
+            np.testing.assert_array_equal(np.asarray(png), labels)
+            np.testing.assert_array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), colours.palette)
+        np.testing.assert_array_equal(voc.read_label(tmp_path / "out" / f"{stem}.png", colours), labels)
+        with Image.open(tmp_path / "out" / f"{stem}_overlay.png") as picture:
+            np.testing.assert_array_equal(np.asarray(picture), colours.palette[labels])  # alpha 1: colours only
+    assert len(np.unique(labels)) > 2
+    # The names come from the run, or from beside a SavedModel; a name the model lacks is refused.
+    export.export_saved_model(model, tmp_path / "serving", name="m", class_names=names)
+    assert predict.model_class_names(tmp_path / "serving" / "m") == tuple(names)
+    assert predict.model_class_names(keras_file) is None
+    colours_file.write_text("bus 1 2 3\n")
+    assert predict.run(run, [folder / "photo.jpg"], tmp_path / "out2", label_colours=colours_file) == 2
+    assert re.search(r"colours.txt', line 1 \('bus 1 2 3'\): 'bus' is not a class of the dataset \(21: class 0",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "out2").exists()

@@ -43,6 +43,16 @@ def test_colorize_rejects_non_label_maps():
         viz.colorize(np.array([[0, 300]]))
 
 
+def test_colorize_in_another_palette():
+    palette = np.random.default_rng(1).integers(0, 256, (256, 3)).astype(np.uint8)
+    labels = np.array([[0, 1], [20, IGNORE_LABEL]], np.uint8)
+    np.testing.assert_array_equal(viz.colorize(labels, palette), palette[labels])
+    np.testing.assert_array_equal(viz.overlay(np.zeros((2, 2, 3), np.uint8), labels, 1.0, palette), palette[labels])
+    for bad in (palette[:21], palette.astype(np.int64)):
+        with pytest.raises(ValueError, match=r"palette must be uint8 \[256, 3\] \(a colour per label value\)"):
+            viz.colorize(labels, bad)
+
+
 def test_overlay_blends_image_and_palette_colours():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (7, 9, 3)).astype(np.uint8)

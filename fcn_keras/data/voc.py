@@ -377,11 +377,15 @@ class LabelColours:
     Attributes:
         keys: uint32 ``[K]``, sorted: each colour as ``R << 16 | G << 8 | B``.
         labels: uint8 ``[K]``: the label of ``keys[k]`` (a class index, or 255 for void).
+        palette: uint8 ``[256, 3]``: the colour to paint each label value in (its first colour
+            in the map; ``VOC_PALETTE``'s for values the map does not name), for
+            ``fcn_keras.predict``'s label PNGs and overlays.
         source: where the map came from, for messages (``"voc"`` or the file's path).
     """
 
     keys: np.ndarray
     labels: np.ndarray
+    palette: np.ndarray
     source: str
 
     def to_json(self) -> list[list[int]]:
@@ -411,7 +415,7 @@ def _colour_text(key: int) -> str:
     return f"({key >> 16}, {key >> 8 & 255}, {key & 255})"
 
 
-def read_label_colours(value: str | os.PathLike, class_names: Sequence[str]) -> LabelColours:
+def read_label_colours(value: str | os.PathLike, class_names: Sequence[str] | None) -> LabelColours:
     """The colour map of a dataset whose masks are colour-coded (RGB) instead of class indices.
 
     Args:
@@ -419,8 +423,10 @@ def read_label_colours(value: str | os.PathLike, class_names: Sequence[str]) -> 
             text file with one colour per line, ``<label> R G B`` or ``<label>,R,G,B``: the
             label is a class name, a class index ``0..C-1``, or ``void`` / 255. Blank lines,
             ``#`` comments and a ``name,r,g,b`` header line (CamVid's ``class_dict.csv``) are
-            skipped. Several colours may have one label; a colour may not have two.
-        class_names: the dataset's ``C`` class names, index order.
+            skipped. Several colours may have one label (the first listed paints it); a colour
+            may not have two.
+        class_names: the dataset's ``C`` class names, index order; ``None`` when unknown (then
+            labels are indices 0..254 or void, and ``"voc"`` maps all 256 values).
 
     Returns:
         The ``LabelColours``.
@@ -428,9 +434,8 @@ def read_label_colours(value: str | os.PathLike, class_names: Sequence[str]) -> 
     Raises:
         ValueError: naming the file, the line and what is wrong.
     """
-    num_classes = len(class_names)
     if str(value) == VOC_COLOURS:
-        labels = np.array([*range(num_classes), IGNORE_LABEL], np.uint8)
+        labels = np.array([*range(IGNORE_LABEL if class_names is None else len(class_names)), IGNORE_LABEL], np.uint8)
         colours = [(int(r), int(g), int(b), int(label)) for (r, g, b), label in zip(VOC_PALETTE[labels], labels)]
         source = VOC_COLOURS
     else:
@@ -459,24 +464,31 @@ def read_label_colours(value: str | os.PathLike, class_names: Sequence[str]) -> 
         if not colours:
             raise ValueError(f"{source} lists no colour (one '<label> R G B' line per colour)")
     by_key: dict[int, int] = {}
+    palette = VOC_PALETTE.copy()
+    for r, g, b, label in reversed(colours):  # The first colour of a label paints it.
+        palette[label] = (r, g, b)
     for r, g, b, label in colours:
         key = r << 16 | g << 8 | b
         if by_key.setdefault(key, label) != label:
             raise ValueError(f"{source}: colour ({r}, {g}, {b}) is given two labels, {by_key[key]} and {label}")
     keys = np.array(sorted(by_key), np.uint32)
-    return LabelColours(keys, np.array([by_key[key] for key in keys.tolist()], np.uint8), source)
+    palette.setflags(write=False)
+    return LabelColours(keys, np.array([by_key[key] for key in keys.tolist()], np.uint8), palette, source)
 
 
-def _label_index(label: str, class_names: Sequence[str], where: str) -> int:
+def _label_index(label: str, class_names: Sequence[str] | None, where: str) -> int:
     """The label a colour line names: a class name, an index ``0..C-1``, or void (255)."""
-    if label in class_names:
+    if class_names is not None and label in class_names:
         return list(class_names).index(label)
     if label.lower() == "void" or label == str(IGNORE_LABEL):
         return IGNORE_LABEL
-    if label.isdigit() and int(label) < len(class_names):
+    count = IGNORE_LABEL if class_names is None else len(class_names)
+    if label.isdigit() and int(label) < count:
         return int(label)
-    raise ValueError(f"{where}: {label!r} is not a class of the dataset ({len(class_names)}: {abbreviate(class_names)}), "
-                     f"an index 0..{len(class_names) - 1}, or void / {IGNORE_LABEL}")
+    classes = ("the class names are unknown" if class_names is None
+               else f"{len(class_names)}: {abbreviate(class_names)}")
+    raise ValueError(f"{where}: {label!r} is not a class of the dataset ({classes}), an index 0..{count - 1}, "
+                     f"or void / {IGNORE_LABEL}")
 
 
 # --- Reading and validating one pair ----------------------------------------------------------
