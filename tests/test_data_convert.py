@@ -600,6 +600,7 @@ def test_voc_colours_and_masks_whose_colours_are_not_in_the_map(own, tmp_path):
     ("car 1 2\n", r"line 1 \('car 1 2'\): expected '<label> R G B'"),
     ("road 1 2 256\n", r"line 1 \('road 1 2 256'\): R, G and B must be integers 0..255"),
     ("road 1 2 -3\n", r"R, G and B must be integers"),
+    ("road 1 2 \u00b2\n", r"R, G and B must be integers"),
     ("bus 1 2 3\n", r"line 1 \('bus 1 2 3'\): 'bus' is not a class of the dataset \(3: background, road, car\), an index 0..2"),
     ("3 1 2 3\n", r"'3' is not a class"),
     ("# x\nroad 1 2 3\ncar 1 2 3\n", r"colour \(1, 2, 3\) is given two labels, 1 and 2"),

@@ -458,7 +458,7 @@ def read_label_colours(value: str | os.PathLike, class_names: Sequence[str] | No
             seen_data = True
             if len(fields) != 4 or not fields[0]:
                 raise ValueError(f"{where}: expected '<label> R G B' (or '<label>,R,G,B')")
-            if not all(field.isdigit() and int(field) <= 255 for field in fields[1:]):
+            if not all(re.fullmatch(r"[0-9]{1,3}", field) and int(field) <= 255 for field in fields[1:]):
                 raise ValueError(f"{where}: R, G and B must be integers 0..255")
             colours.append((*map(int, fields[1:]), _label_index(fields[0], class_names, where)))
         if not colours:
@@ -483,7 +483,7 @@ def _label_index(label: str, class_names: Sequence[str] | None, where: str) -> i
     if label.lower() == "void" or label == str(IGNORE_LABEL):
         return IGNORE_LABEL
     count = IGNORE_LABEL if class_names is None else len(class_names)
-    if label.isdigit() and int(label) < count:
+    if re.fullmatch(r"[0-9]{1,3}", label) and int(label) < count:
         return int(label)
     classes = ("the class names are unknown" if class_names is None
                else f"{len(class_names)}: {abbreviate(class_names)}")
