@@ -1,7 +1,7 @@
 """SavedModel export for TensorFlow Serving.
 
     python -m fcn_keras.export --model=runs/fcn8s/best.keras --export_dir=serving [--name=fcn8s]
-        [--version=1] [--probabilities | --logits] [--overwrite]
+        [--version=1] [--probabilities | --logits] [--overwrite] [--class_names=...] [--label_colours=...]
 
 writes ``<export_dir>/<name>/<version>/`` (TF Serving's layout: a base folder per model, one
 numbered folder per version) holding a ``tf.Module`` whose ``tf.function`` signatures wrap the
@@ -19,8 +19,8 @@ Signatures (see docs/serving.md):
   (each image is decoded and segmented on its own, so sizes may differ within a request; label
   maps smaller than the largest are padded with 255 = void), ``heights`` / ``widths`` int32
   ``[N]`` (each image's own size) and ``label_png_bytes`` string ``[N]`` (the label map in the
-  VOC colours as an RGB PNG of the image's own size; TF Serving returns ``*_bytes`` outputs as
-  ``{"b64": ...}``).
+  VOC colours, or the dataset's own with ``--label_colours``, as an RGB PNG of the image's own
+  size; TF Serving returns ``*_bytes`` outputs as ``{"b64": ...}``).
 
 Beside the SavedModel, ``assets.extra/class_names.txt`` names the classes, one per line in label
 order (TF Serving ignores the folder; clients map ``labels`` to names with it), and, for an
@@ -41,11 +41,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras.console import usage_error
-from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, check_palette
 from fcn_keras.data import voc
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import TILE_CONTEXT, ArgmaxLabels, check_tileable
@@ -84,9 +85,10 @@ class FCNServingModule(tf.Module):
         model: an FCN (RGB ``[B, H, W, 3]`` → logits ``[B, H, W, C]``) under the TF backend.
         extra_output: ``None``, ``"probabilities"`` or ``"logits"``: also returned by
             ``serving_default``.
+        palette: uint8 ``[256, 3]``, the colours of ``label_png_bytes``.
     """
 
-    def __init__(self, model: keras.Model, extra_output: str | None = None) -> None:
+    def __init__(self, model: keras.Model, extra_output: str | None = None, palette: np.ndarray = VOC_PALETTE) -> None:
         _require_tensorflow_backend()
         check_fcn(model, f"model {model.name!r}")
         if extra_output not in (None, *EXTRA_OUTPUTS):
@@ -96,7 +98,7 @@ class FCNServingModule(tf.Module):
         super().__init__(name="fcn_serving")
         self.model = model  # Tracks the variables.
         self.extra_output = extra_output
-        self.palette = tf.constant(VOC_PALETTE)
+        self.palette = tf.constant(check_palette(palette))
         self._argmax = ArgmaxLabels(name="labels")
         height, width = model.inputs[0].shape[1:3]
         self.serve_images = tf.function(
@@ -166,6 +168,7 @@ def export_saved_model(
     extra_output: str | None = None,
     overwrite: bool = False,
     class_names: Sequence[str] | None = None,
+    label_colours: str | os.PathLike | None = None,
 ) -> Path:
     """Exports an FCN as a SavedModel in TF Serving's layout, atomically.
 
@@ -186,6 +189,9 @@ def export_saved_model(
         class_names: the ``C`` names written to ``CLASS_NAMES_FILE``. ``None``: those the
             training run recorded (``model`` a run folder or a ``.keras`` file in one), else
             VOC's for a 21-class model, else no file.
+        label_colours: the colours of ``label_png_bytes``: ``"voc"`` (``None``: the same), or
+            the colour map file the dataset's masks were converted with
+            (``fcn_keras.data.voc.read_label_colours``, its names those of ``class_names``).
 
     Returns:
         The version folder ``<export_dir>/<name>/<version>``.
@@ -193,7 +199,7 @@ def export_saved_model(
     Raises:
         FileExistsError: the version folder exists (or appears while exporting) and ``overwrite`` is False.
         FileNotFoundError, ValueError: a missing or non-FCN model, bad name or version, or
-            ``class_names`` not one per class.
+            ``class_names`` not one per class, or a bad ``label_colours`` file.
     """
     _require_tensorflow_backend()
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -213,13 +219,14 @@ def export_saved_model(
         if class_names is None:
             class_names, names_from = run_class_names(model), f"the class names its training run recorded ({model})"
         model = load_fcn(model)
-    serving = FCNServingModule(model, extra_output)
-    num_classes = int(model.outputs[0].shape[-1])
+    num_classes = int(check_fcn(model, f"model {model.name!r}").outputs[0].shape[-1])
     if class_names is None and num_classes == len(VOC_CLASSES):
         class_names = VOC_CLASSES
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{names_from} must name the model's {num_classes} classes (pass --class_names). Received: "
                          f"{len(class_names)} names ({voc.abbreviate(class_names)})")
+    palette = VOC_PALETTE if label_colours is None else voc.read_label_colours(label_colours, class_names).palette
+    serving = FCNServingModule(model, extra_output, palette)
 
     version_dir.parent.mkdir(parents=True, exist_ok=True)
     temp_dir = _hidden_sibling(version_dir, "tmp")
@@ -283,6 +290,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("class_names", None, f"Class names written to <version>/{CLASS_NAMES_FILE}: a file with one "
                         "per line or a comma-separated list. Default: those the training run of --model recorded in "
                         "its config.json, else VOC's for a 21-class model, else no file.")
+    flags.DEFINE_string("label_colours", None, "Colours of the label PNGs that predict_image_bytes returns: the colour map "
+                        "the dataset's masks were converted with (a file of '<label> R G B' lines), or 'voc' (default).")
     flags.mark_flags_as_required(["model", "export_dir"])
     flags.register_multi_flags_validator(
         ["probabilities", "logits"],
@@ -305,6 +314,7 @@ def main(argv: list[str]) -> int:
             extra_output=extra,
             overwrite=FLAGS.overwrite,
             class_names=None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names),
+            label_colours=FLAGS.label_colours,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:  # Bad input: nothing exported.
         print(f"error: {error}", file=sys.stderr)

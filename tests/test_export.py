@@ -23,6 +23,7 @@ from PIL import Image
 
 from fcn_keras import export
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from fcn_keras.data import voc
 from fcn_keras.model import build_fcn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -444,6 +445,24 @@ def test_a_run_folder_exports_its_best_keras(model, keras_file, tmp_path):
     # A model of another class count, and nothing to name its classes: no file (the CLI says so).
     three = build_fcn("32s", 3, fc_units=8, geometry="same")
     assert not (export.export_saved_model(three, tmp_path / "serving", name="three") / export.CLASS_NAMES_FILE).exists()
+
+
+def test_label_colours_paint_the_label_pngs_of_the_bytes_signature(model, image_files, tmp_path):
+    names = [f"part {i}" for i in range(21)]
+    colours = tmp_path / "colours.csv"
+    colours.write_text("name,r,g,b\n" + "".join(f"part {i},{i},{2 * i},{3 * i}\n" for i in range(21)) + "void,255,0,255\n")
+    version_dir = export.export_saved_model(model, tmp_path / "serving", class_names=names, label_colours=colours)
+    palette = voc.read_label_colours(colours, names).palette
+    assert palette[20].tolist() == [20, 40, 60]
+    signature = tf.saved_model.load(str(version_dir)).signatures[export.BYTES_SIGNATURE]
+    outputs = signature(image_bytes=tf.constant([path.read_bytes() for path, _ in image_files]))
+    for png, (path, expected) in zip(outputs["label_png_bytes"].numpy(), image_files):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), palette[expected], err_msg=str(path))
+    # Names are those of the model's classes: a colour map of other names is refused before anything is written.
+    with pytest.raises(ValueError, match=r"colours.csv', line 2 \('part 0,0,0,0'\): 'part 0' is not a class of the dataset \(21: c0"):
+        export.export_saved_model(model, tmp_path / "serving", version=2, class_names=[f"c{i}" for i in range(21)],
+                                  label_colours=colours)
+    assert sorted(p.name for p in (tmp_path / "serving" / "fcn8s").iterdir()) == ["1"]
 
 
 # --- A model trained under the JAX backend --------------------------------------------------------
