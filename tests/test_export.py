@@ -340,8 +340,9 @@ def run_export_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_exports_logits(model, keras_file, tmp_path):
     names = ",".join(f"c{i}" for i in range(21))
+    (tmp_path / "colours.txt").write_text("".join(f"c{i} {i} 0 {255 - i}\n" for i in range(21)))
     result = run_export_cli(f"--model={keras_file}", f"--export_dir={tmp_path}", "--name=tiny", "--version=3", "--logits",
-                            f"--class_names={names}")
+                            f"--class_names={names}", f"--label_colours={tmp_path / 'colours.txt'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"exported {keras_file} to {tmp_path / 'tiny' / '3'}" in result.stdout
     assert f"class names: {tmp_path / 'tiny' / '3' / export.CLASS_NAMES_FILE}" in result.stdout
@@ -351,6 +352,11 @@ def test_cli_exports_logits(model, keras_file, tmp_path):
     outputs = loaded.signatures["serving_default"](images=tf.constant(images))
     assert sorted(outputs) == ["labels", "logits"] and outputs["logits"].dtype == tf.float32
     np.testing.assert_allclose(outputs["logits"].numpy(), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    png = loaded.signatures[export.BYTES_SIGNATURE](image_bytes=tf.constant([encode(images[0], "PNG")]))["label_png_bytes"]
+    labels = outputs["labels"].numpy()[0].astype(np.int64)
+    assert len(np.unique(labels)) > 1
+    expected = np.stack([labels, np.zeros_like(labels), 255 - labels], axis=-1)  # class i in (i, 0, 255 - i)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.numpy()[0]))), expected)
 
 
 def test_existing_versions_are_kept_unless_overwrite_and_a_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
