@@ -11,11 +11,14 @@ segmented in tiles, with the same labels as whole (``fcn_keras.inference.segment
 The argmax is taken on the device (``fcn_keras.inference.labels_model``): only uint8 label
 maps reach the host, where a streaming int64 confusion matrix counts (truth, prediction) pairs,
 void (255) excluded. Writes ``metrics.json`` (scores, confusion matrix, counts), ``metrics.md``
-(the four metrics and the per-class IU table) and ``confusion.png``.
+(the four metrics, the per-class IU table and the images of lowest mean IU), ``per_image.csv``
+(each image's pixel accuracy and mean IU, to find where a model fails) and ``confusion.png``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sys
@@ -42,7 +45,12 @@ from fcn_keras.metrics import confusion_matrix, scores
 
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
+PER_IMAGE_CSV = "per_image.csv"
 CONFUSION_PNG = "confusion.png"
+#: The columns of ``per_image.csv``, the keys of ``evaluate_model``'s ``per_image`` rows.
+PER_IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "height", "width", "pixels", "pixel_accuracy", "mean_iu")
+#: Images of lowest mean IU listed in ``metrics.md``.
+HARDEST_SHOWN = 10
 
 #: The four metrics of the paper, section 5, in its table order, with their table headings.
 PAPER_METRICS: tuple[tuple[str, str], ...] = (
@@ -110,8 +118,8 @@ def evaluate_model(
         model: an FCN (logits ``[B, H, W, C]``) or the path of its ``.keras`` file.
         data: a TFRecord glob, a converted folder (``manifest.json``) or a VOCdevkit root.
         split: the split of a folder to evaluate (ignored for a plain glob).
-        output_dir: where ``metrics.json``, ``metrics.md`` and ``confusion.png`` go; nothing is
-            written when ``None``.
+        output_dir: where ``metrics.json``, ``metrics.md``, ``per_image.csv`` and
+            ``confusion.png`` go; nothing is written when ``None``.
         max_images: evaluate only the first N images (all when ``None``).
         class_names: the ``C`` class names, for the table and figure. ``None``: the data's
             (``fcn_keras.data.pipeline.data_class_names``: recorded in its ``manifest.json``,
@@ -139,8 +147,10 @@ def evaluate_model(
         ``per_class_iu``) plus ``confusion`` (int ``[C, C]`` as nested lists, rows = truth),
         ``num_images``, ``num_pixels`` (non-void pixels counted), ``void_pixels``,
         ``class_names``, ``model``, ``data``, ``split``, ``batch_size``, ``canvas``, ``tile_size``,
-        ``backend``, ``seconds`` and ``images_per_second``; with ``keep_predictions``,
-        ``predictions``: a list of uint8 ``[h, w]`` arrays.
+        ``backend``, ``seconds``, ``images_per_second`` and ``per_image``: a row per image in
+        data order, ``{"image_id", "height", "width", "pixels", "pixel_accuracy", "mean_iu"}``
+        (the image's own scores, void excluded; ``None`` for an image of void only); with
+        ``keep_predictions``, ``predictions``: a list of uint8 ``[h, w]`` arrays.
 
     Raises:
         FileNotFoundError: the model file does not exist.
@@ -197,17 +207,18 @@ def evaluate_model(
         """The label map of one image (or tile) ``[h, w, 3]``."""
         return np.asarray(predictor.predict_on_batch(image[np.newaxis]))[0]
 
-    dataset = eval_dataset(pattern, batch_size=batch_size, canvas=canvas, with_sizes=True)
+    dataset = eval_dataset(pattern, batch_size=batch_size, canvas=canvas, with_sizes=True, with_ids=True)
     blank = None if canvas is None else np.broadcast_to(np.asarray(PAD_RGB, np.uint8), (batch_size, *canvas, 3))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     num_images = void_pixels = 0
     predictions: list[np.ndarray] = []
+    per_image: list[dict[str, Any]] = []
     progbar = keras.utils.Progbar(target, unit_name="image", verbose=progress_verbosity(1)) if verbose else None
     start = time.perf_counter()
     try:
-        for images, labels, sizes in dataset:
+        for images, labels, sizes, ids in dataset:
             count = len(labels) if max_images is None else min(len(labels), max_images - num_images)
-            images, labels, sizes = images.numpy(), labels.numpy()[:count], sizes.numpy()[:count]
+            images, labels, sizes, ids = images.numpy(), labels.numpy()[:count], sizes.numpy()[:count], ids.numpy()[:count]
             if blank is not None and len(images) < batch_size:  # the same shape for the last batch
                 images = np.concatenate([images, blank[len(images) :]])
             if tile_size is None:
@@ -221,12 +232,15 @@ def evaluate_model(
                     f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + count - 1}: "
                     f"they do not fit a {num_classes}-class model"
                 )
-            confusion += confusion_matrix(labels, predicted, num_classes)
-            for label, prediction, (height, width) in zip(labels, predicted, sizes):
-                # Padding of batches is void too; count only the void of the images themselves.
-                void_pixels += int((label[:height, :width] == IGNORE_LABEL).sum())
+            for label, prediction, (height, width), image_id in zip(labels, predicted, sizes, ids):
+                # Padding of batches is void: only each image's own pixels count.
+                label, prediction = label[:height, :width], prediction[:height, :width]
+                own = confusion_matrix(label, prediction, num_classes)
+                confusion += own
+                void_pixels += int((label == IGNORE_LABEL).sum())
+                per_image.append(_image_row(image_id.decode("utf-8"), int(height), int(width), own))
                 if len(predictions) < keep_predictions:
-                    predictions.append(prediction[:height, :width].copy())
+                    predictions.append(prediction.copy())
             num_images += count
             if progbar is not None:
                 progbar.update(num_images)
@@ -257,12 +271,20 @@ def evaluate_model(
         "backend": keras.backend.backend(),
         "seconds": seconds,
         "images_per_second": num_images / seconds,
+        "per_image": per_image,
     }
     if output_dir is not None:
         write_outputs(results, output_dir)
     if keep_predictions:
         results["predictions"] = predictions
     return results
+
+
+def _image_row(image_id: str, height: int, width: int, confusion: np.ndarray) -> dict[str, Any]:
+    """One image's ``per_image`` row from its own confusion matrix."""
+    own = scores(confusion) if confusion.any() else {"pixel_accuracy": None, "mean_iu": None}
+    return {"image_id": image_id, "height": height, "width": width, "pixels": int(confusion.sum()),
+            "pixel_accuracy": own["pixel_accuracy"], "mean_iu": own["mean_iu"]}
 
 
 # --- Outputs -----------------------------------------------------------------------------------
@@ -312,28 +334,56 @@ def metrics_markdown(results: dict[str, Any]) -> str:
         "Definitions: docs/evaluation.md.",
         "",
     ]
+    rated = sorted((row for row in results.get("per_image", []) if row["mean_iu"] is not None),
+                   key=lambda row: (row["mean_iu"], row["image_id"]))
+    if rated:
+        lines += [
+            f"## Lowest mean IU ({min(HARDEST_SHOWN, len(rated))} of {len(rated)} images; all in {PER_IMAGE_CSV})",
+            "",
+            "| image | size (HxW) | pixel acc. (%) | mean IU (%) |",
+            "|---|---:|---:|---:|",
+            *(f"| {row['image_id']} | {row['height']}x{row['width']} | {100 * row['pixel_accuracy']:.1f} | "
+              f"{100 * row['mean_iu']:.1f} |" for row in rated[:HARDEST_SHOWN]),
+            "",
+            "An image's mean IU averages over the classes in its own ground truth or prediction.",
+            "",
+        ]
     return "\n".join(lines)
 
 
+def per_image_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """``per_image.csv``'s text: a header of ``PER_IMAGE_COLUMNS`` and a row per image (empty
+    scores for an image of void only)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, PER_IMAGE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if row[key] is None else row[key] for key in PER_IMAGE_COLUMNS} for row in rows)
+    return text.getvalue()
+
+
 def write_outputs(results: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Writes ``metrics.json``, ``metrics.md`` and ``confusion.png`` (each atomically).
+    """Writes ``metrics.json`` (``results`` but ``per_image``), ``metrics.md``, ``per_image.csv``
+    and ``confusion.png`` (each atomically).
 
     Args:
         results: what ``evaluate_model`` returns.
         output_dir: the folder (created).
 
     Returns:
-        ``{"json": path, "markdown": path, "confusion": path}``.
+        ``{"json": path, "markdown": path, "per_image": path, "confusion": path}``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": output_dir / METRICS_JSON,
         "markdown": output_dir / METRICS_MD,
+        "per_image": output_dir / PER_IMAGE_CSV,
         "confusion": output_dir / CONFUSION_PNG,
     }
-    write_text_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
+    summary = {key: value for key, value in results.items() if key != "per_image"}
+    write_text_atomic(paths["json"], json.dumps(summary, indent=2) + "\n")
     write_text_atomic(paths["markdown"], metrics_markdown(results))
+    write_text_atomic(paths["per_image"], per_image_csv(results["per_image"]))
     viz.plot_confusion_matrix(np.asarray(results["confusion"]), results["class_names"], paths["confusion"])
     return paths
 
@@ -410,7 +460,7 @@ def main(argv: list[str]) -> int:
         + f" | {results['num_images']} images, {results['images_per_second']:.2f} images/s"
     )
     if FLAGS.output_dir:
-        print(f"wrote {METRICS_JSON}, {METRICS_MD}, {CONFUSION_PNG} in {FLAGS.output_dir}")
+        print(f"wrote {METRICS_JSON}, {METRICS_MD}, {PER_IMAGE_CSV}, {CONFUSION_PNG} in {FLAGS.output_dir}")
     return 0
 
 

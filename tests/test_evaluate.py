@@ -2,6 +2,7 @@
 computed independently from model.predict on the images decoded straight from the files; the
 CLI under JAX; clear errors for bad input."""
 
+import csv
 import json
 import os
 import re
@@ -17,8 +18,8 @@ from PIL import Image
 import keras
 
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
-from fcn_keras.evaluate import evaluate_model, metrics_markdown
-from fcn_keras.metrics import scores
+from fcn_keras.evaluate import evaluate_model, metrics_markdown, per_image_csv
+from fcn_keras.metrics import confusion_matrix, scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,27 @@ def test_metrics_json_equals_scores_of_model_predict(eval_workspace, tmp_path):
         assert f"| {name} |" in markdown
     with Image.open(out / "confusion.png") as figure:
         assert figure.format == "PNG" and figure.size == (900, 900)
+    # Each image's own scores, in data order: in the results, per_image.csv and metrics.md's lowest rows.
+    assert "per_image" not in written
+    expected_rows = []
+    for image_id, label, prediction in zip(ids, labels, predictions):
+        own = scores(confusion_matrix(label, prediction, 21))
+        expected_rows.append({"image_id": image_id, "height": label.shape[0], "width": label.shape[1],
+                              "pixels": int((label != IGNORE_LABEL).sum()), "pixel_accuracy": pytest.approx(own["pixel_accuracy"]),
+                              "mean_iu": pytest.approx(own["mean_iu"])})
+    assert results["per_image"] == expected_rows
+    assert sum(row["pixels"] for row in results["per_image"]) == written["num_pixels"]
+    assert len({row["mean_iu"] for row in results["per_image"]}) > 1
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["image_id"] for row in rows] == ids
+    for row, expected in zip(rows, results["per_image"]):
+        assert (int(row["height"]), int(row["width"]), int(row["pixels"])) == (expected["height"], expected["width"], expected["pixels"])
+        assert float(row["mean_iu"]) == pytest.approx(expected["mean_iu"], abs=1e-12)
+    lowest = sorted(results["per_image"], key=lambda row: row["mean_iu"])
+    section = markdown.split("## Lowest mean IU (5 of 5 images; all in per_image.csv)")[1]
+    assert [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| synth")] == [r["image_id"] for r in lowest]
+    assert f"| {100 * lowest[0]['mean_iu']:.1f} |" in section
 
 
 def test_glob_max_images_and_batches(eval_workspace):
@@ -116,10 +138,27 @@ def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(eval_workspac
     for kept, expected in zip(results["predictions"], expected_predictions):
         np.testing.assert_array_equal(kept, expected)
     assert "batches of 2 padded to a 64x72 canvas" in metrics_markdown(results)
+    # Each image's row counts its own pixels only, not the canvas' padding nor the blank fillers.
+    assert [row["image_id"] for row in results["per_image"]] == ids
+    assert [row["pixels"] for row in results["per_image"]] == [
+        int((np.array(Image.open(eval_workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")) != IGNORE_LABEL).sum())
+        for i in ids]
     with pytest.raises(ValueError, match=re.escape("holds an image larger than canvas=(16, 16) (height, width)")):
         evaluate_model(eval_workspace["model"], glob, canvas=(16, 16), verbose=False)
     with pytest.raises(ValueError, match="keep_predictions must be an integer >= 0. Received: keep_predictions=-1"):
         evaluate_model(eval_workspace["model"], glob, keep_predictions=-1, verbose=False)
+
+
+def test_an_image_of_void_only_has_no_scores_of_its_own():
+    rows = [{"image_id": "all_void", "height": 2, "width": 3, "pixels": 0, "pixel_accuracy": None, "mean_iu": None},
+            {"image_id": "b", "height": 2, "width": 3, "pixels": 6, "pixel_accuracy": 0.5, "mean_iu": 0.25}]
+    assert per_image_csv(rows) == ("image_id,height,width,pixels,pixel_accuracy,mean_iu\n"
+                                   "all_void,2,3,0,,\nb,2,3,6,0.5,0.25\n")
+    results = {"model": "m", "data": "d", "split": None, "num_images": 2, "num_pixels": 6, "backend": "tensorflow",
+               "images_per_second": 1.0, "pixel_accuracy": 0.5, "mean_accuracy": 0.5, "mean_iu": 0.25, "fw_iu": 0.25,
+               "per_class_iu": [0.25, None], "confusion": [[3, 0], [3, 0]], "class_names": ["x", "y"], "per_image": rows}
+    assert "## Lowest mean IU (1 of 1 images; all in per_image.csv)" in metrics_markdown(results)
+    assert "all_void" not in metrics_markdown(results)
 
 
 def test_bad_input_gives_clear_errors(eval_workspace, tmp_path):

@@ -302,6 +302,7 @@ def eval_dataset(
     batch_size: int = 1,
     canvas: tuple[int, int] | None = None,
     with_sizes: bool = False,
+    with_ids: bool = False,
     dct_method: str = "",
 ) -> tf.data.Dataset:
     """The evaluation input pipeline: every record once, in file order, whole images.
@@ -315,11 +316,12 @@ def eval_dataset(
             every batch; the last batch may hold fewer images). An image larger than the canvas
             stops the iteration with ``tf.errors.InvalidArgumentError`` naming both sizes.
         with_sizes: also yield each image's own ``(height, width)``.
+        with_ids: also yield each image's dataset id (``image/id`` of its record).
         dct_method: JPEG decoding, see ``fcn_keras.data.records.decode_image``.
 
     Returns:
         A ``tf.data.Dataset`` of ``(image uint8 [B, H, W, 3], label uint8 [B, H, W])``, plus
-        ``sizes int32 [B, 2]`` with ``with_sizes``.
+        ``sizes int32 [B, 2]`` with ``with_sizes``, then ``ids string [B]`` with ``with_ids``.
 
     Raises:
         ValueError: no file matches, or bad ``batch_size`` or ``canvas``.
@@ -337,15 +339,15 @@ def eval_dataset(
             tf.debugging.assert_less_equal(
                 size, tf.constant(canvas), message=f"an image (height, width) is larger than the canvas {canvas}"
             )
-        return example["image"], example["label"], size
+        return example["image"], example["label"], size, example["image_id"]
 
-    def fill_padding(images, labels, sizes):
+    def fill_padding(images, labels, sizes, ids):
         """``padded_batch`` pads images with 0 (one value only): make their padding ``PAD_RGB``."""
         shape = tf.shape(labels)
         rows = tf.range(shape[1])[None, :, None] < sizes[:, 0, None, None]
         cols = tf.range(shape[2])[None, None, :] < sizes[:, 1, None, None]
         inside = (rows & cols)[..., None]
-        return tf.where(inside, images, tf.constant(PAD_RGB, tf.uint8)), labels, sizes
+        return tf.where(inside, images, tf.constant(PAD_RGB, tf.uint8)), labels, sizes, ids
 
     dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     if batch_size == 1 and canvas is None:
@@ -354,12 +356,14 @@ def eval_dataset(
         shape = [None, None] if canvas is None else list(canvas)
         dataset = dataset.padded_batch(
             batch_size,
-            padded_shapes=([*shape, 3], shape, [2]),
-            padding_values=(tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), tf.constant(0, tf.int32)),
+            padded_shapes=([*shape, 3], shape, [2], []),
+            padding_values=(tf.constant(0, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), tf.constant(0, tf.int32),
+                            tf.constant("", tf.string)),
         )
         dataset = dataset.map(fill_padding, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if not with_sizes:
-        dataset = dataset.map(lambda images, labels, sizes: (images, labels))
+    if not (with_sizes and with_ids):
+        dataset = dataset.map(lambda images, labels, sizes, ids: (images, labels) + ((sizes,) if with_sizes else ())
+                              + ((ids,) if with_ids else ()))
     return dataset.prefetch(AUTOTUNE)
 
 
