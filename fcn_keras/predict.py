@@ -102,16 +102,14 @@ def load_predictor(path: str | os.PathLike, tile_size: int | tuple[int, int] | N
 def model_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
     """The class names recorded for a model: by its training run (a ``.keras`` file in a run
     folder, or the folder; ``fcn_keras.io.run_class_names``) or beside its SavedModel
-    (``fcn_keras.export.CLASS_NAMES_FILE``); ``None`` when neither recorded them."""
+    (``fcn_keras.export.CLASS_NAMES_FILE``, read like ``--class_names`` files: a malformed one is a
+    ``ValueError`` naming it); ``None`` when neither recorded them."""
     path = Path(path)
     saved_dir = _savedmodel_dir(path) if path.is_dir() else None
     if saved_dir is None:
         return run_class_names(path)
-    try:
-        names = [line.strip() for line in (saved_dir / CLASS_NAMES_FILE).read_text().splitlines()]
-    except (OSError, UnicodeDecodeError):
-        return None
-    return tuple(name for name in names if name) or None
+    names_file = saved_dir / CLASS_NAMES_FILE
+    return voc.read_class_names(names_file) if names_file.is_file() else None
 
 
 def _load_segment(path: Path, tiled: bool) -> tuple[Predictor, int | None]:
