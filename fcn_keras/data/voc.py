@@ -390,7 +390,7 @@ class LabelColours:
 
     def to_json(self) -> list[list[int]]:
         """``[[R, G, B, label], ...]`` in colour order (recorded in the manifest)."""
-        return [[int(key >> 16), int(key >> 8 & 255), int(key & 255), int(label)] for key, label in zip(self.keys, self.labels)]
+        return [[*_rgb(int(key)), int(label)] for key, label in zip(self.keys, self.labels)]
 
     def labels_of(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Maps colours to labels.
@@ -411,8 +411,9 @@ class LabelColours:
         return np.where(known, self.labels[index], 0).astype(np.uint8), unknown[order], counts[order]
 
 
-def _colour_text(key: int) -> str:
-    return f"({key >> 16}, {key >> 8 & 255}, {key & 255})"
+def _rgb(key: int) -> tuple[int, int, int]:
+    """A ``LabelColours`` key as ``(R, G, B)``."""
+    return key >> 16, key >> 8 & 255, key & 255
 
 
 def read_label_colours(value: str | os.PathLike, class_names: Sequence[str] | None) -> LabelColours:
@@ -539,7 +540,7 @@ def read_label(path: str | os.PathLike, colours: LabelColours | None = None) -> 
         raise InvalidPairError(Problem(image_id, str(path), f"undecodable PNG mask ({error})"))
     labels, unknown, counts = colours.labels_of(rgb)
     if unknown.size:
-        shown = ", ".join(f"{_colour_text(int(key))} x {count}" for key, count in zip(unknown[:_SHOWN_COLOURS], counts))
+        shown = ", ".join(f"{_rgb(int(key))} x {count}" for key, count in zip(unknown[:_SHOWN_COLOURS], counts))
         more = f" and {unknown.size - _SHOWN_COLOURS} more" if unknown.size > _SHOWN_COLOURS else ""
         raise InvalidPairError(Problem(
             image_id, str(path),
