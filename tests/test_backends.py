@@ -30,6 +30,24 @@ JAX_SCRIPT = textwrap.dedent(
     # A model saved under TensorFlow gives the same logits under JAX.
     reloaded = keras.saving.load_model(model_path)
     results = {"logits": np.asarray(reloaded(data["images"], training=False))}
+    # XLA compiles the predict function once per input shape: photos of 3 sizes trace it 3 times
+    # at their own sizes, once on a canvas (two calls of 3 images).
+    from fcn_keras import inference
+    traces = []
+    argmax_call = inference.ArgmaxLabels.call
+    def counting_call(self, logits):
+        traces.append(tuple(logits.shape))
+        return argmax_call(self, logits)
+    inference.ArgmaxLabels.call = counting_call
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (*size, 3)).astype("uint8") for size in ((30, 40), (41, 29), (50, 50), (30, 40))]
+    exact = [inference.predict_labels(reloaded, photo[None])[0] for photo in photos]
+    assert traces == [(1, 30, 40, 4), (1, 41, 29, 4), (1, 50, 50, 4)], traces
+    del traces[:]
+    on_canvas = inference.predict_labels_on_canvas(reloaded, photos, 64, batch_size=3)
+    assert traces == [(3, 64, 64, 4)], traces
+    assert [labels.shape for labels in on_canvas] == [labels.shape for labels in exact]
+    inference.ArgmaxLabels.call = argmax_call
     # Fresh models of every variant and geometry return the input size, in float32 under bf16.
     keras.config.set_dtype_policy("mixed_bfloat16")
     for geometry in ("reference", "same"):

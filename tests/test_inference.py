@@ -1,13 +1,16 @@
 """Label maps on the device: the same labels as argmax of the logits, uint8, any size."""
 
+import re
+
 import numpy as np
 import pytest
 
 import keras
 
+from fcn_keras.constants import PAD_RGB
 from fcn_keras.inference import (
-    TILE_CONTEXT, check_tile_size, labels_model, min_tile_size, predict_labels, predict_labels_tiled, segment_in_tiles,
-    tile_spans,
+    TILE_CONTEXT, check_canvas, check_tile_size, labels_model, min_tile_size, predict_labels, predict_labels_on_canvas,
+    predict_labels_tiled, segment_in_tiles, segment_on_canvas, tile_spans,
 )
 from fcn_keras.model import build_fcn
 
@@ -60,6 +63,61 @@ def test_predict_labels_reuses_its_wrapper_and_refuses_one_image_without_a_batch
     with pytest.raises(ValueError, match=r"images must be a batch \[N, H, W, 3\]. Received: shape \(40, 52, 3\) "
                                          r"\(one image: add a batch axis"):
         predict_labels(model, images[0])
+
+
+# --- Canvas ------------------------------------------------------------------------------------
+
+
+def test_canvas_calls_have_one_shape_padded_with_the_mean_colour_and_labels_are_cut_back():
+    """With a per-pixel function the padding and cutting alone are tested (no net needed)."""
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (*size, 3)).astype("uint8") for size in ((30, 50), (48, 20), (48, 50))]
+    calls = []
+
+    def pixelwise(batch):
+        calls.append(batch.copy())
+        return batch[..., 0] // 3 + batch[..., 2] // 5
+
+    labels = segment_on_canvas(pixelwise, images, (48, 50), batch_size=2)
+    assert [batch.shape for batch in calls] == [(2, 48, 50, 3), (2, 48, 50, 3)]  # The last one filled up.
+    for image, label_map in zip(images, labels):
+        np.testing.assert_array_equal(label_map, image[..., 0] // 3 + image[..., 2] // 5)
+    np.testing.assert_array_equal(calls[0][0, :30, :50], images[0])
+    assert (calls[0][0, 30:] == PAD_RGB).all() and (calls[0][1, :, 20:] == PAD_RGB).all()
+    assert (calls[1][1] == PAD_RGB).all()  # The blank canvas that fills the last call.
+    floats = segment_on_canvas(lambda batch: batch[..., 1].astype("uint8"), [images[0].astype("float32") + 0.5], 64)
+    np.testing.assert_array_equal(floats[0], images[0][..., 1])  # Float images are not rounded on the way.
+    with pytest.raises(ValueError, match=re.escape("images[1] (48x20) is larger than the canvas 40x50 (height x width)")):
+        segment_on_canvas(pixelwise, images[:2], (40, 50))
+    with pytest.raises(ValueError, match=re.escape("images[0] must be one RGB image [H, W, 3]. Received: shape (1, 30, 50, 3)")):
+        segment_on_canvas(pixelwise, [images[0][None]], 64)
+    with pytest.raises(ValueError, match=re.escape("batch_size must be an integer >= 1. Received: batch_size=0")):
+        segment_on_canvas(pixelwise, images, 64, batch_size=0)
+    assert check_canvas(np.int64(500)) == (500, 500) and check_canvas((375, 500)) == (375, 500)
+    for bad in (0, (375, 0), (1, 2, 3), 2.5, True):
+        with pytest.raises(ValueError, match=re.escape(f"canvas must be an integer N or (height, width) of integers >= 1. "
+                                                       f"Received: canvas={bad!r}")):
+            check_canvas(bad)
+
+
+def test_canvas_labels_are_those_of_the_padded_images(model):
+    """A net on a canvas gives each image the labels of the image padded with the mean colour, cut
+    back; they differ from the image's own only near the padding (every pixel of these small
+    images is within the net's reach of it)."""
+    rng = np.random.default_rng(8)
+    images = [rng.integers(0, 256, (*size, 3)).astype("uint8") for size in ((40, 52), (64, 30), (17, 64))]
+    canvases = np.empty((3, 64, 64, 3), np.uint8)
+    canvases[...] = PAD_RGB
+    for canvas, image in zip(canvases, images):
+        canvas[:image.shape[0], :image.shape[1]] = image
+    padded = predict_labels(model, canvases, batch_size=3)
+    labels = predict_labels_on_canvas(model, images, 64, batch_size=3)
+    assert [label_map.dtype for label_map in labels] == [np.uint8] * 3
+    for label_map, image, expected in zip(labels, images, padded):
+        np.testing.assert_array_equal(label_map, expected[:image.shape[0], :image.shape[1]])
+    own = predict_labels(model, images[0][None])[0]
+    assert 0 < (labels[0] != own).mean() < 0.5 and len(np.unique(own)) > 1
+    assert (labels[0][:8, :8] == own[:8, :8]).mean() > (labels[0][-8:, -8:] == own[-8:, -8:]).mean()
 
 
 # --- Tiles -------------------------------------------------------------------------------------
