@@ -14,7 +14,11 @@ graph with ``fcn_keras.inference.labels_model``) or a SavedModel from ``fcn_kera
 
 Large images can be segmented in tiles (``--tile_size=2048``), which bounds the memory of a
 device call by the tile's size and gives the same label maps as the whole image
-(``fcn_keras.inference.segment_in_tiles``).
+(``fcn_keras.inference.segment_in_tiles``). Folders of photos of many sizes can be segmented on a
+fixed canvas (``--canvas=500 --batch_size=8``): each image padded to it, several a device call, so
+a compiled (XLA) predict function is compiled once instead of once per image size
+(``fcn_keras.inference.segment_on_canvas``; labels within the net's reach of the padding can
+differ slightly from the whole image's).
 
 Inputs: files, or folders (not recursive) whose files ending in one of
 ``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others and hidden files are counted and
@@ -45,7 +49,8 @@ from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
 from fcn_keras.export import CLASS_NAMES_FILE, SERVING_SIGNATURE, TILE_CONTEXT_FILE
 from fcn_keras.inference import (
-    TILE_CONTEXT, check_tile_size, check_tileable, labels_model, min_tile_size, segment_in_tiles,
+    TILE_CONTEXT, check_canvas, check_tile_size, check_tileable, fits_canvas, labels_model, min_tile_size,
+    segment_in_tiles, segment_on_canvas,
 )
 from fcn_keras.io import (
     IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, run_class_names, write_image, write_label_png,
@@ -55,6 +60,9 @@ from fcn_keras.viz import overlay
 
 #: Maps one RGB image uint8 [H, W, 3] to its label map uint8 [H, W].
 Predictor = Callable[[np.ndarray], np.ndarray]
+
+#: Maps a batch of same-size RGB images uint8 [N, H, W, 3] to label maps uint8 [N, H, W].
+BatchPredictor = Callable[[np.ndarray], np.ndarray]
 
 # --- Models ------------------------------------------------------------------------------------
 
@@ -68,7 +76,44 @@ def _savedmodel_dir(path: Path) -> Path | None:
     return max(versions, key=lambda child: int(child.name)) if versions else None
 
 
-def load_predictor(path: str | os.PathLike, tile_size: int | tuple[int, int] | None = None) -> Predictor:
+class CanvasPredictor:
+    """A model's label maps, several images a call: those that fit the canvas are padded to it,
+    ``batch_size`` a device call (``fcn_keras.inference.segment_on_canvas``), the others are
+    segmented one at a time at their own size (``single``: whole, or in tiles).
+
+    ``predictor(image)`` segments one image, ``predictor.many(images)`` a list of images.
+    """
+
+    def __init__(self, segment_batch: BatchPredictor, single: Predictor, canvas: tuple[int, int], batch_size: int) -> None:
+        self.segment_batch = segment_batch
+        self.single = single
+        self.canvas = check_canvas(canvas)
+        self.batch_size = batch_size
+        #: How many images were larger than the canvas (segmented at their own size).
+        self.outside = 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.many([image])[0]
+
+    def many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 ``[H_i, W_i]`` label maps of uint8 ``[H_i, W_i, 3]`` images, in their order."""
+        inside = [index for index, image in enumerate(images) if fits_canvas(image, self.canvas)]
+        labels: list[np.ndarray | None] = [None] * len(images)
+        for index, label_map in zip(inside, segment_on_canvas(
+                self.segment_batch, [images[index] for index in inside], self.canvas, self.batch_size)):
+            labels[index] = label_map
+        for index in sorted(set(range(len(images))) - set(inside)):
+            labels[index] = self.single(images[index])
+            self.outside += 1
+        return labels
+
+
+def load_predictor(
+    path: str | os.PathLike,
+    tile_size: int | tuple[int, int] | None = None,
+    canvas: int | tuple[int, int] | None = None,
+    batch_size: int = 1,
+) -> Predictor:
     """A label-map function from a ``.keras`` FCN or an exported SavedModel.
 
     Args:
@@ -81,22 +126,38 @@ def load_predictor(path: str | os.PathLike, tile_size: int | tuple[int, int] | N
             same labels as whole. None: whole images. A ``.keras`` model must be an FCN-VGG16 of
             ``build_fcn``; a SavedModel must say how much context it needs (``fcn_keras.export``
             writes ``TILE_CONTEXT_FILE`` for those).
+        canvas: ``N`` or ``(height, width)``: images that fit are padded to it (one input shape
+            for every call; see ``CanvasPredictor``), larger ones are segmented at their own
+            size (whole, or in tiles). None: every image at its own size.
+        batch_size: images per device call on the canvas; above 1 it needs ``canvas``.
 
     Returns:
-        A function mapping uint8 ``[H, W, 3]`` to uint8 ``[H, W]``, the argmax on the device.
+        A function mapping uint8 ``[H, W, 3]`` to uint8 ``[H, W]``, the argmax on the device; with
+        ``canvas``, a ``CanvasPredictor``, which also segments lists of images (``many``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not an FCN (the message names it and says what was found), a
-            model to tile is not an FCN-VGG16 (or a SavedModel does not say so), or ``tile_size``
-            is too small.
+            model to tile is not an FCN-VGG16 (or a SavedModel does not say so), ``tile_size``
+            is too small, ``canvas`` is not a size, or ``batch_size`` is not >= 1 (or above 1
+            without ``canvas``).
     """
     if tile_size is not None:
         tile_size = check_tile_size(tile_size)
-    segment, context = _load_segment(Path(path), tiled=tile_size is not None)
-    if tile_size is None:
-        return segment
-    return lambda image: segment_in_tiles(segment, image, tile_size, context)
+    if canvas is not None:
+        canvas = check_canvas(canvas)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if batch_size > 1 and canvas is None:
+        raise ValueError(f"batch_size={batch_size} needs a canvas: images of different sizes are batched by padding "
+                         "them to one canvas")
+    segment_batch, context = _load_segment(Path(path), tiled=tile_size is not None)
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        return segment_batch(image[np.newaxis])[0]
+
+    single = segment if tile_size is None else lambda image: segment_in_tiles(segment, image, tile_size, context)
+    return single if canvas is None else CanvasPredictor(segment_batch, single, canvas, batch_size)
 
 
 def model_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
@@ -112,9 +173,9 @@ def model_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
     return voc.read_class_names(names_file) if names_file.is_file() else None
 
 
-def _load_segment(path: Path, tiled: bool) -> tuple[Predictor, int | None]:
-    """``load_predictor``'s whole-image function, and the context tiles need if ``tiled``
-    (checked to be known for the model)."""
+def _load_segment(path: Path, tiled: bool) -> tuple[BatchPredictor, int | None]:
+    """``load_predictor``'s function of whole images (a batch of one size), and the context tiles
+    need if ``tiled`` (checked to be known for the model)."""
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     saved_dir = _savedmodel_dir(path) if path.is_dir() else None
@@ -129,7 +190,7 @@ def _load_segment(path: Path, tiled: bool) -> tuple[Predictor, int | None]:
         if tiled:
             check_tileable(fcn, str(path))
         model = labels_model(fcn)
-        return lambda image: np.asarray(model.predict_on_batch(image[np.newaxis]))[0], TILE_CONTEXT
+        return lambda images: np.asarray(model.predict_on_batch(images)), TILE_CONTEXT
 
     try:
         loaded = tf.saved_model.load(str(saved_dir))
@@ -167,8 +228,7 @@ def _load_segment(path: Path, tiled: bool) -> tuple[Predictor, int | None]:
             raise ValueError(f"{context_file} must hold a whole number of pixels. Received: "
                              f"{context_file.read_text()[:40]!r}") from None
     # Through ``loaded`` (not the bare signature), which keeps the variables alive.
-    return (lambda image: loaded.signatures[SERVING_SIGNATURE](images=tf.constant(image[np.newaxis]))["labels"].numpy()[0],
-            context)
+    return lambda images: loaded.signatures[SERVING_SIGNATURE](images=tf.constant(images))["labels"].numpy(), context
 
 
 # --- Inputs ------------------------------------------------------------------------------------
@@ -320,7 +380,8 @@ def predict_images(
     """Writes the label PNG and the overlay of every image; a bad image does not stop the rest.
 
     Args:
-        predictor: from ``load_predictor``.
+        predictor: from ``load_predictor``; a ``CanvasPredictor`` gets its ``batch_size`` images
+            at a time (read, segmented in one call, written), any other function one.
         images: image files.
         output_dir: where ``<stem>.png`` and ``<stem>_overlay.<overlay_format>`` go.
         overlay_format: ``"jpg"`` or ``"png"``.
@@ -340,27 +401,45 @@ def predict_images(
         ValueError: ``check_outputs`` refuses the run; nothing is written then.
     """
     check_outputs(images, output_dir, overlay_format, overwrite)
+    if isinstance(predictor, CanvasPredictor):
+        batch_size, segment_many = predictor.batch_size, predictor.many
+    else:
+        batch_size, segment_many = 1, lambda pictures: [predictor(picture) for picture in pictures]
     written, bad, claimed = [], [], {}
     progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=progress_verbosity(1 if verbose else 0))
-    for index, path in enumerate(images):
-        label_path, overlay_path = output_paths(path, output_dir, overlay_format)
-        taken = next((output for output in (label_path, overlay_path) if output in claimed), None)
-        if taken is not None:
-            bad.append((path, f"its output {taken.name} would overwrite an output of {claimed[taken]}"))
-        else:
+    for first in range(0, len(images), batch_size):
+        ready = []  # (path, image, label_path, overlay_path) of the images read.
+        for path in images[first:first + batch_size]:
+            label_path, overlay_path = output_paths(path, output_dir, overlay_format)
+            taken = next((output for output in (label_path, overlay_path) if output in claimed), None)
+            if taken is not None:
+                bad.append((path, f"its output {taken.name} would overwrite an output of {claimed[taken]}"))
+                continue
             claimed.update({label_path: path, overlay_path: path})
             try:
-                image = read_image(path)
-                labels = predictor(image)
+                ready.append((path, read_image(path), label_path, overlay_path))
+            except Exception as error:
+                bad.append((path, _reason(error)))
+        try:
+            label_maps = segment_many([image for _, image, _, _ in ready]) if ready else []
+        except Exception as error:  # Prediction failed: report it for these images, go on with the rest.
+            bad.extend((path, _reason(error)) for path, *_ in ready)
+            ready = []
+        for (path, image, label_path, overlay_path), labels in zip(ready, label_maps):
+            try:
                 write_label_png(labels, label_path, palette)
                 write_image(overlay(image, labels, alpha, palette), overlay_path)
                 written.append(label_path)
-            except (ValueError, OSError) as error:  # read_image's errors name the file and the problem.
-                bad.append((path, str(error)))
-            except Exception as error:  # Prediction or writing failed: report it, go on with the rest.
-                bad.append((path, f"{type(error).__name__}: {error}"))
-        progbar.update(index + 1)
+            except Exception as error:
+                bad.append((path, _reason(error)))
+        progbar.update(min(first + batch_size, len(images)))
     return written, bad
+
+
+def _reason(error: Exception) -> str:
+    """Why an image failed: the message of a ``ValueError`` or ``OSError`` (``read_image``'s name
+    the file and the problem), else the exception's type and message."""
+    return str(error) if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {error}"
 
 
 # --- Command line ------------------------------------------------------------------------------
@@ -380,6 +459,11 @@ def _define_flags() -> None:
     flags.DEFINE_string("tile_size", None, "Segment images larger than N or HxW pixels in tiles of at most that size "
                         f"(at least {min_tile_size()}): bounds the memory of a call, same labels as whole images. "
                         "Default: whole images.")
+    flags.DEFINE_string("canvas", None, "N or HxW: pad every image that fits to this size (mean colour, at the bottom "
+                        "and right) so that every device call has one shape: XLA (JAX, TensorFlow on a GPU) compiles "
+                        "once instead of once per image size; labels near the padding can differ slightly. Larger "
+                        "images are segmented at their own size. Default: every image at its own size, exact.")
+    flags.DEFINE_integer("batch_size", 1, "Images per device call on --canvas (above 1 needs --canvas).", lower_bound=1)
     flags.DEFINE_string("label_colours", None, "Paint labels in a dataset's own colours: the colour map its masks were "
                         "converted with (a file of '<label> R G B' lines, see fcn_keras.data.convert), or 'voc' (default).")
     flags.DEFINE_float("alpha", 0.5, "Weight of the label colours in the overlays (0 = image only, 1 = colours only).",
@@ -396,12 +480,14 @@ def run(
     alpha: float = 0.5,
     overwrite: bool = False,
     tile_size: tuple[int, int] | None = None,
+    canvas: tuple[int, int] | None = None,
+    batch_size: int = 1,
     label_colours: str | os.PathLike | None = None,
 ) -> int:
     """The CLI's work: segments ``sources`` (files or folders), reports failures on stderr.
 
     Args:
-        model, tile_size: see ``load_predictor``.
+        model, tile_size, canvas, batch_size: see ``load_predictor``.
         sources: image files and folders.
         output_dir: see ``predict_images``.
         overlay_format: ``"jpg"`` or ``"png"``.
@@ -421,7 +507,7 @@ def run(
               "are not taken as inputs")
     try:
         check_outputs(images, output_dir, overlay_format, overwrite)
-        predictor = load_predictor(model, tile_size)
+        predictor = load_predictor(model, tile_size, canvas, batch_size)
         palette = VOC_PALETTE if label_colours is None else voc.read_label_colours(label_colours, model_class_names(model)).palette
     except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
@@ -432,6 +518,10 @@ def run(
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
           + (f"; {ignored} hidden files or files without an image extension ignored" if ignored else "")
           + (f"; {skipped} image files in --output_dir skipped" if skipped else "") + ")")
+    if isinstance(predictor, CanvasPredictor) and predictor.outside:
+        height, width = predictor.canvas
+        print(f"{predictor.outside} images larger than the {height}x{width} canvas were segmented at their own "
+              "size" + (" (one compilation per size under XLA)" if tile_size is None else " (whole or in tiles)"))
     if bad:
         print(f"{len(bad)} inputs failed:", file=sys.stderr)
         for path, reason in bad:  # Reasons from read_image already name the file.
@@ -458,14 +548,20 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         return usage_error("fcn_keras.predict", "give image files or folders to segment after the flags")
     _keep_tensorflow_off_the_gpus(FLAGS.model)
-    tile_size = None
-    if FLAGS.tile_size is not None:
-        try:
+    tile_size = canvas = None
+    try:
+        if FLAGS.tile_size is not None:
             tile_size = check_tile_size(parse_size(FLAGS.tile_size, "--tile_size"), "--tile_size")
-        except ValueError as error:
-            return usage_error("fcn_keras.predict", str(error))
+        if FLAGS.canvas is not None:
+            canvas = parse_size(FLAGS.canvas, "--canvas")
+        if FLAGS.batch_size > 1 and canvas is None:
+            raise ValueError(f"--batch_size={FLAGS.batch_size} needs --canvas: images of different sizes are batched by "
+                             "padding them to one canvas (e.g. --canvas=500 for PASCAL VOC)")
+    except ValueError as error:
+        return usage_error("fcn_keras.predict", str(error))
     return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha,
-               overwrite=FLAGS.overwrite, tile_size=tile_size, label_colours=FLAGS.label_colours)
+               overwrite=FLAGS.overwrite, tile_size=tile_size, canvas=canvas, batch_size=FLAGS.batch_size,
+               label_colours=FLAGS.label_colours)
 
 
 if __name__ == "__main__":

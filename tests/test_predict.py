@@ -18,7 +18,7 @@ from PIL import Image
 from fcn_keras import export, predict
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
-from fcn_keras.inference import labels_model, tile_spans
+from fcn_keras.inference import labels_model, predict_labels_on_canvas, tile_spans
 from fcn_keras.io import read_image
 from test_export import random_image, tiny_fcn
 
@@ -399,3 +399,47 @@ def test_label_colours_paint_the_outputs_and_read_back_to_the_same_labels(model,
     assert re.search(r"colours.txt', line 1 \('bus 1 2 3'\): 'bus' is not a class of the dataset \(21: class 0",
                      capsys.readouterr().err)
     assert not (tmp_path / "out2").exists()
+
+
+# --- A canvas: one input shape for images of many sizes ---------------------------------------
+
+
+def test_canvas_batches_images_of_many_sizes_and_segments_larger_ones_at_their_own_size(model, labeler, keras_file, inputs,
+                                                                                      tmp_path, capsys):
+    """--canvas=48x64 --batch_size=2: the images that fit get the labels of their padded canvas (the
+    same from the .keras file and its SavedModel), the one that does not (photo, 37x91) its own,
+    and the summary counts it; a broken image fails alone."""
+    folder, expected = inputs
+    sources = [folder / name for name in ("photo.jpg", "drawing.png", "broken.jpg", "gray.png", "alpha.png")]
+    status = predict.run(keras_file, sources, tmp_path / "out", canvas=(48, 64), batch_size=2)
+    assert status == 1
+    out, err = capsys.readouterr()
+    assert "wrote 4 label maps and overlays" in out
+    assert "1 images larger than the 48x64 canvas were segmented at their own size (one compilation per size under XLA)" in out
+    assert f"cannot read image {folder / 'broken.jpg'}" in err
+    fitting = ["drawing", "gray", "alpha"]
+    on_canvas = dict(zip(fitting, predict_labels_on_canvas(labeler, [expected[stem] for stem in fitting], (48, 64))))
+    on_canvas["photo"] = labeler.predict(expected["photo"][np.newaxis], verbose=0)[0]  # 37x91: wider than the canvas.
+    for stem, labels in on_canvas.items():
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{stem}.png")), labels, err_msg=stem)
+    own = labeler.predict(expected["gray"][np.newaxis], verbose=0)[0]
+    assert (on_canvas["gray"] != own).any()  # The canvas was used (its padding changes some labels).
+
+    export.export_saved_model(model, tmp_path / "serving", name="fcn8s", version=1)
+    predictor = predict.load_predictor(tmp_path / "serving" / "fcn8s", canvas=(48, 64), batch_size=3)
+    for stem, labels in zip(fitting, predictor.many([expected[stem] for stem in fitting])):
+        np.testing.assert_array_equal(labels, on_canvas[stem], err_msg=stem)
+    assert predictor.outside == 0
+
+    with pytest.raises(ValueError, match=re.escape("batch_size=2 needs a canvas: images of different sizes are batched")):
+        predict.load_predictor(keras_file, batch_size=2)
+    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path / 'cli'}", "--batch_size=4",
+                             str(folder / "gray.png"))
+    assert result.returncode == 2 and not (tmp_path / "cli").exists()
+    assert ("fcn_keras.predict: error: --batch_size=4 needs --canvas: images of different sizes are batched by padding "
+            "them to one canvas (e.g. --canvas=500 for PASCAL VOC)") in result.stderr
+    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path / 'cli'}", "--canvas=48x64",
+                             "--batch_size=2", str(folder / "gray.png"), str(folder / "alpha.png"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stem in ("gray", "alpha"):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli" / f"{stem}.png")), on_canvas[stem])
