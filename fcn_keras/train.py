@@ -133,6 +133,8 @@ class TrainConfig:
     geometry: str | None = None
     fc_units: int | None = None
     val_steps: int | None = None
+    val_canvas: str = ""
+    val_batch_size: int | None = None
     backup_freq: int = 100
     checkpoint_freq: int = 1
     deterministic: bool = True
@@ -254,6 +256,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={resolved.weight_decay!r}")
     if resolved.val_steps is not None and resolved.val_steps < 0:
         raise ValueError(f"val_steps must be >= 0 (0: no validation). Received: val_steps={resolved.val_steps!r}")
+    if resolved.val_canvas:
+        from fcn_keras.io import parse_size
+
+        parse_size(resolved.val_canvas, "val_canvas")
+    if resolved.val_batch_size is not None and (not isinstance(resolved.val_batch_size, int) or resolved.val_batch_size < 1):
+        raise ValueError(f"val_batch_size must be an integer >= 1. Received: val_batch_size={resolved.val_batch_size!r}")
     if not resolved.max_train_seconds >= 0 or not math.isfinite(resolved.max_train_seconds):
         raise ValueError(f"max_train_seconds must be >= 0 (0: no limit). Received: max_train_seconds={resolved.max_train_seconds!r}")
     if resolved.backup_freq < 0:
@@ -383,6 +391,38 @@ def count_examples(pattern: str) -> int:
         return int(entry["num_examples"])
     files = tf.io.gfile.glob(pattern)
     return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def _validation_batching(
+    config: TrainConfig, distribution: Distribution, val_glob: str | None
+) -> tuple[int, tuple[int, int] | None]:
+    """The validation's global batch size (``val_batch_size``, else one image per replica) and
+    canvas (``val_canvas`` as ``(height, width)``, else None).
+
+    Raises:
+        ValueError: the batch is not a multiple of the replicas, or an image that the validation
+            reads is larger than the canvas (naming it: checked now, not when fit reaches it).
+    """
+    from fcn_keras.data.pipeline import oversized_images
+    from fcn_keras.io import parse_size
+
+    replicas = distribution.num_replicas
+    batch = config.val_batch_size or replicas
+    if batch % replicas:
+        raise ValueError(f"val_batch_size must be a multiple of the {replicas} replicas (each validates an equal share). "
+                         f"Received: val_batch_size={batch}")
+    if not config.val_canvas:
+        return batch, None
+    canvas = parse_size(config.val_canvas, "val_canvas")
+    oversized = oversized_images(val_glob, canvas, config.val_steps or None) if val_glob else []
+    if oversized:
+        image_id, height, width = oversized[0]
+        raise ValueError(
+            f"val_canvas must hold every validation image; {len(oversized)} are larger than {canvas[0]}x{canvas[1]} "
+            f"(height x width), e.g. {image_id!r} ({height}x{width}): pass a larger one (500 holds every PASCAL VOC "
+            f"image), or none. Received: val_canvas={config.val_canvas!r}"
+        )
+    return batch, canvas
 
 
 def class_weights_of(config: TrainConfig, train_glob: str) -> list[float] | None:
@@ -659,6 +699,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     globs = resolve_run_data(config)
     val_glob = globs.get("val") if config.val_steps != 0 else None
     monitor = "val_mean_iu" if val_glob else "mean_iu"
+    val_batch, val_canvas = _validation_batching(config, distribution, val_glob)
     num_train = count_examples(globs["train"])
     class_weights = class_weights_of(config, globs["train"])
 
@@ -741,10 +782,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     if val_glob:
         import tensorflow as tf
 
-        val_batches = math.ceil(count_examples(val_glob) / distribution.num_replicas)
-        if config.val_steps:
-            val_batches = min(val_batches, config.val_steps)
-        validation = eval_dataset(val_glob, batch_size=distribution.num_replicas).take(val_batches)
+        val_images = min(count_examples(val_glob), config.val_steps or math.inf)
+        val_batches = math.ceil(val_images / val_batch)
+        validation = eval_dataset(val_glob, batch_size=val_batch, canvas=val_canvas).take(val_batches)
         # A known length: Keras then neither warns that the input "ran out of data" nor guesses.
         validation = prepare_dataset(validation.apply(tf.data.experimental.assert_cardinality(val_batches)), distribution)
 
@@ -911,8 +951,15 @@ def define_flags(flag_values=None) -> None:
     define("boolean", "at_once", d.at_once, "The TPAMI at-once FCN-8s/16s (pool4 x0.01, pool3 x1e-4), trained in one stage.")
     define("enum", "geometry", d.geometry, list(arch.GEOMETRIES), f"reference (the authors' nets) or same ({both('geometry')}).")
     define("integer", "fc_units", d.fc_units, f"Channels of fc6/fc7 (4096 = VGG16; smaller only for tests) ({both('fc_units')}).")
-    define("integer", "val_steps", d.val_steps, "Validation images per epoch (whole images); default: all of the val split "
-                         "when the data has one; 0: no validation (best.keras by training mean IU).")
+    define("integer", "val_steps", d.val_steps, "Validation images per epoch (whole images, rounded up to whole validation "
+                         "batches); default: all of the val split when the data has one; 0: no validation (best.keras by "
+                         "training mean IU).")
+    define("string", "val_canvas", d.val_canvas, "N or HxW: pad the validation images to this size (mean colour; labels void, "
+                     "not counted) so that every validation batch has one shape: under XLA (JAX, TF GPUs) the test step "
+                     "compiles once instead of once per image size; labels near the padding can differ slightly. Every "
+                     "validation image must fit (checked at the start). Default: each image at its own size.")
+    define("integer", "val_batch_size", d.val_batch_size, "Validation images per step, a multiple of the replicas; above "
+                         "the replicas, images are padded to --val_canvas or to the batch's largest (default: one per replica).")
     define("integer", "backup_freq", d.backup_freq, "Steps between mid-epoch backups (also one at each epoch end; 0: epoch ends only).")
     define("integer", "checkpoint_freq", d.checkpoint_freq, "Epochs between the epoch-end writes of last.keras, best.keras and "
            "the backup (always at the last epoch and at a time-budget stop; best.keras is judged at those epochs). Raise it "

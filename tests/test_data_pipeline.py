@@ -125,6 +125,19 @@ def test_eval_canvas_smaller_than_an_image_is_a_clear_error(data):
             pipeline.eval_dataset(data["val"], canvas=bad)
 
 
+def test_oversized_images_are_found_from_the_size_fields_in_file_order(data):
+    val_ids = (data["root"] / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    sizes = [data["sources"][image_id][1].shape for image_id in val_ids]
+    height, width = sorted(sizes)[1]  # A canvas that the smallest two heights fit (and the widths all fit).
+    canvas = (height, max(w for _, w in sizes))
+    expected = [(image_id, h, w) for image_id, (h, w) in zip(val_ids, sizes) if h > canvas[0]]
+    assert expected and len(expected) < len(val_ids)
+    assert pipeline.oversized_images(data["val"], canvas) == expected
+    assert pipeline.oversized_images(data["val"], canvas, limit=2) == [item for item in expected if item[0] in val_ids[:2]]
+    assert pipeline.oversized_images(data["val"], (canvas[0], min(w for _, w in sizes) - 1)) == [
+        (image_id, h, w) for image_id, (h, w) in zip(val_ids, sizes)]  # Too narrow for all.
+
+
 def test_no_matching_files_is_a_clear_error(tmp_path):
     pattern = str(tmp_path / "nothing-*.tfrecord")
     with pytest.raises(ValueError, match=re.escape(f"file_pattern matches no TFRecord file. Received: file_pattern='{pattern}'")):

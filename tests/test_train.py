@@ -342,11 +342,39 @@ def test_fp16_trains_with_loss_scaling_and_resumes(voc_root, tmp_path):
         ({"at_once": True}, r"at_once needs variant '16s' or '8s'"),
         ({"max_train_seconds": -1.0}, r"max_train_seconds must be >= 0 \(0: no limit\). Received: max_train_seconds=-1.0"),
         ({"checkpoint_freq": 0}, r"checkpoint_freq must be an integer >= 1 \(epochs\). Received: checkpoint_freq=0"),
+        ({"val_canvas": "500x"}, r"val_canvas must be N or HxW with positive integers. Received: '500x'"),
+        ({"val_batch_size": 0}, r"val_batch_size must be an integer >= 1. Received: val_batch_size=0"),
     ],
 )
 def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(**{**TINY, **overrides}, output_dir=str(tmp_path)))
+
+
+def test_validation_on_a_canvas_scores_as_evaluate_does_and_a_canvas_too_small_is_refused(voc_root, tmp_path,
+                                                                                        monkeypatch):
+    """--val_canvas=64 --val_batch_size=2: validation reads batches of 2 on a 64x64 canvas, and the
+    epoch's val_mean_iu is evaluate's mean IU of the same weights on the same canvas (padding void,
+    not counted); a canvas smaller than the images stops the run before anything is written,
+    naming an image."""
+    from fcn_keras.data import pipeline
+    from fcn_keras.evaluate import evaluate_model
+
+    calls = []
+    eval_dataset = pipeline.eval_dataset
+    monkeypatch.setattr(pipeline, "eval_dataset", lambda *args, **kwargs: calls.append(kwargs) or eval_dataset(*args, **kwargs))
+    cache = str(tmp_path / "cache")
+    out = tmp_path / "canvas"
+    summary = train(TrainConfig(**{**TINY, "epochs": 1}, data=str(voc_root), output_dir=str(out), cache_dir=cache,
+                                val_canvas="64", val_batch_size=2))
+    assert calls == [{"batch_size": 2, "canvas": (64, 64)}]
+    results = evaluate_model(out / "last.keras", str(voc_root), split="val", batch_size=2, canvas=(64, 64), cache_dir=cache)
+    assert results["num_images"] == 2
+    assert summary["final_metrics"]["val_mean_iu"] == pytest.approx(results["mean_iu"], abs=1e-6)
+    with pytest.raises(ValueError, match=r"val_canvas must hold every validation image; 2 are larger than 40x40 "
+                                         r"\(height x width\), e.g. 'synth_\d+' \(\d+x\d+\): pass a larger one"):
+        train(TrainConfig(**TINY, data=str(voc_root), output_dir=str(tmp_path / "small"), cache_dir=cache, val_canvas="40"))
+    assert not (tmp_path / "small").exists()
 
 
 def test_data_glob_matching_nothing(tmp_path):

@@ -367,6 +367,29 @@ def eval_dataset(
     return dataset.prefetch(AUTOTUNE)
 
 
+def oversized_images(
+    file_pattern: str | os.PathLike | list[str], canvas: tuple[int, int], limit: int | None = None
+) -> list[tuple[str, int, int]]:
+    """The records whose image does not fit in ``canvas``, read from their size fields (nothing
+    is decoded), so that a canvas too small is refused before ``eval_dataset`` stops on it.
+
+    Args:
+        file_pattern: a glob (or list of globs) of TFRecord shards.
+        canvas: ``(height, width)``.
+        limit: look at the first ``limit`` records only (those an evaluation will read).
+
+    Returns:
+        ``(image_id, height, width)`` of each record larger than ``canvas``, in file order.
+    """
+    dataset = tf.data.TFRecordDataset(list_files(file_pattern))
+    if limit is not None:
+        dataset = dataset.take(limit)
+    dataset = dataset.map(records.parse_features, num_parallel_calls=AUTOTUNE, deterministic=True)
+    too_large = dataset.filter(lambda features: (features["image/height"] > canvas[0]) | (features["image/width"] > canvas[1]))
+    return [(features["image/id"].decode(), int(features["image/height"]), int(features["image/width"]))
+            for features in too_large.as_numpy_iterator()]
+
+
 # --- Data resolution --------------------------------------------------------------------------
 
 
