@@ -29,7 +29,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from fcn_keras import viz
@@ -37,7 +36,7 @@ from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import voc
-from fcn_keras.data.pipeline import conversion_dir, data_class_names, eval_dataset, resolve_data
+from fcn_keras.data.pipeline import conversion_dir, data_class_names, eval_dataset, oversized_images, resolve_data
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import check_tile_size, check_tileable, labels_model, segment_in_tiles
 from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file, run_class_names
@@ -208,6 +207,11 @@ def evaluate_model(
         return np.asarray(predictor.predict_on_batch(image[np.newaxis]))[0]
 
     dataset = eval_dataset(pattern, batch_size=batch_size, canvas=canvas, with_sizes=True, with_ids=True)
+    oversized = [] if canvas is None else oversized_images(pattern, canvas, max_images)  # Now, not midway.
+    if oversized:
+        image_id, height, width = oversized[0]
+        raise ValueError(f"data {str(data)!r} holds {len(oversized)} images larger than canvas={canvas} (height, width), "
+                         f"e.g. {image_id!r} ({height}x{width}): pass a larger canvas, or none")
     blank = None if canvas is None else np.broadcast_to(np.asarray(PAD_RGB, np.uint8), (batch_size, *canvas, 3))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     num_images = void_pixels = 0
@@ -215,42 +219,36 @@ def evaluate_model(
     per_image: list[dict[str, Any]] = []
     progbar = keras.utils.Progbar(target, unit_name="image", verbose=progress_verbosity(1)) if verbose else None
     start = time.perf_counter()
-    try:
-        for images, labels, sizes, ids in dataset:
-            count = len(labels) if max_images is None else min(len(labels), max_images - num_images)
-            images, labels, sizes, ids = images.numpy(), labels.numpy()[:count], sizes.numpy()[:count], ids.numpy()[:count]
-            if blank is not None and len(images) < batch_size:  # the same shape for the last batch
-                images = np.concatenate([images, blank[len(images) :]])
-            if tile_size is None:
-                predicted = np.asarray(predictor.predict_on_batch(images))[:count]
-            else:  # One image, unpadded (batch 1, no canvas).
-                predicted = segment_in_tiles(segment, images[0], tile_size)[np.newaxis]
-            invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
-            if invalid.any():
-                raise ValueError(
-                    f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
-                    f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + count - 1}: "
-                    f"they do not fit a {num_classes}-class model"
-                )
-            for label, prediction, (height, width), image_id in zip(labels, predicted, sizes, ids):
-                # Padding of batches is void: only each image's own pixels count.
-                label, prediction = label[:height, :width], prediction[:height, :width]
-                own = confusion_matrix(label, prediction, num_classes)
-                confusion += own
-                void_pixels += int((label == IGNORE_LABEL).sum())
-                per_image.append(_image_row(image_id.decode("utf-8"), int(height), int(width), own))
-                if len(predictions) < keep_predictions:
-                    predictions.append(prediction.copy())
-            num_images += count
-            if progbar is not None:
-                progbar.update(num_images)
-            if max_images is not None and num_images >= max_images:
-                break
-    except tf.errors.InvalidArgumentError as error:
-        if canvas is not None and "larger than the canvas" in str(error):
-            raise ValueError(f"data {str(data)!r} holds an image larger than canvas={canvas} (height, width): "
-                             f"pass a larger canvas, or none") from None
-        raise
+    for images, labels, sizes, ids in dataset:
+        count = len(labels) if max_images is None else min(len(labels), max_images - num_images)
+        images, labels, sizes, ids = images.numpy(), labels.numpy()[:count], sizes.numpy()[:count], ids.numpy()[:count]
+        if blank is not None and len(images) < batch_size:  # the same shape for the last batch
+            images = np.concatenate([images, blank[len(images) :]])
+        if tile_size is None:
+            predicted = np.asarray(predictor.predict_on_batch(images))[:count]
+        else:  # One image, unpadded (batch 1, no canvas).
+            predicted = segment_in_tiles(segment, images[0], tile_size)[np.newaxis]
+        invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
+        if invalid.any():
+            raise ValueError(
+                f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
+                f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + count - 1}: "
+                f"they do not fit a {num_classes}-class model"
+            )
+        for label, prediction, (height, width), image_id in zip(labels, predicted, sizes, ids):
+            # Padding of batches is void: only each image's own pixels count.
+            label, prediction = label[:height, :width], prediction[:height, :width]
+            own = confusion_matrix(label, prediction, num_classes)
+            confusion += own
+            void_pixels += int((label == IGNORE_LABEL).sum())
+            per_image.append(_image_row(image_id.decode("utf-8"), int(height), int(width), own))
+            if len(predictions) < keep_predictions:
+                predictions.append(prediction.copy())
+        num_images += count
+        if progbar is not None:
+            progbar.update(num_images)
+        if max_images is not None and num_images >= max_images:
+            break
     seconds = time.perf_counter() - start
     if num_images == 0:
         raise ValueError(f"no image was evaluated: {pattern!r} holds no record")

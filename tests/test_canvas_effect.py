@@ -91,4 +91,4 @@ def test_cli_writes_the_report_and_names_bad_input(eval_workspace, tmp_path):
     assert (out / EFFECT_MD).read_text() in result.stdout + "\n"
     result = subprocess.run([*command, "--canvas=16"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "holds an image larger than canvas=(16, 16)" in result.stderr
+    assert "images larger than canvas=(16, 16) (height, width), e.g. " in result.stderr

@@ -143,7 +143,7 @@ def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(eval_workspac
     assert [row["pixels"] for row in results["per_image"]] == [
         int((np.array(Image.open(eval_workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")) != IGNORE_LABEL).sum())
         for i in ids]
-    with pytest.raises(ValueError, match=re.escape("holds an image larger than canvas=(16, 16) (height, width)")):
+    with pytest.raises(ValueError, match=r"holds 5 images larger than canvas=\(16, 16\) \(height, width\), e.g. '\w+' \(\d+x\d+\): pass a larger canvas"):
         evaluate_model(eval_workspace["model"], glob, canvas=(16, 16), verbose=False)
     with pytest.raises(ValueError, match="keep_predictions must be an integer >= 0. Received: keep_predictions=-1"):
         evaluate_model(eval_workspace["model"], glob, keep_predictions=-1, verbose=False)
