@@ -33,23 +33,19 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from random_fcn import define_model_flags, model_description, random_fcn  # First: sets up the imports.
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("variant", "8s", ["32s", "16s", "8s"], "FCN variant.")
-flags.DEFINE_enum("geometry", "reference", ["reference", "same"], "Net geometry (fcn_keras.architecture).")
+define_model_flags()
 flags.DEFINE_string("images", None, "A folder of JPEG/PNG images; default: random images of --random_sizes.")
 flags.DEFINE_integer("max_images", 24, "Images taken from --images (sorted by name).", lower_bound=1)
 flags.DEFINE_list("random_sizes", ["375x500", "333x500", "500x375", "366x500", "500x333", "375x500"],
                   "Sizes (HxW) of the random images when no --images is given.")
 flags.DEFINE_string("canvas", "500", "Canvas, N or HxW; every image must fit.")
 flags.DEFINE_list("batch_sizes", ["1", "4"], "Canvas rows: images per device call.")
-flags.DEFINE_integer("fc_units", 4096, "Channels of fc6/fc7 (4096 in VGG16; smaller for a smoke test).", lower_bound=1)
 flags.DEFINE_string("row", None, "Internal: run one row ('own' or 'canvas:<batch>') in this process, print JSON.")
 
 
@@ -73,7 +69,6 @@ def run_row(row: str) -> dict:
 
     from fcn_keras import inference
     from fcn_keras.io import parse_size
-    from fcn_keras.model import build_fcn
 
     compile_seconds = []
     if keras.backend.backend() == "jax":
@@ -90,12 +85,7 @@ def run_row(row: str) -> dict:
         return argmax_call(layer, logits)
 
     inference.ArgmaxLabels.call = counting_call
-    keras.utils.set_random_seed(0)
-    model = build_fcn(FLAGS.variant, fc_units=FLAGS.fc_units, geometry=FLAGS.geometry)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # Score layers start at zero: random ones give varied labels.
-        layer.set_weights([rng.normal(0, 0.02, w.shape).astype("float32") for w in layer.get_weights()])
-    labeler = inference.labels_model(model)
+    labeler = inference.labels_model(random_fcn())
     images = load_images()
     canvas = parse_size(FLAGS.canvas, "--canvas")
     if row == "own":
@@ -134,7 +124,7 @@ def main(argv: list[str]) -> None:
     canvas = parse_size(FLAGS.canvas, "--canvas")
     rows = ["own"] + [f"canvas:{int(batch)}" for batch in FLAGS.batch_sizes]
     source = FLAGS.images or f"{len(FLAGS.random_sizes)} random images"
-    print(f"FCN-{FLAGS.variant} ({FLAGS.geometry} geometry, fc {FLAGS.fc_units}), {source}, backend "
+    print(f"{model_description()}, {source}, backend "
           f"{keras.backend.backend()}, {len(os.sched_getaffinity(0))} cores, float32")
     print("\n| images at | images | sizes | traces | compile s | work | first pass s | second pass s | img/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

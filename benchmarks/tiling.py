@@ -30,19 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from random_fcn import define_model_flags, model_description, model_flags, random_fcn  # First: sets up the imports.
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("variant", "8s", ["32s", "16s", "8s"], "FCN variant.")
-flags.DEFINE_enum("geometry", "reference", ["reference", "same"], "Net geometry (fcn_keras.architecture).")
+define_model_flags()
 flags.DEFINE_string("size", "2000x3000", "Image size, N or HxW.")
 flags.DEFINE_list("tile_sizes", ["whole", "2048", "1024"], "Rows: 'whole' or a tile size N or HxW (>= 480).")
-flags.DEFINE_integer("fc_units", 4096, "Channels of fc6/fc7 (4096 in VGG16; smaller for a smoke test).", lower_bound=1)
 flags.DEFINE_integer("repeats", 1, "Calls per row; the best time is reported.", lower_bound=1)
 flags.DEFINE_string("row", None, "Internal: run one row in this process and print its result as JSON.")
 flags.DEFINE_string("labels_file", None, "Internal: where the row saves its labels (.npy).")
@@ -73,17 +69,10 @@ def _device_peak_bytes() -> int | None:
 
 def run_row(row: str, size: tuple[int, int], labels_file: str) -> dict:
     """One row, in this process: builds the net, segments the image, saves the labels."""
-    import keras
-
     from fcn_keras.inference import predict_labels, predict_labels_tiled, tile_spans
     from fcn_keras.io import parse_size
-    from fcn_keras.model import build_fcn
 
-    keras.utils.set_random_seed(0)
-    model = build_fcn(FLAGS.variant, fc_units=FLAGS.fc_units, geometry=FLAGS.geometry)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # Score layers start at zero: random ones give varied labels.
-        layer.set_weights([rng.normal(0, 0.02, w.shape).astype("float32") for w in layer.get_weights()])
+    model = random_fcn()
     image = np.random.default_rng(1).integers(0, 256, (*size, 3)).astype("uint8")
     if row == "whole":
         tiles, work = 1, size[0] * size[1]
@@ -117,7 +106,7 @@ def main(argv: list[str]) -> None:
         rows.insert(0, "whole")
     import keras
 
-    print(f"FCN-{FLAGS.variant} ({FLAGS.geometry} geometry, fc {FLAGS.fc_units}), image {size[0]}x{size[1]}, "
+    print(f"{model_description()}, image {size[0]}x{size[1]}, "
           f"backend {keras.backend.backend()}, {len(os.sched_getaffinity(0))} cores, float32")
     print("\n| tiles of | tiles | work | seconds | peak RSS (MiB) | + inference (MiB) | device peak (MiB) | same labels | classes |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -125,8 +114,7 @@ def main(argv: list[str]) -> None:
         whole = None
         for row in rows:
             labels_file = str(Path(tmp) / f"{row}.npy")
-            flags_passed = [f"--variant={FLAGS.variant}", f"--geometry={FLAGS.geometry}", f"--size={FLAGS.size}",
-                            f"--fc_units={FLAGS.fc_units}", f"--repeats={FLAGS.repeats}", f"--row={row}",
+            flags_passed = [*model_flags(), f"--size={FLAGS.size}", f"--repeats={FLAGS.repeats}", f"--row={row}",
                             f"--labels_file={labels_file}"]
             child = subprocess.run([sys.executable, __file__, *flags_passed], capture_output=True, text=True)
             if child.returncode != 0:
