@@ -520,8 +520,10 @@ def run(
           + (f"; {skipped} image files in --output_dir skipped" if skipped else "") + ")")
     if isinstance(predictor, CanvasPredictor) and predictor.outside:
         height, width = predictor.canvas
-        print(f"{predictor.outside} images larger than the {height}x{width} canvas were segmented at their own "
-              "size" + (" (one compilation per size under XLA)" if tile_size is None else " (whole or in tiles)"))
+        one = predictor.outside == 1
+        print(f"{predictor.outside} image{'' if one else 's'} larger than the {height}x{width} canvas "
+              f"{'was' if one else 'were'} segmented at {'its' if one else 'their'} own size"
+              + (" (one compilation per size under XLA)" if tile_size is None else " (whole or in tiles)"))
     if bad:
         print(f"{len(bad)} inputs failed:", file=sys.stderr)
         for path, reason in bad:  # Reasons from read_image already name the file.

@@ -415,7 +415,7 @@ def test_canvas_batches_images_of_many_sizes_and_segments_larger_ones_at_their_o
     assert status == 1
     out, err = capsys.readouterr()
     assert "wrote 4 label maps and overlays" in out
-    assert "1 images larger than the 48x64 canvas were segmented at their own size (one compilation per size under XLA)" in out
+    assert "1 image larger than the 48x64 canvas was segmented at its own size (one compilation per size under XLA)" in out
     assert f"cannot read image {folder / 'broken.jpg'}" in err
     fitting = ["drawing", "gray", "alpha"]
     on_canvas = dict(zip(fitting, predict_labels_on_canvas(labeler, [expected[stem] for stem in fitting], (48, 64))))
