@@ -431,6 +431,13 @@ def test_canvas_batches_images_of_many_sizes_and_segments_larger_ones_at_their_o
         np.testing.assert_array_equal(labels, on_canvas[stem], err_msg=stem)
     assert predictor.outside == 0
 
+    # With tiles too: an image larger than the canvas and the tiles is segmented in tiles.
+    tall = random_image(7, (560, 200))
+    tiled = predict.load_predictor(keras_file, tile_size=(480, 640), canvas=(48, 64), batch_size=2)
+    labels = tiled.many([tall, expected["gray"]])
+    np.testing.assert_array_equal(labels[0], predict.load_predictor(keras_file, tile_size=(480, 640))(tall))
+    np.testing.assert_array_equal(labels[1], on_canvas["gray"])
+    assert tiled.outside == 1
     with pytest.raises(ValueError, match=re.escape("batch_size=2 needs a canvas: images of different sizes are batched")):
         predict.load_predictor(keras_file, batch_size=2)
     result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path / 'cli'}", "--batch_size=4",
