@@ -595,6 +595,27 @@ def test_voc_colours_and_masks_whose_colours_are_not_in_the_map(own, tmp_path):
         voc.read_label(deep, voc.read_label_colours("voc", ("a", "b")))
 
 
+def test_id_masks_convert_through_a_map_of_gray_levels(own, tmp_path):
+    """Masks of dataset ids, not class indices (Cityscapes' labelIds: road is 7, car 26, unlabelled
+    0), as grayscale PNGs: level v is the colour (v, v, v), so a map of gray colours remaps them;
+    an id the map leaves out is refused by its level and pixel count."""
+    ids = {0: 3, 1: 7, 2: 26, 255: 0}
+    labels_dir = tmp_path / "id_masks"
+    labels_dir.mkdir()
+    for path in sorted(own["labels_dir"].glob("*.png")):
+        Image.fromarray(_paint(_indices(path), {label: (v, v, v) for label, v in ids.items()})[..., 0], mode="L").save(
+            labels_dir / path.name)
+    (tmp_path / "ids.txt").write_text("background 3 3 3\nroad 7 7 7\ncar 26 26 26\nvoid 0 0 0\n")
+    with_ids = {**own, "labels_dir": labels_dir}
+    manifest = convert(None, tmp_path / "out", **with_ids, splits=("val",), label_colours=tmp_path / "ids.txt", verbose=False)
+    for image_id, example in _read_split(tmp_path / "out", manifest, "val").items():
+        np.testing.assert_array_equal(example["label"], _indices(own["labels_dir"] / f"{image_id}.png"))
+    (tmp_path / "ids.txt").write_text("background 3 3 3\nroad 7 7 7\nvoid 0 0 0\n")  # No car.
+    with pytest.raises(voc.InvalidPairError, match=r"id_masks/item_\d+.png: \d+ pixels have 1 colour\(s\) not in "
+                                                   r"label_colours file '.*ids.txt': \(26, 26, 26\) x \d+"):
+        convert(None, tmp_path / "out2", **with_ids, splits=("val",), label_colours=tmp_path / "ids.txt", verbose=False)
+
+
 @pytest.mark.parametrize("text, match", [
     ("", r"lists no colour"),
     ("car 1 2\n", r"line 1 \('car 1 2'\): expected '<label> R G B'"),
