@@ -118,14 +118,22 @@ def predict_labels(model: keras.Model, images: np.ndarray, batch_size: int = 1) 
 # --- Canvas ------------------------------------------------------------------------------------
 
 
+def _integer_sides(value: Any) -> tuple[int, int] | None:
+    """``(height, width)`` of a size given as an integer ``N`` or ``(height, width)`` of integers
+    (not booleans); ``None`` for anything else."""
+    sides = (value, value) if isinstance(value, (int, np.integer)) else tuple(np.atleast_1d(value))
+    if len(sides) != 2 or not all(isinstance(side, (int, np.integer)) and not isinstance(side, bool) for side in sides):
+        return None
+    return int(sides[0]), int(sides[1])
+
+
 def check_canvas(canvas: int | tuple[int, int], name: str = "canvas") -> tuple[int, int]:
     """``(height, width)`` of a canvas ``N`` or ``(height, width)`` of integers >= 1; else a
     ``ValueError`` naming ``name`` (a flag, say)."""
-    sides = (canvas, canvas) if isinstance(canvas, (int, np.integer)) else tuple(np.atleast_1d(canvas))
-    if len(sides) != 2 or not all(isinstance(side, (int, np.integer)) and not isinstance(side, bool) and side >= 1
-                                  for side in sides):
+    sides = _integer_sides(canvas)
+    if sides is None or min(sides) < 1:
         raise ValueError(f"{name} must be an integer N or (height, width) of integers >= 1. Received: {name}={canvas!r}")
-    return int(sides[0]), int(sides[1])
+    return sides
 
 
 def fits_canvas(image: np.ndarray, canvas: tuple[int, int]) -> bool:
@@ -207,8 +215,7 @@ def predict_labels_on_canvas(
     Raises:
         ValueError: an image is not ``[H, W, 3]`` or is larger than ``canvas``.
     """
-    labeler = _labeler(model)
-    return segment_on_canvas(lambda batch: labeler.predict_on_batch(batch), images, canvas, batch_size)
+    return segment_on_canvas(_labeler(model).predict_on_batch, images, canvas, batch_size)
 
 
 # --- Tiles -------------------------------------------------------------------------------------
@@ -282,8 +289,8 @@ def tile_spans(length: int, tile_size: int, context: int = TILE_CONTEXT) -> list
 def check_tile_size(tile_size: int | tuple[int, int], name: str = "tile_size") -> tuple[int, int]:
     """``(height, width)`` of a tile size ``N`` or ``(height, width)`` of integers, each at
     least ``min_tile_size()``; else a ``ValueError`` naming ``name`` (a flag, say)."""
-    sides = (tile_size, tile_size) if isinstance(tile_size, (int, np.integer)) else tuple(np.atleast_1d(tile_size))
-    if len(sides) != 2 or not all(isinstance(side, (int, np.integer)) and not isinstance(side, bool) for side in sides):
+    sides = _integer_sides(tile_size)
+    if sides is None:
         raise ValueError(f"{name} must be an integer N or (height, width) of integers. Received: {name}={tile_size!r}")
     if min(sides) < min_tile_size():
         raise ValueError(
@@ -291,7 +298,7 @@ def check_tile_size(tile_size: int | tuple[int, int], name: str = "tile_size") -
             f"side of the part a tile keeps, on the net's {arch.GRID_STRIDE}-pixel grid). "
             f"Received: {name}={sides[0]}x{sides[1]}"
         )
-    return int(sides[0]), int(sides[1])
+    return sides
 
 
 def _grid_ceil(pixels: int) -> int:

@@ -102,9 +102,10 @@ class CanvasPredictor:
         for index, label_map in zip(inside, segment_on_canvas(
                 self.segment_batch, [images[index] for index in inside], self.canvas, self.batch_size)):
             labels[index] = label_map
-        for index in sorted(set(range(len(images))) - set(inside)):
-            labels[index] = self.single(images[index])
-            self.outside += 1
+        for index, label_map in enumerate(labels):
+            if label_map is None:  # Larger than the canvas: at its own size.
+                labels[index] = self.single(images[index])
+                self.outside += 1
         return labels
 
 
