@@ -605,12 +605,12 @@ def test_id_masks_convert_through_a_map_of_gray_levels(own, tmp_path):
     for path in sorted(own["labels_dir"].glob("*.png")):
         Image.fromarray(_paint(_indices(path), {label: (v, v, v) for label, v in ids.items()})[..., 0], mode="L").save(
             labels_dir / path.name)
-    (tmp_path / "ids.txt").write_text("background 3 3 3\nroad 7 7 7\ncar 26 26 26\nvoid 0 0 0\n")
+    (tmp_path / "ids.txt").write_text("background 3 3 3\nroad 7\ncar 26\nvoid 0\n")  # Gray: V or V V V.
     with_ids = {**own, "labels_dir": labels_dir}
     manifest = convert(None, tmp_path / "out", **with_ids, splits=("val",), label_colours=tmp_path / "ids.txt", verbose=False)
     for image_id, example in _read_split(tmp_path / "out", manifest, "val").items():
         np.testing.assert_array_equal(example["label"], _indices(own["labels_dir"] / f"{image_id}.png"))
-    (tmp_path / "ids.txt").write_text("background 3 3 3\nroad 7 7 7\nvoid 0 0 0\n")  # No car.
+    (tmp_path / "ids.txt").write_text("background 3\nroad 7\nvoid 0\n")  # No car.
     with pytest.raises(voc.InvalidPairError, match=r"id_masks/item_\d+.png: \d+ pixels have 1 colour\(s\) not in "
                                                    r"label_colours file '.*ids.txt': \(26, 26, 26\) x \d+"):
         convert(None, tmp_path / "out2", **with_ids, splits=("val",), label_colours=tmp_path / "ids.txt", verbose=False)
@@ -618,14 +618,17 @@ def test_id_masks_convert_through_a_map_of_gray_levels(own, tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ("", r"lists no colour"),
-    ("car 1 2\n", r"line 1 \('car 1 2'\): expected '<label> R G B'"),
+    ("car 1 2\n", r"line 1 \('car 1 2'\): expected '<label> R G B' or '<label> V'"),
+    ("car\n", r"line 1 \('car'\): expected '<label> R G B' or '<label> V'"),
+    ("road 256\n", r"line 1 \('road 256'\): V must be integers 0..255"),
+    ("lane 2 7\n", r"line 1 \('lane 2 7'\): expected '<label> R G B' or '<label> V'"),  # 'lane 2 7 7 7' reads
     ("road 1 2 256\n", r"line 1 \('road 1 2 256'\): R, G and B must be integers 0..255"),
     ("road 1 2 -3\n", r"R, G and B must be integers"),
     ("road 1 2 \u00b2\n", r"R, G and B must be integers"),
     ("bus 1 2 3\n", r"line 1 \('bus 1 2 3'\): 'bus' is not a class of the dataset \(3: background, road, car\), an index 0..2"),
     ("3 1 2 3\n", r"'3' is not a class"),
     ("# x\nroad 1 2 3\ncar 1 2 3\n", r"colour \(1, 2, 3\) is given two labels, 1 and 2"),
-    ("road 1 2 3\nname,r,g,b\n", r"line 2 \('name,r,g,b'\): R, G and B must be integers"),
+    ("road 1 2 3\nname,r,g,b\n", r"line 2 \('name,r,g,b'\): expected '<label> R G B'"),
 ])
 def test_bad_label_colours_files_name_the_line(tmp_path, text, match):
     path = tmp_path / "colours.txt"
@@ -636,11 +639,15 @@ def test_bad_label_colours_files_name_the_line(tmp_path, text, match):
 
 def test_label_colours_names_indices_void_and_a_missing_file(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_text("\ufeffpotted plant 1 2 3\r\n0,4,5,6\r\nvoid 7 8 9\n255 7 8 9\n\npotted plant 10 11 12\n")
+    path.write_text("\ufeffpotted plant 1 2 3\r\n0,4,5,6\r\nvoid 7 8 9\n255 7 8 9\n\npotted plant 10 11 12\n"
+                    "potted plant 30\nvoid,0\n1 40\n")  # Gray levels: (30, 30, 30), (0, 0, 0), (40, 40, 40).
     colours = voc.read_label_colours(path, ("background", "potted plant"))
-    assert colours.to_json() == [[1, 2, 3, 1], [4, 5, 6, 0], [7, 8, 9, 255], [10, 11, 12, 1]]
+    assert colours.to_json() == [[0, 0, 0, 255], [1, 2, 3, 1], [4, 5, 6, 0], [7, 8, 9, 255], [10, 11, 12, 1],
+                                 [30, 30, 30, 1], [40, 40, 40, 1]]
     labels, unknown, counts = colours.labels_of(np.array([[[4, 5, 6], [10, 11, 12], [7, 8, 9], [9, 9, 9]]], np.uint8))
     assert labels.tolist() == [[0, 1, 255, 0]] and unknown.tolist() == [9 << 16 | 9 << 8 | 9] and counts.tolist() == [1]
+    path.write_text("lane 2 7 7 7\n")  # A class name ending in a number takes the R G B form.
+    assert voc.read_label_colours(path, ("background", "lane 2")).to_json() == [[7, 7, 7, 1]]
     with pytest.raises(ValueError, match=r"cannot read label_colours file '.*nowhere.txt' \(label_colours is 'voc' or a file"):
         voc.read_label_colours(tmp_path / "nowhere.txt", ("a", "b"))
 

@@ -466,8 +466,9 @@ def _define_flags() -> None:
                         "(palette or grayscale PNGs; 255 = void).")
     flags.DEFINE_string("class_names", None, "A dataset of your own: its class names in index order, a file with one per "
                         "line or a comma-separated list (e.g. background,road,car).")
-    flags.DEFINE_string("label_colours", None, "A dataset of your own whose masks are colour-coded (RGB) PNGs: 'voc' (the "
-                        "VOC colours) or a file of '<label> R G B' lines, label a class name, index or void.")
+    flags.DEFINE_string("label_colours", None, "A dataset of your own whose masks are colour-coded (RGB) PNGs, or hold ids "
+                        "to remap: 'voc' (the VOC colours) or a file of '<label> R G B' lines (or '<label> V' for the "
+                        "gray level V), label a class name, index or void.")
     flags.DEFINE_list("splits", ["train", "val"], f"Comma-separated splits among {', '.join(voc.SPLITS)}; for a dataset "
                       "of your own, any names with a <lists_dir>/<split>.txt.")
     flags.DEFINE_boolean("skip_invalid", False, "Skip invalid pairs, count them and write skipped.json, instead of stopping at the first.")

@@ -421,7 +421,8 @@ def read_label_colours(value: str | os.PathLike, class_names: Sequence[str] | No
 
     Args:
         value: ``"voc"`` (``VOC_COLOURS``: the VOC colours of classes ``0..C-1`` and void), or a
-            text file with one colour per line, ``<label> R G B`` or ``<label>,R,G,B``: the
+            text file with one colour per line, ``<label> R G B`` or ``<label>,R,G,B``, or a
+            gray level ``<label> V`` (the colour ``(V, V, V)``: a grayscale mask's value ``V``): the
             label is a class name, a class index ``0..C-1``, or ``void`` / 255. Blank lines,
             ``#`` comments and a ``name,r,g,b`` header line (CamVid's ``class_dict.csv``) are
             skipped. Several colours may have one label (the first listed paints it); a colour
@@ -451,17 +452,26 @@ def read_label_colours(value: str | os.PathLike, class_names: Sequence[str] | No
             text = line.split("#", 1)[0].strip()
             if not text:
                 continue
-            fields = [field.strip() for field in (text.rsplit(",", 3) if "," in text else text.rsplit(maxsplit=3))]
+            separator = "," if "," in text else None
+            tokens = [token.strip() for token in text.split(separator)]
             where = f"{source}, line {number} ({line.strip()!r})"
-            if not seen_data and [field.lower() for field in fields[1:]] == ["r", "g", "b"]:
+            if not seen_data and [token.lower() for token in tokens[-3:]] == ["r", "g", "b"]:
                 seen_data = True  # A header line.
                 continue
             seen_data = True
-            if len(fields) != 4 or not fields[0]:
-                raise ValueError(f"{where}: expected '<label> R G B' (or '<label>,R,G,B')")
+            # The values are the trailing tokens without letters (a class name may hold digits:
+            # 'lane 2 7 7 7'); three are R G B, one is a gray level V, the colour (V, V, V).
+            values = 0
+            while values < len(tokens) - 1 and not any(char.isalpha() for char in tokens[-1 - values]):
+                values += 1
+            fields = [field.strip() for field in text.rsplit(separator, 3 if values >= 3 else 1)]
+            if values in (0, 2) or not fields[0]:
+                raise ValueError(f"{where}: expected '<label> R G B' or '<label> V' (a gray level, the colour "
+                                 "(V, V, V)), or the same with commas")
             if not all(re.fullmatch(r"[0-9]{1,3}", field) and int(field) <= 255 for field in fields[1:]):
-                raise ValueError(f"{where}: R, G and B must be integers 0..255")
-            colours.append((*map(int, fields[1:]), _label_index(fields[0], class_names, where)))
+                raise ValueError(f"{where}: {'R, G and B' if len(fields) == 4 else 'V'} must be integers 0..255")
+            rgb = [int(field) for field in fields[1:]] * (3 if len(fields) == 2 else 1)
+            colours.append((*rgb, _label_index(fields[0], class_names, where)))
         if not colours:
             raise ValueError(f"{source} lists no colour (one '<label> R G B' line per colour)")
     by_key: dict[int, int] = {}
