@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -452,6 +453,57 @@ def test_own_dataset_invalid_pairs_name_the_file(own, tmp_path, breaker):
         convert(None, tmp_path / "r", **own, splits=("train",), verbose=False)
     manifest = convert(None, tmp_path / "r", **own, splits=("train",), skip_invalid=True, verbose=False)
     assert (manifest["splits"]["train"]["num_examples"], manifest["splits"]["train"]["num_skipped"]) == (5, 1)
+
+
+def test_own_dataset_lists_pairs_of_paths_for_nested_folders_and_suffixes(own, tmp_path):
+    """Cityscapes-like: images in city folders with a suffix, masks under another root with
+    another; the list names each pair by its paths (tab-separated when one holds a space, an
+    absolute mask path as it is), ids may be mixed in, and each record's id is the image's stem."""
+    root = tmp_path / "city"
+    lines, expected = [], {}
+    for index, image in enumerate(sorted(own["images_dir"].iterdir())[:6]):
+        city = ("aachen", "bad honnef", "")[index % 3]
+        stem = image.stem
+        if not city:  # An id line: the files keep their flat names.
+            for source, folder in ((image, "images"), (own["labels_dir"] / f"{stem}.png", "masks")):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, root / folder / source.name)
+            lines.append(stem)
+            expected[stem] = stem
+            continue
+        image_rel = f"{city}/{stem}_leftImg8bit{image.suffix}"
+        mask_rel = f"{city}/{stem}_gtFine_labelIds.png"
+        for source, target in ((image, root / "images" / image_rel), (own["labels_dir"] / f"{stem}.png", root / "masks" / mask_rel)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+        mask = root / "masks" / mask_rel if index == 4 else mask_rel  # An absolute path, as it is.
+        lines.append(f"{image_rel}\t{mask}" if " " in city else f"{image_rel} {mask}")
+        expected[f"{stem}_leftImg8bit"] = stem
+    (root / "lists").mkdir()
+    (root / "lists" / "train.txt").write_text("\n".join(lines) + "\n")
+    layout = {**own, "images_dir": root / "images", "labels_dir": root / "masks", "lists_dir": root / "lists"}
+    manifest = convert(None, tmp_path / "out", **layout, splits=("train",), verbose=False)
+    examples = _read_split(tmp_path / "out", manifest, "train")
+    assert sorted(examples) == sorted(expected) and manifest["splits"]["train"]["num_skipped"] == 0
+    for image_id, stem in expected.items():
+        np.testing.assert_array_equal(examples[image_id]["label"], _indices(own["labels_dir"] / f"{stem}.png"))
+    # A line of three fields is refused, naming the list and the line.
+    (root / "lists" / "bad.txt").write_text(f"{lines[0]}\na b c\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 2 \('a b c'\): expected an id, or an image path and a mask path"):
+        convert(None, tmp_path / "bad", **layout, splits=("bad",), verbose=False)
+    # A missing mask and an image stem listed twice are problems of their pairs, skipped and counted.
+    (root / "lists" / "broken.txt").write_text(
+        f"{lines[0]}\n{lines[1]}\n{lines[0].split()[0]} other.png\n"  # The image of line 1 again.
+        f"{lines[3].split()[0]} aachen/nothing.png\nbad honnef/nothing_leftImg8bit.png\tnowhere.png\n")
+    with pytest.raises(ValueError, match=r"duplicate id '\w+_leftImg8bit' on lines 1 and 3 \(a pair's id is its image's"):
+        convert(None, tmp_path / "broken", **layout, splits=("broken",), verbose=False)
+    broken = convert(None, tmp_path / "broken", **layout, splits=("broken",), skip_invalid=True, verbose=False)
+    assert (broken["splits"]["broken"]["num_examples"], broken["splits"]["broken"]["num_skipped"]) == (2, 3)
+    report = json.loads((tmp_path / "broken" / "skipped.json").read_text())
+    assert [(problem["path"].endswith(ending), problem["problem"].split(" ")[0]) for problem, ending in
+            zip(report, ("broken.txt", "aachen/nothing.png", "broken.txt"))] == [(True, "duplicate"), (True, "mask"),
+                                                                                (True, "id")]
+    assert "'nothing_leftImg8bit' (line 5) is listed but absent on disk" in report[2]["problem"]
 
 
 def test_own_dataset_bad_arguments(own, voc_root, tmp_path):

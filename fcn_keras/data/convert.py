@@ -8,6 +8,9 @@ parallel, resumable.
         --lists_dir=mine/lists --class_names=mine/classes.txt --output_dir=data/mine [--splits=...]
         [--label_colours=voc|mine/colours.csv]
 
+A dataset of your own lists ids (``<images_dir>/<id>.jpg``, ``<labels_dir>/<id>.png``) or, for
+nested folders and suffixes, ``<image> <mask>`` paths under ``images_dir`` and ``labels_dir``.
+
 Writes ``<output_dir>/<split>-00000-of-0000N.tfrecord`` (schema in ``fcn_keras.data.records``)
 and ``<output_dir>/manifest.json``. Each shard goes to a temporary name and is renamed when
 complete, and the manifest is rewritten after every shard, so a killed run leaves only complete
@@ -290,7 +293,8 @@ def convert(
             own, any names with a ``<lists_dir>/<split>.txt``.
         sbd_root: SBD's folder holding ``dataset/`` (for ``sbd_*`` and ``train_aug``).
         lists_dir: a folder searched first for ``<split>.txt`` id lists (the only place, for a
-            dataset of your own).
+            dataset of your own, whose lines are ids or ``<image> <mask>`` pairs of paths under
+            ``images_dir`` and ``labels_dir``).
         images_dir: a dataset of your own: its folder of ``<id>.jpg`` / ``.jpeg`` / ``.png`` images.
         labels_dir: a dataset of your own: its folder of ``<id>.png`` masks (class indices, 255 =
             void; colours with ``label_colours``).
@@ -459,7 +463,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards, manifest.json and skipped.json.", required=True)
     flags.DEFINE_string("sbd_root", None, "SBD folder holding dataset/{img,cls,train.txt,val.txt} (splits sbd_train, sbd_val, train_aug).")
     flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt); "
-                        "for a dataset of your own, the folder of its lists.")
+                        "for a dataset of your own, the folder of its lists: one id, or one '<image> <mask>' pair of paths "
+                        "under --images_dir and --labels_dir, per line.")
     flags.DEFINE_string("images_dir", None, "A dataset of your own: the folder of its images, <id>.jpg, .jpeg or .png "
                         "(with --labels_dir, --lists_dir and --class_names, instead of --voc_root).")
     flags.DEFINE_string("labels_dir", None, "A dataset of your own: the folder of its masks, <id>.png of class indices "

@@ -199,8 +199,9 @@ def resolve_pairs(
     voc = None if split in SBD_SPLITS else voc_dir(voc_root)
     sbd = sbd_dir(sbd_root, split) if (split in SBD_SPLITS or sbd_root is not None) else None
     images = (sbd / "img") if split in SBD_SPLITS else (voc / "JPEGImages")
+    entries = [(image_id, line_no, None) for image_id, line_no in read_id_list(list_path)[:max_images]]
     pairs, problems = _pair_list(
-        list_path, max_images, lambda image_id: (images / f"{image_id}.jpg", _label_path(split, image_id, voc, sbd))
+        list_path, entries, lambda image_id: (images / f"{image_id}.jpg", _label_path(split, image_id, voc, sbd))
     )
     return list_path, pairs, problems
 
@@ -226,24 +227,31 @@ def resolve_folder_pairs(
     *,
     max_images: int | None = None,
 ) -> tuple[Path, list[Pair], list[Problem]]:
-    """Reads ``<lists_dir>/<split>.txt`` of a dataset of your own and pairs each id with its files.
+    """Reads ``<lists_dir>/<split>.txt`` of a dataset of your own and pairs each line with its files.
 
-    An id's image is ``<images_dir>/<id>`` with one of ``FOLDER_IMAGE_SUFFIXES``, its mask
-    ``<labels_dir>/<id>.png``, suffixes in any letter case (``.JPG``, ``.Png``); two images (or
-    masks) for one id is a problem: which one is meant?
+    A line is an id or a pair of paths. An id's image is ``<images_dir>/<id>`` with one of
+    ``FOLDER_IMAGE_SUFFIXES``, its mask ``<labels_dir>/<id>.png``, suffixes in any letter case
+    (``.JPG``, ``.Png``); two images (or masks) for one id is a problem: which one is meant? A
+    pair ``<image> <mask>`` (tab-separated when a path holds spaces) names the files by their
+    paths under ``images_dir`` and ``labels_dir`` (absolute paths as they are), for layouts of
+    nested folders and suffixes (Cityscapes' ``aachen/aachen_000000_000019_leftImg8bit.png`` and
+    ``aachen/aachen_000000_000019_gtFine_labelIds.png``); its id is the image's file name
+    without its suffix.
 
     Args:
         split: any name accepted by ``check_split_name``, e.g. ``train``.
         images_dir: the folder of images.
         labels_dir: the folder of masks.
-        lists_dir: the folder holding ``<split>.txt``, one id (a file name without its suffix) per line.
-        max_images: keep only the first ``max_images`` ids of the list.
+        lists_dir: the folder holding ``<split>.txt``: one id (a file name without its suffix) or
+            one ``<image> <mask>`` pair per line.
+        max_images: keep only the first ``max_images`` lines of the list.
 
     Returns:
         ``(list_path, pairs, problems)`` as ``resolve_pairs``.
 
     Raises:
-        ValueError: a bad split name, or a missing folder or list (named).
+        ValueError: a bad split name, a missing folder or list, or a line of more than two
+            fields (named).
     """
     check_split_name(split)
     for name, folder in (("images_dir", images_dir), ("labels_dir", labels_dir), ("lists_dir", lists_dir)):
@@ -253,7 +261,10 @@ def resolve_folder_pairs(
     if not list_path.is_file():
         found = sorted(p.stem for p in Path(lists_dir).glob("*.txt"))
         raise ValueError(f"no id list for split {split!r}: {list_path} does not exist (lists there: {found or 'none'})")
-    images, masks = _files_by_stem(images_dir, FOLDER_IMAGE_SUFFIXES), _files_by_stem(labels_dir, (".png",))
+    entries = _folder_list_entries(list_path, Path(images_dir), Path(labels_dir))[:max_images]
+    by_id = any(paths is None for _, _, paths in entries)
+    images = _files_by_stem(images_dir, FOLDER_IMAGE_SUFFIXES) if by_id else {}
+    masks = _files_by_stem(labels_dir, (".png",)) if by_id else {}
     ambiguous: list[Problem] = []
 
     def files(image_id: str) -> tuple[Path, Path]:
@@ -265,7 +276,7 @@ def resolve_folder_pairs(
         image = found["image"][0] if found["image"] else Path(images_dir) / f"{image_id}.jpg"
         return image, found["mask"][0] if found["mask"] else Path(labels_dir) / f"{image_id}.png"
 
-    pairs, problems = _pair_list(list_path, max_images, files)
+    pairs, problems = _pair_list(list_path, entries, files)
     ambiguous_ids = {problem.image_id for problem in ambiguous}
     return list_path, [p for p in pairs if p.image_id not in ambiguous_ids], ambiguous + problems
 
@@ -282,23 +293,40 @@ def _files_by_stem(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> dict
     return {stem: sorted(paths) for stem, paths in found.items()}
 
 
+def _folder_list_entries(list_path: Path, images_dir: Path, labels_dir: Path) -> list[tuple[str, int, tuple[Path, Path] | None]]:
+    """The lines of a folder dataset's list as ``(id, line number, (image, mask) or None)``: an
+    id alone (``None``: found by ``resolve_folder_pairs``), or the paths of a pair's line."""
+    entries = []
+    for line_no, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        fields = [field.strip() for field in line.split("\t")] if "\t" in line else line.split()
+        fields = [field for field in fields if field]
+        if len(fields) == 1:
+            entries.append((fields[0], line_no, None))
+        elif len(fields) == 2:
+            image, mask = images_dir / fields[0], labels_dir / fields[1]
+            entries.append((Path(fields[0]).stem, line_no, (image, mask)))
+        elif fields:
+            raise ValueError(f"{list_path}, line {line_no} ({line.strip()!r}): expected an id, or an image path and a "
+                             "mask path (under images_dir and labels_dir; tab-separated when a path holds spaces)")
+    return entries
+
+
 def _pair_list(
-    list_path: Path, max_images: int | None, files_of
+    list_path: Path, entries: list[tuple[str, int, tuple[Path, Path] | None]], files_of
 ) -> tuple[list[Pair], list[Problem]]:
-    """The pairs of the ids listed in ``list_path`` (``files_of(id) -> (image, mask)`` paths) whose
-    files exist, in list order, and a problem for each duplicate id or missing file."""
-    entries = read_id_list(list_path)
-    if max_images is not None:
-        entries = entries[:max_images]
+    """The pairs of the entries ``(id, line number, (image, mask) or None)`` of ``list_path``
+    whose files exist, in list order (``files_of(id) -> (image, mask)`` finds the files of an
+    entry without paths), and a problem for each duplicate id or missing file."""
     pairs, problems, seen = [], [], {}
-    for image_id, line_no in entries:
+    for image_id, line_no, paths in entries:
         if image_id in seen:
+            hint = " (a pair's id is its image's file name without the suffix)" if paths else ""
             problems.append(
-                Problem(image_id, str(list_path), f"duplicate id {image_id!r} on lines {seen[image_id]} and {line_no}")
+                Problem(image_id, str(list_path), f"duplicate id {image_id!r} on lines {seen[image_id]} and {line_no}{hint}")
             )
             continue
         seen[image_id] = line_no
-        pair = Pair(image_id, *files_of(image_id))
+        pair = Pair(image_id, *(paths or files_of(image_id)))
         has_image, has_label = pair.image_path.is_file(), pair.label_path.is_file()
         if not has_image and not has_label:
             problems.append(
@@ -618,7 +646,10 @@ def load_pair(pair: Pair, num_classes: int = NUM_CLASSES, colours: LabelColours 
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
         raise InvalidPairError(Problem(pair.image_id, image_path, f"undecodable {image_format.upper()} ({op_error_reason(error.message)})"))
     height, width = int(shape[0]), int(shape[1])
-    label = read_label(pair.label_path, colours)
+    try:
+        label = read_label(pair.label_path, colours)
+    except InvalidPairError as error:  # Named by the pair's id, not the mask's file name.
+        raise InvalidPairError(dataclasses.replace(error.problem, image_id=pair.image_id)) from None
     if label.shape != (height, width):
         raise InvalidPairError(
             Problem(
