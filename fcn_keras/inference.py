@@ -9,6 +9,10 @@ Large images can be segmented tile by tile (``predict_labels_tiled``) to bound t
 needs; the tiles overlap by the net's reach and start on its coarsest grid, so the labels are the
 whole image's.
 
+Photos far larger than the training images can be segmented downscaled (``downscale``, then
+``resize_labels`` back to the photo's size, nearest neighbour): the net sees objects at the scale
+it learned, for a fraction of the computation.
+
 Images of many sizes can be segmented on one canvas (``predict_labels_on_canvas``): padded at the
 bottom and right to a fixed size, in batches of a fixed count, so that a compiled predict
 function (XLA, under JAX or TensorFlow on a GPU) serves them all instead of compiling once per
@@ -24,6 +28,7 @@ from typing import Any, NamedTuple
 import keras
 import numpy as np
 from keras import ops
+from PIL import Image
 
 from fcn_keras import architecture as arch
 from fcn_keras.constants import PAD_RGB
@@ -216,6 +221,69 @@ def predict_labels_on_canvas(
         ValueError: an image is not ``[H, W, 3]`` or is larger than ``canvas``.
     """
     return segment_on_canvas(_labeler(model).predict_on_batch, images, canvas, batch_size)
+
+
+# --- Downscaled images ---------------------------------------------------------------------------
+
+
+def check_max_size(max_size: int, name: str = "max_size") -> int:
+    """``max_size`` if it is an integer >= 1; else a ``ValueError`` naming ``name`` (a flag, say)."""
+    if not isinstance(max_size, (int, np.integer)) or isinstance(max_size, bool) or max_size < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (pixels of an image's longer side). Received: {name}={max_size!r}")
+    return int(max_size)
+
+
+def downscaled_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """``(height, width)`` shrunk so that the longer side is ``max_size`` (the aspect ratio kept,
+    sides rounded, each >= 1); the size itself when no side exceeds ``max_size``."""
+    longer = max(height, width)
+    if longer <= max_size:
+        return height, width
+    return max(1, round(height * max_size / longer)), max(1, round(width * max_size / longer))
+
+
+def downscale(image: np.ndarray, max_size: int) -> np.ndarray:
+    """An image shrunk so that its longer side is at most ``max_size``.
+
+    Args:
+        image: uint8 ``[H, W, 3]`` RGB.
+        max_size: the longest side kept, pixels (>= 1).
+
+    Returns:
+        ``image`` itself when it fits; else uint8 ``[h, w, 3]`` of ``downscaled_size``, resampled
+        bilinearly by PIL, whose filter widens with the reduction (antialiased: every source
+        pixel counts, no aliasing of fine patterns).
+
+    Raises:
+        ValueError: ``image`` is not uint8 ``[H, W, 3]``, or a bad ``max_size``.
+    """
+    max_size = check_max_size(max_size)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3]. Received: {image.dtype} {image.shape}")
+    height, width = downscaled_size(image.shape[0], image.shape[1], max_size)
+    if (height, width) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label map resized to ``size`` by nearest neighbour: each output pixel takes the label of
+    the input pixel under its centre, ``labels[floor((i + 0.5) * h / H), floor((j + 0.5) * w / W)]``,
+    so no label is invented (bilinear would blend class indices).
+
+    Args:
+        labels: ``[h, w]`` labels of any integer dtype.
+        size: ``(H, W)``, each >= 1.
+
+    Returns:
+        ``[H, W]`` of ``labels``' dtype (``labels`` itself when ``size`` is its size).
+    """
+    height, width = size
+    if (height, width) == labels.shape:
+        return labels
+    rows = np.minimum(((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64), labels.shape[1] - 1)
+    return labels[rows[:, None], cols[None, :]]
 
 
 # --- Tiles -------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ device call by the tile's size and gives the same label maps as the whole image
 fixed canvas (``--canvas=500 --batch_size=8``): each image padded to it, several a device call, so
 a compiled (XLA) predict function is compiled once instead of once per image size
 (``fcn_keras.inference.segment_on_canvas``; labels within the net's reach of the padding can
-differ slightly from the whole image's).
+differ slightly from the whole image's). Photos much larger than the training images can be
+segmented downscaled (``--max_size=500``: the longer side shrunk to 500 px, the labels resized
+back to the photo's size by nearest neighbour); with ``--canvas=500`` every image then fits the
+canvas.
 
 Inputs: files, or folders (not recursive) whose files ending in one of
 ``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others and hidden files are counted and
@@ -49,8 +52,8 @@ from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
 from fcn_keras.export import CLASS_NAMES_FILE, SERVING_SIGNATURE, TILE_CONTEXT_FILE
 from fcn_keras.inference import (
-    TILE_CONTEXT, check_canvas, check_tile_size, check_tileable, fits_canvas, labels_model, min_tile_size,
-    segment_in_tiles, segment_on_canvas,
+    TILE_CONTEXT, check_canvas, check_max_size, check_tile_size, check_tileable, downscale, fits_canvas, labels_model,
+    min_tile_size, resize_labels, segment_in_tiles, segment_on_canvas,
 )
 from fcn_keras.io import (
     IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, run_class_names, write_image, write_label_png,
@@ -109,11 +112,38 @@ class CanvasPredictor:
         return labels
 
 
+class DownscalingPredictor:
+    """A predictor of images shrunk so that their longer side is at most ``max_size``
+    (``fcn_keras.inference.downscale``), whose labels are resized back to each image's size by
+    nearest neighbour (``resize_labels``). ``inner`` (a ``Predictor`` or ``CanvasPredictor``)
+    segments the shrunk images; ``many`` and ``batch_size`` pass through to it.
+    """
+
+    def __init__(self, inner: Predictor, max_size: int) -> None:
+        self.inner = inner
+        self.max_size = check_max_size(max_size)
+        self.batch_size = getattr(inner, "batch_size", 1)
+        #: How many images were larger than ``max_size`` (segmented downscaled).
+        self.downscaled = 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.many([image])[0]
+
+    def many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 ``[H_i, W_i]`` label maps of uint8 ``[H_i, W_i, 3]`` images, in their order."""
+        small = [downscale(image, self.max_size) for image in images]
+        many = getattr(self.inner, "many", None)
+        labels = many(small) if many is not None else [self.inner(image) for image in small]
+        self.downscaled += sum(shrunk is not image for shrunk, image in zip(small, images))
+        return [resize_labels(label_map, image.shape[:2]) for label_map, image in zip(labels, images)]
+
+
 def load_predictor(
     path: str | os.PathLike,
     tile_size: int | tuple[int, int] | None = None,
     canvas: int | tuple[int, int] | None = None,
     batch_size: int = 1,
+    max_size: int | None = None,
 ) -> Predictor:
     """A label-map function from a ``.keras`` FCN or an exported SavedModel.
 
@@ -131,18 +161,24 @@ def load_predictor(
             for every call; see ``CanvasPredictor``), larger ones are segmented at their own
             size (whole, or in tiles). None: every image at its own size.
         batch_size: images per device call on the canvas; above 1 it needs ``canvas``.
+        max_size: images whose longer side exceeds it are segmented shrunk to it, their labels
+            resized back (a ``DownscalingPredictor`` around the rest); tiles and canvas then
+            apply to the shrunk images. None: full size.
 
     Returns:
         A function mapping uint8 ``[H, W, 3]`` to uint8 ``[H, W]``, the argmax on the device; with
-        ``canvas``, a ``CanvasPredictor``, which also segments lists of images (``many``).
+        ``canvas``, a ``CanvasPredictor``, and with ``max_size`` a ``DownscalingPredictor``, which
+        also segment lists of images (``many``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not an FCN (the message names it and says what was found), a
             model to tile is not an FCN-VGG16 (or a SavedModel does not say so), ``tile_size``
-            is too small, ``canvas`` is not a size, or ``batch_size`` is not >= 1 (or above 1
-            without ``canvas``).
+            is too small, ``canvas`` is not a size, ``batch_size`` is not >= 1 (or above 1
+            without ``canvas``), or ``max_size`` is not >= 1.
     """
+    if max_size is not None:
+        max_size = check_max_size(max_size)
     if tile_size is not None:
         tile_size = check_tile_size(tile_size)
     if canvas is not None:
@@ -158,7 +194,8 @@ def load_predictor(
         return segment_batch(image[np.newaxis])[0]
 
     single = segment if tile_size is None else lambda image: segment_in_tiles(segment, image, tile_size, context)
-    return single if canvas is None else CanvasPredictor(segment_batch, single, canvas, batch_size)
+    predictor = single if canvas is None else CanvasPredictor(segment_batch, single, canvas, batch_size)
+    return predictor if max_size is None else DownscalingPredictor(predictor, max_size)
 
 
 def model_class_names(path: str | os.PathLike) -> tuple[str, ...] | None:
@@ -381,8 +418,9 @@ def predict_images(
     """Writes the label PNG and the overlay of every image; a bad image does not stop the rest.
 
     Args:
-        predictor: from ``load_predictor``; a ``CanvasPredictor`` gets its ``batch_size`` images
-            at a time (read, segmented in one call, written), any other function one.
+        predictor: from ``load_predictor``; one with ``many`` (``CanvasPredictor``,
+            ``DownscalingPredictor``) gets its ``batch_size`` images at a time (read, segmented in
+            one call, written), any other function one.
         images: image files.
         output_dir: where ``<stem>.png`` and ``<stem>_overlay.<overlay_format>`` go.
         overlay_format: ``"jpg"`` or ``"png"``.
@@ -402,10 +440,8 @@ def predict_images(
         ValueError: ``check_outputs`` refuses the run; nothing is written then.
     """
     check_outputs(images, output_dir, overlay_format, overwrite)
-    if isinstance(predictor, CanvasPredictor):
-        batch_size, segment_many = predictor.batch_size, predictor.many
-    else:
-        batch_size, segment_many = 1, lambda pictures: [predictor(picture) for picture in pictures]
+    segment_many = getattr(predictor, "many", None) or (lambda pictures: [predictor(picture) for picture in pictures])
+    batch_size = getattr(predictor, "batch_size", 1)
     written, bad, claimed = [], [], {}
     progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=progress_verbosity(1 if verbose else 0))
     for first in range(0, len(images), batch_size):
@@ -465,6 +501,10 @@ def _define_flags() -> None:
                         "once instead of once per image size; labels near the padding can differ slightly. Larger "
                         "images are segmented at their own size. Default: every image at its own size, exact.")
     flags.DEFINE_integer("batch_size", 1, "Images per device call on --canvas (above 1 needs --canvas).", lower_bound=1)
+    flags.DEFINE_integer("max_size", None, "Segment images whose longer side exceeds N pixels shrunk to N (antialiased) "
+                         "and resize their labels back (nearest neighbour): a net trained on PASCAL VOC (sides up to "
+                         "500) sees photos at the scale it learned, for a fraction of the work. With --canvas=N every "
+                         "image fits the canvas. Default: full size.", lower_bound=1)
     flags.DEFINE_string("label_colours", None, "Paint labels in a dataset's own colours: the colour map its masks were "
                         "converted with (a file of '<label> R G B' lines, see fcn_keras.data.convert), or 'voc' (default).")
     flags.DEFINE_float("alpha", 0.5, "Weight of the label colours in the overlays (0 = image only, 1 = colours only).",
@@ -483,12 +523,13 @@ def run(
     tile_size: tuple[int, int] | None = None,
     canvas: tuple[int, int] | None = None,
     batch_size: int = 1,
+    max_size: int | None = None,
     label_colours: str | os.PathLike | None = None,
 ) -> int:
     """The CLI's work: segments ``sources`` (files or folders), reports failures on stderr.
 
     Args:
-        model, tile_size, canvas, batch_size: see ``load_predictor``.
+        model, tile_size, canvas, batch_size, max_size: see ``load_predictor``.
         sources: image files and folders.
         output_dir: see ``predict_images``.
         overlay_format: ``"jpg"`` or ``"png"``.
@@ -508,7 +549,7 @@ def run(
               "are not taken as inputs")
     try:
         check_outputs(images, output_dir, overlay_format, overwrite)
-        predictor = load_predictor(model, tile_size, canvas, batch_size)
+        predictor = load_predictor(model, tile_size, canvas, batch_size, max_size)
         palette = VOC_PALETTE if label_colours is None else voc.read_label_colours(label_colours, model_class_names(model)).palette
     except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
@@ -519,10 +560,15 @@ def run(
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
           + (f"; {ignored} hidden files or files without an image extension ignored" if ignored else "")
           + (f"; {skipped} image files in --output_dir skipped" if skipped else "") + ")")
-    if isinstance(predictor, CanvasPredictor) and predictor.outside:
-        height, width = predictor.canvas
-        one = predictor.outside == 1
-        print(f"{predictor.outside} image{'' if one else 's'} larger than the {height}x{width} canvas "
+    if isinstance(predictor, DownscalingPredictor) and predictor.downscaled:
+        one = predictor.downscaled == 1
+        print(f"{predictor.downscaled} image{'' if one else 's'} larger than {max_size} px {'was' if one else 'were'} "
+              f"segmented at {max_size} px on the longer side (labels resized back, nearest neighbour)")
+    on_canvas = predictor.inner if isinstance(predictor, DownscalingPredictor) else predictor
+    if isinstance(on_canvas, CanvasPredictor) and on_canvas.outside:
+        height, width = on_canvas.canvas
+        one = on_canvas.outside == 1
+        print(f"{on_canvas.outside} image{'' if one else 's'} larger than the {height}x{width} canvas "
               f"{'was' if one else 'were'} segmented at {'its' if one else 'their'} own size"
               + (" (one compilation per size under XLA)" if tile_size is None else " (whole or in tiles)"))
     if bad:
@@ -564,7 +610,7 @@ def main(argv: list[str]) -> int:
         return usage_error("fcn_keras.predict", str(error))
     return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha,
                overwrite=FLAGS.overwrite, tile_size=tile_size, canvas=canvas, batch_size=FLAGS.batch_size,
-               label_colours=FLAGS.label_colours)
+               max_size=FLAGS.max_size, label_colours=FLAGS.label_colours)
 
 
 if __name__ == "__main__":

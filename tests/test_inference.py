@@ -9,8 +9,9 @@ import keras
 
 from fcn_keras.constants import PAD_RGB
 from fcn_keras.inference import (
-    TILE_CONTEXT, check_canvas, check_tile_size, labels_model, min_tile_size, predict_labels, predict_labels_on_canvas,
-    predict_labels_tiled, segment_in_tiles, segment_on_canvas, tile_spans,
+    TILE_CONTEXT, check_canvas, check_max_size, check_tile_size, downscale, downscaled_size, labels_model, min_tile_size,
+    predict_labels, predict_labels_on_canvas, predict_labels_tiled, resize_labels, segment_in_tiles, segment_on_canvas,
+    tile_spans,
 )
 from fcn_keras.model import build_fcn
 
@@ -121,6 +122,37 @@ def test_canvas_labels_are_those_of_the_padded_images(model):
 
 
 # --- Tiles -------------------------------------------------------------------------------------
+
+
+def test_downscale_shrinks_the_longer_side_antialiased_and_leaves_fitting_images_alone():
+    assert downscaled_size(37, 91, 40) == (16, 40) and downscaled_size(3000, 4000, 500) == (375, 500)
+    assert downscaled_size(40, 40, 40) == (40, 40) and downscaled_size(1, 1000, 10) == (1, 10)  # Sides stay >= 1.
+    fits = np.zeros((40, 30, 3), np.uint8)
+    assert downscale(fits, 40) is fits
+    # A one-pixel checkerboard halved: antialiased, every output pixel averages black and white
+    # (point sampling would keep one of them: all 0 or all 255).
+    board = (np.indices((64, 96)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    small = downscale(np.repeat(board[..., None], 3, axis=-1), 48)
+    assert small.shape == (32, 48, 3) and small.dtype == np.uint8
+    assert np.abs(small[2:-2, 2:-2].astype(int) - 128).max() <= 2
+    for bad in (0, -3, 2.5, True, None):
+        with pytest.raises(ValueError, match=re.escape(f"max_size must be an integer >= 1 (pixels of an image's longer "
+                                                       f"side). Received: max_size={bad!r}")):
+            check_max_size(bad)
+    with pytest.raises(ValueError, match=r"image must be uint8 \[H, W, 3\]. Received: float32 \(50, 50, 3\)"):
+        downscale(np.zeros((50, 50, 3), np.float32), 10)
+
+
+def test_resize_labels_takes_the_label_under_each_pixel_centre():
+    labels = np.array([[0, 1], [2, 255]], np.uint8)
+    np.testing.assert_array_equal(resize_labels(labels, (4, 6)), np.repeat(np.repeat(labels, 2, axis=0), 3, axis=1))
+    assert resize_labels(labels, (2, 2)) is labels
+    rng = np.random.default_rng(5)
+    big = rng.integers(0, 21, (37, 91)).astype(np.uint8)
+    np.testing.assert_array_equal(resize_labels(resize_labels(big, (74, 273)), (37, 91)), big)  # Integer factors.
+    odd = resize_labels(big, (50, 60))  # No label is invented, and none is shifted: each is its centre's.
+    assert set(np.unique(odd)) <= set(np.unique(big))
+    assert odd[49, 59] == big[int(49.5 * 37 / 50), int(59.5 * 91 / 60)] and odd[0, 0] == big[0, 0]
 
 
 @pytest.mark.parametrize("length, tile_size", [(900, 672), (1000, 480), (2000, 1024), (3001, 2048), (700, 700)])

@@ -18,7 +18,7 @@ from PIL import Image
 from fcn_keras import export, predict
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
-from fcn_keras.inference import labels_model, predict_labels_on_canvas, tile_spans
+from fcn_keras.inference import downscale, labels_model, predict_labels_on_canvas, resize_labels, tile_spans
 from fcn_keras.io import read_image
 from test_export import random_image, tiny_fcn
 
@@ -450,3 +450,26 @@ def test_canvas_batches_images_of_many_sizes_and_segments_larger_ones_at_their_o
     assert result.returncode == 0, result.stderr[-3000:]
     for stem in ("gray", "alpha"):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli" / f"{stem}.png")), on_canvas[stem])
+
+
+def test_max_size_segments_larger_images_shrunk_and_resizes_their_labels_back(labeler, keras_file, inputs, tmp_path):
+    """--max_size=40 --canvas=40: the 37x91 photo is shrunk to 16x40 and the 48x64 drawing to 30x40,
+    segmented on the 40x40 canvas with the 40x40 gray image, and their labels resized back to
+    their own sizes by nearest neighbour; the summary counts the shrunk images."""
+    folder, expected = inputs
+    stems = ["photo", "drawing", "gray"]
+    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path}", "--max_size=40", "--canvas=40",
+                             "--batch_size=2", *(str(next(folder.glob(f"{stem}.*"))) for stem in stems))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("2 images larger than 40 px were segmented at 40 px on the longer side (labels resized back, nearest "
+            "neighbour)") in result.stdout and "canvas" not in result.stdout  # Every shrunk image fits the canvas.
+    small = [downscale(expected[stem], 40) for stem in stems]
+    assert [image.shape[:2] for image in small] == [(16, 40), (30, 40), (40, 40)]
+    for stem, labels in zip(stems, predict_labels_on_canvas(labeler, small, 40)):
+        png = np.asarray(Image.open(tmp_path / f"{stem}.png"))
+        assert png.shape == expected[stem].shape[:2], stem
+        np.testing.assert_array_equal(png, resize_labels(labels, png.shape), err_msg=stem)
+        with Image.open(tmp_path / f"{stem}_overlay.jpg") as picture:  # On the image at its own size.
+            assert picture.size == expected[stem].shape[1::-1]
+    with pytest.raises(ValueError, match=r"max_size must be an integer >= 1"):
+        predict.load_predictor(keras_file, max_size=0)
