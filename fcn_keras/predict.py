@@ -23,9 +23,9 @@ segmented downscaled (``--max_size=500``: the longer side shrunk to 500 px, the 
 back to the photo's size by nearest neighbour); with ``--canvas=500`` every image then fits the
 canvas.
 
-Inputs: files, or folders (not recursive) whose files ending in one of
-``fcn_keras.io.IMAGE_EXTENSIONS`` are taken (others and hidden files are counted and
-reported). Files in ``output_dir`` itself are not taken from a folder (they may be an earlier
+Inputs: files, or folders whose files ending in one of ``fcn_keras.io.IMAGE_EXTENSIONS`` are
+taken (others and hidden files are counted and reported); with ``--recursive`` their subfolders'
+too, each output at the image's path below the folder. Files in ``output_dir`` itself are not taken from a folder (they may be an earlier
 run's outputs; they are counted and reported). Nothing is written if an output would replace
 an input file, or, without ``--overwrite``, a file that fcn_keras did not write.
 JPEGs are decoded as training and the SavedModel decode them (``fcn_keras.io.read_image``).
@@ -279,11 +279,14 @@ class Inputs(NamedTuple):
     images: list[Path]
     #: The sources that cannot be used, with the reason (missing path, empty folder).
     bad: list[tuple[Path, str]]
-    #: Folder entries skipped for being hidden (``.name``, e.g. macOS' ``._photo.jpg``) or for
-    #: not having an image extension.
+    #: Folder entries skipped for being hidden (``.name``, e.g. macOS' ``._photo.jpg``; with
+    #: ``recursive``, a hidden folder counts once) or for not having an image extension.
     ignored: int
     #: Folder entries skipped for lying in ``output_dir`` itself (an earlier run's outputs).
     skipped: int
+    #: Each image's outputs' name, relative to ``output_dir`` and without suffix: its stem, or
+    #: with ``recursive`` its path below the folder given (``a/x`` for ``photos/a/x.jpg``).
+    names: list[Path]
 
 
 def _in_folder(path: Path, folder: Path | None) -> bool:
@@ -293,56 +296,103 @@ def _in_folder(path: Path, folder: Path | None) -> bool:
 
 
 def collect_images(
-    sources: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None
+    sources: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None, recursive: bool = False
 ) -> Inputs:
     """Expands files and folders into the list of images to process.
 
     Args:
         sources: image files and folders (each folder's files with an image extension, not
-            hidden ones; not recursive).
+            hidden ones; with ``recursive`` also those of its subfolders, not hidden ones, each
+            folder once however many links lead to it).
         output_dir: where the outputs will go, or None. A folder's files that lie directly in
             it (after resolving links) are not taken: they may be an earlier run's label PNGs
             and overlays, which would otherwise be segmented as new images. Files named
             explicitly in ``sources`` are always taken (``check_outputs`` then refuses any that
-            an output would replace).
+            an output would replace). With ``recursive``, ``output_dir`` inside a folder is not
+            searched (its image files are counted as skipped), and a folder that is
+            ``output_dir`` itself is refused (its outputs would mix with its inputs).
+        recursive: also take the images of subfolders; their outputs keep the path below the
+            folder given (``Inputs.names``).
 
     Returns:
-        ``Inputs(images, bad, ignored, skipped)``: the image paths in order (folders sorted by
-        name), the sources that cannot be used with the reason (missing path, empty folder),
-        the number of folder entries skipped for being hidden or not having an image
-        extension, and the number of image files skipped for lying in ``output_dir``.
+        ``Inputs(images, bad, ignored, skipped, names)``: the image paths in order (folders
+        sorted by name, a folder's files before its subfolders'), the sources that cannot be
+        used with the reason (missing path, empty folder), the number of folder entries skipped
+        for being hidden or not having an image extension, the number of image files skipped
+        for lying in ``output_dir``, and each image's outputs' name.
     """
     out = Path(output_dir).resolve() if output_dir is not None else None
-    images, bad, ignored, skipped = [], [], 0, 0
+    images, bad, names, ignored, skipped = [], [], [], 0, 0
     for source in map(Path, sources):
         if source.is_dir():
-            entries = sorted(child for child in source.iterdir() if child.is_file())
-            found = [child for child in entries
-                     if child.suffix.lower() in IMAGE_EXTENSIONS and not child.name.startswith(".")]
-            ignored += len(entries) - len(found)
+            if recursive and out is not None and source.resolve() == out:
+                bad.append((source, f"with --recursive, --output_dir={output_dir} cannot be the folder searched: the "
+                                    "outputs would mix with its images (and be taken as inputs by the next run); "
+                                    "write them to another --output_dir"))
+                continue
+            found, hidden, outputs = _folder_images(source, out, recursive)
+            ignored += hidden
             kept = [child for child in found if not _in_folder(child, out)]
-            skipped += len(found) - len(kept)
-            if not found:
-                bad.append((source, f"folder holds no (not hidden) file ending in {', '.join(IMAGE_EXTENSIONS)}"))
+            skipped += len(found) - len(kept) + outputs
+            if not found and not outputs:
+                bad.append((source, f"folder holds no (not hidden) file ending in {', '.join(IMAGE_EXTENSIONS)}"
+                                    + (" in it or its subfolders" if recursive else "")))
             elif not kept:
-                bad.append((source, f"the {len(found)} image files of {source} are in --output_dir={output_dir} "
+                bad.append((source, f"the {len(found) + outputs} image files of {source} are in --output_dir={output_dir} "
                                     "and are not taken as inputs (they may be outputs of an earlier run): write "
                                     "the outputs to another --output_dir"))
             images.extend(kept)
+            names.extend(child.relative_to(source).with_suffix("") if recursive else Path(child.stem) for child in kept)
         elif source.is_file():
             images.append(source)
+            names.append(Path(source.stem))
         else:
             bad.append((source, "no such file or folder"))
-    return Inputs(images, bad, ignored, skipped)
+    return Inputs(images, bad, ignored, skipped, names)
+
+
+def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[list[Path], int, int]:
+    """``(images, ignored, outputs)``: the image files of ``folder`` (not hidden; with
+    ``recursive`` its subfolders' too, not hidden ones nor ``out``, each folder once) in order,
+    the number of entries ignored (hidden, or files without an image extension), and the
+    number of image files in the pruned ``out``."""
+    images, ignored, outputs, seen = [], 0, 0, {folder.resolve()}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        children = sorted(current.iterdir())
+        files = [child for child in children if child.is_file()]
+        found = [child for child in files if child.suffix.lower() in IMAGE_EXTENSIONS and not child.name.startswith(".")]
+        images.extend(found)
+        ignored += len(files) - len(found)
+        if not recursive:
+            continue
+        subfolders = []
+        for child in children:
+            if not child.is_dir() or child.resolve() in seen:
+                continue
+            if child.name.startswith("."):
+                ignored += 1
+            elif out is not None and child.resolve() == out:
+                outputs += sum(1 for path in out.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+            else:
+                subfolders.append(child)
+                seen.add(child.resolve())
+        pending.extend(reversed(subfolders))  # Depth first, in name order.
+    return images, ignored, outputs
 
 
 # --- Prediction --------------------------------------------------------------------------------
 
 
-def output_paths(image: Path, output_dir: str | os.PathLike, overlay_format: str = "jpg") -> tuple[Path, Path]:
-    """``(<output_dir>/<stem>.png, <output_dir>/<stem>_overlay.<overlay_format>)`` for ``image``."""
-    output_dir = Path(output_dir)
-    return output_dir / f"{image.stem}.png", output_dir / f"{image.stem}_overlay.{overlay_format}"
+def output_paths(
+    image: Path, output_dir: str | os.PathLike, overlay_format: str = "jpg", name: Path | None = None
+) -> tuple[Path, Path]:
+    """``(<output_dir>/<name>.png, <output_dir>/<name>_overlay.<overlay_format>)`` for ``image``;
+    ``name`` is its stem unless given (``Inputs.names``: ``a/x`` below a folder)."""
+    name = Path(image.stem) if name is None else Path(name)
+    base = Path(output_dir) / name.parent
+    return base / f"{name.name}.png", base / f"{name.name}_overlay.{overlay_format}"
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -355,7 +405,11 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def check_outputs(
-    images: Sequence[Path], output_dir: str | os.PathLike, overlay_format: str = "jpg", overwrite: bool = False
+    images: Sequence[Path],
+    output_dir: str | os.PathLike,
+    overlay_format: str = "jpg",
+    overwrite: bool = False,
+    names: Sequence[Path] | None = None,
 ) -> None:
     """Refuses, before anything is written, a run that would destroy a file it did not write.
 
@@ -370,6 +424,7 @@ def check_outputs(
         output_dir: see ``predict_images``.
         overlay_format: ``"jpg"`` or ``"png"``.
         overwrite: also replace files at output paths that ``fcn_keras.io`` did not write.
+        names: each image's outputs' name (``Inputs.names``); None: their stems.
 
     Raises:
         ValueError: naming ``output_dir`` if it is a file; else the first input or other file
@@ -380,7 +435,9 @@ def check_outputs(
         raise ValueError(f"--output_dir={output_dir} is a file, not a folder; nothing was written")
     by_path = {image.resolve(): image for image in images}
     by_id = {file_id: image for image in images if (file_id := _file_id(image)) is not None}
-    outputs = list(dict.fromkeys(output for image in images for output in output_paths(image, output_dir, overlay_format)))
+    names = names or [None] * len(images)
+    outputs = list(dict.fromkeys(output for image, name in zip(images, names)
+                                 for output in output_paths(image, output_dir, overlay_format, name)))
     clashes = []
     for output in outputs:
         victim = by_path.get(output.resolve()) or by_id.get(_file_id(output))
@@ -414,6 +471,7 @@ def predict_images(
     overwrite: bool = False,
     verbose: bool = True,
     palette: np.ndarray = VOC_PALETTE,
+    names: Sequence[Path] | None = None,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Writes the label PNG and the overlay of every image; a bad image does not stop the rest.
 
@@ -430,6 +488,8 @@ def predict_images(
         verbose: show a ``keras.utils.Progbar``.
         palette: uint8 ``[256, 3]``, the colours of the label PNGs and overlays (VOC's, or a
             dataset's own: ``fcn_keras.data.voc.LabelColours.palette``).
+        names: each image's outputs' name below ``output_dir`` (``Inputs.names``: ``a/x`` for
+            ``a/x.png``); None: their stems.
 
     Returns:
         ``(written, bad)``: the label PNGs written, and the images that failed with the reason
@@ -439,15 +499,16 @@ def predict_images(
     Raises:
         ValueError: ``check_outputs`` refuses the run; nothing is written then.
     """
-    check_outputs(images, output_dir, overlay_format, overwrite)
+    names = list(names) if names is not None else [Path(image.stem) for image in images]
+    check_outputs(images, output_dir, overlay_format, overwrite, names)
     segment_many = getattr(predictor, "many", None) or (lambda pictures: [predictor(picture) for picture in pictures])
     batch_size = getattr(predictor, "batch_size", 1)
     written, bad, claimed = [], [], {}
     progbar = keras.utils.Progbar(len(images), unit_name="image", verbose=progress_verbosity(1 if verbose else 0))
     for first in range(0, len(images), batch_size):
         ready = []  # (path, image, label_path, overlay_path) of the images read.
-        for path in images[first:first + batch_size]:
-            label_path, overlay_path = output_paths(path, output_dir, overlay_format)
+        for path, name in zip(images[first:first + batch_size], names[first:first + batch_size]):
+            label_path, overlay_path = output_paths(path, output_dir, overlay_format, name)
             taken = next((output for output in (label_path, overlay_path) if output in claimed), None)
             if taken is not None:
                 bad.append((path, f"its output {taken.name} would overwrite an output of {claimed[taken]}"))
@@ -493,6 +554,9 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("overwrite", False, "Replace files at output paths that fcn_keras did not write (without it the "
                          "run stops before writing; earlier outputs of fcn_keras are always replaced, inputs never).")
     flags.DEFINE_enum("overlay_format", "jpg", ["jpg", "png"], "File format of the overlays.")
+    flags.DEFINE_boolean("recursive", False, "Also segment the images of the folders' subfolders (not hidden ones, nor "
+                         "--output_dir); their outputs keep the path below the folder given: photos/a/x.jpg -> "
+                         "<output_dir>/a/x.png.")
     flags.DEFINE_string("tile_size", None, "Segment images larger than N or HxW pixels in tiles of at most that size "
                         f"(at least {min_tile_size()}): bounds the memory of a call, same labels as whole images. "
                         "Default: whole images.")
@@ -525,6 +589,7 @@ def run(
     batch_size: int = 1,
     max_size: int | None = None,
     label_colours: str | os.PathLike | None = None,
+    recursive: bool = False,
 ) -> int:
     """The CLI's work: segments ``sources`` (files or folders), reports failures on stderr.
 
@@ -538,27 +603,28 @@ def run(
         label_colours: ``"voc"``, or a colour map file (``fcn_keras.data.voc.read_label_colours``;
             class names in it are those the model's training run or export recorded). ``None``:
             VOC's colours.
+        recursive: also segment the images of the folders' subfolders (see ``collect_images``).
 
     Returns:
         The exit status: 0 when every input was processed; 2 if the model, the colour map or
         ``check_outputs`` is bad (then nothing is written); 1 if some inputs failed.
     """
-    images, bad_sources, ignored, skipped = collect_images(sources, output_dir)
+    images, bad_sources, ignored, skipped, names = collect_images(sources, output_dir, recursive)
     if skipped:
         print(f"skipped {skipped} image files in --output_dir={output_dir}: outputs (of an earlier run, say) "
               "are not taken as inputs")
     try:
-        check_outputs(images, output_dir, overlay_format, overwrite)
+        check_outputs(images, output_dir, overlay_format, overwrite, names)
         predictor = load_predictor(model, tile_size, canvas, batch_size, max_size)
         palette = VOC_PALETTE if label_colours is None else voc.read_label_colours(label_colours, model_class_names(model)).palette
     except (FileNotFoundError, ValueError) as error:  # Bad model or output folder: nothing written.
         print(f"error: {error}", file=sys.stderr)
         return 2
     written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha,
-                                         overwrite=overwrite, palette=palette)
+                                         overwrite=overwrite, palette=palette, names=names)
     bad = bad_sources + bad_images
     print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
-          + (f"; {ignored} hidden files or files without an image extension ignored" if ignored else "")
+          + (f"; {ignored} hidden entries or files without an image extension ignored" if ignored else "")
           + (f"; {skipped} image files in --output_dir skipped" if skipped else "") + ")")
     if isinstance(predictor, DownscalingPredictor) and predictor.downscaled:
         one = predictor.downscaled == 1
@@ -610,7 +676,7 @@ def main(argv: list[str]) -> int:
         return usage_error("fcn_keras.predict", str(error))
     return run(FLAGS.model, argv[1:], FLAGS.output_dir, overlay_format=FLAGS.overlay_format, alpha=FLAGS.alpha,
                overwrite=FLAGS.overwrite, tile_size=tile_size, canvas=canvas, batch_size=FLAGS.batch_size,
-               max_size=FLAGS.max_size, label_colours=FLAGS.label_colours)
+               max_size=FLAGS.max_size, label_colours=FLAGS.label_colours, recursive=FLAGS.recursive)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_cli_on_a_folder_with_bad_files_processes_the_rest_and_fails(labeler, ke
     palette[0] = (1, 2, 3)
     check_outputs(labeler, tmp_path, expected, "jpg", palette)
     assert len(np.unique(np.asarray(Image.open(tmp_path / "photo.png")))) > 3  # Labels vary.
-    assert "wrote 4 label maps and overlays" in result.stdout and "1 hidden files or files without an image extension ignored" in result.stdout
+    assert "wrote 4 label maps and overlays" in result.stdout and "1 hidden entries or files without an image extension ignored" in result.stdout
     assert "3 inputs failed:" in result.stderr
     assert f"{folder / 'missing.jpg'}: no such file or folder" in result.stderr
     assert f"cannot read image {folder / 'broken.jpg'}" in result.stderr
@@ -123,7 +123,7 @@ def test_inputs_with_the_same_stem_do_not_overwrite_each_other(inputs, tmp_path)
     twin = tmp_path / "twin"
     twin.mkdir()
     Image.fromarray(random_image(9, (30, 30))).save(twin / "photo.png")
-    images, bad, ignored, skipped = predict.collect_images([folder / "photo.jpg", twin], tmp_path / "out")
+    images, bad, ignored, skipped, _ = predict.collect_images([folder / "photo.jpg", twin], tmp_path / "out")
     assert images == [folder / "photo.jpg", twin / "photo.png"] and bad == [] and ignored == skipped == 0
     written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out", verbose=False)
     assert [p.name for p in written] == ["photo.png"]
@@ -247,7 +247,7 @@ def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_pat
     predict.predict_images(lambda image: image[..., 0] % 21, [photos / "a.jpg"], photos, verbose=False)
     assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a.png", "a_overlay.jpg", "cat.png"]
     assert len(predict.collect_images([photos]).images) == 4  # (what a folder scan alone finds)
-    images, bad, ignored, skipped = predict.collect_images([photos], photos)
+    images, bad, ignored, skipped, _ = predict.collect_images([photos], photos)
     assert images == [] and ignored == 0 and skipped == 4
     assert bad == [(photos, f"the 4 image files of {photos} are in --output_dir={photos} and are not taken "
                             "as inputs (they may be outputs of an earlier run): write the outputs to another "
@@ -256,8 +256,9 @@ def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_pat
     # (outputs are never written into a sub-folder), leaves them all in.
     (tmp_path / "link").symlink_to(photos)
     assert predict.collect_images([tmp_path / "link"], photos).skipped == 4
-    assert predict.collect_images([photos], photos / "out") == (sorted(photos.iterdir()), [], 0, 0)
-    assert predict.collect_images([photos], tmp_path) == (sorted(photos.iterdir()), [], 0, 0)
+    found = sorted(photos.iterdir())
+    assert predict.collect_images([photos], photos / "out") == (found, [], 0, 0, [Path(p.stem) for p in found])
+    assert predict.collect_images([photos], tmp_path) == (found, [], 0, 0, [Path(p.stem) for p in found])
 
     # The user's command: `--output_dir=pngs pngs/` writes nothing and says why.
     before = files_and_bytes(photos)
@@ -296,7 +297,7 @@ def test_an_output_dir_that_is_a_file_and_hidden_files_and_usage_errors(tmp_path
     Image.fromarray(random_image(1, (20, 20))).save(photos / "cat.jpg")
     (photos / "._cat.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork companion.
     Image.fromarray(random_image(2, (20, 20))).save(photos / ".thumb.png")
-    assert predict.collect_images([photos]) == ([photos / "cat.jpg"], [], 2, 0)
+    assert predict.collect_images([photos]) == ([photos / "cat.jpg"], [], 2, 0, [Path("cat")])
 
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(ValueError, match=re.escape(f"--output_dir={tmp_path / 'taken'} is a file, not a folder")):
@@ -473,3 +474,40 @@ def test_max_size_segments_larger_images_shrunk_and_resizes_their_labels_back(la
             assert picture.size == expected[stem].shape[1::-1]
     with pytest.raises(ValueError, match=r"max_size must be an integer >= 1"):
         predict.load_predictor(keras_file, max_size=0)
+
+
+def test_recursive_takes_subfolders_keeps_their_paths_and_never_takes_the_outputs(keras_file, labeler, tmp_path):
+    """--recursive: the images of subfolders too, in name order, each output at its path below the
+    folder (so city/b.png and other/b.png do not clash); hidden folders are counted as ignored,
+    a link back up is walked once, and --output_dir inside the folder is not searched (its images
+    counted as skipped), so a second run takes no output as an input."""
+    photos = tmp_path / "photos"
+    pixels = {}
+    for index, relative in enumerate(("a.jpg", "city/b.png", "city/deep/c.png", "other/b.png", ".cache/d.png")):
+        (photos / relative).parent.mkdir(parents=True, exist_ok=True)
+        pixels[relative] = random_image(index, (20 + index, 24))
+        Image.fromarray(pixels[relative]).save(photos / relative, **({"quality": 95} if relative.endswith("jpg") else {}))
+    (photos / "city" / "notes.txt").write_text("not an image")
+    (photos / "loop").symlink_to(photos)
+    out = photos / "predictions"
+    out.mkdir()
+    Image.fromarray(random_image(9, (8, 8))).save(out / "old.png")  # An earlier run's output.
+    inputs = predict.collect_images([photos], out, recursive=True)
+    assert inputs.images == [photos / name for name in ("a.jpg", "city/b.png", "city/deep/c.png", "other/b.png")]
+    assert inputs.names == [Path(name) for name in ("a", "city/b", "city/deep/c", "other/b")]
+    assert (inputs.bad, inputs.ignored, inputs.skipped) == ([], 2, 1)  # .cache/ and notes.txt; old.png
+    assert predict.collect_images([photos], out) == ([photos / "a.jpg"], [], 0, 0, [Path("a")])  # Not recursive.
+    refused = predict.collect_images([out], out, recursive=True)
+    assert refused.images == [] and "with --recursive, --output_dir" in refused.bad[0][1]
+
+    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={out}", "--recursive", str(photos))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wrote 4 label maps and overlays" in result.stdout and "2 hidden entries or files without an image" in result.stdout
+    assert "skipped 1 image files in --output_dir" in result.stdout
+    for relative in ("city/b.png", "city/deep/c.png", "other/b.png"):
+        labels = np.asarray(Image.open(out / relative))
+        np.testing.assert_array_equal(labels, labeler.predict(pixels[relative][np.newaxis], verbose=0)[0], err_msg=relative)
+        assert (out / relative.replace(".png", "_overlay.jpg")).is_file()
+    assert (out / "a.png").is_file()
+    again = predict.collect_images([photos], out, recursive=True)
+    assert again.images == inputs.images and again.skipped == 9  # old.png and the 4 label maps and 4 overlays.
