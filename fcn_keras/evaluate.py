@@ -13,6 +13,10 @@ maps reach the host, where a streaming int64 confusion matrix counts (truth, pre
 void (255) excluded. Writes ``metrics.json`` (scores, confusion matrix, counts), ``metrics.md``
 (the four metrics, the per-class IU table and the images of lowest mean IU), ``per_image.csv``
 (each image's pixel accuracy and mean IU, to find where a model fails) and ``confusion.png``.
+
+Label maps computed elsewhere are scored the same way (``--predictions=DIR`` instead of
+``--model``, ``evaluate_predictions``): ``<image id>.png`` files of class indices, such as
+``fcn_keras.predict`` writes or another implementation's outputs.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import voc
-from fcn_keras.data.pipeline import conversion_dir, data_class_names, eval_dataset, oversized_images, resolve_data
+from fcn_keras.data.pipeline import (
+    conversion_dir, data_class_names, eval_dataset, label_dataset, oversized_images, record_ids, resolve_data,
+)
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import check_tile_size, check_tileable, labels_model, segment_in_tiles
 from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file, run_class_names
@@ -213,10 +219,9 @@ def evaluate_model(
         raise ValueError(f"data {str(data)!r} holds {len(oversized)} images larger than canvas={canvas} (height, width), "
                          f"e.g. {image_id!r} ({height}x{width}): pass a larger canvas, or none")
     blank = None if canvas is None else np.broadcast_to(np.asarray(PAD_RGB, np.uint8), (batch_size, *canvas, 3))
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    num_images = void_pixels = 0
+    tally = _Tally(num_classes)
+    num_images = 0
     predictions: list[np.ndarray] = []
-    per_image: list[dict[str, Any]] = []
     progbar = keras.utils.Progbar(target, unit_name="image", verbose=progress_verbosity(1)) if verbose else None
     start = time.perf_counter()
     for images, labels, sizes, ids in dataset:
@@ -228,20 +233,11 @@ def evaluate_model(
             predicted = np.asarray(predictor.predict_on_batch(images))[:count]
         else:  # One image, unpadded (batch 1, no canvas).
             predicted = segment_in_tiles(segment, images[0], tile_size)[np.newaxis]
-        invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
-        if invalid.any():
-            raise ValueError(
-                f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
-                f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in images {num_images}..{num_images + count - 1}: "
-                f"they do not fit a {num_classes}-class model"
-            )
+        _check_labels(labels, num_classes, data, f"images {num_images}..{num_images + count - 1}", "model")
         for label, prediction, (height, width), image_id in zip(labels, predicted, sizes, ids):
             # Padding of batches is void: only each image's own pixels count.
             label, prediction = label[:height, :width], prediction[:height, :width]
-            own = confusion_matrix(label, prediction, num_classes)
-            confusion += own
-            void_pixels += int((label == IGNORE_LABEL).sum())
-            per_image.append(_image_row(image_id.decode("utf-8"), int(height), int(width), own))
+            tally.add(image_id.decode("utf-8"), label, prediction)
             if len(predictions) < keep_predictions:
                 predictions.append(prediction.copy())
         num_images += count
@@ -254,12 +250,7 @@ def evaluate_model(
         raise ValueError(f"no image was evaluated: {pattern!r} holds no record")
 
     results = {
-        **scores(confusion),
-        "confusion": confusion.tolist(),
-        "num_images": num_images,
-        "num_pixels": int(confusion.sum()),
-        "void_pixels": void_pixels,
-        "class_names": list(class_names),
+        **tally.results(class_names, seconds),
         "model": source,
         "data": str(data),
         "split": split if Path(data).is_dir() else None,
@@ -267,9 +258,6 @@ def evaluate_model(
         "canvas": None if canvas is None else list(canvas),
         "tile_size": None if tile_size is None else list(tile_size),
         "backend": keras.backend.backend(),
-        "seconds": seconds,
-        "images_per_second": num_images / seconds,
-        "per_image": per_image,
     }
     if output_dir is not None:
         write_outputs(results, output_dir)
@@ -278,11 +266,134 @@ def evaluate_model(
     return results
 
 
-def _image_row(image_id: str, height: int, width: int, confusion: np.ndarray) -> dict[str, Any]:
-    """One image's ``per_image`` row from its own confusion matrix."""
-    own = scores(confusion) if confusion.any() else {"pixel_accuracy": None, "mean_iu": None}
-    return {"image_id": image_id, "height": height, "width": width, "pixels": int(confusion.sum()),
-            "pixel_accuracy": own["pixel_accuracy"], "mean_iu": own["mean_iu"]}
+#: Missing predictions named in ``evaluate_predictions``' error.
+_MISSING_SHOWN = 3
+
+
+def evaluate_predictions(
+    predictions: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str = "val",
+    output_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    class_names: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike = "cache",
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Scores label maps computed elsewhere against a dataset split, as ``evaluate_model`` scores a
+    model: ``fcn_keras.predict``'s label PNGs (on a canvas, in tiles, downscaled), the authors'
+    Caffe outputs, another port's.
+
+    Args:
+        predictions: a folder of ``<image id>.png`` label maps, palette or grayscale PNGs of class
+            indices (what ``fcn_keras.predict`` writes), one per image of the split at its size.
+        data, split, output_dir, max_images, cache_dir, verbose: as ``evaluate_model``.
+        class_names: the ``C`` class names. ``None``: the data's, else VOC's.
+
+    Returns:
+        ``evaluate_model``'s results, with ``predictions`` (the folder) instead of a model:
+        ``model``, ``batch_size``, ``canvas``, ``tile_size`` and ``backend`` are ``None``.
+
+    Raises:
+        ValueError: ``predictions`` is not a folder; images of the split have no prediction
+            (counted and named, before anything is scored); a prediction is not a PNG of class
+            indices, has another size than its image, or is no class at a counted pixel (naming
+            the file); labels outside ``[0, C)`` and not void; or the data is bad (as
+            ``evaluate_model``).
+    """
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
+    folder = Path(predictions)
+    if not folder.is_dir():
+        raise ValueError(f"predictions must be a folder of <image id>.png label maps (fcn_keras.predict's "
+                         f"--output_dir). Received: predictions={str(predictions)!r}")
+    names = tuple(class_names or data_class_names(data) or VOC_CLASSES)
+    pattern, _ = resolve_split(data, split, cache_dir)
+    ids = record_ids(pattern, max_images)
+    if not ids:
+        raise ValueError(f"no image was evaluated: {pattern!r} holds no record")
+    missing = [image_id for image_id in ids if not (folder / f"{image_id}.png").is_file()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the {len(ids)} images of data {str(data)!r} have no prediction in {folder}: expected "
+            f"<image id>.png, e.g. {', '.join(str(folder / f'{i}.png') for i in missing[:_MISSING_SHOWN])}"
+            + (" ..." if len(missing) > _MISSING_SHOWN else "")
+        )
+    tally = _Tally(len(names))
+    progbar = keras.utils.Progbar(len(ids), unit_name="image", verbose=progress_verbosity(1)) if verbose else None
+    start = time.perf_counter()
+    for image_id, label in label_dataset(pattern).take(len(ids)).as_numpy_iterator():
+        image_id, path = image_id.decode("utf-8"), folder / f"{image_id.decode('utf-8')}.png"
+        _check_labels(label, len(names), data, f"image {image_id!r}", "prediction set")
+        predicted = voc.read_label(path)
+        if predicted.shape != label.shape:
+            raise ValueError(f"{path}: the prediction is {predicted.shape[0]}x{predicted.shape[1]} (HxW) but image "
+                             f"{image_id!r} is {label.shape[0]}x{label.shape[1]}")
+        try:
+            tally.add(image_id, label, predicted)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        if progbar is not None:
+            progbar.update(len(tally.per_image))
+    results = {
+        **tally.results(names, time.perf_counter() - start),
+        "model": None,
+        "predictions": str(folder),
+        "data": str(data),
+        "split": split if Path(data).is_dir() else None,
+        "batch_size": None,
+        "canvas": None,
+        "tile_size": None,
+        "backend": None,
+    }
+    if output_dir is not None:
+        write_outputs(results, output_dir)
+    return results
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, data: str | os.PathLike, where: str, predictor: str) -> None:
+    """Refuses ground truth outside ``[0, num_classes)`` that is not void (it fits no such model)."""
+    invalid = (labels >= num_classes) & (labels != IGNORE_LABEL)
+    if invalid.any():
+        raise ValueError(
+            f"data {str(data)!r} holds labels {sorted(np.unique(labels[invalid]).tolist())} outside "
+            f"[0, {num_classes}) and not {IGNORE_LABEL} (void), in {where}: they do not fit a {num_classes}-class {predictor}"
+        )
+
+
+class _Tally:
+    """The streaming confusion matrix of an evaluation, with its per-image rows."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.void_pixels = 0
+        self.per_image: list[dict[str, Any]] = []
+
+    def add(self, image_id: str, label: np.ndarray, prediction: np.ndarray) -> None:
+        """Counts one image: its ground truth and predicted label maps, uint8 ``[H, W]``."""
+        own = confusion_matrix(label, prediction, self.num_classes)
+        self.confusion += own
+        self.void_pixels += int((label == IGNORE_LABEL).sum())
+        rated = scores(own) if own.any() else {"pixel_accuracy": None, "mean_iu": None}
+        self.per_image.append({"image_id": image_id, "height": int(label.shape[0]), "width": int(label.shape[1]),
+                               "pixels": int(own.sum()), "pixel_accuracy": rated["pixel_accuracy"],
+                               "mean_iu": rated["mean_iu"]})
+
+    def results(self, class_names: Sequence[str], seconds: float) -> dict[str, Any]:
+        """The scores and counts of ``evaluate_model``'s results."""
+        return {
+            **scores(self.confusion),
+            "confusion": self.confusion.tolist(),
+            "num_images": len(self.per_image),
+            "num_pixels": int(self.confusion.sum()),
+            "void_pixels": self.void_pixels,
+            "class_names": list(class_names),
+            "seconds": seconds,
+            "images_per_second": len(self.per_image) / seconds,
+            "per_image": self.per_image,
+        }
 
 
 # --- Outputs -----------------------------------------------------------------------------------
@@ -291,6 +402,8 @@ def _image_row(image_id: str, height: int, width: int, confusion: np.ndarray) ->
 def evaluation_mode(results: dict[str, Any]) -> str:
     """How the images were fed, in words, e.g. "batches of 16 padded to a 500x500 canvas"."""
     batch, canvas, tile = results.get("batch_size", 1), results.get("canvas"), results.get("tile_size")
+    if results.get("predictions"):
+        return "label maps read from files"
     if canvas:
         return f"batches of {batch} padded to a {canvas[0]}x{canvas[1]} canvas"
     if tile:
@@ -308,11 +421,13 @@ def metrics_markdown(results: dict[str, Any]) -> str:
         The markdown text.
     """
     lines = [
-        f"# Evaluation of `{results['model']}`",
+        f"# Evaluation of `{results['model'] or results.get('predictions')}`",
         "",
         f"Data `{results['data']}`" + (f", split `{results['split']}`" if results.get("split") else "")
         + f": {results['num_images']} images at full size ({evaluation_mode(results)}), "
-        f"{results['num_pixels']:,} non-void pixels; backend {results['backend']}, {results['images_per_second']:.2f} images/s.",
+        f"{results['num_pixels']:,} non-void pixels; "
+        + (f"backend {results['backend']}, " if results.get("backend") else "")
+        + f"{results['images_per_second']:.2f} images/s.",
         "",
         "| " + " | ".join(heading for _, heading in PAPER_METRICS) + " |",
         "|" + "---:|" * len(PAPER_METRICS),
@@ -394,7 +509,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command-line flags of ``python -m fcn_keras.evaluate``."""
     flags.DEFINE_string("model", None, "Trained FCN: a .keras file (from fcn_keras.train, any backend), a run folder of "
-                        "fcn_keras.train (its best.keras, else last.keras), or the authors' .caffemodel.", required=True)
+                        "fcn_keras.train (its best.keras, else last.keras), or the authors' .caffemodel. Or --predictions.")
+    flags.DEFINE_string("predictions", None, "Instead of --model: a folder of <image id>.png label maps computed elsewhere "
+                        "(fcn_keras.predict's --output_dir, another implementation's), scored the same way.")
     flags.DEFINE_string(
         "data",
         None,
@@ -430,26 +547,30 @@ def main(argv: list[str]) -> int:
     """Runs the evaluation and prints the four metrics; returns the exit status."""
     if len(argv) > 1:
         return usage_error("fcn_keras.evaluate", f"unexpected arguments: {argv[1:]}")
+    if (FLAGS.model is None) == (FLAGS.predictions is None):
+        return usage_error("fcn_keras.evaluate", "pass --model (a trained FCN to run) or --predictions (a folder of its "
+                                                 "label maps), one of them")
+    model_flags = [flag for flag, given in (("--batch_size", FLAGS.batch_size != 1), ("--canvas", bool(FLAGS.canvas)),
+                                            ("--tile_size", bool(FLAGS.tile_size))) if given]
+    if FLAGS.predictions is not None and model_flags:
+        return usage_error("fcn_keras.evaluate", f"{', '.join(model_flags)} tell how to run a --model; --predictions "
+                                                 "are read as they are: drop them")
     try:
-        canvas = parse_size(FLAGS.canvas, "--canvas") if FLAGS.canvas else None
-        tile_size = None
-        if FLAGS.tile_size:
-            tile_size = check_tile_size(parse_size(FLAGS.tile_size, "--tile_size"), "--tile_size")
-            if FLAGS.batch_size != 1 or canvas is not None:
-                raise ValueError(f"--tile_size segments one image at a time: it needs --batch_size=1 and no --canvas. "
-                                 f"Received: --batch_size={FLAGS.batch_size}, --canvas={FLAGS.canvas}")
-        results = evaluate_model(
-            FLAGS.model,
-            FLAGS.data,
-            split=FLAGS.split,
-            output_dir=FLAGS.output_dir,
-            max_images=FLAGS.max_images,
-            batch_size=FLAGS.batch_size,
-            canvas=canvas,
-            tile_size=tile_size,
-            class_names=None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names),
-            cache_dir=FLAGS.cache_dir,
-        )
+        class_names = None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names)
+        common = {"split": FLAGS.split, "output_dir": FLAGS.output_dir, "max_images": FLAGS.max_images,
+                  "class_names": class_names, "cache_dir": FLAGS.cache_dir}
+        if FLAGS.predictions is not None:
+            results = evaluate_predictions(FLAGS.predictions, FLAGS.data, **common)
+        else:
+            canvas = parse_size(FLAGS.canvas, "--canvas") if FLAGS.canvas else None
+            tile_size = None
+            if FLAGS.tile_size:
+                tile_size = check_tile_size(parse_size(FLAGS.tile_size, "--tile_size"), "--tile_size")
+                if FLAGS.batch_size != 1 or canvas is not None:
+                    raise ValueError(f"--tile_size segments one image at a time: it needs --batch_size=1 and no "
+                                     f"--canvas. Received: --batch_size={FLAGS.batch_size}, --canvas={FLAGS.canvas}")
+            results = evaluate_model(FLAGS.model, FLAGS.data, batch_size=FLAGS.batch_size, canvas=canvas,
+                                     tile_size=tile_size, **common)
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
         print(f"fcn_keras.evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ from PIL import Image
 import keras
 
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
-from fcn_keras.evaluate import evaluate_model, metrics_markdown, per_image_csv
+from fcn_keras import predict
+from fcn_keras.evaluate import evaluate_model, evaluate_predictions, metrics_markdown, per_image_csv
 from fcn_keras.metrics import confusion_matrix, scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +252,52 @@ def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and ("error: --tile_size segments one image at a time: it needs --batch_size=1 and no "
                                        "--canvas. Received: --batch_size=2, --canvas=None") in result.stderr
+
+
+def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path):
+    """predict's label PNGs of the val images, scored with --predictions, give the model's own
+    evaluation (confusion and per-image rows); a missing, resized, out-of-range or colour
+    prediction is refused naming its file, and the CLI refuses flags that only a model uses."""
+    voc, cache = eval_workspace["voc"], eval_workspace["cache"]
+    ids = val_ids(voc)
+    out = tmp_path / "labels"
+    assert predict.run(eval_workspace["model"], [voc / "VOC2012" / "JPEGImages" / f"{i}.jpg" for i in ids], out) == 0
+    by_model = evaluate_model(eval_workspace["model"], str(voc), cache_dir=cache, verbose=False)
+    scored = evaluate_predictions(out, str(voc), cache_dir=cache, output_dir=tmp_path / "eval", verbose=False)
+    assert scored["confusion"] == by_model["confusion"] and scored["per_image"] == by_model["per_image"]
+    assert scored["mean_iu"] == by_model["mean_iu"] and scored["num_images"] == 5 and scored["predictions"] == str(out)
+    markdown = (tmp_path / "eval" / "metrics.md").read_text()
+    assert markdown.startswith(f"# Evaluation of `{out}`") and "(label maps read from files)" in markdown
+    assert evaluate_predictions(out, str(voc), cache_dir=cache, max_images=2, verbose=False)["num_images"] == 2
+
+    first = out / f"{ids[0]}.png"
+    label = np.asarray(Image.open(first))
+    first.rename(tmp_path / "aside.png")
+    with pytest.raises(ValueError, match=re.escape(f"1 of the 5 images of data {str(voc)!r} have no prediction in {out}: "
+                                                   f"expected <image id>.png, e.g. {first}")):
+        evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    broken = {
+        "a smaller map": (Image.fromarray(label[:-1]), r"the prediction is \d+x\d+ \(HxW\) but image '\w+' is \d+x\d+"),
+        "a value no class": (Image.fromarray(np.full_like(label, 30)), r"predictions must be classes in \[0, 21\)"),
+        "colours": (Image.fromarray(np.zeros((*label.shape, 3), np.uint8)), r"mask is a mode-RGB PNG"),
+    }
+    for case, (picture, match) in broken.items():
+        picture.save(first)
+        with pytest.raises(ValueError, match=re.escape(str(first)) + ".*" + match):
+            evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    with pytest.raises(ValueError, match=r"predictions must be a folder of <image id>.png label maps"):
+        evaluate_predictions(first, str(voc), cache_dir=cache, verbose=False)
+
+    (tmp_path / "aside.png").replace(first)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "fcn_keras.evaluate", f"--data={voc}", f"--cache_dir={cache}"]
+    result = subprocess.run([*command, f"--predictions={out}"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"mean IU {100 * by_model['mean_iu']:.2f}" in result.stdout and "5 images" in result.stdout
+    result = subprocess.run([*command, f"--predictions={out}", "--canvas=64", "--batch_size=2"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and ("error: --batch_size, --canvas tell how to run a --model; --predictions are read "
+                                       "as they are: drop them") in result.stderr
 
 
 @pytest.mark.parametrize("cache_dir", [None, "elsewhere"])

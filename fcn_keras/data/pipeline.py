@@ -390,6 +390,32 @@ def oversized_images(
             for features in too_large.as_numpy_iterator()]
 
 
+def label_dataset(file_pattern: str | os.PathLike | list[str]) -> tf.data.Dataset:
+    """Every record's id and label map, in file order, the image not decoded (to score label maps
+    computed elsewhere).
+
+    Args:
+        file_pattern: a glob (or list of globs) of TFRecord shards.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(image_id tf.string scalar, label uint8 [H, W])``.
+    """
+    def prepare(serialized):
+        features = records.parse_features(serialized)
+        return features["image/id"], records.decode_label(features["label/encoded"])
+
+    return tf.data.TFRecordDataset(list_files(file_pattern)).map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def record_ids(file_pattern: str | os.PathLike | list[str], limit: int | None = None) -> list[str]:
+    """The ids of the records (of the first ``limit``), in file order; nothing is decoded."""
+    dataset = tf.data.TFRecordDataset(list_files(file_pattern))
+    if limit is not None:
+        dataset = dataset.take(limit)
+    dataset = dataset.map(lambda serialized: records.parse_features(serialized)["image/id"])
+    return [image_id.decode() for image_id in dataset.as_numpy_iterator()]
+
+
 # --- Data resolution --------------------------------------------------------------------------
 
 
