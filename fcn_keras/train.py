@@ -784,7 +784,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
 
         val_images = min(count_examples(val_glob), config.val_steps or math.inf)
         val_batches = math.ceil(val_images / val_batch)
-        validation = eval_dataset(val_glob, batch_size=val_batch, canvas=val_canvas).take(val_batches)
+        # On a canvas the last batch is filled with blank (void) images: one shape, one compilation.
+        validation = eval_dataset(val_glob, batch_size=val_batch, canvas=val_canvas,
+                                  fill_last_batch=val_canvas is not None).take(val_batches)
         # A known length: Keras then neither warns that the input "ran out of data" nor guesses.
         validation = prepare_dataset(validation.apply(tf.data.experimental.assert_cardinality(val_batches)), distribution)
 

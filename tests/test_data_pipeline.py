@@ -115,6 +115,17 @@ def test_eval_canvas_gives_one_shape_and_the_sizes_of_the_images(data):
     # Batch 1 on a canvas is padded too; without a canvas sizes come with exact images.
     image, label, size = next(iter(pipeline.eval_dataset(data["val"], canvas=(50, 60), with_sizes=True)))
     assert image.shape == (1, 50, 60, 3) and tuple(size.numpy()[0]) == data["sources"][val_ids[0]][1].shape
+    # fill_last_batch: the last batch is filled up with blank images, all padding and void.
+    filled = list(pipeline.eval_dataset(data["val"], batch_size=3, canvas=(50, 60), with_sizes=True, with_ids=True,
+                                        fill_last_batch=True))
+    assert [tuple(b[0].shape) for b in filled] == [(3, 50, 60, 3), (3, 50, 60, 3)]
+    assert [tuple(b[1].shape) for b in filled] == [(3, 50, 60), (3, 50, 60)]
+    image, label, size, ids = (t.numpy() for t in filled[1])
+    np.testing.assert_array_equal(image[0], batches[1][0].numpy()[0])
+    assert ids.tolist() == [val_ids[3].encode(), b"", b""] and size[1:].tolist() == [[0, 0], [0, 0]]
+    assert (image[1:] == PAD_RGB).all() and (label[1:] == IGNORE_LABEL).all()
+    with pytest.raises(ValueError, match=r"fill_last_batch needs a canvas"):
+        pipeline.eval_dataset(data["val"], batch_size=3, fill_last_batch=True)
 
 
 def test_eval_canvas_smaller_than_an_image_is_a_clear_error(data):

@@ -353,10 +353,10 @@ def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
 
 def test_validation_on_a_canvas_scores_as_evaluate_does_and_a_canvas_too_small_is_refused(voc_root, tmp_path,
                                                                                         monkeypatch):
-    """--val_canvas=64 --val_batch_size=2: validation reads batches of 2 on a 64x64 canvas, and the
-    epoch's val_mean_iu is evaluate's mean IU of the same weights on the same canvas (padding void,
-    not counted); a canvas smaller than the images stops the run before anything is written,
-    naming an image."""
+    """--val_canvas=64 --val_batch_size=3: validation reads batches of 3 on a 64x64 canvas (the 2 val
+    images and a blank one: one shape for every batch), and the epoch's val_mean_iu is evaluate's
+    mean IU of the same weights on the same canvas (padding and blanks void, not counted); a canvas
+    smaller than the images stops the run before anything is written, naming an image."""
     from fcn_keras.data import pipeline
     from fcn_keras.evaluate import evaluate_model
 
@@ -366,9 +366,9 @@ def test_validation_on_a_canvas_scores_as_evaluate_does_and_a_canvas_too_small_i
     cache = str(tmp_path / "cache")
     out = tmp_path / "canvas"
     summary = train(TrainConfig(**{**TINY, "epochs": 1}, data=str(voc_root), output_dir=str(out), cache_dir=cache,
-                                val_canvas="64", val_batch_size=2))
-    assert calls == [{"batch_size": 2, "canvas": (64, 64)}]
-    results = evaluate_model(out / "last.keras", str(voc_root), split="val", batch_size=2, canvas=(64, 64), cache_dir=cache)
+                                val_canvas="64", val_batch_size=3))
+    assert calls == [{"batch_size": 3, "canvas": (64, 64), "fill_last_batch": True}]
+    results = evaluate_model(out / "last.keras", str(voc_root), split="val", batch_size=3, canvas=(64, 64), cache_dir=cache)
     assert results["num_images"] == 2
     assert summary["final_metrics"]["val_mean_iu"] == pytest.approx(results["mean_iu"], abs=1e-6)
     with pytest.raises(ValueError, match=r"val_canvas must hold every validation image; 2 are larger than 40x40 "

@@ -304,6 +304,7 @@ def eval_dataset(
     with_sizes: bool = False,
     with_ids: bool = False,
     dct_method: str = "",
+    fill_last_batch: bool = False,
 ) -> tf.data.Dataset:
     """The evaluation input pipeline: every record once, in file order, whole images.
 
@@ -318,14 +319,20 @@ def eval_dataset(
         with_sizes: also yield each image's own ``(height, width)``.
         with_ids: also yield each image's dataset id (``image/id`` of its record).
         dct_method: JPEG decoding, see ``fcn_keras.data.records.decode_image``.
+        fill_last_batch: with ``canvas``, fill the last batch up to ``batch_size`` with blank
+            images (``PAD_RGB``, labels all void, size ``(0, 0)``, id ``""``), so that every
+            batch has one shape (one XLA compilation); they count in no metric.
 
     Returns:
         A ``tf.data.Dataset`` of ``(image uint8 [B, H, W, 3], label uint8 [B, H, W])``, plus
         ``sizes int32 [B, 2]`` with ``with_sizes``, then ``ids string [B]`` with ``with_ids``.
 
     Raises:
-        ValueError: no file matches, or bad ``batch_size`` or ``canvas``.
+        ValueError: no file matches, bad ``batch_size`` or ``canvas``, or ``fill_last_batch``
+            without ``canvas``.
     """
+    if fill_last_batch and canvas is None:
+        raise ValueError("fill_last_batch needs a canvas: without one the batches have varying shapes anyway")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
     if canvas is not None and (len(canvas) != 2 or not all(isinstance(d, int) and d >= 1 for d in canvas)):
@@ -343,6 +350,11 @@ def eval_dataset(
 
     def fill_padding(images, labels, sizes, ids):
         """``padded_batch`` pads images with 0 (one value only): make their padding ``PAD_RGB``."""
+        if fill_last_batch:  # Blank images of size (0, 0): all padding.
+            missing = batch_size - tf.shape(labels)[0]
+            images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+            labels = tf.pad(labels, [[0, missing], [0, 0], [0, 0]], constant_values=IGNORE_LABEL)
+            sizes, ids = tf.pad(sizes, [[0, missing], [0, 0]]), tf.pad(ids, [[0, missing]])
         shape = tf.shape(labels)
         rows = tf.range(shape[1])[None, :, None] < sizes[:, 0, None, None]
         cols = tf.range(shape[2])[None, None, :] < sizes[:, 1, None, None]
