@@ -181,28 +181,41 @@ def check_class_weights(class_weights: Sequence[float], num_classes: int | None 
     return weights
 
 
-def median_frequency_weights(class_pixels: Sequence[int]) -> list[float]:
-    """Class weights from pixel counts: ``w_c = median_k(f_k) / f_c`` with ``f_c`` the
-    fraction of labelled pixels that are of class ``c`` (median over the classes present).
+def median_frequency_weights(class_pixels: Sequence[int], image_pixels: Sequence[int] | None = None) -> list[float]:
+    """Eigen & Fergus' median frequency balancing: ``w_c = median_k(f_k) / f_c``.
 
-    Eigen & Fergus' median frequency balancing, with frequencies over the whole split (theirs
-    count, for each class, only the images where it appears). A class with no pixel gets weight
-    0: no pixel ever asks for it. The weights of a balanced split are all 1.
+    With ``image_pixels`` (their definition), ``f_c = class_pixels[c] / image_pixels[c]``: the
+    pixels of class ``c`` over the labelled pixels of the images where ``c`` appears, so a class
+    that is large where it appears but rare across images is not inflated. Without it,
+    ``f_c`` is ``c``'s fraction of all labelled pixels of the split (the converter's counts from
+    before ``class_image_pixels`` were recorded). The median is over the classes present; a class
+    with no pixel gets weight 0 (no pixel ever asks for it). The weights of a balanced split are
+    all 1.
 
     Args:
         class_pixels: the pixels of each class, e.g. a split's ``class_pixels`` in the
             converter's ``manifest.json``.
+        image_pixels: for each class, the labelled (non-void) pixels of the images holding it,
+            a split's ``class_image_pixels``; ``None``: frequencies over the whole split.
 
     Returns:
         One weight per class.
 
     Raises:
-        ValueError: fewer than 2 counts, a negative count, or no pixel at all.
+        ValueError: fewer than 2 counts, a negative count, no pixel at all, or ``image_pixels``
+            of another length or below ``class_pixels`` (or 0 where the class has pixels).
     """
     counts = np.asarray(class_pixels, np.float64)
     if counts.ndim != 1 or len(counts) < 2 or (counts < 0).any() or not counts.sum():
         raise ValueError(f"class_pixels must be >= 2 non-negative counts, not all 0. Received: class_pixels={list(class_pixels)!r}")
-    frequencies = counts / counts.sum()
+    if image_pixels is None:
+        frequencies = counts / counts.sum()
+    else:
+        totals = np.asarray(image_pixels, np.float64)
+        if totals.shape != counts.shape or (totals < counts).any():
+            raise ValueError(f"image_pixels must hold one count per class, each at least the class's pixels. Received: "
+                             f"image_pixels={list(image_pixels)!r} for class_pixels={list(class_pixels)!r}")
+        frequencies = np.divide(counts, totals, out=np.zeros_like(counts), where=counts > 0)
     median = float(np.median(frequencies[counts > 0]))
     return [median / f if f > 0 else 0.0 for f in frequencies.tolist()]
 

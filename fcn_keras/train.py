@@ -430,7 +430,8 @@ def class_weights_of(config: TrainConfig, train_glob: str) -> list[float] | None
 
     Returns:
         ``None`` for ``"none"``; the listed weights; or ``median_frequency_weights`` of the
-        training split's class pixel counts (the converter's manifest).
+        training split's class pixel counts (the converter's manifest: over the images holding
+        each class, or over the whole split for a manifest from before those were counted).
 
     Raises:
         ValueError: ``median_frequency`` on records whose manifest has no pixel counts.
@@ -448,7 +449,11 @@ def class_weights_of(config: TrainConfig, train_glob: str) -> list[float] | None
             f"manifest.json, and the training records {train_glob} have none: convert the data (again) or list "
             "the weights"
         )
-    return median_frequency_weights(entry["class_pixels"])
+    if "class_image_pixels" not in entry:
+        logger.warning("the manifest of %s predates the per-image class counts: median frequencies over the whole "
+                       "split, not over the images holding each class (Eigen & Fergus); convert the data again for "
+                       "those", train_glob)
+    return median_frequency_weights(entry["class_pixels"], entry.get("class_image_pixels"))
 
 
 def _listed_weights(value: str) -> list[float]:
@@ -919,9 +924,9 @@ def define_flags(flag_values=None) -> None:
     define("integer", "num_classes", d.num_classes, "Number of classes. auto: the data's (the class names recorded by "
                       "fcn_keras.data.convert in manifest.json; 21 for PASCAL VOC and for records without a manifest).")
     define("string", "class_weights", d.class_weights, "Loss weight of each class's pixels: none (the paper's: all 1; it "
-                     "found class balancing unnecessary on VOC), median_frequency (median class frequency / the class's, "
-                     "from the training split's pixel counts in the converter's manifest.json; for unbalanced data of "
-                     "your own), or one number per class, comma-separated. The loss is then the weighted mean.")
+                     "found class balancing unnecessary on VOC), median_frequency (Eigen & Fergus' median frequency "
+                     "balancing, from the training split's pixel counts in the converter's manifest.json; for "
+                     "unbalanced data of your own), or one number per class, comma-separated. The loss is then the weighted mean.")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
     define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
     define("float", "max_train_seconds", d.max_train_seconds, "Time budget: stop at the end of the first epoch by which this "

@@ -358,11 +358,13 @@ def test_own_dataset_exact_contents_class_names_and_pixel_counts(own, tmp_path):
         ids = (own["lists_dir"] / f"{split}.txt").read_text().split()
         examples = _read_split(out, manifest, split)
         assert list(examples) == ids
-        counts = np.zeros(256, np.int64)
+        counts, image_pixels = np.zeros(256, np.int64), np.zeros(3, np.int64)
         for image_id, example in examples.items():
             label = _indices(own["labels_dir"] / f"{image_id}.png")
             np.testing.assert_array_equal(example["label"], label)
-            counts += np.bincount(label.ravel(), minlength=256)
+            own_counts = np.bincount(label.ravel(), minlength=256)
+            counts += own_counts
+            image_pixels += np.where(own_counts[:3] > 0, own_counts[:3].sum(), 0)  # Eigen & Fergus' denominators.
             (path,) = own["images_dir"].glob(f"{image_id}.*")
             if path.suffix == ".png":  # Lossless: RGB, gray and palette PNGs give PIL's RGB pixels.
                 with Image.open(path) as png:
@@ -376,6 +378,8 @@ def test_own_dataset_exact_contents_class_names_and_pixel_counts(own, tmp_path):
         assert entry["class_pixels"] == counts[:3].tolist() and entry["void_pixels"] == counts[255] > 0
         assert sum(counts[3:255]) == 0 and min(entry["class_pixels"]) > 0
         assert entry["class_pixels"] == np.sum([s["class_pixels"] for s in entry["shards"]], axis=0).tolist()
+        assert entry["class_image_pixels"] == image_pixels.tolist()
+        assert (image_pixels > counts[:3]).all()  # Each class is absent from some labelled pixels of its images.
     assert formats == {b"jpeg", b"png"}
     # A rerun keeps every shard (the pixel counts are in the manifest).
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
@@ -408,13 +412,14 @@ def test_a_manifest_from_before_the_pixel_counts_is_brought_up_to_date(voc_root,
     del old["class_names"]
     for entry in old["splits"].values():
         for record in (entry, *entry["shards"]):
-            del record["class_pixels"], record["void_pixels"]
+            del record["class_pixels"], record["class_image_pixels"], record["void_pixels"]
     (out / "manifest.json").write_text(json.dumps(old))
     assert convert_lib.manifest_class_names(convert_lib.read_manifest(out)) == VOC_CLASSES
     stamp = (out / "train-00000-of-00001.tfrecord").stat().st_mtime_ns
     again = convert(voc_root, out, splits=("train",), verbose=False)
     assert (out / "train-00000-of-00001.tfrecord").stat().st_mtime_ns != stamp  # rewritten to count its pixels
-    assert again["splits"]["train"]["class_pixels"] == manifest["splits"]["train"]["class_pixels"]
+    for key in ("class_pixels", "class_image_pixels"):
+        assert again["splits"]["train"][key] == manifest["splits"]["train"][key]
     assert again["class_names"] == list(VOC_CLASSES) and "class_pixels" not in again["splits"]["val"]  # val: as it was
 
 

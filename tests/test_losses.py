@@ -175,3 +175,8 @@ def test_median_frequency_weights():
     assert median_frequency_weights([7, 7, 7]) == pytest.approx([1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match=r"class_pixels must be >= 2 non-negative counts"):
         median_frequency_weights([0, 0])
+    # Eigen & Fergus: over the labelled pixels of the images holding each class (.6, .5, .25).
+    assert median_frequency_weights([600, 300, 100, 0], [1000, 600, 400, 0]) == pytest.approx([0.5 / 0.6, 1.0, 2.0, 0.0])
+    for image_pixels in ([1000, 600, 400], [1000, 200, 400, 0]):  # Another length; fewer than the class's pixels.
+        with pytest.raises(ValueError, match=r"image_pixels must hold one count per class, each at least the class's"):
+            median_frequency_weights([600, 300, 100, 0], image_pixels)

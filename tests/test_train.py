@@ -6,6 +6,7 @@ synthetic VOC-layout dataset of a few 40x48 images.
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import subprocess
@@ -384,7 +385,7 @@ def test_data_glob_matching_nothing(tmp_path):
     assert not (tmp_path / "out").exists()  # Bad input leaves no empty run folder behind.
 
 
-def test_num_classes_and_class_weights_come_from_the_data(voc_root, tmp_path):
+def test_num_classes_and_class_weights_come_from_the_data(voc_root, tmp_path, caplog):
     own = make_synthetic_folder_dataset(tmp_path / "mine", num_train=4, num_val=2, seed=1)
     data = tmp_path / "records"
     convert(None, data, **own, verbose=False)
@@ -406,8 +407,19 @@ def test_num_classes_and_class_weights_come_from_the_data(voc_root, tmp_path):
     assert summary["status"] == "finished"
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["num_classes"] == 3 and record["class_names"] == ["background", "road", "car"]
-    pixels = json.loads((data / "manifest.json").read_text())["splits"]["train"]["class_pixels"]
-    assert record["class_weights"] == pytest.approx(median_frequency_weights(pixels)) and len(set(record["class_weights"])) == 3
+    entry = json.loads((data / "manifest.json").read_text())["splits"]["train"]
+    expected = median_frequency_weights(entry["class_pixels"], entry["class_image_pixels"])  # Eigen & Fergus'.
+    assert record["class_weights"] == pytest.approx(expected) and len(set(record["class_weights"])) == 3
+    assert expected != pytest.approx(median_frequency_weights(entry["class_pixels"]))  # Not the split-wide ones.
+    # A manifest from before the per-image counts: the split-wide frequencies, with a warning.
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["splits"]["train"]["class_image_pixels"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        weights = class_weights_of(resolve_config(TrainConfig(data=str(data), class_weights="median_frequency")),
+                                   convert_lib.split_glob(data, "train"))
+    assert weights == pytest.approx(median_frequency_weights(entry["class_pixels"]))
+    assert "predates the per-image class counts: median frequencies over the whole split" in caplog.text
     model = keras.saving.load_model(out / "last.keras")
     assert model.outputs[0].shape[-1] == 3 and model.loss.class_weights == pytest.approx(record["class_weights"])
 

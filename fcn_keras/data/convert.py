@@ -133,7 +133,7 @@ def _shard_is_current(output_dir: Path, old: dict | None, name: str, fingerprint
         old is not None
         and old.get("name") == name
         and old.get("fingerprint") == fingerprint
-        and "class_pixels" in old  # Written before pixel counts were recorded: count them now.
+        and "class_image_pixels" in old  # Written before the pixel counts were recorded: count them now.
         and path.is_file()
         and file_digests(path, "sha256")[0] == old.get("sha256")
     )
@@ -147,17 +147,18 @@ def _write_shard(
     skip_invalid: bool,
     num_classes: int,
     colours: voc.LabelColours | None,
-) -> tuple[int, list[voc.Problem], np.ndarray]:
+) -> tuple[int, list[voc.Problem], np.ndarray, np.ndarray]:
     """Writes the valid pairs of one shard to a temporary file, then renames it to ``path``.
 
     Returns:
-        ``(num_examples, problems, counts)`` of the shard; ``counts``: int64 ``[256]`` pixels
-        of each label value.
+        ``(num_examples, problems, counts, image_pixels)`` of the shard; ``counts``: int64
+        ``[256]`` pixels of each label value; ``image_pixels``: int64 ``[num_classes]``, for each
+        class the labelled pixels of the images holding it (Eigen & Fergus' denominator).
 
     Raises:
         InvalidPairError: the first invalid pair, unless ``skip_invalid``.
     """
-    problems, count, counts = [], 0, np.zeros(256, np.int64)
+    problems, count, counts, image_pixels = [], 0, np.zeros(256, np.int64), np.zeros(num_classes, np.int64)
     with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
         for result in executor.map(functools.partial(_encode_pair, num_classes=num_classes, colours=colours), pairs):
             if isinstance(result, voc.Problem):
@@ -167,10 +168,12 @@ def _write_shard(
             else:
                 writer.write(result[0])
                 counts += result[1]
+                own = result[1][:num_classes]
+                image_pixels += np.where(own > 0, own.sum(), 0)
                 count += 1
             if progbar is not None:
                 progbar.add(1)
-    return count, problems, counts
+    return count, problems, counts, image_pixels
 
 
 def _convert_split(
@@ -215,6 +218,7 @@ def _convert_split(
         "num_examples": 0,
         "num_skipped": 0,
         "class_pixels": [0] * options["num_classes"],
+        "class_image_pixels": [0] * options["num_classes"],
         "void_pixels": 0,
         "num_shards": num_shards,
         "shards": [],
@@ -232,7 +236,7 @@ def _convert_split(
         if name in current:
             entry = old_shards[name]
         else:
-            count, shard_problems, counts = _write_shard(
+            count, shard_problems, counts, image_pixels = _write_shard(
                 output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"],
                 options["label_colours"],
             )
@@ -242,12 +246,14 @@ def _convert_split(
                 "sha256": file_digests(output_dir / name, "sha256")[0],
                 "fingerprint": fingerprint,
                 "class_pixels": counts[: options["num_classes"]].tolist(),
+                "class_image_pixels": image_pixels.tolist(),
                 "void_pixels": int(counts[IGNORE_LABEL]),
                 "skipped": [_problem_dict(split, p) for p in shard_problems],
             }
         split_entry["shards"].append(entry)
         split_entry["num_examples"] += entry["num_examples"]
-        split_entry["class_pixels"] = [a + b for a, b in zip(split_entry["class_pixels"], entry["class_pixels"])]
+        for key in ("class_pixels", "class_image_pixels"):
+            split_entry[key] = [a + b for a, b in zip(split_entry[key], entry[key])]
         split_entry["void_pixels"] += entry["void_pixels"]
         if name not in current:  # A new shard: recorded now, so a killed run keeps it.
             write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
@@ -315,7 +321,7 @@ def convert(
     Returns:
         The manifest: ``{"version", "format", "fcn_keras_version", "source", "class_names",
         "shard_size", "splits": {split: {"num_examples", "num_skipped", "class_pixels",
-        "void_pixels", "shards": [{"name", "num_examples", "sha256", ...}], "glob", "list",
+        "class_image_pixels", "void_pixels", "shards": [{"name", "num_examples", "sha256", ...}], "glob", "list",
         "skipped", ...}}, "skipped_report"}``.
 
     Raises:
