@@ -287,7 +287,9 @@ def evaluate_predictions(
 
     Args:
         predictions: a folder of ``<image id>.png`` label maps, palette or grayscale PNGs of class
-            indices (what ``fcn_keras.predict`` writes), one per image of the split at its size.
+            indices (what ``fcn_keras.predict`` writes), one per image of the split at its size;
+            directly in it or in its subfolders (``predict --recursive``'s outputs: each id's
+            file found by name, which must then be unique).
         data, split, output_dir, max_images, cache_dir, verbose: as ``evaluate_model``.
         class_names: the ``C`` class names. ``None``: the data's, else VOC's.
 
@@ -296,8 +298,8 @@ def evaluate_predictions(
         ``model``, ``batch_size``, ``canvas``, ``tile_size`` and ``backend`` are ``None``.
 
     Raises:
-        ValueError: ``predictions`` is not a folder; images of the split have no prediction
-            (counted and named, before anything is scored); a prediction is not a PNG of class
+        ValueError: ``predictions`` is not a folder; images of the split have no prediction, or
+            several in its subfolders (counted and named, before anything is scored); a prediction is not a PNG of class
             indices, has another size than its image, or is no class at a counted pixel (naming
             the file); labels outside ``[0, C)`` and not void; or the data is bad (as
             ``evaluate_model``).
@@ -313,7 +315,8 @@ def evaluate_predictions(
     ids = record_ids(pattern, max_images)
     if not ids:
         raise ValueError(f"no image was evaluated: {pattern!r} holds no record")
-    missing = [image_id for image_id in ids if not (folder / f"{image_id}.png").is_file()]
+    paths = _prediction_paths(folder, ids)
+    missing = [image_id for image_id in ids if image_id not in paths]
     if missing:
         raise ValueError(
             f"{len(missing)} of the {len(ids)} images of data {str(data)!r} have no prediction in {folder}: expected "
@@ -324,7 +327,8 @@ def evaluate_predictions(
     progbar = keras.utils.Progbar(len(ids), unit_name="image", verbose=progress_verbosity(1)) if verbose else None
     start = time.perf_counter()
     for image_id, label in label_dataset(pattern).take(len(ids)).as_numpy_iterator():
-        image_id, path = image_id.decode("utf-8"), folder / f"{image_id.decode('utf-8')}.png"
+        image_id = image_id.decode("utf-8")
+        path = paths[image_id]
         _check_labels(label, len(names), data, f"image {image_id!r}", "prediction set")
         predicted = voc.read_label(path)
         if predicted.shape != label.shape:
@@ -350,6 +354,28 @@ def evaluate_predictions(
     if output_dir is not None:
         write_outputs(results, output_dir)
     return results
+
+
+def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:
+    """Each id's prediction: ``<folder>/<id>.png``, else the one ``<id>.png`` in its subfolders.
+
+    Raises:
+        ValueError: an id has several in the subfolders (naming two).
+    """
+    paths = {image_id: folder / f"{image_id}.png" for image_id in ids if (folder / f"{image_id}.png").is_file()}
+    if len(paths) < len(ids):
+        nested: dict[str, list[Path]] = {}
+        for path in sorted(folder.rglob("*.png")):
+            if path.parent != folder and path.is_file():
+                nested.setdefault(path.stem, []).append(path)
+        for image_id in ids:
+            found = nested.get(image_id, [])
+            if image_id not in paths and len(found) > 1:
+                raise ValueError(f"image {image_id!r} has several predictions in {folder}: {found[0]} and {found[1]}"
+                                 f"{f' and {len(found) - 2} more' if len(found) > 2 else ''}; keep one")
+            if image_id not in paths and found:
+                paths[image_id] = found[0]
+    return paths
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, data: str | os.PathLike, where: str, predictor: str) -> None:

@@ -289,6 +289,17 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
         evaluate_predictions(first, str(voc), cache_dir=cache, verbose=False)
 
     (tmp_path / "aside.png").replace(first)
+    # In subfolders (predict --recursive's outputs) each is found by its name, which must be unique.
+    for image_id, folder in ((ids[1], out / "a"), (ids[2], out / "b" / "c")):
+        folder.mkdir(parents=True)
+        (out / f"{image_id}.png").replace(folder / f"{image_id}.png")
+    nested = evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    assert nested["confusion"] == by_model["confusion"] and nested["per_image"] == by_model["per_image"]
+    (out / "b" / f"{ids[1]}.png").write_bytes((out / "a" / f"{ids[1]}.png").read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"image {ids[1]!r} has several predictions in {out}: "
+                                                   f"{out / 'a' / ids[1]}.png and {out / 'b' / ids[1]}.png; keep one")):
+        evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    (out / "b" / f"{ids[1]}.png").unlink()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "fcn_keras.evaluate", f"--data={voc}", f"--cache_dir={cache}"]
     result = subprocess.run([*command, f"--predictions={out}"], env=env, capture_output=True, text=True, timeout=600)
