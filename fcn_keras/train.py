@@ -108,6 +108,8 @@ class TrainConfig:
 
     variant: str = "8s"
     data: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
     init_from: str = ""
     weights: str = "auto"
     preprocessing: str = "auto"
@@ -273,7 +275,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 #: Fields that must not change when a run resumes from its backup.
 _RESUME_KEYS = (
-    "variant", "data", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size", "crop_size",
+    "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size", "crop_size",
     "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
     "distribute", "deterministic", "preprocessing",
 )  # fmt: skip
@@ -328,14 +330,29 @@ def _demo_data(cache_dir: Path) -> str:
 
 
 def resolve_run_data(config: TrainConfig) -> dict[str, str]:
-    """TFRecord globs per split for ``config.data`` (``""``: the synthetic demo dataset)."""
+    """The TFRecord globs of the run's ``{"train": ..., "val": ...}`` for ``config.data`` (``""``:
+    the synthetic demo dataset): its ``train_split`` and ``val_split`` (a TFRecord glob is all
+    training data; no ``"val"`` when the data has no ``val_split``).
+
+    Raises:
+        ValueError: naming ``--data``: bad data, no ``train_split``, or no ``val_split`` when
+            one other than ``"val"`` was asked for.
+    """
     from fcn_keras.data.pipeline import conversion_dir, resolve_data
 
     data = config.data or _demo_data(Path(config.cache_dir))
     try:
-        return resolve_data(data, conversion_dir(data, config.cache_dir))
+        globs = resolve_data(data, conversion_dir(data, config.cache_dir), splits=(config.train_split, config.val_split))
     except ValueError as error:
         raise ValueError(f"--data: {error}") from error
+    if not Path(data).is_dir():
+        return globs  # A glob: {"train": data}.
+    wanted = {"train": config.train_split, **({"val": config.val_split} if config.val_split != "val" else {})}
+    for role, split in wanted.items():
+        if split not in globs:
+            raise ValueError(f"--data {data!r} has no split {split!r} to {'train on' if role == 'train' else 'validate on'}; "
+                             f"it has {sorted(globs)}: pass --{role}_split")
+    return {"train": globs[config.train_split], **({"val": globs[config.val_split]} if config.val_split in globs else {})}
 
 
 def rebuilt_per_iterator(make_dataset: Callable[[], Any]) -> Any:
@@ -908,8 +925,12 @@ def define_flags(flag_values=None) -> None:
 
     define("enum", "variant", d.variant, list(VARIANTS), "FCN variant: 32s, 16s or 8s (the stride of the finest skip).")
     define("string", "data", d.data, "Training data: a TFRecord glob (fcn_keras.data.convert shards), a converted folder "
-                        "(manifest.json, train+val), or a VOCdevkit root (converted once into --cache_dir). Empty: "
+                        "(manifest.json; its --train_split and --val_split), or a VOCdevkit root (converted once into --cache_dir). Empty: "
                         "generate and train on the embedded synthetic VOC-layout dataset (the quick start).")
+    define("string", "train_split", d.train_split, "The split of a folder --data to train on (e.g. train_aug or sbd_train, "
+                        "the paper's).")
+    define("string", "val_split", d.val_split, "The split of a folder --data to validate on (e.g. seg11valid, the paper's); "
+                        "none when the data has no 'val' split.")
     define("string", "init_from", d.init_from, "Staged training: a trained FCN (.keras file or run folder: its best.keras) of "
                         "the same or a coarser variant (16s from 32s, 8s from 16s), copied by layer name; new score layers "
                         "start at zero.")

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_voc
 from fcn_keras.losses import median_frequency_weights
-from fcn_keras.train import TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, resolve_config, train
+from fcn_keras.train import (
+    TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, resolve_config, resolve_run_data, train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,6 +379,32 @@ def test_validation_on_a_canvas_scores_as_evaluate_does_and_a_canvas_too_small_i
                                          r"\(height x width\), e.g. 'synth_\d+' \(\d+x\d+\): pass a larger one"):
         train(TrainConfig(**TINY, data=str(voc_root), output_dir=str(tmp_path / "small"), cache_dir=cache, val_canvas="40"))
     assert not (tmp_path / "small").exists()
+
+
+def test_the_splits_to_train_and_validate_on_are_chosen_by_name(tmp_path):
+    """A folder converted with other split names (the paper's sbd_train / seg11valid): training
+    names them with --train_split / --val_split, and without them says which splits there are."""
+    own = make_synthetic_folder_dataset(tmp_path / "mine", num_train=2, num_val=1, seed=2)
+    for split in ("sbd_train", "seg11valid"):
+        source = "train" if split == "sbd_train" else "val"
+        (own["lists_dir"] / f"{split}.txt").write_text((own["lists_dir"] / f"{source}.txt").read_text())
+    data = tmp_path / "records"
+    convert(None, data, **own, splits=("sbd_train", "seg11valid", "val"), verbose=False)
+    with pytest.raises(ValueError, match=re.escape(f"--data {str(data)!r} has no split 'train' to train on; it has "
+                                                   "['sbd_train', 'seg11valid', 'val']: pass --train_split")):
+        resolve_run_data(TrainConfig(data=str(data)))
+    with pytest.raises(ValueError, match=re.escape("has no split 'valid' to validate on; it has ['sbd_train', "
+                                                   "'seg11valid', 'val']: pass --val_split")):
+        resolve_run_data(TrainConfig(data=str(data), train_split="sbd_train", val_split="valid"))
+    globs = resolve_run_data(TrainConfig(data=str(data), train_split="sbd_train", val_split="seg11valid"))
+    assert globs == {"train": convert_lib.split_glob(data, "sbd_train"), "val": convert_lib.split_glob(data, "seg11valid")}
+    # The default val split is optional: without one, no validation.
+    (data / "val-00000-of-00001.tfrecord").unlink()
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["splits"]["val"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert resolve_run_data(TrainConfig(data=str(data), train_split="sbd_train")) == {
+        "train": convert_lib.split_glob(data, "sbd_train")}
 
 
 def test_data_glob_matching_nothing(tmp_path):
