@@ -139,6 +139,7 @@ class ExperimentSettings:
     backup_freq: int = 100
     checkpoint_freq: int = 1  # epochs between the checkpoint and backup writes
     seed: int = 0
+    train_split: str = "train"
     eval_split: str = "val"
     eval_max_images: int | None = None
     eval_batch_size: int = 1
@@ -159,7 +160,7 @@ def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> Train
     Args:
         stage: the stage.
         settings: the experiment's settings.
-        data: the converted dataset folder (``manifest.json`` with train and val).
+        data: the converted dataset folder (``manifest.json`` with ``train_split`` and ``eval_split``).
 
     Returns:
         A ``TrainConfig``: same data, budget and schedule for every staged model; the at-once
@@ -181,6 +182,8 @@ def stage_config(stage: Stage, settings: ExperimentSettings, data: str) -> Train
     return TrainConfig(
         variant=stage.variant,
         data=data,
+        train_split=settings.train_split,
+        val_split=settings.eval_split,
         init_from=init_from,
         weights="none" if init_from else settings.weights,
         epochs=epochs,
@@ -222,7 +225,7 @@ def prepare_data(settings: ExperimentSettings, smoke: bool) -> tuple[str, dict[s
         ``(folder, {split: glob})``.
 
     Raises:
-        ValueError: naming ``--data`` when it has no train split or no ``eval_split``.
+        ValueError: naming ``--data`` when it has no ``train_split`` or no ``eval_split``.
     """
     from fcn_keras.data.convert import MANIFEST_NAME
     from fcn_keras.data.synthetic import make_synthetic_voc
@@ -234,11 +237,11 @@ def prepare_data(settings: ExperimentSettings, smoke: bool) -> tuple[str, dict[s
     if not Path(data).is_dir():
         raise ValueError(
             f"--data must be a VOCdevkit root (holding VOC2012/) or a folder written by fcn_keras.data.convert, "
-            f"with train and {settings.eval_split} splits. Received: --data={data!r}"
+            f"with {settings.train_split} and {settings.eval_split} splits. Received: --data={data!r}"
         )
     folder = Path(data) if (Path(data) / MANIFEST_NAME).is_file() else output_dir / "records"
-    globs = resolve_data(data, folder)
-    missing = [split for split in ("train", settings.eval_split) if split not in globs]
+    globs = resolve_data(data, folder, splits=(settings.train_split, settings.eval_split))
+    missing = [split for split in (settings.train_split, settings.eval_split) if split not in globs]
     if missing:
         raise ValueError(f"--data {data!r} has no {' or '.join(missing)} split; it has {sorted(globs)}")
     return str(folder), globs
@@ -391,7 +394,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         *([] if results.get("complete", True) else [
             f"**Partial results**: {len(models)} of the {len(results['planned'])} planned models "
             f"({', '.join(results['planned'])}) trained and evaluated so far; the same command continues.", ""]),
-        f"Data: {data['num_train']} training images, evaluated on {data['num_eval']} images of the "
+        f"Data: {data['num_train']} training images (`{data.get('train_split', 'train')}` split), evaluated on "
+        f"{data['num_eval']} images of the "
         f"`{data['eval_split']}` split at full size, {data.get('eval_mode', 'one at a time, exact')} ({data['source']}). "
         f"Every model trained on the same data and budget per stage; metrics in %.",
         "",
@@ -569,10 +573,11 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
             "data": {
                 "source": "synthetic VOC (--smoke)" if smoke else settings.data,
                 "folder": folder,
-                "train_glob": globs["train"],
+                "train_glob": globs[settings.train_split],
+                "train_split": settings.train_split,
                 "eval_glob": globs[settings.eval_split],
                 "eval_split": settings.eval_split,
-                "num_train": manifest["splits"]["train"]["num_examples"],
+                "num_train": manifest["splits"][settings.train_split]["num_examples"],
                 "num_eval_split": manifest["splits"][settings.eval_split]["num_examples"],
                 "num_eval": next(iter(models.values()))["eval_images"],
                 "eval_mode": evaluation_mode(evaluation),
@@ -611,7 +616,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The flags of ``python -m experiments.skip_experiment`` (defined only when run)."""
     flags.DEFINE_string("data", None, "VOCdevkit root (holding VOC2012/) or a folder written by "
-                        "fcn_keras.data.convert (VOC or a dataset of your own), with train and --eval_split splits. "
+                        "fcn_keras.data.convert (VOC or a dataset of your own), with --train_split and --eval_split splits. "
                         "Not needed with --smoke.")
     flags.DEFINE_string("output_dir", None, "Experiment folder, e.g. experiments/results/<run name>.", required=True)
     flags.DEFINE_string("weights", "auto", "Backbone of FCN-32s (and the at-once FCN-8s): a Keras VGG16 "
@@ -647,7 +652,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("checkpoint_freq", 1, "Epochs between the writes of last.keras and the backup (always at a "
                          "stage's last epoch and at its time-budget stop): for short epochs.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of every stage.")
-    flags.DEFINE_string("eval_split", "val", "The held-out split every model is evaluated on.")
+    flags.DEFINE_string("train_split", "train", "The split every stage trains on (the paper's: sbd_train).")
+    flags.DEFINE_string("eval_split", "val", "The held-out split every model is evaluated on (and validated on during "
+                        "training; the paper's: seg11valid).")
     flags.DEFINE_integer("eval_max_images", None, "Evaluate only the first N images (default: all).", lower_bound=1)
     flags.DEFINE_integer("eval_batch_size", 1, "Images per evaluation call: 1 is exact full size; more pads to "
                          "the batch's largest image (fewer shapes to compile under JAX).", lower_bound=1)

@@ -93,6 +93,10 @@ def test_stage_configs_chain_the_stages(tmp_path):
     assert all(c.data == "records" and c.epochs == 2 for n, c in configs.items() if n != "fcn8s_at_once")
     assert len({c.output_dir for c in configs.values()}) == 4
     assert all(c.checkpoint_freq == 3 for c in configs.values())
+    assert all((c.train_split, c.val_split) == ("train", "val") for c in configs.values())
+    paper_splits = dataclasses.replace(settings, train_split="sbd_train", eval_split="seg11valid")
+    assert all((c.train_split, c.val_split) == ("sbd_train", "seg11valid")
+               for c in (exp.stage_config(s, paper_splits, "records") for s in stages))
     assert exp.stages_of(exp.ExperimentSettings(data="d", output_dir="o")) == exp.STAGES
     # Without --epochs, the at-once model still gets the three stages' (train's default) epochs.
     default = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), at_once=True)
@@ -240,6 +244,9 @@ def test_bad_inputs_are_named(tmp_path):
     settings = exp.ExperimentSettings(data=str(tmp_path / "missing"), output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="--data must be a VOCdevkit root.*missing"):
         exp.run_experiment(settings)
+    voc = make_synthetic_voc(tmp_path / "VOCdevkit", num_train=1, num_val=1, size=(24, 24))
+    with pytest.raises(ValueError, match=r"--data '.*VOCdevkit' has no sbd_train split; it has \['val'\]"):
+        exp.run_experiment(dataclasses.replace(settings, data=str(voc), train_split="sbd_train"))
     two_rates = dataclasses.replace(settings, learning_rates=[1e-4, 1e-5])
     with pytest.raises(ValueError, match="--learning_rates needs one rate per stage"):
         exp.run_experiment(two_rates)
