@@ -278,6 +278,7 @@ def evaluate_predictions(
     output_dir: str | os.PathLike | None = None,
     max_images: int | None = None,
     class_names: Sequence[str] | None = None,
+    label_colours: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike = "cache",
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -292,6 +293,9 @@ def evaluate_predictions(
             file found by name, which must then be unique).
         data, split, output_dir, max_images, cache_dir, verbose: as ``evaluate_model``.
         class_names: the ``C`` class names. ``None``: the data's, else VOC's.
+        label_colours: for colour-coded predictions (RGB PNGs, as many ports save them):
+            ``"voc"`` (VOC's colours) or a colour map file, read as the converter reads masks
+            (``fcn_keras.data.voc.read_label_colours``); ``None``: PNGs of class indices.
 
     Returns:
         ``evaluate_model``'s results, with ``predictions`` (the folder) instead of a model:
@@ -311,6 +315,7 @@ def evaluate_predictions(
         raise ValueError(f"predictions must be a folder of <image id>.png label maps (fcn_keras.predict's "
                          f"--output_dir). Received: predictions={str(predictions)!r}")
     names = tuple(class_names or data_class_names(data) or VOC_CLASSES)
+    colours = None if label_colours is None else voc.read_label_colours(label_colours, names)
     pattern, _ = resolve_split(data, split, cache_dir)
     ids = record_ids(pattern, max_images)
     if not ids:
@@ -330,7 +335,7 @@ def evaluate_predictions(
         image_id = image_id.decode("utf-8")
         path = paths[image_id]
         _check_labels(label, len(names), data, f"image {image_id!r}", "prediction set")
-        predicted = voc.read_label(path)
+        predicted = voc.read_label(path, colours)
         if predicted.shape != label.shape:
             raise ValueError(f"{path}: the prediction is {predicted.shape[0]}x{predicted.shape[1]} (HxW) but image "
                              f"{image_id!r} is {label.shape[0]}x{label.shape[1]}")
@@ -538,6 +543,8 @@ def define_flags() -> None:
                         "fcn_keras.train (its best.keras, else last.keras), or the authors' .caffemodel. Or --predictions.")
     flags.DEFINE_string("predictions", None, "Instead of --model: a folder of <image id>.png label maps computed elsewhere "
                         "(fcn_keras.predict's --output_dir, another implementation's), scored the same way.")
+    flags.DEFINE_string("label_colours", None, "With --predictions saved as colour (RGB) PNGs: 'voc' (VOC's colours) or a "
+                        "file of '<label> R G B' lines, as fcn_keras.data.convert reads masks. Default: class indices.")
     flags.DEFINE_string(
         "data",
         None,
@@ -578,6 +585,9 @@ def main(argv: list[str]) -> int:
                                                  "label maps), one of them")
     model_flags = [flag for flag, given in (("--batch_size", FLAGS.batch_size != 1), ("--canvas", bool(FLAGS.canvas)),
                                             ("--tile_size", bool(FLAGS.tile_size))) if given]
+    if FLAGS.label_colours is not None and FLAGS.predictions is None:
+        return usage_error("fcn_keras.evaluate", "--label_colours reads colour-coded --predictions; a --model's labels "
+                                                 "are class indices: drop it")
     if FLAGS.predictions is not None and model_flags:
         return usage_error("fcn_keras.evaluate", f"{', '.join(model_flags)} tell how to run a --model; --predictions "
                                                  "are read as they are: drop them")
@@ -586,7 +596,7 @@ def main(argv: list[str]) -> int:
         common = {"split": FLAGS.split, "output_dir": FLAGS.output_dir, "max_images": FLAGS.max_images,
                   "class_names": class_names, "cache_dir": FLAGS.cache_dir}
         if FLAGS.predictions is not None:
-            results = evaluate_predictions(FLAGS.predictions, FLAGS.data, **common)
+            results = evaluate_predictions(FLAGS.predictions, FLAGS.data, label_colours=FLAGS.label_colours, **common)
         else:
             canvas = parse_size(FLAGS.canvas, "--canvas") if FLAGS.canvas else None
             tile_size = None

@@ -17,7 +17,7 @@ from PIL import Image
 
 import keras
 
-from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
+from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES, VOC_PALETTE
 from fcn_keras import predict
 from fcn_keras.evaluate import evaluate_model, evaluate_predictions, metrics_markdown, per_image_csv
 from fcn_keras.metrics import confusion_matrix, scores
@@ -285,6 +285,18 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
         picture.save(first)
         with pytest.raises(ValueError, match=re.escape(str(first)) + ".*" + match):
             evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    # Colour-coded predictions (RGB PNGs in VOC's colours, as other ports save them) with label_colours.
+    coloured = tmp_path / "coloured"
+    coloured.mkdir()
+    for path in out.glob("*.png"):
+        if path != first:
+            Image.fromarray(VOC_PALETTE[np.asarray(Image.open(path))]).save(coloured / path.name)
+    Image.fromarray(VOC_PALETTE[label]).save(coloured / first.name)
+    painted = evaluate_predictions(coloured, str(voc), cache_dir=cache, label_colours="voc", verbose=False)
+    assert painted["confusion"] == by_model["confusion"]
+    with pytest.raises(ValueError, match=re.escape(str(coloured / first.name)) + r".*colour\(s\) not in voc"):
+        Image.fromarray(VOC_PALETTE[label] + 1).save(coloured / first.name)
+        evaluate_predictions(coloured, str(voc), cache_dir=cache, label_colours="voc", verbose=False)
     with pytest.raises(ValueError, match=r"predictions must be a folder of <image id>.png label maps"):
         evaluate_predictions(first, str(voc), cache_dir=cache, verbose=False)
 
