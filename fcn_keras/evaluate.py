@@ -303,9 +303,10 @@ def evaluate_predictions(
 
     Raises:
         ValueError: ``predictions`` is not a folder; images of the split have no prediction, or
-            several in its subfolders (counted and named, before anything is scored); a prediction is not a PNG of class
-            indices, has another size than its image, or is no class at a counted pixel (naming
-            the file); labels outside ``[0, C)`` and not void; or the data is bad (as
+            several in its subfolders (counted and named, before anything is scored); a
+            prediction is not a PNG of class indices (or of the colours of ``label_colours``),
+            has another size than its image, or is no class at a counted pixel (naming the
+            file); labels outside ``[0, C)`` and not void; or the data is bad (as
             ``evaluate_model``).
     """
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
