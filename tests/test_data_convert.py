@@ -492,6 +492,10 @@ def test_own_dataset_lists_pairs_of_paths_for_nested_folders_and_suffixes(own, t
     assert sorted(examples) == sorted(expected) and manifest["splits"]["train"]["num_skipped"] == 0
     for image_id, stem in expected.items():
         np.testing.assert_array_equal(examples[image_id]["label"], _indices(own["labels_dir"] / f"{stem}.png"))
+    # An id with VOC's integer second column is an id, not a pair.
+    (root / "lists" / "flagged.txt").write_text(f"{lines[2]} 1\n{lines[2]}x -1\n")
+    _, flagged, problems = voc.resolve_folder_pairs("flagged", layout["images_dir"], layout["labels_dir"], root / "lists")
+    assert [pair.image_id for pair in flagged] == [lines[2]] and "absent on disk" in problems[0].problem
     # A line of three fields is refused, naming the list and the line.
     (root / "lists" / "bad.txt").write_text(f"{lines[0]}\na b c\n")
     with pytest.raises(ValueError, match=r"bad.txt, line 2 \('a b c'\): expected an id, or an image path and a mask path"):

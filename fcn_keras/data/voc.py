@@ -48,6 +48,9 @@ SPLITS: tuple[str, ...] = (*VOC_SPLITS, AUG_SPLIT, *SBD_SPLITS)
 #: The suffixes of a folder dataset's images (in any letter case).
 FOLDER_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
+#: The second column of VOC's per-class lists (``2008_000123 -1``), read as no mask path.
+_VOC_FLAG = re.compile(r"-?[0-9]+")
+
 #: A folder dataset's split names: they name shard files and globs.
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -295,12 +298,13 @@ def _files_by_stem(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> dict
 
 def _folder_list_entries(list_path: Path, images_dir: Path, labels_dir: Path) -> list[tuple[str, int, tuple[Path, Path] | None]]:
     """The lines of a folder dataset's list as ``(id, line number, (image, mask) or None)``: an
-    id alone (``None``: found by ``resolve_folder_pairs``), or the paths of a pair's line."""
+    id alone (``None``: found by ``resolve_folder_pairs``; also an id with VOC's integer second
+    column, ``2008_000123 -1``), or the paths of a pair's line."""
     entries = []
     for line_no, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         fields = [field.strip() for field in line.split("\t")] if "\t" in line else line.split()
         fields = [field for field in fields if field]
-        if len(fields) == 1:
+        if len(fields) == 1 or (len(fields) == 2 and _VOC_FLAG.fullmatch(fields[1])):  # VOC's `id 1` too.
             entries.append((fields[0], line_no, None))
         elif len(fields) == 2:
             image, mask = images_dir / fields[0], labels_dir / fields[1]
