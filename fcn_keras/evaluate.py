@@ -298,7 +298,7 @@ def evaluate_predictions(
             (``fcn_keras.data.voc.read_label_colours``); ``None``: PNGs of class indices.
 
     Returns:
-        ``evaluate_model``'s results, with ``predictions`` (the folder) instead of a model:
+        ``evaluate_model``'s results, with ``predictions_dir`` (the folder) instead of a model:
         ``model``, ``batch_size``, ``canvas``, ``tile_size`` and ``backend`` are ``None``.
 
     Raises:
@@ -349,7 +349,7 @@ def evaluate_predictions(
     results = {
         **tally.results(names, time.perf_counter() - start),
         "model": None,
-        "predictions": str(folder),
+        "predictions_dir": str(folder),
         "data": str(data),
         "split": split if Path(data).is_dir() else None,
         "batch_size": None,
@@ -434,7 +434,7 @@ class _Tally:
 def evaluation_mode(results: dict[str, Any]) -> str:
     """How the images were fed, in words, e.g. "batches of 16 padded to a 500x500 canvas"."""
     batch, canvas, tile = results.get("batch_size", 1), results.get("canvas"), results.get("tile_size")
-    if results.get("predictions"):
+    if results.get("predictions_dir"):
         return "label maps read from files"
     if canvas:
         return f"batches of {batch} padded to a {canvas[0]}x{canvas[1]} canvas"
@@ -453,7 +453,7 @@ def metrics_markdown(results: dict[str, Any]) -> str:
         The markdown text.
     """
     lines = [
-        f"# Evaluation of `{results['model'] or results.get('predictions')}`",
+        f"# Evaluation of `{results['model'] or results.get('predictions_dir')}`",
         "",
         f"Data `{results['data']}`" + (f", split `{results['split']}`" if results.get("split") else "")
         + f": {results['num_images']} images at full size ({evaluation_mode(results)}), "

@@ -265,7 +265,7 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
     by_model = evaluate_model(eval_workspace["model"], str(voc), cache_dir=cache, verbose=False)
     scored = evaluate_predictions(out, str(voc), cache_dir=cache, output_dir=tmp_path / "eval", verbose=False)
     assert scored["confusion"] == by_model["confusion"] and scored["per_image"] == by_model["per_image"]
-    assert scored["mean_iu"] == by_model["mean_iu"] and scored["num_images"] == 5 and scored["predictions"] == str(out)
+    assert scored["mean_iu"] == by_model["mean_iu"] and scored["num_images"] == 5 and scored["predictions_dir"] == str(out)
     markdown = (tmp_path / "eval" / "metrics.md").read_text()
     assert markdown.startswith(f"# Evaluation of `{out}`") and "(label maps read from files)" in markdown
     assert evaluate_predictions(out, str(voc), cache_dir=cache, max_images=2, verbose=False)["num_images"] == 2
