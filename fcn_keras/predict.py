@@ -26,9 +26,9 @@ canvas.
 Inputs: files, or folders whose files ending in one of ``fcn_keras.io.IMAGE_EXTENSIONS`` are
 taken (others and hidden files are counted and reported); with ``--recursive`` their subfolders'
 too, each output at the image's path below the folder. Files in ``output_dir`` itself are not
-taken from a folder (they may be an earlier run's outputs; they are counted and reported). Nothing is written if an output would replace
-an input file, or, without ``--overwrite``, a file that fcn_keras did not write.
-JPEGs are decoded as training and the SavedModel decode them (``fcn_keras.io.read_image``).
+taken from a folder (they may be an earlier run's outputs; they are counted and reported).
+Nothing is written if an output would replace an input file, or, without ``--overwrite``, a
+file that fcn_keras did not write. JPEGs are decoded as training and the SavedModel decode them (``fcn_keras.io.read_image``).
 Grayscale, palette and RGBA images are converted to RGB (alpha dropped); images that are not
 8 bits per channel are rejected. A file that cannot be used is reported with the reason and the
 others are still processed; the exit status is then 1.
