@@ -166,8 +166,7 @@ def evaluate_model(
             with batches or a canvas, or set for a model outside the FCN-VGG16 family.
     """
     # --- Arguments ---------------------------------------------------------------------------
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
+    _check_max_images(max_images)
     if not isinstance(keep_predictions, int) or keep_predictions < 0:
         raise ValueError(f"keep_predictions must be an integer >= 0. Received: keep_predictions={keep_predictions!r}")
     if tile_size is not None:
@@ -309,8 +308,7 @@ def evaluate_predictions(
             file); labels outside ``[0, C)`` and not void; or the data is bad (as
             ``evaluate_model``).
     """
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
+    _check_max_images(max_images)
     folder = Path(predictions)
     if not folder.is_dir():
         raise ValueError(f"predictions must be a folder of <image id>.png label maps (fcn_keras.predict's "
@@ -360,6 +358,12 @@ def evaluate_predictions(
     if output_dir is not None:
         write_outputs(results, output_dir)
     return results
+
+
+def _check_max_images(max_images: int | None) -> None:
+    """Refuses a ``max_images`` that is neither ``None`` nor an integer >= 1."""
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
 
 
 def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:

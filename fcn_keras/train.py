@@ -275,8 +275,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 #: Fields that must not change when a run resumes from its backup.
 _RESUME_KEYS = (
-    "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size", "crop_size",
-    "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
+    "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size",
+    "crop_size", "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
     "distribute", "deterministic", "preprocessing",
 )  # fmt: skip
 
@@ -925,8 +925,8 @@ def define_flags(flag_values=None) -> None:
 
     define("enum", "variant", d.variant, list(VARIANTS), "FCN variant: 32s, 16s or 8s (the stride of the finest skip).")
     define("string", "data", d.data, "Training data: a TFRecord glob (fcn_keras.data.convert shards), a converted folder "
-                        "(manifest.json; its --train_split and --val_split), or a VOCdevkit root (converted once into --cache_dir). Empty: "
-                        "generate and train on the embedded synthetic VOC-layout dataset (the quick start).")
+                        "(manifest.json; its --train_split and --val_split), or a VOCdevkit root (converted once into "
+                        "--cache_dir). Empty: generate and train on the embedded synthetic VOC-layout dataset (the quick start).")
     define("string", "train_split", d.train_split, "The split of a folder --data to train on (e.g. train_aug or sbd_train, "
                         "the paper's).")
     define("string", "val_split", d.val_split, "The split of a folder --data to validate on (e.g. seg11valid, the paper's); "
@@ -947,7 +947,8 @@ def define_flags(flag_values=None) -> None:
     define("string", "class_weights", d.class_weights, "Loss weight of each class's pixels: none (the paper's: all 1; it "
                      "found class balancing unnecessary on VOC), median_frequency (Eigen & Fergus' median frequency "
                      "balancing, from the training split's pixel counts in the converter's manifest.json; for "
-                     "unbalanced data of your own), or one number per class, comma-separated. The loss is then the weighted mean.")
+                     "unbalanced data of your own), or one number per class, comma-separated. The loss is then the "
+                     "weighted mean.")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
     define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
     define("float", "max_train_seconds", d.max_train_seconds, "Time budget: stop at the end of the first epoch by which this "

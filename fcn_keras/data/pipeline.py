@@ -393,11 +393,8 @@ def oversized_images(
     Returns:
         ``(image_id, height, width)`` of each record larger than ``canvas``, in file order.
     """
-    dataset = tf.data.TFRecordDataset(list_files(file_pattern))
-    if limit is not None:
-        dataset = dataset.take(limit)
-    dataset = dataset.map(records.parse_features, num_parallel_calls=AUTOTUNE, deterministic=True)
-    too_large = dataset.filter(lambda features: (features["image/height"] > canvas[0]) | (features["image/width"] > canvas[1]))
+    too_large = _record_features(file_pattern, limit).filter(
+        lambda features: (features["image/height"] > canvas[0]) | (features["image/width"] > canvas[1]))
     return [(features["image/id"].decode(), int(features["image/height"]), int(features["image/width"]))
             for features in too_large.as_numpy_iterator()]
 
@@ -421,11 +418,15 @@ def label_dataset(file_pattern: str | os.PathLike | list[str]) -> tf.data.Datase
 
 def record_ids(file_pattern: str | os.PathLike | list[str], limit: int | None = None) -> list[str]:
     """The ids of the records (of the first ``limit``), in file order; nothing is decoded."""
+    return [features["image/id"].decode() for features in _record_features(file_pattern, limit).as_numpy_iterator()]
+
+
+def _record_features(file_pattern: str | os.PathLike | list[str], limit: int | None) -> tf.data.Dataset:
+    """The raw features of the records (of the first ``limit``), in file order, nothing decoded."""
     dataset = tf.data.TFRecordDataset(list_files(file_pattern))
     if limit is not None:
         dataset = dataset.take(limit)
-    dataset = dataset.map(lambda serialized: records.parse_features(serialized)["image/id"])
-    return [image_id.decode() for image_id in dataset.as_numpy_iterator()]
+    return dataset.map(records.parse_features, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 # --- Data resolution --------------------------------------------------------------------------

@@ -148,15 +148,21 @@ def find_list(split: str, voc_root: str | os.PathLike, sbd_root=None, lists_dir=
     raise ValueError(f"no id list for split {split!r}: none of {[str(c) for c in candidates]} exists")
 
 
+def _list_lines(path: Path) -> list[tuple[list[str], int, str]]:
+    """The non-blank lines of a list file as ``(fields, line number, text)``: split at tabs when
+    the line holds one (paths with spaces), else at whitespace."""
+    lines = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        fields = [field for field in (line.split("\t") if "\t" in line else line.split()) if field.strip()]
+        if fields:
+            lines.append(([field.strip() for field in fields], line_no, line.strip()))
+    return lines
+
+
 def read_id_list(path: Path) -> list[tuple[str, int]]:
     """The ids of a list file with their line numbers (blank lines ignored; VOC lists may carry
     a second column, e.g. ``2007_000032 1``, of which only the first is kept)."""
-    entries = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if fields:
-            entries.append((fields[0], line_no))
-    return entries
+    return [(fields[0], line_no) for fields, line_no, _ in _list_lines(path)]
 
 
 # --- Pairs of a split -------------------------------------------------------------------------
@@ -301,17 +307,15 @@ def _folder_list_entries(list_path: Path, images_dir: Path, labels_dir: Path) ->
     id alone (``None``: found by ``resolve_folder_pairs``; also an id with VOC's integer second
     column, ``2008_000123 -1``), or the paths of a pair's line."""
     entries = []
-    for line_no, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        fields = [field.strip() for field in line.split("\t")] if "\t" in line else line.split()
-        fields = [field for field in fields if field]
+    for fields, line_no, text in _list_lines(list_path):
         if len(fields) == 1 or (len(fields) == 2 and _VOC_FLAG.fullmatch(fields[1])):  # VOC's `id 1` too.
             entries.append((fields[0], line_no, None))
         elif len(fields) == 2:
             image, mask = images_dir / fields[0], labels_dir / fields[1]
             entries.append((Path(fields[0]).stem, line_no, (image, mask)))
-        elif fields:
-            raise ValueError(f"{list_path}, line {line_no} ({line.strip()!r}): expected an id, or an image path and a "
-                             "mask path (under images_dir and labels_dir; tab-separated when a path holds spaces)")
+        else:
+            raise ValueError(f"{list_path}, line {line_no} ({text!r}): expected an id, or an image path "
+                             "and a mask path (under images_dir and labels_dir; tab-separated when a path holds spaces)")
     return entries
 
 
