@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from fcn_keras.files import atomic_path, copy_atomic, write_json_atomic
+from fcn_keras.optimizers import batches_applied
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class ResumableBackup(keras.callbacks.Callback):
         """Writes a complete state: ``epoch`` epochs done plus ``step`` steps of the next."""
         model = self.model
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        global_step = batches_applied(model.optimizer)
         stem = f"state-{global_step:09d}"
         weights_name, arrays_name = f"{stem}.weights.h5", f"{stem}.npz"
         with atomic_path(self.backup_dir / weights_name) as tmp_weights:

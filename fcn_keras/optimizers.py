@@ -51,3 +51,15 @@ class CaffeSGD(keras.optimizers.SGD):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "l2": self.l2, "bias_lr_mult": self.bias_lr_mult}
+
+
+def batches_applied(optimizer: keras.optimizers.Optimizer) -> int:
+    """The training batches ``optimizer`` has applied (its step count).
+
+    With ``gradient_accumulation_steps`` N, Keras' ``optimizer.iterations`` counts updates
+    (batches // N); this reads the batch counter it is derived from, through the
+    ``LossScaleOptimizer`` that wraps the optimizer under ``mixed_float16`` (whose skipped
+    steps, non-finite gradients, are not counted).
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return int(keras.ops.convert_to_numpy(inner._iterations))  # Keras' counter behind ``iterations``.

@@ -40,7 +40,7 @@ from fcn_keras import callbacks as cb
 from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS, VOC_CLASSES
 from fcn_keras.files import atomic_path, write_json_atomic
-from fcn_keras.optimizers import CaffeSGD
+from fcn_keras.optimizers import CaffeSGD, batches_applied
 from fcn_keras.distribute import (
     DISTRIBUTE_MODES,
     Distribution,
@@ -119,6 +119,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     max_train_seconds: float = 0.0
     batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
     crop_size: int | None = None
     optimizer: str | None = None
     learning_rate: float | None = None
@@ -241,6 +242,24 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             f"crop_size must be 0 (whole images) or a multiple of the network stride {stride} of FCN-{resolved.variant} "
             f"and at least 32 (pool5). Received: crop_size={resolved.crop_size}"
         )
+    accumulate = resolved.gradient_accumulation_steps
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError("gradient_accumulation_steps must be an integer >= 1 (1: an update every batch). "
+                         f"Received: gradient_accumulation_steps={accumulate!r}")
+    if resolved.steps_per_epoch % accumulate:
+        # Every epoch then ends on an update: its checkpoints, a time-budget stop and the next
+        # stage's --init_from never hold or drop half-accumulated gradients.
+        raise ValueError(
+            f"steps_per_epoch must be a multiple of gradient_accumulation_steps, so that every epoch ends on an update. "
+            f"Received: steps_per_epoch={resolved.steps_per_epoch}, gradient_accumulation_steps={accumulate}"
+        )
+    if accumulate > 1 and resolved.distribute != "none" and keras.backend.backend() == "tensorflow":
+        raise ValueError(
+            "gradient_accumulation_steps > 1 cannot run under tf.distribute (--distribute with the TensorFlow backend): "
+            "Keras' accumulation branches on the step inside the replica function, which MirroredStrategy refuses "
+            "(keras-team/keras#20582). Use KERAS_BACKEND=jax (keras.distribution), or a larger --batch_size. "
+            f"Received: gradient_accumulation_steps={accumulate}, distribute={resolved.distribute!r}"
+        )
     if resolved.crop_size == 0 and resolved.batch_size != 1:
         raise ValueError(
             "batch_size must be 1 with whole images (crop_size=0, the paper's setup); pass crop_size to "
@@ -276,8 +295,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 #: Fields that must not change when a run resumes from its backup.
 _RESUME_KEYS = (
     "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size",
-    "crop_size", "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once", "geometry", "fc_units",
-    "distribute", "deterministic", "preprocessing",
+    "gradient_accumulation_steps", "crop_size", "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once",
+    "geometry", "fc_units", "distribute", "deterministic", "preprocessing",
 )  # fmt: skip
 
 
@@ -296,16 +315,21 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
     """The optimizer and learning-rate schedule of a resolved config.
 
     ``sgd``: ``CaffeSGD`` (momentum, coupled L2 on kernels, biases x2). ``adam``: Adam with
-    Keras' decoupled weight decay (AdamW) of ``weight_decay``. ``poly``: ``lr (1 - t/T)^0.9``.
+    Keras' decoupled weight decay (AdamW) of ``weight_decay``. ``poly``: ``lr (1 - t/T)^0.9``,
+    ``t`` and ``T = total_steps`` in batches. With ``gradient_accumulation_steps`` N > 1, the
+    update every N batches applies the mean of their gradients (Caffe's ``iter_size``).
     """
+    accumulate = config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None
     learning_rate: Any = config.learning_rate
     if config.lr_schedule == "poly":
         learning_rate = keras.optimizers.schedules.PolynomialDecay(
             config.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=0.9
         )
     if config.optimizer == "sgd":
-        return CaffeSGD(learning_rate, momentum=config.momentum, l2=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None)
+        return CaffeSGD(learning_rate, momentum=config.momentum, l2=config.weight_decay,
+                        gradient_accumulation_steps=accumulate)
+    return keras.optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None,
+                                 gradient_accumulation_steps=accumulate)
 
 
 # --- Data -------------------------------------------------------------------------------------
@@ -657,8 +681,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Returns:
         The summary (also ``output_dir/summary.json``): ``status``, ``epochs_done``,
-        ``global_step``, ``best`` (monitor, value, epoch), ``final_metrics``, ``wall_time_s``,
-        ``images_seen``, ``images_per_s``, ``history``, ``resumed_from``, ``num_replicas``.
+        ``global_step`` (batches), ``optimizer_updates``, ``best`` (monitor, value, epoch),
+        ``final_metrics``, ``wall_time_s``, ``images_seen``, ``images_per_s``, ``history``,
+        ``resumed_from``, ``num_replicas``.
 
     Raises:
         ValueError: bad configuration, data or ``init_from``, naming the flag.
@@ -871,7 +896,8 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         "epochs_requested": config.epochs,
         "epochs_done": int(final.get("epoch", 0)),
         "stopped_by_time_budget": bool(budget and budget.stopped_after_epoch and budget.stopped_after_epoch < config.epochs),
-        "global_step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "global_step": batches_applied(model.optimizer),
+        "optimizer_updates": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "best": {"monitor": monitor, "value": checkpoint.best, "epoch": checkpoint.best_epoch},
         "last_good_epoch": checkpoint.last_good_epoch,
         "final_metrics": rows[-1] if rows else {},
@@ -950,12 +976,16 @@ def define_flags(flag_values=None) -> None:
                      "unbalanced data of your own), or one number per class, comma-separated. The loss is then the "
                      "weighted mean.")
     define("integer", "epochs", d.epochs, f"Epochs ({both('epochs')}).")
-    define("integer", "steps_per_epoch", d.steps_per_epoch, f"Optimizer steps per epoch ({both('steps_per_epoch')}).")
+    define("integer", "steps_per_epoch", d.steps_per_epoch, f"Training steps (batches) per epoch ({both('steps_per_epoch')}).")
     define("float", "max_train_seconds", d.max_train_seconds, "Time budget: stop at the end of the first epoch by which this "
                        "many seconds of training (wall time, compilation and earlier resumed processes included) have passed; "
                        "the run then counts as finished with fewer epochs, and a rerun with the same budget does nothing. "
                        "0: no limit.")
     define("integer", "batch_size", d.batch_size, f"Global batch size, split over replicas ({both('batch_size')}).")
+    define("integer", "gradient_accumulation_steps", d.gradient_accumulation_steps, "Update the weights every N batches "
+                      "with the mean of their gradients (Caffe's iter_size): an N x batch_size minibatch in the memory of "
+                      "one batch, e.g. the CVPR paper's 20 whole images a minibatch with --batch_size=1. --steps_per_epoch "
+                      "counts batches and must be a multiple of N. 1: an update every batch.")
     define("integer", "crop_size", d.crop_size, "Square random crops (random scale 0.5-2 and flip; a multiple of the "
                          f"variant's stride, >= 32), or 0 for whole images with batch 1, the paper's setup ({both('crop_size')}).")
     define("enum", "optimizer", d.optimizer, list(OPTIMIZERS), "sgd: the paper's SGD (momentum, L2 weight decay on kernels, "

@@ -8,6 +8,7 @@ Tiny FCN-32s (fc_units=8, 'same' geometry, 32 px crops, global batch 2, 2 steps)
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from fcn_keras import build_fcn
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_voc
+from fcn_keras.train import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,27 +161,42 @@ def test_two_workers_on_localhost_end_with_identical_weights(records, tmp_path):
 
 
 def test_jax_cli_with_data_parallel_on_two_host_devices_and_resume(records, tmp_path):
+    """... with gradients accumulated over 2 steps (which tf.distribute cannot do, below)."""
     out = tmp_path / "jax"
     env = _env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    result = subprocess.run(_cli(records, out, distribute="mirrored", val_steps=1), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    accumulate = dict(distribute="mirrored", val_steps=1, gradient_accumulation_steps=2)
+    result = subprocess.run(_cli(records, out, **accumulate), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert config["backend"] == "jax"
     assert config["distribution"]["num_replicas"] == 2 and len(config["distribution"]["devices"]) == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2 and summary["num_replicas"] == 2
+    assert summary["optimizer_updates"] == 1
     assert np.isfinite(summary["final_metrics"]["loss"]) and "val_mean_iu" in summary["final_metrics"]
     # The same command with one more epoch resumes from the backup under JAX too.
-    result = subprocess.run(_cli(records, out, distribute="mirrored", val_steps=1, epochs=2), cwd=REPO_ROOT, env=env,
+    result = subprocess.run(_cli(records, out, **accumulate, epochs=2), cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == {"epoch": 1, "step": 0, "global_step": 2}
-    assert summary["global_step"] == 4 and summary["epochs_done"] == 2
+    assert summary["global_step"] == 4 and summary["optimizer_updates"] == 2 and summary["epochs_done"] == 2
     # A model trained under JAX loads here (TensorFlow backend) and predicts.
     model = keras.saving.load_model(out / "last.keras", compile=False)
     _assert_trained(model.get_weights())
     assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 32, 32, 21)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the tf.distribute refusal")
+def test_accumulated_gradients_under_tf_distribute_are_refused(records, tmp_path):
+    """Keras' gradient accumulation branches on the step inside the replica function, which
+    MirroredStrategy cannot run (keras-team/keras#20582): refused before anything starts."""
+    config = TrainConfig(data=str(records), output_dir=str(tmp_path / "run"), distribute="mirrored",
+                         gradient_accumulation_steps=2, **FLAGS)
+    with pytest.raises(ValueError, match=re.escape(
+            "gradient_accumulation_steps > 1 cannot run under tf.distribute (--distribute with the TensorFlow backend)")):
+        train(config)
+    assert not (tmp_path / "run").exists()
 
 
 def test_jax_two_processes_on_localhost_match_one_process_on_two_devices(records, tmp_path):

@@ -2,7 +2,7 @@
 against the formula under both backends (TensorFlow hands update_step the tf.Variable, named
 ``bias:0``, JAX the Keras variable, named ``bias``) and on both replicas of a MirroredStrategy
 (whose second copy is named ``bias/replica_1:0``); what --optimizer=sgd builds; config round
-trip."""
+trip; gradient accumulation (Caffe's ``iter_size``)."""
 
 import json
 import os
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 from fcn_keras import build_fcn
-from fcn_keras.optimizers import CaffeSGD
+from fcn_keras.losses import SegmentationCrossEntropy
+from fcn_keras.optimizers import CaffeSGD, batches_applied
 from fcn_keras.train import TrainConfig, make_optimizer, resolve_config
 
 
@@ -54,7 +56,8 @@ def test_update_matches_caffe_over_steps():
 
 def test_update_matches_caffe_under_the_other_backend():
     other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
-    code = "import test_optimizers as t; t.test_update_matches_caffe_over_steps(); import keras; print(keras.backend.backend())"
+    code = ("import test_optimizers as t; t.test_update_matches_caffe_over_steps(); "
+            "t.test_accumulated_update_is_caffes_on_the_mean_gradient(); import keras; print(keras.backend.backend())")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "KERAS_BACKEND": other, "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -110,3 +113,60 @@ def test_sgd_flag_builds_it_with_the_run_settings_and_config_round_trips():
     assert clone.get_config() == optimizer.get_config()
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, CaffeSGD) and restored.l2 == 1e-3
+
+
+# --- Gradient accumulation (Caffe's iter_size) -----------------------------------------------
+
+
+def test_accumulated_update_is_caffes_on_the_mean_gradient():
+    """With gradient_accumulation_steps=2 the weights move every second batch, by Caffe's update
+    on the mean of the two gradients (iter_size: the diffs summed, then scaled by 1/iter_size)."""
+    rng = np.random.default_rng(1)
+    kernel0, bias0 = rng.normal(size=(3, 3, 2, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")
+    kernel, bias = keras.Variable(kernel0, name="kernel"), keras.Variable(bias0, name="bias")
+    grads = [(rng.normal(size=kernel0.shape).astype("float32"), rng.normal(size=bias0.shape).astype("float32")) for _ in range(4)]
+    settings = dict(lr=0.01, mu=0.9, l2=5e-2, bias_lr_mult=2.0)
+    config = resolve_config(TrainConfig(optimizer="sgd", learning_rate=settings["lr"], momentum=settings["mu"],
+                                        weight_decay=settings["l2"], data="d", steps_per_epoch=4, gradient_accumulation_steps=2))
+    optimizer = make_optimizer(config, total_steps=4)
+    assert isinstance(optimizer, CaffeSGD) and optimizer.gradient_accumulation_steps == 2
+
+    mean = [tuple((a + b) / 2 for a, b in zip(grads[i], grads[i + 1])) for i in (0, 2)]
+    expected_kernel = caffe_sgd_reference(kernel0, [g for g, _ in mean], **settings, is_bias=False)
+    expected_bias = caffe_sgd_reference(bias0, [g for _, g in mean], **settings, is_bias=True)
+    for step, (g_kernel, g_bias) in enumerate(grads):
+        optimizer.apply_gradients([(g_kernel, kernel), (g_bias, bias)])
+        if step % 2 == 0:  # Accumulated only.
+            previous_kernel = kernel0 if step == 0 else expected_kernel[step // 2 - 1]
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), previous_kernel, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), expected_kernel[step // 2], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), expected_bias[step // 2], rtol=1e-5, atol=1e-6)
+    assert batches_applied(optimizer) == 4 and int(keras.ops.convert_to_numpy(optimizer.iterations)) == 2
+    clone = CaffeSGD.from_config(optimizer.get_config())
+    assert clone.gradient_accumulation_steps == 2 and clone.l2 == settings["l2"]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_two_accumulated_batches_of_one_train_as_one_batch_of_two(name):
+    """model.fit with batches of 1 accumulated over 2 ends with the weights of batches of 2 (the
+    loss is the mean over a batch's valid pixels, and every image here has as many)."""
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (4, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 3, (4, 8, 8)).astype("uint8")
+
+    def fitted(batch_size: int, accumulate: int) -> list[np.ndarray]:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+        model = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="score")(hidden))
+        config = resolve_config(TrainConfig(optimizer=name, learning_rate=1e-2, momentum=0.9, data="d", steps_per_epoch=4,
+                                            gradient_accumulation_steps=accumulate))
+        model.compile(optimizer=make_optimizer(config, total_steps=4), loss=SegmentationCrossEntropy())
+        model.fit(images, labels, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
+        assert batches_applied(model.optimizer) == 2 * 4 // batch_size
+        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4  # updates: 2 per epoch
+        return model.get_weights()
+
+    for a, b in zip(fitted(2, 1), fitted(1, 2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -26,6 +26,7 @@ from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_voc
 from fcn_keras.losses import median_frequency_weights
+from fcn_keras.optimizers import batches_applied
 from fcn_keras.train import (
     TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, resolve_config, resolve_run_data, train,
 )
@@ -262,6 +263,35 @@ def test_resume_between_checkpoints_knows_which_epoch_last_keras_holds(voc_root,
     assert json.loads((out / "backup" / "state.json").read_text())["epoch"] == 3  # rolled back to epoch 3's state
 
 
+def test_accumulated_gradients_resume_exactly_from_a_backup_between_updates(voc_root, tmp_path, monkeypatch):
+    """--gradient_accumulation_steps=2: a run killed after batch 3 (its backup holds one batch's
+    gradient, not yet applied) and run again ends with the weights of the uninterrupted run."""
+    base = dict(TINY, gradient_accumulation_steps=2, backup_freq=1, val_steps=0)
+    common = dict(data=str(voc_root), cache_dir=str(tmp_path / "cache"))
+    uninterrupted = train(TrainConfig(**base, **common, output_dir=str(tmp_path / "whole")))
+    assert (uninterrupted["global_step"], uninterrupted["optimizer_updates"]) == (4, 2)
+
+    out = tmp_path / "killed"
+    real_batch_end = cb.EpochSummary.on_train_batch_end
+
+    def killed_after_batch_4(self, batch, logs=None):  # before batch 4's backup: the last is batch 3's
+        real_batch_end(self, batch, logs)
+        if batches_applied(self.model.optimizer) == 4:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", killed_after_batch_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, **common, output_dir=str(out)))
+    monkeypatch.undo()
+    state = json.loads((out / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 1, 3)
+    resumed = train(TrainConfig(**base, **common, output_dir=str(out)))
+    assert resumed["resumed_from"] == {"epoch": 1, "step": 1, "global_step": 3}
+    assert (resumed["global_step"], resumed["optimizer_updates"]) == (4, 2)
+    for a, b in zip(_weights(out / "last.keras"), _weights(tmp_path / "whole" / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- Staged training --------------------------------------------------------------------------
 
 
@@ -348,6 +378,11 @@ def test_fp16_trains_with_loss_scaling_and_resumes(voc_root, tmp_path):
         ({"checkpoint_freq": 0}, r"checkpoint_freq must be an integer >= 1 \(epochs\). Received: checkpoint_freq=0"),
         ({"val_canvas": "500x"}, r"val_canvas must be N or HxW with positive integers. Received: '500x'"),
         ({"val_batch_size": 0}, r"val_batch_size must be an integer >= 1. Received: val_batch_size=0"),
+        ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be an integer >= 1 \(1: an update every "
+                                              r"batch\). Received: gradient_accumulation_steps=0"),
+        ({"gradient_accumulation_steps": 3}, r"steps_per_epoch must be a multiple of gradient_accumulation_steps, so that "
+                                              r"every epoch ends on an update. Received: steps_per_epoch=2, "
+                                              r"gradient_accumulation_steps=3"),
     ],
 )
 def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
