@@ -18,7 +18,7 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
 from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
-from fcn_keras.layers import BilinearUpsampling, CropToReference, Preprocess
+from fcn_keras.layers import BilinearUpsampling, CropToReference, Deconvolution, Preprocess
 from fcn_keras.surgery import transplant_vgg16
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def build_fcn(
 
     # --- Skip architecture: 2x upsampling, score the pool, crop, fuse ----------------------
     for index, block in enumerate(arch.SKIPS[variant]):
-        upscore = keras.layers.Conv2DTranspose(
+        upscore = Deconvolution(
             num_classes,
             arch.SKIP_UPSAMPLE_KERNEL,
             strides=arch.SKIP_UPSAMPLE_STRIDE,
@@ -181,7 +181,7 @@ def build_fcn(
 
     # --- Final upsampling to the input's resolution, cropped to the input -------------------
     stride = arch.output_stride(variant)
-    upscore = keras.layers.Conv2DTranspose(
+    upscore = Deconvolution(
         num_classes,
         arch.final_upsample_kernel(variant),
         strides=stride,

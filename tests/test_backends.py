@@ -48,6 +48,18 @@ JAX_SCRIPT = textwrap.dedent(
     assert traces == [(3, 64, 64, 4)], traces
     assert [labels.shape for labels in on_canvas] == [labels.shape for labels in exact]
     inference.ArgmaxLabels.call = argmax_call
+    # Deconvolution (no dilated input) computes what Keras' Conv2DTranspose computes under JAX.
+    from fcn_keras.layers import Deconvolution
+    x = rng.normal(size=(2, 3, 5, 4)).astype("float32")
+    for kernel, stride, padding in ((4, 2, "same"), (64, 32, "valid"), (16, 8, "same"), (5, 2, "valid")):
+        reference = keras.layers.Conv2DTranspose(4, kernel, strides=stride, padding=padding)
+        layer = Deconvolution(4, kernel, strides=stride, padding=padding)
+        reference.build(x.shape)
+        layer.build(x.shape)
+        layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()])
+        reference.set_weights(layer.get_weights())
+        expected = np.asarray(reference(x))
+        np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=1e-4 * np.abs(expected).max())
     # Fresh models of every variant and geometry return the input size, in float32 under bf16.
     keras.config.set_dtype_policy("mixed_bfloat16")
     for geometry in ("reference", "same"):

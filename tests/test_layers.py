@@ -1,0 +1,104 @@
+"""``Deconvolution`` computes exactly what ``Conv2DTranspose`` computes, without dilated inputs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+from fcn_keras.layers import Deconvolution
+
+# (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases.
+SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3)]
+
+
+def _pair(kernel: int, stride: int, padding: str, use_bias: bool, channels: int = 4, filters: int = 3):
+    """A ``Conv2DTranspose`` and a ``Deconvolution`` of one configuration with the same random weights."""
+    reference = keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)
+    layer = Deconvolution(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)
+    reference.build((None, None, None, channels))
+    layer.build((None, None, None, channels))
+    rng = np.random.default_rng(kernel * 100 + stride)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
+    reference.set_weights(weights)
+    layer.set_weights(weights)
+    return reference, layer
+
+
+@pytest.mark.parametrize("kernel,stride", SHAPES)
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_equals_conv2d_transpose_values_and_gradients(kernel, stride, padding):
+    if padding == "same" and (kernel - stride) % 2:
+        pytest.skip("refused, see test_refuses_what_it_does_not_compute")
+    reference, layer = _pair(kernel, stride, padding, use_bias=True)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 3, 4)).astype("float32"))
+    results = []
+    for each in (reference, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = each(x)
+            loss = tf.reduce_sum(y * tf.cos(y))  # a gradient that depends on every output
+        results.append((y, *tape.gradient(loss, [x, each.kernel, each.bias])))
+    for name, expected, actual in zip(("outputs", "d inputs", "d kernel", "d bias"), *results):
+        assert expected.shape == actual.shape, name
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(actual, expected, atol=1e-4 * scale, rtol=0, err_msg=name)
+
+
+def test_unknown_sizes_in_a_model_and_a_tf_function():
+    reference, layer = _pair(16, 8, "valid", use_bias=False, channels=2, filters=2)
+    inputs = keras.Input((None, None, 2))
+    model = keras.Model(inputs, layer(inputs))
+    assert model.output.shape == (None, None, None, 2)
+    serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, None, None, 2))])
+    for size in ((1, 1), (3, 7)):
+        x = np.random.default_rng(1).normal(size=(1, *size, 2)).astype("float32")
+        np.testing.assert_allclose(serve(x), reference(x), atol=1e-4)
+
+
+def test_get_config_round_trip_and_save_reload(tmp_path):
+    _, layer = _pair(4, 2, "same", use_bias=False)
+    inputs = keras.Input((6, 6, 4))
+    model = keras.Model(inputs, layer(inputs))
+    clone = Deconvolution.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(reloaded.layers[-1]) is Deconvolution
+    x = np.random.default_rng(2).normal(size=(1, 6, 6, 4)).astype("float32")
+    np.testing.assert_array_equal(reloaded(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"data_format": "channels_first"}, r"Received: data_format='channels_first'"),
+        ({"strides": 1, "dilation_rate": 2}, r"Received: dilation_rate=\(2, 2\)"),
+        ({"output_padding": 1}, r"Received: output_padding=\(1, 1\)"),
+        ({"kernel_size": 5, "padding": "same"}, r"odd kernel_size - strides \(\(5, 5\) - \(2, 2\)\)"),
+    ],
+)
+def test_refuses_what_it_does_not_compute(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Deconvolution(**{"filters": 3, "kernel_size": 4, "strides": 2, **kwargs})
+
+
+def test_models_saved_with_conv2d_transpose_load_and_compute_the_same(tmp_path):
+    # Models saved before Deconvolution existed name Keras' Conv2DTranspose for their upsampling.
+    from fcn_keras.model import build_fcn
+
+    model = build_fcn("16s", num_classes=3, fc_units=8)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in model.get_weights()])
+    config = model.get_config()
+    upsamplings = [layer for layer in config["layers"] if layer["registered_name"] == "fcn_keras>Deconvolution"]
+    assert [layer["name"] for layer in upsamplings] == ["upscore2", "upscore16"]
+    for layer in upsamplings:
+        layer.update(module="keras.layers", class_name="Conv2DTranspose", registered_name=None)
+    old = keras.Model.from_config(config)
+    assert type(old.get_layer("upscore16")) is keras.layers.Conv2DTranspose
+    old.set_weights(model.get_weights())
+    old.save(tmp_path / "old.keras")
+    reloaded = keras.saving.load_model(tmp_path / "old.keras")
+    images = rng.integers(0, 256, (1, 37, 45, 3)).astype("uint8")
+    np.testing.assert_allclose(reloaded(images), model(images), atol=1e-4)
