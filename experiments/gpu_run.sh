@@ -26,7 +26,7 @@
 # (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
-# EXTRA_BENCH_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
+# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
 # it too). experiments/README.md has the timing plan.
 set -euo pipefail
 
@@ -68,6 +68,8 @@ BENCH_REFERENCE=${BENCH_REFERENCE:-1}
 BENCH_PROFILE=${BENCH_PROFILE:-1}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}              # appended to the experiment's flags (the last value of a flag wins)
 EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}  # appended to the benchmark's flags
+EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:-}  # appended to benchmarks/deconvolution.py's flags
+EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:-}  # appended to benchmarks/pipeline.py's flags
 PYVER=${PYVER:-3.12}
 PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (1.2 MiB in Dec 2026) < 64 MiB a call
 MATPLOTLIB=${MATPLOTLIB:-0}
@@ -154,13 +156,21 @@ run_experiment() {  # $1: seconds it may take from now
   return 1
 }
 
-bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (for the message), then throughput.py's flags
+bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (for the message), then the
+  # script's flags; the script is $bench_script (default benchmarks/throughput.py, which also gets
+  # EXTRA_BENCH_FLAGS; benchmarks/deconvolution.py gets EXTRA_DECONV_FLAGS, pipeline.py EXTRA_PIPELINE_FLAGS)
   local budget=$1 what=$2 left
   shift 2
   left=$(( budget - ($(elapsed) - BENCH_START) ))
   if [ "$left" -le 30 ]; then echo "gpu_run: no time left for $what"; return 1; fi
   # shellcheck disable=SC2086  # EXTRA_BENCH_FLAGS is a list of flags
-  timeout "$left" python3 benchmarks/throughput.py "$@" $EXTRA_BENCH_FLAGS 2>&1 | tee -a "$OUT/bench.log"
+  local script=${bench_script:-benchmarks/throughput.py} extra
+  case "$script" in
+    benchmarks/deconvolution.py) extra=$EXTRA_DECONV_FLAGS ;;
+    benchmarks/pipeline.py) extra=$EXTRA_PIPELINE_FLAGS ;;
+    *) extra=$EXTRA_BENCH_FLAGS ;;
+  esac
+  timeout "$left" python3 "$script" "$@" $extra 2>&1 | tee -a "$OUT/bench.log"
 }
 
 run_bench() {  # $1: seconds it may take from BENCH_START
@@ -179,6 +189,20 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   local issue_setting=(--sizes=512 --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16
     --input_pipeline=tfrecord --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md")
   bench_run "$1" "the issue's setting" --variants="$BENCH_VARIANTS" "${issue_setting[@]}" || status=$?
+  # The upsampling layers alone: Keras' Conv2DTranspose (dilated input) against Deconvolution.
+  if [ "$status" = 0 ]; then
+    bench_script=benchmarks/deconvolution.py bench_run "$1" "the upsampling layers" \
+      --output="$WORK/bench/${BENCH_NAME}_deconvolution.md" || status=$?
+  fi
+  # The input pipeline alone on this host's cores: can it feed what fit from TFRecords asks for?
+  if [ "$status" = 0 ]; then
+    local train_glob
+    train_glob=$(python3 -c 'import sys; from fcn_keras.data.convert import split_glob; print(split_glob(sys.argv[1], "train"))' \
+      "$STAGE/bundle/voc2012_records")
+    bench_script=benchmarks/pipeline.py bench_run "$1" "the input pipeline" --data="$train_glob" --crop_size=512 \
+      --batch_size=16 --seconds=10 --warmup_seconds=3 --rows=+decode,modern \
+      | tee "$WORK/bench/${BENCH_NAME}_pipeline.txt" || status=$?
+  fi
   if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
     bench_run "$1" "the reference geometry" --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
       --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" || status=$?

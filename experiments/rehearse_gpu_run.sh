@@ -57,7 +57,9 @@ export PATH=$VENV/bin:$PATH STAGE=$SIM/stage SITE=$SIM/site WORK=$SIM/work OUT=$
 export LIMIT_S=${LIMIT_S:-3000} BENCH_RESERVE_S=${BENCH_RESERVE_S:-900} CROP=${CROP:-96} BATCH=${BATCH:-2} \
   STEPS=${STEPS:-2} EPOCHS=${EPOCHS:-2} STAGE_SECONDS=${STAGE_SECONDS:-10} EVAL_CANVAS=${EVAL_CANVAS:-500} \
   EXTRA_FLAGS=${EXTRA_FLAGS:---eval_max_images=4} BENCH_VARIANTS=${BENCH_VARIANTS:-8s} BENCH_BATCHES=${BENCH_BATCHES:-1,2} \
-  EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:---sizes=64 --steps=1 --warmup=1 --latency_runs=2 --fc_units=64 --peak_size=256}
+  EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:---sizes=64 --steps=1 --warmup=1 --latency_runs=2 --fc_units=64 --peak_size=256} \
+  EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1} \
+  EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:---crop_size=64 --batch_size=2 --seconds=1 --warmup_seconds=0.5}
 
 device_call() {  # $1: the part carried ("" for none), then gpu_run.sh's verbs
   local part=$1 tree=$SIM/tree
