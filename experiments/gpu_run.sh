@@ -200,7 +200,7 @@ run_bench() {  # $1: seconds it may take from BENCH_START
     train_glob=$(python3 -c 'import sys; from fcn_keras.data.convert import split_glob; print(split_glob(sys.argv[1], "train"))' \
       "$STAGE/bundle/voc2012_records")
     bench_script=benchmarks/pipeline.py bench_run "$1" "the input pipeline" --data="$train_glob" --crop_size=512 \
-      --batch_size=16 --seconds=10 --warmup_seconds=3 --rows=+decode,modern \
+      --batch_size=16 --seconds=5 --warmup_seconds=2 --rows=+decode,modern \
       | tee "$WORK/bench/${BENCH_NAME}_pipeline.txt" || status=$?
   fi
   if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
