@@ -2,6 +2,7 @@
 decoder, not PIL's), and models loaded from a .keras file or a training run folder."""
 
 import io
+import logging
 import os
 import re
 
@@ -12,7 +13,9 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn_keras.data import records
-from fcn_keras.io import RUN_CHECKPOINTS, load_fcn, read_image, resolve_model_file
+from fcn_keras.io import RUN_CHECKPOINTS, load_fcn, read_image, resolve_model_file, upgrade_upsampling
+from fcn_keras.layers import Deconvolution
+from fcn_keras.model import build_fcn
 
 
 def noisy_image(seed: int, size: tuple[int, int]) -> np.ndarray:
@@ -118,3 +121,33 @@ def test_load_fcn_takes_a_run_folder_and_does_not_compile(tmp_path):
     os.remove(run / "last.keras")
     with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(str(run))} holds no trained model"):
         load_fcn(run)
+
+
+def test_models_saved_with_conv2d_transpose_load_and_are_upgraded_to_deconvolution(tmp_path, caplog):
+    # Models saved before fcn_keras.layers.Deconvolution existed name Keras' Conv2DTranspose.
+    model = build_fcn("16s", num_classes=3, fc_units=8)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in model.get_weights()])
+    config = model.get_config()
+    upsamplings = [layer for layer in config["layers"] if layer["registered_name"] == "fcn_keras>Deconvolution"]
+    assert [layer["name"] for layer in upsamplings] == ["upscore2", "upscore16"]
+    for layer in upsamplings:
+        layer.update(module="keras.layers", class_name="Conv2DTranspose", registered_name=None)
+    old = keras.Model.from_config(config)
+    old.set_weights(model.get_weights())
+    old.save(tmp_path / "old.keras")
+    images = rng.integers(0, 256, (1, 37, 45, 3)).astype("uint8")
+    expected = np.asarray(model(images))
+    # Keras loads it as it was saved, and it computes the same.
+    plain = keras.saving.load_model(tmp_path / "old.keras")
+    assert type(plain.get_layer("upscore16")) is keras.layers.Conv2DTranspose
+    np.testing.assert_allclose(plain(images), expected, atol=1e-4)
+    # load_fcn (predict, evaluate, export, train --init_from) computes it as Deconvolution.
+    with caplog.at_level(logging.INFO, logger="fcn_keras.io"):
+        loaded = load_fcn(tmp_path / "old.keras")
+    assert type(loaded.get_layer("upscore2")) is Deconvolution and type(loaded.get_layer("upscore16")) is Deconvolution
+    assert not loaded.get_layer("upscore16").trainable and loaded.get_layer("upscore2").trainable
+    assert "['upscore2', 'upscore16'] computed as Deconvolution" in caplog.text
+    np.testing.assert_allclose(loaded(images), expected, atol=1e-4)
+    # A current model needs nothing.
+    assert upgrade_upsampling(model) is model

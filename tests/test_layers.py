@@ -82,23 +82,3 @@ def test_refuses_what_it_does_not_compute(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Deconvolution(**{"filters": 3, "kernel_size": 4, "strides": 2, **kwargs})
 
-
-def test_models_saved_with_conv2d_transpose_load_and_compute_the_same(tmp_path):
-    # Models saved before Deconvolution existed name Keras' Conv2DTranspose for their upsampling.
-    from fcn_keras.model import build_fcn
-
-    model = build_fcn("16s", num_classes=3, fc_units=8)
-    rng = np.random.default_rng(3)
-    model.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in model.get_weights()])
-    config = model.get_config()
-    upsamplings = [layer for layer in config["layers"] if layer["registered_name"] == "fcn_keras>Deconvolution"]
-    assert [layer["name"] for layer in upsamplings] == ["upscore2", "upscore16"]
-    for layer in upsamplings:
-        layer.update(module="keras.layers", class_name="Conv2DTranspose", registered_name=None)
-    old = keras.Model.from_config(config)
-    assert type(old.get_layer("upscore16")) is keras.layers.Conv2DTranspose
-    old.set_weights(model.get_weights())
-    old.save(tmp_path / "old.keras")
-    reloaded = keras.saving.load_model(tmp_path / "old.keras")
-    images = rng.integers(0, 256, (1, 37, 45, 3)).astype("uint8")
-    np.testing.assert_allclose(reloaded(images), model(images), atol=1e-4)
