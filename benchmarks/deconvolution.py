@@ -129,15 +129,14 @@ def compiled_functions(layer: keras.layers.Layer):
 def measure(entry: dict, batch: int, steps: int, warmup: int) -> dict[str, float]:
     """Forward and forward+backward ms of both implementations of one layer (bilinear kernel)."""
     k, s, channels = entry["kernel"], entry["stride"], entry["input_shape"][-1]
-    x = keras.random.normal((batch, *entry["input_shape"]), seed=0)
+    # Kernel and input in the compute dtype: stateless_call does not autocast as fit does, and
+    # mixed precision computes with the kernel cast to it anyway.
+    dtype = keras.config.dtype_policy().compute_dtype
+    x = keras.random.normal((batch, *entry["input_shape"]), dtype=dtype, seed=0)
     times = {}
     for name, cls in zip(IMPLEMENTATIONS, (keras.layers.Conv2DTranspose, Deconvolution)):
-        # Kernel stored in the compute dtype: stateless_call does not autocast as fit does, and
-        # mixed precision computes with the kernel cast to it anyway.
-        layer = cls(channels, k, strides=s, padding=entry["padding"], use_bias=False,
-                    dtype=keras.config.dtype_policy().compute_dtype)
+        layer = cls(channels, k, strides=s, padding=entry["padding"], use_bias=False, dtype=dtype)
         layer.build((None, None, None, channels))
-        x = keras.ops.cast(x, layer.compute_dtype)
         forward, backward = compiled_functions(layer)
         times[f"{name} fwd"] = seconds_per_call(forward, x, steps, warmup) * 1e3
         times[f"{name} fwd+bwd"] = seconds_per_call(backward, x, steps, warmup) * 1e3
