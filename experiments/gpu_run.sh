@@ -101,8 +101,30 @@ device_env() {
   OUT=$(cd "$OUT" && pwd)  # absolute: archives are written from inside other folders
 }
 
-complete() {  # $1: a results.json: did every planned model finish?
-  [ -f "$1" ] && grep -q '"complete": true' "$1"
+complete() {  # $1: a results.json: did every planned model finish, this call's plan included
+  # (AT_ONCE=1 / CONTROLS=1 on results committed without those models: not complete)?
+  [ -f "$1" ] && grep -q '"complete": true' "$1" \
+    && { [ "$AT_ONCE" != 1 ] || grep -q '"FCN-8s at-once"' "$1"; } \
+    && { [ "$CONTROLS" != 1 ] || grep -q '"FCN-32s trained as FCN-8s"' "$1"; }
+}
+
+seed_experiment() {  # a fresh machine: start from the committed results of $RUN, if any
+  # The committed folder holds each finished stage's summary, config and evaluation (no model
+  # files): the driver reuses those stages without retraining or re-evaluating them and trains
+  # only what this call's plan adds (AT_ONCE=1: the at-once FCN-8s). FCN-32s's budget and the
+  # log come along, so the settings match and experiment.log goes on from the earlier call's.
+  local dir="$WORK/experiments/$RUN" committed="experiments/results/$RUN"
+  if [ -d "$dir" ] || [ ! -f "$committed/results.json" ] || [ -n "${RERUN:-}" ]; then return 0; fi
+  mkdir -p "$dir"
+  cp -a "$committed/." "$dir/"
+  rm -f "$dir/experiment.log"
+  [ -f "$committed/experiment.log" ] && [ ! -f "$OUT/experiment.log" ] && cp "$committed/experiment.log" "$OUT/experiment.log"
+  if [ -z "${STAGE_SECONDS:-}" ] && [ ! -f "$WORK/stage_seconds" ]; then
+    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])).get("budget"); print("%g" % b["stage_seconds"] if b else "")' \
+      "$committed/results.json" > "$WORK/stage_seconds.tmp"
+    if [ -s "$WORK/stage_seconds.tmp" ]; then mv "$WORK/stage_seconds.tmp" "$WORK/stage_seconds"; else rm -f "$WORK/stage_seconds.tmp"; fi
+  fi
+  echo "gpu_run: seeded $dir from $committed (finished stages are reused, not retrained)"
 }
 
 too_short() {  # $1: seconds left, $2: what for. timeout 0 would mean no limit at all.
@@ -125,7 +147,7 @@ pack_experiment() {  # what the experiment has written so far -> $OUT/$RUN.tar.g
   # results, figures, logs, configs, summaries, metrics: no model files. GNU tar's status 1 means
   # a file (a log.csv) grew while it was read: the archive is still whole.
   (cd "$dir" && find . -maxdepth 3 \( -name 'results.*' -o -name '*.png' -o -name summary.json -o -name config.json \
-    -o -name log.csv -o -name 'metrics.*' \) -not -path './records/*' -not -path './cache/*' -print0 \
+    -o -name log.csv -o -name 'metrics.*' -o -name figure_labels.npz \) -not -path './records/*' -not -path './cache/*' -print0 \
     | tar -czf "$tmp" --warning=no-file-changed --null -T -) || status=$?
   if [ "$status" -le 1 ]; then mv "$tmp" "$OUT/$RUN.tar.gz"; else rm -f "$tmp"; fi
 }
@@ -133,12 +155,15 @@ pack_experiment() {  # what the experiment has written so far -> $OUT/$RUN.tar.g
 run_experiment() {  # $1: seconds it may take from now
   local dir="$WORK/experiments/$RUN" status=0 at_once controls stage_s packer
   if too_short "$1" experiment; then return 1; fi
+  seed_experiment
   stage_s=$(stage_seconds "$1")
   echo "gpu_run: experiment for at most $1 s, FCN-32s's budget --stage_seconds=$stage_s"
   at_once=$([ "$AT_ONCE" = 1 ] && echo --at_once || echo --noat_once)
   controls=$([ "$CONTROLS" = 1 ] && echo --controls || echo --nocontrols)
   # Packed every 30 s meanwhile: if the device tool ends the call first, what was written comes back.
-  ( while sleep 30; do pack_experiment || true; done ) &
+  # Its output goes nowhere: a `sleep` left behind by the kill below must not hold the call's
+  # stdout open (the call would only return when it ends).
+  ( while sleep 30; do pack_experiment || true; done ) </dev/null >/dev/null 2>&1 &
   packer=$!
   # shellcheck disable=SC2086  # EXTRA_FLAGS is a list of flags
   timeout "$1" python3 -m experiments.skip_experiment --data="$STAGE/bundle/voc2012_records" \

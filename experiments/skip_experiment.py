@@ -291,20 +291,38 @@ def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
 FIGURE_LABELS = "figure_labels.npz"  # in <stage>/eval/: the figure images' label maps
 
 
-def evaluate_stage(stage: Stage, settings: ExperimentSettings, data: str) -> tuple[dict[str, Any], list[np.ndarray]]:
+def evaluate_stage(
+    stage: Stage, settings: ExperimentSettings, data: str
+) -> tuple[dict[str, Any], list[np.ndarray] | None]:
     """Evaluates a stage's ``last.keras`` on the held-out split, keeping the label maps of the
     first ``figure_images`` images (the figure's) from the same pass.
 
     Reuses ``<stage>/eval/metrics.json`` and ``figure_labels.npz`` when they are newer than the
-    model.
+    model. A finished stage whose model file was not kept (the GPU run brings back results, not
+    its 540 MB models) is reused from ``metrics.json`` alone: ``results["reused_without_model"]``
+    is then true, and the label maps are ``None`` unless ``figure_labels.npz`` came back too.
 
     Returns:
-        ``(evaluate_model results, [uint8 [H, W] label map per figure image])``.
+        ``(evaluate_model results, [uint8 [H, W] label map per figure image] or None)``.
+
+    Raises:
+        FileNotFoundError: naming the stage's folder when it holds neither the model nor its evaluation.
     """
     run_dir = Path(settings.output_dir) / stage.name
     model_path = run_dir / "last.keras"
     metrics_path = run_dir / "eval" / "metrics.json"
     figure_path = run_dir / "eval" / FIGURE_LABELS
+    if not model_path.is_file():
+        if not metrics_path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no last.keras to evaluate and no earlier evaluation (eval/metrics.json)")
+        results = {**json.loads(metrics_path.read_text()), "reused_without_model": True}
+        labels = None
+        if figure_path.is_file():
+            with np.load(figure_path) as saved:
+                labels = [saved[f"image_{i}"] for i in range(len(saved.files))]
+        print(f"{stage.name}: model file not kept; its earlier evaluation is reused: mean IU "
+              f"{100 * results['mean_iu']:.1f}", flush=True)
+        return results, labels
     fresh = [p for p in (metrics_path, figure_path) if p.is_file() and p.stat().st_mtime >= model_path.stat().st_mtime]
     if len(fresh) == 2:
         results = json.loads(metrics_path.read_text())
@@ -352,6 +370,9 @@ def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any
         "eval_images": evaluation["num_images"],
         "eval_pixels": evaluation["num_pixels"],
         "eval_seconds": evaluation.get("seconds"),
+        # Trained and evaluated by an earlier call whose model file did not come back (evaluate_stage).
+        "reused_without_model": bool(evaluation.get("reused_without_model")),
+        "git_commit": _recorded_commit(Path(config.output_dir)),
         "training": {
             "epochs": summary.get("epochs_done"),
             "steps": summary.get("global_step"),
@@ -367,6 +388,12 @@ def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any
             "crop_size": resolved.crop_size,
         },
     }
+
+
+def _recorded_commit(run_dir: Path) -> str | None:
+    """The git commit a stage was trained at, from its ``config.json``."""
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()).get("git_commit") if path.is_file() else None
 
 
 def _pct(value: float | None) -> str:
@@ -437,12 +464,15 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
         f"![Fig. 4 style comparison]({results['figures']['comparison']})",
         "",
+        *([f"Models in the comparison: {', '.join(results['figures']['comparison_models'])}.", ""]
+          if results["figures"].get("comparison_models") else []),
         f"![training curves]({results['figures']['training_curves']})",
         "",
         "## Run",
         "",
         f"- Command: `{run['command']}`",
         f"- Commit: {run['git_commit']}",
+        *reuse_lines(models),
         f"- Backend: {run['backend']}; device: {run['device']}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in run['versions'].items())}",
         f"- Date: {run['date']}",
@@ -450,6 +480,16 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def reuse_lines(models: dict[str, dict[str, Any]]) -> list[str]:
+    """results.md's note on the models an earlier call trained and evaluated (none if all are this call's)."""
+    reused = [(title, entry.get("git_commit")) for title, entry in models.items() if entry.get("reused_without_model")]
+    if not reused:
+        return []
+    listed = ", ".join(f"{title} (commit {commit or 'unknown'})" for title, commit in reused)
+    return [f"- Reused from an earlier call (their model files were not kept; metrics read from each stage's "
+            f"`eval/metrics.json`, training from its `summary.json`): {listed}. The command above is this call's."]
 
 
 def budget_lines(budget: dict[str, Any] | None) -> list[str]:
@@ -560,7 +600,7 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
         class_names = evaluation["class_names"]
 
         # --- Figures and results (of the models so far) ---
-        viz.plot_comparison(images, predictions, truth, output_dir / COMPARISON_PNG, class_names=class_names)
+        figure_models = comparison_figure(images, predictions, truth, output_dir, class_names)
         curves = {s.title: output_dir / s.name / "log.csv" for s in stages if s.title in models}
         viz.plot_training_curves(curves, output_dir / CURVES_PNG)
         results = {
@@ -587,11 +627,43 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
             "budget": budget,
             "run": {**env, "command": command or " ".join(sys.argv),
                     "driver_seconds_this_call": time.perf_counter() - start},
-            "figures": {"comparison": COMPARISON_PNG, "training_curves": CURVES_PNG},
+            "figures": {"comparison": COMPARISON_PNG, "comparison_models": figure_models,
+                        "training_curves": CURVES_PNG},
         }
         write_results(results, output_dir)
     print(f"wrote {RESULTS_MD}, {RESULTS_JSON}, {COMPARISON_PNG}, {CURVES_PNG} in {output_dir}", flush=True)
     return results
+
+
+def comparison_figure(
+    images: list[np.ndarray],
+    predictions: dict[str, list[np.ndarray] | None],
+    truth: list[np.ndarray],
+    output_dir: Path,
+    class_names: list[str],
+) -> list[str]:
+    """Draws ``comparison.png`` (Fig. 4) of the models so far, unless the label maps of a model
+    reused without its model file are missing: then an existing figure (drawn by the call that
+    had them) is kept, and only a missing one is drawn from the models that have label maps.
+
+    Returns:
+        The titles of the models the figure on disk shows.
+    """
+    path = output_dir / COMPARISON_PNG
+    drawable = {title: labels for title, labels in predictions.items() if labels is not None}
+    if len(drawable) < len(predictions) and path.is_file():
+        earlier = output_dir / RESULTS_JSON
+        record = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        controls = {stage.name for stage in CONTROL_STAGES}
+        missing = [title for title in predictions if title not in drawable]
+        # Results written before the figure's models were recorded: it showed the non-control models.
+        kept = record.get("figures", {}).get("comparison_models") or [
+            title for title, entry in record.get("models", {}).items() if entry.get("stage") not in controls]
+        print(f"{COMPARISON_PNG} kept from the earlier call (it shows {', '.join(kept)}): the label maps of "
+              f"{', '.join(missing)} did not come back with their results", flush=True)
+        return kept
+    viz.plot_comparison(images, drawable, truth, path, class_names=class_names)
+    return list(drawable)
 
 
 def environment_of_run() -> dict[str, Any]:

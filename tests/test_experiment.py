@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +205,48 @@ def test_smoke_rerun_resumes_without_retraining(smoke_run, monkeypatch):
     config = exp.stage_config(exp.STAGES[0], changed, results["data"]["folder"])
     with pytest.raises(ValueError, match="finished run with other settings.*epochs: 1 -> 3"):
         exp.run_stage(config)
+
+
+def test_results_without_models_are_reused_and_the_at_once_model_added(smoke_run):
+    """What the GPU run brings back (no model files, no figure label maps) continues with
+    --at_once: the staged models are neither retrained nor re-evaluated, the at-once model is
+    trained and evaluated, the results name the reuse, and the earlier figure is kept."""
+    output, _ = smoke_run
+    saved = output.with_name(output.name + ".saved")
+    shutil.copytree(output, saved)  # the fixture's run is shared with other tests: restored below
+    try:
+        before = json.loads((output / exp.RESULTS_JSON).read_text())
+        figure = (output / exp.COMPARISON_PNG).read_bytes()
+        for stage in exp.STAGES:  # as gpu_run.sh's archive has them
+            for path in (output / stage.name).iterdir():
+                if path.name not in ("summary.json", "config.json", "log.csv", "eval"):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            (output / stage.name / "eval" / exp.FIGURE_LABELS).unlink()
+        settings = exp.ExperimentSettings(data="", output_dir=str(output), verbose=0, at_once=True)
+        results = exp.run_experiment(settings, smoke=True, command="continued")
+        assert results["complete"] and list(results["models"]) == ["FCN-32s", "FCN-16s", "FCN-8s", "FCN-8s at-once"]
+        for title in ("FCN-32s", "FCN-16s", "FCN-8s"):
+            entry = results["models"][title]
+            assert entry["reused_without_model"] and entry["metrics"] == before["models"][title]["metrics"]
+            assert not (output / entry["stage"] / "last.keras").exists()  # not retrained
+        at_once = results["models"]["FCN-8s at-once"]
+        assert not at_once["reused_without_model"] and (output / "fcn8s_at_once" / "last.keras").is_file()
+        assert at_once["training"]["steps"] == 3 * exp.SMOKE_SETTINGS["steps_per_epoch"]
+        assert (output / exp.COMPARISON_PNG).read_bytes() == figure
+        assert results["figures"]["comparison_models"] == ["FCN-32s", "FCN-16s", "FCN-8s"]
+        text = (output / exp.RESULTS_MD).read_text()
+        assert "- Reused from an earlier call (their model files were not kept;" in text
+        assert "FCN-8s (commit " in text and "FCN-8s at-once (commit" not in text
+        assert "The at-once FCN-8s scores" in text
+        assert "Models in the comparison: FCN-32s, FCN-16s, FCN-8s." in text
+
+        # A stage with neither its model nor its evaluation is named.
+        shutil.rmtree(output / "fcn16s" / "eval")
+        with pytest.raises(FileNotFoundError, match="fcn16s: no last.keras to evaluate and no earlier evaluation"):
+            exp.run_experiment(settings, smoke=True)
+    finally:
+        shutil.rmtree(output)
+        saved.rename(output)
 
 
 def test_stage_seconds_gives_every_stage_the_epochs_fcn32s_did(tmp_path, monkeypatch):

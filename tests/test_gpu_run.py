@@ -5,6 +5,7 @@ and Keras for the device's Python) are not downloaded here: the fake site links 
 environment's TensorFlow."""
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -171,3 +172,48 @@ def test_collect_checks_and_swaps_in_what_came_back(tmp_path, env):
     assert result.returncode == 1 and "voc2012-gpu.tar.gz is damaged" in result.stderr
     assert (run / "results.md").read_text() == "# partial"
     assert not list((here / "experiments" / "results").glob(".collect-*"))
+
+
+FAKE_DRIVER = '''"""Stands in for the experiment driver: records what gpu_run.sh gave it and found."""
+import json, sys
+from pathlib import Path
+output = Path(next(a for a in sys.argv if a.startswith("--output_dir=")).split("=", 1)[1])
+print("driver argv:", " ".join(sys.argv[1:]))
+print("driver found:", " ".join(sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())))
+(output / "fcn8s_at_once" / "eval").mkdir(parents=True)
+(output / "fcn8s_at_once" / "eval" / "figure_labels.npz").write_bytes(b"npz")
+(output / "results.json").write_text(json.dumps({"complete": True, "planned": ["FCN-8s at-once"]}))
+'''
+
+
+def test_a_fresh_machine_continues_from_the_committed_results(tmp_path, env):
+    """AT_ONCE=1 on results committed without the at-once model: the work folder is seeded from
+    them (stages, FCN-32s's budget, the log) and the driver is run on it."""
+    device = _script_tree(tmp_path / "device")
+    (device / "experiments" / "skip_experiment.py").write_text(FAKE_DRIVER)
+    committed = device / "experiments" / "results" / "voc2012-gpu"
+    (committed / "fcn32s" / "eval").mkdir(parents=True)
+    (committed / "fcn32s" / "summary.json").write_text('{"status": "finished"}')
+    (committed / "fcn32s" / "eval" / "metrics.json").write_text('{"mean_iu": 0.4}')
+    (committed / "results.json").write_text(json.dumps(
+        {"complete": True, "planned": ["FCN-32s", "FCN-16s", "FCN-8s"], "budget": {"stage_seconds": 73.0}}))
+    (committed / "experiment.log").write_text("the earlier call's log\n")
+    (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
+    (tmp_path / "stage" / "bundle").mkdir(parents=True)
+    (tmp_path / "stage" / "bundle" / WEIGHTS).write_bytes(b"w")
+    result = _run(device, "experiment", env={**env, "AT_ONCE": "1", "LIMIT_S": "120"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gpu_run: seeded" in result.stdout and "experiment complete" in result.stdout
+    argv = next(line for line in result.stdout.splitlines() if line.startswith("driver argv:"))
+    assert "--at_once" in argv.split() and "--stage_seconds=73" in argv.split()
+    found = next(line for line in result.stdout.splitlines() if line.startswith("driver found:")).split()
+    assert {"fcn32s/summary.json", "fcn32s/eval/metrics.json", "results.json"} <= set(found)
+    assert "experiment.log" not in found
+    log = (tmp_path / "out" / "experiment.log").read_text()
+    assert log.startswith("the earlier call's log\n") and "driver argv:" in log
+    with tarfile.open(tmp_path / "out" / "voc2012-gpu.tar.gz") as archive:
+        names = {name.lstrip("./") for name in archive.getnames()}
+    assert {"fcn32s/summary.json", "fcn8s_at_once/eval/figure_labels.npz", "results.json"} <= names
+    # The folder exists now: a continuation on the same machine is not seeded again.
+    result = _run(device, "experiment", env={**env, "AT_ONCE": "1", "LIMIT_S": "120"})
+    assert "gpu_run: seeded" not in result.stdout
