@@ -584,11 +584,14 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
 
 
 def _git_commit() -> str | None:
-    """The repository's commit (``-dirty`` with local changes). Without a ``.git`` folder (an
-    installed package, or a copy of the tree without its history, as on the GPU machine) the
-    ``FCN_KERAS_COMMIT`` environment variable if set, else None."""
-    if not (REPO_ROOT / ".git").exists():  # Not a checkout: site-packages, or a tree's copy.
-        return os.environ.get("FCN_KERAS_COMMIT") or None
+    """The ``FCN_KERAS_COMMIT`` environment variable if set (whoever runs a copy of the tree names
+    its commit: the GPU machine's copy carries the ``.git`` of the session's start, which names an
+    older commit once the session has committed), else the repository's commit (``-dirty`` with
+    local changes), else None (an installed package: no ``.git``)."""
+    if os.environ.get("FCN_KERAS_COMMIT"):
+        return os.environ["FCN_KERAS_COMMIT"]
+    if not (REPO_ROOT / ".git").exists():  # Not a checkout: site-packages.
+        return None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
