@@ -26,7 +26,7 @@
 # (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
-# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
+# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS, EXTRA_FC6_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
 # it too). experiments/README.md has the timing plan.
 set -euo pipefail
 
@@ -70,6 +70,7 @@ EXTRA_FLAGS=${EXTRA_FLAGS:-}              # appended to the experiment's flags (
 EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}  # appended to the benchmark's flags
 EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:-}  # appended to benchmarks/deconvolution.py's flags
 EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:-}  # appended to benchmarks/pipeline.py's flags
+EXTRA_FC6_FLAGS=${EXTRA_FC6_FLAGS:-}  # appended to benchmarks/fc6.py's flags
 PYVER=${PYVER:-3.12}
 PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (1.2 MiB in Dec 2026) < 64 MiB a call
 MATPLOTLIB=${MATPLOTLIB:-0}
@@ -183,7 +184,8 @@ run_experiment() {  # $1: seconds it may take from now
 
 bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (for the message), then the
   # script's flags; the script is $bench_script (default benchmarks/throughput.py, which also gets
-  # EXTRA_BENCH_FLAGS; benchmarks/deconvolution.py gets EXTRA_DECONV_FLAGS, pipeline.py EXTRA_PIPELINE_FLAGS)
+  # EXTRA_BENCH_FLAGS; benchmarks/deconvolution.py gets EXTRA_DECONV_FLAGS, pipeline.py EXTRA_PIPELINE_FLAGS,
+  # fc6.py EXTRA_FC6_FLAGS)
   local budget=$1 what=$2 left
   shift 2
   left=$(( budget - ($(elapsed) - BENCH_START) ))
@@ -193,9 +195,15 @@ bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (
   case "$script" in
     benchmarks/deconvolution.py) extra=$EXTRA_DECONV_FLAGS ;;
     benchmarks/pipeline.py) extra=$EXTRA_PIPELINE_FLAGS ;;
+    benchmarks/fc6.py) extra=$EXTRA_FC6_FLAGS ;;
     *) extra=$EXTRA_BENCH_FLAGS ;;
   esac
   timeout "$left" python3 "$script" "$@" $extra 2>&1 | tee -a "$OUT/bench.log"
+}
+
+committed_table() {  # $1: a table's suffix: is benchmarks/results/${BENCH_NAME}_$1 committed? (then not measured again)
+  [ -f "benchmarks/results/${BENCH_NAME}_$1" ] || return 1
+  echo "gpu_run: benchmarks/results/${BENCH_NAME}_$1 is committed: not measured again (delete it to measure again)"
 }
 
 run_bench() {  # $1: seconds it may take from BENCH_START
@@ -214,13 +222,18 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   local issue_setting=(--sizes=512 --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16
     --input_pipeline=tfrecord --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md")
   bench_run "$1" "the issue's setting" --variants="$BENCH_VARIANTS" "${issue_setting[@]}" || status=$?
+  # fc6 and fc7 alone (40 % of FCN-8s's forward time in the first H200 profile): the model's
+  # convolution against im2col + matmul and shifted matmuls.
+  if [ "$status" = 0 ] && ! committed_table fc6.md; then
+    bench_script=benchmarks/fc6.py bench_run "$1" "fc6 and fc7" --output="$WORK/bench/${BENCH_NAME}_fc6.md" || status=$?
+  fi
   # The upsampling layers alone: Keras' Conv2DTranspose (dilated input) against Deconvolution.
-  if [ "$status" = 0 ]; then
+  if [ "$status" = 0 ] && ! committed_table deconvolution.md; then
     bench_script=benchmarks/deconvolution.py bench_run "$1" "the upsampling layers" \
       --output="$WORK/bench/${BENCH_NAME}_deconvolution.md" || status=$?
   fi
   # The input pipeline alone on this host's cores: can it feed what fit from TFRecords asks for?
-  if [ "$status" = 0 ]; then
+  if [ "$status" = 0 ] && ! committed_table pipeline.txt; then
     local train_glob
     train_glob=$(python3 -c 'import sys; from fcn_keras.data.convert import split_glob; print(split_glob(sys.argv[1], "train"))' \
       "$STAGE/bundle/voc2012_records")

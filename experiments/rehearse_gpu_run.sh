@@ -54,11 +54,13 @@ rm -rf "$SIM" && mkdir -p "$SIM/out"
 export PATH=$VENV/bin:$PATH STAGE=$SIM/stage SITE=$SIM/site WORK=$SIM/work OUT=$SIM/out
 # Tiny settings unless set: two steps of two 96x96 crops per stage, 4 evaluation images on the
 # 500x500 canvas, the benchmark's configurations at 64x64 with a small fc6/fc7.
-export LIMIT_S=${LIMIT_S:-3000} BENCH_RESERVE_S=${BENCH_RESERVE_S:-900} CROP=${CROP:-96} BATCH=${BATCH:-2} \
+# RUN and BENCH_NAME of their own: the committed run and tables would be reused, not exercised.
+export RUN=${RUN:-rehearsal} BENCH_NAME=${BENCH_NAME:-rehearsal} LIMIT_S=${LIMIT_S:-3000} BENCH_RESERVE_S=${BENCH_RESERVE_S:-900} CROP=${CROP:-96} BATCH=${BATCH:-2} \
   STEPS=${STEPS:-2} EPOCHS=${EPOCHS:-2} STAGE_SECONDS=${STAGE_SECONDS:-10} EVAL_CANVAS=${EVAL_CANVAS:-500} \
   EXTRA_FLAGS=${EXTRA_FLAGS:---eval_max_images=4} BENCH_VARIANTS=${BENCH_VARIANTS:-8s} BENCH_BATCHES=${BENCH_BATCHES:-1,2} \
   EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:---sizes=64 --steps=1 --warmup=1 --latency_runs=2 --fc_units=64 --peak_size=256} \
   EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1} \
+  EXTRA_FC6_FLAGS=${EXTRA_FC6_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1 --fc_units=64 --peak_size=256} \
   EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:---crop_size=64 --batch_size=2 --seconds=1 --warmup_seconds=0.5}
 
 device_call() {  # $1: the part carried ("" for none), then gpu_run.sh's verbs
@@ -78,10 +80,10 @@ for part in $parts; do
 done
 device_call "$last" receive all 2>&1 | tee "$SIM/all.log"
 
-for result in "$SIM/out/${RUN:-voc2012-gpu}.tar.gz" "$SIM/out/bench.tar.gz"; do
+for result in "$SIM/out/$RUN.tar.gz" "$SIM/out/bench.tar.gz"; do
   if [ ! -s "$result" ]; then echo "rehearse: FAILED: $result was not written ($SIM/all.log)" >&2; exit 1; fi
 done
-listing=$(tar -tzf "$SIM/out/${RUN:-voc2012-gpu}.tar.gz")  # (not piped into grep -q: pipefail would see tar's SIGPIPE)
+listing=$(tar -tzf "$SIM/out/$RUN.tar.gz")  # (not piped into grep -q: pipefail would see tar's SIGPIPE)
 grep -qx './results.md' <<< "$listing" \
   || { echo "rehearse: FAILED: the experiment wrote no results.md ($SIM/all.log)" >&2; exit 1; }
 grep -q '^experiment complete' "$SIM/all.log" && grep -q '^bench complete' "$SIM/all.log" \
