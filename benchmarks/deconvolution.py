@@ -24,10 +24,7 @@ x C x C). With ``--output`` the table is written there (atomically).
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 
@@ -42,12 +39,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fcn_keras.console import usage_error  # noqa: E402
 from fcn_keras.constants import NUM_CLASSES, VARIANTS  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.layers import Deconvolution  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
-from throughput import PRECISIONS, device_description, seconds_per_call  # noqa: E402
+from throughput import PRECISIONS, benchmark_main, device_description, report_header, seconds_per_call  # noqa: E402
 
 FLAGS = flags.FLAGS
 IMPLEMENTATIONS: tuple[str, ...] = ("Conv2DTranspose", "Deconvolution")
@@ -183,17 +179,11 @@ def run(argv: list[str]) -> str:
     entries = upsampling_layers(FLAGS.size, FLAGS.geometry)
     keras.config.set_dtype_policy(PRECISIONS[FLAGS.precision])
     device, _ = device_description()
-    backend = keras.backend.backend()
-    header = {
-        "Command": "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={backend}", "python", *argv]) + "`",
-        "Device": device,
-        "Software": f"{backend} {__import__(backend).__version__}, Keras {keras.__version__}, "
-                    f"Python {platform.python_version()}",
-        "Setup": f"{FLAGS.size}x{FLAGS.size} images, geometry {FLAGS.geometry}, {NUM_CLASSES} classes, "
-                 f"precision {FLAGS.precision}, bilinear kernels, best of 3 timings of {FLAGS.steps} calls "
-                 f"after {FLAGS.warmup} warm-up",
-        "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    header = report_header(
+        argv, device,
+        f"{FLAGS.size}x{FLAGS.size} images, geometry {FLAGS.geometry}, {NUM_CLASSES} classes, precision "
+        f"{FLAGS.precision}, bilinear kernels, best of 3 timings of {FLAGS.steps} calls after {FLAGS.warmup} warm-up",
+    )
     rows = []
     for entry in entries:
         times = measure(entry, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup)
@@ -207,13 +197,7 @@ def run(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int | None:
-    if len(argv) > 1:
-        return usage_error("benchmarks/deconvolution.py", f"unexpected arguments: {argv[1:]}")
-    try:
-        run(sys.argv)
-    except ValueError as error:  # Bad input: the message names it.
-        print(f"deconvolution.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return benchmark_main("benchmarks/deconvolution.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,7 @@ formulation is also seen to be the same function. With ``--output`` the table is
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 
@@ -47,10 +44,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fcn_keras.console import usage_error  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
-from throughput import PRECISIONS, _jit, device_description, matmul_peak, seconds_per_call  # noqa: E402
+from throughput import (  # noqa: E402
+    PRECISIONS, _jit, benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
+)
 
 FLAGS = flags.FLAGS
 
@@ -207,18 +205,13 @@ def run(argv: list[str]) -> str:
         ("fc6", f"{b}x{h}x{w}x{c} -> {k}x{k}x{c}x{f} ({shapes['padding']})", 2e-9 * b * h7 * w7 * k * k * c * f, fc6_rows),
         ("fc7", f"{b}x{h7}x{w7}x{f} -> 1x1x{f}x{f}", 2e-9 * b * h7 * w7 * f * f, fc7_rows),
     ]
-    backend = keras.backend.backend()
     device, _ = device_description()
-    header = {
-        "Command": "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={backend}", "python", *argv]) + "`",
-        "Device": device,
-        "Software": f"{backend} {__import__(backend).__version__}, Keras {keras.__version__}, "
-                    f"Python {platform.python_version()}",
-        "Setup": f"FCN-8s at {FLAGS.size}x{FLAGS.size}, geometry {FLAGS.geometry}, batch {b}, precision "
-                 f"{FLAGS.precision}, best of 3 timings of {FLAGS.steps} calls after {FLAGS.warmup} warm-up",
-        "Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)",
-        "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    header = report_header(
+        argv, device,
+        f"FCN-8s at {FLAGS.size}x{FLAGS.size}, geometry {FLAGS.geometry}, batch {b}, precision {FLAGS.precision}, "
+        f"best of 3 timings of {FLAGS.steps} calls after {FLAGS.warmup} warm-up",
+        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
+    )
     markdown = render(tables, peak, header)
     if FLAGS.output:
         write_text_atomic(Path(FLAGS.output), markdown)
@@ -227,13 +220,7 @@ def run(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int | None:
-    if len(argv) > 1:
-        return usage_error("benchmarks/fc6.py", f"unexpected arguments: {argv[1:]}")
-    try:
-        run(sys.argv)
-    except ValueError as error:  # Bad input: the message names it.
-        print(f"fc6.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return benchmark_main("benchmarks/fc6.py", run, argv)
 
 
 if __name__ == "__main__":

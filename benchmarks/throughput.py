@@ -168,6 +168,21 @@ def _jit(fn):
     return fn
 
 
+def report_header(argv: list[str], device: str, setup: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The lines every benchmark report starts with: the command (with the backend), device,
+    software versions, ``setup``, the ``extra`` lines, and the date (UTC)."""
+    backend = keras.backend.backend()
+    return {
+        "Command": "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={backend}", "python", *argv]) + "`",
+        "Device": device,
+        "Software": f"{backend} {__import__(backend).__version__ if backend in ('jax', 'tensorflow', 'torch') else '?'}, "
+                    f"Keras {keras.__version__}, Python {platform.python_version()}",
+        "Setup": setup,
+        **(extra or {}),
+        "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
 def matmul_peak(n: int, runs: int, dtype: str = "bfloat16") -> float:
     """Measured matmul throughput in TFLOP/s: best of 3 timings of ``runs`` back-to-back jitted
     ``keras.ops.matmul`` calls on two ``[n, n]`` random matrices of ``dtype``, 2 n^3 FLOPs each.
@@ -500,7 +515,6 @@ def run(argv: list[str]) -> str:
     keras.utils.set_random_seed(FLAGS.seed)
     device, accelerator = device_description()
     backend = keras.backend.backend()
-    backend_version = __import__(backend).__version__ if backend in ("jax", "tensorflow", "torch") else "?"
     setup = {
         "backend": backend, "device": device, "precision": FLAGS.precision, "geometry": FLAGS.geometry,
         "fc_units": FLAGS.fc_units, "num_classes": FLAGS.num_classes, "input_pipeline": FLAGS.input_pipeline,
@@ -519,17 +533,14 @@ def run(argv: list[str]) -> str:
     append_record(records_path, {"kind": "peak", "setup": setup, "n": peak_n, "tflops": peak})
     peaks = [r["tflops"] for r in old if r.get("kind") == "peak" and r["setup"] == setup] + [peak]
     print(f"device: {device}; bf16 matmul peak {peak:.2f} TFLOP/s (n={peak_n})", flush=True)
-    header = {
-        "Command": "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={backend}", "python", *argv]) + "`",
-        "Device": device + f"; host: {os.cpu_count()} CPU cores",
-        "Software": f"{backend} {backend_version}, Keras {keras.__version__}, Python {platform.python_version()}",
-        "Setup": f"precision {FLAGS.precision} ({PRECISIONS[FLAGS.precision]}), geometry {FLAGS.geometry}, "
-                 f"fc_units {FLAGS.fc_units}, {FLAGS.num_classes} classes, jit_compile, "
-                 f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of {FLAGS.latency_runs}",
-        "bf16 matmul peak": f"{max(peaks):.2f} TFLOP/s (jitted keras.ops.matmul, n={peak_n}, best of "
-                            f"{len(peaks)} run(s) x 3 timings of {FLAGS.peak_runs} calls)",
-        "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    header = report_header(
+        argv, device + f"; host: {os.cpu_count()} CPU cores",
+        f"precision {FLAGS.precision} ({PRECISIONS[FLAGS.precision]}), geometry {FLAGS.geometry}, "
+        f"fc_units {FLAGS.fc_units}, {FLAGS.num_classes} classes, jit_compile, "
+        f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of {FLAGS.latency_runs}",
+        {"bf16 matmul peak": f"{max(peaks):.2f} TFLOP/s (jitted keras.ops.matmul, n={peak_n}, best of "
+                             f"{len(peaks)} run(s) x 3 timings of {FLAGS.peak_runs} calls)"},
+    )
     if FLAGS.input_pipeline == "tfrecord":
         header["TFRecords"] = tf_glob = tfrecord_glob(FLAGS.data, FLAGS.cache_dir)
     else:
@@ -580,14 +591,27 @@ def run(argv: list[str]) -> str:
     return markdown
 
 
-def main(argv: list[str]) -> int | None:
+def benchmark_main(script: str, run_fn, argv: list[str]) -> int | None:
+    """A benchmark script's absl ``main``: no positional arguments, and bad input (a
+    ``FileNotFoundError`` or ``ValueError``, whose message names it) reported in one line, exit 2.
+
+    Args:
+        script: the script's path for the messages, e.g. ``"benchmarks/fc6.py"``.
+        run_fn: the script's ``run(argv)``.
+        argv: what absl passes to ``main``.
+    """
     if len(argv) > 1:
-        return usage_error("benchmarks/throughput.py", f"unexpected arguments: {argv[1:]}")
+        return usage_error(script, f"unexpected arguments: {argv[1:]}")
     try:
-        run(sys.argv)
-    except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
-        print(f"throughput.py: error: {error}", file=sys.stderr)
+        run_fn(sys.argv)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{Path(script).name}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    return None
+
+
+def main(argv: list[str]) -> int | None:
+    return benchmark_main("benchmarks/throughput.py", run, argv)
 
 
 if __name__ == "__main__":
