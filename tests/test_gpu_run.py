@@ -217,3 +217,28 @@ def test_a_fresh_machine_continues_from_the_committed_results(tmp_path, env):
     # The folder exists now: a continuation on the same machine is not seeded again.
     result = _run(device, "experiment", env={**env, "AT_ONCE": "1", "LIMIT_S": "120"})
     assert "gpu_run: seeded" not in result.stdout
+
+
+def test_committed_tables_are_not_measured_again(tmp_path, env):
+    """`bench` on a tree whose fc6, upsampling and pipeline tables are committed runs only the
+    throughput configurations (which skip their committed .jsonl records themselves)."""
+    device = _script_tree(tmp_path / "device")
+    (device / "benchmarks" / "results").mkdir(parents=True)
+    for name in ("throughput", "fc6", "deconvolution", "pipeline"):
+        (device / "benchmarks" / f"{name}.py").write_text(f"import sys\nprint('ran {name}', *sys.argv[1:])\n")
+    for table in ("h200_fc6.md", "h200_deconvolution.md", "h200_pipeline.txt"):
+        (device / "benchmarks" / "results" / table).write_text("committed")
+    (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
+    (tmp_path / "stage" / "bundle").mkdir(parents=True)
+    (tmp_path / "stage" / "bundle" / WEIGHTS).write_bytes(b"w")
+    result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    for table in ("h200_fc6.md", "h200_deconvolution.md", "h200_pipeline.txt"):
+        assert f"benchmarks/results/{table} is committed: not measured again" in result.stdout
+    ran = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")]
+    assert ran == ["throughput", "throughput", "throughput"]  # the issue's setting, the reference, the profile
+    assert "bench complete" in result.stdout
+
+    (device / "benchmarks" / "results" / "h200_fc6.md").unlink()  # not committed: measured
+    result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")][:2] == ["throughput", "fc6"]
