@@ -270,6 +270,25 @@ def train_images_per_second(model: keras.Model, dataset, batch: int, steps: int,
     return steps * batch / (time.perf_counter() - start)
 
 
+def steady_train_images_per_second(model: keras.Model, dataset, batch: int, steps: int) -> float | None:
+    """Images/s of ``model.fit(dataset)`` once its input pipeline runs: each fit call starts a new
+    iterator (an empty pipeline: shuffle buffer, decoding, AUTOTUNE ramp-up), so the difference
+    between a fit of ``4 * steps`` steps and one of ``steps`` steps leaves that start-up out.
+
+    Returns:
+        The images of the 3 x ``steps`` extra steps over the extra time, or None when the longer
+        fit was not slower (start-up noise larger than the steps: too few steps to tell).
+    """
+    times = []
+    for count in (steps, 4 * steps):
+        start = time.perf_counter()
+        model.fit(dataset, epochs=1, steps_per_epoch=count, shuffle=False, verbose=0)
+        _sync(model.trainable_variables[-1])
+        times.append(time.perf_counter() - start)
+    extra = times[1] - times[0]
+    return 3 * steps * batch / extra if extra > 0 else None
+
+
 def infer_images_per_second(labeler: keras.Model, dataset, batch: int, steps: int, warmup: int) -> float:
     """Images/s of ``labeler.predict`` (uint8 label maps to the host) over ``steps`` batches."""
     labeler.predict(dataset, steps=warmup, verbose=0)
@@ -384,6 +403,7 @@ def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, l
     if tf_glob is not None:
         dataset = tfrecord_dataset(tf_glob, batch, height, width, seed)
         record["tfrecord_train_img_s"] = train_images_per_second(model, dataset, batch, steps, warmup)
+        record["tfrecord_steady_train_img_s"] = steady_train_images_per_second(model, dataset, batch, steps)
     return record
 
 
@@ -421,7 +441,8 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "size", "batch", "fwd GFLOP/img", "train img/s", "train TFLOP/s", "train % peak",
     "infer img/s", "infer TFLOP/s", "infer % peak", "batch-1 latency ms",
 )
-TFRECORD_COLUMNS: tuple[str, ...] = ("train img/s (TFRecords)", "TFRecords / synthetic %")
+TFRECORD_COLUMNS: tuple[str, ...] = ("train img/s (TFRecords)", "TFRecords / synthetic %",
+                                     "steady train img/s (TFRecords)", "steady TFRecords / synthetic %")
 
 
 def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[str, str]) -> str:
@@ -454,7 +475,10 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
                      _fmt(100 * train_tflops / peak), _fmt(r["infer_img_s"]), _fmt(infer_tflops),
                      _fmt(100 * infer_tflops / peak), _fmt(r["latency_ms"])]
             if with_tfrecord:
-                cells += [_fmt(r["tfrecord_train_img_s"]), _fmt(100 * r["tfrecord_train_img_s"] / r["train_img_s"])]
+                steady = r.get("tfrecord_steady_train_img_s")  # not in records of earlier versions
+                cells += [_fmt(r["tfrecord_train_img_s"]), _fmt(100 * r["tfrecord_train_img_s"] / r["train_img_s"]),
+                          "-" if steady is None else _fmt(steady),
+                          "-" if steady is None else _fmt(100 * steady / r["train_img_s"])]
             lines.append("| " + " | ".join(cells) + " |")
     for profile in (r for r in records if r["kind"] == "profile"):
         lines += render_profile(profile, peak)
@@ -467,7 +491,10 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
         "the argmax are not counted. % peak = achieved TFLOP/s / the measured bf16 matmul peak. "
         "Training: one warm-up model.fit call, then the wall time of one fit call of the timed steps "
         "(SGD momentum 0.99, SegmentationCrossEntropy, jit_compile=True), synthetic data repeated from "
-        "a tf.data dataset" + (" or the TFRecord pipeline (random scale, crop, flip)" if with_tfrecord else "")
+        "a tf.data dataset" + (" or the TFRecord pipeline (random scale, crop, flip); each fit call starts the "
+                               "pipeline anew, and the steady columns leave that start-up out: the images of a fit "
+                               "of 3 x the timed steps minus one of the timed steps, over the difference of their "
+                               "times" if with_tfrecord else "")
         + ". Inference: labels_model.predict (argmax on the device, uint8 label maps to the host). "
         "Latency: median of predict_on_batch on one image, host to host.",
         "",

@@ -227,6 +227,13 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   if [ "$status" = 0 ] && ! committed_table fc6.md; then
     bench_script=benchmarks/fc6.py bench_run "$1" "fc6 and fc7" --output="$WORK/bench/${BENCH_NAME}_fc6.md" || status=$?
   fi
+  # fit from TFRecords once the pipeline runs (the issue's table times one fresh fit call, which
+  # starts the pipeline anew): FCN-8s, the larger batch, cold and steady columns side by side.
+  if [ "$status" = 0 ] && ! committed_table steady.md; then
+    bench_run "$1" "fit from TFRecords, steady" --variants=8s --sizes=512 --batch_sizes="${BENCH_BATCHES##*,}" \
+      --geometry=same --precision=bf16 --input_pipeline=tfrecord --data="$STAGE/bundle/voc2012_records" \
+      --output="$WORK/bench/${BENCH_NAME}_steady.md" || status=$?
+  fi
   # The upsampling layers alone: Keras' Conv2DTranspose (dilated input) against Deconvolution.
   if [ "$status" = 0 ] && ! committed_table deconvolution.md; then
     bench_script=benchmarks/deconvolution.py bench_run "$1" "the upsampling layers" \

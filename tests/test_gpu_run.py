@@ -226,19 +226,22 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     (device / "benchmarks" / "results").mkdir(parents=True)
     for name in ("throughput", "fc6", "deconvolution", "pipeline"):
         (device / "benchmarks" / f"{name}.py").write_text(f"import sys\nprint('ran {name}', *sys.argv[1:])\n")
-    for table in ("h200_fc6.md", "h200_deconvolution.md", "h200_pipeline.txt"):
+    for table in ("h200_fc6.md", "h200_steady.md", "h200_deconvolution.md", "h200_pipeline.txt"):
         (device / "benchmarks" / "results" / table).write_text("committed")
     (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
     (tmp_path / "stage" / "bundle").mkdir(parents=True)
     (tmp_path / "stage" / "bundle" / WEIGHTS).write_bytes(b"w")
     result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
     assert result.returncode == 0, result.stdout + result.stderr
-    for table in ("h200_fc6.md", "h200_deconvolution.md", "h200_pipeline.txt"):
+    for table in ("h200_fc6.md", "h200_steady.md", "h200_deconvolution.md", "h200_pipeline.txt"):
         assert f"benchmarks/results/{table} is committed: not measured again" in result.stdout
     ran = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")]
     assert ran == ["throughput", "throughput", "throughput"]  # the setting, the reference, the profile
     assert "bench complete" in result.stdout
 
-    (device / "benchmarks" / "results" / "h200_fc6.md").unlink()  # not committed: measured
+    for table in ("h200_fc6.md", "h200_steady.md"):  # not committed: measured
+        (device / "benchmarks" / "results" / table).unlink()
     result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
-    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")][:2] == ["throughput", "fc6"]
+    ran = [line.split(maxsplit=2)[1:] for line in result.stdout.splitlines() if line.startswith("ran ")]
+    assert [name for name, _ in ran][:3] == ["throughput", "fc6", "throughput"]
+    assert "--batch_sizes=16" in ran[2][1] and "--output=" in ran[2][1] and "h200_steady.md" in ran[2][1]
