@@ -270,22 +270,25 @@ def train_images_per_second(model: keras.Model, dataset, batch: int, steps: int,
     return steps * batch / (time.perf_counter() - start)
 
 
-def steady_train_images_per_second(model: keras.Model, dataset, batch: int, steps: int) -> float | None:
+def steady_train_images_per_second(
+    model: keras.Model, dataset, batch: int, steps: int, short_img_s: float
+) -> float | None:
     """Images/s of ``model.fit(dataset)`` once its input pipeline runs: each fit call starts a new
     iterator (an empty pipeline: shuffle buffer, decoding, AUTOTUNE ramp-up), so the difference
     between a fit of ``4 * steps`` steps and one of ``steps`` steps leaves that start-up out.
+
+    Args:
+        short_img_s: ``train_images_per_second`` of the same model and dataset with the same
+            ``steps`` and ``batch``: the fit of ``steps`` steps, start-up included.
 
     Returns:
         The images of the 3 x ``steps`` extra steps over the extra time, or None when the longer
         fit was not slower (start-up noise larger than the steps: too few steps to tell).
     """
-    times = []
-    for count in (steps, 4 * steps):
-        start = time.perf_counter()
-        model.fit(dataset, epochs=1, steps_per_epoch=count, shuffle=False, verbose=0)
-        _sync(model.trainable_variables[-1])
-        times.append(time.perf_counter() - start)
-    extra = times[1] - times[0]
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=4 * steps, shuffle=False, verbose=0)
+    _sync(model.trainable_variables[-1])
+    extra = time.perf_counter() - start - steps * batch / short_img_s
     return 3 * steps * batch / extra if extra > 0 else None
 
 
@@ -403,7 +406,8 @@ def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, l
     if tf_glob is not None:
         dataset = tfrecord_dataset(tf_glob, batch, height, width, seed)
         record["tfrecord_train_img_s"] = train_images_per_second(model, dataset, batch, steps, warmup)
-        record["tfrecord_steady_train_img_s"] = steady_train_images_per_second(model, dataset, batch, steps)
+        record["tfrecord_steady_train_img_s"] = steady_train_images_per_second(
+            model, dataset, batch, steps, record["tfrecord_train_img_s"])
     return record
 
 
@@ -493,8 +497,9 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
         "(SGD momentum 0.99, SegmentationCrossEntropy, jit_compile=True), synthetic data repeated from "
         "a tf.data dataset" + (" or the TFRecord pipeline (random scale, crop, flip); each fit call starts the "
                                "pipeline anew, and the steady columns leave that start-up out: the images of a fit "
-                               "of 3 x the timed steps minus one of the timed steps, over the difference of their "
-                               "times" if with_tfrecord else "")
+                               "of 4 x the timed steps minus the fit of the timed steps, over the difference of their "
+                               "times ('-': not measured, or start-up noise larger than the steps)"
+                               if with_tfrecord else "")
         + ". Inference: labels_model.predict (argmax on the device, uint8 label maps to the host). "
         "Latency: median of predict_on_batch on one image, host to host.",
         "",

@@ -218,6 +218,6 @@ def test_steady_rate_leaves_the_pipeline_start_up_out():
 
     model = SlowStartModel()
     cold = throughput.train_images_per_second(model, None, batch=4, steps=10, warmup=1)
-    steady = throughput.steady_train_images_per_second(model, None, batch=4, steps=10)
+    steady = throughput.steady_train_images_per_second(model, None, batch=4, steps=10, short_img_s=cold)
     assert cold == pytest.approx(4 * 10 / 0.3, rel=0.1)  # what one short fit call sees
     assert steady == pytest.approx(4 / 0.01, rel=0.1)  # 400 img/s: the start-up left out
