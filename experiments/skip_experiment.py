@@ -291,6 +291,12 @@ def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
 FIGURE_LABELS = "figure_labels.npz"  # in <stage>/eval/: the figure images' label maps
 
 
+def _load_figure_labels(path: Path) -> list[np.ndarray]:
+    """The label maps ``evaluate_stage`` saved for the figure images, in image order."""
+    with np.load(path) as saved:
+        return [saved[f"image_{i}"] for i in range(len(saved.files))]
+
+
 def evaluate_stage(
     stage: Stage, settings: ExperimentSettings, data: str
 ) -> tuple[dict[str, Any], list[np.ndarray] | None]:
@@ -316,18 +322,14 @@ def evaluate_stage(
         if not metrics_path.is_file():
             raise FileNotFoundError(f"{run_dir}: no last.keras to evaluate and no earlier evaluation (eval/metrics.json)")
         results = {**json.loads(metrics_path.read_text()), "reused_without_model": True}
-        labels = None
-        if figure_path.is_file():
-            with np.load(figure_path) as saved:
-                labels = [saved[f"image_{i}"] for i in range(len(saved.files))]
+        labels = _load_figure_labels(figure_path) if figure_path.is_file() else None
         print(f"{stage.name}: model file not kept; its earlier evaluation is reused: mean IU "
               f"{100 * results['mean_iu']:.1f}", flush=True)
         return results, labels
     fresh = [p for p in (metrics_path, figure_path) if p.is_file() and p.stat().st_mtime >= model_path.stat().st_mtime]
     if len(fresh) == 2:
         results = json.loads(metrics_path.read_text())
-        with np.load(figure_path) as saved:
-            labels = [saved[f"image_{i}"] for i in range(len(saved.files))]
+        labels = _load_figure_labels(figure_path)
         print(f"{stage.name}: evaluated earlier: mean IU {100 * results['mean_iu']:.1f}", flush=True)
         return results, labels
     results = evaluate_model(
