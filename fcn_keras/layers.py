@@ -7,6 +7,8 @@
 - ``Deconvolution``: the Caffe ``Deconvolution`` layer, a ``Conv2DTranspose`` with the same
   weights computed as a small convolution plus depth-to-space, so that no backend multiplies the
   zeros of a dilated input (a 1024-fold waste for FCN-32s's stride-32 upsampling).
+- ``Im2colConv2D``: a stride-1 ``Conv2D`` with the same weights computed as one matrix product of
+  the shifted input windows with the flattened kernel (fc6's 7x7 convolution, optionally).
 """
 
 from __future__ import annotations
@@ -205,3 +207,74 @@ class Deconvolution(keras.layers.Conv2DTranspose):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+
+def im2col_conv(inputs, kernel, padding: str = "valid"):
+    """A stride-1 convolution as one matmul: shifted windows (im2col) times the flattened kernel.
+
+    The ``k_h * k_w`` windows of ``inputs`` are concatenated on the channel axis in the kernel's
+    (row, column, channel) order, so the patch matrix ``[B, H', W', k_h k_w C]`` times the kernel
+    reshaped to ``[k_h k_w C, F]`` is ``ops.conv(inputs, kernel, padding=padding)``.
+
+    Args:
+        inputs: ``[B, H, W, C]``, channels last (static or dynamic sides).
+        kernel: ``[k_h, k_w, C, F]``.
+        padding: ``"valid"`` or ``"same"`` (Keras' zero padding: ``(k - 1) // 2`` before,
+            ``k // 2`` after).
+
+    Returns:
+        ``[B, H', W', F]`` in the inputs' dtype; ``H' = H`` for ``"same"``, ``H - k_h + 1`` for
+        ``"valid"``.
+    """
+    k_h, k_w, channels, filters = kernel.shape
+    if padding == "same":
+        inputs = ops.pad(inputs, [[0, 0], [(k_h - 1) // 2, k_h // 2], [(k_w - 1) // 2, k_w // 2], [0, 0]])
+    elif padding != "valid":
+        raise ValueError(f"padding must be one of ('valid', 'same'). Received: padding={padding!r}")
+    # Window (i, j) drops i rows at the top and k_h - 1 - i at the bottom (stop None for the last).
+    windows = [
+        inputs[:, i : (i - k_h + 1) or None, j : (j - k_w + 1) or None, :] for i in range(k_h) for j in range(k_w)
+    ]
+    patches = windows[0] if len(windows) == 1 else ops.concatenate(windows, axis=-1)
+    return ops.matmul(patches, ops.reshape(kernel, (k_h * k_w * channels, filters)))
+
+
+@keras.saving.register_keras_serializable(package="fcn_keras")
+class Im2colConv2D(keras.layers.Conv2D):
+    """A ``Conv2D`` (stride 1) computed by ``im2col_conv``: one large matrix product.
+
+    fc6 is a 7x7 convolution from 512 to 4,096 channels on the small pool5 map; as a matrix
+    product it is ``B H' W' x 25,088 x 4,096``. On an H200 the convolution algorithms XLA picks
+    for that shape reach about 22 % of the bf16 peak (benchmarks/results/h200.md, block profile);
+    ``benchmarks/fc6.py`` measures the two side by side. The layer holds the same variables and
+    config as ``Conv2D``: ``set_weights``, ``fcn_keras.surgery.transfer_weights`` (by layer name)
+    and ``.keras`` files (which name the class) move weights between the two, but a
+    ``.weights.h5`` file does not, since Keras keys its layers by class name. The patch matrix
+    costs ``k_h k_w`` times the input's memory (49 x for fc6: 100 MB for a batch of 8 at 512x512
+    in bf16).
+
+    Args:
+        Those of ``keras.layers.Conv2D``, restricted to channels-last data, stride 1, no
+        dilation and one group.
+    """
+
+    def __init__(self, filters: int, kernel_size, **kwargs: Any) -> None:
+        super().__init__(filters, kernel_size, **kwargs)
+        unsupported = [
+            f"{name}={value!r}"
+            for name, value, fine in (
+                ("data_format", self.data_format, self.data_format == "channels_last"),
+                ("strides", self.strides, tuple(self.strides) == (1, 1)),
+                ("dilation_rate", self.dilation_rate, tuple(self.dilation_rate) == (1, 1)),
+                ("groups", self.groups, self.groups == 1),
+            )
+            if not fine
+        ]
+        if unsupported:
+            raise ValueError(
+                "Im2colConv2D supports channels-last data, strides 1, no dilation and one group. "
+                f"Received: {', '.join(unsupported)}"
+            )
+
+    def convolution_op(self, inputs, kernel):
+        return im2col_conv(inputs, kernel, self.padding)

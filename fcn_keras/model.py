@@ -18,10 +18,14 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
 from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
-from fcn_keras.layers import BilinearUpsampling, CropToReference, Deconvolution, Preprocess
+from fcn_keras.layers import BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, Preprocess
 from fcn_keras.surgery import transplant_vgg16
 
 logger = logging.getLogger(__name__)
+
+#: How fc6 is computed: ``keras.layers.Conv2D`` or ``fcn_keras.layers.Im2colConv2D`` (one matmul);
+#: same weights, same function.
+FC6_IMPLEMENTATIONS = {"conv": keras.layers.Conv2D, "im2col": Im2colConv2D}
 
 
 def build_fcn(
@@ -36,6 +40,7 @@ def build_fcn(
     fc_units: int = arch.FC_UNITS,
     learn_final_upsampling: bool = False,
     geometry: str = "reference",
+    fc6_implementation: str = "conv",
     name: str | None = None,
 ) -> keras.Model:
     """Builds an FCN-VGG16.
@@ -65,6 +70,9 @@ def build_fcn(
             and fc6, crops 19; 5, 27; 5, 9, 31). ``"same"``: no input padding, size-preserving
             convolutions and deconvolutions, about half the compute at 500x500; not the paper's
             nets (see ``fcn_keras.architecture``).
+        fc6_implementation: ``"conv"`` (``Conv2D``) or ``"im2col"`` (``Im2colConv2D``: the
+            7x7 convolution as one matmul of the shifted windows; same weights and outputs, a
+            49x larger intermediate; see ``benchmarks/fc6.py`` for which is faster where).
         name: model name, default ``"fcn{variant}"`` (``"fcn8s_at_once"`` when at once).
 
     Returns:
@@ -88,6 +96,11 @@ def build_fcn(
         raise ValueError(
             f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
             f"Received: input_shape={input_shape!r}"
+        )
+    if fc6_implementation not in FC6_IMPLEMENTATIONS:
+        raise ValueError(
+            f"fc6_implementation must be one of {tuple(FC6_IMPLEMENTATIONS)}. "
+            f"Received: fc6_implementation={fc6_implementation!r}"
         )
     if at_once and variant == "32s":
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
@@ -147,7 +160,7 @@ def build_fcn(
 
     # --- Convolutionalized classifier: fc6 (7x7), fc7 (1x1), stride 32 --------------------
     fc6_padding = "same" if geo.fc6_pad else "valid"
-    x = keras.layers.Conv2D(
+    x = FC6_IMPLEMENTATIONS[fc6_implementation](
         fc_units, arch.FC6_KERNEL, padding=fc6_padding, activation="relu", name="fc6"
     )(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)

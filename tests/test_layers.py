@@ -1,4 +1,5 @@
-"""``Deconvolution`` computes exactly what ``Conv2DTranspose`` computes, without dilated inputs."""
+"""``Deconvolution`` computes exactly what ``Conv2DTranspose`` computes, without dilated inputs;
+``Im2colConv2D`` exactly what ``Conv2D`` computes, as one matmul."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import tensorflow as tf
 
 import keras
 
-from fcn_keras.layers import Deconvolution
+from fcn_keras.layers import Deconvolution, Im2colConv2D, im2col_conv
 
 # (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases.
 SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3)]
@@ -82,3 +83,80 @@ def test_refuses_what_it_does_not_compute(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Deconvolution(**{"filters": 3, "kernel_size": 4, "strides": 2, **kwargs})
 
+
+
+# --- Im2colConv2D ------------------------------------------------------------------------------
+
+
+def _conv_pair(kernel: int, padding: str, channels: int = 3, filters: int = 5):
+    """A ``Conv2D`` and an ``Im2colConv2D`` of one configuration with the same random weights."""
+    reference = keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu")
+    layer = Im2colConv2D(filters, kernel, padding=padding, activation="relu")
+    reference.build((None, None, None, channels))
+    layer.build((None, None, None, channels))
+    rng = np.random.default_rng(kernel)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
+    reference.set_weights(weights)
+    layer.set_weights(weights)
+    return reference, layer
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 7, (3, 2)])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_im2col_equals_conv2d_values_and_gradients(kernel, padding):
+    reference, layer = _conv_pair(kernel, padding)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype("float32"))
+    results = []
+    for each in (reference, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = each(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append((y, *tape.gradient(loss, [x, each.kernel, each.bias])))
+    for name, expected, actual in zip(("outputs", "d inputs", "d kernel", "d bias"), *results):
+        assert expected.shape == actual.shape, name
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(actual, expected, atol=1e-4 * scale, rtol=0, err_msg=name)
+
+
+def test_im2col_conv_takes_the_windows_in_the_kernels_order():
+    # One input pixel and a kernel whose taps are all different: the output is the flipped kernel
+    # around the pixel, which a wrong window order (rows for columns) would transpose.
+    x = np.zeros((1, 5, 5, 1), "float32")
+    x[0, 2, 2, 0] = 1.0
+    kernel = np.arange(1, 10, dtype="float32").reshape(3, 3, 1, 1)
+    out = np.asarray(im2col_conv(x, kernel, "valid"))[0, :, :, 0]
+    np.testing.assert_array_equal(out, kernel[::-1, ::-1, 0, 0])
+    with pytest.raises(ValueError, match=r"padding must be one of \('valid', 'same'\)\. Received: padding='full'"):
+        im2col_conv(x, kernel, "full")
+
+
+def test_im2col_unknown_sizes_in_a_tf_function_and_save_reload(tmp_path):
+    reference, layer = _conv_pair(7, "same", channels=2, filters=4)
+    inputs = keras.Input((None, None, 2))
+    model = keras.Model(inputs, layer(inputs))
+    serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, None, None, 2))])
+    for size in ((1, 1), (3, 10)):
+        x = np.random.default_rng(1).normal(size=(1, *size, 2)).astype("float32")
+        np.testing.assert_allclose(serve(x), reference(x), atol=1e-4)
+    clone = Im2colConv2D.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(reloaded.layers[-1]) is Im2colConv2D
+    x = np.random.default_rng(2).normal(size=(2, 6, 5, 2)).astype("float32")
+    np.testing.assert_array_equal(reloaded(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"strides": 2}, r"Received: strides=\(2, 2\)"),
+        ({"dilation_rate": 2}, r"Received: dilation_rate=\(2, 2\)"),
+        ({"groups": 3, "filters": 3}, r"Received: groups=3"),
+        ({"data_format": "channels_first"}, r"Received: data_format='channels_first'"),
+    ],
+)
+def test_im2col_refuses_what_it_does_not_compute(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Im2colConv2D(**{"filters": 6, "kernel_size": 3, **kwargs})

@@ -7,6 +7,7 @@ import keras
 
 from fcn_keras import architecture as arch
 from fcn_keras.constants import CAFFE_BGR_MEAN, PAD_RGB
+from fcn_keras.layers import Im2colConv2D
 from fcn_keras.model import build_fcn
 from fcn_keras.surgery import transfer_weights
 
@@ -215,6 +216,29 @@ def test_get_config_round_trip_and_save_reload_equality(tmp_path):
     np.testing.assert_array_equal(reloaded(images, training=False), expected)
 
 
+def test_fc6_as_im2col_is_the_same_function_with_the_same_weights():
+    model = build_fcn("8s", num_classes=4, fc_units=8, geometry="same")
+    _randomize(model)
+    fast = build_fcn("8s", num_classes=4, fc_units=8, geometry="same", fc6_implementation="im2col")
+    assert type(fast.get_layer("fc6")) is Im2colConv2D and type(model.get_layer("fc6")) is keras.layers.Conv2D
+    assert [w.shape for w in fast.weights] == [w.shape for w in model.weights]
+    fast.set_weights(model.get_weights())
+    images = np.random.default_rng(5).integers(0, 256, (2, 40, 48, 3)).astype("uint8")
+    expected = np.asarray(model(images, training=False))
+    assert np.abs(expected).max() > 0  # a real comparison, not of two all-zero maps
+    np.testing.assert_allclose(fast(images, training=False), expected, atol=1e-4 * np.abs(expected).max())
+    # Weights move by layer name (reference geometry: fc6 is 'valid' there). A .weights.h5 file
+    # does not: Keras keys it by class name (conv2d_13 vs im2col_conv2d), see the layer's docstring.
+    reference = build_fcn("32s", num_classes=4, fc_units=8)
+    _randomize(reference)
+    other = build_fcn("32s", num_classes=4, fc_units=8, fc6_implementation="im2col")
+    assert "fc6" in transfer_weights(reference, other)["copied"]
+    small = images[:1, :20, :20]
+    expected = np.asarray(reference(small, training=False))
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(other(small, training=False), expected, atol=1e-4 * np.abs(expected).max())
+
+
 # --- Preprocessing ---------------------------------------------------------------------------
 
 
@@ -276,6 +300,8 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"num_classes": True}, r"num_classes must be an integer >= 2\. Received: num_classes=True"),
         ({"variant": "32s", "at_once": True}, r"at_once=True .* needs variant '16s' or '8s'"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"fc6_implementation": "fft"}, r"fc6_implementation must be one of \('conv', 'im2col'\)\. Received: "
+         r"fc6_implementation='fft'"),
         ({"geometry": "valid"}, r"geometry must be one of \('reference', 'same'\)\. Received: geometry='valid'"),
         ({"preprocessing": "tf"}, r"preprocessing must be one of \('auto', 'caffe', 'torch', 'caffe_fcn'\)"),
         ({"weights": "/nonexistent/vgg16.h5"}, r"weights file '/nonexistent/vgg16.h5' does not exist"),
