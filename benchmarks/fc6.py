@@ -45,6 +45,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from fcn_keras.files import write_text_atomic  # noqa: E402
+from fcn_keras.layers import im2col_conv  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
     PRECISIONS, _jit, benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
@@ -96,12 +97,9 @@ def conv(kernel, x, padding: str):
 
 
 def im2col(kernel, x, padding: str):
-    """One matmul: ``[B H' W', k k C]`` patches (kernel order) times the kernel as ``[k k C, F]``."""
-    k, _, c, f = kernel.shape
-    patches = keras.ops.concatenate(_windows(x, k, padding), axis=-1)
-    b, h, w = patches.shape[0], patches.shape[1], patches.shape[2]
-    out = keras.ops.matmul(keras.ops.reshape(patches, (-1, k * k * c)), keras.ops.reshape(kernel, (k * k * c, f)))
-    return keras.ops.reshape(out, (b, h, w, f))
+    """One matmul: ``[B, H', W', k k C]`` patches (kernel order) times the kernel as ``[k k C, F]``
+    (``fcn_keras.layers.im2col_conv``, what ``build_fcn(fc6_implementation="im2col")`` computes)."""
+    return im2col_conv(x, kernel, padding)
 
 
 def shifted(kernel, x, padding: str):
@@ -119,8 +117,9 @@ FC6_FORMS = {"conv": conv, "im2col": im2col, "shifted": shifted}
 FC7_FORMS = {"conv": conv, "matmul": im2col}  # for a 1x1 kernel im2col is a reshape and a matmul
 
 
-def _forward_and_backward(form, padding: str):
-    """Jitted ``(kernel, x) -> form(kernel, x)`` and ``(kernel, x) -> d sum(out^2) / d (kernel, x)``."""
+def forward_and_backward(form, padding: str, input_grad: bool = True):
+    """Jitted ``(kernel, x) -> form(kernel, x)`` and ``(kernel, x) -> d sum(out^2) / d (kernel, x)``
+    (``d / d kernel`` alone, in a list, without ``input_grad``: a network's first layer)."""
     def apply(kernel, x):
         return form(kernel, x, padding)
 
@@ -128,13 +127,14 @@ def _forward_and_backward(form, padding: str):
     if backend == "jax":
         import jax
 
-        grads = jax.grad(lambda kernel, x: keras.ops.sum(keras.ops.square(apply(kernel, x))), argnums=(0, 1))
+        grads = jax.grad(lambda kernel, x: keras.ops.sum(keras.ops.square(apply(kernel, x))),
+                         argnums=(0, 1) if input_grad else (0,))
     elif backend == "tensorflow":
         def grads(kernel, x):
             with tf.GradientTape() as tape:
                 tape.watch([kernel, x])
                 loss = tf.reduce_sum(tf.square(apply(kernel, x)))
-            return tape.gradient(loss, [kernel, x])
+            return tape.gradient(loss, [kernel, x] if input_grad else [kernel])
     else:
         raise ValueError(f"this benchmark supports the jax and tensorflow backends. Received: {backend!r}")
     return _jit(apply), _jit(grads)
@@ -144,7 +144,7 @@ def measure(forms: dict, kernel, x, padding: str, steps: int, warmup: int) -> li
     """Times every formulation on the same kernel and input; compares each output with ``conv``'s."""
     rows, reference = [], None
     for name, form in forms.items():
-        forward, backward = _forward_and_backward(form, padding)
+        forward, backward = forward_and_backward(form, padding)
         out = keras.ops.convert_to_numpy(keras.ops.cast(forward(kernel, x), "float32"))
         reference = out if reference is None else reference
         difference = float(np.max(np.abs(out - reference)) / max(float(np.max(np.abs(reference))), 1e-30))

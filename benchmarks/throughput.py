@@ -66,7 +66,7 @@ from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, model_flops  # no
 from fcn_keras.inference import labels_model  # noqa: E402
 from fcn_keras.io import parse_size  # noqa: E402
 from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
-from fcn_keras.model import build_fcn  # noqa: E402
+from fcn_keras.model import FC6_IMPLEMENTATIONS, build_fcn  # noqa: E402
 
 # --- Flags -------------------------------------------------------------------------------------
 
@@ -89,6 +89,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("warmup", 3, "Warm-up steps (compilation) before each timing, >= 1.")
     flags.DEFINE_integer("latency_runs", 50, "Batch-1 predict calls whose median is the latency, >= 1.")
     flags.DEFINE_integer("fc_units", 4096, "Channels of fc6/fc7 (4096 in VGG16; small for smoke tests).")
+    flags.DEFINE_enum("fc6_implementation", "conv", list(FC6_IMPLEMENTATIONS),
+                      "How fc6 is computed (build_fcn's fc6_implementation: Conv2D or one im2col matmul).")
     flags.DEFINE_integer("num_classes", NUM_CLASSES, "Number of classes.")
     flags.DEFINE_enum("input_pipeline", "synthetic", list(PIPELINES),
                       "synthetic: random tensors only. tfrecord: also model.fit from the tf.data "
@@ -414,6 +416,12 @@ def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, l
 # --- Records and the table ---------------------------------------------------------------------
 
 
+def same_setup(record: dict, setup: dict) -> bool:
+    """Whether a saved record was measured in ``setup`` (records written before fc6 had a choice
+    of implementation computed it as ``Conv2D``)."""
+    return {"fc6_implementation": "conv", **record["setup"]} == setup
+
+
 def read_records(path: Path | None) -> list[dict]:
     """The JSON-lines records in ``path`` (none if absent); a torn last line is reported and left out."""
     if path is None or not path.is_file():
@@ -550,25 +558,26 @@ def run(argv: list[str]) -> str:
     setup = {
         "backend": backend, "device": device, "precision": FLAGS.precision, "geometry": FLAGS.geometry,
         "fc_units": FLAGS.fc_units, "num_classes": FLAGS.num_classes, "input_pipeline": FLAGS.input_pipeline,
+        "fc6_implementation": FLAGS.fc6_implementation,
     }
     output = Path(FLAGS.output) if FLAGS.output else None
     records_path = output.with_suffix(".jsonl") if output else None
     old = read_records(records_path) if FLAGS.resume else []
     if not FLAGS.resume and records_path is not None and records_path.exists():
         records_path.unlink()
-    done = [r for r in old if r.get("kind") in ("config", "profile") and r["setup"] == setup]
+    done = [r for r in old if r.get("kind") in ("config", "profile") and same_setup(r, setup)]
     if len(done) < len([r for r in old if r.get("kind") in ("config", "profile")]):
         print(f"{records_path}: records of other setups are kept there but not shown", flush=True)
 
     peak_n = FLAGS.peak_size or (8192 if accelerator else 1024)
     peak = matmul_peak(peak_n, FLAGS.peak_runs)
     append_record(records_path, {"kind": "peak", "setup": setup, "n": peak_n, "tflops": peak})
-    peaks = [r["tflops"] for r in old if r.get("kind") == "peak" and r["setup"] == setup] + [peak]
+    peaks = [r["tflops"] for r in old if r.get("kind") == "peak" and same_setup(r, setup)] + [peak]
     print(f"device: {device}; bf16 matmul peak {peak:.2f} TFLOP/s (n={peak_n})", flush=True)
     header = report_header(
         argv, device + f"; host: {os.cpu_count()} CPU cores",
         f"precision {FLAGS.precision} ({PRECISIONS[FLAGS.precision]}), geometry {FLAGS.geometry}, "
-        f"fc_units {FLAGS.fc_units}, {FLAGS.num_classes} classes, jit_compile, "
+        f"fc_units {FLAGS.fc_units}, fc6 {FLAGS.fc6_implementation}, {FLAGS.num_classes} classes, jit_compile, "
         f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of {FLAGS.latency_runs}",
         {"bf16 matmul peak": f"{max(peaks):.2f} TFLOP/s (jitted keras.ops.matmul, n={peak_n}, best of "
                              f"{len(peaks)} run(s) x 3 timings of {FLAGS.peak_runs} calls)"},
@@ -590,7 +599,8 @@ def run(argv: list[str]) -> str:
             with releasing_train_graphs():  # TensorFlow: free this model before the next one
                 keras.utils.clear_session()
                 model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
-                                  geometry=FLAGS.geometry, fc_units=FLAGS.fc_units)
+                                  geometry=FLAGS.geometry, fc_units=FLAGS.fc_units,
+                                  fc6_implementation=FLAGS.fc6_implementation)
                 compile_for_training(model)
                 labeler = labels_model(model)
                 labeler.compile(jit_compile=True)

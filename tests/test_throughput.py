@@ -221,3 +221,15 @@ def test_steady_rate_leaves_the_pipeline_start_up_out():
     steady = throughput.steady_train_images_per_second(model, None, batch=4, steps=10, short_img_s=cold)
     assert cold == pytest.approx(4 * 10 / 0.3, rel=0.1)  # what one short fit call sees
     assert steady == pytest.approx(4 / 0.01, rel=0.1)  # 400 img/s: the start-up left out
+
+
+def test_records_of_earlier_versions_count_as_fc6_conv():
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    setup = {"backend": "jax", "geometry": "same", "fc6_implementation": "conv"}
+    old = {"setup": {"backend": "jax", "geometry": "same"}}  # written before fc6 had a choice
+    assert throughput.same_setup(old, setup)
+    assert not throughput.same_setup(old, {**setup, "fc6_implementation": "im2col"})
+    assert throughput.same_setup({"setup": {**setup, "fc6_implementation": "im2col"}}, {**setup, "fc6_implementation": "im2col"})
+    assert not throughput.same_setup({"setup": {**old["setup"], "geometry": "reference"}}, setup)
