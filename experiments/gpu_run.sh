@@ -26,7 +26,7 @@
 # (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
-# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS, EXTRA_FC6_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
+# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS, EXTRA_FC6_FLAGS, EXTRA_LAYERS_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
 # it too). experiments/README.md has the timing plan.
 set -euo pipefail
 
@@ -71,6 +71,7 @@ EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}  # appended to the benchmark's flags
 EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:-}  # appended to benchmarks/deconvolution.py's flags
 EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:-}  # appended to benchmarks/pipeline.py's flags
 EXTRA_FC6_FLAGS=${EXTRA_FC6_FLAGS:-}  # appended to benchmarks/fc6.py's flags
+EXTRA_LAYERS_FLAGS=${EXTRA_LAYERS_FLAGS:-}  # appended to benchmarks/conv_layers.py's flags
 PYVER=${PYVER:-3.12}
 PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (1.2 MiB in Dec 2026) < 64 MiB a call
 MATPLOTLIB=${MATPLOTLIB:-0}
@@ -185,7 +186,7 @@ run_experiment() {  # $1: seconds it may take from now
 bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (for the message), then the
   # script's flags; the script is $bench_script (default benchmarks/throughput.py, which also gets
   # EXTRA_BENCH_FLAGS; benchmarks/deconvolution.py gets EXTRA_DECONV_FLAGS, pipeline.py EXTRA_PIPELINE_FLAGS,
-  # fc6.py EXTRA_FC6_FLAGS)
+  # fc6.py EXTRA_FC6_FLAGS, conv_layers.py EXTRA_LAYERS_FLAGS)
   local budget=$1 what=$2 left
   shift 2
   left=$(( budget - ($(elapsed) - BENCH_START) ))
@@ -196,6 +197,7 @@ bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (
     benchmarks/deconvolution.py) extra=$EXTRA_DECONV_FLAGS ;;
     benchmarks/pipeline.py) extra=$EXTRA_PIPELINE_FLAGS ;;
     benchmarks/fc6.py) extra=$EXTRA_FC6_FLAGS ;;
+    benchmarks/conv_layers.py) extra=$EXTRA_LAYERS_FLAGS ;;
     *) extra=$EXTRA_BENCH_FLAGS ;;
   esac
   timeout "$left" python3 "$script" "$@" $extra 2>&1 | tee -a "$OUT/bench.log"
@@ -226,6 +228,17 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   # convolution against im2col + matmul and shifted matmuls.
   if [ "$status" = 0 ] && ! committed_table fc6.md; then
     bench_script=benchmarks/fc6.py bench_run "$1" "fc6 and fc7" --output="$WORK/bench/${BENCH_NAME}_fc6.md" || status=$?
+  fi
+  # FCN-8s with fc6 as one im2col matmul (build_fcn(fc6_implementation="im2col")): the issue's
+  # setting and the block profile, beside the Conv2D model's table.
+  if [ "$status" = 0 ] && ! committed_table im2col.md; then
+    bench_run "$1" "fc6 as im2col" --variants=8s "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_im2col.md}" \
+      --fc6_implementation=im2col --profile || status=$?
+  fi
+  # Every convolution alone, forward and forward+backward: where the training step's time goes.
+  if [ "$status" = 0 ] && ! committed_table layers.md; then
+    bench_script=benchmarks/conv_layers.py bench_run "$1" "the convolutions one by one" \
+      --output="$WORK/bench/${BENCH_NAME}_layers.md" || status=$?
   fi
   # fit from TFRecords once the pipeline runs (the issue's table times one fresh fit call, which
   # starts the pipeline anew): FCN-8s, the larger batch, cold and steady columns side by side.
