@@ -66,7 +66,7 @@ from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, model_flops  # no
 from fcn_keras.inference import labels_model  # noqa: E402
 from fcn_keras.io import parse_size  # noqa: E402
 from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
-from fcn_keras.model import FC6_IMPLEMENTATIONS, build_fcn  # noqa: E402
+from fcn_keras.model import FC6_IMPLEMENTATIONS, POOL_IMPLEMENTATIONS, build_fcn  # noqa: E402
 
 # --- Flags -------------------------------------------------------------------------------------
 
@@ -91,6 +91,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("fc_units", 4096, "Channels of fc6/fc7 (4096 in VGG16; small for smoke tests).")
     flags.DEFINE_enum("fc6_implementation", "conv", list(FC6_IMPLEMENTATIONS),
                       "How fc6 is computed (build_fcn's fc6_implementation: Conv2D or one im2col matmul).")
+    flags.DEFINE_enum("pool_implementation", "pool", list(POOL_IMPLEMENTATIONS),
+                      "How the max poolings are computed (build_fcn's pool_implementation).")
     flags.DEFINE_integer("num_classes", NUM_CLASSES, "Number of classes.")
     flags.DEFINE_enum("input_pipeline", "synthetic", list(PIPELINES),
                       "synthetic: random tensors only. tfrecord: also model.fit from the tf.data "
@@ -417,9 +419,9 @@ def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, l
 
 
 def same_setup(record: dict, setup: dict) -> bool:
-    """Whether a saved record was measured in ``setup`` (records written before fc6 had a choice
-    of implementation computed it as ``Conv2D``)."""
-    return {"fc6_implementation": "conv", **record["setup"]} == setup
+    """Whether a saved record was measured in ``setup`` (records written before fc6 and the
+    poolings had a choice of implementation computed them as ``Conv2D`` and ``MaxPooling2D``)."""
+    return {"fc6_implementation": "conv", "pool_implementation": "pool", **record["setup"]} == setup
 
 
 def read_records(path: Path | None) -> list[dict]:
@@ -558,7 +560,7 @@ def run(argv: list[str]) -> str:
     setup = {
         "backend": backend, "device": device, "precision": FLAGS.precision, "geometry": FLAGS.geometry,
         "fc_units": FLAGS.fc_units, "num_classes": FLAGS.num_classes, "input_pipeline": FLAGS.input_pipeline,
-        "fc6_implementation": FLAGS.fc6_implementation,
+        "fc6_implementation": FLAGS.fc6_implementation, "pool_implementation": FLAGS.pool_implementation,
     }
     output = Path(FLAGS.output) if FLAGS.output else None
     records_path = output.with_suffix(".jsonl") if output else None
@@ -577,7 +579,8 @@ def run(argv: list[str]) -> str:
     header = report_header(
         argv, device + f"; host: {os.cpu_count()} CPU cores",
         f"precision {FLAGS.precision} ({PRECISIONS[FLAGS.precision]}), geometry {FLAGS.geometry}, "
-        f"fc_units {FLAGS.fc_units}, fc6 {FLAGS.fc6_implementation}, {FLAGS.num_classes} classes, jit_compile, "
+        f"fc_units {FLAGS.fc_units}, fc6 {FLAGS.fc6_implementation}, pooling {FLAGS.pool_implementation}, "
+        f"{FLAGS.num_classes} classes, jit_compile, "
         f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of {FLAGS.latency_runs}",
         {"bf16 matmul peak": f"{max(peaks):.2f} TFLOP/s (jitted keras.ops.matmul, n={peak_n}, best of "
                              f"{len(peaks)} run(s) x 3 timings of {FLAGS.peak_runs} calls)"},
@@ -600,7 +603,8 @@ def run(argv: list[str]) -> str:
                 keras.utils.clear_session()
                 model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
                                   geometry=FLAGS.geometry, fc_units=FLAGS.fc_units,
-                                  fc6_implementation=FLAGS.fc6_implementation)
+                                  fc6_implementation=FLAGS.fc6_implementation,
+                                  pool_implementation=FLAGS.pool_implementation)
                 compile_for_training(model)
                 labeler = labels_model(model)
                 labeler.compile(jit_compile=True)

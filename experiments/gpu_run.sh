@@ -26,7 +26,7 @@
 # (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
-# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS, EXTRA_FC6_FLAGS, EXTRA_LAYERS_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
+# EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS, EXTRA_FC6_FLAGS, EXTRA_LAYERS_FLAGS, EXTRA_STEP_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
 # it too). experiments/README.md has the timing plan.
 set -euo pipefail
 
@@ -72,6 +72,7 @@ EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:-}  # appended to benchmarks/deconvoluti
 EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:-}  # appended to benchmarks/pipeline.py's flags
 EXTRA_FC6_FLAGS=${EXTRA_FC6_FLAGS:-}  # appended to benchmarks/fc6.py's flags
 EXTRA_LAYERS_FLAGS=${EXTRA_LAYERS_FLAGS:-}  # appended to benchmarks/conv_layers.py's flags
+EXTRA_STEP_FLAGS=${EXTRA_STEP_FLAGS:-}  # appended to benchmarks/train_step.py's flags
 PYVER=${PYVER:-3.12}
 PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (1.2 MiB in Dec 2026) < 64 MiB a call
 MATPLOTLIB=${MATPLOTLIB:-0}
@@ -186,7 +187,7 @@ run_experiment() {  # $1: seconds it may take from now
 bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (for the message), then the
   # script's flags; the script is $bench_script (default benchmarks/throughput.py, which also gets
   # EXTRA_BENCH_FLAGS; benchmarks/deconvolution.py gets EXTRA_DECONV_FLAGS, pipeline.py EXTRA_PIPELINE_FLAGS,
-  # fc6.py EXTRA_FC6_FLAGS, conv_layers.py EXTRA_LAYERS_FLAGS)
+  # fc6.py EXTRA_FC6_FLAGS, conv_layers.py EXTRA_LAYERS_FLAGS, train_step.py EXTRA_STEP_FLAGS)
   local budget=$1 what=$2 left
   shift 2
   left=$(( budget - ($(elapsed) - BENCH_START) ))
@@ -198,6 +199,7 @@ bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (
     benchmarks/pipeline.py) extra=$EXTRA_PIPELINE_FLAGS ;;
     benchmarks/fc6.py) extra=$EXTRA_FC6_FLAGS ;;
     benchmarks/conv_layers.py) extra=$EXTRA_LAYERS_FLAGS ;;
+    benchmarks/train_step.py) extra=$EXTRA_STEP_FLAGS ;;
     *) extra=$EXTRA_BENCH_FLAGS ;;
   esac
   timeout "$left" python3 "$script" "$@" $extra 2>&1 | tee -a "$OUT/bench.log"
@@ -239,6 +241,18 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   if [ "$status" = 0 ] && ! committed_table layers.md; then
     bench_script=benchmarks/conv_layers.py bench_run "$1" "the convolutions one by one" \
       --output="$WORK/bench/${BENCH_NAME}_layers.md" || status=$?
+  fi
+  # The training step part by part (forward, backward, optimizer, Keras' step) for Conv2D / im2col
+  # fc6 and MaxPooling2D / reshape poolings, each pooling and the loss alone.
+  if [ "$status" = 0 ] && ! committed_table train_step.md; then
+    bench_script=benchmarks/train_step.py bench_run "$1" "the training step's parts" \
+      --output="$WORK/bench/${BENCH_NAME}_train_step.md" || status=$?
+  fi
+  # FCN-8s with fc6 as im2col and the poolings as reshape + max: the issue's setting.
+  if [ "$status" = 0 ] && ! committed_table reshape_pool.md; then
+    bench_run "$1" "im2col fc6 and reshape poolings" --variants=8s \
+      "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_reshape_pool.md}" \
+      --fc6_implementation=im2col --pool_implementation=reshape || status=$?
   fi
   # fit from TFRecords once the pipeline runs (the issue's table times one fresh fit call, which
   # starts the pipeline anew): FCN-8s, the larger batch, cold and steady columns side by side.

@@ -62,6 +62,7 @@ export RUN=${RUN:-rehearsal} BENCH_NAME=${BENCH_NAME:-rehearsal} LIMIT_S=${LIMIT
   EXTRA_DECONV_FLAGS=${EXTRA_DECONV_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1} \
   EXTRA_FC6_FLAGS=${EXTRA_FC6_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1 --fc_units=64 --peak_size=256} \
   EXTRA_LAYERS_FLAGS=${EXTRA_LAYERS_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1 --fc_units=64 --peak_size=256} \
+  EXTRA_STEP_FLAGS=${EXTRA_STEP_FLAGS:---size=64 --batch_size=1 --steps=1 --warmup=1 --fc_units=64 --peak_size=256} \
   EXTRA_PIPELINE_FLAGS=${EXTRA_PIPELINE_FLAGS:---crop_size=64 --batch_size=2 --seconds=1 --warmup_seconds=0.5}
 
 device_call() {  # $1: the part carried ("" for none), then gpu_run.sh's verbs

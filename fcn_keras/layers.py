@@ -9,6 +9,8 @@
   zeros of a dilated input (a 1024-fold waste for FCN-32s's stride-32 upsampling).
 - ``Im2colConv2D``: a stride-1 ``Conv2D`` with the same weights computed as one matrix product of
   the shifted input windows with the flattened kernel (fc6's 7x7 convolution, optionally).
+- ``ReshapeMaxPooling2D``: VGG's 2x2 stride-2 max pooling as a reshape and a max, whose gradient
+  is an elementwise mask rather than XLA's select-and-scatter (optionally).
 """
 
 from __future__ import annotations
@@ -278,3 +280,49 @@ class Im2colConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         return im2col_conv(inputs, kernel, self.padding)
+
+
+@keras.saving.register_keras_serializable(package="fcn_keras")
+class ReshapeMaxPooling2D(keras.layers.MaxPooling2D):
+    """A ``MaxPooling2D`` with non-overlapping windows (``pool_size == strides``) computed as a
+    reshape into windows and a max over them.
+
+    The forward values are ``MaxPooling2D``'s (Caffe's ceil mode with ``padding="same"``: a
+    partial last window of an odd side is padded with -inf). The gradient differs in how it is
+    computed: backends differentiate a pooling op with a select-and-scatter (on XLA GPU a scatter
+    over every window), a max reduction with an elementwise mask. Where a window holds several
+    equal maxima, the reduction's gradient is shared among them (``MaxPooling2D`` gives it to
+    one); both are subgradients, and after a ReLU the common tie, all zeros, gets no gradient
+    either way.
+
+    Args:
+        Those of ``keras.layers.MaxPooling2D``, restricted to channels-last data and
+        ``strides == pool_size`` (VGG's 2x2 stride 2).
+    """
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding: str = "valid", **kwargs: Any) -> None:
+        super().__init__(pool_size, strides=strides, padding=padding, **kwargs)
+        unsupported = []
+        if self.data_format != "channels_last":
+            unsupported.append(f"data_format={self.data_format!r}")
+        if tuple(self.strides) != tuple(self.pool_size):
+            unsupported.append(f"strides={self.strides!r} with pool_size={self.pool_size!r}")
+        if unsupported:
+            raise ValueError(
+                "ReshapeMaxPooling2D supports channels-last data and strides equal to pool_size. "
+                f"Received: {', '.join(unsupported)}"
+            )
+
+    def call(self, inputs):
+        (p_h, p_w), shape = self.pool_size, ops.shape(inputs)
+        height, width = shape[1], shape[2]
+        if self.padding == "same":  # ceil mode: pad the partial last window with -inf
+            inputs = ops.pad(
+                inputs, [[0, 0], [0, (-height) % p_h], [0, (-width) % p_w], [0, 0]], constant_values=float("-inf")
+            )
+            rows, cols = (height + p_h - 1) // p_h, (width + p_w - 1) // p_w
+        else:  # floor mode: drop the partial last window
+            rows, cols = height // p_h, width // p_w
+            inputs = inputs[:, : rows * p_h, : cols * p_w, :]
+        windows = ops.reshape(inputs, (shape[0], rows, p_h, cols, p_w, inputs.shape[-1]))
+        return ops.max(windows, axis=(2, 4))

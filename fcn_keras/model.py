@@ -18,7 +18,9 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
 from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
-from fcn_keras.layers import BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, Preprocess
+from fcn_keras.layers import (
+    BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, Preprocess, ReshapeMaxPooling2D,
+)
 from fcn_keras.surgery import transplant_vgg16
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: How fc6 is computed: ``keras.layers.Conv2D`` or ``fcn_keras.layers.Im2colConv2D`` (one matmul);
 #: same weights, same function.
 FC6_IMPLEMENTATIONS = {"conv": keras.layers.Conv2D, "im2col": Im2colConv2D}
+#: How the 2x2 max poolings are computed: ``keras.layers.MaxPooling2D`` or
+#: ``fcn_keras.layers.ReshapeMaxPooling2D`` (a reshape and a max); same outputs.
+POOL_IMPLEMENTATIONS = {"pool": keras.layers.MaxPooling2D, "reshape": ReshapeMaxPooling2D}
 
 
 def build_fcn(
@@ -41,6 +46,7 @@ def build_fcn(
     learn_final_upsampling: bool = False,
     geometry: str = "reference",
     fc6_implementation: str = "conv",
+    pool_implementation: str = "pool",
     name: str | None = None,
 ) -> keras.Model:
     """Builds an FCN-VGG16.
@@ -73,6 +79,9 @@ def build_fcn(
         fc6_implementation: ``"conv"`` (``Conv2D``) or ``"im2col"`` (``Im2colConv2D``: the
             7x7 convolution as one matmul of the shifted windows; same weights and outputs, a
             49x larger intermediate; see ``benchmarks/fc6.py`` for which is faster where).
+        pool_implementation: ``"pool"`` (``MaxPooling2D``) or ``"reshape"``
+            (``ReshapeMaxPooling2D``: a reshape and a max, whose gradient needs no
+            select-and-scatter; same outputs, see ``benchmarks/train_step.py``).
         name: model name, default ``"fcn{variant}"`` (``"fcn8s_at_once"`` when at once).
 
     Returns:
@@ -101,6 +110,11 @@ def build_fcn(
         raise ValueError(
             f"fc6_implementation must be one of {tuple(FC6_IMPLEMENTATIONS)}. "
             f"Received: fc6_implementation={fc6_implementation!r}"
+        )
+    if pool_implementation not in POOL_IMPLEMENTATIONS:
+        raise ValueError(
+            f"pool_implementation must be one of {tuple(POOL_IMPLEMENTATIONS)}. "
+            f"Received: pool_implementation={pool_implementation!r}"
         )
     if at_once and variant == "32s":
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
@@ -155,7 +169,7 @@ def build_fcn(
                 name=f"block{block}_conv{conv}",
             )(x)
         # Ceil-mode 2x2 pooling (Caffe): "same" pads the odd last row/column. Stride 2**block.
-        x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=arch.pool_name(block))(x)
+        x = POOL_IMPLEMENTATIONS[pool_implementation](2, strides=2, padding="same", name=arch.pool_name(block))(x)
         pools[block] = x
 
     # --- Convolutionalized classifier: fc6 (7x7), fc7 (1x1), stride 32 --------------------

@@ -224,10 +224,10 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     configurations (which skip their committed .jsonl records themselves)."""
     device = _script_tree(tmp_path / "device")
     (device / "benchmarks" / "results").mkdir(parents=True)
-    for name in ("throughput", "fc6", "conv_layers", "deconvolution", "pipeline"):
+    for name in ("throughput", "fc6", "conv_layers", "train_step", "deconvolution", "pipeline"):
         (device / "benchmarks" / f"{name}.py").write_text(f"import sys\nprint('ran {name}', *sys.argv[1:])\n")
-    tables = ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_steady.md", "h200_deconvolution.md",
-              "h200_pipeline.txt")
+    tables = ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_train_step.md", "h200_reshape_pool.md",
+              "h200_steady.md", "h200_deconvolution.md", "h200_pipeline.txt")
     for table in tables:
         (device / "benchmarks" / "results" / table).write_text("committed")
     (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
@@ -241,15 +241,20 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     assert ran == ["throughput", "throughput", "throughput"]  # the issue's setting, the reference, the profile
     assert "bench complete" in result.stdout
 
-    for table in ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_steady.md"):  # not committed: measured
+    for table in ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_train_step.md", "h200_reshape_pool.md",
+                  "h200_steady.md"):  # not committed: measured
         (device / "benchmarks" / "results" / table).unlink()
     result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
     ran = [line.split(maxsplit=2)[1:] for line in result.stdout.splitlines() if line.startswith("ran ")]
-    assert [name for name, _ in ran][:5] == ["throughput", "fc6", "throughput", "conv_layers", "throughput"]
+    assert [name for name, _ in ran][:7] == ["throughput", "fc6", "throughput", "conv_layers", "train_step",
+                                             "throughput", "throughput"]
     # fc6 as im2col: FCN-8s in the issue's setting with its own table and the block profile.
     im2col = ran[2][1].split()
     assert "--variants=8s" in im2col and "--fc6_implementation=im2col" in im2col and "--profile" in im2col
     assert [a for a in im2col if a.startswith("--output=")] == [f"--output={tmp_path / 'work'}/bench/h200_im2col.md"]
     assert "--sizes=512" in im2col and "--input_pipeline=tfrecord" in im2col
-    assert "h200_layers.md" in ran[3][1]
-    assert "--batch_sizes=16" in ran[4][1] and "--output=" in ran[4][1] and "h200_steady.md" in ran[4][1]
+    assert "h200_layers.md" in ran[3][1] and "h200_train_step.md" in ran[4][1]
+    reshape = ran[5][1].split()
+    assert "--fc6_implementation=im2col" in reshape and "--pool_implementation=reshape" in reshape
+    assert [a for a in reshape if a.startswith("--output=")] == [f"--output={tmp_path / 'work'}/bench/h200_reshape_pool.md"]
+    assert "--batch_sizes=16" in ran[6][1] and "--output=" in ran[6][1] and "h200_steady.md" in ran[6][1]

@@ -1,5 +1,6 @@
 """``Deconvolution`` computes exactly what ``Conv2DTranspose`` computes, without dilated inputs;
-``Im2colConv2D`` exactly what ``Conv2D`` computes, as one matmul."""
+``Im2colConv2D`` exactly what ``Conv2D`` computes, as one matmul; ``ReshapeMaxPooling2D`` what
+``MaxPooling2D`` computes, as a reshape and a max."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import tensorflow as tf
 
 import keras
 
-from fcn_keras.layers import Deconvolution, Im2colConv2D, im2col_conv
+from fcn_keras.layers import Deconvolution, Im2colConv2D, ReshapeMaxPooling2D, im2col_conv
 
 # (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases.
 SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3)]
@@ -160,3 +161,49 @@ def test_im2col_unknown_sizes_in_a_tf_function_and_save_reload(tmp_path):
 def test_im2col_refuses_what_it_does_not_compute(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Im2colConv2D(**{"filters": 6, "kernel_size": 3, **kwargs})
+
+
+# --- ReshapeMaxPooling2D -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(5, 7), (4, 6), (1, 1), (2, 3)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_reshape_pooling_equals_max_pooling_values_and_gradients(size, padding):
+    if padding == "valid" and min(size) < 2:
+        pytest.skip("no whole window")
+    reference = keras.layers.MaxPooling2D(2, strides=2, padding=padding)
+    layer = ReshapeMaxPooling2D(2, strides=2, padding=padding)
+    # Distinct values: no ties, where the two gradients may share a maximum differently.
+    x = tf.constant(np.random.default_rng(0).permutation(2 * size[0] * size[1] * 3).reshape(2, *size, 3), tf.float32)
+    results = []
+    for each in (reference, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = each(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append((y, tape.gradient(loss, x)))
+    for name, expected, actual in zip(("outputs", "d inputs"), *results):
+        assert expected.shape == actual.shape, name
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=name)
+
+
+def test_reshape_pooling_unknown_sizes_and_save_reload(tmp_path):
+    inputs = keras.Input((None, None, 2))
+    model = keras.Model(inputs, ReshapeMaxPooling2D(2, strides=2, padding="same")(inputs))
+    reference = keras.layers.MaxPooling2D(2, strides=2, padding="same")
+    serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec((None, None, None, 2))])
+    for size in ((1, 1), (3, 10), (8, 5)):
+        x = np.random.default_rng(1).normal(size=(1, *size, 2)).astype("float32")
+        np.testing.assert_array_equal(serve(x), reference(x))
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(reloaded.layers[-1]) is ReshapeMaxPooling2D
+    x = np.random.default_rng(2).normal(size=(2, 7, 6, 2)).astype("float32")
+    np.testing.assert_array_equal(reloaded(x), model(x))
+
+
+def test_reshape_pooling_refuses_overlapping_windows():
+    with pytest.raises(ValueError, match=r"strides equal to pool_size\. Received: strides=\(1, 1\) with pool_size=\(2, 2\)"):
+        ReshapeMaxPooling2D(2, strides=1)
+    with pytest.raises(ValueError, match=r"Received: data_format='channels_first'"):
+        ReshapeMaxPooling2D(2, data_format="channels_first")

@@ -7,7 +7,7 @@ import keras
 
 from fcn_keras import architecture as arch
 from fcn_keras.constants import CAFFE_BGR_MEAN, PAD_RGB
-from fcn_keras.layers import Im2colConv2D
+from fcn_keras.layers import Im2colConv2D, ReshapeMaxPooling2D
 from fcn_keras.model import build_fcn
 from fcn_keras.surgery import transfer_weights
 
@@ -239,6 +239,19 @@ def test_fc6_as_im2col_is_the_same_function_with_the_same_weights():
     np.testing.assert_allclose(other(small, training=False), expected, atol=1e-4 * np.abs(expected).max())
 
 
+def test_reshape_poolings_are_the_same_function():
+    model = build_fcn("8s", num_classes=4, fc_units=8, geometry="same")
+    _randomize(model)
+    fast = build_fcn("8s", num_classes=4, fc_units=8, geometry="same", fc6_implementation="im2col",
+                     pool_implementation="reshape")
+    assert all(type(fast.get_layer(arch.pool_name(block))) is ReshapeMaxPooling2D for block in range(1, 6))
+    fast.set_weights(model.get_weights())
+    images = np.random.default_rng(6).integers(0, 256, (2, 37, 45, 3)).astype("uint8")  # odd sides: ceil mode
+    expected = np.asarray(model(images, training=False))
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(fast(images, training=False), expected, atol=1e-4 * np.abs(expected).max())
+
+
 # --- Preprocessing ---------------------------------------------------------------------------
 
 
@@ -302,6 +315,8 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"fc6_implementation": "fft"}, r"fc6_implementation must be one of \('conv', 'im2col'\)\. Received: "
          r"fc6_implementation='fft'"),
+        ({"pool_implementation": "avg"}, r"pool_implementation must be one of \('pool', 'reshape'\)\. Received: "
+         r"pool_implementation='avg'"),
         ({"geometry": "valid"}, r"geometry must be one of \('reference', 'same'\)\. Received: geometry='valid'"),
         ({"preprocessing": "tf"}, r"preprocessing must be one of \('auto', 'caffe', 'torch', 'caffe_fcn'\)"),
         ({"weights": "/nonexistent/vgg16.h5"}, r"weights file '/nonexistent/vgg16.h5' does not exist"),

@@ -223,13 +223,14 @@ def test_steady_rate_leaves_the_pipeline_start_up_out():
     assert steady == pytest.approx(4 / 0.01, rel=0.1)  # 400 img/s: the start-up left out
 
 
-def test_records_of_earlier_versions_count_as_fc6_conv():
+def test_records_of_earlier_versions_count_as_conv2d_and_maxpooling2d():
     sys.path.insert(0, str(REPO_ROOT))
     from benchmarks import throughput
 
-    setup = {"backend": "jax", "geometry": "same", "fc6_implementation": "conv"}
+    setup = {"backend": "jax", "geometry": "same", "fc6_implementation": "conv", "pool_implementation": "pool"}
     old = {"setup": {"backend": "jax", "geometry": "same"}}  # written before fc6 had a choice
     assert throughput.same_setup(old, setup)
     assert not throughput.same_setup(old, {**setup, "fc6_implementation": "im2col"})
     assert throughput.same_setup({"setup": {**setup, "fc6_implementation": "im2col"}}, {**setup, "fc6_implementation": "im2col"})
     assert not throughput.same_setup({"setup": {**old["setup"], "geometry": "reference"}}, setup)
+    assert not throughput.same_setup(old, {**setup, "pool_implementation": "reshape"})

@@ -1,0 +1,55 @@
+"""benchmarks/train_step.py: the training step's parts per model configuration, on JAX's CPU."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "benchmarks" / "train_step.py"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+
+
+def test_benchmark_times_every_part_and_pooling(tmp_path):
+    pytest.importorskip("jax")
+    output = tmp_path / "step.md"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--size=32", "--batch_size=2", "--steps=1", "--warmup=1", "--precision=float32",
+         "--fc_units=8", "--peak_size=64", "--configs=conv/pool,im2col/reshape", f"--output={output}"],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = output.read_text()
+    assert text in result.stdout and "batch 2, precision float32" in text
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if re.match(r"\| (conv|im2col) / ", line)]
+    assert [r[0] for r in rows] == ["conv / pool", "im2col / reshape"]
+    for row in rows:
+        forward, both, optimizer, fit, rest = (float(v) for v in row[1:6])
+        assert 0 < forward and 0 < both and 0 < optimizer and 0 < fit
+        assert rest == pytest.approx(fit - both - optimizer, abs=0.02)
+        assert float(row[8]) == pytest.approx(2e3 / fit, rel=0.01)  # img/s of the fit step
+    pools = [line for line in text.splitlines() if re.match(r"\| block\d_pool ", line)]
+    # 'same' geometry at 32x32: block1_pool sees 32x32x64, block5_pool 2x2x512.
+    assert [p.split("|")[1].strip() for p in pools] == [f"block{b}_pool" for b in range(1, 6)]
+    assert "| block1_pool | 32x32x64 |" in text and "| block5_pool | 2x2x512 |" in text
+    assert re.search(r"The loss alone .*: \d+\.\d+ ms", text)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--configs=conv/avg", r"--configs entries must be FC6/POOL with FC6 in \('conv', 'im2col'\) and POOL in "
+                           r"\('pool', 'reshape'\)\. Received: 'conv/avg'"),
+    ("--steps=0", r"--steps must be >= 1\. Received: --steps=0"),
+])
+def test_bad_flags_are_reported_in_one_line(flag, message):
+    result = subprocess.run([sys.executable, str(SCRIPT), flag], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2 and re.search("train_step.py: error: " + message, result.stderr), result.stderr[-2000:]
+
+
+def test_other_backends_are_refused():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--size=32"], capture_output=True, text=True,
+                            env={**ENV, "KERAS_BACKEND": "tensorflow"}, timeout=300)
+    assert result.returncode == 2 and "run it with KERAS_BACKEND=jax. Received: backend 'tensorflow'" in result.stderr
