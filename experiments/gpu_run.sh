@@ -410,8 +410,12 @@ do_collect() {  # --- here: FILES_AT of the last device call -> the repo's resul
   if [ -f "$files_at/bench.tar.gz" ]; then
     found=1; mkdir -p benchmarks/results; tmp=$(mktemp -d benchmarks/.collect-XXXXXX)
     tar -xzf "$files_at/bench.tar.gz" -C "$tmp" || { rm -rf "$tmp"; echo "gpu_run: bench.tar.gz is damaged" >&2; exit 1; }
-    [ -f "$files_at/bench.log" ] && cp "$files_at/bench.log" "$tmp/$BENCH_NAME.log"
     cp -a "$tmp"/. benchmarks/results/ && rm -rf "$tmp"  # other devices' tables stay
+    # The call's log is appended to the earlier calls' (each call's tables name their command).
+    if [ -f "$files_at/bench.log" ]; then
+      { [ -s "benchmarks/results/$BENCH_NAME.log" ] && printf '\n===== gpu_run.sh collect %s =====\n' "$(date -u '+%F %H:%M UTC')"
+        cat "$files_at/bench.log"; } >> "benchmarks/results/$BENCH_NAME.log"
+    fi
     echo "benchmarks/results: $(ls benchmarks/results | tr '\n' ' ')"
   fi
   if [ -f "$files_at/$RUN.tar.gz" ]; then

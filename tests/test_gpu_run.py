@@ -164,6 +164,13 @@ def test_collect_checks_and_swaps_in_what_came_back(tmp_path, env):
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == [
         "experiment.log", "fcn32s/log.csv", "results.json", "results.md"]
     assert (here / "benchmarks" / "results" / "h200.md").read_text() == "| table |"
+    # Each call's bench.log is appended to the earlier calls'.
+    (files_at / "bench.log").write_text("first call\n")
+    assert _run(here, "collect", str(files_at), env=env).returncode == 0
+    (files_at / "bench.log").write_text("second call\n")
+    assert _run(here, "collect", str(files_at), env=env).returncode == 0
+    log = (here / "benchmarks" / "results" / "h200.log").read_text().splitlines()
+    assert log[0] == "first call" and log[-1] == "second call" and log[-2].startswith("===== gpu_run.sh collect ")
 
     # A damaged archive changes nothing.
     (files_at / "voc2012-gpu.tar.gz").write_bytes(b"\x1f\x8b truncated")
