@@ -19,10 +19,11 @@ this times, jitted on the same batch:
   what it takes beyond forward+backward and the optimizer is Keras' step around them
   (host-to-device copy, dispatch, loss tracking);
 
-and, per configuration-independent part: every 2x2 max pooling of the network alone, forward
-and forward+backward, as ``keras.ops.max_pool`` and as ``ReshapeMaxPooling2D`` (a reshape and a
-max), and the loss alone on the logits. Milliseconds per step; with ``--output`` the tables are
-written there (atomically).
+and, first (they do not depend on the configuration): every 2x2 max pooling of the network
+alone, forward and forward+backward, as ``keras.ops.max_pool`` and as ``ReshapeMaxPooling2D`` (a
+reshape and a max), and the loss alone on the logits. Milliseconds per step; with ``--output``
+the tables are written there (atomically) after each part, so a run stopped by a time limit
+leaves what it measured.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from absl import app, flags  # noqa: E402
 
 from fcn_keras.constants import NUM_CLASSES  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
+from fcn_keras.flops import forward_flops  # noqa: E402
 from fcn_keras.layers import ReshapeMaxPooling2D  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, POOL_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
@@ -60,7 +62,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum("geometry", "same", ["reference", "same"], "Network geometry (see fcn_keras.architecture).")
     flags.DEFINE_integer("batch_size", 8, "Images per batch.")
     flags.DEFINE_integer("fc_units", 4096, "fc6/fc7 channels (4096 in VGG16; small only for the smoke test).")
-    flags.DEFINE_list("configs", ["conv/pool", "im2col/pool", "im2col/reshape"],
+    flags.DEFINE_list("configs", ["im2col/reshape", "im2col/pool", "conv/pool"],
                       "Model configurations to time, each FC6/POOL: fc6_implementation and pool_implementation.")
     flags.DEFINE_enum("precision", "bf16", list(PRECISIONS), "Compute precision.")
     flags.DEFINE_integer("steps", 20, "Back-to-back calls (or fit steps) per timing, >= 1.")
@@ -195,6 +197,8 @@ def run(argv: list[str]) -> str:
         if getattr(FLAGS, name) < 1:
             raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
     configs = [parse_config(text) for text in FLAGS.configs]
+    if not configs:
+        raise ValueError("--configs must name at least one FC6/POOL configuration. Received: --configs=")
     if keras.backend.backend() != "jax":
         raise ValueError(f"train_step.py times JAX's stateless calls: run it with KERAS_BACKEND=jax. "
                          f"Received: backend {keras.backend.backend()!r}")
@@ -203,20 +207,6 @@ def run(argv: list[str]) -> str:
     dtype = "bfloat16" if FLAGS.precision == "bf16" else "float32"
     peak = matmul_peak(FLAGS.peak_size, 10, dtype)
     images, labels = synthetic_batch(FLAGS.batch_size, FLAGS.size, FLAGS.size, NUM_CLASSES, 0)
-    results, model = {}, None
-    for fc6, pool in configs:
-        keras.utils.clear_session()
-        model = build_fcn("8s", input_shape=(FLAGS.size, FLAGS.size, 3), geometry=FLAGS.geometry,
-                          fc_units=FLAGS.fc_units, fc6_implementation=fc6, pool_implementation=pool)
-        compile_for_training(model)
-        results[f"{fc6} / {pool}"] = parts = step_parts(model, images, labels, FLAGS.batch_size, FLAGS.steps,
-                                                        FLAGS.warmup)
-        print(f"{fc6} / {pool}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()), flush=True)
-    pools = pool_rows(model, FLAGS.batch_size, dtype, FLAGS.steps, FLAGS.warmup)
-    loss = loss_ms(model, labels, FLAGS.steps, FLAGS.warmup)
-    from fcn_keras.flops import forward_flops
-
-    gflop = forward_flops(model) / 1e9
     device, _ = device_description()
     header = report_header(
         argv, device,
@@ -225,9 +215,36 @@ def run(argv: list[str]) -> str:
         f"{FLAGS.warmup} warm-up (fit: one timed call of {FLAGS.steps} steps)",
         {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
     )
-    markdown = render(results, pools, loss, FLAGS.batch_size, gflop, peak, header)
-    if FLAGS.output:
-        write_text_atomic(Path(FLAGS.output), markdown)
+
+    def build(fc6: str, pool: str) -> keras.Model:
+        keras.utils.clear_session()
+        return build_fcn("8s", input_shape=(FLAGS.size, FLAGS.size, 3), geometry=FLAGS.geometry,
+                         fc_units=FLAGS.fc_units, fc6_implementation=fc6, pool_implementation=pool)
+
+    # The cheap parts first (one compilation each), then a configuration at a time (about 3.5 min
+    # each on the H200, mostly compilation); the report is rewritten after each.
+    model = build(*configs[0])
+    compile_for_training(model)
+    pools = pool_rows(model, FLAGS.batch_size, dtype, FLAGS.steps, FLAGS.warmup)
+    loss = loss_ms(model, labels, FLAGS.steps, FLAGS.warmup)
+    gflop = forward_flops(model) / 1e9
+    results: dict[str, dict[str, float]] = {}
+
+    def report() -> str:
+        markdown = render(results, pools, loss, FLAGS.batch_size, gflop, peak, header)
+        if FLAGS.output:
+            write_text_atomic(Path(FLAGS.output), markdown)
+        return markdown
+
+    report()
+    for index, (fc6, pool) in enumerate(configs):
+        if index:
+            model = build(fc6, pool)
+            compile_for_training(model)
+        results[f"{fc6} / {pool}"] = parts = step_parts(model, images, labels, FLAGS.batch_size, FLAGS.steps,
+                                                        FLAGS.warmup)
+        print(f"{fc6} / {pool}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()), flush=True)
+        markdown = report()
     print(markdown, flush=True)
     return markdown
 

@@ -40,6 +40,7 @@ from fcn_keras import callbacks as cb
 from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS, VOC_CLASSES
 from fcn_keras.files import atomic_path, write_json_atomic
+from fcn_keras.model import FC6_IMPLEMENTATIONS
 from fcn_keras.optimizers import CaffeSGD, batches_applied
 from fcn_keras.distribute import (
     DISTRIBUTE_MODES,
@@ -135,6 +136,7 @@ class TrainConfig:
     at_once: bool = False
     geometry: str | None = None
     fc_units: int | None = None
+    fc6_implementation: str = "im2col"
     val_steps: int | None = None
     val_canvas: str = ""
     val_batch_size: int | None = None
@@ -209,6 +211,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     _choice("jit_compile", config.jit_compile, tuple(JIT_COMPILE))
     _choice("distribute", config.distribute, DISTRIBUTE_MODES)
     _choice("preprocessing", config.preprocessing, ("auto",) + PREPROCESSING_MODES)
+    _choice("fc6_implementation", config.fc6_implementation, tuple(FC6_IMPLEMENTATIONS))
     if config.geometry is not None:
         arch.get_geometry(config.geometry)
     if config.at_once and config.variant == "32s":
@@ -296,8 +299,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 _RESUME_KEYS = (
     "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size",
     "gradient_accumulation_steps", "crop_size", "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once",
-    "geometry", "fc_units", "distribute", "deterministic", "preprocessing",
+    "geometry", "fc_units", "distribute", "deterministic", "preprocessing", "fc6_implementation",
 )  # fmt: skip
+
+#: What a run recorded before a field existed did, where that differs from today's default:
+#: fc6 was a ``Conv2D`` (its backup's weights file is keyed by that class).
+_LEGACY_VALUES = {"fc6_implementation": "conv"}
 
 
 def _resume_value(key: str, value: Any) -> Any:
@@ -543,7 +550,8 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
     """
     from fcn_keras import build_fcn, transfer_weights
 
-    common = dict(at_once=config.at_once, fc_units=config.fc_units, geometry=config.geometry)
+    common = dict(at_once=config.at_once, fc_units=config.fc_units, geometry=config.geometry,
+                  fc6_implementation=config.fc6_implementation)
     if config.init_from:
         source, path = load_init_model(config.init_from)
         source_variant = _variant_of(source)
@@ -628,9 +636,10 @@ def environment(distribution: Distribution) -> dict[str, Any]:
 
 def recorded_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``TrainConfig`` fields a run recorded in its ``config.json``; a field newer than the
-    run (absent from the file) has its default value, so old runs compare as they ran."""
+    run (absent from the file) has its default value, or what such runs did where the default
+    has changed since (``_LEGACY_VALUES``), so old runs compare as they ran."""
     recorded = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    return {**{field.name: field.default for field in dataclasses.fields(TrainConfig)}, **recorded}
+    return {**{field.name: field.default for field in dataclasses.fields(TrainConfig)}, **_LEGACY_VALUES, **recorded}
 
 
 def cpu_bf16_warning(config: TrainConfig, devices: list[str]) -> str | None:
@@ -1013,6 +1022,8 @@ def define_flags(flag_values=None) -> None:
     define("boolean", "at_once", d.at_once, "The TPAMI at-once FCN-8s/16s (pool4 x0.01, pool3 x1e-4), trained in one stage.")
     define("enum", "geometry", d.geometry, list(arch.GEOMETRIES), f"reference (the authors' nets) or same ({both('geometry')}).")
     define("integer", "fc_units", d.fc_units, f"Channels of fc6/fc7 (4096 = VGG16; smaller only for tests) ({both('fc_units')}).")
+    define("enum", "fc6_implementation", d.fc6_implementation, list(FC6_IMPLEMENTATIONS), "fc6 as one im2col matmul "
+           "(Im2colConv2D, faster to train) or as a Conv2D: the same function and weights (see build_fcn).")
     define("integer", "val_steps", d.val_steps, "Validation images per epoch (whole images, rounded up to whole validation "
                          "batches); default: all of the val split when the data has one; 0: no validation (best.keras by "
                          "training mean IU).")

@@ -217,9 +217,9 @@ def test_get_config_round_trip_and_save_reload_equality(tmp_path):
 
 
 def test_fc6_as_im2col_is_the_same_function_with_the_same_weights():
-    model = build_fcn("8s", num_classes=4, fc_units=8, geometry="same")
+    model = build_fcn("8s", num_classes=4, fc_units=8, geometry="same", fc6_implementation="conv")
     _randomize(model)
-    fast = build_fcn("8s", num_classes=4, fc_units=8, geometry="same", fc6_implementation="im2col")
+    fast = build_fcn("8s", num_classes=4, fc_units=8, geometry="same")  # im2col: the default
     assert type(fast.get_layer("fc6")) is Im2colConv2D and type(model.get_layer("fc6")) is keras.layers.Conv2D
     assert [w.shape for w in fast.weights] == [w.shape for w in model.weights]
     fast.set_weights(model.get_weights())
@@ -229,9 +229,9 @@ def test_fc6_as_im2col_is_the_same_function_with_the_same_weights():
     np.testing.assert_allclose(fast(images, training=False), expected, atol=1e-4 * np.abs(expected).max())
     # Weights move by layer name (reference geometry: fc6 is 'valid' there). A .weights.h5 file
     # does not: Keras keys it by class name (conv2d_13 vs im2col_conv2d), see the layer's docstring.
-    reference = build_fcn("32s", num_classes=4, fc_units=8)
+    reference = build_fcn("32s", num_classes=4, fc_units=8, fc6_implementation="conv")
     _randomize(reference)
-    other = build_fcn("32s", num_classes=4, fc_units=8, fc6_implementation="im2col")
+    other = build_fcn("32s", num_classes=4, fc_units=8)
     assert "fc6" in transfer_weights(reference, other)["copied"]
     small = images[:1, :20, :20]
     expected = np.asarray(reference(small, training=False))

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthet
 from fcn_keras.losses import median_frequency_weights
 from fcn_keras.optimizers import batches_applied
 from fcn_keras.train import (
-    TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, resolve_config, resolve_run_data, train,
+    TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, recorded_config, resolve_config,
+    resolve_run_data, train,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +163,24 @@ def test_resume_with_other_flags_is_refused(run32):
     config.update(variant="32s", deterministic=not config["deterministic"])
     with pytest.raises(ValueError, match=r"different run \(deterministic: True -> False\)"):
         train(TrainConfig(**config))
+
+
+def test_run_recorded_before_fc6_had_a_choice_resumes_only_as_conv2d(run32, tmp_path):
+    """Such a run's fc6 was a Conv2D, and its backup's weights file is keyed by that class: a
+    resume with today's default (im2col) is refused with the flag to pass."""
+    out, _ = run32
+    old = tmp_path / "old_run"
+    shutil.copytree(out, old)
+    record = json.loads((old / "config.json").read_text())
+    assert record["config"].pop("fc6_implementation") == "im2col"  # this run's, written by today's code
+    (old / "config.json").write_text(json.dumps(record))
+    assert recorded_config(old)["fc6_implementation"] == "conv"
+    config = {**record["config"], "output_dir": str(old)}
+    with pytest.raises(ValueError, match=r"different run \(fc6_implementation: 'conv' -> 'im2col'\)"):
+        train(TrainConfig(**config))
+    with pytest.raises(ValueError, match=r"fc6_implementation must be one of \('conv', 'im2col'\)\. Received: "
+                                         r"fc6_implementation='fft'"):
+        train(TrainConfig(**{**config, "fc6_implementation": "fft"}))
 
 
 def test_weights_file_of_unknown_origin_needs_preprocessing(run32, tmp_path):

@@ -43,6 +43,7 @@ def test_benchmark_times_every_part_and_pooling(tmp_path):
     ("--configs=conv/avg", r"--configs entries must be FC6/POOL with FC6 in \('conv', 'im2col'\) and POOL in "
                            r"\('pool', 'reshape'\)\. Received: 'conv/avg'"),
     ("--steps=0", r"--steps must be >= 1\. Received: --steps=0"),
+    ("--configs=", r"--configs must name at least one FC6/POOL configuration"),
 ])
 def test_bad_flags_are_reported_in_one_line(flag, message):
     result = subprocess.run([sys.executable, str(SCRIPT), flag], capture_output=True, text=True, env=ENV, timeout=300)
