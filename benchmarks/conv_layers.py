@@ -38,12 +38,12 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fc6 import FC6_FORMS, forward_and_backward  # noqa: E402
-from fcn_keras.files import write_text_atomic  # noqa: E402
+from fc6 import FC6_FORMS, check_layer_flags, define_layer_flags, forward_and_backward  # noqa: E402
 from fcn_keras.flops import model_flops  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
-    PRECISIONS, benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
+    benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
+    write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -51,16 +51,9 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Defines the CLI's flags (only when run as a script)."""
-    flags.DEFINE_integer("size", 512, "Square image size whose layer shapes are measured.")
-    flags.DEFINE_enum("geometry", "same", ["reference", "same"], "Network geometry (see fcn_keras.architecture).")
-    flags.DEFINE_integer("batch_size", 8, "Images per batch.")
-    flags.DEFINE_integer("fc_units", 4096, "fc6/fc7 channels (4096 in VGG16; small only for the smoke test).")
-    flags.DEFINE_enum("fc6_implementation", "conv", list(FC6_IMPLEMENTATIONS), "How fc6 is computed.")
-    flags.DEFINE_enum("precision", "bf16", list(PRECISIONS), "Compute precision.")
-    flags.DEFINE_integer("steps", 20, "Back-to-back calls per timing (best of 3 timings), >= 1.")
-    flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation), >= 1.")
-    flags.DEFINE_integer("peak_size", 8192, "Side of the square matmul that measures the peak.")
-    flags.DEFINE_string("output", None, "Also write the markdown table here (atomically).")
+    define_layer_flags("layer")
+    flags.DEFINE_enum("fc6_implementation", "im2col", list(FC6_IMPLEMENTATIONS),
+                      "How fc6 is computed (build_fcn's default: im2col).")
 
 
 # --- The layers --------------------------------------------------------------------------------
@@ -143,9 +136,7 @@ def render(rows: list[dict], batch: int, peak: float, header: dict[str, str]) ->
 
 def run(argv: list[str]) -> str:
     """Measures every layer as the flags say; returns (and prints) the markdown."""
-    for name in ("size", "batch_size", "fc_units", "steps", "warmup", "peak_size"):
-        if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
+    check_layer_flags()
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")
     dtype = "bfloat16" if FLAGS.precision == "bf16" else "float32"
@@ -167,11 +158,7 @@ def run(argv: list[str]) -> str:
         f"{FLAGS.warmup} warm-up",
         {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
     )
-    markdown = render(rows, FLAGS.batch_size, peak, header)
-    if FLAGS.output:
-        write_text_atomic(Path(FLAGS.output), markdown)
-    print(markdown, flush=True)
-    return markdown
+    return write_report(render(rows, FLAGS.batch_size, peak, header), FLAGS.output)
 
 
 def main(argv: list[str]) -> int | None:

@@ -40,10 +40,11 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from fcn_keras.constants import NUM_CLASSES, VARIANTS  # noqa: E402
-from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.layers import Deconvolution  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
-from throughput import PRECISIONS, benchmark_main, device_description, report_header, seconds_per_call  # noqa: E402
+from throughput import (  # noqa: E402
+    PRECISIONS, benchmark_main, device_description, report_header, seconds_per_call, write_report,
+)
 
 FLAGS = flags.FLAGS
 IMPLEMENTATIONS: tuple[str, ...] = ("Conv2DTranspose", "Deconvolution")
@@ -189,11 +190,7 @@ def run(argv: list[str]) -> str:
         times = measure(entry, FLAGS.batch_size, FLAGS.steps, FLAGS.warmup)
         rows.append((entry, times))
         print(f"{', '.join(entry['names'])}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()), flush=True)
-    markdown = render(rows, FLAGS.batch_size, header)
-    if FLAGS.output:
-        write_text_atomic(Path(FLAGS.output), markdown)
-    print(markdown, flush=True)
-    return markdown
+    return write_report(render(rows, FLAGS.batch_size, header), FLAGS.output)
 
 
 def main(argv: list[str]) -> int | None:

@@ -4,7 +4,7 @@ r"""fc6 and fc7, the slowest part of FCN on a GPU, computed three ways.
     python benchmarks/fc6.py --size=64 --batch_size=1 --steps=1 --warmup=1 --precision=float32 \
         --fc_units=64                                                # CPU smoke test
 
-On the H200 (benchmarks/results/h200.md, block profile) fc6 + fc7 take 40 % of FCN-8s's forward
+On the H200 (benchmarks/results/h200_conv.md, block profile) fc6 + fc7 take 40 % of FCN-8s's forward
 time at 22 % of the bf16 peak, while blocks 2-5 reach 41-50 %. fc6 is a 7x7 convolution from 512
 to 4,096 channels on the small pool5 map (16x16 at 512x512 'same'), fc7 a 1x1 convolution from
 4,096 to 4,096. As matrix products both are large (fc6 at batch 8: 2,048 x 25,088 x 4,096), so a
@@ -44,19 +44,20 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.layers import im2col_conv  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
     PRECISIONS, _jit, benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
+    write_report,
 )
 
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-    """Defines the CLI's flags (only when run as a script)."""
-    flags.DEFINE_integer("size", 512, "Square image size whose fc6/fc7 shapes are measured.")
+def define_layer_flags(measured: str) -> None:
+    """The flags of a benchmark that times layers of FCN-8s alone (this one, conv_layers.py)
+    with the shapes they have in a ``--size`` x ``--size`` image; ``measured`` names them."""
+    flags.DEFINE_integer("size", 512, f"Square image size whose {measured} shapes are measured.")
     flags.DEFINE_enum("geometry", "same", ["reference", "same"], "Network geometry (see fcn_keras.architecture).")
     flags.DEFINE_integer("batch_size", 8, "Images per batch.")
     flags.DEFINE_integer("fc_units", 4096, "fc6/fc7 channels (4096 in VGG16; small only for the smoke test).")
@@ -65,6 +66,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation), >= 1.")
     flags.DEFINE_integer("peak_size", 8192, "Side of the square matmul that measures the peak.")
     flags.DEFINE_string("output", None, "Also write the markdown table here (atomically).")
+
+
+def check_layer_flags() -> None:
+    """``define_layer_flags``' counts are >= 1 (else a ValueError naming the flag)."""
+    for name in ("size", "batch_size", "fc_units", "steps", "warmup", "peak_size"):
+        if getattr(FLAGS, name) < 1:
+            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
 
 
 # --- The formulations --------------------------------------------------------------------------
@@ -185,9 +193,7 @@ def render(tables: list[tuple[str, str, float, list[dict]]], peak: float, header
 
 def run(argv: list[str]) -> str:
     """Measures fc6 and fc7 as the flags say; returns (and prints) the markdown."""
-    for name in ("size", "batch_size", "fc_units", "steps", "warmup", "peak_size"):
-        if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
+    check_layer_flags()
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")
     shapes = fc6_shapes(FLAGS.size, FLAGS.geometry, FLAGS.fc_units)
@@ -212,11 +218,7 @@ def run(argv: list[str]) -> str:
         f"best of 3 timings of {FLAGS.steps} calls after {FLAGS.warmup} warm-up",
         {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
     )
-    markdown = render(tables, peak, header)
-    if FLAGS.output:
-        write_text_atomic(Path(FLAGS.output), markdown)
-    print(markdown, flush=True)
-    return markdown
+    return write_report(render(tables, peak, header), FLAGS.output)
 
 
 def main(argv: list[str]) -> int | None:
@@ -224,5 +226,5 @@ def main(argv: list[str]) -> int | None:
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_layer_flags("fc6/fc7")
     app.run(main)

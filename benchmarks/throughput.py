@@ -89,7 +89,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("warmup", 3, "Warm-up steps (compilation) before each timing, >= 1.")
     flags.DEFINE_integer("latency_runs", 50, "Batch-1 predict calls whose median is the latency, >= 1.")
     flags.DEFINE_integer("fc_units", 4096, "Channels of fc6/fc7 (4096 in VGG16; small for smoke tests).")
-    flags.DEFINE_enum("fc6_implementation", "conv", list(FC6_IMPLEMENTATIONS),
+    flags.DEFINE_enum("fc6_implementation", "im2col", list(FC6_IMPLEMENTATIONS),
                       "How fc6 is computed (build_fcn's fc6_implementation: Conv2D or one im2col matmul).")
     flags.DEFINE_enum("pool_implementation", "pool", list(POOL_IMPLEMENTATIONS),
                       "How the max poolings are computed (build_fcn's pool_implementation).")
@@ -634,6 +634,16 @@ def run(argv: list[str]) -> str:
     if output is not None:
         write_text_atomic(output, markdown)
     print(markdown, flush=True)
+    return markdown
+
+
+def write_report(markdown: str, output: str | None, echo: bool = True) -> str:
+    """Writes a benchmark's markdown to ``output`` (atomically; nothing when None) and, with
+    ``echo``, prints it; returns it."""
+    if output:
+        write_text_atomic(Path(output), markdown)
+    if echo:
+        print(markdown, flush=True)
     return markdown
 
 

@@ -44,13 +44,12 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from fcn_keras.constants import NUM_CLASSES  # noqa: E402
-from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.flops import forward_flops  # noqa: E402
 from fcn_keras.layers import ReshapeMaxPooling2D  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, POOL_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
     PRECISIONS, benchmark_main, compile_for_training, device_description, matmul_peak, report_header,
-    seconds_per_call, synthetic_batch, train_images_per_second,
+    seconds_per_call, synthetic_batch, train_images_per_second, write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -62,8 +61,9 @@ def _define_flags() -> None:
     flags.DEFINE_enum("geometry", "same", ["reference", "same"], "Network geometry (see fcn_keras.architecture).")
     flags.DEFINE_integer("batch_size", 8, "Images per batch.")
     flags.DEFINE_integer("fc_units", 4096, "fc6/fc7 channels (4096 in VGG16; small only for the smoke test).")
-    flags.DEFINE_list("configs", ["im2col/reshape", "im2col/pool", "conv/pool"],
-                      "Model configurations to time, each FC6/POOL: fc6_implementation and pool_implementation.")
+    flags.DEFINE_list("configs", ["im2col/reshape", "im2col/pool"],
+                      "Model configurations to time, each FC6/POOL: fc6_implementation and pool_implementation "
+                      "(conv/pool: the models before 2026-12-04).")
     flags.DEFINE_enum("precision", "bf16", list(PRECISIONS), "Compute precision.")
     flags.DEFINE_integer("steps", 20, "Back-to-back calls (or fit steps) per timing, >= 1.")
     flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation), >= 1.")
@@ -230,11 +230,8 @@ def run(argv: list[str]) -> str:
     gflop = forward_flops(model) / 1e9
     results: dict[str, dict[str, float]] = {}
 
-    def report() -> str:
-        markdown = render(results, pools, loss, FLAGS.batch_size, gflop, peak, header)
-        if FLAGS.output:
-            write_text_atomic(Path(FLAGS.output), markdown)
-        return markdown
+    def report(echo: bool = False) -> str:
+        return write_report(render(results, pools, loss, FLAGS.batch_size, gflop, peak, header), FLAGS.output, echo)
 
     report()
     for index, (fc6, pool) in enumerate(configs):
@@ -244,9 +241,8 @@ def run(argv: list[str]) -> str:
         results[f"{fc6} / {pool}"] = parts = step_parts(model, images, labels, FLAGS.batch_size, FLAGS.steps,
                                                         FLAGS.warmup)
         print(f"{fc6} / {pool}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()), flush=True)
-        markdown = report()
-    print(markdown, flush=True)
-    return markdown
+        report()
+    return report(echo=True)
 
 
 def main(argv: list[str]) -> int | None:

@@ -219,20 +219,36 @@ run_bench() {  # $1: seconds it may take from BENCH_START
     [ -f "$done" ] && [ ! -f "$WORK/bench/$(basename "$done")" ] && cp "$done" "$WORK/bench/"
   done
   # The PyTorch reference's setting (8s, 'same', 512, batch 8, bf16) with the TFRecord pipeline
-  # beside it first, then the paper's reference geometry at 500x500 with batch-1 latency, then
-  # which blocks take the time (FCN-8s at 512 'same', the first batch size: the configurations
-  # already in the same .jsonl are skipped, only the profile runs).
+  # beside it, the models as build_fcn makes them by default (-> $BENCH_NAME.md), then the paper's
+  # reference geometry at 500x500 with batch-1 latency, then which blocks take the time (FCN-8s
+  # at 512 'same', the first batch size: the configurations already in the same .jsonl are
+  # skipped, only the profile runs). Before them, the tables that are not committed yet (each
+  # step below is skipped once its table is): what is being investigated comes first.
   # Configurations are saved one by one (<name>.jsonl) and skipped when the call is repeated.
   local issue_setting=(--sizes=512 --batch_sizes="$BENCH_BATCHES" --geometry=same --precision=bf16
     --input_pipeline=tfrecord --data="$STAGE/bundle/voc2012_records" --output="$WORK/bench/$BENCH_NAME.md")
-  bench_run "$1" "the issue's setting" --variants="$BENCH_VARIANTS" "${issue_setting[@]}" || status=$?
+  # The training step part by part (forward, backward, optimizer, Keras' step) per fc6 / pooling
+  # implementation, each pooling and the loss alone first.
+  if ! committed_table train_step.md; then
+    bench_script=benchmarks/train_step.py bench_run "$1" "the training step's parts" \
+      --output="$WORK/bench/${BENCH_NAME}_train_step.md" || status=$?
+  fi
+  # FCN-8s with fc6 as im2col and the poolings as reshape + max: the issue's setting, the profile.
+  if [ "$status" = 0 ] && ! committed_table reshape_pool.md; then
+    bench_run "$1" "im2col fc6 and reshape poolings" --variants=8s \
+      "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_reshape_pool.md}" \
+      --fc6_implementation=im2col --pool_implementation=reshape --profile || status=$?
+  fi
+  if [ "$status" = 0 ]; then
+    bench_run "$1" "the issue's setting" --variants="$BENCH_VARIANTS" "${issue_setting[@]}" || status=$?
+  fi
   # fc6 and fc7 alone (40 % of FCN-8s's forward time in the first H200 profile): the model's
   # convolution against im2col + matmul and shifted matmuls.
   if [ "$status" = 0 ] && ! committed_table fc6.md; then
     bench_script=benchmarks/fc6.py bench_run "$1" "fc6 and fc7" --output="$WORK/bench/${BENCH_NAME}_fc6.md" || status=$?
   fi
-  # FCN-8s with fc6 as one im2col matmul (build_fcn(fc6_implementation="im2col")): the issue's
-  # setting and the block profile, beside the Conv2D model's table.
+  # FCN-8s with fc6 as one im2col matmul (build_fcn(fc6_implementation="im2col"), the default
+  # since 2026-12-04): the issue's setting and the block profile, beside the Conv2D model's table.
   if [ "$status" = 0 ] && ! committed_table im2col.md; then
     bench_run "$1" "fc6 as im2col" --variants=8s "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_im2col.md}" \
       --fc6_implementation=im2col --profile || status=$?
@@ -241,18 +257,6 @@ run_bench() {  # $1: seconds it may take from BENCH_START
   if [ "$status" = 0 ] && ! committed_table layers.md; then
     bench_script=benchmarks/conv_layers.py bench_run "$1" "the convolutions one by one" \
       --output="$WORK/bench/${BENCH_NAME}_layers.md" || status=$?
-  fi
-  # The training step part by part (forward, backward, optimizer, Keras' step) for Conv2D / im2col
-  # fc6 and MaxPooling2D / reshape poolings, each pooling and the loss alone.
-  if [ "$status" = 0 ] && ! committed_table train_step.md; then
-    bench_script=benchmarks/train_step.py bench_run "$1" "the training step's parts" \
-      --output="$WORK/bench/${BENCH_NAME}_train_step.md" || status=$?
-  fi
-  # FCN-8s with fc6 as im2col and the poolings as reshape + max: the issue's setting.
-  if [ "$status" = 0 ] && ! committed_table reshape_pool.md; then
-    bench_run "$1" "im2col fc6 and reshape poolings" --variants=8s \
-      "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_reshape_pool.md}" \
-      --fc6_implementation=im2col --pool_implementation=reshape || status=$?
   fi
   # fit from TFRecords once the pipeline runs (the issue's table times one fresh fit call, which
   # starts the pipeline anew): FCN-8s, the larger batch, cold and steady columns side by side.

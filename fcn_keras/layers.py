@@ -247,7 +247,7 @@ class Im2colConv2D(keras.layers.Conv2D):
 
     fc6 is a 7x7 convolution from 512 to 4,096 channels on the small pool5 map; as a matrix
     product it is ``B H' W' x 25,088 x 4,096``. On an H200 the convolution algorithms XLA picks
-    for that shape reach about 22 % of the bf16 peak (benchmarks/results/h200.md, block profile);
+    for that shape reach about 22 % of the bf16 peak (benchmarks/results/h200_conv.md, block profile);
     ``benchmarks/fc6.py`` measures the two side by side. The layer holds the same variables and
     config as ``Conv2D``: ``set_weights``, ``fcn_keras.surgery.transfer_weights`` (by layer name)
     and ``.keras`` files (which name the class) move weights between the two, but a

@@ -14,17 +14,51 @@ from fcn_keras.layers import Deconvolution, Im2colConv2D, ReshapeMaxPooling2D, i
 SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3)]
 
 
-def _pair(kernel: int, stride: int, padding: str, use_bias: bool, channels: int = 4, filters: int = 3):
-    """A ``Conv2DTranspose`` and a ``Deconvolution`` of one configuration with the same random weights."""
-    reference = keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)
-    layer = Deconvolution(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)
+def _twins(reference, layer, channels: int, seed: int):
+    """``reference`` and ``layer`` built for ``channels`` inputs with the same random weights."""
     reference.build((None, None, None, channels))
     layer.build((None, None, None, channels))
-    rng = np.random.default_rng(kernel * 100 + stride)
+    rng = np.random.default_rng(seed)
     weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
     reference.set_weights(weights)
     layer.set_weights(weights)
     return reference, layer
+
+
+def _pair(kernel: int, stride: int, padding: str, use_bias: bool, channels: int = 4, filters: int = 3):
+    """A ``Conv2DTranspose`` and a ``Deconvolution`` of one configuration with the same random weights."""
+    return _twins(keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding=padding, use_bias=use_bias),
+                  Deconvolution(filters, kernel, strides=stride, padding=padding, use_bias=use_bias),
+                  channels, kernel * 100 + stride)
+
+
+def _assert_same_values_and_gradients(reference, layer, x, weights: tuple[str, ...] = ("kernel", "bias"),
+                                      rtol: float = 0.0) -> None:
+    """The two layers' outputs and the gradients of a loss that depends on every output with
+    respect to the input and to ``weights`` agree (to 1e-4 of the largest, or ``rtol``)."""
+    x = tf.constant(x)
+    results = []
+    for each in (reference, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = each(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append((y, *tape.gradient(loss, [x, *(getattr(each, name) for name in weights)])))
+    names = ("outputs", "d inputs", *(f"d {name}" for name in weights))
+    for name, expected, actual in zip(names, *results):
+        assert expected.shape == actual.shape, name
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(actual, expected, atol=0 if rtol else 1e-4 * scale, rtol=rtol, err_msg=name)
+
+
+def _assert_round_trip(model: keras.Model, cls, x: np.ndarray, tmp_path) -> None:
+    """``get_config`` round trip of the model's last layer and save/reload equality."""
+    layer = model.layers[-1]
+    assert cls.from_config(layer.get_config()).get_config() == layer.get_config()
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(reloaded.layers[-1]) is cls
+    np.testing.assert_array_equal(reloaded(x), model(x))
 
 
 @pytest.mark.parametrize("kernel,stride", SHAPES)
@@ -33,18 +67,7 @@ def test_equals_conv2d_transpose_values_and_gradients(kernel, stride, padding):
     if padding == "same" and (kernel - stride) % 2:
         pytest.skip("refused, see test_refuses_what_it_does_not_compute")
     reference, layer = _pair(kernel, stride, padding, use_bias=True)
-    x = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 3, 4)).astype("float32"))
-    results = []
-    for each in (reference, layer):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = each(x)
-            loss = tf.reduce_sum(y * tf.cos(y))  # a gradient that depends on every output
-        results.append((y, *tape.gradient(loss, [x, each.kernel, each.bias])))
-    for name, expected, actual in zip(("outputs", "d inputs", "d kernel", "d bias"), *results):
-        assert expected.shape == actual.shape, name
-        scale = max(1.0, float(np.abs(expected).max()))
-        np.testing.assert_allclose(actual, expected, atol=1e-4 * scale, rtol=0, err_msg=name)
+    _assert_same_values_and_gradients(reference, layer, np.random.default_rng(0).normal(size=(2, 5, 3, 4)).astype("float32"))
 
 
 def test_unknown_sizes_in_a_model_and_a_tf_function():
@@ -62,13 +85,7 @@ def test_get_config_round_trip_and_save_reload(tmp_path):
     _, layer = _pair(4, 2, "same", use_bias=False)
     inputs = keras.Input((6, 6, 4))
     model = keras.Model(inputs, layer(inputs))
-    clone = Deconvolution.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    model.save(tmp_path / "m.keras")
-    reloaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert type(reloaded.layers[-1]) is Deconvolution
-    x = np.random.default_rng(2).normal(size=(1, 6, 6, 4)).astype("float32")
-    np.testing.assert_array_equal(reloaded(x), model(x))
+    _assert_round_trip(model, Deconvolution, np.random.default_rng(2).normal(size=(1, 6, 6, 4)).astype("float32"), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -91,33 +108,15 @@ def test_refuses_what_it_does_not_compute(kwargs, message):
 
 def _conv_pair(kernel: int, padding: str, channels: int = 3, filters: int = 5):
     """A ``Conv2D`` and an ``Im2colConv2D`` of one configuration with the same random weights."""
-    reference = keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu")
-    layer = Im2colConv2D(filters, kernel, padding=padding, activation="relu")
-    reference.build((None, None, None, channels))
-    layer.build((None, None, None, channels))
-    rng = np.random.default_rng(kernel)
-    weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
-    reference.set_weights(weights)
-    layer.set_weights(weights)
-    return reference, layer
+    return _twins(keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu"),
+                  Im2colConv2D(filters, kernel, padding=padding, activation="relu"), channels, 7)
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 7, (3, 2)])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_im2col_equals_conv2d_values_and_gradients(kernel, padding):
     reference, layer = _conv_pair(kernel, padding)
-    x = tf.constant(np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype("float32"))
-    results = []
-    for each in (reference, layer):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = each(x)
-            loss = tf.reduce_sum(y * tf.cos(y))
-        results.append((y, *tape.gradient(loss, [x, each.kernel, each.bias])))
-    for name, expected, actual in zip(("outputs", "d inputs", "d kernel", "d bias"), *results):
-        assert expected.shape == actual.shape, name
-        scale = max(1.0, float(np.abs(expected).max()))
-        np.testing.assert_allclose(actual, expected, atol=1e-4 * scale, rtol=0, err_msg=name)
+    _assert_same_values_and_gradients(reference, layer, np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype("float32"))
 
 
 def test_im2col_conv_takes_the_windows_in_the_kernels_order():
@@ -140,13 +139,7 @@ def test_im2col_unknown_sizes_in_a_tf_function_and_save_reload(tmp_path):
     for size in ((1, 1), (3, 10)):
         x = np.random.default_rng(1).normal(size=(1, *size, 2)).astype("float32")
         np.testing.assert_allclose(serve(x), reference(x), atol=1e-4)
-    clone = Im2colConv2D.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    model.save(tmp_path / "m.keras")
-    reloaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert type(reloaded.layers[-1]) is Im2colConv2D
-    x = np.random.default_rng(2).normal(size=(2, 6, 5, 2)).astype("float32")
-    np.testing.assert_array_equal(reloaded(x), model(x))
+    _assert_round_trip(model, Im2colConv2D, np.random.default_rng(2).normal(size=(2, 6, 5, 2)).astype("float32"), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -174,17 +167,8 @@ def test_reshape_pooling_equals_max_pooling_values_and_gradients(size, padding):
     reference = keras.layers.MaxPooling2D(2, strides=2, padding=padding)
     layer = ReshapeMaxPooling2D(2, strides=2, padding=padding)
     # Distinct values: no ties, where the two gradients may share a maximum differently.
-    x = tf.constant(np.random.default_rng(0).permutation(2 * size[0] * size[1] * 3).reshape(2, *size, 3), tf.float32)
-    results = []
-    for each in (reference, layer):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = each(x)
-            loss = tf.reduce_sum(y * tf.cos(y))
-        results.append((y, tape.gradient(loss, x)))
-    for name, expected, actual in zip(("outputs", "d inputs"), *results):
-        assert expected.shape == actual.shape, name
-        np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=name)
+    x = np.random.default_rng(0).permutation(2 * size[0] * size[1] * 3).reshape(2, *size, 3).astype("float32")
+    _assert_same_values_and_gradients(reference, layer, x, weights=(), rtol=1e-6)
 
 
 def test_reshape_pooling_unknown_sizes_and_save_reload(tmp_path):
@@ -195,11 +179,8 @@ def test_reshape_pooling_unknown_sizes_and_save_reload(tmp_path):
     for size in ((1, 1), (3, 10), (8, 5)):
         x = np.random.default_rng(1).normal(size=(1, *size, 2)).astype("float32")
         np.testing.assert_array_equal(serve(x), reference(x))
-    model.save(tmp_path / "m.keras")
-    reloaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert type(reloaded.layers[-1]) is ReshapeMaxPooling2D
-    x = np.random.default_rng(2).normal(size=(2, 7, 6, 2)).astype("float32")
-    np.testing.assert_array_equal(reloaded(x), model(x))
+    _assert_round_trip(model, ReshapeMaxPooling2D, np.random.default_rng(2).normal(size=(2, 7, 6, 2)).astype("float32"),
+                       tmp_path)
 
 
 def test_reshape_pooling_refuses_overlapping_windows():
