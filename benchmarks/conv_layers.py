@@ -54,6 +54,8 @@ def _define_flags() -> None:
     define_layer_flags("layer")
     flags.DEFINE_enum("fc6_implementation", "im2col", list(FC6_IMPLEMENTATIONS),
                       "How fc6 is computed (build_fcn's default: im2col).")
+    flags.DEFINE_list("also_im2col", [], "Layers (e.g. block1_conv1) also timed as an im2col matmul, in an extra "
+                      "row each (not in the sums): would Im2colConv2D pay off there too?")
 
 
 # --- The layers --------------------------------------------------------------------------------
@@ -81,10 +83,11 @@ def conv_layers(size: int, geometry: str, fc_units: int) -> list[dict]:
     ]
 
 
-def measure_layer(layer: dict, batch: int, dtype: str, fc6_implementation: str, steps: int, warmup: int,
+def measure_layer(layer: dict, batch: int, dtype: str, implementation: str, steps: int, warmup: int,
                   input_grad: bool) -> dict:
-    """Forward and forward+backward ms of one layer on random data of its shapes."""
-    form = FC6_FORMS[fc6_implementation] if layer["name"] == "fc6" else FC6_FORMS["conv"]
+    """Forward and forward+backward ms of one layer on random data of its shapes, computed as
+    ``implementation`` (``"conv"`` or ``"im2col"``)."""
+    form = FC6_FORMS[implementation]
     x = keras.random.normal((batch, *layer["input_shape"]), dtype=dtype, seed=0)
     fan_in = layer["kernel_shape"][0] * layer["kernel_shape"][1] * layer["kernel_shape"][2]
     kernel = keras.random.normal(layer["kernel_shape"], stddev=fan_in ** -0.5, dtype=dtype, seed=1)
@@ -107,21 +110,28 @@ def render(rows: list[dict], batch: int, peak: float, header: dict[str, str]) ->
         "", f"Milliseconds per call on a batch of {batch}; TFLOP/s from 2 x multiply-adds (forward+backward: "
         "3 x forward, 2 x for block1_conv1 whose input gradient a training step does not compute); bwd / fwd = "
         "(fwd+bwd ms - fwd ms) / fwd ms (2 when the backward runs as fast as the forward per FLOP); share: of "
-        "the summed fwd+bwd ms.", "",
+        "the summed fwd+bwd ms. Rows named '(im2col)' (--also_im2col) time a layer as one im2col matmul "
+        "instead, beside the sums.", "",
         "| layer | input | kernel | GFLOP (fwd) | fwd ms | fwd % peak | fwd+bwd ms | fwd+bwd % peak | bwd / fwd "
         "| share of fwd+bwd % |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    extra = [r for r in rows if r.get("extra")]  # alternatives, beside the model's own rows
+    rows = [r for r in rows if not r.get("extra")]
     total_ms = sum(r["fwd_bwd_ms"] for r in rows)
-    for r in rows:
+
+    def line(r: dict) -> str:
         gflop = r["gflop_per_image"] * batch
         both = r["factor"] * gflop
-        lines.append(
+        share = "-" if r.get("extra") else f"{100 * r['fwd_bwd_ms'] / total_ms:.1f}"
+        return (
             f"| {r['name']} | {'x'.join(map(str, r['input_shape']))} | {'x'.join(map(str, r['kernel_shape']))} "
             f"({r['padding']}) | {gflop:.3g} | {r['fwd_ms']:.3f} | {100 * gflop / r['fwd_ms'] / peak:.1f} "
             f"| {r['fwd_bwd_ms']:.3f} | {100 * both / r['fwd_bwd_ms'] / peak:.1f} "
-            f"| {(r['fwd_bwd_ms'] - r['fwd_ms']) / r['fwd_ms']:.2f} | {100 * r['fwd_bwd_ms'] / total_ms:.1f} |"
+            f"| {(r['fwd_bwd_ms'] - r['fwd_ms']) / r['fwd_ms']:.2f} | {share} |"
         )
+
+    lines += [line(r) for r in rows]
     fwd_gflop = sum(r["gflop_per_image"] for r in rows) * batch
     both_gflop = sum(r["factor"] * r["gflop_per_image"] for r in rows) * batch
     fwd_ms = sum(r["fwd_ms"] for r in rows)
@@ -129,6 +139,7 @@ def render(rows: list[dict], batch: int, peak: float, header: dict[str, str]) ->
         f"| **sum** | | | {fwd_gflop:.3g} | {fwd_ms:.3f} | {100 * fwd_gflop / fwd_ms / peak:.1f} | {total_ms:.3f} "
         f"| {100 * both_gflop / total_ms / peak:.1f} | {(total_ms - fwd_ms) / fwd_ms:.2f} | 100.0 |"
     )
+    lines += [line(r) for r in extra]
     lines += ["", f"The summed fwd+bwd time alone allows {1e3 * batch / total_ms:.1f} training images/s "
               "(no optimizer, loss, bias, ReLU, pooling or head)."]
     return "\n".join(lines) + "\n"
@@ -141,15 +152,23 @@ def run(argv: list[str]) -> str:
         tf.config.set_visible_devices([], "GPU")
     dtype = "bfloat16" if FLAGS.precision == "bf16" else "float32"
     layers = conv_layers(FLAGS.size, FLAGS.geometry, FLAGS.fc_units)
+    unknown = sorted(set(FLAGS.also_im2col) - {layer["name"] for layer in layers})
+    if unknown:
+        raise ValueError(f"--also_im2col names no convolution of FCN-8s: {unknown}. Known: "
+                         f"{[layer['name'] for layer in layers]}")
     peak = matmul_peak(FLAGS.peak_size, 10, dtype)
     rows = []
     for index, layer in enumerate(layers):
-        input_grad = index > 0
-        row = {**layer, **measure_layer(layer, FLAGS.batch_size, dtype, FLAGS.fc6_implementation,
-                                        FLAGS.steps, FLAGS.warmup, input_grad),
-               "factor": 3 if input_grad else 2}
-        rows.append(row)
-        print(f"{layer['name']}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms", flush=True)
+        own = FLAGS.fc6_implementation if layer["name"] == "fc6" else "conv"
+        others = ["im2col"] if layer["name"] in FLAGS.also_im2col and own != "im2col" else []
+        for implementation in [own, *others]:
+            row = {**layer, **measure_layer(layer, FLAGS.batch_size, dtype, implementation, FLAGS.steps, FLAGS.warmup,
+                                            input_grad=index > 0),
+                   "factor": 3 if index else 2}
+            if implementation != own:
+                row.update(name=f"{layer['name']} (im2col)", extra=True)
+            rows.append(row)
+            print(f"{row['name']}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms", flush=True)
     device, _ = device_description()
     header = report_header(
         argv, device,

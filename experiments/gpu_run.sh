@@ -279,6 +279,11 @@ run_bench() {  # $1: seconds it may take from BENCH_START
       --batch_size=16 --seconds=5 --warmup_seconds=2 --rows=+decode,modern \
       | tee "$WORK/bench/${BENCH_NAME}_pipeline.txt" || status=$?
   fi
+  # conv1_1 (3 input channels: 2.4 % of peak) and conv1_2 also as im2col matmuls, beside the convolutions.
+  if [ "$status" = 0 ] && ! committed_table layers_im2col.md; then
+    bench_script=benchmarks/conv_layers.py bench_run "$1" "block1 as im2col" --also_im2col=block1_conv1,block1_conv2 \
+      --output="$WORK/bench/${BENCH_NAME}_layers_im2col.md" || status=$?
+  fi
   if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
     bench_run "$1" "the reference geometry" --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
       --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" || status=$?

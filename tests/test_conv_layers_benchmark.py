@@ -18,7 +18,8 @@ def test_benchmark_prints_every_layer(tmp_path):
     output = tmp_path / "layers.md"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--size=64", "--batch_size=2", "--steps=1", "--warmup=1", "--precision=float32",
-         "--fc_units=16", "--peak_size=128", "--fc6_implementation=im2col", f"--output={output}"],
+         "--fc_units=16", "--peak_size=128", "--fc6_implementation=im2col", "--also_im2col=block1_conv1,fc6",
+         f"--output={output}"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -26,7 +27,10 @@ def test_benchmark_prints_every_layer(tmp_path):
     assert text in result.stdout and "fc6 im2col, batch 2" in text
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
             if re.match(r"\| (block|fc|\*\*sum)", line)]
-    assert [r[0] for r in rows] == [*NAMES, "fc6", "fc7", "**sum**"]
+    # fc6 is im2col already: only block1_conv1 gets an extra row, after the model's rows and sums.
+    assert [r[0] for r in rows] == [*NAMES, "fc6", "fc7", "**sum**", "block1_conv1 (im2col)"]
+    extra = rows.pop()
+    assert extra[1:4] == rows[0][1:4] and extra[9] == "-" and float(extra[6]) > 0
     by_name = {r[0]: r for r in rows}
     # 'same' geometry at 64x64: conv1_1 sees the image, fc6 the 2x2x512 pool5 map.
     assert by_name["block1_conv1"][1:3] == ["64x64x3", "3x3x3x64 (same)"]
@@ -38,6 +42,13 @@ def test_benchmark_prints_every_layer(tmp_path):
         assert float(row[4]) > 0 and float(row[6]) > 0
     assert sum(float(r[9]) for r in rows[:-1]) == pytest.approx(100, abs=0.5)
     assert float(rows[-1][6]) == pytest.approx(sum(float(r[6]) for r in rows[:-1]), rel=1e-2)
+
+
+def test_unknown_layer_is_refused():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--size=64", "--fc_units=16", "--also_im2col=conv1_1"],
+                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    assert result.returncode == 2
+    assert "conv_layers.py: error: --also_im2col names no convolution of FCN-8s: ['conv1_1']. Known: ['block1_conv1'" in result.stderr
 
 
 def test_bad_flag_is_reported_in_one_line():

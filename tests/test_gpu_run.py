@@ -234,7 +234,7 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     for name in ("throughput", "fc6", "conv_layers", "train_step", "deconvolution", "pipeline"):
         (device / "benchmarks" / f"{name}.py").write_text(f"import sys\nprint('ran {name}', *sys.argv[1:])\n")
     tables = ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_train_step.md", "h200_reshape_pool.md",
-              "h200_steady.md", "h200_deconvolution.md", "h200_pipeline.txt")
+              "h200_steady.md", "h200_deconvolution.md", "h200_pipeline.txt", "h200_layers_im2col.md")
     for table in tables:
         (device / "benchmarks" / "results" / table).write_text("committed")
     (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
@@ -249,7 +249,7 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     assert "bench complete" in result.stdout
 
     for table in ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_train_step.md", "h200_reshape_pool.md",
-                  "h200_steady.md"):  # not committed: measured
+                  "h200_steady.md", "h200_layers_im2col.md"):  # not committed: measured
         (device / "benchmarks" / "results" / table).unlink()
     result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
     ran = [line.split(maxsplit=2)[1:] for line in result.stdout.splitlines() if line.startswith("ran ")]
@@ -272,3 +272,5 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     assert "--sizes=512" in im2col and "--input_pipeline=tfrecord" in im2col
     assert "h200_layers.md" in ran[5][1]
     assert "--batch_sizes=16" in ran[6][1] and "--output=" in ran[6][1] and "h200_steady.md" in ran[6][1]
+    assert ran[7][0] == "conv_layers" and "--also_im2col=block1_conv1,block1_conv2" in ran[7][1]
+    assert "h200_layers_im2col.md" in ran[7][1]
