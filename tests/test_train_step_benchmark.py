@@ -31,7 +31,7 @@ def test_benchmark_times_every_part_and_pooling(tmp_path):
         forward, both, optimizer, fit, rest = (float(v) for v in row[1:6])
         assert 0 < forward and 0 < both and 0 < optimizer and 0 < fit
         assert rest == pytest.approx(fit - both - optimizer, abs=0.02)
-        assert float(row[8]) == pytest.approx(2e3 / fit, rel=0.01)  # img/s of the fit step
+        assert float(row[8]) == pytest.approx(2e3 / fit, rel=0.01, abs=0.06)  # img/s of the fit step (1 decimal)
     pools = [line for line in text.splitlines() if re.match(r"\| block\d_pool ", line)]
     # 'same' geometry at 32x32: block1_pool sees 32x32x64, block5_pool 2x2x512.
     assert [p.split("|")[1].strip() for p in pools] == [f"block{b}_pool" for b in range(1, 6)]
