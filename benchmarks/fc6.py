@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fcn_keras.layers import im2col_conv  # noqa: E402
+from fcn_keras.layers import im2col_conv, shifted_windows  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
     PRECISIONS, _jit, benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
@@ -86,19 +86,6 @@ def fc6_shapes(size: int, geometry: str, fc_units: int) -> dict:
             "padding": fc6.padding, "units": fc_units}
 
 
-def _pad_same(x, k: int):
-    """Zero padding of a 'same' k x k convolution with stride 1 (odd k: (k - 1) / 2 each side)."""
-    return keras.ops.pad(x, [(0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)])
-
-
-def _windows(x, k: int, padding: str):
-    """The k * k shifted windows of ``x`` (``[B, H, W, C]``) in (row, column) order, each ``[B, H', W', C]``."""
-    if padding == "same":
-        x = _pad_same(x, k)
-    h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
-    return [x[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
-
-
 def conv(kernel, x, padding: str):
     """The model's computation: ``keras.ops.conv``, stride 1."""
     return keras.ops.conv(x, kernel, strides=1, padding=padding)
@@ -113,7 +100,7 @@ def im2col(kernel, x, padding: str):
 def shifted(kernel, x, padding: str):
     """The sum over the k * k kernel positions of ``window @ kernel[i, j]``: no patch matrix."""
     k = kernel.shape[0]
-    windows = _windows(x, k, padding)
+    windows = shifted_windows(x, k, k, padding)
     out = None
     for index, window in enumerate(windows):
         term = keras.ops.matmul(window, kernel[index // k, index % k])

@@ -230,10 +230,11 @@ def run(argv: list[str]) -> str:
     gflop = forward_flops(model) / 1e9
     results: dict[str, dict[str, float]] = {}
 
-    def report(echo: bool = False) -> str:
-        return write_report(render(results, pools, loss, FLAGS.batch_size, gflop, peak, header), FLAGS.output, echo)
+    def report() -> str:
+        return write_report(render(results, pools, loss, FLAGS.batch_size, gflop, peak, header), FLAGS.output,
+                            echo=False)
 
-    report()
+    markdown = report()
     for index, (fc6, pool) in enumerate(configs):
         if index:
             model = build(fc6, pool)
@@ -241,8 +242,9 @@ def run(argv: list[str]) -> str:
         results[f"{fc6} / {pool}"] = parts = step_parts(model, images, labels, FLAGS.batch_size, FLAGS.steps,
                                                         FLAGS.warmup)
         print(f"{fc6} / {pool}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()), flush=True)
-        report()
-    return report(echo=True)
+        markdown = report()
+    print(markdown, flush=True)
+    return markdown
 
 
 def main(argv: list[str]) -> int | None:

@@ -229,16 +229,32 @@ def im2col_conv(inputs, kernel, padding: str = "valid"):
         ``"valid"``.
     """
     k_h, k_w, channels, filters = kernel.shape
+    windows = shifted_windows(inputs, k_h, k_w, padding)
+    patches = windows[0] if len(windows) == 1 else ops.concatenate(windows, axis=-1)
+    return ops.matmul(patches, ops.reshape(kernel, (k_h * k_w * channels, filters)))
+
+
+def shifted_windows(inputs, k_h: int, k_w: int, padding: str = "valid") -> list:
+    """The ``k_h * k_w`` windows a stride-1 ``k_h x k_w`` convolution reads, in (row, column) order.
+
+    Args:
+        inputs: ``[B, H, W, C]``, channels last (static or dynamic sides).
+        k_h, k_w: the kernel's size.
+        padding: ``"valid"`` or ``"same"`` (Keras' zero padding: ``(k - 1) // 2`` before,
+            ``k // 2`` after).
+
+    Returns:
+        A list of ``[B, H', W', C]``; window ``(i, j)`` is the input the kernel tap ``(i, j)``
+        multiplies at every output position.
+    """
     if padding == "same":
         inputs = ops.pad(inputs, [[0, 0], [(k_h - 1) // 2, k_h // 2], [(k_w - 1) // 2, k_w // 2], [0, 0]])
     elif padding != "valid":
         raise ValueError(f"padding must be one of ('valid', 'same'). Received: padding={padding!r}")
     # Window (i, j) drops i rows at the top and k_h - 1 - i at the bottom (stop None for the last).
-    windows = [
+    return [
         inputs[:, i : (i - k_h + 1) or None, j : (j - k_w + 1) or None, :] for i in range(k_h) for j in range(k_w)
     ]
-    patches = windows[0] if len(windows) == 1 else ops.concatenate(windows, axis=-1)
-    return ops.matmul(patches, ops.reshape(kernel, (k_h * k_w * channels, filters)))
 
 
 @keras.saving.register_keras_serializable(package="fcn_keras")

@@ -108,16 +108,10 @@ def build_fcn(
             f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
             f"Received: input_shape={input_shape!r}"
         )
-    if fc6_implementation not in FC6_IMPLEMENTATIONS:
-        raise ValueError(
-            f"fc6_implementation must be one of {tuple(FC6_IMPLEMENTATIONS)}. "
-            f"Received: fc6_implementation={fc6_implementation!r}"
-        )
-    if pool_implementation not in POOL_IMPLEMENTATIONS:
-        raise ValueError(
-            f"pool_implementation must be one of {tuple(POOL_IMPLEMENTATIONS)}. "
-            f"Received: pool_implementation={pool_implementation!r}"
-        )
+    for option, value, choices in (("fc6_implementation", fc6_implementation, FC6_IMPLEMENTATIONS),
+                                   ("pool_implementation", pool_implementation, POOL_IMPLEMENTATIONS)):
+        if value not in choices:
+            raise ValueError(f"{option} must be one of {tuple(choices)}. Received: {option}={value!r}")
     if at_once and variant == "32s":
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
     if not 0.0 <= dropout < 1.0:
