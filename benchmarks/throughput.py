@@ -49,8 +49,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make the fcn_keras package importable
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the fcn_keras package, and kernel_profile.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -110,6 +111,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and weights.")
     flags.DEFINE_boolean("profile", False, "Also time the forward pass block by block (VGG blocks, fc6+fc7, "
                          "the head) for each variant and size at the first --batch_sizes entry.")
+    flags.DEFINE_integer("profile_calls", 5, "With --profile on JAX: calls of the inference forward traced with "
+                         "jax.profiler for a kernel profile (kernel_profile.py; 0: none).")
 
 
 # --- Small helpers -----------------------------------------------------------------------------
@@ -336,13 +339,32 @@ def forward_fn(model: keras.Model):
     """``x -> model(x, training=False)``, compiled by the backend's XLA, weights passed as
     arguments (not baked in as constants); the output stays on the device."""
     if keras.backend.backend() == "jax":
-        import jax
-
-        trainable = [v.value for v in model.trainable_variables]
-        frozen = [v.value for v in model.non_trainable_variables]
-        compiled = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
-        return lambda x: compiled(trainable, frozen, x)
+        jitted, weights = _jax_forward(model)
+        return lambda x: jitted(*weights, x)
     return _jit(lambda x: model(x, training=False))
+
+
+def _jax_forward(model: keras.Model):
+    """JAX: the jitted ``(trainable, non_trainable, x) -> model output`` (inference) and the weights."""
+    import jax
+
+    weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+    return jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0]), weights
+
+
+def inference_kernel_profile(labeler: keras.Model, images: np.ndarray, calls: int) -> list[str]:
+    """Markdown of ``kernel_profile`` over ``calls`` traced calls of ``labeler``'s forward (image
+    batch to label maps, compiled ahead of time) on ``images``: the device time by layer and by
+    kind of kernel. ``[]`` for ``calls == 0`` or a backend other than JAX."""
+    if not calls or keras.backend.backend() != "jax":
+        return []
+    import kernel_profile
+
+    jitted, weights = _jax_forward(labeler)
+    x = keras.ops.convert_to_tensor(images)
+    compiled = jitted.lower(*weights, x).compile()
+    _sync(compiled(*weights, x))
+    return kernel_profile.profile_lines(compiled, (*weights, x), calls, tuple(layer.name for layer in labeler.layers))
 
 
 def seconds_per_call(fn, x, runs: int, warmup: int) -> float:
@@ -534,6 +556,9 @@ def render_profile(record: dict, peak: float) -> list[str]:
     lines += ["", "Each block's time is the difference between two jitted prefixes of the network (input to "
               "the end of the block), each timed on its own; a prefix writes its output to memory, where the "
               "whole net may fuse on. TFLOP/s = the block's FLOPs / its time."]
+    if record.get("kernels"):  # not in records of earlier versions
+        lines += ["", f"### Kernel profile of the inference forward (label maps): FCN-{record['variant']}, "
+                  f"{record['size']}, batch {batch}", "", *record["kernels"]]
     return lines
 
 
@@ -548,8 +573,9 @@ def run(argv: list[str]) -> str:
     for name in ("steps", "warmup", "latency_runs", "fc_units", "peak_runs"):
         if getattr(FLAGS, name) < 1:
             raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
-    if FLAGS.peak_size < 0:
-        raise ValueError(f"--peak_size must be >= 0. Received: --peak_size={FLAGS.peak_size}")
+    for name in ("peak_size", "profile_calls"):
+        if getattr(FLAGS, name) < 0:
+            raise ValueError(f"--{name} must be >= 0. Received: --{name}={getattr(FLAGS, name)}")
 
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")  # tf.data only: the accelerator is the backend's
@@ -623,7 +649,8 @@ def run(argv: list[str]) -> str:
                 if profile:
                     images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
                     record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
-                              "batch": batches[0], "blocks": profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup)}
+                              "batch": batches[0], "blocks": profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup),
+                              "kernels": inference_kernel_profile(labeler, images, FLAGS.profile_calls)}
                     append_record(records_path, record)
                     records.append(record)
                     print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "

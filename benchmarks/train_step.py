@@ -19,6 +19,10 @@ this times, jitted on the same batch:
   what it takes beyond forward+backward and the optimizer is Keras' step around them
   (host-to-device copy, dispatch, loss tracking);
 
+then (``--profile_calls``, default 5) traces that many calls of the compiled forward+backward
+with ``jax.profiler`` and attributes the kernel time to layers, forward / backward and kinds of
+kernel (``kernel_profile.py``): where the time outside the convolutions goes;
+
 and, first (they do not depend on the configuration): every 2x2 max pooling of the network
 alone, forward and forward+backward, as ``keras.ops.max_pool`` and as ``ReshapeMaxPooling2D`` (a
 reshape and a max), and the loss alone on the logits. Milliseconds per step; with ``--output``
@@ -40,6 +44,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the package, and throughpu
         sys.path.insert(0, str(path))
 
 import keras  # noqa: E402
+import kernel_profile  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
@@ -67,6 +72,8 @@ def _define_flags() -> None:
     flags.DEFINE_enum("precision", "bf16", list(PRECISIONS), "Compute precision.")
     flags.DEFINE_integer("steps", 20, "Back-to-back calls (or fit steps) per timing, >= 1.")
     flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation), >= 1.")
+    flags.DEFINE_integer("profile_calls", 5, "Calls of the forward+backward traced for the kernel profile "
+                         "(0: no profile).")
     flags.DEFINE_integer("peak_size", 8192, "Side of the square matmul that measures the peak.")
     flags.DEFINE_string("output", None, "Also write the markdown tables here (atomically).")
 
@@ -85,9 +92,11 @@ def parse_config(text: str) -> tuple[str, str]:
 # --- The step's parts --------------------------------------------------------------------------
 
 
-def step_parts(model: keras.Model, images, labels, batch: int, steps: int, warmup: int) -> dict[str, float]:
+def step_parts(model: keras.Model, images, labels, batch: int, steps: int, warmup: int,
+               profile_calls: int = 0) -> tuple[dict[str, float], list[str]]:
     """Milliseconds per step of the forward, forward+backward, optimizer and fit step of a
-    compiled ``model`` on one batch (JAX)."""
+    compiled ``model`` on one batch (JAX), and the markdown of the forward+backward's kernel
+    profile over ``profile_calls`` calls (none for 0; a failed trace is reported in one line)."""
     import jax
 
     x, y = jax.device_put(images), jax.device_put(labels)
@@ -99,20 +108,25 @@ def step_parts(model: keras.Model, images, labels, batch: int, steps: int, warmu
         return model.loss(y, logits)
 
     forward = jax.jit(loss)
-    gradients = jax.jit(jax.grad(loss))
+    # Compiled ahead of time: the kernel profile reads the very program that was timed.
+    gradients = jax.jit(jax.grad(loss)).lower(trainable, x).compile()
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
     optimizer_state = [v.value for v in optimizer.variables]
     apply = jax.jit(lambda grads: optimizer.stateless_apply(optimizer_state, grads, trainable))
     grads = gradients(trainable, x)
-    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    return {
+    parts = {
         "forward": 1e3 * seconds_per_call(lambda v: forward(trainable, v), x, steps, warmup),
         # Every gradient comes from one compiled call; waiting for the last waits for the call.
         "forward + backward": 1e3 * seconds_per_call(lambda v: gradients(trainable, v)[-1], x, steps, warmup),
         "optimizer": 1e3 * seconds_per_call(lambda g: apply(g)[0][-1], grads, steps, warmup),
-        "fit step": 1e3 * batch / train_images_per_second(model, dataset, batch, steps, warmup),
     }
+    # Before fit, which donates the variables' buffers (``trainable`` would be deleted).
+    profile = kernel_profile.profile_lines(gradients, (trainable, x), profile_calls,
+                                           tuple(layer.name for layer in model.layers))
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    parts["fit step"] = 1e3 * batch / train_images_per_second(model, dataset, batch, steps, warmup)
+    return parts, profile
 
 
 def pool_rows(model: keras.Model, batch: int, dtype: str, steps: int, warmup: int) -> list[dict]:
@@ -156,8 +170,9 @@ PARTS = ("forward", "forward + backward", "optimizer", "fit step")
 
 
 def render(configs: dict[str, dict[str, float]], pools: list[dict], loss: float, batch: int, gflop: float,
-           peak: float, header: dict[str, str]) -> str:
-    """The markdown report: the step's parts per configuration, then the poolings and the loss."""
+           peak: float, header: dict[str, str], profiles: dict[str, list[str]] | None = None) -> str:
+    """The markdown report: the step's parts per configuration, the poolings, the loss, then each
+    configuration's kernel profile (markdown lines from ``kernel_profile.render``)."""
     lines = ["# FCN-8s training step, part by part", ""]
     lines += [f"- {key}: {value}" for key, value in header.items()]
     lines += [
@@ -188,6 +203,9 @@ def render(configs: dict[str, dict[str, float]], pools: list[dict], loss: float,
                                                             "reshape fwd+bwd")}
     lines.append("| **sum** | | " + " | ".join(f"{v:.3f}" for v in totals.values()) + " |")
     lines += ["", f"The loss alone (SegmentationCrossEntropy, float32 logits), forward+backward: {loss:.3f} ms."]
+    for name, profile in (profiles or {}).items():
+        if profile:
+            lines += ["", f"## Kernel profile of the forward + backward: {name}", "", *profile]
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +214,8 @@ def run(argv: list[str]) -> str:
     for name in ("size", "batch_size", "fc_units", "steps", "warmup", "peak_size"):
         if getattr(FLAGS, name) < 1:
             raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
+    if FLAGS.profile_calls < 0:
+        raise ValueError(f"--profile_calls must be >= 0. Received: --profile_calls={FLAGS.profile_calls}")
     configs = [parse_config(text) for text in FLAGS.configs]
     if not configs:
         raise ValueError("--configs must name at least one FC6/POOL configuration. Received: --configs=")
@@ -229,18 +249,21 @@ def run(argv: list[str]) -> str:
     loss = loss_ms(model, labels, FLAGS.steps, FLAGS.warmup)
     gflop = forward_flops(model) / 1e9
     results: dict[str, dict[str, float]] = {}
+    profiles: dict[str, list[str]] = {}
 
     def report() -> str:
-        return write_report(render(results, pools, loss, FLAGS.batch_size, gflop, peak, header), FLAGS.output,
-                            echo=False)
+        return write_report(render(results, pools, loss, FLAGS.batch_size, gflop, peak, header, profiles),
+                            FLAGS.output, echo=False)
 
     markdown = report()
     for index, (fc6, pool) in enumerate(configs):
         if index:
             model = build(fc6, pool)
             compile_for_training(model)
-        results[f"{fc6} / {pool}"] = parts = step_parts(model, images, labels, FLAGS.batch_size, FLAGS.steps,
-                                                        FLAGS.warmup)
+        name = f"{fc6} / {pool}"
+        results[name], profiles[name] = step_parts(model, images, labels, FLAGS.batch_size, FLAGS.steps,
+                                                   FLAGS.warmup, FLAGS.profile_calls)
+        parts = results[name]
         print(f"{fc6} / {pool}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()), flush=True)
         markdown = report()
     print(markdown, flush=True)

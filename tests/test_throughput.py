@@ -120,6 +120,35 @@ def test_parse_size_and_table_rendering():
     assert "| block1 | 10 | 2 | 25 | 40 | 5 |" in table  # 10 GFLOP x 8 / 2 ms = 40 TFLOP/s
     assert "| head | 30 | 6 | 75 | 40 | 5 |" in table
     assert "| **whole forward** | 40 | 8 | 100.0 | 40 | 5 |" in table
+    assert "Kernel profile" not in table  # records without one (TensorFlow, or before kernel profiles)
+    kernels = throughput.render_markdown([record, {**profile, "kernels": ["| layer | forward ms |"]}], setup, 800.0, {})
+    assert "### Kernel profile of the inference forward (label maps): FCN-8s, 512x512, batch 8\n\n| layer | forward ms |" \
+        in kernels
+
+
+def test_inference_kernel_profile_on_jax():
+    """The label-map forward, traced on JAX's CPU: every layer's kernels, the argmax included."""
+    pytest.importorskip("jax")
+    code = (
+        "import numpy as np; from benchmarks import throughput; from fcn_keras.model import build_fcn; "
+        "from fcn_keras.inference import labels_model; "
+        "labeler = labels_model(build_fcn('8s', input_shape=(32, 32, 3), fc_units=8, geometry='same')); "
+        "images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype('float32'); "
+        "print('\\n'.join(throughput.inference_kernel_profile(labeler, images, 2))); "
+        "print('NONE' if throughput.inference_kernel_profile(labeler, images, 0) == [] else 'SOME')"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "traced over 2 calls with jax.profiler" in out and out.rstrip().endswith("NONE")
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if re.match(r"\| [^|]+ \| [\d.]+ \|", line)}
+    for layer in ("fc6", "upscore8", "labels"):
+        forward, backward = (float(v) for v in rows[layer].split("|")[2:4])
+        assert forward > 0 and backward == 0, rows[layer]  # inference: no backward phase
+    # XLA's CPU backend fuses whole VGG blocks (XNNPACK): such a row names its first and last layer.
+    assert any(name.startswith(("block1_conv1", "preprocess")) for name in rows), list(rows)
 
 
 def _table_rows(markdown: str) -> dict[str, list[dict]]:

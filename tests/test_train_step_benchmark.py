@@ -18,7 +18,8 @@ def test_benchmark_times_every_part_and_pooling(tmp_path):
     output = tmp_path / "step.md"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--size=32", "--batch_size=2", "--steps=1", "--warmup=1", "--precision=float32",
-         "--fc_units=8", "--peak_size=64", "--configs=conv/pool,im2col/reshape", f"--output={output}"],
+         "--fc_units=8", "--peak_size=64", "--configs=conv/pool,im2col/reshape", "--profile_calls=1",
+         f"--output={output}"],
         capture_output=True, text=True, env=ENV, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,11 +33,20 @@ def test_benchmark_times_every_part_and_pooling(tmp_path):
         assert 0 < forward and 0 < both and 0 < optimizer and 0 < fit
         assert rest == pytest.approx(fit - both - optimizer, abs=0.02)
         assert float(row[8]) == pytest.approx(2e3 / fit, rel=0.01, abs=0.06)  # img/s of the fit step (1 decimal)
-    pools = [line for line in text.splitlines() if re.match(r"\| block\d_pool ", line)]
+    tables = text.split("## Kernel profile")[0]  # the profiles below have block rows of their own
+    pools = [line for line in tables.splitlines() if re.match(r"\| block\d_pool ", line)]
     # 'same' geometry at 32x32: block1_pool sees 32x32x64, block5_pool 2x2x512.
     assert [p.split("|")[1].strip() for p in pools] == [f"block{b}_pool" for b in range(1, 6)]
     assert "| block1_pool | 32x32x64 |" in text and "| block5_pool | 2x2x512 |" in text
     assert re.search(r"The loss alone .*: \d+\.\d+ ms", text)
+    # Each configuration's forward+backward, traced: kernel time by layer, forward and backward.
+    sections = text.split("## Kernel profile of the forward + backward: ")[1:]
+    assert [s.splitlines()[0] for s in sections] == ["conv / pool", "im2col / reshape"]
+    for section in sections:
+        assert "traced over 1 calls with jax.profiler" in section
+        conv = re.search(r"^\| block1_conv2 \| ([\d.]+) \| ([\d.]+) \|", section, re.M)
+        assert conv and float(conv.group(1)) > 0 and float(conv.group(2)) > 0, section[:3000]
+        assert "| kind of kernel |" in section and "longest instructions" in section
 
 
 @pytest.mark.parametrize("flag,message", [
@@ -44,6 +54,7 @@ def test_benchmark_times_every_part_and_pooling(tmp_path):
                            r"\('pool', 'reshape'\)\. Received: 'conv/avg'"),
     ("--steps=0", r"--steps must be >= 1\. Received: --steps=0"),
     ("--configs=", r"--configs must name at least one FC6/POOL configuration"),
+    ("--profile_calls=-1", r"--profile_calls must be >= 0\. Received: --profile_calls=-1"),
 ])
 def test_bad_flags_are_reported_in_one_line(flag, message):
     result = subprocess.run([sys.executable, str(SCRIPT), flag], capture_output=True, text=True, env=ENV, timeout=300)
