@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
+from fcn_keras.checks import check_choice
 from fcn_keras.constants import VARIANTS
 
 # --- The family as data -----------------------------------------------------------------------
@@ -72,18 +73,12 @@ GEOMETRIES: dict[str, Geometry] = {
 
 def get_geometry(geometry: str) -> Geometry:
     """The ``Geometry`` named ``geometry``, else a ``ValueError`` naming the choices."""
-    if geometry not in GEOMETRIES:
-        raise ValueError(
-            f"geometry must be one of {tuple(GEOMETRIES)}. Received: geometry={geometry!r}"
-        )
-    return GEOMETRIES[geometry]
+    return GEOMETRIES[check_choice("geometry", geometry, GEOMETRIES)]
 
 
 def check_variant(variant: str) -> str:
     """Returns ``variant`` if it names an FCN variant, else raises a ``ValueError``."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}. Received: variant={variant!r}")
-    return variant
+    return check_choice("variant", variant, VARIANTS)
 
 
 def output_stride(variant: str) -> int:

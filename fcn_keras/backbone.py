@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import keras
 
+from fcn_keras.checks import check_choice
 from fcn_keras.constants import PREPROCESSING_MODES
 from fcn_keras.files import file_digests
 
@@ -57,12 +58,7 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
         ValueError: unknown ``preprocessing``, or ``"auto"`` for a file of unknown origin.
     """
     if preprocessing != "auto":
-        if preprocessing not in PREPROCESSING_MODES:
-            raise ValueError(
-                f"preprocessing must be one of {('auto',) + PREPROCESSING_MODES}. "
-                f"Received: preprocessing={preprocessing!r}"
-            )
-        return preprocessing
+        return check_choice("preprocessing", preprocessing, ("auto",) + PREPROCESSING_MODES)
     if weights in NAMED_WEIGHTS:
         return "caffe"
     path = Path(weights)

@@ -32,6 +32,8 @@ from typing import Any, Iterator
 
 import keras
 
+from fcn_keras.checks import check_choice
+
 logger = logging.getLogger(__name__)
 
 DISTRIBUTE_MODES: tuple[str, ...] = ("none", "mirrored", "multi_worker")
@@ -105,8 +107,7 @@ def setup_distribution(mode: str) -> Distribution:
         ValueError: unknown ``mode``, or ``multi_worker`` without its cluster description
             (``TF_CONFIG`` for TensorFlow, ``KERAS_DISTRIBUTION_*`` for JAX).
     """
-    if mode not in DISTRIBUTE_MODES:
-        raise ValueError(f"distribute must be one of {DISTRIBUTE_MODES}. Received: distribute={mode!r}")
+    check_choice("distribute", mode, DISTRIBUTE_MODES)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _setup_tensorflow(mode)

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from fcn_keras.checks import check_choice
 from fcn_keras.surgery import bilinear_kernel
 from fcn_keras.constants import (
     BGR_MEANS,
@@ -47,10 +48,7 @@ class Preprocess(keras.layers.Layer):
     """
 
     def __init__(self, mode: str = "caffe", **kwargs: Any) -> None:
-        if mode not in PREPROCESSING_MODES:
-            raise ValueError(
-                f"mode must be one of {PREPROCESSING_MODES}. Received: mode={mode!r}"
-            )
+        check_choice("mode", mode, PREPROCESSING_MODES)
         super().__init__(**kwargs)
         self.mode = mode
         # Integer images must not be auto-cast away from their values; we cast explicitly.
@@ -249,8 +247,8 @@ def shifted_windows(inputs, k_h: int, k_w: int, padding: str = "valid") -> list:
     """
     if padding == "same":
         inputs = ops.pad(inputs, [[0, 0], [(k_h - 1) // 2, k_h // 2], [(k_w - 1) // 2, k_w // 2], [0, 0]])
-    elif padding != "valid":
-        raise ValueError(f"padding must be one of ('valid', 'same'). Received: padding={padding!r}")
+    else:
+        check_choice("padding", padding, ("valid", "same"))
     # Window (i, j) drops i rows at the top and k_h - 1 - i at the bottom (stop None for the last).
     return [
         inputs[:, i : (i - k_h + 1) or None, j : (j - k_w + 1) or None, :] for i in range(k_h) for j in range(k_w)

@@ -17,6 +17,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
+from fcn_keras.checks import check_choice
 from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
 from fcn_keras.layers import (
     BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, Preprocess, ReshapeMaxPooling2D,
@@ -108,10 +109,8 @@ def build_fcn(
             f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
             f"Received: input_shape={input_shape!r}"
         )
-    for option, value, choices in (("fc6_implementation", fc6_implementation, FC6_IMPLEMENTATIONS),
-                                   ("pool_implementation", pool_implementation, POOL_IMPLEMENTATIONS)):
-        if value not in choices:
-            raise ValueError(f"{option} must be one of {tuple(choices)}. Received: {option}={value!r}")
+    check_choice("fc6_implementation", fc6_implementation, FC6_IMPLEMENTATIONS)
+    check_choice("pool_implementation", pool_implementation, POOL_IMPLEMENTATIONS)
     if at_once and variant == "32s":
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
     if not 0.0 <= dropout < 1.0:

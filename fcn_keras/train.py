@@ -37,6 +37,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
+from fcn_keras.checks import check_choice
 from fcn_keras.console import progress_verbosity, usage_error
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS, VOC_CLASSES
 from fcn_keras.files import atomic_path, write_json_atomic
@@ -154,11 +155,6 @@ class TrainingDiverged(RuntimeError):
 # --- Configuration ----------------------------------------------------------------------------
 
 
-def _choice(name: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}. Received: {name}={value!r}")
-
-
 def paper_learning_rate(variant: str, at_once: bool = False) -> float:
     """The paper's learning rate for our per-pixel-mean loss: ``lr_caffe * pixels per image``."""
     key = "8s_at_once" if at_once else variant
@@ -206,12 +202,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         ValueError: a field out of range, naming the flag and the value received.
     """
     arch.check_variant(config.variant)
-    _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
-    _choice("mixed_precision", config.mixed_precision, tuple(MIXED_PRECISION))
-    _choice("jit_compile", config.jit_compile, tuple(JIT_COMPILE))
-    _choice("distribute", config.distribute, DISTRIBUTE_MODES)
-    _choice("preprocessing", config.preprocessing, ("auto",) + PREPROCESSING_MODES)
-    _choice("fc6_implementation", config.fc6_implementation, tuple(FC6_IMPLEMENTATIONS))
+    check_choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    check_choice("mixed_precision", config.mixed_precision, tuple(MIXED_PRECISION))
+    check_choice("jit_compile", config.jit_compile, tuple(JIT_COMPILE))
+    check_choice("distribute", config.distribute, DISTRIBUTE_MODES)
+    check_choice("preprocessing", config.preprocessing, ("auto",) + PREPROCESSING_MODES)
+    check_choice("fc6_implementation", config.fc6_implementation, tuple(FC6_IMPLEMENTATIONS))
     if config.geometry is not None:
         arch.get_geometry(config.geometry)
     if config.at_once and config.variant == "32s":
@@ -229,7 +225,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if not values["output_dir"]:
         values["output_dir"] = str(Path("runs") / f"fcn{config.variant}{'_at_once' if config.at_once else ''}")
     resolved = TrainConfig(**values)
-    _choice("optimizer", resolved.optimizer, OPTIMIZERS)
+    check_choice("optimizer", resolved.optimizer, OPTIMIZERS)
     for name in ("epochs", "steps_per_epoch", "batch_size", "fc_units", "num_classes"):
         value = getattr(resolved, name)
         minimum = 2 if name == "num_classes" else 1

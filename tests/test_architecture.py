@@ -6,6 +6,7 @@ import pytest
 import keras
 
 from fcn_keras import architecture as arch
+from fcn_keras.checks import check_choice
 from fcn_keras.model import build_fcn
 
 
@@ -45,6 +46,12 @@ def test_bad_variant_and_size_are_rejected_with_the_argument_named():
         arch.crop_offsets("4s")
     with pytest.raises(ValueError, match="size must be >= 1"):
         arch.blob_sizes("8s", 0)
+
+
+def test_check_choice_returns_the_value_or_names_every_choice():
+    assert check_choice("geometry", "same", arch.GEOMETRIES) == "same"  # a dict's keys are its choices
+    with pytest.raises(ValueError, match=r"^geometry must be one of \('reference', 'same'\)\. Received: geometry=3$"):
+        check_choice("geometry", 3, arch.GEOMETRIES)
 
 
 @pytest.mark.parametrize("geometry", arch.GEOMETRIES)

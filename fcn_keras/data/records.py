@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from fcn_keras.checks import check_choice
+
 #: Version of the record schema, written to every manifest.
 SCHEMA_VERSION: int = 1
 
@@ -84,8 +86,7 @@ def encode_example(
     Returns:
         The serialized ``tf.train.Example``.
     """
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}. Received: image_format={image_format!r}")
+    check_choice("image_format", image_format, IMAGE_FORMATS)
     example = tf.train.Example(
         features=tf.train.Features(
             feature={

@@ -35,6 +35,7 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
+from fcn_keras.checks import check_choice
 from fcn_keras.console import op_error_reason
 from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES, PNG_SIGNATURE, VOC_PALETTE, png_bit_depth
 
@@ -134,8 +135,7 @@ def find_list(split: str, voc_root: str | os.PathLike, sbd_root=None, lists_dir=
     Raises:
         ValueError: unknown split, or no list file found (naming the places searched).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
+    check_choice("split", split, SPLITS)
     if split in SBD_SPLITS:
         candidates = [sbd_dir(sbd_root, split) / SBD_SPLITS[split]]
     else:
