@@ -228,12 +228,14 @@ def fused_layers(module: HloModule, name: str) -> list[str]:
     return layers
 
 
-def label(module: HloModule, name: str, op_name: str | None) -> tuple[str, str]:
+def label(module: HloModule, name: str, op_name: str | None, layer_order: tuple[str, ...] = ()) -> tuple[str, str]:
     """(layer, phase) of an instruction: ``layer_and_phase`` of its ``op_name``, with the layer
-    written ``first + ... + last (N layers)`` where it fuses ops of more than two layers (a fusion
-    of two, e.g. a ReLU's gradient with the next pooling's, counts for its root's layer)."""
+    written ``first + ... + last (N layers)`` where it fuses ops of more than two layers (first and
+    last in ``layer_order`` where it names them; a fusion of two, e.g. a ReLU's gradient with the
+    next pooling's, counts for its root's layer)."""
     layer, phase = layer_and_phase(op_name)
-    fused = fused_layers(module, name)
+    rank = {name: index for index, name in enumerate(layer_order)}
+    fused = sorted(fused_layers(module, name), key=lambda fused_layer: rank.get(fused_layer, len(rank)))
     if len(fused) > 2:
         layer = f"{fused[0]} + ... + {fused[-1]} ({len(fused)} layers)"
     return layer, phase
@@ -284,7 +286,8 @@ class KernelProfile:
         return table
 
 
-def profile_compiled(compiled, args: tuple, calls: int = 5, sync=None) -> KernelProfile:
+def profile_compiled(compiled, args: tuple, calls: int = 5, sync=None,
+                     layer_order: tuple[str, ...] = ()) -> KernelProfile:
     """Traces ``calls`` calls of ``compiled`` (a ``jax.jit(...).lower(...).compile()`` result, already
     warm) on ``args`` and attributes the kernel time.
 
@@ -293,6 +296,7 @@ def profile_compiled(compiled, args: tuple, calls: int = 5, sync=None) -> Kernel
         args: its positional arguments.
         calls: calls traced (>= 1); the times are per call.
         sync: waits for a call's result (default ``jax.block_until_ready``).
+        layer_order: the model's layer names, in order (how fusions across layers are named).
 
     Returns:
         The ``KernelProfile``. Raises ``RuntimeError`` when the trace holds no kernel of the program.
@@ -312,10 +316,11 @@ def profile_compiled(compiled, args: tuple, calls: int = 5, sync=None) -> Kernel
         if not paths:
             raise RuntimeError(f"jax.profiler wrote no .xplane.pb under {log_dir}")
         data = jax.profiler.ProfileData.from_file(paths[0])
-    return profile_from_trace(compiled.as_text(), data, calls, wall_ms, jax.devices()[0].platform)
+    return profile_from_trace(compiled.as_text(), data, calls, wall_ms, jax.devices()[0].platform, layer_order)
 
 
-def profile_from_trace(hlo_text: str, data, calls: int, wall_ms: float, platform: str) -> KernelProfile:
+def profile_from_trace(hlo_text: str, data, calls: int, wall_ms: float, platform: str,
+                       layer_order: tuple[str, ...] = ()) -> KernelProfile:
     """Attributes the kernels of a trace (``jax.profiler.ProfileData``: planes of lines of events
     with stats) of ``calls`` calls of the program ``hlo_text`` run on ``platform``."""
     module = parse_hlo(hlo_text)
@@ -336,7 +341,7 @@ def profile_from_trace(hlo_text: str, data, calls: int, wall_ms: float, platform
     return KernelProfile(
         module=module.name, calls=calls, wall_ms=wall_ms, source=source,
         by_instruction=dict(by_instruction), unmatched=dict(unmatched),
-        layer={name: label(module, name, attributed[name]) for name in by_instruction},
+        layer={name: label(module, name, attributed[name], layer_order) for name in by_instruction},
         kind={name: category(module, name) for name in by_instruction},
         position={name: index for index, name in enumerate(module.instructions) if name in by_instruction},
     )
@@ -415,7 +420,7 @@ def profile_lines(compiled, args: tuple, calls: int, layer_order: tuple[str, ...
     if not calls:
         return []
     try:
-        profile = profile_compiled(compiled, args, calls)
+        profile = profile_compiled(compiled, args, calls, layer_order=layer_order)
     except Exception as error:  # noqa: BLE001
         return [f"Kernel profile not taken: {type(error).__name__}: {error}"]
     return render(profile, layer_order)

@@ -171,5 +171,8 @@ ENTRY %main (x: f32[4]) -> f32[4] {
     assert kp.fused_layers(module, "ynn_fusion") == ["block1_conv1", "block1_conv2", "block1_pool"]
     assert kp.label(module, "ynn_fusion", "jit(f)/block1_pool/reduce_window_max") == (
         "block1_conv1 + ... + block1_pool (3 layers)", "forward")
+    # Named in the model's order where one is given.
+    assert kp.label(module, "ynn_fusion", None, ("block1_pool", "block1_conv2", "block1_conv1"))[0] == (
+        "block1_pool + ... + block1_conv1 (3 layers)")
     # Two layers: the root's.
     assert kp.label(module, "pair", kp.origins(module, ["pair"])["pair"]) == ("block1_pool", "backward")
