@@ -27,6 +27,8 @@ With ``--profile`` it also times the forward pass block by block, to say which l
 prefixes of the network ending after each VGG block, after fc7 and at the label map are each
 jitted and timed (best of 3 timings of ``--steps`` back-to-back calls on a batch already on the
 device); a block's time is the difference between consecutive prefixes, set beside its FLOPs.
+On JAX the label-map forward is also traced (``--profile_calls`` calls) for a kernel profile
+(``kernel_profile.py``): device time by layer and by kind of kernel.
 
 Results are appended to ``<output>.jsonl`` as each configuration finishes, and the markdown
 table is rewritten (atomically) after each: an interrupted run resumes where it stopped when the
