@@ -56,7 +56,6 @@ class Instruction:
 
     name: str
     opcode: str
-    computation: str
     operands: tuple[str, ...]
     calls: tuple[str, ...]
     op_name: str | None
@@ -107,7 +106,6 @@ def parse_hlo(text: str) -> HloModule:
         instructions[match.group("name")] = Instruction(
             name=match.group("name"),
             opcode=op.group("opcode"),
-            computation=current,
             operands=tuple(re.findall(r"%([\w.\-]+)", op.group("args"))),
             calls=tuple(re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", rest)),
             op_name=op_name.group(1) if op_name and "/" in op_name.group(1) else None,
