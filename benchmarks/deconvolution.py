@@ -43,7 +43,8 @@ from fcn_keras.constants import NUM_CLASSES, VARIANTS  # noqa: E402
 from fcn_keras.layers import Deconvolution  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
-    PRECISIONS, benchmark_main, device_description, report_header, seconds_per_call, write_report,
+    PRECISIONS, benchmark_main, check_flags_at_least, device_description, report_header, seconds_per_call,
+    write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -172,9 +173,7 @@ def render(rows: list[tuple[dict, dict]], batch: int, header: dict[str, str]) ->
 
 def run(argv: list[str]) -> str:
     """Measures every upsampling layer as the flags say; returns (and prints) the markdown."""
-    for name in ("size", "batch_size", "steps", "warmup"):
-        if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
+    check_flags_at_least(1, "size", "batch_size", "steps", "warmup")
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")
     entries = upsampling_layers(FLAGS.size, FLAGS.geometry)

@@ -47,8 +47,8 @@ from absl import app, flags  # noqa: E402
 from fcn_keras.layers import im2col_conv, shifted_windows  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
-    PRECISIONS, _jit, benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
-    write_report,
+    PRECISIONS, _jit, benchmark_main, check_flags_at_least, device_description, matmul_peak, report_header,
+    seconds_per_call, write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -70,9 +70,7 @@ def define_layer_flags(measured: str) -> None:
 
 def check_layer_flags() -> None:
     """``define_layer_flags``' counts are >= 1 (else a ValueError naming the flag)."""
-    for name in ("size", "batch_size", "fc_units", "steps", "warmup", "peak_size"):
-        if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
+    check_flags_at_least(1, "size", "batch_size", "fc_units", "steps", "warmup", "peak_size")
 
 
 # --- The formulations --------------------------------------------------------------------------

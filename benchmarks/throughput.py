@@ -130,6 +130,14 @@ def _positive_ints(values: list[str], name: str) -> list[int]:
     return ints
 
 
+def check_flags_at_least(minimum: int, *names: str) -> None:
+    """Each integer flag of ``names`` is >= ``minimum``, else a ValueError naming the flag (the
+    benchmarks' counts and sizes)."""
+    for name in names:
+        if getattr(FLAGS, name) < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}. Received: --{name}={getattr(FLAGS, name)}")
+
+
 def _sync(tensor) -> None:
     """Blocks until ``tensor`` (any backend) is computed, moving only one element to the host."""
     keras.ops.convert_to_numpy(keras.ops.reshape(tensor, (-1,))[:1])
@@ -572,12 +580,8 @@ def run(argv: list[str]) -> str:
     variants = [check_variant(v) for v in FLAGS.variants]
     sizes = [parse_size(s, "--sizes entries") for s in FLAGS.sizes]
     batches = _positive_ints(FLAGS.batch_sizes, "batch_sizes")
-    for name in ("steps", "warmup", "latency_runs", "fc_units", "peak_runs"):
-        if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
-    for name in ("peak_size", "profile_calls"):
-        if getattr(FLAGS, name) < 0:
-            raise ValueError(f"--{name} must be >= 0. Received: --{name}={getattr(FLAGS, name)}")
+    check_flags_at_least(1, "steps", "warmup", "latency_runs", "fc_units", "peak_runs")
+    check_flags_at_least(0, "peak_size", "profile_calls")
 
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")  # tf.data only: the accelerator is the backend's

@@ -53,8 +53,8 @@ from fcn_keras.flops import forward_flops  # noqa: E402
 from fcn_keras.layers import ReshapeMaxPooling2D  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, POOL_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
-    PRECISIONS, benchmark_main, compile_for_training, device_description, matmul_peak, report_header,
-    seconds_per_call, synthetic_batch, train_images_per_second, write_report,
+    PRECISIONS, benchmark_main, check_flags_at_least, compile_for_training, device_description, matmul_peak,
+    report_header, seconds_per_call, synthetic_batch, train_images_per_second, write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -211,11 +211,8 @@ def render(configs: dict[str, dict[str, float]], pools: list[dict], loss: float,
 
 def run(argv: list[str]) -> str:
     """Times the parts as the flags say; returns (and prints) the markdown."""
-    for name in ("size", "batch_size", "fc_units", "steps", "warmup", "peak_size"):
-        if getattr(FLAGS, name) < 1:
-            raise ValueError(f"--{name} must be >= 1. Received: --{name}={getattr(FLAGS, name)}")
-    if FLAGS.profile_calls < 0:
-        raise ValueError(f"--profile_calls must be >= 0. Received: --profile_calls={FLAGS.profile_calls}")
+    check_flags_at_least(1, "size", "batch_size", "fc_units", "steps", "warmup", "peak_size")
+    check_flags_at_least(0, "profile_calls")
     configs = [parse_config(text) for text in FLAGS.configs]
     if not configs:
         raise ValueError("--configs must name at least one FC6/POOL configuration. Received: --configs=")
