@@ -263,22 +263,23 @@ class KernelProfile:
     def by_layer(self, order: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
         """Layer -> {phase: ms per call}: the layers of ``order`` in that order, then the others
         in the order the program first runs them."""
-        table: dict[str, dict[str, float]] = {layer: dict.fromkeys(PHASES, 0.0) for layer in order}
-        for name in sorted(self.by_instruction, key=self.position.__getitem__):
-            layer, phase = self.layer[name]
-            table.setdefault(layer, dict.fromkeys(PHASES, 0.0))[phase] += self.by_instruction[name]
-        for layer in order:  # layers without kernels (an input, a weightless reshape) are left out
-            if not any(table[layer].values()):
-                del table[layer]
-        if self.unmatched:
-            table.setdefault(UNMATCHED, dict.fromkeys(PHASES, 0.0))["other"] += sum(self.unmatched.values())
-        return table
+        scheduled = sorted(self.by_instruction, key=self.position.__getitem__)
+        return self._phase_table(lambda name: self.layer[name][0], scheduled, order)
 
     def by_kind(self) -> dict[str, dict[str, float]]:
         """Kernel kind -> {phase: ms per call}."""
-        table: dict[str, dict[str, float]] = {}
-        for name, ms in self.by_instruction.items():
-            table.setdefault(self.kind[name], dict.fromkeys(PHASES, 0.0))[self.layer[name][1]] += ms
+        return self._phase_table(self.kind.__getitem__, self.by_instruction)
+
+    def _phase_table(self, row_of, names, preset: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+        """Row (``row_of(instruction)``) -> {phase: ms per call} over ``names``, the ``preset`` rows
+        first (left out where no kernel fell in them: an input, a weightless reshape), unmatched
+        kernels last."""
+        table: dict[str, dict[str, float]] = {row: dict.fromkeys(PHASES, 0.0) for row in preset}
+        for name in names:
+            table.setdefault(row_of(name), dict.fromkeys(PHASES, 0.0))[self.layer[name][1]] += self.by_instruction[name]
+        for row in preset:
+            if not any(table[row].values()):
+                del table[row]
         if self.unmatched:
             table.setdefault(UNMATCHED, dict.fromkeys(PHASES, 0.0))["other"] += sum(self.unmatched.values())
         return table
@@ -387,18 +388,19 @@ def render(profile: KernelProfile, layer_order: tuple[str, ...] = (), top: int =
         f"Kernel time per call of `{profile.module}` ({where}, traced over {profile.calls} calls with "
         f"jax.profiler, benchmarks/kernel_profile.py): {profile.total_ms:.2f} ms summed; wall time per "
         f"call while tracing {profile.wall_ms:.2f} ms.", "",
-        "| layer | forward ms | backward ms | other ms | total ms | % of kernel time |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for layer, phases in profile.by_layer(layer_order).items():
-        lines.append(f"| {layer} | " + " | ".join(f"{phases[p]:.3f}" for p in PHASES)
-                     + f" | {sum(phases.values()):.3f} | {100 * sum(phases.values()) / total:.1f} |")
-    lines += ["", "| kind of kernel | forward ms | backward ms | other ms | total ms | % of kernel time |",
-              "|---|---:|---:|---:|---:|---:|"]
-    kinds = sorted(profile.by_kind().items(), key=lambda item: -sum(item[1].values()))
-    for kind, phases in kinds:
-        lines.append(f"| {kind} | " + " | ".join(f"{phases[p]:.3f}" for p in PHASES)
-                     + f" | {sum(phases.values()):.3f} | {100 * sum(phases.values()) / total:.1f} |")
+
+    def phase_rows(heading: str, table: dict[str, dict[str, float]]) -> list[str]:
+        rows = [f"| {heading} | forward ms | backward ms | other ms | total ms | % of kernel time |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for row, phases in table.items():
+            rows.append(f"| {row} | " + " | ".join(f"{phases[p]:.3f}" for p in PHASES)
+                        + f" | {sum(phases.values()):.3f} | {100 * sum(phases.values()) / total:.1f} |")
+        return rows
+
+    lines += phase_rows("layer", profile.by_layer(layer_order))
+    kinds = dict(sorted(profile.by_kind().items(), key=lambda item: -sum(item[1].values())))
+    lines += ["", *phase_rows("kind of kernel", kinds)]
     lines += ["", f"The {top} longest instructions:", "",
               "| instruction | kind | layer | phase | ms per call | % of kernel time |", "|---|---|---|---|---:|---:|"]
     ranked = sorted(profile.by_instruction.items(), key=lambda item: -item[1])[:top]
