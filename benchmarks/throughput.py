@@ -56,6 +56,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the fcn_keras package, an
         sys.path.insert(0, str(_path))
 
 import keras  # noqa: E402
+import kernel_profile  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402  (tf.data on the host, whatever the Keras backend)
 from absl import app, flags  # noqa: E402
@@ -345,36 +346,22 @@ PROFILE_CUTS: tuple[tuple[str, str], ...] = (
 PROFILE_HEAD = "head (score_fr, skips, upsampling, argmax)"
 
 
-def forward_fn(model: keras.Model):
-    """``x -> model(x, training=False)``, compiled by the backend's XLA, weights passed as
-    arguments (not baked in as constants); the output stays on the device."""
+def forward_fn(model: keras.Model, x):
+    """``x -> model(x, training=False)``, compiled by the backend's XLA for ``x``'s shape, weights
+    passed as arguments (not baked in as constants); the output stays on the device.
+
+    Returns:
+        ``(fn, program)``: ``fn(x)``, and on JAX the program compiled ahead of time with its
+        arguments, ``(compiled, (trainable, non_trainable, x))``, for ``kernel_profile`` (else ``None``).
+    """
     if keras.backend.backend() == "jax":
-        jitted, weights = _jax_forward(model)
-        return lambda x: jitted(*weights, x)
-    return _jit(lambda x: model(x, training=False))
+        import jax
 
-
-def _jax_forward(model: keras.Model):
-    """JAX: the jitted ``(trainable, non_trainable, x) -> model output`` (inference) and the weights."""
-    import jax
-
-    weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
-    return jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0]), weights
-
-
-def inference_kernel_profile(labeler: keras.Model, images: np.ndarray, calls: int) -> list[str]:
-    """Markdown of ``kernel_profile`` over ``calls`` traced calls of ``labeler``'s forward (image
-    batch to label maps, compiled ahead of time) on ``images``: the device time by layer and by
-    kind of kernel. ``[]`` for ``calls == 0`` or a backend other than JAX."""
-    if not calls or keras.backend.backend() != "jax":
-        return []
-    import kernel_profile
-
-    jitted, weights = _jax_forward(labeler)
-    x = keras.ops.convert_to_tensor(images)
-    compiled = jitted.lower(*weights, x).compile()
-    _sync(compiled(*weights, x))
-    return kernel_profile.profile_lines(compiled, (*weights, x), calls, tuple(layer.name for layer in labeler.layers))
+        weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        jitted = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
+        compiled = jitted.lower(*weights, x).compile()
+        return (lambda x: compiled(*weights, x)), (compiled, (*weights, x))
+    return _jit(lambda x: model(x, training=False)), None
 
 
 def seconds_per_call(fn, x, runs: int, warmup: int) -> float:
@@ -391,16 +378,20 @@ def seconds_per_call(fn, x, runs: int, warmup: int) -> float:
     return best / runs
 
 
-def profile_blocks(model: keras.Model, labeler: keras.Model, images: np.ndarray, runs: int, warmup: int) -> list[dict]:
-    """Forward time and FLOPs of each block of ``model`` on ``images`` (already on the device).
+def profile_blocks(model: keras.Model, labeler: keras.Model, images: np.ndarray, runs: int, warmup: int,
+                   profile_calls: int = 0) -> tuple[list[dict], list[str]]:
+    """Forward time and FLOPs of each block of ``model`` on ``images`` (already on the device),
+    and the kernel profile of the label-map forward.
 
     Each prefix of the network (input to the end of a block; the last one is ``labeler``, input to
     label map) is compiled and timed on its own; a block's time is its prefix's time minus the
     previous prefix's. A prefix writes its output to memory where the whole net may fuse on, and
-    two timings carry noise: small blocks can come out slightly negative.
+    two timings carry noise: small blocks can come out slightly negative. On JAX, ``profile_calls``
+    calls of the labeler's compiled program are then traced (``kernel_profile``).
 
     Returns:
-        ``[{"block", "gflop_per_image", "prefix_ms", "ms"}]`` in network order, ``ms`` per batch.
+        ``[{"block", "gflop_per_image", "prefix_ms", "ms"}]`` in network order, ``ms`` per batch,
+        and the kernel profile's markdown lines (``[]`` for 0 calls or another backend).
     """
     flops = model_flops(model)
     order = [layer.name for layer in model.layers]
@@ -409,7 +400,8 @@ def profile_blocks(model: keras.Model, labeler: keras.Model, images: np.ndarray,
     for name, last in (*PROFILE_CUTS, (PROFILE_HEAD, None)):
         end = len(order) if last is None else order.index(last) + 1
         prefix = labeler if last is None else keras.Model(model.inputs, model.get_layer(last).output)
-        prefix_ms = 1e3 * seconds_per_call(forward_fn(prefix), x, runs, warmup)
+        fn, program = forward_fn(prefix, x)
+        prefix_ms = 1e3 * seconds_per_call(fn, x, runs, warmup)
         blocks.append({
             "block": name,
             "gflop_per_image": sum(flops.get(layer, 0) for layer in order[start:end]) / 1e9,
@@ -417,7 +409,10 @@ def profile_blocks(model: keras.Model, labeler: keras.Model, images: np.ndarray,
             "ms": prefix_ms - previous_ms,
         })
         start, previous_ms = end, prefix_ms
-    return blocks
+    # ``program`` is the labeler's (the last prefix), already compiled and warm.
+    kernels = kernel_profile.profile_lines(*program, profile_calls, tuple(layer.name for layer in labeler.layers)) \
+        if program else []
+    return blocks, kernels
 
 
 def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, latency, tf_glob, seed) -> dict:
@@ -654,9 +649,10 @@ def run(argv: list[str]) -> str:
                         write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
                 if profile:
                     images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                    blocks, kernels = profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup,
+                                                     FLAGS.profile_calls)
                     record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
-                              "batch": batches[0], "blocks": profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup),
-                              "kernels": inference_kernel_profile(labeler, images, FLAGS.profile_calls)}
+                              "batch": batches[0], "blocks": blocks, "kernels": kernels}
                     append_record(records_path, record)
                     records.append(record)
                     print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "

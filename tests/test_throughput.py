@@ -127,15 +127,15 @@ def test_parse_size_and_table_rendering():
 
 
 def test_inference_kernel_profile_on_jax():
-    """The label-map forward, traced on JAX's CPU: every layer's kernels, the argmax included."""
+    """profile_blocks' label-map forward, traced on JAX's CPU: every layer's kernels, the argmax included."""
     pytest.importorskip("jax")
     code = (
         "import numpy as np; from benchmarks import throughput; from fcn_keras.model import build_fcn; "
         "from fcn_keras.inference import labels_model; "
-        "labeler = labels_model(build_fcn('8s', input_shape=(32, 32, 3), fc_units=8, geometry='same')); "
+        "model = build_fcn('8s', input_shape=(32, 32, 3), fc_units=8, geometry='same'); labeler = labels_model(model); "
         "images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype('float32'); "
-        "print('\\n'.join(throughput.inference_kernel_profile(labeler, images, 2))); "
-        "print('NONE' if throughput.inference_kernel_profile(labeler, images, 0) == [] else 'SOME')"
+        "print('\\n'.join(throughput.profile_blocks(model, labeler, images, 1, 1, profile_calls=2)[1])); "
+        "print('NONE' if throughput.profile_blocks(model, labeler, images, 1, 1, profile_calls=0)[1] == [] else 'SOME')"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env=env,
