@@ -139,22 +139,28 @@ def category(module: HloModule, name: str) -> str:
         return inst.custom_call_target
     if inst.opcode != "fusion":
         return inst.opcode
-    fused = _called_opcodes(module, inst)
+    fused = {called.custom_call_target or called.opcode for called in called_instructions(module, name)}
     notable = next((op for op in _NOTABLE_OPS if op in fused), "elementwise")
     if inst.fusion_kind and inst.fusion_kind.startswith("__"):
         return f"fusion {inst.fusion_kind}: {notable}"
     return f"fusion: {notable}"
 
 
-def _called_opcodes(module: HloModule, inst: Instruction, depth: int = 0) -> set[str]:
-    opcodes: set[str] = set()
-    for computation in inst.calls:
-        for name in module.computations.get(computation, ()):
-            called = module.instructions[name]
-            opcodes.add(called.custom_call_target or called.opcode)
-            if depth < 3:
-                opcodes |= _called_opcodes(module, called, depth + 1)
-    return opcodes
+def called_instructions(module: HloModule, name: str) -> list[Instruction]:
+    """Every instruction of the computations ``name`` calls, and of those they call, breadth
+    first, each computation once (a fusion's body, a reduction's reducer)."""
+    found: list[Instruction] = []
+    pending = list(module.instructions[name].calls)
+    seen = set(pending)
+    while pending:
+        for inner in module.computations.get(pending.pop(0), ()):
+            inst = module.instructions[inner]
+            found.append(inst)
+            for computation in inst.calls:
+                if computation not in seen:
+                    seen.add(computation)
+                    pending.append(computation)
+    return found
 
 
 def origins(module: HloModule, names) -> dict[str, str | None]:
@@ -211,18 +217,10 @@ def fused_layers(module: HloModule, name: str) -> list[str]:
     computation; one layer, or none, for most GPU fusions, several where XLA fuses across layers
     (e.g. the CPU backend's XNNPACK fusions of convolutions and poolings)."""
     layers: list[str] = []
-    pending = list(module.instructions[name].calls)
-    seen = set(pending)
-    while pending:
-        for inner in module.computations.get(pending.pop(0), ()):
-            inst = module.instructions[inner]
-            layer = layer_and_phase(inst.op_name)[0] if inst.op_name else None
-            if layer and layer not in layers and layer != OUTSIDE_LAYERS:
-                layers.append(layer)
-            for computation in inst.calls:
-                if computation not in seen:
-                    seen.add(computation)
-                    pending.append(computation)
+    for inst in called_instructions(module, name):
+        layer = layer_and_phase(inst.op_name)[0] if inst.op_name else None
+        if layer and layer not in layers and layer != OUTSIDE_LAYERS:
+            layers.append(layer)
     return layers
 
 
