@@ -203,11 +203,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     """
     arch.check_variant(config.variant)
     check_choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
-    check_choice("mixed_precision", config.mixed_precision, tuple(MIXED_PRECISION))
-    check_choice("jit_compile", config.jit_compile, tuple(JIT_COMPILE))
+    check_choice("mixed_precision", config.mixed_precision, MIXED_PRECISION)
+    check_choice("jit_compile", config.jit_compile, JIT_COMPILE)
     check_choice("distribute", config.distribute, DISTRIBUTE_MODES)
     check_choice("preprocessing", config.preprocessing, ("auto",) + PREPROCESSING_MODES)
-    check_choice("fc6_implementation", config.fc6_implementation, tuple(FC6_IMPLEMENTATIONS))
+    check_choice("fc6_implementation", config.fc6_implementation, FC6_IMPLEMENTATIONS)
     if config.geometry is not None:
         arch.get_geometry(config.geometry)
     if config.at_once and config.variant == "32s":
