@@ -22,7 +22,7 @@ Two geometries:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -113,6 +113,22 @@ def fuse_name(block: int) -> str:
 def skip_upsample_name(variant: str, index: int) -> str:
     """The 2x upsampling before the ``index``-th fusion: "upscore2", then "upscore_pool4"."""
     return "upscore2" if index == 0 else f"upscore_pool{SKIPS[variant][index - 1]}"
+
+
+def variant_of(layer_names: Iterable[str]) -> str | None:
+    """The variant whose score layers a net has, from its layer names (Keras' or Caffe's).
+
+    Args:
+        layer_names: the net's layer names.
+
+    Returns:
+        The finest variant all of whose ``score_pool<N>`` layers are present (``"8s"``,
+        ``"16s"``, ``"32s"``), or None without ``score_fr`` (no FCN head).
+    """
+    names = set(layer_names)
+    if "score_fr" not in names:
+        return None
+    return next(v for v in sorted(VARIANTS, key=output_stride) if all(score_name(b) in names for b in SKIPS[v]))
 
 
 def final_upsample_name(variant: str) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from fcn_keras.checks import check_int
 from fcn_keras.files import atomic_path, copy_atomic, write_json_atomic
 from fcn_keras.optimizers import batches_applied
 
@@ -200,12 +201,12 @@ class ResumableBackup(keras.callbacks.Callback):
         only after it: the saved sums are added then. Exact because every metric state here is
         a sum over steps (the loss mean's total and count, the confusion matrix).
         """
-        arrays = np.load(self._pending_arrays)
-        for variable in self.model.metrics_variables:
-            key = f"metric/{variable.path}"
-            if key not in arrays.files:
-                raise ValueError(f"the backup {self._pending_arrays} has no metric state {variable.path!r}")
-            variable.assign(variable.value + keras.ops.convert_to_tensor(arrays[key], dtype=variable.dtype))
+        with np.load(self._pending_arrays) as arrays:
+            for variable in self.model.metrics_variables:
+                key = f"metric/{variable.path}"
+                if key not in arrays.files:
+                    raise ValueError(f"the backup {self._pending_arrays} has no metric state {variable.path!r}")
+                variable.assign(variable.value + keras.ops.convert_to_tensor(arrays[key], dtype=variable.dtype))
         self._pending_arrays = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -317,11 +318,11 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike, state: dic
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     model.load_weights(backup_dir / state["weights"])
-    arrays = np.load(backup_dir / state["arrays"])
-    for index, variable in enumerate(_seed_variables(model)):
-        key = f"seed_{index}"
-        if key in arrays:
-            variable.assign(arrays[key])
+    with np.load(backup_dir / state["arrays"]) as arrays:
+        for index, variable in enumerate(_seed_variables(model)):
+            key = f"seed_{index}"
+            if key in arrays:
+                variable.assign(arrays[key])
 
 
 # --- Checkpoints ------------------------------------------------------------------------------
@@ -342,9 +343,7 @@ class CheckpointSchedule:
     """
 
     def __init__(self, every: int, epochs: int) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1. Received: every={every!r}")
-        self.every = every
+        self.every = check_int("every", every, 1)
         self.epochs = int(epochs)
 
     def due(self, epoch: int, model: keras.Model) -> bool:

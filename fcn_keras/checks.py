@@ -1,7 +1,9 @@
-"""Argument checks shared by the package: one wording for every "must be one of" error."""
+"""Argument checks shared by the package: one wording for every "must be one of" and "must be an
+integer >= N" error."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -26,3 +28,24 @@ def check_choice(name: str, value: T, choices: Iterable[Any]) -> T:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}. Received: {name}={value!r}")
     return value
+
+
+def check_int(name: str, value: Any, minimum: int, note: str = "") -> int:
+    """Returns ``value`` as an ``int`` if it is an integer ``>= minimum``, else raises a ``ValueError``.
+
+    Args:
+        name: the argument or flag, as the user wrote it (``"batch_size"``).
+        value: what was given: a Python or numpy integer; not a bool, not a float.
+        minimum: the smallest value accepted.
+        note: what the number means, appended in parentheses (``"epochs"``).
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: e.g. ``batch_size must be an integer >= 1. Received: batch_size=0``.
+    """
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        meaning = f" ({note})" if note else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{meaning}. Received: {name}={value!r}")
+    return int(value)

@@ -1,5 +1,5 @@
-"""Progress output that suits where it goes: a bar redrawn in place on a terminal, whole lines
-in a log file or a pipe.
+"""What the CLIs print: progress that suits where it goes (a bar redrawn in place on a terminal,
+whole lines in a log file or a pipe), and bad command lines as one error line with status 2.
 
 Keras' progress bar (``verbose=1``) redraws itself with carriage returns and ANSI colours; sent
 to a file it leaves every step's update on one endless line of escape codes. ``verbose=2``
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -51,3 +52,43 @@ def usage_error(program: str, message: str) -> int:
     command = f"python {program}" if program.endswith(".py") else f"python -m {program}"
     print(f"{program}: error: {message} (see {command} --help)", file=sys.stderr)
     return 2
+
+
+def _program() -> str:
+    """The running CLI as its user named it: the module of ``python -m fcn_keras.train``, else
+    the script's path (``benchmarks/throughput.py``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None and spec.name != "__main__" else sys.argv[0]
+
+
+def run_cli(main: Callable[[list[str]], int | None]) -> None:
+    """``absl.app.run(main)``, with bad flags and Ctrl-C reported as every other bad input is.
+
+    absl reports a flag it refuses (an unknown flag, a value outside an enum's choices or an
+    integer's bounds, a missing required flag, exclusive flags given together) with a
+    ``FATAL Flags parsing error`` and status 1, which is also the status of a failure while
+    running. Here it is one ``<program>: error: ...`` line on stderr and status 2; Ctrl-C is
+    one ``interrupted`` line and status 130 (the CLIs that can say how to resume catch it
+    themselves).
+
+    Args:
+        main: the CLI's ``main(argv)``, returning its exit status.
+    """
+    from absl import app, flags
+
+    program = _program()
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            sys.exit(usage_error(program, str(error)))
+
+    def interruptible(argv: list[str]) -> int | None:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print(f"{program}: interrupted", file=sys.stderr)
+            return 130
+
+    app.run(interruptible, flags_parser=parse)  # Exits with main's status.

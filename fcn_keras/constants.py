@@ -90,11 +90,15 @@ BGR_MEANS: dict[str, tuple[float, float, float]] = {"caffe": CAFFE_BGR_MEAN, "ca
 PREPROCESSING_MODES: tuple[str, ...] = ("caffe", "torch", "caffe_fcn")
 
 #: uint8 RGB fill of image padding (crop windows leaving the image, batches of unequal sizes):
-#: the ImageNet mean colour (123.68, 116.78, 103.94) rounded, which the normalisations above map
-#: to about 0 (caffe: within 0.8; caffe_fcn: within 1.4; torch: within 0.01). Padded pixels then
+#: the ImageNet mean colour (123.68, 116.78, 103.94) to whole numbers (green down, not to 117:
+#: torch's mean green is 116.28), which the normalisations above map to about 0 (caffe: within
+#: 0.8; caffe_fcn: within 1.4; torch: within 0.01, which 117 would miss). Padded pixels then
 #: look to the network like the zeros its convolutions pad with, the reference geometry's 100
 #: pixels included, instead of a black frame. Label padding is always IGNORE_LABEL.
 PAD_RGB: tuple[int, int, int] = (124, 116, 104)
+
+#: Random scale factors of the training crops (``data.pipeline.train_dataset``, ``--crop_size``).
+TRAIN_SCALE_RANGE: tuple[float, float] = (0.5, 2.0)
 
 # --- Files ---------------------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Atomic file writes: a file either holds its complete new content or is left as it was.
 
-Every writer in the project (JSON records, markdown tables, PNG figures and label maps, ``.keras``
-files, backups, TFRecord shards) writes to a temporary file beside its target and renames it
-over the target, so a kill never leaves a half-written file that looks complete.
+Every writer of the project's outputs (JSON records, markdown tables, PNG figures and label maps,
+``.keras`` files, backups, TFRecord shards) writes to a temporary file beside its target and
+renames it over the target, so a kill never leaves a half-written file that looks complete. The
+synthetic datasets of ``data.synthetic`` (tests, the demo) write their files in place: the demo
+dataset is made in a temporary folder that is renamed when complete (``train._demo_data``).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from keras import ops
 from PIL import Image
 
 from fcn_keras import architecture as arch
+from fcn_keras.checks import check_int
 from fcn_keras.constants import PAD_RGB
 
 
@@ -178,8 +179,7 @@ def segment_on_canvas(
             and size), or ``batch_size`` < 1.
     """
     canvas = check_canvas(canvas)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
     for index, image in enumerate(images):
         if np.ndim(image) != 3 or np.shape(image)[-1] != 3:
             raise ValueError(f"images[{index}] must be one RGB image [H, W, 3]. Received: shape {np.shape(image)}")
@@ -228,9 +228,7 @@ def predict_labels_on_canvas(
 
 def check_max_size(max_size: int, name: str = "max_size") -> int:
     """``max_size`` if it is an integer >= 1; else a ``ValueError`` naming ``name`` (a flag, say)."""
-    if not isinstance(max_size, (int, np.integer)) or isinstance(max_size, bool) or max_size < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (pixels of an image's longer side). Received: {name}={max_size!r}")
-    return int(max_size)
+    return check_int(name, max_size, 1, "pixels of an image's longer side")
 
 
 def downscaled_size(height: int, width: int, max_size: int) -> tuple[int, int]:

@@ -86,7 +86,8 @@ def check_fcn(model: keras.Model, source: str) -> keras.Model:
 
     Raises:
         ValueError: the model has not one input ``[B, H, W, 3]`` and one output
-            ``[B, H, W, C]`` with ``2 <= C <= 256``.
+            ``[B, H, W, C]`` with ``2 <= C <= 256``, or its output, inferred for a 64x96 image
+            (its own size if its input has one), has not the image's size.
     """
     inputs = [tuple(tensor.shape) for tensor in model.inputs]
     outputs = [tuple(tensor.shape) for tensor in model.outputs]
@@ -100,7 +101,23 @@ def check_fcn(model: keras.Model, source: str) -> keras.Model:
             f"{source} is not an FCN: expected one output of shape [B, H, W, classes] with "
             f"2..256 classes (logits), found outputs {outputs}"
         )
+    # Pixel alignment, from Keras' shape inference (no computation): a probe size on the
+    # 32-pixel grid, which models that need multiples of their stride accept too.
+    probe = (1, inputs[0][1] or _PROBE_SIZE[0], inputs[0][2] or _PROBE_SIZE[1], 3)
+    try:
+        scores = tuple(model.compute_output_shape(probe))
+    except Exception:  # Keras cannot infer it (a layer without shape inference): unknown, not wrong.
+        scores = None
+    if scores is not None and scores[1:3] != probe[1:3]:
+        raise ValueError(
+            f"{source} is not an FCN: its scores are not pixel-aligned with its input (a {probe[1]}x{probe[2]} "
+            f"image gives {scores[1]}x{scores[2]} scores)"
+        )
     return model
+
+
+#: Height and width of the image whose output shape ``check_fcn`` infers.
+_PROBE_SIZE: tuple[int, int] = (64, 96)
 
 
 #: The checkpoints of a training run folder that a model path may name, in order of preference
@@ -128,6 +145,12 @@ def resolve_model_file(path: str | os.PathLike) -> Path:
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
+        if (path / "saved_model.pb").is_file():
+            raise FileNotFoundError(
+                f"model folder {path} is a SavedModel (fcn_keras.export's), not a Keras model: give its .keras file "
+                "or run folder; fcn_keras.predict --model also runs a SavedModel, and evaluate --predictions scores "
+                "the label maps it writes"
+            )
         raise FileNotFoundError(
             f"model folder {path} holds no trained model: looked for "
             f"{' and '.join(str(c) for c in candidates)}; give a .keras file or a run folder of fcn_keras.train"

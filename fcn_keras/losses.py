@@ -43,8 +43,16 @@ def class_labels(y_true, y_pred, ignore_label: int = IGNORE_LABEL):
 
 
 def pixel_sample_weight(sample_weight, rank: int):
-    """``sample_weight`` with the labels' rank (``[B, H, W]``: 3): a ``[B, H, W, 1]`` weight is
-    squeezed, per-image ``[B]`` weights get trailing axes to broadcast."""
+    """``sample_weight`` with the labels' rank, to broadcast against per-pixel values.
+
+    Args:
+        sample_weight: float weights ``[B]`` (per image), ``[B, H, W]`` or ``[B, H, W, 1]``.
+        rank: the labels' rank (3 for ``[B, H, W]``).
+
+    Returns:
+        The weights as a tensor of rank ``rank``: ``[B, H, W, 1]`` squeezed to ``[B, H, W]``,
+        ``[B]`` expanded to ``[B, 1, 1]``.
+    """
     sample_weight = ops.convert_to_tensor(sample_weight)
     if len(sample_weight.shape) == rank + 1:  # [B, H, W, 1], as labels may be.
         sample_weight = ops.squeeze(sample_weight, axis=-1)
@@ -80,7 +88,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         reduction: ``"sum_over_batch_size"`` (default), ``"mean"`` or
             ``"mean_with_sample_weight"``: all three are the mean over valid pixels (weighted by
             ``sample_weight`` when given). ``"sum"``: the paper's summed loss. ``"none"`` /
-            ``None``: the per-pixel losses ``[B, H, W]``, 0 at void pixels.
+            ``None``: the per-pixel losses ``[B, H, W]`` times their weights (class weight x
+            ``sample_weight``; 1 without them), 0 at void pixels.
         name: loss name.
 
     Call args:
@@ -153,7 +162,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
             return ops.divide_no_nan(total, _global_sum(ops.sum(weights)))
 
     def call(self, y_true, y_pred):
-        """Per-pixel losses ``[B, H, W]`` (float32, 0 at void pixels), without reduction."""
+        """Per-pixel losses ``[B, H, W]`` (float32, 0 at void pixels), without reduction or class
+        weights (``__call__`` applies those)."""
         return self.pixel_losses(y_true, y_pred)[0]
 
     def get_config(self) -> dict[str, Any]:

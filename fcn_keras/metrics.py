@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from fcn_keras.checks import check_int
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES
 from fcn_keras.losses import class_labels, pixel_sample_weight
 
@@ -134,9 +135,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
-        self.num_classes = num_classes = int(num_classes)
+        self.num_classes = num_classes = check_int("num_classes", num_classes, 2)
         self.ignore_label = ignore_label
         self.confusion = self.add_variable(
             shape=(num_classes, num_classes), initializer="zeros", dtype="int32", name="confusion"

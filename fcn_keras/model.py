@@ -17,7 +17,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
-from fcn_keras.checks import check_choice
+from fcn_keras.checks import check_choice, check_int
 from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
 from fcn_keras.layers import (
     BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, Preprocess, ReshapeMaxPooling2D,
@@ -99,9 +99,7 @@ def build_fcn(
     # --- Arguments -------------------------------------------------------------------------
     arch.check_variant(variant)
     geo = arch.get_geometry(geometry)
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
-    num_classes = int(num_classes)
+    num_classes = check_int("num_classes", num_classes, 2)
     if len(input_shape) != 3 or input_shape[2] != 3 or any(
         side is not None and (not isinstance(side, (int, np.integer)) or side < 1) for side in input_shape[:2]
     ):

@@ -1,12 +1,14 @@
 """The geometry arithmetic: crop offsets, blob sizes, and that Keras builds what it predicts."""
 
+import re
+
 import numpy as np
 import pytest
 
 import keras
 
 from fcn_keras import architecture as arch
-from fcn_keras.checks import check_choice
+from fcn_keras.checks import check_choice, check_int
 from fcn_keras.model import build_fcn
 
 
@@ -41,6 +43,13 @@ def test_output_strides_and_final_kernels():
     assert [arch.final_upsample_name(v) for v in arch.VARIANTS] == ["upscore", "upscore16", "upscore8"]
 
 
+@pytest.mark.parametrize("variant", arch.VARIANTS)
+def test_the_variant_of_a_net_is_read_from_its_score_layers(variant):
+    model = build_fcn(variant, fc_units=8, geometry="same")
+    assert arch.variant_of(layer.name for layer in model.layers) == variant
+    assert arch.variant_of(["fc6", "score_pool4", "score_pool3"]) is None  # No score_fr: no FCN head.
+
+
 def test_bad_variant_and_size_are_rejected_with_the_argument_named():
     with pytest.raises(ValueError, match=r"variant must be one of \('32s', '16s', '8s'\)\. Received: variant='4s'"):
         arch.crop_offsets("4s")
@@ -52,6 +61,16 @@ def test_check_choice_returns_the_value_or_names_every_choice():
     assert check_choice("geometry", "same", arch.GEOMETRIES) == "same"  # a dict's keys are its choices
     with pytest.raises(ValueError, match=r"^geometry must be one of \('reference', 'same'\)\. Received: geometry=3$"):
         check_choice("geometry", 3, arch.GEOMETRIES)
+
+
+def test_check_int_accepts_python_and_numpy_integers_only():
+    assert check_int("batch_size", np.int64(8), 1) == 8 and type(check_int("batch_size", np.int64(8), 1)) is int
+    assert check_int("keep_predictions", 0, 0) == 0
+    for bad in (0, True, 2.0, "2", None):
+        with pytest.raises(ValueError, match=rf"^batch_size must be an integer >= 1\. Received: batch_size={re.escape(repr(bad))}$"):
+            check_int("batch_size", bad, 1)
+    with pytest.raises(ValueError, match=r"^checkpoint_freq must be an integer >= 1 \(epochs\)\. Received: checkpoint_freq=0$"):
+        check_int("checkpoint_freq", 0, 1, "epochs")
 
 
 @pytest.mark.parametrize("geometry", arch.GEOMETRIES)

@@ -98,6 +98,12 @@ def test_a_run_folder_resolves_to_best_keras_else_last_keras(tmp_path):
     message = str(error.value)
     assert message.startswith(f"model folder {run} holds no trained model: looked for ")
     assert f"{run / 'best.keras'} and {run / 'last.keras'}" in message
+    saved = tmp_path / "serving" / "fcn16s" / "1"
+    saved.mkdir(parents=True)
+    (saved / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(str(saved))} is a SavedModel "
+                                                r"\(fcn_keras.export's\), not a Keras model"):
+        resolve_model_file(saved)
 
     (run / "last.keras").write_bytes(b"")
     assert resolve_model_file(run) == run / "last.keras"

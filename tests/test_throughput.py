@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, layer_flops, model_flops
+from fcn_keras.flops import TRAIN_FLOPS_FACTOR, fcn_flops, forward_flops, layer_flops, model_flops
 from fcn_keras.model import build_fcn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +74,7 @@ def test_fcn_same_geometry_total_by_hand():
     # pool5 is 1x1: 'same' fc6 (7x7), fc7 (1x1), score_fr, then the 64x64 stride-32 deconvolution.
     macs += 8 * 49 * 512 + 8 * 8 + 21 * 8 + 21 * 64 * 64 * 21
     assert forward_flops(model) == 2 * macs
+    assert fcn_flops("32s", 32, 32, geometry="same", fc_units=8) == 2 * macs
     assert TRAIN_FLOPS_FACTOR == 3
 
 

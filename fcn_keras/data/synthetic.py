@@ -222,15 +222,17 @@ def make_synthetic_sbd(
     for image_id in ids:
         image = voc / IMAGES_DIR / f"{image_id}.jpg"
         shutil.copy(image, root / "img")
-        width, height = Image.open(image).size
+        with Image.open(image) as picture:
+            width, height = picture.size
         masks[image_id] = rng.integers(0, NUM_CLASSES, (height, width)).astype(np.uint8)
+        present = np.unique(masks[image_id])
         boundaries = np.empty((NUM_CLASSES - 1, 1), dtype=object)
         for cls in range(NUM_CLASSES - 1):
             boundaries[cls, 0] = scipy.sparse.csc_matrix((height, width), dtype=bool)
         gtcls = {
             "Segmentation": masks[image_id],
             "Boundaries": boundaries,
-            "CategoriesPresent": np.unique(masks[image_id])[1:].astype(np.uint8)[:, None],
+            "CategoriesPresent": present[present > 0].astype(np.uint8)[:, None],  # Without the background.
         }
         scipy.io.savemat(root / "cls" / f"{image_id}.mat", {"GTcls": gtcls})
     (root / "train.txt").write_text("".join(f"{i}\n" for i in ids[:-1]))
