@@ -4,6 +4,7 @@ seg11valid, a dataset of your own (any classes, PNG images), parallel determinis
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -148,6 +149,47 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, 
     assert manifest["splits"]["train"]["complete"] and manifest["splits"]["train"]["num_examples"] == 7
 
 
+def test_lists_are_read_before_anything_is_written_and_a_failed_split_is_marked_incomplete(voc_root, tmp_path, caplog):
+    """A missing or empty list stops the run before any file or folder is made; a split that
+    fails midway is recorded as incomplete, the splits before it as complete, and the data
+    resolver refuses the incomplete one (training would otherwise use part of it, or none)."""
+    from fcn_keras.data.pipeline import resolve_data
+
+    out = tmp_path / "records"
+    with pytest.raises(ValueError, match=r"no id list for split 'seg11valid'"):
+        convert(voc_root, out, splits=("train", "seg11valid"), verbose=False)
+    val_list = voc_root / "VOC2012/ImageSets/Segmentation/val.txt"
+    ids = val_list.read_text()
+    val_list.write_text("\n")
+    with pytest.raises(ValueError, match=re.escape(f"list file {val_list} names no image: it is empty")):
+        convert(voc_root, out, splits=("train", "val"), verbose=False)
+    assert not out.exists()
+    val_list.write_text(ids)
+    first_val = ids.split()[0]
+    jpeg = voc_root / f"VOC2012/JPEGImages/{first_val}.jpg"
+    good = jpeg.read_bytes()
+    jpeg.write_bytes(good[:300])
+    with pytest.raises(voc.InvalidPairError, match=f"{first_val}.jpg: undecodable JPEG"):
+        convert(voc_root, out, splits=("train", "val"), verbose=False)
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    assert splits["train"]["complete"] is True and splits["val"]["complete"] is False
+    with pytest.raises(ValueError, match=r"data's split 'val' is incomplete: its conversion stopped after 0 of 1 shards"):
+        resolve_data(out, tmp_path / "cache")
+    assert set(resolve_data(out, tmp_path / "cache", splits=("train",))) == {"train"}  # Not asked for: left out.
+    # Skipped as invalid, every pair of a split: an empty split, refused by name; said even when quiet.
+    with caplog.at_level(logging.WARNING, logger="fcn_keras.data.convert"):
+        convert(voc_root, out, splits=("val",), skip_invalid=True, max_images=1, verbose=False)
+    assert f"skipped 1 invalid pair(s); report: {out / 'skipped.json'}" in caplog.text
+    with pytest.raises(ValueError, match=r"data's split 'val' holds no image \(1 skipped as invalid, list .*val.txt\)"):
+        resolve_data(out, tmp_path / "cache")
+    jpeg.write_bytes(good)
+    assert convert(voc_root, out, splits=("val",), verbose=False)["splits"]["val"]["complete"]
+    assert set(resolve_data(out, tmp_path / "cache")) == {"train", "val"}
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"output_dir must be a folder. Received: output_dir='.*a_file', a file"):
+        convert(voc_root, tmp_path / "a_file", verbose=False)
+
+
 # --- Validation -------------------------------------------------------------------------------
 
 
@@ -247,6 +289,8 @@ def test_bad_arguments_and_layouts(voc_root, tmp_path):
         convert(voc_root / "VOC2012", tmp_path)
     with pytest.raises(ValueError, match="shard_size must be an integer >= 1. Received: shard_size=0"):
         convert(voc_root, tmp_path, shard_size=0)
+    with pytest.raises(ValueError, match=r"num_workers must be an integer >= 1. Received: num_workers=0"):
+        convert(voc_root, tmp_path, num_workers=0)  # Not silently the CPU count.
     with pytest.raises(ValueError, match=r"no id list for split 'seg11valid': none of .*seg11valid.txt"):
         convert(voc_root, tmp_path, splits=("seg11valid",))
     with pytest.raises(ValueError, match=r"split 'sbd_train' reads SBD: pass sbd_root \(--sbd_root\)"):

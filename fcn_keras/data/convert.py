@@ -1,4 +1,4 @@
-"""VOC 2012 / SBD (or a dataset of your own) → sharded TFRecords plus a manifest, validated,
+r"""VOC 2012 / SBD (or a dataset of your own) → sharded TFRecords plus a manifest, validated,
 parallel, resumable.
 
     python -m fcn_keras.data.convert --voc_root=VOCdevkit --output_dir=data/voc
@@ -35,11 +35,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from fcn_keras import __version__
+from fcn_keras.checks import check_int
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
-from fcn_keras.console import progress_verbosity, usage_error
+from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.data import download, records, voc
 from fcn_keras.files import atomic_path, file_digests, write_text_atomic
 
@@ -178,16 +179,18 @@ def _write_shard(
 
 def _convert_split(
     split: str,
+    resolved: tuple[Path, list, list],
     output_dir: Path,
     manifest: dict,
     old_split: dict,
     options: dict,
     executor: concurrent.futures.Executor,
 ) -> dict:
-    """Converts one split, shard by shard, updating and saving ``manifest`` after each."""
-    list_path, pairs, problems = options["resolve"](split)
-    if problems and not options["skip_invalid"]:
-        raise voc.InvalidPairError(problems[0], more=len(problems) - 1)
+    """Converts one split, shard by shard, updating and saving ``manifest`` after each.
+
+    ``resolved`` is ``(list_path, pairs, problems)`` of the split (``voc.resolve_pairs``).
+    """
+    list_path, pairs, problems = resolved
     shard_size = options["shard_size"]
     num_shards = max(1, math.ceil(len(pairs) / shard_size))
     if num_shards > MAX_SHARDS:
@@ -227,6 +230,8 @@ def _convert_split(
     }
     manifest["splits"][split] = split_entry
     to_write = sum(len(p) for name, p, _ in plans if name not in current)
+    if to_write:  # Recorded as incomplete now: a failure in its first shard must not leave it unmentioned.
+        write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     verbose = options["verbose"]
     if verbose:
         print(f"{split}: {len(pairs)} pairs from {list_path}, {num_shards} shard(s), "
@@ -260,6 +265,8 @@ def _convert_split(
     split_entry["skipped"] += [problem for entry in split_entry["shards"] for problem in entry["skipped"]]
     split_entry["num_skipped"] = len(split_entry["skipped"])
     split_entry["complete"] = True
+    if to_write or not old_split.get("complete"):  # Said now: a later split may fail before the last write.
+        write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
     return split_entry
 
 
@@ -360,15 +367,13 @@ def convert(
             if split not in voc.SPLITS:
                 raise ValueError(f"splits must be among {voc.SPLITS}. Received: splits={splits!r}")
         names = VOC_CLASSES
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be an integer >= 1. Received: shard_size={shard_size!r}")
+    shard_size = check_int("shard_size", shard_size, 1)
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 or None. Received: max_images={max_images!r}")
-    num_workers = num_workers or os.cpu_count() or 1
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1. Received: num_workers={num_workers!r}")
+    num_workers = (os.cpu_count() or 1) if num_workers is None else check_int("num_workers", num_workers, 1)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir must be a folder. Received: output_dir={str(output_dir)!r}, a file")
 
     # --- Manifest ----------------------------------------------------------------------------
     def absolute(path):
@@ -417,7 +422,6 @@ def convert(
                            "with the splits converted now; reconvert it or use another --output_dir",
                            output_dir, split, ", ".join(differences))
     options = {
-        "resolve": resolve,
         "num_classes": len(names),
         "label_colours": colours,
         "skip_invalid": skip_invalid,
@@ -426,13 +430,24 @@ def convert(
         "verbose": verbose,
     }
 
-    # --- Splits ------------------------------------------------------------------------------
-    with concurrent.futures.ThreadPoolExecutor(num_workers) as executor:
-        for split in splits:
-            old_split = old.get("splits", {}).get(split, {})
-            if old_split.get("source") != source:
-                old_split = {}
-            _convert_split(split, output_dir, manifest, old_split, options, executor)
+    # --- Splits: every list read and its files found before anything is written --------------
+    resolved = {split: resolve(split) for split in splits}
+    for list_path, pairs, problems in resolved.values():
+        if problems and not skip_invalid:
+            raise voc.InvalidPairError(problems[0], more=len(problems) - 1)
+    created = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(num_workers) as executor:
+            for split in splits:
+                old_split = old.get("splits", {}).get(split, {})
+                if old_split.get("source") != source:
+                    old_split = {}
+                _convert_split(split, resolved[split], output_dir, manifest, old_split, options, executor)
+    except BaseException:
+        if created and not any(output_dir.iterdir()):  # Failed at its first shard: leave no empty folder.
+            output_dir.rmdir()
+        raise
 
     # --- Report ------------------------------------------------------------------------------
     skipped = [problem for entry in manifest["splits"].values() for problem in entry["skipped"]]
@@ -454,8 +469,11 @@ def convert(
                   f"{entry['num_skipped']} skipped; {len(names) - len(absent)} of {len(names)} classes present, "
                   f"{100 * entry['void_pixels'] / max(labelled + entry['void_pixels'], 1):.1f}% void pixels"
                   + (f"; no pixel of: {', '.join(absent)}" if absent else ""))
-        if skipped:
+    if skipped:  # Said even when quiet: nothing is left out without a count.
+        if verbose:
             print(f"skipped {len(skipped)} invalid pair(s); report: {report}")
+        else:
+            logger.warning("skipped %d invalid pair(s); report: %s", len(skipped), report)
     return manifest
 
 
@@ -542,4 +560,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

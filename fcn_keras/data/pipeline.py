@@ -31,7 +31,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fcn_keras.constants import IGNORE_LABEL, PAD_RGB
+from fcn_keras.checks import check_int
+from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, TRAIN_SCALE_RANGE
 from fcn_keras.data import records
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -213,7 +214,7 @@ def train_dataset(
     *,
     batch_size: int = 1,
     crop_size: int | None = None,
-    scale_range: tuple[float, float] | None = (0.5, 2.0),
+    scale_range: tuple[float, float] | None = TRAIN_SCALE_RANGE,
     flip: bool = True,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     seed: int | None = None,
@@ -249,8 +250,7 @@ def train_dataset(
         ValueError: no file matches, or bad ``batch_size``, ``crop_size`` or ``scale_range``.
     """
     # --- Arguments ---------------------------------------------------------------------------
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
     if crop_size is None and batch_size != 1:
         raise ValueError(
             "batch_size must be 1 with whole images (crop_size=None, the paper's setup); pass crop_size for "
@@ -333,8 +333,7 @@ def eval_dataset(
     """
     if fill_last_batch and canvas is None:
         raise ValueError("fill_last_batch needs a canvas: without one the batches have varying shapes anyway")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
     if canvas is not None and (len(canvas) != 2 or not all(isinstance(d, int) and d >= 1 for d in canvas)):
         raise ValueError(f"canvas must be None or (height, width) with integers >= 1. Received: canvas={canvas!r}")
     dataset = tf.data.TFRecordDataset(list_files(file_pattern))
@@ -456,8 +455,9 @@ def resolve_data(
         ``{split: glob}``, e.g. ``{"train": ".../train-[0-9][0-9][0-9][0-9][0-9]-of-...tfrecord", "val": ...}``.
 
     Raises:
-        ValueError: naming ``data`` when it is none of the above, nothing matches, or the first
-            file of a split is not a TFRecord file of ``fcn_keras.data.records``.
+        ValueError: naming ``data`` when it is none of the above, nothing matches, the first
+            file of a split is not a TFRecord file of ``fcn_keras.data.records``, or one of
+            ``splits`` of a converted folder is incomplete (a stopped conversion) or empty.
     """
     # Imported here: the converter pulls in absl flags and keras, which the pipeline needs not.
     from fcn_keras.data import convert as convert_lib
@@ -467,7 +467,20 @@ def resolve_data(
         manifest = convert_lib.read_manifest(path)
         if manifest is None:
             raise ValueError(f"data holds an unreadable or foreign manifest.json. Received: data={str(data)!r}")
-        globs = {split: str(path / entry["glob"]) for split, entry in manifest["splits"].items()}
+        # Manifests written before the "complete" key held complete splits only.
+        globs = {split: str(path / entry["glob"]) for split, entry in manifest["splits"].items()
+                 if entry.get("complete", True) or split in splits}
+        for split in splits:
+            entry = manifest["splits"].get(split)
+            if entry is not None and not entry.get("complete", True):
+                raise ValueError(
+                    f"data's split {split!r} is incomplete: its conversion stopped after {len(entry['shards'])} of "
+                    f"{entry['num_shards']} shards; run the same fcn_keras.data.convert command again to finish it. "
+                    f"Received: data={str(data)!r}"
+                )
+            if entry is not None and not entry["num_examples"]:
+                raise ValueError(f"data's split {split!r} holds no image ({entry['num_skipped']} skipped as invalid, "
+                                 f"list {entry['list']}). Received: data={str(data)!r}")
     elif path.is_dir() and (path / "VOC2012").is_dir():
         lists = path / "VOC2012" / "ImageSets" / "Segmentation"
         found = [s for s in splits if (lists / f"{s}.txt").is_file()]

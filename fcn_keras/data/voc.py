@@ -129,8 +129,22 @@ def sbd_dir(sbd_root: str | os.PathLike | None, split: str) -> Path:
     raise ValueError(f"sbd_root must hold SBD's dataset/cls/ folder. Received: sbd_root={str(sbd_root)!r}")
 
 
-def find_list(split: str, voc_root: str | os.PathLike, sbd_root=None, lists_dir=None) -> Path:
+def find_list(
+    split: str,
+    voc_root: str | os.PathLike,
+    sbd_root: str | os.PathLike | None = None,
+    lists_dir: str | os.PathLike | None = None,
+) -> Path:
     """The id list file of ``split``.
+
+    Args:
+        split: one of ``SPLITS`` (VOC's ``train``/``val``/..., SBD's ``sbd_train``/...).
+        voc_root: the VOCdevkit folder (VOC splits: its ``ImageSets/Segmentation/<split>.txt``).
+        sbd_root: SBD's ``benchmark_RELEASE`` folder, for the SBD splits.
+        lists_dir: a folder of list files searched first (``<split>.txt``, SBD's own names).
+
+    Returns:
+        The first of those files that exists.
 
     Raises:
         ValueError: unknown split, or no list file found (naming the places searched).
@@ -156,6 +170,8 @@ def _list_lines(path: Path) -> list[tuple[list[str], int, str]]:
         fields = [field for field in (line.split("\t") if "\t" in line else line.split()) if field.strip()]
         if fields:
             lines.append(([field.strip() for field in fields], line_no, line.strip()))
+    if not lines:  # A split of no images would train on nothing, or validate on nothing.
+        raise ValueError(f"list file {path} names no image: it is empty")
     return lines
 
 
@@ -572,7 +588,7 @@ def read_label(path: str | os.PathLike, colours: LabelColours | None = None) -> 
                 if png.mode not in ("P", "L"):
                     raise InvalidPairError(Problem(
                         image_id, str(path), f"mask is a mode-{png.mode} PNG; expected a palette (P) or grayscale (L) "
-                                             "PNG of class indices (colour-coded masks: pass label_colours)"))
+                                             "PNG of class indices (colour-coded masks: pass label_colours, --label_colours on the command line)"))
                 return np.array(png, dtype=np.uint8)
             with open(path, "rb") as file:
                 depth = png_bit_depth(file.read(32))
