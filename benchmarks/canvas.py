@@ -1,4 +1,4 @@
-"""Photos of many sizes: one compilation per size, or one canvas for all.
+r"""Photos of many sizes: one compilation per size, or one canvas for all.
 
     KERAS_BACKEND=jax python benchmarks/canvas.py --images=../shared/voc2012/VOCdevkit/VOC2012/JPEGImages \
         --max_images=24 --canvas=500 --batch_sizes=1,4
@@ -36,7 +36,9 @@ from pathlib import Path
 from random_fcn import define_model_flags, model_description, random_fcn  # First: sets up the imports.
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from fcn_keras.console import run_cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 define_model_flags()
@@ -142,4 +144,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

@@ -36,9 +36,10 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the package, and the other
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from fc6 import FC6_FORMS, check_layer_flags, define_layer_flags, forward_and_backward  # noqa: E402
+from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.flops import model_flops  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
@@ -186,4 +187,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

@@ -37,8 +37,9 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the package, and throughpu
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.constants import NUM_CLASSES, VARIANTS  # noqa: E402
 from fcn_keras.layers import Deconvolution  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
@@ -198,4 +199,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

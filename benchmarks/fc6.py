@@ -42,8 +42,9 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the package, and throughpu
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.layers import im2col_conv, shifted_windows  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
@@ -212,4 +213,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     define_layer_flags("fc6/fc7")
-    app.run(main)
+    run_cli(main)

@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.data import pipeline, records  # noqa: E402
 from fcn_keras.data.convert import convert, split_glob  # noqa: E402
 
@@ -126,4 +127,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

@@ -59,10 +59,10 @@ import keras  # noqa: E402
 import kernel_profile  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402  (tf.data on the host, whatever the Keras backend)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from fcn_keras.architecture import check_variant  # noqa: E402
-from fcn_keras.console import usage_error  # noqa: E402
+from fcn_keras.console import run_cli, usage_error  # noqa: E402
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
 from fcn_keras.distribute import releasing_train_graphs  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
@@ -701,4 +701,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

@@ -33,7 +33,9 @@ from pathlib import Path
 from random_fcn import define_model_flags, model_description, model_flags, random_fcn  # First: sets up the imports.
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from fcn_keras.console import run_cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 define_model_flags()
@@ -131,4 +133,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

@@ -46,8 +46,9 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the package, and throughpu
 import keras  # noqa: E402
 import kernel_profile  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.constants import NUM_CLASSES  # noqa: E402
 from fcn_keras.flops import forward_flops  # noqa: E402
 from fcn_keras.layers import ReshapeMaxPooling2D  # noqa: E402
@@ -273,4 +274,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

@@ -27,10 +27,10 @@ from typing import Any
 
 import keras
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments.skip_experiment import command_line, environment_of_run
-from fcn_keras.console import usage_error
+from fcn_keras.console import run_cli, usage_error
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import write_json_atomic, write_text_atomic
 from fcn_keras.io import load_fcn, parse_size
@@ -245,4 +245,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_cli(main)

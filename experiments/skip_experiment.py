@@ -42,11 +42,11 @@ from typing import Any
 
 import keras
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from benchmarks.throughput import device_description
 from fcn_keras import viz
-from fcn_keras.console import usage_error
+from fcn_keras.console import run_cli, usage_error
 from fcn_keras.data.pipeline import eval_dataset, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import atomic_path, write_text_atomic
@@ -777,4 +777,4 @@ def main(argv: list[str]) -> int | None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_cli(main)

@@ -1,4 +1,4 @@
-"""REST client for an FCN served by TensorFlow Serving (standard library + numpy only).
+r"""REST client for an FCN served by TensorFlow Serving (standard library + numpy only).
 
     python export/rest_request.py --server=http://localhost:8501 --model_name=fcn8s \
         --output_dir=out photo.jpg other.png
@@ -17,13 +17,15 @@ image), ``heights``, ``widths`` and ``label_png_bytes`` (``{"b64": ...}``: TF Se
 base64-encodes outputs whose name ends in ``_bytes``).
 
 Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
-message names the URL), an error status from the server (with its message), an unreadable
-image file.
+message names the URL), an error status from the server (with its message), a reply that is not
+the bytes signature's, an unreadable image file; status 2 for a ``--server`` that is no http(s)
+URL or ``host:port``, a ``--timeout`` <= 0, or no image named.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import sys
@@ -66,18 +68,24 @@ def parse_rest_response(response: dict) -> list[dict]:
         One dict per image: ``labels`` uint8 ``[H, W]`` (cropped to the image's own size) and
         ``label_png`` (bytes of the colour PNG).
     """
+    if not isinstance(response, dict):
+        raise RuntimeError(f"the reply is not a {BYTES_SIGNATURE} response: {str(response)[:80]!r}")
     if "error" in response:
         raise RuntimeError(f"TF Serving returned an error: {_one_line(response['error'])}")
     results = []
-    for prediction in response["predictions"]:
-        labels = np.asarray(prediction["labels"], dtype=np.uint8)
-        height, width = int(prediction["heights"]), int(prediction["widths"])
-        results.append(
-            {
-                "labels": labels[:height, :width],
-                "label_png": base64.b64decode(prediction["label_png_bytes"]["b64"]),
-            }
-        )
+    try:
+        for prediction in response["predictions"]:
+            labels = np.asarray(prediction["labels"], dtype=np.uint8)
+            height, width = int(prediction["heights"]), int(prediction["widths"])
+            results.append(
+                {
+                    "labels": labels[:height, :width],
+                    "label_png": base64.b64decode(prediction["label_png_bytes"]["b64"]),
+                }
+            )
+    except (KeyError, TypeError, ValueError) as error:  # Another signature's outputs, or not TF Serving.
+        raise RuntimeError(f"the reply is not a {BYTES_SIGNATURE} response (row format with labels, heights, widths "
+                           f"and label_png_bytes): {type(error).__name__}: {error}") from error
     return results
 
 
@@ -92,6 +100,7 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
     ``server`` is a URL (``http://host:8501``); a bare ``host:port`` is taken as ``http://``.
 
     Raises:
+        ValueError: ``server`` is no http(s) URL or ``host:port``, or ``timeout`` is not > 0.
         ConnectionError: nothing answered at that URL (refused, unreachable, timed out); the
             message names the URL.
         RuntimeError: the server answered with an error status (e.g. an unknown model), or
@@ -99,6 +108,10 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
     """
     if "://" not in server:
         server = f"http://{server}"
+    if server.split("://", 1)[0].lower() not in ("http", "https"):
+        raise ValueError(f"server must be an http:// or https:// URL, or host:port. Received: server={server!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds. Received: timeout={timeout!r}")
     url = f"{server.rstrip('/')}/v1/models/{model_name}:predict"
     request = urllib.request.Request(
         url,
@@ -109,6 +122,8 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             text = reply.read()
+    except (ValueError, http.client.InvalidURL) as error:  # e.g. "nonnumeric port"
+        raise ValueError(f"server is not a usable URL ({error}). Received: server={server!r}") from error
     except urllib.error.HTTPError as error:  # An answer, with an error status: say what it said.
         detail = error.read().decode("utf-8", "replace").strip()
         try:
@@ -159,6 +174,9 @@ def main(argv: list[str]) -> int:
     try:
         body = build_rest_body(paths, FLAGS.signature_name)
         results = parse_rest_response(post_predict(FLAGS.server, FLAGS.model_name, body, FLAGS.timeout))
+    except ValueError as error:  # --server or --timeout: bad flags.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as error:  # One line naming the file or the server, no traceback.
         print(f"error: {error}", file=sys.stderr)
         return 1

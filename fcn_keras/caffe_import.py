@@ -37,10 +37,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from fcn_keras.architecture import AT_ONCE_SCALES, FC6_KERNEL, VGG16_BLOCKS
-from fcn_keras.console import usage_error
+from fcn_keras.architecture import AT_ONCE_SCALES, FC6_KERNEL, VGG16_BLOCKS, variant_of
+from fcn_keras.console import run_cli, usage_error
 from fcn_keras.constants import NUM_CLASSES, VARIANTS
 from fcn_keras.files import atomic_path
 from fcn_keras.model import build_fcn
@@ -220,9 +220,7 @@ def describe_caffemodel(layers: list[CaffeLayer]) -> dict:
     by_name = {layer.name: layer for layer in layers}
     if "fc6" not in by_name:
         raise ValueError(f"no fc6 layer: not a VGG16 or FCN-VGG16 net (layers with weights: {sorted(by_name)})")
-    variant = (
-        "8s" if "score_pool3" in by_name else "16s" if "score_pool4" in by_name else "32s" if "score_fr" in by_name else None
-    )
+    variant = variant_of(by_name)
     at_once = False
     for block, scale in AT_ONCE_SCALES.items():
         layer = by_name.get(f"scale_pool{block}")
@@ -432,4 +430,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

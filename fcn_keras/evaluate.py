@@ -33,10 +33,11 @@ from typing import Any
 
 import keras
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from fcn_keras import viz
-from fcn_keras.console import progress_verbosity, usage_error
+from fcn_keras.checks import check_int
+from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data import voc
@@ -166,9 +167,8 @@ def evaluate_model(
             with batches or a canvas, or set for a model outside the FCN-VGG16 family.
     """
     # --- Arguments ---------------------------------------------------------------------------
-    _check_max_images(max_images)
-    if not isinstance(keep_predictions, int) or keep_predictions < 0:
-        raise ValueError(f"keep_predictions must be an integer >= 0. Received: keep_predictions={keep_predictions!r}")
+    _check_common(max_images, output_dir)
+    keep_predictions = check_int("keep_predictions", keep_predictions, 0)
     if tile_size is not None:
         tile_size = check_tile_size(tile_size)
         if batch_size != 1 or canvas is not None:
@@ -308,12 +308,16 @@ def evaluate_predictions(
             file); labels outside ``[0, C)`` and not void; or the data is bad (as
             ``evaluate_model``).
     """
-    _check_max_images(max_images)
+    _check_common(max_images, output_dir)
     folder = Path(predictions)
     if not folder.is_dir():
         raise ValueError(f"predictions must be a folder of <image id>.png label maps (fcn_keras.predict's "
                          f"--output_dir). Received: predictions={str(predictions)!r}")
-    names = tuple(class_names or data_class_names(data) or VOC_CLASSES)
+    recorded = data_class_names(data)
+    if class_names is not None and recorded is not None and len(class_names) != len(recorded):
+        raise ValueError(f"{len(class_names)} class names were given ({voc.abbreviate(class_names)}) but data "
+                         f"{str(data)!r} has {len(recorded)} ({voc.abbreviate(recorded)})")
+    names = tuple(class_names or recorded or VOC_CLASSES)
     colours = None if label_colours is None else voc.read_label_colours(label_colours, names)
     pattern, _ = resolve_split(data, split, cache_dir)
     ids = record_ids(pattern, max_images)
@@ -360,10 +364,13 @@ def evaluate_predictions(
     return results
 
 
-def _check_max_images(max_images: int | None) -> None:
-    """Refuses a ``max_images`` that is neither ``None`` nor an integer >= 1."""
+def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) -> None:
+    """Refuses, before any work, a ``max_images`` that is neither ``None`` nor an integer >= 1,
+    and an ``output_dir`` that is a file (the outputs are written after the evaluation)."""
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"output_dir must be a folder. Received: output_dir={str(output_dir)!r}, a file")
 
 
 def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:
@@ -558,7 +565,7 @@ def define_flags() -> None:
         required=True,
     )
     flags.DEFINE_string("split", "val", "Split of a folder --data to evaluate (ignored for a TFRecord glob).")
-    flags.DEFINE_string("output_dir", None, "Folder for metrics.json, metrics.md and confusion.png (none written if unset).")
+    flags.DEFINE_string("output_dir", None, "Folder for metrics.json, metrics.md, per_image.csv and confusion.png (none written if unset).")
     flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (default: all).", lower_bound=1)
     flags.DEFINE_integer(
         "batch_size", 1, "Images per device call; 1 is exact full-size evaluation, more pads to the batch's largest image.",
@@ -594,7 +601,7 @@ def main(argv: list[str]) -> int:
         return usage_error("fcn_keras.evaluate", "--label_colours reads colour-coded --predictions; a --model's labels "
                                                  "are class indices: drop it")
     if FLAGS.predictions is not None and model_flags:
-        return usage_error("fcn_keras.evaluate", f"{', '.join(model_flags)} tell how to run a --model; --predictions "
+        return usage_error("fcn_keras.evaluate", f"{', '.join(model_flags)} tell{'s' if len(model_flags) == 1 else ''} how to run a --model; --predictions "
                                                  "are read as they are: drop them")
     try:
         class_names = None if FLAGS.class_names is None else voc.read_class_names(FLAGS.class_names)
@@ -626,4 +633,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_cli(main)

@@ -43,9 +43,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from fcn_keras.console import usage_error
+from fcn_keras.checks import check_int
+from fcn_keras.console import run_cli, usage_error
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, check_palette
 from fcn_keras.data import voc
 from fcn_keras.files import write_text_atomic
@@ -202,8 +203,7 @@ def export_saved_model(
             ``class_names`` not one per class, or a bad ``label_colours`` file.
     """
     _require_tensorflow_backend()
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"version must be an integer >= 1. Received: version={version!r}")
+    version = check_int("version", version, 1)
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         raise ValueError(f"name must be a plain folder name. Received: name={name!r}")
     version_dir = Path(export_dir) / name / str(version)
@@ -223,7 +223,8 @@ def export_saved_model(
     if class_names is None and num_classes == len(VOC_CLASSES):
         class_names = VOC_CLASSES
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{names_from} must name the model's {num_classes} classes (pass --class_names). Received: "
+        hint = "" if names_from == "class_names" else " (pass --class_names)"
+        raise ValueError(f"{names_from} must name the model's {num_classes} classes{hint}. Received: "
                          f"{len(class_names)} names ({voc.abbreviate(class_names)})")
     palette = VOC_PALETTE if label_colours is None else voc.read_label_colours(label_colours, class_names).palette
     serving = FCNServingModule(model, extra_output, palette)
@@ -332,4 +333,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

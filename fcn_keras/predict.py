@@ -45,9 +45,10 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from fcn_keras.console import progress_verbosity, usage_error
+from fcn_keras.checks import check_int
+from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
 from fcn_keras.export import CLASS_NAMES_FILE, SERVING_SIGNATURE, TILE_CONTEXT_FILE
@@ -183,8 +184,7 @@ def load_predictor(
         tile_size = check_tile_size(tile_size)
     if canvas is not None:
         canvas = check_canvas(canvas)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
     if batch_size > 1 and canvas is None:
         raise ValueError(f"batch_size={batch_size} needs a canvas: images of different sizes are batched by padding "
                          "them to one canvas")
@@ -260,11 +260,13 @@ def _load_segment(path: Path, tiled: bool) -> tuple[BatchPredictor, int | None]:
                 "fcn_keras.export for FCN-VGG16s of build_fcn): tiles would be wrong; export it again, or segment "
                 "whole images (no --tile_size)"
             )
+        text = context_file.read_text()
         try:
-            context = int(context_file.read_text())
+            context = int(text)
         except ValueError:
-            raise ValueError(f"{context_file} must hold a whole number of pixels. Received: "
-                             f"{context_file.read_text()[:40]!r}") from None
+            context = -1
+        if context < 0:  # A negative context would make tiles without overlap: wrong labels.
+            raise ValueError(f"{context_file} must hold a whole number of pixels >= 0. Received: {text[:40]!r}")
     # Through ``loaded`` (not the bare signature), which keeps the variables alive.
     return lambda images: loaded.signatures[SERVING_SIGNATURE](images=tf.constant(images))["labels"].numpy(), context
 
@@ -525,8 +527,9 @@ def predict_images(
             ready = []
         for (path, image, label_path, overlay_path), labels in zip(ready, label_maps):
             try:
-                write_label_png(labels, label_path, palette)
-                write_image(overlay(image, labels, alpha, palette), overlay_path)
+                picture = overlay(image, labels, alpha, palette)  # First: labels of another size fail here,
+                write_label_png(labels, label_path, palette)      # before anything of this image is written.
+                write_image(picture, overlay_path)
                 written.append(label_path)
             except Exception as error:
                 bad.append((path, _reason(error)))
@@ -681,4 +684,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main)

@@ -37,9 +37,11 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
-from fcn_keras.checks import check_choice
-from fcn_keras.console import progress_verbosity, usage_error
-from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, VARIANTS, VOC_CLASSES
+from fcn_keras.checks import check_choice, check_int
+from fcn_keras.console import progress_verbosity, run_cli, usage_error
+from fcn_keras.constants import (
+    IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
+)
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.model import FC6_IMPLEMENTATIONS
 from fcn_keras.optimizers import CaffeSGD, batches_applied
@@ -227,10 +229,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     resolved = TrainConfig(**values)
     check_choice("optimizer", resolved.optimizer, OPTIMIZERS)
     for name in ("epochs", "steps_per_epoch", "batch_size", "fc_units", "num_classes"):
-        value = getattr(resolved, name)
-        minimum = 2 if name == "num_classes" else 1
-        if not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value!r}")
+        check_int(name, getattr(resolved, name), 2 if name == "num_classes" else 1)
     stride = arch.output_stride(resolved.variant)
     if not isinstance(resolved.crop_size, int) or resolved.crop_size < 0:
         raise ValueError(f"crop_size must be 0 (whole images) or a positive integer. Received: crop_size={resolved.crop_size!r}")
@@ -241,10 +240,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             f"crop_size must be 0 (whole images) or a multiple of the network stride {stride} of FCN-{resolved.variant} "
             f"and at least 32 (pool5). Received: crop_size={resolved.crop_size}"
         )
-    accumulate = resolved.gradient_accumulation_steps
-    if not isinstance(accumulate, int) or accumulate < 1:
-        raise ValueError("gradient_accumulation_steps must be an integer >= 1 (1: an update every batch). "
-                         f"Received: gradient_accumulation_steps={accumulate!r}")
+    accumulate = check_int("gradient_accumulation_steps", resolved.gradient_accumulation_steps, 1,
+                           "1: an update every batch")
     if resolved.steps_per_epoch % accumulate:
         # Every epoch then ends on an update: its checkpoints, a time-budget stop and the next
         # stage's --init_from never hold or drop half-accumulated gradients.
@@ -280,14 +277,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         from fcn_keras.io import parse_size
 
         parse_size(resolved.val_canvas, "val_canvas")
-    if resolved.val_batch_size is not None and (not isinstance(resolved.val_batch_size, int) or resolved.val_batch_size < 1):
-        raise ValueError(f"val_batch_size must be an integer >= 1. Received: val_batch_size={resolved.val_batch_size!r}")
+    if resolved.val_batch_size is not None:
+        check_int("val_batch_size", resolved.val_batch_size, 1)
     if not resolved.max_train_seconds >= 0 or not math.isfinite(resolved.max_train_seconds):
         raise ValueError(f"max_train_seconds must be >= 0 (0: no limit). Received: max_train_seconds={resolved.max_train_seconds!r}")
     if resolved.backup_freq < 0:
         raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
-    if not isinstance(resolved.checkpoint_freq, int) or resolved.checkpoint_freq < 1:
-        raise ValueError(f"checkpoint_freq must be an integer >= 1 (epochs). Received: checkpoint_freq={resolved.checkpoint_freq!r}")
+    check_int("checkpoint_freq", resolved.checkpoint_freq, 1, "epochs")
+    if Path(resolved.output_dir).exists() and not Path(resolved.output_dir).is_dir():
+        raise ValueError(f"output_dir must be a folder. Received: output_dir={resolved.output_dir!r}, a file")
     return resolved
 
 
@@ -512,11 +510,6 @@ def _listed_weights(value: str) -> list[float]:
 # --- Model ------------------------------------------------------------------------------------
 
 
-def _variant_of(model: keras.Model) -> str:
-    names = {layer.name for layer in model.layers}
-    return "8s" if "score_pool3" in names else "16s" if "score_pool4" in names else "32s"
-
-
 def _geometry_of(model: keras.Model) -> str:
     return "reference" if "input_padding" in {layer.name for layer in model.layers} else "same"
 
@@ -550,7 +543,9 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
                   fc6_implementation=config.fc6_implementation)
     if config.init_from:
         source, path = load_init_model(config.init_from)
-        source_variant = _variant_of(source)
+        source_variant = arch.variant_of(layer.name for layer in source.layers)
+        if source_variant is None:
+            raise ValueError(f"init_from {str(path)!r} is not an FCN of fcn_keras.build_fcn: it has no score_fr layer")
         problems = []
         if arch.output_stride(source_variant) < arch.output_stride(config.variant):
             problems.append(f"it is an FCN-{source_variant}, finer than the FCN-{config.variant} to train (32s -> 16s -> 8s)")
@@ -756,6 +751,8 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     monitor = "val_mean_iu" if val_glob else "mean_iu"
     val_batch, val_canvas = _validation_batching(config, distribution, val_glob)
     num_train = count_examples(globs["train"])
+    if not num_train:
+        raise ValueError(f"--data: the training data {globs['train']} holds no image")
     class_weights = class_weights_of(config, globs["train"])
 
     # --- Model ---
@@ -824,7 +821,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
                 globs["train"],
                 batch_size=config.batch_size,
                 crop_size=config.crop_size or None,
-                scale_range=(0.5, 2.0) if config.crop_size else None,
+                scale_range=TRAIN_SCALE_RANGE if config.crop_size else None,
                 flip=bool(config.crop_size),
                 seed=config.seed,
                 deterministic=config.deterministic,
@@ -865,6 +862,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         schedule=schedule,
     )
     summary_cb = cb.EpochSummary(config.epochs, config.batch_size)
+    tensorboard = cb.ScalarTensorBoard(run_dir / "tensorboard")
     budget = cb.TimeBudget(config.max_train_seconds, lambda: backup.elapsed_s) if config.max_train_seconds else None
     # The progress bar first: its epoch line is finished before the one-line summary is logged.
     # The callbacks that stop training (NaN, budget) come before the checkpoint and the backup,
@@ -877,21 +875,32 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         summary_cb,
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        cb.ScalarTensorBoard(run_dir / "tensorboard"),
+        tensorboard,
         backup,  # Last: a state says "epoch done" only once the epoch's files are written.
     ]
 
     # --- Fit: the rest of an interrupted epoch, then whole epochs ---
     start = time.perf_counter()
     global_step = epoch * config.steps_per_epoch + step
-    if step:
-        backup.begin_partial_epoch(step)
-        model.fit(training_data(global_step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=config.steps_per_epoch - step,
-                  validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=False)
-        epoch, global_step = epoch + 1, (epoch + 1) * config.steps_per_epoch
-    if epoch < config.epochs and not backup.diverged and not model.stop_training:
-        model.fit(training_data(global_step), epochs=config.epochs, initial_epoch=epoch, steps_per_epoch=config.steps_per_epoch,
-                  validation_data=validation, callbacks=callbacks, verbose=verbose, shuffle=False)
+    try:
+        if step:
+            backup.begin_partial_epoch(step)
+            model.fit(training_data(global_step), epochs=epoch + 1, initial_epoch=epoch,
+                      steps_per_epoch=config.steps_per_epoch - step, validation_data=validation, callbacks=callbacks,
+                      verbose=verbose, shuffle=False)
+            epoch, global_step = epoch + 1, (epoch + 1) * config.steps_per_epoch
+        if epoch < config.epochs and not backup.diverged and not model.stop_training:
+            model.fit(training_data(global_step), epochs=config.epochs, initial_epoch=epoch,
+                      steps_per_epoch=config.steps_per_epoch, validation_data=validation, callbacks=callbacks,
+                      verbose=verbose, shuffle=False)
+    except ValueError as error:
+        # The flags, data and weights were checked above: a ValueError from inside fit (Keras'
+        # own, e.g. a shape mismatch) is a failure while running, not bad input. As a
+        # RuntimeError it reaches the user with its traceback (exit status 1), not as a one-line
+        # "bad flag" error.
+        raise RuntimeError(f"training {run_dir} failed inside model.fit: {error}") from error
+    finally:
+        tensorboard.on_train_end()  # Closes its event files also when fit raised (idempotent).
     seconds = time.perf_counter() - start
 
     # --- Summary ---
@@ -994,7 +1003,8 @@ def define_flags(flag_values=None) -> None:
                       "with the mean of their gradients (Caffe's iter_size): an N x batch_size minibatch in the memory of "
                       "one batch, e.g. the CVPR paper's 20 whole images a minibatch with --batch_size=1. --steps_per_epoch "
                       "counts batches and must be a multiple of N. 1: an update every batch.")
-    define("integer", "crop_size", d.crop_size, "Square random crops (random scale 0.5-2 and flip; a multiple of the "
+    define("integer", "crop_size", d.crop_size, "Square random crops (random scale "
+                         f"{TRAIN_SCALE_RANGE[0]:g}-{TRAIN_SCALE_RANGE[1]:g} and flip; a multiple of the "
                          f"variant's stride, >= 32), or 0 for whole images with batch 1, the paper's setup ({both('crop_size')}).")
     define("enum", "optimizer", d.optimizer, list(OPTIMIZERS), "sgd: the paper's SGD (momentum, L2 weight decay on kernels, "
                       f"biases at 2x lr); adam: Adam with decoupled weight decay ({both('optimizer')}).")
@@ -1063,7 +1073,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     define_flags()
-    app.run(main)
+    run_cli(main)

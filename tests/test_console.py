@@ -1,12 +1,18 @@
 """fcn_keras.console: Keras' live progress bar only on a terminal; a command line a CLI cannot
-use is one line and status 2."""
+use (stray arguments, flags absl refuses) is one line and status 2; Ctrl-C is one line and 130."""
 
 import importlib
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fcn_keras.console import progress_verbosity
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Terminal(io.StringIO):
@@ -27,3 +33,26 @@ def test_unexpected_arguments_are_one_line_and_status_2(module, capsys):
     assert importlib.import_module(module).main([module, "stray.jpg"]) == 2
     assert capsys.readouterr().err == (f"{module}: error: unexpected arguments: ['stray.jpg'] "
                                        f"(see python -m {module} --help)\n")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_flags_absl_refuses_are_one_line_and_status_2_and_ctrl_c_is_130():
+    """Not absl's 'FATAL Flags parsing error' with status 1, the status of a failure while running."""
+    result = _run("-m", "fcn_keras.data.convert", "--output_dir=unused", "--shard_size=0")
+    assert result.returncode == 2 and "FATAL" not in result.stderr
+    assert ("fcn_keras.data.convert: error: flag --shard_size=0: 0 is not a positive integer "
+            "(see python -m fcn_keras.data.convert --help)\n") in result.stderr
+    result = _run("-m", "fcn_keras.data.convert", "--shard_size=3")  # --output_dir is required.
+    assert result.returncode == 2
+    assert "fcn_keras.data.convert: error: flag --output_dir=None: Flag --output_dir must have a value" in result.stderr
+    result = _run("benchmarks/fc6.py", "--no_such_flag=1")  # A script: named by its path.
+    assert result.returncode == 2
+    assert result.stderr.endswith("benchmarks/fc6.py: error: Unknown command line flag 'no_such_flag' "
+                                  "(see python benchmarks/fc6.py --help)\n")
+    script = "from fcn_keras.console import run_cli\ndef main(argv):\n    raise KeyboardInterrupt\nrun_cli(main)\n"
+    result = _run("-c", script)
+    assert result.returncode == 130 and result.stderr.endswith("\n-c: interrupted\n") and "Traceback" not in result.stderr

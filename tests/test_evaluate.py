@@ -171,6 +171,14 @@ def test_bad_input_gives_clear_errors(eval_workspace, tmp_path):
     classifier.save(tmp_path / "classifier.keras")
     with pytest.raises(ValueError, match="is not an FCN"):
         evaluate_model(tmp_path / "classifier.keras", voc, verbose=False)
+    strided = keras.Model(inputs, keras.layers.Conv2D(21, 3, strides=2, padding="same")(inputs))
+    strided.save(tmp_path / "strided.keras")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'strided.keras'} is not an FCN: its scores are not "
+                                                   "pixel-aligned with its input (a 64x96 image gives 32x48 scores)")):
+        evaluate_model(tmp_path / "strided.keras", voc, verbose=False)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"output_dir must be a folder. Received: output_dir='.*a_file', a file"):
+        evaluate_model(model, voc, output_dir=tmp_path / "a_file", verbose=False)  # Before the evaluation, not after.
     with pytest.raises(ValueError, match="nothing matches"):
         evaluate_model(model, str(tmp_path / "nothing-*.tfrecord"), verbose=False)
     with pytest.raises(ValueError, match="predicts 21 classes but 3 class names"):
@@ -269,6 +277,8 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
     markdown = (tmp_path / "eval" / "metrics.md").read_text()
     assert markdown.startswith(f"# Evaluation of `{out}`") and "(label maps read from files)" in markdown
     assert evaluate_predictions(out, str(voc), cache_dir=cache, max_images=2, verbose=False)["num_images"] == 2
+    with pytest.raises(ValueError, match=re.escape(f"3 class names were given (a, b, c) but data {str(voc)!r} has 21")):
+        evaluate_predictions(out, str(voc), cache_dir=cache, class_names=list("abc"), verbose=False)
 
     first = out / f"{ids[0]}.png"
     label = np.asarray(Image.open(first))

@@ -301,6 +301,15 @@ def test_rest_client_takes_a_bare_address_joins_error_lines_and_refuses_a_shared
     with pytest.raises(RuntimeError) as error:
         rest.parse_rest_response({"error": "Invalid JPEG data\n\t [[{{node DecodeJpeg}}]]"})
     assert str(error.value) == "TF Serving returned an error: Invalid JPEG data [[{{node DecodeJpeg}}]]"
+    # Another signature's reply (serving_default's labels only), or not TF Serving's: one line.
+    for reply in ({"predictions": [[[0, 1]]]}, {"predictions": [{"labels": [[0]]}]}, ["not", "a", "dict"]):
+        with pytest.raises(RuntimeError, match="the reply is not a predict_image_bytes response"):
+            rest.parse_rest_response(reply)
+    for server, timeout, match in (("ftp://127.0.0.1:8501", 10, "server must be an http:// or https:// URL"),
+                                   ("notaurl:abc", 10, "server is not a usable URL .*nonnumeric port"),
+                                   ("127.0.0.1:8501", -1, r"timeout must be > 0 seconds. Received: timeout=-1")):
+        with pytest.raises(ValueError, match=match):
+            rest.post_predict(server, "fcn8s", {"instances": []}, timeout=timeout)
 
     for folder in ("x", "y"):
         (tmp_path / folder).mkdir()
@@ -443,7 +452,7 @@ def test_a_run_folder_exports_its_best_keras(model, keras_file, tmp_path):
     labels = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images))["labels"]
     np.testing.assert_array_equal(labels.numpy(), model.predict(images, verbose=0).argmax(-1))
     assert (version_dir / export.CLASS_NAMES_FILE).read_text().splitlines() == names
-    with pytest.raises(ValueError, match=r"class_names must name the model's 21 classes \(pass --class_names\)\. Received: 2 names \(a, b\)$"):
+    with pytest.raises(ValueError, match=r"class_names must name the model's 21 classes\. Received: 2 names \(a, b\)$"):
         export.export_saved_model(run, tmp_path / "serving", name="fcn8s", version=2, class_names=["a", "b"])
     (run / "config.json").write_text(json.dumps({"config": {}, "class_names": ["x", "y", "z"]}))
     with pytest.raises(ValueError, match=r"the class names its training run recorded \(.*fcn8s\) must name the model's 21 classes"):

@@ -331,7 +331,11 @@ def test_tiles_give_the_whole_image_labels_from_a_keras_file_and_a_savedmodel(mo
         np.testing.assert_array_equal(labels[decided], whole[decided], err_msg=str(source))
     assert predict.run(keras_file, [tmp_path / "tall.png"], tmp_path / "out", tile_size=(480, 640)) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "tall.png"))[decided], whole[decided])
-    # A SavedModel that does not say how much context its net needs is not tiled.
+    # A SavedModel that does not say how much context its net needs, or says nonsense, is not tiled.
+    for text in ("-32\n", "lots\n"):
+        (version_dir / export.TILE_CONTEXT_FILE).write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"must hold a whole number of pixels >= 0. Received: {text!r}")):
+            predict.load_predictor(version_dir, tile_size=480)
     (version_dir / export.TILE_CONTEXT_FILE).unlink()
     with pytest.raises(ValueError, match=re.escape(f"{version_dir} does not say how much context its net needs")):
         predict.load_predictor(version_dir, tile_size=480)

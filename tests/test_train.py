@@ -469,6 +469,20 @@ def test_data_glob_matching_nothing(tmp_path):
     assert not (tmp_path / "out").exists()  # Bad input leaves no empty run folder behind.
 
 
+def test_data_of_no_image_and_an_output_dir_that_is_a_file_are_refused(tmp_path):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(tmp_path / "empty-00000.tfrecord")):
+        pass  # A valid TFRecord file of no record.
+    pattern = str(tmp_path / "empty-*.tfrecord")
+    with pytest.raises(ValueError, match=re.escape(f"--data: the training data {pattern} holds no image")):
+        train(TrainConfig(**TINY, data=pattern, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c")))
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"output_dir must be a folder. Received: output_dir='.*a_file', a file"):
+        train(TrainConfig(**TINY, data=pattern, output_dir=str(tmp_path / "a_file")))
+
+
 def test_num_classes_and_class_weights_come_from_the_data(voc_root, tmp_path, caplog):
     own = make_synthetic_folder_dataset(tmp_path / "mine", num_train=4, num_val=2, seed=1)
     data = tmp_path / "records"
@@ -516,6 +530,24 @@ def test_cli_reports_bad_data_and_exits_nonzero(tmp_path):
     )
     assert result.returncode == 2
     assert "error: --data:" in result.stderr and "missing-" in result.stderr
+
+
+def test_a_value_error_inside_fit_is_a_failure_not_bad_input(voc_root, tmp_path, monkeypatch):
+    """main turns ValueErrors into one 'error:' line with exit status 2 (bad flags); one raised
+    while fit runs (here by a callback, as Keras does for a shape mismatch) is not the user's
+    input: it comes out as a RuntimeError, whose traceback absl prints, and the event files
+    are closed."""
+    def broken(self, batch, logs=None):
+        raise ValueError("Incompatible shapes: (2, 32, 32, 21) vs. (2, 30, 32, 21)")
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", broken)
+    closed = []
+    real_end = cb.ScalarTensorBoard.on_train_end
+    monkeypatch.setattr(cb.ScalarTensorBoard, "on_train_end", lambda self, logs=None: (closed.append(1), real_end(self)))
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=rf"training {re.escape(str(out))} failed inside model.fit: Incompatible") as info:
+        train(TrainConfig(**{**TINY, "val_steps": 0}, data=str(voc_root), output_dir=str(out), cache_dir=str(tmp_path / "c")))
+    assert isinstance(info.value.__cause__, ValueError) and closed
 
 
 # --- NaN loss ---------------------------------------------------------------------------------

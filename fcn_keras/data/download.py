@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from absl import app, flags
+from absl import flags
 
-from fcn_keras.console import usage_error
+from fcn_keras.console import run_cli, usage_error
 from fcn_keras.data import voc
 from fcn_keras.files import copy_atomic, file_digests, write_json_atomic, write_text_atomic
 
@@ -317,4 +317,4 @@ def main(argv: list[str]) -> int | None:
 if __name__ == "__main__":
     flags.DEFINE_list("datasets", list(SOURCES), f"Comma-separated among {', '.join(SOURCES)}.")
     define_download_flags(required=True)
-    app.run(main)
+    run_cli(main)
