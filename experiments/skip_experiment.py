@@ -23,7 +23,8 @@ set of validation images: the first ``--figure_images`` of the split) and
 
 Resumable stage by stage: a stage whose ``summary.json`` says "finished" is not retrained (its
 settings must match, else an error), an interrupted one resumes from its backup (``train()``), an
-evaluation is redone only if its model is newer than its ``metrics.json``. Run the same command
+evaluation is redone only if its model is newer than its ``metrics.json`` or
+``figure_labels.npz``. Run the same command
 again after a kill (e.g. the GPU's 10-minute command limit) and it continues.
 """
 

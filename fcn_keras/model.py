@@ -75,7 +75,7 @@ def build_fcn(
             fixed bilinear interpolation; the 2x skip upsamplings are always learned.
         geometry: ``"reference"``: the authors' nets (100-pixel input padding, valid conv1_1
             and fc6, crops 19; 5, 27; 5, 9, 31). ``"same"``: no input padding, size-preserving
-            convolutions and deconvolutions, about half the compute at 500x500; not the paper's
+            convolutions and deconvolutions, 0.6x the compute at 500x500; not the paper's
             nets (see ``fcn_keras.architecture``).
         fc6_implementation: ``"im2col"`` (``Im2colConv2D``: the 7x7 convolution as one matmul
             of the shifted windows) or ``"conv"`` (``Conv2D``). Same weights and outputs; im2col
