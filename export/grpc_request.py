@@ -8,8 +8,9 @@ The response's ``labels`` (uint8 [N, Hmax, Wmax], 255 beyond each image), ``heig
 ``widths`` and ``label_png_bytes`` tensors are read with ``tf.make_ndarray``.
 
 Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
-message names the address), an error status from the server (with its message), an unreadable
-image file.
+message names the address), an error status from the server (with its message), a reply without
+the bytes signature's outputs, an unreadable image file; status 2 for a ``--timeout`` <= 0 or no
+image named.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
         ``label_png`` (bytes of the colour PNG).
     """
     outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+    missing = [name for name in ("labels", "heights", "widths", "label_png_bytes") if name not in outputs]
+    if missing:  # Another signature's reply (serving_default's has labels only).
+        raise RuntimeError(f"the reply is not a {BYTES_SIGNATURE} response: it has no {', '.join(missing)} "
+                           f"(outputs: {sorted(outputs)})")
     return [
         {"labels": np.asarray(labels[:height, :width], dtype=np.uint8), "label_png": bytes(png)}
         for labels, height, width, png in zip(
@@ -82,6 +87,7 @@ def predict(server: str, request: predict_pb2.PredictRequest, timeout: float = 6
     """Sends ``request`` to TF Serving's gRPC port (plain-text channel).
 
     Raises:
+        ValueError: ``timeout`` is not > 0.
         ConnectionError: nothing answered at ``server`` (gRPC ``UNAVAILABLE`` or
             ``DEADLINE_EXCEEDED``); the message names the address.
         RuntimeError: the server answered with an error (e.g. ``NOT_FOUND`` for an unknown
@@ -89,6 +95,8 @@ def predict(server: str, request: predict_pb2.PredictRequest, timeout: float = 6
     """
     import grpc
 
+    if not timeout > 0:  # gRPC would report it as a server that did not answer in time.
+        raise ValueError(f"timeout must be > 0 seconds. Received: timeout={timeout!r}")
     try:
         with grpc.insecure_channel(
             server, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -127,6 +135,9 @@ def main(argv: list[str]) -> int:
     try:
         request = build_predict_request(paths, FLAGS.model_name, FLAGS.signature_name, FLAGS.version)
         results = parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout))
+    except ValueError as error:  # --timeout: a bad flag.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as error:  # One line naming the file or the server, no traceback.
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -92,3 +92,9 @@ def run_cli(main: Callable[[list[str]], int | None]) -> None:
             return 130
 
     app.run(interruptible, flags_parser=parse)  # Exits with main's status.
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``"1 image"``, ``"3 images"``: a count with its noun in the right number (``plural``
+    for irregular ones, e.g. ``counted(2, "entry", "entries")``)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

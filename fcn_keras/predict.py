@@ -48,7 +48,7 @@ import tensorflow as tf
 from absl import flags
 
 from fcn_keras.checks import check_int
-from fcn_keras.console import progress_verbosity, run_cli, usage_error
+from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
 from fcn_keras.export import CLASS_NAMES_FILE, SERVING_SIGNATURE, TILE_CONTEXT_FILE
@@ -626,9 +626,11 @@ def run(
     written, bad_images = predict_images(predictor, images, output_dir, overlay_format=overlay_format, alpha=alpha,
                                          overwrite=overwrite, palette=palette, names=names)
     bad = bad_sources + bad_images
-    print(f"wrote {len(written)} label maps and overlays to {output_dir} ({len(images)} images found"
-          + (f"; {ignored} hidden entries or files without an image extension ignored" if ignored else "")
-          + (f"; {skipped} image files in --output_dir skipped" if skipped else "") + ")")
+    pair = "label map and overlay" if len(written) == 1 else "label maps and overlays"
+    print(f"wrote {len(written)} {pair} to {output_dir} ({counted(len(images), 'image')} found"
+          + (f"; {counted(ignored, 'folder entry', 'folder entries')} ignored: hidden, or without an image extension"
+             if ignored else "")
+          + (f"; {counted(skipped, 'image file')} in --output_dir skipped" if skipped else "") + ")")
     if isinstance(predictor, DownscalingPredictor) and predictor.downscaled:
         one = predictor.downscaled == 1
         print(f"{predictor.downscaled} image{'' if one else 's'} larger than {max_size} px {'was' if one else 'were'} "
@@ -641,7 +643,7 @@ def run(
               f"{'was' if one else 'were'} segmented at {'its' if one else 'their'} own size"
               + (" (one compilation per size under XLA)" if tile_size is None else " (whole or in tiles)"))
     if bad:
-        print(f"{len(bad)} inputs failed:", file=sys.stderr)
+        print(f"{counted(len(bad), 'input')} failed:", file=sys.stderr)
         for path, reason in bad:  # Reasons from read_image already name the file.
             print(f"  {reason}" if str(path) in reason else f"  {path}: {reason}", file=sys.stderr)
         return 1

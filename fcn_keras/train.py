@@ -38,7 +38,7 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
 from fcn_keras.checks import check_choice, check_int
-from fcn_keras.console import progress_verbosity, run_cli, usage_error
+from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
 )
@@ -935,7 +935,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
             f"(epoch {summary['last_good_epoch']}) and the backup was rolled back to the end of that epoch: rerun with a "
             "lower --learning_rate to continue from there."
         )
-    logger.info("done: %d epochs, best %s %.4f (epoch %s), %.1f s, %s img/s; artefacts in %s", summary["epochs_done"], monitor,
+    logger.info("done: %s, best %s %.4f (epoch %s), %.1f s, %s img/s; artefacts in %s", counted(summary["epochs_done"], "epoch"), monitor,
                 checkpoint.best if checkpoint.best is not None else float("nan"), checkpoint.best_epoch, summary["wall_time_s"],
                 cb.format_rate(summary["images_per_s"]), run_dir)
     return summary

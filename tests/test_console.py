@@ -56,3 +56,11 @@ def test_flags_absl_refuses_are_one_line_and_status_2_and_ctrl_c_is_130():
     script = "from fcn_keras.console import run_cli\ndef main(argv):\n    raise KeyboardInterrupt\nrun_cli(main)\n"
     result = _run("-c", script)
     assert result.returncode == 130 and result.stderr.endswith("\n-c: interrupted\n") and "Traceback" not in result.stderr
+
+
+def test_counts_take_the_noun_in_the_right_number():
+    from fcn_keras.console import counted
+
+    assert [counted(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert counted(1, "hidden entry", "hidden entries") == "1 hidden entry"
+    assert counted(5, "hidden entry", "hidden entries") == "5 hidden entries"

@@ -240,6 +240,13 @@ def test_grpc_predict_request_runs_through_the_bytes_signature(exported, image_f
         response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
     for (path, expected), result in zip(image_files, grpc_request.parse_predict_response(response)):
         np.testing.assert_array_equal(result["labels"], expected, err_msg=str(path))
+    # serving_default's reply (labels only), and a timeout gRPC would report as a silent server.
+    del response.outputs["label_png_bytes"], response.outputs["heights"]
+    with pytest.raises(RuntimeError, match=r"the reply is not a predict_image_bytes response: it has no heights, "
+                                           r"label_png_bytes \(outputs: \['labels', 'widths'\]\)"):
+        grpc_request.parse_predict_response(response)
+    with pytest.raises(ValueError, match=r"timeout must be > 0 seconds. Received: timeout=0"):
+        grpc_request.predict("localhost:8500", request, timeout=0)
 
 
 def test_bytes_signature_decodes_bmp_and_gif_as_read_image_does(exported, tmp_path):

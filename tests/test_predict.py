@@ -98,7 +98,7 @@ def test_cli_on_a_folder_with_bad_files_processes_the_rest_and_fails(labeler, ke
     palette[0] = (1, 2, 3)
     check_outputs(labeler, tmp_path, expected, "jpg", palette)
     assert len(np.unique(np.asarray(Image.open(tmp_path / "photo.png")))) > 3  # Labels vary.
-    assert "wrote 4 label maps and overlays" in result.stdout and "1 hidden entries or files without an image extension ignored" in result.stdout
+    assert "wrote 4 label maps and overlays" in result.stdout and "1 folder entry ignored: hidden, or without an image extension" in result.stdout
     assert "3 inputs failed:" in result.stderr
     assert f"{folder / 'missing.jpg'}: no such file or folder" in result.stderr
     assert f"cannot read image {folder / 'broken.jpg'}" in result.stderr
@@ -506,7 +506,7 @@ def test_recursive_takes_subfolders_keeps_their_paths_and_never_takes_the_output
 
     result = run_predict_cli(f"--model={keras_file}", f"--output_dir={out}", "--recursive", str(photos))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "wrote 4 label maps and overlays" in result.stdout and "2 hidden entries or files without an image" in result.stdout
+    assert "wrote 4 label maps and overlays" in result.stdout and "2 folder entries ignored: hidden, or without an image" in result.stdout
     assert "skipped 1 image files in --output_dir" in result.stdout
     for relative in ("city/b.png", "city/deep/c.png", "other/b.png"):
         labels = np.asarray(Image.open(out / relative))
