@@ -1,10 +1,12 @@
-"""Argument checks shared by the package: one wording for every "must be one of" and "must be an
-integer >= N" error."""
+"""Argument checks shared by the package: one wording for every "must be one of", "must be an
+integer >= N" and "must be a folder" error."""
 
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -49,3 +51,17 @@ def check_int(name: str, value: Any, minimum: int, note: str = "") -> int:
         meaning = f" ({note})" if note else ""
         raise ValueError(f"{name} must be an integer >= {minimum}{meaning}. Received: {name}={value!r}")
     return int(value)
+
+
+def check_folder(name: str, path: str | os.PathLike) -> None:
+    """Refuses an output folder that is a file (a folder that does not exist yet is fine).
+
+    Args:
+        name: the argument or flag, as the user wrote it (``"output_dir"``).
+        path: the folder.
+
+    Raises:
+        ValueError: e.g. ``output_dir must be a folder. Received: output_dir='out.png', a file``.
+    """
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{name} must be a folder. Received: {name}={str(path)!r}, a file")

@@ -36,7 +36,7 @@ import numpy as np
 from absl import flags
 
 from fcn_keras import viz
-from fcn_keras.checks import check_int
+from fcn_keras.checks import check_folder, check_int
 from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
@@ -369,8 +369,8 @@ def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) 
     and an ``output_dir`` that is a file (the outputs are written after the evaluation)."""
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
-    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise ValueError(f"output_dir must be a folder. Received: output_dir={str(output_dir)!r}, a file")
+    if output_dir is not None:
+        check_folder("output_dir", output_dir)
 
 
 def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
-from fcn_keras.checks import check_choice, check_int
+from fcn_keras.checks import check_choice, check_folder, check_int
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
@@ -284,8 +284,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if resolved.backup_freq < 0:
         raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
     check_int("checkpoint_freq", resolved.checkpoint_freq, 1, "epochs")
-    if Path(resolved.output_dir).exists() and not Path(resolved.output_dir).is_dir():
-        raise ValueError(f"output_dir must be a folder. Received: output_dir={resolved.output_dir!r}, a file")
+    check_folder("output_dir", resolved.output_dir)
     return resolved
 
 

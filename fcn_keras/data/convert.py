@@ -38,7 +38,7 @@ import tensorflow as tf
 from absl import flags
 
 from fcn_keras import __version__
-from fcn_keras.checks import check_int
+from fcn_keras.checks import check_folder, check_int
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
 from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.data import download, records, voc
@@ -101,6 +101,11 @@ def _write_if_changed(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` atomically, unless the file already holds exactly that."""
     if not (path.is_file() and path.read_text() == text):
         write_text_atomic(path, text)
+
+
+def _save_manifest(output_dir: Path, manifest: dict) -> None:
+    """Writes ``manifest`` to ``output_dir/manifest.json`` atomically (the folder is made if needed)."""
+    write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
 
 
 def read_manifest(output_dir: str | os.PathLike) -> dict | None:
@@ -231,7 +236,7 @@ def _convert_split(
     manifest["splits"][split] = split_entry
     to_write = sum(len(p) for name, p, _ in plans if name not in current)
     if to_write:  # Recorded as incomplete now: a failure in its first shard must not leave it unmentioned.
-        write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+        _save_manifest(output_dir, manifest)
     verbose = options["verbose"]
     if verbose:
         print(f"{split}: {len(pairs)} pairs from {list_path}, {num_shards} shard(s), "
@@ -261,12 +266,12 @@ def _convert_split(
             split_entry[key] = [a + b for a, b in zip(split_entry[key], entry[key])]
         split_entry["void_pixels"] += entry["void_pixels"]
         if name not in current:  # A new shard: recorded now, so a killed run keeps it.
-            write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+            _save_manifest(output_dir, manifest)
     split_entry["skipped"] += [problem for entry in split_entry["shards"] for problem in entry["skipped"]]
     split_entry["num_skipped"] = len(split_entry["skipped"])
     split_entry["complete"] = True
     if to_write or not old_split.get("complete"):  # Said now: a later split may fail before the last write.
-        write_text_atomic(output_dir / MANIFEST_NAME, json.dumps(manifest, indent=2))
+        _save_manifest(output_dir, manifest)
     return split_entry
 
 
@@ -372,8 +377,7 @@ def convert(
         raise ValueError(f"max_images must be >= 1 or None. Received: max_images={max_images!r}")
     num_workers = (os.cpu_count() or 1) if num_workers is None else check_int("num_workers", num_workers, 1)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir must be a folder. Received: output_dir={str(output_dir)!r}, a file")
+    check_folder("output_dir", output_dir)
 
     # --- Manifest ----------------------------------------------------------------------------
     def absolute(path):
@@ -435,19 +439,14 @@ def convert(
     for list_path, pairs, problems in resolved.values():
         if problems and not skip_invalid:
             raise voc.InvalidPairError(problems[0], more=len(problems) - 1)
-    created = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(num_workers) as executor:
-            for split in splits:
-                old_split = old.get("splits", {}).get(split, {})
-                if old_split.get("source") != source:
-                    old_split = {}
-                _convert_split(split, resolved[split], output_dir, manifest, old_split, options, executor)
-    except BaseException:
-        if created and not any(output_dir.iterdir()):  # Failed at its first shard: leave no empty folder.
-            output_dir.rmdir()
-        raise
+    # output_dir is made by the first write (the manifest, before a split's first shard): a run
+    # refused before it leaves no empty folder.
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as executor:
+        for split in splits:
+            old_split = old.get("splits", {}).get(split, {})
+            if old_split.get("source") != source:
+                old_split = {}
+            _convert_split(split, resolved[split], output_dir, manifest, old_split, options, executor)
 
     # --- Report ------------------------------------------------------------------------------
     skipped = [problem for entry in manifest["splits"].values() for problem in entry["skipped"]]
