@@ -131,6 +131,17 @@ def variant_of(layer_names: Iterable[str]) -> str | None:
     return next(v for v in sorted(VARIANTS, key=output_stride) if all(score_name(b) in names for b in SKIPS[v]))
 
 
+def geometry_of(layer_names: Iterable[str]) -> str:
+    """The geometry of a net of ``build_fcn`` from its layer names: ``"reference"`` when it pads
+    its input (the ``input_padding`` layer), else ``"same"``."""
+    return "reference" if "input_padding" in set(layer_names) else "same"
+
+
+def scale_name(block: int) -> str:
+    """"scale_pool4", "scale_pool3": the at-once net's scaling of a pool before its score layer."""
+    return f"scale_pool{block}"
+
+
 def final_upsample_name(variant: str) -> str:
     """"upscore" for FCN-32s, "upscore16" / "upscore8" for the skip nets (Caffe's names)."""
     return "upscore" if variant == "32s" else f"upscore{output_stride(variant)}"

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from absl import flags
 
-from fcn_keras.architecture import AT_ONCE_SCALES, FC6_KERNEL, VGG16_BLOCKS, variant_of
+from fcn_keras.architecture import AT_ONCE_SCALES, FC6_KERNEL, VGG16_BLOCKS, scale_name, variant_of
 from fcn_keras.console import run_cli, usage_error
 from fcn_keras.constants import NUM_CLASSES, VARIANTS
 from fcn_keras.files import atomic_path
@@ -223,11 +223,11 @@ def describe_caffemodel(layers: list[CaffeLayer]) -> dict:
     variant = variant_of(by_name)
     at_once = False
     for block, scale in AT_ONCE_SCALES.items():
-        layer = by_name.get(f"scale_pool{block}")
+        layer = by_name.get(scale_name(block))
         if layer is not None:
             if not np.allclose(layer.blobs[0], scale, rtol=1e-6):
                 raise ValueError(
-                    f"scale_pool{block} scales by {np.unique(layer.blobs[0])[:4]}, not the at-once net's {scale}"
+                    f"{scale_name(block)} scales by {np.unique(layer.blobs[0])[:4]}, not the at-once net's {scale}"
                 )
             at_once = True
     num_classes = _outputs(by_name["score_fr"]) if "score_fr" in by_name else None

@@ -189,7 +189,7 @@ def build_fcn(
         pool = pools[block]
         if at_once:
             pool = keras.layers.Rescaling(
-                arch.AT_ONCE_SCALES[block], name=f"scale_pool{block}"
+                arch.AT_ONCE_SCALES[block], name=arch.scale_name(block)
             )(pool)
         pool_score = _score_layer(num_classes, arch.score_name(block))(pool)
         crop_name = arch.skip_crop_name(variant, index, geometry)

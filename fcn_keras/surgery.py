@@ -11,7 +11,7 @@ import logging
 import keras
 import numpy as np
 
-from fcn_keras.architecture import FC6_KERNEL, VGG16_BLOCKS
+from fcn_keras.architecture import AT_ONCE_SCALES, FC6_KERNEL, VGG16_BLOCKS, geometry_of, scale_name, score_name
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,23 @@ def transplant_vgg16(fcn: keras.Model, vgg: keras.Model) -> list[str]:
         Names of the FCN layers that received weights.
 
     Raises:
-        ValueError: a layer's weight shapes differ (named); then no layer was changed.
+        ValueError: ``vgg``'s convolutions are not VGG16's 13, it has only one of fc1/fc2, or a
+            layer's weight shapes differ (named); then no layer was changed.
     """
-    copies: list[Copy] = [
-        (fcn.get_layer(name), vgg.get_layer(name).get_weights(), f"VGG16 {name}") for name in _vgg16_conv_names()
-    ]
+    convs = _vgg16_conv_names()
+    vgg_convs = sorted(layer.name for layer in vgg.layers if layer.weights and layer.name.startswith("block"))
+    if vgg_convs != sorted(convs):
+        raise ValueError(
+            f"{vgg.name!r} is not a VGG16: expected the convolutions {convs}, found {vgg_convs} "
+            "(a VGG19, say, has block3_conv4 ... block5_conv4); no layer was changed"
+        )
+    copies: list[Copy] = [(fcn.get_layer(name), vgg.get_layer(name).get_weights(), f"VGG16 {name}") for name in convs]
     vgg_names = {layer.name for layer in vgg.layers}
+    if len({"fc1", "fc2"} & vgg_names) == 1:
+        raise ValueError(
+            f"{vgg.name!r} has {' but not '.join(sorted({'fc1', 'fc2'} & vgg_names) + sorted({'fc1', 'fc2'} - vgg_names))}: "
+            "a VGG16 has both fully connected layers (its top) or neither; no layer was changed"
+        )
     if {"fc1", "fc2"} <= vgg_names:
         for dense_name, conv_name in (("fc1", "fc6"), ("fc2", "fc7")):
             kernel, bias = vgg.get_layer(dense_name).get_weights()
@@ -126,7 +137,10 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
 
     Layers only ``target`` has (e.g. ``score_pool4`` when going from FCN-32s to FCN-16s) keep
     their initialisation: zero for score layers, bilinear for upsampling, so the new net starts
-    out predicting what ``source`` predicts.
+    out predicting what ``source`` predicts. Only those may be new: every VGG16 convolution and
+    fc6/fc7 of ``target`` must come from ``source``. What holds no weights but changes what the
+    weights compute must match too (``structure_differences``): the input normalisation, the
+    geometry, and the at-once scaling of each copied ``score_pool<N>``'s input.
 
     Args:
         source: a trained FCN.
@@ -138,7 +152,8 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
 
     Raises:
         ValueError: a layer of the same name has other weight shapes (e.g. another number of
-            classes), or the two nets share no weighted layer at all; then no layer was changed.
+            classes), the two nets share no weighted layer at all, a trunk layer of ``target``
+            has no twin in ``source``, or their structures differ; then no layer was changed.
     """
     source_layers = {layer.name: layer for layer in source.layers if layer.weights}
     report: dict[str, list[str]] = {"copied": [], "kept": [], "unused": []}
@@ -156,6 +171,18 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
         raise ValueError(
             f"{source.name!r} and {target.name!r} share no weighted layer: is the source an FCN?"
         )
+    trunk = set(_vgg16_conv_names()) | {"fc6", "fc7"}
+    missing = [name for name in report["kept"] if name in trunk]
+    if missing:
+        raise ValueError(
+            f"{source.name!r} has no {', '.join(missing)}: only score and upsampling layers may be new in "
+            f"{target.name!r} (is the source an FCN?); no layer was changed"
+        )
+    differences = structure_differences(source, target, copied=report["copied"])
+    if differences:
+        raise ValueError(
+            f"{source.name!r}'s weights do not fit {target.name!r}: {'; '.join(differences)}; no layer was changed"
+        )
     assign_all(copies)
     logger.info(
         "transferred %d layers %s -> %s; kept initialisation of %s",
@@ -165,3 +192,49 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
         report["kept"] or "none",
     )
     return report
+
+
+def structure_differences(source: keras.Model, target: keras.Model, copied: list[str] | None = None) -> list[str]:
+    """What differs between two FCNs of ``build_fcn`` that holds no weights but changes what the
+    weights compute: the input normalisation (``preprocess``), the geometry (100-pixel input
+    padding or not) and, for each ``score_pool<N>`` in ``copied``, the at-once scaling of its input
+    (``scale_pool<N>``; 1 without it).
+
+    Args:
+        source: an FCN whose weights would be copied.
+        target: the FCN that would receive them.
+        copied: the layers that would be copied (default: the weighted layers both have).
+
+    Returns:
+        One sentence per difference (empty when the weights fit).
+    """
+    if copied is None:
+        source_names = {layer.name for layer in source.layers if layer.weights}
+        copied = [layer.name for layer in target.layers if layer.weights and layer.name in source_names]
+    differences = []
+    modes = [_preprocessing_of(model) for model in (source, target)]
+    if modes[0] != modes[1]:
+        differences.append(f"the source normalises its input as {modes[0]!r}, the target as {modes[1]!r}")
+    geometries = [geometry_of(layer.name for layer in model.layers) for model in (source, target)]
+    if geometries[0] != geometries[1]:
+        differences.append(f"the source's geometry is {geometries[0]!r}, the target's {geometries[1]!r}")
+    for block in AT_ONCE_SCALES:
+        if score_name(block) in copied:
+            scales = [_pool_scale(model, block) for model in (source, target)]
+            if scales[0] != scales[1]:
+                differences.append(
+                    f"{score_name(block)} scores pool{block} x {scales[0]:g} in the source (trained "
+                    f"{'at once' if scales[0] != 1 else 'in stages'}) but pool{block} x {scales[1]:g} in the target "
+                    "(at_once must match)"
+                )
+    return differences
+
+
+def _preprocessing_of(model: keras.Model) -> str | None:
+    names = {layer.name for layer in model.layers}
+    return model.get_layer("preprocess").mode if "preprocess" in names else None
+
+
+def _pool_scale(model: keras.Model, block: int) -> float:
+    names = {layer.name for layer in model.layers}
+    return float(model.get_layer(scale_name(block)).scale) if scale_name(block) in names else 1.0

@@ -509,10 +509,6 @@ def _listed_weights(value: str) -> list[float]:
 # --- Model ------------------------------------------------------------------------------------
 
 
-def _geometry_of(model: keras.Model) -> str:
-    return "reference" if "input_padding" in {layer.name for layer in model.layers} else "same"
-
-
 def load_init_model(init_from: str) -> tuple[keras.Model, Path]:
     """The trained FCN of ``--init_from``: a ``.keras`` file, or a run directory (its
     ``best.keras``, else ``last.keras``)."""
@@ -542,7 +538,8 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
                   fc6_implementation=config.fc6_implementation)
     if config.init_from:
         source, path = load_init_model(config.init_from)
-        source_variant = arch.variant_of(layer.name for layer in source.layers)
+        names = {layer.name for layer in source.layers}
+        source_variant = arch.variant_of(names)
         if source_variant is None:
             raise ValueError(f"init_from {str(path)!r} is not an FCN of fcn_keras.build_fcn: it has no score_fr layer")
         problems = []
@@ -550,8 +547,14 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
             problems.append(f"it is an FCN-{source_variant}, finer than the FCN-{config.variant} to train (32s -> 16s -> 8s)")
         if source.outputs[0].shape[-1] != config.num_classes:
             problems.append(f"it has {source.outputs[0].shape[-1]} classes, not num_classes={config.num_classes}")
-        if _geometry_of(source) != config.geometry:
-            problems.append(f"its geometry is {_geometry_of(source)!r}, not geometry={config.geometry!r}")
+        source_geometry = arch.geometry_of(names)
+        if source_geometry != config.geometry:
+            problems.append(f"its geometry is {source_geometry!r}, not geometry={config.geometry!r}")
+        scaled = [arch.scale_name(block) for block in arch.SKIPS[source_variant] if arch.scale_name(block) in names]
+        if scaled and not config.at_once:
+            problems.append(f"it was trained at once (its {', '.join(scaled)} scale the pools), not at_once=False")
+        elif config.at_once and arch.SKIPS[source_variant] and not scaled:
+            problems.append("it was trained in stages (its skips are not scaled), not at_once=True")
         if source.get_layer("fc7").filters != config.fc_units:
             problems.append(f"its fc6/fc7 have {source.get_layer('fc7').filters} units, not fc_units={config.fc_units}")
         mode = source.get_layer("preprocess").mode

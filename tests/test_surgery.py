@@ -10,7 +10,10 @@ import keras
 from fcn_keras.backbone import resolve_preprocessing, weights_file_has_top
 from fcn_keras.constants import CAFFE_BGR_MEAN
 from fcn_keras.model import build_fcn
-from fcn_keras.surgery import bilinear_filter, bilinear_kernel, transfer_weights, transplant_vgg16
+from fcn_keras.surgery import (
+    bilinear_filter, bilinear_kernel, structure_differences, transfer_weights, transplant_vgg16,
+)
+from fcn_keras.train import TrainConfig, build_model, resolve_config
 
 # --- Bilinear kernels --------------------------------------------------------------------------
 
@@ -105,6 +108,19 @@ def test_transplant_reports_what_it_copied_and_refuses_wrong_shapes(random_vgg16
     np.testing.assert_array_equal(small.get_layer("block1_conv1").get_weights()[0], conv1_1)  # Nothing copied.
 
 
+def test_transplant_refuses_a_source_that_is_not_exactly_vgg16(random_vgg16):
+    fcn = build_fcn("32s", fc_units=4096, geometry="same")
+    before = fcn.get_weights()
+    vgg19 = keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"'vgg19' is not a VGG16: .*found \[.*'block3_conv4'"):
+        transplant_vgg16(fcn, vgg19)
+    fc1_only = keras.Model(random_vgg16.input, random_vgg16.get_layer("fc1").output, name="vgg16_fc1")
+    with pytest.raises(ValueError, match=r"'vgg16_fc1' has fc1 but not fc2: .*both fully connected layers"):
+        transplant_vgg16(fcn, fc1_only)
+    for a, b in zip(fcn.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- FCN → FCN -------------------------------------------------------------------------------
 
 
@@ -118,6 +134,59 @@ def test_transfer_refuses_other_class_counts_and_non_fcn_sources():
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense_x")], name="mlp")
     with pytest.raises(ValueError, match="share no weighted layer: is the source an FCN"):
         transfer_weights(other, build_fcn("16s", fc_units=8))
+
+
+def test_transfer_refuses_a_source_without_the_trunk():
+    """A VGG16 without its top shares the convolutions but would leave fc6/fc7 random."""
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    target = build_fcn("32s", fc_units=8, geometry="same")
+    with pytest.raises(ValueError, match=r"has no fc6, fc7: only score and upsampling layers may be new"):
+        transfer_weights(vgg, target)
+
+
+@pytest.mark.parametrize(
+    "source, target, message",
+    [
+        (dict(preprocessing="torch"), dict(preprocessing="caffe"),
+         r"the source normalises its input as 'torch', the target as 'caffe'"),
+        (dict(geometry="reference"), dict(geometry="same"), r"the source's geometry is 'reference', the target's 'same'"),
+        (dict(variant="16s", at_once=True), dict(variant="16s"),
+         r"score_pool4 scores pool4 x 0.01 in the source \(trained at once\) but pool4 x 1 in the target"),
+        (dict(variant="16s"), dict(variant="8s", at_once=True),
+         r"score_pool4 scores pool4 x 1 in the source \(trained in stages\) but pool4 x 0.01 in the target"),
+    ],
+    ids=["preprocessing", "geometry", "at_once_to_staged", "staged_to_at_once"],
+)
+def test_transfer_refuses_nets_whose_weightless_parts_differ(source, target, message):
+    """Equal weight shapes are not enough: these differences change what the copied weights compute."""
+    base = dict(variant="32s", fc_units=8, geometry="same", preprocessing="caffe")
+    target_model = build_fcn(**{**base, **target})
+    before = target_model.get_weights()
+    with pytest.raises(ValueError, match=message + r".*no layer was changed"):
+        transfer_weights(build_fcn(**{**base, **source}), target_model)
+    for a, b in zip(target_model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_transfer_between_at_once_nets_and_from_32s_into_an_at_once_net():
+    """The scaling must match only where a score_pool layer is copied."""
+    base = dict(fc_units=8, geometry="same")
+    report = transfer_weights(build_fcn("16s", at_once=True, **base), build_fcn("8s", at_once=True, **base))
+    assert "score_pool4" in report["copied"] and set(report["kept"]) == {"upscore_pool4", "score_pool3", "upscore8"}
+    report = transfer_weights(build_fcn("32s", **base), build_fcn("8s", at_once=True, **base))
+    assert set(report["kept"]) == {"upscore2", "score_pool4", "upscore_pool4", "score_pool3", "upscore8"}
+    assert structure_differences(build_fcn("16s", **base), build_fcn("16s", **base)) == []
+
+
+@pytest.mark.parametrize("source_at_once, at_once", [(True, False), (False, True)])
+def test_staged_training_refuses_a_source_of_the_other_at_once_kind(source_at_once, at_once, tmp_path):
+    path = tmp_path / "source.keras"
+    build_fcn("16s", fc_units=8, geometry="same", at_once=source_at_once).save(path)
+    config = resolve_config(TrainConfig(variant="8s", fc_units=8, geometry="same", at_once=at_once, data="unused",
+                                        init_from=str(path), weights="none"))
+    kind = "at once" if source_at_once else "in stages"
+    with pytest.raises(ValueError, match=rf"it was trained {kind} .*not at_once={at_once}"):
+        build_model(config)
 
 
 # --- Weight files ------------------------------------------------------------------------------
@@ -163,3 +232,25 @@ def test_weights_file_of_another_network_is_refused_with_its_name(tmp_path):
     not_hdf5.write_text("hello")
     with pytest.raises(ValueError, match=rf"weights file '{not_hdf5}' is not an HDF5 file"):
         build_fcn("8s", weights=not_hdf5, fc_units=8)
+
+
+@pytest.mark.parametrize(
+    "weights, preprocessing, expected",
+    [("imagenet", "auto", "caffe"), ("imagenet", "caffe_fcn", "caffe_fcn"), ("imagenet", "torch", None), (None, "torch", "torch")],
+)
+def test_explicit_preprocessing_must_fit_weights_of_known_origin(weights, preprocessing, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match=r"weights='imagenet' .* expect preprocessing='caffe', not preprocessing='torch'"):
+            resolve_preprocessing(weights, preprocessing)
+    else:
+        assert resolve_preprocessing(weights, preprocessing) == expected
+
+
+def test_shared_torchvision_weights_refuse_caffe_preprocessing(shared_dir):
+    path = shared_dir / "weights" / "vgg16_imagenet_notop_torchvision.weights.h5"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    for mode in ("caffe", "caffe_fcn"):
+        with pytest.raises(ValueError, match=rf"expect preprocessing='torch', not preprocessing='{mode}'"):
+            build_fcn("8s", weights=path, preprocessing=mode, fc_units=8)
+    assert resolve_preprocessing(path, "torch") == "torch"
