@@ -55,24 +55,40 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
         One of ``PREPROCESSING_MODES``.
 
     Raises:
-        ValueError: unknown ``preprocessing``, or ``"auto"`` for a file of unknown origin.
+        ValueError: unknown ``preprocessing``; ``"auto"`` for a file of unknown origin; an explicit
+            ``preprocessing`` of the other family than the one ``"imagenet"`` or a known file was
+            trained with (``"torch"`` for Caffe weights; ``"caffe"`` or ``"caffe_fcn"`` for torch's).
     """
-    if preprocessing != "auto":
-        return check_choice("preprocessing", preprocessing, ("auto",) + PREPROCESSING_MODES)
-    if weights in NAMED_WEIGHTS:
-        return "caffe"
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    for digest in file_digests(path, "md5", "sha256"):
-        if digest in KNOWN_WEIGHT_FILES:
-            return KNOWN_WEIGHT_FILES[digest]
-    raise ValueError(
-        f"cannot tell which input normalisation the weights in {str(path)!r} expect (not one of the "
-        "known files of fcn_keras.backbone.KNOWN_WEIGHT_FILES): pass preprocessing='caffe' "
-        "(--preprocessing=caffe; keras.applications / Caffe ImageNet weights: BGR, mean subtracted) or "
-        "preprocessing='torch' (--preprocessing=torch; torchvision weights: RGB / 255, mean/std)"
-    )
+    check_choice("preprocessing", preprocessing, ("auto",) + PREPROCESSING_MODES)
+    if weights is None:
+        return "caffe" if preprocessing == "auto" else preprocessing
+    if weights == "imagenet":
+        known, source = "caffe", "weights='imagenet' (keras.applications' VGG16)"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        digests = file_digests(path, "md5", "sha256")
+        known = next((KNOWN_WEIGHT_FILES[d] for d in digests if d in KNOWN_WEIGHT_FILES), None)
+        source = f"the weights in {str(path)!r} (a known file of fcn_keras.backbone.KNOWN_WEIGHT_FILES)"
+    if known is None:
+        if preprocessing != "auto":
+            return preprocessing
+        raise ValueError(
+            f"cannot tell which input normalisation the weights in {str(path)!r} expect (not one of the "
+            "known files of fcn_keras.backbone.KNOWN_WEIGHT_FILES): pass preprocessing='caffe' "
+            "(--preprocessing=caffe; keras.applications / Caffe ImageNet weights: BGR, mean subtracted) or "
+            "preprocessing='torch' (--preprocessing=torch; torchvision weights: RGB / 255, mean/std)"
+        )
+    if preprocessing == "auto":
+        return known
+    # 'caffe_fcn' (the authors' VOC mean; they fine-tuned Caffe's ImageNet VGG16) fits Caffe weights.
+    if (preprocessing == "torch") != (known == "torch"):
+        raise ValueError(
+            f"{source} expect preprocessing={known!r}, not preprocessing={preprocessing!r}: the "
+            "model would feed them inputs normalised unlike those they were trained on. Leave it 'auto'"
+        )
+    return preprocessing
 
 
 def weights_file_has_top(path: str | os.PathLike) -> bool:
