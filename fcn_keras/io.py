@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -102,18 +103,33 @@ def check_fcn(model: keras.Model, source: str) -> keras.Model:
             f"2..256 classes (logits), found outputs {outputs}"
         )
     # Pixel alignment, from Keras' shape inference (no computation): a probe size on the
-    # 32-pixel grid, which models that need multiples of their stride accept too.
+    # 32-pixel grid, which models that need multiples of their stride accept too. Where Keras
+    # cannot infer it (a layer without shape inference, or one that refuses the probe), the
+    # model computes it, once, on a black image.
     probe = (1, inputs[0][1] or _PROBE_SIZE[0], inputs[0][2] or _PROBE_SIZE[1], 3)
     try:
         scores = tuple(model.compute_output_shape(probe))
-    except Exception:  # Keras cannot infer it (a layer without shape inference): unknown, not wrong.
-        scores = None
-    if scores is not None and scores[1:3] != probe[1:3]:
+    except Exception:
+        try:
+            scores = tuple(model(np.zeros(probe, np.uint8), training=False).shape)
+        except Exception as error:
+            raise ValueError(
+                f"{source} is not an FCN: it fails on a {probe[1]}x{probe[2]} image ({type(error).__name__}: "
+                f"{_first_reason(error)})"
+            ) from error
+    if scores[1:3] != probe[1:3]:
         raise ValueError(
             f"{source} is not an FCN: its scores are not pixel-aligned with its input (a {probe[1]}x{probe[2]} "
             f"image gives {scores[1]}x{scores[2]} scores)"
         )
     return model
+
+
+def _first_reason(error: Exception) -> str:
+    """The line of an error that says what is wrong: Keras wraps a layer's error in "Exception
+    encountered when calling ...", with the reason in bold on a later line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    return next((line for line in lines if line and not line.startswith("Exception encountered")), "")
 
 
 #: Height and width of the image whose output shape ``check_fcn`` infers.

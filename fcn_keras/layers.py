@@ -96,12 +96,25 @@ class CropToReference(keras.layers.Layer):
         x, reference = inputs
         ref_shape = ops.shape(reference)
         height, width = ref_shape[1], ref_shape[2]
+        self._check_fits(ops.shape(x), ref_shape)
         o = self.offset
         return x[:, o : o + height, o : o + width, :]
 
     def compute_output_shape(self, input_shapes):
         x_shape, ref_shape = input_shapes
+        self._check_fits(x_shape, ref_shape)
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+    def _check_fits(self, x_shape, ref_shape) -> None:
+        """Where both sizes are known (always under JAX; not for TF's dynamic sizes), a crop that
+        does not fit is an error, not a smaller output (slicing would just stop at the edge)."""
+        for axis, side in ((1, "height"), (2, "width")):
+            size, wanted = x_shape[axis], ref_shape[axis]
+            if isinstance(size, int) and isinstance(wanted, int) and self.offset + wanted > size:
+                raise ValueError(
+                    f"layer {self.name!r} cannot crop a {side} of {wanted} at offset {self.offset} from a {side} "
+                    f"of {size}: the input is {self.offset + wanted - size} pixels too small"
+                )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "offset": self.offset}

@@ -13,8 +13,8 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn_keras.data import records
-from fcn_keras.io import RUN_CHECKPOINTS, load_fcn, read_image, resolve_model_file, upgrade_upsampling
-from fcn_keras.layers import Deconvolution
+from fcn_keras.io import RUN_CHECKPOINTS, check_fcn, load_fcn, read_image, resolve_model_file, upgrade_upsampling
+from fcn_keras.layers import CropToReference, Deconvolution
 from fcn_keras.model import build_fcn
 
 
@@ -87,6 +87,22 @@ def small_fcn() -> keras.Model:
     """The smallest model ``check_fcn`` accepts: RGB in, 21 class scores per pixel out."""
     inputs = keras.Input((None, None, 3))
     return keras.Model(inputs, keras.layers.Conv2D(21, 1)(keras.layers.Rescaling(1 / 255)(inputs)))
+
+
+def test_check_fcn_refuses_a_crop_that_shrinks_the_output_and_computes_what_keras_cannot_infer():
+    inputs = keras.Input((None, None, 3))
+    scores = keras.layers.Conv2D(21, 1)(inputs)
+    # Scores 2 pixels larger than the image, cropped at offset 5: 3 pixels short on each side.
+    padded = keras.layers.ZeroPadding2D(1)(scores)
+    cropped = CropToReference(5, name="score")([padded, inputs])
+    with pytest.raises(ValueError, match=r"m.keras is not an FCN: it fails on a 64x96 image \(ValueError: "
+                                         r"layer 'score' cannot crop a height of 64 at offset 5"):
+        check_fcn(keras.Model(inputs, cropped), "m.keras")
+    # A layer without shape inference: the model computes the probe's scores instead.
+    lambda_model = keras.Model(inputs, keras.layers.Lambda(lambda t: t[:, ::2, ::2, :])(scores))
+    with pytest.raises(ValueError, match=r"not pixel-aligned with its input \(a 64x96 image gives 32x48 scores\)"):
+        check_fcn(lambda_model, "l.keras")
+    assert check_fcn(keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(scores)), "ok.keras") is not None
 
 
 def test_a_run_folder_resolves_to_best_keras_else_last_keras(tmp_path):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras
 
-from fcn_keras.layers import Deconvolution, Im2colConv2D, ReshapeMaxPooling2D, im2col_conv
+from fcn_keras.layers import CropToReference, Deconvolution, Im2colConv2D, ReshapeMaxPooling2D, im2col_conv
 
 # (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases.
 SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3)]
@@ -188,3 +188,24 @@ def test_reshape_pooling_refuses_overlapping_windows():
         ReshapeMaxPooling2D(2, strides=1)
     with pytest.raises(ValueError, match=r"Received: data_format='channels_first'"):
         ReshapeMaxPooling2D(2, data_format="channels_first")
+
+
+# --- CropToReference -----------------------------------------------------------------------------
+
+
+def test_crop_to_reference_crops_at_its_offset_and_refuses_a_crop_that_does_not_fit():
+    x = np.arange(2 * 10 * 9 * 3, dtype="float32").reshape(2, 10, 9, 3)
+    reference = np.zeros((2, 6, 5, 1), "float32")
+    layer = CropToReference(3)
+    np.testing.assert_array_equal(np.asarray(layer([x, reference])), x[:, 3:9, 3:8, :])
+    assert layer.compute_output_shape(((None, 10, 9, 3), (None, 6, 5, 1))) == (None, 6, 5, 3)
+    # Offset 5 + height 6 > 10: slicing would silently return 5 rows; the layer says so instead.
+    too_far = CropToReference(5, name="crop_x")
+    with pytest.raises(ValueError, match=r"'crop_x' cannot crop a height of 6 at offset 5 from a height of 10: "
+                                         r"the input is 1 pixels too small"):
+        too_far([x, reference])
+    with pytest.raises(ValueError, match=r"cannot crop a width of 5 at offset 5 from a width of 9"):
+        too_far.compute_output_shape(((None, 20, 9, 3), (None, 6, 5, 1)))
+    # Unknown sizes (a free input size) leave the check to the call.
+    assert too_far.compute_output_shape(((None, None, None, 3), (None, None, None, 1))) == (None, None, None, 3)
+
