@@ -30,9 +30,18 @@ device); a block's time is the difference between consecutive prefixes, set besi
 On JAX the label-map forward is also traced (``--profile_calls`` calls) for a kernel profile
 (``kernel_profile.py``): device time by layer and by kind of kernel.
 
-Results are appended to ``<output>.jsonl`` as each configuration finishes, and the markdown
-table is rewritten (atomically) after each: an interrupted run resumes where it stopped when the
-same command is run again (``--resume``, default on).
+Results are appended to ``<output>.jsonl`` (or ``--records``) as each configuration finishes,
+each with the peak and the call (command, commit, date, software, settings) that measured it,
+and the markdown table is rewritten (atomically) after each: an interrupted run resumes where it
+stopped when the same command is run again (``--resume``, default on). A call with nothing left
+to measure measures no peak and leaves the table as it is. The table's header states the
+effective value of every flag that shapes the rows and lists each call that measured some of
+them; a row's % peak is against its own call's peak. ``--report_only`` renders a table from the
+records alone, measuring nothing:
+
+    python benchmarks/throughput.py --report_only --records=benchmarks/results/h200.jsonl \
+        --calls_log=benchmarks/results/h200.log --geometry=same --input_pipeline=tfrecord \
+        --fc6_implementation=conv --output=benchmarks/results/h200_conv.md
 """
 
 from __future__ import annotations
@@ -41,8 +50,10 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,7 +121,15 @@ def _define_flags() -> None:
     flags.DEFINE_integer("peak_runs", 10, "Back-to-back matmuls per peak timing (best of 3 timings).")
     flags.DEFINE_string("output", None, "Write the markdown table here (atomically) and the raw "
                         "records to the same name with .jsonl; default: print only.")
-    flags.DEFINE_boolean("resume", True, "Skip configurations already in <output>.jsonl for the same setup.")
+    flags.DEFINE_string("records", None, "The JSON-lines records of the measurements (each with its call and "
+                        "its peak), read to resume or to report and appended to; default: <output>.jsonl.")
+    flags.DEFINE_boolean("resume", True, "Skip configurations already in the records for the same setup.")
+    flags.DEFINE_boolean("report_only", False, "Measure nothing: render the records of this setup (the flags "
+                         "that name it: precision, geometry, fc_units, num_classes, input_pipeline, "
+                         "fc6_implementation, pool_implementation) as markdown, to --output if given.")
+    flags.DEFINE_string("calls_log", None, "The printed output of earlier calls (e.g. benchmarks/results/h200.log): "
+                        "records written before calls were recorded take their command, date and software "
+                        "from the call in it that printed their peak and wrote to their records file.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and weights.")
     flags.DEFINE_boolean("profile", False, "Also time the forward pass block by block (VGG blocks, fc6+fc7, "
                          "the head) for each variant and size at the first --batch_sizes entry.")
@@ -186,19 +205,60 @@ def _jit(fn):
     return fn
 
 
-def report_header(argv: list[str], device: str, setup: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The lines every benchmark report starts with: the command (with the backend), device,
-    software versions, ``setup``, the ``extra`` lines, and the date (UTC)."""
+def command_line(argv: list[str]) -> str:
+    """The command as a user would type it again, with the backend, in backquotes."""
+    return "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={keras.backend.backend()}", "python", *argv]) + "`"
+
+
+def software() -> str:
+    """The backend's, Keras' and Python's versions, e.g. ``"jax 0.11.2, Keras 3.15.1, Python 3.12.3"``."""
     backend = keras.backend.backend()
+    version = __import__(backend).__version__ if backend in ("jax", "tensorflow", "torch") else "?"
+    return f"{backend} {version}, Keras {keras.__version__}, Python {platform.python_version()}"
+
+
+def git_commit() -> str | None:
+    """The ``FCN_KERAS_COMMIT`` environment variable if set (a copy of the tree names its commit),
+    else the checkout's commit (``-dirty`` with local changes), else None (no git, no checkout)."""
+    if os.environ.get("FCN_KERAS_COMMIT"):
+        return os.environ["FCN_KERAS_COMMIT"]
+    if not (REPO_ROOT / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def utc_now(seconds: bool = False) -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime(f"%Y-%m-%d %H:%M{':%S' if seconds else ''} UTC")
+
+
+def report_header(argv: list[str], device: str, setup: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The lines every benchmark report starts with: the command (with the backend), the commit,
+    device, software versions, ``setup`` (the effective value of every flag that shapes the rows),
+    the ``extra`` lines, and the date (UTC). For the reports whose rows all come from this call."""
     return {
-        "Command": "`" + " ".join(shlex.quote(a) for a in [f"KERAS_BACKEND={backend}", "python", *argv]) + "`",
+        "Command": command_line(argv),
+        "Commit": git_commit() or "unknown",
         "Device": device,
-        "Software": f"{backend} {__import__(backend).__version__ if backend in ('jax', 'tensorflow', 'torch') else '?'}, "
-                    f"Keras {keras.__version__}, Python {platform.python_version()}",
+        "Software": software(),
         "Setup": setup,
         **(extra or {}),
-        "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "Date": utc_now(),
     }
+
+
+def peak_side(flag: int, accelerator: bool) -> int:
+    """The side n of the peak's n x n matmul: ``flag``, or for 0 8192 on an accelerator and 1024
+    on a CPU (8192 would take minutes there)."""
+    return flag or (8192 if accelerator else 1024)
 
 
 def matmul_peak(n: int, runs: int, dtype: str = "bfloat16") -> float:
@@ -444,11 +504,24 @@ def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, l
 
 # --- Records and the table ---------------------------------------------------------------------
 
+#: The flags that name a setup besides the machine (backend, device): the rows of one table share them.
+SETUP_FLAGS: tuple[str, ...] = ("precision", "geometry", "fc_units", "num_classes", "input_pipeline",
+                                "fc6_implementation", "pool_implementation")
+#: How records written before fc6 and the poolings had a choice of implementation computed them.
+LEGACY_SETUP: dict[str, str] = {"fc6_implementation": "conv", "pool_implementation": "pool"}
+#: The line a call prints once it has measured its peak (and before measuring anything else).
+PEAK_LINE = re.compile(r"device: (?P<device>.*); bf16 matmul peak (?P<tflops>[\d.]+) TFLOP/s \(n=(?P<n>\d+)\)$")
+
+
+def full_setup(record: dict) -> dict:
+    """A record's setup, with ``LEGACY_SETUP`` for the keys records of earlier versions lack."""
+    return {**LEGACY_SETUP, **record["setup"]}
+
 
 def same_setup(record: dict, setup: dict) -> bool:
     """Whether a saved record was measured in ``setup`` (records written before fc6 and the
     poolings had a choice of implementation computed them as ``Conv2D`` and ``MaxPooling2D``)."""
-    return {"fc6_implementation": "conv", "pool_implementation": "pool", **record["setup"]} == setup
+    return full_setup(record) == setup
 
 
 def read_records(path: Path | None) -> list[dict]:
@@ -473,9 +546,158 @@ def append_record(path: Path | None, record: dict) -> None:
             file.write(json.dumps(record) + "\n")
 
 
+def records_file_of(command: str) -> str | None:
+    """The name of the records file a printed throughput.py ``command`` wrote to (its
+    ``--records``, else its ``--output`` with ``.jsonl``), or None."""
+    try:
+        args = shlex.split(command.strip().strip("`"))
+    except ValueError:
+        return None
+    values = {}
+    for index, arg in enumerate(args):
+        for name in ("records", "output"):
+            if arg.startswith(f"--{name}="):
+                values[name] = arg.split("=", 1)[1]
+            elif arg == f"--{name}" and index + 1 < len(args):
+                values[name] = args[index + 1]
+    if values.get("records"):
+        return Path(values["records"]).name
+    return Path(values["output"]).with_suffix(".jsonl").name if values.get("output") else None
+
+
+def parse_calls_log(path: Path) -> list[dict]:
+    """The calls of this script in ``path``, a log of their printed output: each call's peak line
+    (printed before it measures anything) and the header of the table it printed at its end.
+
+    Returns:
+        ``[{"tflops": "749.30", "n": 8192, "records_file": "h200.jsonl", "call": {"command", "date",
+        "software", "host", "settings", "tfrecords"}}]``, in the log's order; a call that printed no
+        table before the next call's peak line has no ``"call"``.
+    """
+    lines = path.read_text(errors="replace").splitlines()
+    starts = [index for index, line in enumerate(lines) if PEAK_LINE.match(line.strip())]
+    calls = []
+    for start, end in zip(starts, [*starts[1:], len(lines)]):
+        peak = PEAK_LINE.match(lines[start].strip())
+        entry = {"tflops": peak["tflops"], "n": int(peak["n"])}
+        heading = next((i for i in range(start + 1, end) if lines[i].strip() == "# FCN-VGG16 throughput"), None)
+        if heading is not None:
+            header = {}
+            for line in lines[heading + 1:end]:
+                if line.strip() and not line.startswith("- "):
+                    break
+                if ": " in line:
+                    label, value = line[2:].split(": ", 1)
+                    header.setdefault(label, value.strip())
+            settings = re.search(r"\d+ timed steps after \d+ warm-up, latency median of \d+", header.get("Setup", ""))
+            entry["records_file"] = records_file_of(header.get("Command", ""))
+            entry["call"] = {
+                "command": header.get("Command"), "commit": None, "date": header.get("Date"),
+                "software": header.get("Software"),
+                "host": header["Device"].split("host: ", 1)[1] if "host: " in header.get("Device", "") else None,
+                "settings": settings.group(0) if settings else None, "tfrecords": header.get("TFRecords"),
+                "from_log": str(path),
+            }
+        calls.append(entry)
+    return calls
+
+
+def attach_calls(records: list[dict], records_path: Path | None, log_calls: list[dict] | None = None) -> list[dict]:
+    """The measurements (``"config"`` and ``"profile"`` records) of ``records``, in file order,
+    each with the ``"peak"`` and the ``"call"`` that measured it.
+
+    Records of this version carry both. Records written before take them here: the peak is that of
+    the latest ``"peak"`` record of the same setup before them in the file (a call recorded its peak
+    at its start, then its measurements); the call, that of the one call of ``log_calls`` that
+    printed this peak (two decimals, same n) and wrote to a records file of ``records_path``'s
+    name, else one with no command (not recorded).
+    """
+    measurements, session_peaks = [], {}
+    for index, record in enumerate(records):
+        kind = record.get("kind")
+        key = json.dumps(full_setup(record), sort_keys=True) if "setup" in record else None
+        if kind == "peak":
+            session_peaks[key] = (index, record)
+            continue
+        if kind not in ("config", "profile"):
+            continue
+        record = dict(record)
+        if "peak" not in record or "call" not in record:
+            session, peak_record = session_peaks.get(key, (None, None))
+            peak = None if peak_record is None else {"tflops": peak_record["tflops"], "n": peak_record["n"]}
+            record.setdefault("peak", peak)
+            if "call" not in record:
+                matches = [] if peak is None or records_path is None else [
+                    entry["call"] for entry in log_calls or []
+                    if "call" in entry and entry["tflops"] == f"{peak['tflops']:.2f}" and entry["n"] == peak["n"]
+                    and entry["records_file"] == records_path.name]
+                record["call"] = {**(matches[0] if len(matches) == 1 else {"command": None}), "session": session}
+        measurements.append(record)
+    return measurements
+
+
 def _fmt(value: float) -> str:
     """A table cell: one decimal from 100 up, else 3 significant digits (CPU figures are tiny)."""
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _percent_of_peak(tflops: float, record: dict) -> str:
+    """``tflops`` as % of the peak measured by the record's call ("-" if none was recorded)."""
+    peak = record.get("peak")
+    return "-" if not peak else _fmt(100 * tflops / peak["tflops"])
+
+
+def describe_setup(setup: dict) -> str:
+    """The effective value of every flag that shapes the rows of ``setup``."""
+    precision = setup["precision"]
+    return (f"backend {setup['backend']}, device {setup['device']}; precision {precision} "
+            f"({PRECISIONS.get(precision, '?')}), geometry {setup['geometry']}, fc_units {setup['fc_units']}, "
+            f"{setup['num_classes']} classes, fc6_implementation {setup['fc6_implementation']}, "
+            f"pool_implementation {setup['pool_implementation']}, input_pipeline {setup['input_pipeline']}, jit_compile")
+
+
+def describe_peak(peak: dict | None) -> str:
+    if not peak:
+        return "no peak recorded"
+    runs = f", best of 3 timings of {peak['runs']} calls" if peak.get("runs") else ""
+    return f"bf16 matmul peak {peak['tflops']:.2f} TFLOP/s (n={peak['n']}{runs})"
+
+
+def describe_rows(rows: list[dict]) -> str:
+    """E.g. ``"FCN-8s 512x512 batch 8, 16; block profile FCN-8s 512x512 batch 8"``."""
+    configs: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r["kind"] == "config":
+            configs.setdefault((r["variant"], r["size"]), []).append(str(r["batch"]))
+    parts = [f"FCN-{variant} {size} batch {', '.join(batches)}" for (variant, size), batches in configs.items()]
+    parts += [f"block profile FCN-{r['variant']} {r['size']} batch {r['batch']}" for r in rows if r["kind"] == "profile"]
+    return "; ".join(parts)
+
+
+def describe_call(call: dict, peak: dict | None, rows: list[dict]) -> str:
+    """One call that measured rows: its command, date, commit, software, settings, peak, and its rows."""
+    if call.get("command"):
+        details = [call.get("date") or "date not recorded", f"commit {call.get('commit') or 'not recorded'}",
+                   *(value for value in (call.get("software"), call.get("host") and f"host: {call['host']}",
+                                         call.get("settings")) if value)]
+        if call.get("tfrecords"):
+            details.append(f"TFRecords {call['tfrecords']}")
+        text = f"{call['command']} ({'; '.join([*details, describe_peak(peak)])}): {describe_rows(rows)}"
+        if call.get("from_log"):
+            text += (f". Command, date, software, host and settings from {call['from_log']}: the call there that "
+                     f"printed this peak and wrote to this records file (its records predate recorded calls)")
+        return text
+    return (f"command, date and software not recorded (records written before calls were recorded; "
+            f"{describe_peak(peak)}): {describe_rows(rows)}")
+
+
+def group_by_call(records: list[dict]) -> list[tuple[dict, dict | None, list[dict]]]:
+    """``[(call, peak, records)]`` in the order the calls first appear."""
+    groups: dict[str, tuple[dict, dict | None, list[dict]]] = {}
+    for r in records:
+        key = json.dumps([r.get("call"), r.get("peak")], sort_keys=True)
+        groups.setdefault(key, (r.get("call") or {}, r.get("peak"), []))[2].append(r)
+    return list(groups.values())
 
 
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -486,20 +708,31 @@ TFRECORD_COLUMNS: tuple[str, ...] = ("train img/s (TFRecords)", "TFRecords / syn
                                      "steady train img/s (TFRecords)", "steady TFRecords / synthetic %")
 
 
-def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[str, str]) -> str:
-    """The results as markdown: a header, one table per variant, how it was counted.
+def render_markdown(records: list[dict], setup: dict, rendered_by: str | None = None) -> str:
+    """The results as markdown: a header, one table per variant, the block profiles, how it was counted.
 
     Args:
-        records: ``"config"`` records of this ``setup``.
-        setup: the run's setup (backend, device, precision, ...).
-        peak: measured bf16 matmul peak, TFLOP/s.
-        header: ``{label: value}`` lines at the top (command, device, ...).
+        records: ``"config"`` and ``"profile"`` records of this ``setup``, each with the ``"peak"``
+            and ``"call"`` that measured it (``attach_calls``); a row's % peak is against its own
+            call's peak.
+        setup: the rows' setup (backend, device and ``SETUP_FLAGS``).
+        rendered_by: for a report rendered from records alone, the command that rendered it.
 
     Returns:
         str: the markdown document.
     """
-    lines = ["# FCN-VGG16 throughput", ""]
-    lines += [f"- {label}: {value}" for label, value in header.items()]
+    lines = ["# FCN-VGG16 throughput", "", f"- Setup of every row: {describe_setup(setup)}"]
+    legacy = sum(1 for r in records if not set(LEGACY_SETUP) <= set(r["setup"]))
+    if legacy:
+        lines.append(f"- {legacy} of the {len(records)} records predate the fc6_implementation / pool_implementation "
+                     "flags: they were measured with fc6 a `Conv2D` and `MaxPooling2D` poolings, then the only "
+                     "implementations")
+    calls = group_by_call(records)
+    lines.append(f"- Measured by {len(calls)} call{'s' if len(calls) != 1 else ''} (a row's % peak is against the "
+                 "bf16 matmul peak its own call measured):")
+    lines += [f"  {number}. {describe_call(*call)}" for number, call in enumerate(calls, start=1)]
+    if rendered_by:
+        lines.append(f"- Rendered from the records (nothing measured) by {rendered_by}")
     with_tfrecord = setup["input_pipeline"] == "tfrecord"
     columns = TABLE_COLUMNS + (TFRECORD_COLUMNS if with_tfrecord else ())
     for variant in VARIANTS:
@@ -513,8 +746,8 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
             train_tflops = r["train_img_s"] * gflop * TRAIN_FLOPS_FACTOR / 1e3
             infer_tflops = r["infer_img_s"] * gflop / 1e3
             cells = [r["size"], str(r["batch"]), _fmt(gflop), _fmt(r["train_img_s"]), _fmt(train_tflops),
-                     _fmt(100 * train_tflops / peak), _fmt(r["infer_img_s"]), _fmt(infer_tflops),
-                     _fmt(100 * infer_tflops / peak), _fmt(r["latency_ms"])]
+                     _percent_of_peak(train_tflops, r), _fmt(r["infer_img_s"]), _fmt(infer_tflops),
+                     _percent_of_peak(infer_tflops, r), _fmt(r["latency_ms"])]
             if with_tfrecord:
                 steady = r.get("tfrecord_steady_train_img_s")  # not in records of earlier versions
                 cells += [_fmt(r["tfrecord_train_img_s"]), _fmt(100 * r["tfrecord_train_img_s"] / r["train_img_s"]),
@@ -522,14 +755,15 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
                           "-" if steady is None else _fmt(100 * steady / r["train_img_s"])]
             lines.append("| " + " | ".join(cells) + " |")
     for profile in (r for r in records if r["kind"] == "profile"):
-        lines += render_profile(profile, peak)
+        lines += render_profile(profile)
     lines += [
         "",
         "How it is measured. FLOPs = 2 x multiply-accumulates of every convolution and "
         "deconvolution, from the layer shapes of this geometry "
         f"({setup['geometry']}{': the 100-pixel input padding is computed, so it is counted' if setup['geometry'] == 'reference' else ''}); "
         f"training = {TRAIN_FLOPS_FACTOR} x forward (forward + backward); ReLU, pooling, adds and "
-        "the argmax are not counted. % peak = achieved TFLOP/s / the measured bf16 matmul peak. "
+        "the argmax are not counted. % peak = achieved TFLOP/s / the bf16 matmul peak measured by the call "
+        "that measured the row (a jitted keras.ops.matmul of two n x n bf16 matrices on the same device). "
         "Training: one warm-up model.fit call, then the wall time of one fit call of the timed steps "
         "(SGD momentum 0.99, SegmentationCrossEntropy, jit_compile=True), synthetic data repeated from "
         "a tf.data dataset" + (" or the TFRecord pipeline (random scale, crop, flip); each fit call starts the "
@@ -547,8 +781,9 @@ def render_markdown(records: list[dict], setup: dict, peak: float, header: dict[
 PROFILE_COLUMNS: tuple[str, ...] = ("block", "GFLOP/img", "ms/batch", "% of forward", "TFLOP/s", "% peak")
 
 
-def render_profile(record: dict, peak: float) -> list[str]:
-    """The markdown lines of one ``--profile`` record: a table of the blocks and a total row."""
+def render_profile(record: dict) -> list[str]:
+    """The markdown lines of one ``--profile`` record: a table of the blocks and a total row (%
+    peak against the peak its call measured)."""
     batch, blocks = record["batch"], record["blocks"]
     total_ms = blocks[-1]["prefix_ms"]
     lines = ["", f"## Forward time by block: FCN-{record['variant']}, {record['size']}, batch {batch}", "",
@@ -557,7 +792,8 @@ def render_profile(record: dict, peak: float) -> list[str]:
                             "ms": total_ms}]:
         tflops = block["gflop_per_image"] * batch / block["ms"] if block["ms"] > 0 else float("nan")
         lines.append("| " + " | ".join([block["block"], _fmt(block["gflop_per_image"]), _fmt(block["ms"]),
-                                        _fmt(100 * block["ms"] / total_ms), _fmt(tflops), _fmt(100 * tflops / peak)]) + " |")
+                                        _fmt(100 * block["ms"] / total_ms), _fmt(tflops),
+                                        _percent_of_peak(tflops, record)]) + " |")
     lines += ["", "Each block's time is the difference between two jitted prefixes of the network (input to "
               "the end of the block), each timed on its own; a prefix writes its output to memory, where the "
               "whole net may fuse on. TFLOP/s = the block's FLOPs / its time."]
@@ -570,6 +806,34 @@ def render_profile(record: dict, peak: float) -> list[str]:
 # --- Main --------------------------------------------------------------------------------------
 
 
+def flag_setup() -> dict:
+    """``SETUP_FLAGS``' values."""
+    return {name: getattr(FLAGS, name) for name in SETUP_FLAGS}
+
+
+def report(argv: list[str], records_path: Path | None, log_calls: list[dict]) -> str:
+    """``--report_only``: the records of the flags' setup rendered as markdown, measuring nothing."""
+    if records_path is None:
+        raise ValueError("--report_only renders records: give --records or --output (its .jsonl is read)")
+    if not records_path.is_file():
+        raise FileNotFoundError(f"--report_only: no records file {records_path}")
+    wanted = flag_setup()
+    measurements = attach_calls(read_records(records_path), records_path, log_calls)
+    records = [r for r in measurements if {name: full_setup(r).get(name) for name in SETUP_FLAGS} == wanted]
+    if not records:
+        present = sorted({", ".join(f"{name} {full_setup(r).get(name)}" for name in SETUP_FLAGS) for r in measurements})
+        raise ValueError(f"{records_path} holds no measurement of this setup "
+                         f"({', '.join(f'{name} {value}' for name, value in wanted.items())}); "
+                         f"it holds: {'; '.join(present) or 'none'}")
+    machines = sorted({(full_setup(r)["backend"], full_setup(r)["device"]) for r in records})
+    if len(machines) > 1:
+        raise ValueError(f"{records_path} holds this setup's measurements from {len(machines)} backends or devices "
+                         f"({machines}): one table each cannot be told apart by these flags")
+    setup = {"backend": machines[0][0], "device": machines[0][1], **wanted}
+    rendered_by = f"{command_line(argv)} ({utc_now()}, commit {git_commit() or 'unknown'})"
+    return write_report(render_markdown(records, setup, rendered_by), FLAGS.output)
+
+
 def run(argv: list[str]) -> str:
     """Runs the benchmark described by the flags; returns the markdown it printed."""
     variants = [check_variant(v) for v in FLAGS.variants]
@@ -577,91 +841,95 @@ def run(argv: list[str]) -> str:
     batches = _positive_ints(FLAGS.batch_sizes, "batch_sizes")
     check_flags_at_least(1, "steps", "warmup", "latency_runs", "fc_units", "peak_runs")
     check_flags_at_least(0, "peak_size", "profile_calls")
+    if FLAGS.input_pipeline == "tfrecord":
+        for height, width in sizes:
+            if height != width:
+                raise ValueError(f"--input_pipeline=tfrecord crops squares: --sizes must be N, not {height}x{width}")
+    output = Path(FLAGS.output) if FLAGS.output else None
+    records_path = Path(FLAGS.records) if FLAGS.records else output.with_suffix(".jsonl") if output else None
+    if FLAGS.calls_log and not Path(FLAGS.calls_log).is_file():
+        raise FileNotFoundError(f"--calls_log: no file {FLAGS.calls_log}")
+    log_calls = parse_calls_log(Path(FLAGS.calls_log)) if FLAGS.calls_log else []
+    if FLAGS.report_only:
+        return report(argv, records_path, log_calls)
 
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")  # tf.data only: the accelerator is the backend's
     keras.config.set_dtype_policy(PRECISIONS[FLAGS.precision])
     keras.utils.set_random_seed(FLAGS.seed)
     device, accelerator = device_description()
-    backend = keras.backend.backend()
-    setup = {
-        "backend": backend, "device": device, "precision": FLAGS.precision, "geometry": FLAGS.geometry,
-        "fc_units": FLAGS.fc_units, "num_classes": FLAGS.num_classes, "input_pipeline": FLAGS.input_pipeline,
-        "fc6_implementation": FLAGS.fc6_implementation, "pool_implementation": FLAGS.pool_implementation,
-    }
-    output = Path(FLAGS.output) if FLAGS.output else None
-    records_path = output.with_suffix(".jsonl") if output else None
+    setup = {"backend": keras.backend.backend(), "device": device, **flag_setup()}
     old = read_records(records_path) if FLAGS.resume else []
     if not FLAGS.resume and records_path is not None and records_path.exists():
         records_path.unlink()
-    done = [r for r in old if r.get("kind") in ("config", "profile") and same_setup(r, setup)]
-    if len(done) < len([r for r in old if r.get("kind") in ("config", "profile")]):
+    measurements = attach_calls(old, records_path, log_calls)
+    done = [r for r in measurements if same_setup(r, setup)]
+    if len(done) < len(measurements):
         print(f"{records_path}: records of other setups are kept there but not shown", flush=True)
 
-    peak_n = FLAGS.peak_size or (8192 if accelerator else 1024)
-    peak = matmul_peak(peak_n, FLAGS.peak_runs)
-    append_record(records_path, {"kind": "peak", "setup": setup, "n": peak_n, "tflops": peak})
-    peaks = [r["tflops"] for r in old if r.get("kind") == "peak" and same_setup(r, setup)] + [peak]
-    print(f"device: {device}; bf16 matmul peak {peak:.2f} TFLOP/s (n={peak_n})", flush=True)
-    header = report_header(
-        argv, device + f"; host: {os.cpu_count()} CPU cores",
-        f"precision {FLAGS.precision} ({PRECISIONS[FLAGS.precision]}), geometry {FLAGS.geometry}, "
-        f"fc_units {FLAGS.fc_units}, fc6 {FLAGS.fc6_implementation}, pooling {FLAGS.pool_implementation}, "
-        f"{FLAGS.num_classes} classes, jit_compile, "
-        f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of {FLAGS.latency_runs}",
-        {"bf16 matmul peak": f"{max(peaks):.2f} TFLOP/s (jitted keras.ops.matmul, n={peak_n}, best of "
-                             f"{len(peaks)} run(s) x 3 timings of {FLAGS.peak_runs} calls)"},
-    )
-    if FLAGS.input_pipeline == "tfrecord":
-        header["TFRecords"] = tf_glob = tfrecord_glob(FLAGS.data, FLAGS.cache_dir)
-    else:
-        tf_glob = None
-
-    records = list(done)
+    plan = []
     for variant in variants:
         for height, width in sizes:
             measured = {(r["kind"], r["batch"]) for r in done if r["variant"] == variant and r["size"] == f"{height}x{width}"}
             todo = [b for b in batches if ("config", b) not in measured]
             profile = FLAGS.profile and ("profile", batches[0]) not in measured
-            if not todo and not profile:
+            if todo or profile:
+                plan.append((variant, height, width, todo, profile))
+            else:
                 print(f"FCN-{variant} {height}x{width}: already measured, skipped (--resume)", flush=True)
-                continue
-            with releasing_train_graphs():  # TensorFlow: free this model before the next one
-                keras.utils.clear_session()
-                model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
-                                  geometry=FLAGS.geometry, fc_units=FLAGS.fc_units,
-                                  fc6_implementation=FLAGS.fc6_implementation,
-                                  pool_implementation=FLAGS.pool_implementation)
-                compile_for_training(model)
-                labeler = labels_model(model)
-                labeler.compile(jit_compile=True)
-                if todo:
-                    image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
-                    latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
-                for batch in todo:
-                    record = measure_config(model, labeler, variant, (height, width), batch, setup,
-                                            FLAGS.steps, FLAGS.warmup, latency, tf_glob, FLAGS.seed)
-                    append_record(records_path, record)
-                    records.append(record)
-                    print(f"FCN-{variant} {height}x{width} batch {batch}: train {record['train_img_s']:.2f} img/s, "
-                          f"infer {record['infer_img_s']:.2f} img/s, latency {latency:.2f} ms", flush=True)
-                    if output is not None:
-                        write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
-                if profile:
-                    images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
-                    blocks, kernels = profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup,
-                                                     FLAGS.profile_calls)
-                    record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
-                              "batch": batches[0], "blocks": blocks, "kernels": kernels}
-                    append_record(records_path, record)
-                    records.append(record)
-                    print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "
-                          + ", ".join(f"{b['block'].split(' ')[0]} {b['ms']:.2f} ms" for b in record["blocks"]), flush=True)
-                    if output is not None:
-                        write_text_atomic(output, render_markdown(records, setup, max(peaks), header))
-    markdown = render_markdown(records, setup, max(peaks), header)
-    if output is not None:
-        write_text_atomic(output, markdown)
+    if not plan:
+        print(f"nothing new to measure: no peak measured, {output or 'no table'} left as it is "
+              "(--report_only renders the records)", flush=True)
+        return ""
+
+    tf_glob = tfrecord_glob(FLAGS.data, FLAGS.cache_dir) if FLAGS.input_pipeline == "tfrecord" else None
+    peak_n = peak_side(FLAGS.peak_size, accelerator)
+    peak = {"tflops": matmul_peak(peak_n, FLAGS.peak_runs), "n": peak_n, "runs": FLAGS.peak_runs}
+    print(f"device: {device}; bf16 matmul peak {peak['tflops']:.2f} TFLOP/s (n={peak_n})", flush=True)
+    call = {"command": command_line(argv), "commit": git_commit(), "date": utc_now(seconds=True),
+            "software": software(), "host": f"{os.cpu_count()} CPU cores",
+            "settings": f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of "
+                        f"{FLAGS.latency_runs}, seed {FLAGS.seed}",
+            "tfrecords": tf_glob}
+    records = list(done)
+
+    def save(record: dict) -> None:
+        """Keeps a measurement (with its call and peak) and rewrites the table."""
+        record.update(peak=peak, call=call)
+        append_record(records_path, record)
+        records.append(record)
+        if output is not None:
+            write_text_atomic(output, render_markdown(records, setup))
+
+    for variant, height, width, todo, profile in plan:
+        with releasing_train_graphs():  # TensorFlow: free this model before the next one
+            keras.utils.clear_session()
+            model = build_fcn(variant, FLAGS.num_classes, input_shape=(height, width, 3),
+                              geometry=FLAGS.geometry, fc_units=FLAGS.fc_units,
+                              fc6_implementation=FLAGS.fc6_implementation,
+                              pool_implementation=FLAGS.pool_implementation)
+            compile_for_training(model)
+            labeler = labels_model(model)
+            labeler.compile(jit_compile=True)
+            if todo:
+                image = synthetic_batch(1, height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                latency = latency_ms(labeler, image, FLAGS.latency_runs, FLAGS.warmup)
+            for batch in todo:
+                record = measure_config(model, labeler, variant, (height, width), batch, setup,
+                                        FLAGS.steps, FLAGS.warmup, latency, tf_glob, FLAGS.seed)
+                save(record)
+                print(f"FCN-{variant} {height}x{width} batch {batch}: train {record['train_img_s']:.2f} img/s, "
+                      f"infer {record['infer_img_s']:.2f} img/s, latency {latency:.2f} ms", flush=True)
+            if profile:
+                images = synthetic_batch(batches[0], height, width, FLAGS.num_classes, FLAGS.seed)[0]
+                blocks, kernels = profile_blocks(model, labeler, images, FLAGS.steps, FLAGS.warmup,
+                                                 FLAGS.profile_calls)
+                record = {"kind": "profile", "setup": setup, "variant": variant, "size": f"{height}x{width}",
+                          "batch": batches[0], "blocks": blocks, "kernels": kernels}
+                save(record)
+                print(f"FCN-{variant} {height}x{width} batch {batches[0]}: profiled "
+                      + ", ".join(f"{b['block'].split(' ')[0]} {b['ms']:.2f} ms" for b in record["blocks"]), flush=True)
+    markdown = render_markdown(records, setup)
     print(markdown, flush=True)
     return markdown
 
