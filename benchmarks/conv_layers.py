@@ -43,7 +43,7 @@ from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.flops import model_flops  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
-    benchmark_main, device_description, matmul_peak, report_header, seconds_per_call,
+    benchmark_main, device_description, matmul_peak, peak_side, report_header, seconds_per_call,
     write_report,
 )
 
@@ -157,7 +157,9 @@ def run(argv: list[str]) -> str:
     if unknown:
         raise ValueError(f"--also_im2col names no convolution of FCN-8s: {unknown}. Known: "
                          f"{[layer['name'] for layer in layers]}")
-    peak = matmul_peak(FLAGS.peak_size, 10, dtype)
+    device, accelerator = device_description()
+    peak_n = peak_side(FLAGS.peak_size, accelerator)
+    peak = matmul_peak(peak_n, 10, dtype)
     rows = []
     for index, layer in enumerate(layers):
         own = FLAGS.fc6_implementation if layer["name"] == "fc6" else "conv"
@@ -170,13 +172,12 @@ def run(argv: list[str]) -> str:
                 row.update(name=f"{layer['name']} (im2col)", extra=True)
             rows.append(row)
             print(f"{row['name']}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms", flush=True)
-    device, _ = device_description()
     header = report_header(
         argv, device,
         f"FCN-8s at {FLAGS.size}x{FLAGS.size}, geometry {FLAGS.geometry}, fc6 {FLAGS.fc6_implementation}, "
         f"batch {FLAGS.batch_size}, precision {FLAGS.precision}, best of 3 timings of {FLAGS.steps} calls after "
         f"{FLAGS.warmup} warm-up",
-        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
+        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {peak_n}x{peak_n}, throughput.matmul_peak)"},
     )
     return write_report(render(rows, FLAGS.batch_size, peak, header), FLAGS.output)
 

@@ -48,8 +48,8 @@ from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.layers import im2col_conv, shifted_windows  # noqa: E402
 from fcn_keras.model import build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
-    PRECISIONS, _jit, benchmark_main, check_flags_at_least, device_description, matmul_peak, report_header,
-    seconds_per_call, write_report,
+    PRECISIONS, _jit, benchmark_main, check_flags_at_least, device_description, matmul_peak, peak_side,
+    report_header, seconds_per_call, write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -65,13 +65,15 @@ def define_layer_flags(measured: str) -> None:
     flags.DEFINE_enum("precision", "bf16", list(PRECISIONS), "Compute precision.")
     flags.DEFINE_integer("steps", 20, "Back-to-back calls per timing (best of 3 timings), >= 1.")
     flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation), >= 1.")
-    flags.DEFINE_integer("peak_size", 8192, "Side of the square matmul that measures the peak.")
+    flags.DEFINE_integer("peak_size", 0, "Side of the square matmul that measures the peak; "
+                         "0: 8192 on an accelerator, 1024 on a CPU.")
     flags.DEFINE_string("output", None, "Also write the markdown table here (atomically).")
 
 
 def check_layer_flags() -> None:
-    """``define_layer_flags``' counts are >= 1 (else a ValueError naming the flag)."""
-    check_flags_at_least(1, "size", "batch_size", "fc_units", "steps", "warmup", "peak_size")
+    """``define_layer_flags``' counts are >= 1 (``--peak_size`` >= 0), else a ValueError naming the flag."""
+    check_flags_at_least(1, "size", "batch_size", "fc_units", "steps", "warmup")
+    check_flags_at_least(0, "peak_size")
 
 
 # --- The formulations --------------------------------------------------------------------------
@@ -185,7 +187,9 @@ def run(argv: list[str]) -> str:
     shapes = fc6_shapes(FLAGS.size, FLAGS.geometry, FLAGS.fc_units)
     dtype = "bfloat16" if FLAGS.precision == "bf16" else "float32"
     (h, w, c), k, f, b = shapes["input_shape"], shapes["kernel"], shapes["units"], FLAGS.batch_size
-    peak = matmul_peak(FLAGS.peak_size, 10, dtype)
+    device, accelerator = device_description()
+    peak_n = peak_side(FLAGS.peak_size, accelerator)
+    peak = matmul_peak(peak_n, 10, dtype)
     x6 = keras.random.normal((b, h, w, c), dtype=dtype, seed=0)
     kernel6 = keras.random.normal((k, k, c, f), stddev=(k * k * c) ** -0.5, dtype=dtype, seed=1)
     fc6_rows = measure(FC6_FORMS, kernel6, x6, shapes["padding"], FLAGS.steps, FLAGS.warmup)
@@ -197,12 +201,11 @@ def run(argv: list[str]) -> str:
         ("fc6", f"{b}x{h}x{w}x{c} -> {k}x{k}x{c}x{f} ({shapes['padding']})", 2e-9 * b * h7 * w7 * k * k * c * f, fc6_rows),
         ("fc7", f"{b}x{h7}x{w7}x{f} -> 1x1x{f}x{f}", 2e-9 * b * h7 * w7 * f * f, fc7_rows),
     ]
-    device, _ = device_description()
     header = report_header(
         argv, device,
         f"FCN-8s at {FLAGS.size}x{FLAGS.size}, geometry {FLAGS.geometry}, batch {b}, precision {FLAGS.precision}, "
         f"best of 3 timings of {FLAGS.steps} calls after {FLAGS.warmup} warm-up",
-        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
+        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {peak_n}x{peak_n}, throughput.matmul_peak)"},
     )
     return write_report(render(tables, peak, header), FLAGS.output)
 

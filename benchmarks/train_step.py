@@ -55,7 +55,7 @@ from fcn_keras.layers import ReshapeMaxPooling2D  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, POOL_IMPLEMENTATIONS, build_fcn  # noqa: E402
 from throughput import (  # noqa: E402
     PRECISIONS, benchmark_main, check_flags_at_least, compile_for_training, device_description, matmul_peak,
-    report_header, seconds_per_call, synthetic_batch, train_images_per_second, write_report,
+    peak_side, report_header, seconds_per_call, synthetic_batch, train_images_per_second, write_report,
 )
 
 FLAGS = flags.FLAGS
@@ -75,7 +75,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation), >= 1.")
     flags.DEFINE_integer("profile_calls", 5, "Calls of the forward+backward traced for the kernel profile "
                          "(0: no profile).")
-    flags.DEFINE_integer("peak_size", 8192, "Side of the square matmul that measures the peak.")
+    flags.DEFINE_integer("peak_size", 0, "Side of the square matmul that measures the peak; "
+                         "0: 8192 on an accelerator, 1024 on a CPU.")
     flags.DEFINE_string("output", None, "Also write the markdown tables here (atomically).")
 
 
@@ -212,8 +213,8 @@ def render(configs: dict[str, dict[str, float]], pools: list[dict], loss: float,
 
 def run(argv: list[str]) -> str:
     """Times the parts as the flags say; returns (and prints) the markdown."""
-    check_flags_at_least(1, "size", "batch_size", "fc_units", "steps", "warmup", "peak_size")
-    check_flags_at_least(0, "profile_calls")
+    check_flags_at_least(1, "size", "batch_size", "fc_units", "steps", "warmup")
+    check_flags_at_least(0, "profile_calls", "peak_size")
     configs = [parse_config(text) for text in FLAGS.configs]
     if not configs:
         raise ValueError("--configs must name at least one FC6/POOL configuration. Received: --configs=")
@@ -223,15 +224,16 @@ def run(argv: list[str]) -> str:
     tf.config.set_visible_devices([], "GPU")  # tf.data only
     keras.config.set_dtype_policy(PRECISIONS[FLAGS.precision])
     dtype = "bfloat16" if FLAGS.precision == "bf16" else "float32"
-    peak = matmul_peak(FLAGS.peak_size, 10, dtype)
+    device, accelerator = device_description()
+    peak_n = peak_side(FLAGS.peak_size, accelerator)
+    peak = matmul_peak(peak_n, 10, dtype)
     images, labels = synthetic_batch(FLAGS.batch_size, FLAGS.size, FLAGS.size, NUM_CLASSES, 0)
-    device, _ = device_description()
     header = report_header(
         argv, device,
         f"FCN-8s at {FLAGS.size}x{FLAGS.size}, geometry {FLAGS.geometry}, batch {FLAGS.batch_size}, precision "
         f"{FLAGS.precision}, SGD momentum 0.99 + weight decay, best of 3 timings of {FLAGS.steps} calls after "
         f"{FLAGS.warmup} warm-up (fit: one timed call of {FLAGS.steps} steps)",
-        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {FLAGS.peak_size}x{FLAGS.peak_size}, throughput.matmul_peak)"},
+        {"Matmul peak": f"{peak:.3g} TFLOP/s ({dtype} {peak_n}x{peak_n}, throughput.matmul_peak)"},
     )
 
     def build(fc6: str, pool: str) -> keras.Model:
