@@ -509,6 +509,7 @@ SETUP_FLAGS: tuple[str, ...] = ("precision", "geometry", "fc_units", "num_classe
                                 "fc6_implementation", "pool_implementation")
 #: How records written before fc6 and the poolings had a choice of implementation computed them.
 LEGACY_SETUP: dict[str, str] = {"fc6_implementation": "conv", "pool_implementation": "pool"}
+LEGACY_MEANING: dict[str, str] = {"fc6_implementation": "fc6 a `Conv2D`", "pool_implementation": "`MaxPooling2D` poolings"}
 #: The line a call prints once it has measured its peak (and before measuring anything else).
 PEAK_LINE = re.compile(r"device: (?P<device>.*); bf16 matmul peak (?P<tflops>[\d.]+) TFLOP/s \(n=(?P<n>\d+)\)$")
 
@@ -722,11 +723,11 @@ def render_markdown(records: list[dict], setup: dict, rendered_by: str | None = 
         str: the markdown document.
     """
     lines = ["# FCN-VGG16 throughput", "", f"- Setup of every row: {describe_setup(setup)}"]
-    legacy = sum(1 for r in records if not set(LEGACY_SETUP) <= set(r["setup"]))
-    if legacy:
-        lines.append(f"- {legacy} of the {len(records)} records predate the fc6_implementation / pool_implementation "
-                     "flags: they were measured with fc6 a `Conv2D` and `MaxPooling2D` poolings, then the only "
-                     "implementations")
+    for flag, meaning in LEGACY_MEANING.items():
+        legacy = sum(1 for r in records if flag not in r["setup"])
+        if legacy:
+            lines.append(f"- {legacy} of the {len(records)} records predate the {flag} flag: measured with {meaning}, "
+                         "then the only implementation")
     calls = group_by_call(records)
     lines.append(f"- Measured by {len(calls)} call{'s' if len(calls) != 1 else ''} (a row's % peak is against the "
                  "bf16 matmul peak its own call measured):")
