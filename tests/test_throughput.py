@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -97,10 +98,13 @@ def test_parse_size_and_table_rendering():
             throughput.parse_size(bad, "--sizes entries")
     with pytest.raises(ValueError, match="--batch_sizes must be a list of positive integers"):
         throughput._positive_ints(["8", "0"], "batch_sizes")
-    setup = {"geometry": "reference", "input_pipeline": "tfrecord"}
-    record = {"kind": "config", "variant": "8s", "size": "512x512", "batch": 8, "forward_gflop_per_image": 200.0,
-              "train_img_s": 400.0, "infer_img_s": 1000.0, "latency_ms": 3.5, "tfrecord_train_img_s": 380.0}
-    text = throughput.render_markdown([record], setup, peak=800.0, header={"Device": "test"})
+    setup = {"backend": "jax", "device": "gpu: test", "precision": "bf16", "geometry": "reference", "fc_units": 4096,
+             "num_classes": 21, "input_pipeline": "tfrecord", "fc6_implementation": "im2col", "pool_implementation": "pool"}
+    call = {"command": "`python benchmarks/throughput.py --sizes=512`", "commit": "abc1234", "date": "2026-12-05 10:00:00 UTC"}
+    record = {"kind": "config", "setup": setup, "variant": "8s", "size": "512x512", "batch": 8,
+              "forward_gflop_per_image": 200.0, "train_img_s": 400.0, "infer_img_s": 1000.0, "latency_ms": 3.5,
+              "tfrecord_train_img_s": 380.0, "peak": {"tflops": 800.0, "n": 8192, "runs": 10}, "call": call}
+    text = throughput.render_markdown([record], setup)
     rows = _table_rows(text)
     assert list(rows) == ["8s"]
     row = rows["8s"][0]
@@ -109,22 +113,165 @@ def test_parse_size_and_table_rendering():
     assert row["infer TFLOP/s"] == 200.0 and row["infer % peak"] == 25.0
     assert row["TFRecords / synthetic %"] == 95.0
     assert row["steady train img/s (TFRecords)"] == row["steady TFRecords / synthetic %"] == "-"  # older records
-    steady = throughput.render_markdown([{**record, "tfrecord_steady_train_img_s": 396.0}], setup, 800.0, {})
+    steady = throughput.render_markdown([{**record, "tfrecord_steady_train_img_s": 396.0}], setup)
     assert _table_rows(steady)["8s"][0]["steady TFRecords / synthetic %"] == 99.0
     assert "100-pixel input padding" in text and "3 x forward" in text
     # --profile records: a block's TFLOP/s is its FLOPs x batch over its time, its share of the last prefix's time.
-    profile = {"kind": "profile", "variant": "8s", "size": "512x512", "batch": 8, "blocks": [
+    profile = {"kind": "profile", "setup": setup, "variant": "8s", "size": "512x512", "batch": 8, "blocks": [
         {"block": "block1", "gflop_per_image": 10.0, "prefix_ms": 2.0, "ms": 2.0},
-        {"block": "head", "gflop_per_image": 30.0, "prefix_ms": 8.0, "ms": 6.0}]}
-    text = throughput.render_markdown([record, profile], setup, peak=800.0, header={})
+        {"block": "head", "gflop_per_image": 30.0, "prefix_ms": 8.0, "ms": 6.0}], "peak": record["peak"], "call": call}
+    text = throughput.render_markdown([record, profile], setup)
     table = text[text.index("## Forward time by block: FCN-8s, 512x512, batch 8"):]
     assert "| block1 | 10 | 2 | 25 | 40 | 5 |" in table  # 10 GFLOP x 8 / 2 ms = 40 TFLOP/s
     assert "| head | 30 | 6 | 75 | 40 | 5 |" in table
     assert "| **whole forward** | 40 | 8 | 100.0 | 40 | 5 |" in table
     assert "Kernel profile" not in table  # records without one (TensorFlow, or before kernel profiles)
-    kernels = throughput.render_markdown([record, {**profile, "kernels": ["| layer | forward ms |"]}], setup, 800.0, {})
+    kernels = throughput.render_markdown([record, {**profile, "kernels": ["| layer | forward ms |"]}], setup)
     assert "### Kernel profile of the inference forward (label maps): FCN-8s, 512x512, batch 8\n\n| layer | forward ms |" \
         in kernels
+
+
+def test_each_row_is_against_the_peak_of_its_own_call():
+    """Rows of two calls: each row's % peak uses the peak its call measured, and the header names
+    both calls and the effective value of every setup flag."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    setup = {"backend": "jax", "device": "gpu: test", "precision": "bf16", "geometry": "same", "fc_units": 4096,
+             "num_classes": 21, "input_pipeline": "synthetic", "fc6_implementation": "conv", "pool_implementation": "pool"}
+    first = {"command": "`python benchmarks/throughput.py --batch_sizes=8`", "commit": "1111111",
+             "date": "2026-12-05 10:00:00 UTC", "settings": "20 timed steps after 3 warm-up, latency median of 50"}
+    second = {**first, "command": "`python benchmarks/throughput.py --batch_sizes=16`", "date": "2026-12-05 11:00:00 UTC"}
+    base = {"kind": "config", "setup": setup, "variant": "8s", "size": "512x512", "forward_gflop_per_image": 200.0,
+            "train_img_s": 400.0, "infer_img_s": 1000.0, "latency_ms": 3.5}
+    records = [{**base, "batch": 8, "peak": {"tflops": 800.0, "n": 8192}, "call": first},
+               {**base, "batch": 16, "peak": {"tflops": 600.0, "n": 8192}, "call": second}]
+    text = throughput.render_markdown(records, setup)
+    rows = {row["batch"]: row for row in _table_rows(text)["8s"]}
+    assert rows[8]["train % peak"] == 30.0 and rows[16]["train % peak"] == 40.0  # 240 TFLOP/s of 800, of 600
+    assert rows[8]["infer % peak"] == 25.0 and rows[16]["infer % peak"] == pytest.approx(33.3)
+    assert "fc6_implementation conv, pool_implementation pool, input_pipeline synthetic" in text
+    assert "- Measured by 2 calls" in text
+    assert "  1. `python benchmarks/throughput.py --batch_sizes=8` (2026-12-05 10:00:00 UTC; commit 1111111; " in text
+    assert "bf16 matmul peak 800.00 TFLOP/s (n=8192)): FCN-8s 512x512 batch 8" in text
+    assert "  2. `python benchmarks/throughput.py --batch_sizes=16`" in text and "600.00 TFLOP/s" in text
+    assert "predate" not in text and "Rendered" not in text
+    # A record without a peak (none recorded before it) shows no % peak rather than another call's.
+    assert _table_rows(throughput.render_markdown([{**records[0], "peak": None}], setup))["8s"][0]["train % peak"] == "-"
+
+
+def test_records_of_earlier_versions_take_their_calls_peak_and_the_logged_command(tmp_path):
+    """Old records hold no peak or call: the peak is the latest "peak" record of the same setup
+    before them (their call's), the command that of the call in a log that printed that peak and
+    wrote to that records file."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    old_setup = {"backend": "jax", "device": "gpu: test", "precision": "bf16", "geometry": "same"}
+    config = {"kind": "config", "setup": old_setup, "variant": "8s", "size": "512x512", "batch": 8,
+              "forward_gflop_per_image": 200.0, "train_img_s": 400.0, "infer_img_s": 1000.0, "latency_ms": 3.5,
+              "blocks": [{"block": "block1", "gflop_per_image": 10.0, "prefix_ms": 2.0, "ms": 2.0}]}
+    records = [
+        {"kind": "peak", "setup": old_setup, "n": 8192, "tflops": 749.2999},
+        config,
+        {"kind": "peak", "setup": {**old_setup, "geometry": "reference"}, "n": 8192, "tflops": 700.0},  # another setup
+        {"kind": "peak", "setup": old_setup, "n": 8192, "tflops": 761.19},
+        {**config, "kind": "profile"},
+        {"kind": "peak", "setup": {**old_setup, "fc6_implementation": "conv"}, "n": 8192, "tflops": 776.07},  # measured nothing
+    ]
+    log = tmp_path / "calls.log"
+    log.write_text("\n".join([
+        "device: gpu: test; bf16 matmul peak 749.30 TFLOP/s (n=8192)",
+        "FCN-8s 512x512 batch 8: train 1 img/s",
+        "# FCN-VGG16 throughput", "",
+        "- Command: `KERAS_BACKEND=jax python benchmarks/throughput.py --output=/tmp/bench/h200.md`",
+        "- Device: gpu: test; host: 16 CPU cores",
+        "- Software: jax 0.11.2, Keras 3.15.1, Python 3.12.3",
+        "- Setup: precision bf16, 20 timed steps after 3 warm-up, latency median of 50",
+        "- Date: 2026-12-04 15:58 UTC", "", "## FCN-8s",
+        "device: gpu: test; bf16 matmul peak 761.19 TFLOP/s (n=8192)",
+        "# FCN-VGG16 throughput", "",
+        "- Command: `KERAS_BACKEND=jax python benchmarks/throughput.py --output=/tmp/bench/other.md`",
+        "- Date: 2026-12-04 16:02 UTC",
+    ]))
+    calls = throughput.parse_calls_log(log)
+    assert [(c["tflops"], c["records_file"]) for c in calls] == [("749.30", "h200.jsonl"), ("761.19", "other.jsonl")]
+    config_out, profile_out = throughput.attach_calls(records, tmp_path / "h200.jsonl", calls)
+    assert config_out["peak"] == {"tflops": 749.2999, "n": 8192}
+    assert profile_out["peak"] == {"tflops": 761.19, "n": 8192}
+    assert config_out["call"]["command"] == "`KERAS_BACKEND=jax python benchmarks/throughput.py --output=/tmp/bench/h200.md`"
+    assert config_out["call"]["host"] == "16 CPU cores" and config_out["call"]["date"] == "2026-12-04 15:58 UTC"
+    assert config_out["call"]["settings"] == "20 timed steps after 3 warm-up, latency median of 50"
+    assert profile_out["call"]["command"] is None  # the logged call with that peak wrote another records file
+    text = throughput.render_markdown([config_out, profile_out], throughput.full_setup(
+        {"setup": {**old_setup, "fc_units": 4096, "num_classes": 21, "input_pipeline": "synthetic"}}))
+    assert "- 2 of the 2 records predate the fc6_implementation flag: measured with fc6 a `Conv2D`, " in text
+    assert "- 2 of the 2 records predate the pool_implementation flag: measured with `MaxPooling2D` poolings, " in text
+    # A record that names its fc6 (im2col) but predates the pooling flag: only the pooling is said.
+    im2col = {**config_out, "setup": {**config_out["setup"], "fc6_implementation": "im2col"}}
+    only_pool = throughput.render_markdown([im2col], throughput.full_setup(
+        {"setup": {**im2col["setup"], "fc_units": 4096, "num_classes": 21, "input_pipeline": "synthetic"}}))
+    assert "fc6_implementation im2col, pool_implementation pool" in only_pool and "`Conv2D`" not in only_pool
+    assert "- 1 of the 1 records predate the pool_implementation flag" in only_pool
+    assert f"from {log}: the call there that printed this peak" in text
+    assert "command, date and software not recorded (records written before calls were recorded; bf16 matmul " \
+           "peak 761.19 TFLOP/s (n=8192)): block profile FCN-8s 512x512 batch 8" in text
+    assert throughput.records_file_of("`python throughput.py --output=a/b.md --records=c/d.jsonl`") == "d.jsonl"
+    assert throughput.records_file_of("`python throughput.py --output x.md`") == "x.jsonl"
+    assert throughput.records_file_of("`python throughput.py`") is None
+
+
+@pytest.mark.parametrize("name", ["h200_conv.md", "h200_reference.md", "h200_steady.md", "h200_im2col.md"])
+def test_committed_tables_come_from_the_command_written_in_them(name):
+    """Each committed throughput table says the --report_only command that rendered it from the
+    committed records; running it again gives the same file (but the line naming that run)."""
+    path = REPO_ROOT / "benchmarks" / "results" / name
+    text = path.read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("- Rendered from the records (nothing measured) by ")]
+    command = re.match(r".* by `KERAS_BACKEND=\w+ python (.*)` \(", line).group(1)
+    args = shlex.split(command.replace(f"--output=benchmarks/results/{name}", ""))
+    assert args[0] == "benchmarks/throughput.py" and "--report_only" in args
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def without_rendered_line(markdown: str) -> list[str]:
+        return [line for line in markdown.strip().splitlines() if not line.startswith("- Rendered from the records")]
+
+    assert without_rendered_line(result.stdout) == without_rendered_line(text)
+
+
+def test_report_only_and_tfrecord_sizes_refuse_bad_input_before_measuring(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    missing = subprocess.run([sys.executable, str(SCRIPT), "--report_only", f"--records={tmp_path / 'none.jsonl'}"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == f"throughput.py: error: --report_only: no records file {tmp_path / 'none.jsonl'}"
+    records = REPO_ROOT / "benchmarks" / "results" / "h200_reference.jsonl"
+    other = subprocess.run([sys.executable, str(SCRIPT), "--report_only", f"--records={records}"],  # fc6 im2col
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "holds no measurement of this setup (precision bf16, geometry reference" in other.stderr
+    assert "fc6_implementation im2col, pool_implementation pool); it holds: precision bf16" in other.stderr
+    assert other.stderr.strip().endswith("fc6_implementation conv, pool_implementation pool")
+    # A non-square size with the TFRecord pipeline: refused before any peak, data or model.
+    square = subprocess.run([sys.executable, str(SCRIPT), "--input_pipeline=tfrecord", "--sizes=32,32x48",
+                             "--variants=8s", "--fc_units=8", f"--cache_dir={tmp_path / 'cache'}"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert square.returncode == 2, square.stderr[-3000:]
+    assert square.stderr.strip().splitlines()[-1] == \
+        "throughput.py: error: --input_pipeline=tfrecord crops squares: --sizes must be N, not 32x48"
+    assert "device:" not in square.stdout and "--data not given" not in square.stdout
+    assert not (tmp_path / "cache").exists()
+
+
+def test_peak_side_is_small_on_a_cpu():
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    assert throughput.peak_side(0, accelerator=True) == 8192
+    assert throughput.peak_side(0, accelerator=False) == 1024
+    assert throughput.peak_side(64, accelerator=True) == 64
 
 
 def test_inference_kernel_profile_on_jax():
@@ -185,7 +332,7 @@ def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     text = output.read_text()
-    assert "--variants=8s" in text and "Device: cpu" in text
+    assert "--variants=8s" in text and "device cpu: " in text
     rows = _table_rows(text)
     assert list(rows) == ["8s"] and len(rows["8s"]) == 1
     row = rows["8s"][0]
@@ -195,18 +342,27 @@ def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
         assert row[column] > 0, column
     # 2 steps of a tiny model: the pipeline's start-up noise may exceed them ("-" then).
     assert row["steady train img/s (TFRecords)"] == "-" or row["steady train img/s (TFRecords)"] > 0
-    assert "TFRecords: " in text and "--data not given: using a synthetic VOC set" in result.stdout
+    assert "; TFRecords " in text and "--data not given: using a synthetic VOC set" in result.stdout
     records = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
-    config = [r for r in records if r["kind"] == "config"]
-    assert len(config) == 1
+    (config,) = records  # no separate peak record: the peak travels with the measurement
+    assert config["kind"] == "config"
     expected = forward_flops(build_fcn("8s", input_shape=(32, 32, 3), fc_units=8, geometry="same"))
-    assert config[0]["forward_gflop_per_image"] == pytest.approx(expected / 1e9)
+    assert config["forward_gflop_per_image"] == pytest.approx(expected / 1e9)
+    assert config["peak"]["n"] == 64 and config["peak"]["runs"] == 2 and config["peak"]["tflops"] > 0
+    assert config["call"]["command"].startswith(f"`KERAS_BACKEND={keras.backend.backend()} python ")
+    assert "--variants=8s" in config["call"]["command"] and config["call"]["date"].endswith(" UTC")
+    assert row["train % peak"] == pytest.approx(
+        100 * config["train_img_s"] * config["forward_gflop_per_image"] * 3 / 1e3 / config["peak"]["tflops"], rel=0.01)
+    assert "fc6_implementation im2col, pool_implementation pool, input_pipeline tfrecord" in text
+    assert "- Measured by 1 call " in text and f"bf16 matmul peak {config['peak']['tflops']:.2f} TFLOP/s (n=64, " in text
 
-    # The same command again: the measured configuration is kept, not re-measured.
+    # The same command again: nothing is measured (no peak either), the records and the table stay as they are.
+    table, jsonl = output.read_text(), output.with_suffix(".jsonl").read_text()
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "already measured" in again.stdout
-    assert _table_rows(output.read_text())["8s"][0]["train img/s"] == row["train img/s"]
+    assert "already measured" in again.stdout and "nothing new to measure" in again.stdout
+    assert "device:" not in again.stdout  # the line printed after measuring the peak
+    assert output.read_text() == table and output.with_suffix(".jsonl").read_text() == jsonl
 
     # With --profile: only the block profile is measured, its blocks' FLOPs add up to the model's.
     profiled = subprocess.run([*command, "--profile"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
@@ -215,6 +371,7 @@ def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
     records = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
     assert len([r for r in records if r["kind"] == "config"]) == 1
     (profile,) = [r for r in records if r["kind"] == "profile"]
+    assert "--profile" in profile["call"]["command"] and "- Measured by 2 calls " in output.read_text()
     assert [b["block"] for b in profile["blocks"]] == [name for name, _ in throughput.PROFILE_CUTS] + [throughput.PROFILE_HEAD]
     assert sum(b["gflop_per_image"] for b in profile["blocks"]) == pytest.approx(expected / 1e9)
     layers = model_flops(build_fcn("8s", input_shape=(32, 32, 3), fc_units=8, geometry="same"))
