@@ -19,6 +19,7 @@ the CPU time the process consumed (all threads), which is less sensitive to othe
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -29,11 +30,12 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from fcn_keras.console import run_cli  # noqa: E402
 from fcn_keras.data import pipeline, records  # noqa: E402
 from fcn_keras.data.convert import convert, split_glob  # noqa: E402
+from throughput import benchmark_main, git_commit, utc_now  # noqa: E402  (this folder is on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "TFRecord glob to read (default: convert ../shared/voc2012 train into a temp folder).")
@@ -42,7 +44,8 @@ flags.DEFINE_integer("crop_size", 512, "Square crop of the modern pipeline.", lo
 flags.DEFINE_integer("batch_size", 8, "Images per batch.", lower_bound=1)
 flags.DEFINE_float("seconds", 20.0, "Measured seconds per row (after the warm-up).", lower_bound=0.1)
 flags.DEFINE_float("warmup_seconds", 3.0, "Seconds run before measuring each row.", lower_bound=0.0)
-flags.DEFINE_list("rows", ["read+parse", "+decode", "modern", "modern fast-dct"], "Rows to run, among the four in the module docstring.")
+ROWS: tuple[str, ...] = ("read+parse", "+decode", "modern", "modern fast-dct")
+flags.DEFINE_list("rows", list(ROWS), "Rows to run, among the four in the module docstring.")
 
 
 # --- Pipelines measured -----------------------------------------------------------------------
@@ -81,7 +84,7 @@ def _dataset(row: str, pattern: str) -> tf.data.Dataset:
             seed=0,
             dct_method="INTEGER_FAST" if row == "modern fast-dct" else "",
         )
-    raise app.UsageError(f"--rows must be among read+parse, +decode, modern, modern fast-dct. Received: {row!r}")
+    raise ValueError(f"--rows must be among {', '.join(ROWS)}. Received: {row!r}")
 
 
 def _measure(dataset: tf.data.Dataset) -> tuple[int, float, float]:
@@ -104,14 +107,19 @@ def _measure(dataset: tf.data.Dataset) -> tuple[int, float, float]:
 # --- Main -------------------------------------------------------------------------------------
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def run(argv: list[str]) -> None:
+    """Measures the rows the flags name; prints the command, then the table."""
+    unknown = [row for row in FLAGS.rows if row not in ROWS]
+    if unknown or not FLAGS.rows:
+        raise ValueError(f"--rows must be among {', '.join(ROWS)}. Received: --rows={','.join(FLAGS.rows)}")
+    if FLAGS.data is None and not (Path(FLAGS.voc_root) / "VOC2012").is_dir():
+        raise FileNotFoundError(f"--voc_root must hold VOC2012/ when --data is not given. Received: --voc_root={FLAGS.voc_root}")
+    print(f"command: `python {shlex.join(argv)}` ({utc_now()}, commit {git_commit() or 'unknown'}, "
+          f"tensorflow {tf.__version__})", flush=True)
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         pattern = FLAGS.data
         if pattern is None:
-            if not (Path(FLAGS.voc_root) / "VOC2012").is_dir():
-                raise app.UsageError(f"--voc_root must hold VOC2012/ when --data is not given. Received: --voc_root={FLAGS.voc_root}")
             manifest = convert(FLAGS.voc_root, tmp, splits=("train",), shard_size=64, verbose=False)
             pattern = split_glob(tmp, "train")
             print(f"converted {manifest['splits']['train']['num_examples']} real VOC pairs from {FLAGS.voc_root}")
@@ -124,6 +132,10 @@ def main(argv: list[str]) -> None:
             rate = images / wall
             print(f"| {row} | {rate:,.1f} | {rate / cores:,.1f} | {images / max(cpu, 1e-9):,.1f} |", flush=True)
         print(f"\nload average {os.getloadavg()[0]:.2f} at end")
+
+
+def main(argv: list[str]) -> int | None:
+    return benchmark_main("benchmarks/pipeline.py", run, argv)
 
 
 if __name__ == "__main__":
