@@ -51,18 +51,56 @@ flags.DEFINE_list("batch_sizes", ["1", "4"], "Canvas rows: images per device cal
 flags.DEFINE_string("row", None, "Internal: run one row ('own' or 'canvas:<batch>') in this process, print JSON.")
 
 
+def image_files() -> list[Path]:
+    """``--images``' image files, sorted by name, the first ``--max_images``; a FileNotFoundError
+    or ValueError names the flag when there are none."""
+    from fcn_keras.io import IMAGE_EXTENSIONS
+
+    folder = Path(FLAGS.images)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images must be a folder of images. Received: --images={folder} "
+                                f"({'a file' if folder.exists() else 'no such folder'})")
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)[:FLAGS.max_images]
+    if not files:
+        raise ValueError(f"--images={folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
 def load_images() -> list[np.ndarray]:
     """The benchmark's images: ``--images``' files, else random ones of ``--random_sizes``."""
-    from fcn_keras.io import IMAGE_EXTENSIONS, parse_size, read_image
+    from fcn_keras.io import parse_size, read_image
 
     if FLAGS.images is None:
         rng = np.random.default_rng(1)
-        return [rng.integers(0, 256, (*parse_size(size, "--random_sizes"), 3)).astype("uint8") for size in FLAGS.random_sizes]
-    folder = Path(FLAGS.images)
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)[:FLAGS.max_images]
-    if not files:
-        raise SystemExit(f"error: --images={folder} holds no image files")
-    return [read_image(path) for path in files]
+        return [rng.integers(0, 256, (*parse_size(size, "--random_sizes entries"), 3)).astype("uint8")
+                for size in FLAGS.random_sizes]
+    return [read_image(path) for path in image_files()]
+
+
+def check_flags() -> tuple[tuple[int, int], list[int]]:
+    """The canvas and the canvas rows' batch sizes, checked (with the images, which must exist and
+    fit the canvas) before any row's process starts; a ValueError or FileNotFoundError names the flag."""
+    from fcn_keras.io import parse_size
+
+    canvas = parse_size(FLAGS.canvas, "--canvas")
+    try:
+        batches = [int(batch) for batch in FLAGS.batch_sizes]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batch_sizes must be a list of positive integers. Received: --batch_sizes={','.join(FLAGS.batch_sizes)}")
+    if FLAGS.images is None:
+        if not FLAGS.random_sizes:
+            raise ValueError("--random_sizes must name at least one size when no --images is given")
+        named = [("a --random_sizes entry", parse_size(text, "--random_sizes entries")) for text in FLAGS.random_sizes]
+    else:
+        from fcn_keras.io import read_image
+
+        named = [(str(path), read_image(path).shape[:2]) for path in image_files()]
+    for name, (height, width) in named:
+        if height > canvas[0] or width > canvas[1]:
+            raise ValueError(f"{name} ({height}x{width}) does not fit the --canvas {canvas[0]}x{canvas[1]} (height x width)")
+    return canvas, batches
 
 
 def run_row(row: str) -> dict:
@@ -114,17 +152,12 @@ def run_row(row: str) -> dict:
             "work": work, "first": seconds[0], "second": seconds[1]}
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    if FLAGS.row is not None:
-        print(json.dumps(run_row(FLAGS.row)))
-        return
+def run(argv: list[str]) -> None:
+    """Checks the flags, then runs each row in a process of its own and prints the table."""
     import keras
 
-    from fcn_keras.io import parse_size
-
-    canvas = parse_size(FLAGS.canvas, "--canvas")
-    rows = ["own"] + [f"canvas:{int(batch)}" for batch in FLAGS.batch_sizes]
+    canvas, batches = check_flags()
+    rows = ["own"] + [f"canvas:{batch}" for batch in batches]
     source = FLAGS.images or f"{len(FLAGS.random_sizes)} random images"
     print(f"{model_description()}, {source}, backend "
           f"{keras.backend.backend()}, {len(os.sched_getaffinity(0))} cores, float32")
@@ -141,6 +174,15 @@ def main(argv: list[str]) -> None:
         print(f"| {name} | {result['images']} | {result['sizes']} | {result['traces']} | {compile_s} | "
               f"{result['work']:.2f}x | {result['first']:.1f} | {result['second']:.1f} | "
               f"{result['images'] / result['second']:.2f} |", flush=True)
+
+
+def main(argv: list[str]) -> int | None:
+    if FLAGS.row is not None:  # a row's own process, started by run() with checked flags
+        print(json.dumps(run_row(FLAGS.row)))
+        return None
+    from throughput import benchmark_main  # this folder is on sys.path
+
+    return benchmark_main("benchmarks/canvas.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -94,15 +94,25 @@ def run_row(row: str, size: tuple[int, int], labels_file: str) -> dict:
             "peak_rss": _rss_bytes(), "inference_rss": _rss_bytes() - before, "device_peak": _device_peak_bytes()}
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def check_rows() -> tuple[tuple[int, int], list[str]]:
+    """The image size and the rows the flags ask for, checked before any row's process starts;
+    a ValueError names a bad flag."""
+    from fcn_keras.inference import check_tile_size
     from fcn_keras.io import parse_size
 
     size = parse_size(FLAGS.size, "--size")
-    if FLAGS.row is not None:
-        print(json.dumps(run_row(FLAGS.row, size, FLAGS.labels_file)))
-        return
     rows = list(FLAGS.tile_sizes)
+    if not rows:
+        raise ValueError("--tile_sizes must name at least one row: 'whole' or a tile size. Received: --tile_sizes=")
+    for row in rows:
+        if row != "whole":
+            check_tile_size(parse_size(row, "--tile_sizes entries"), "--tile_sizes entries")
+    return size, rows
+
+
+def run(argv: list[str]) -> None:
+    """Checks the flags, then runs each row in a process of its own and prints the table."""
+    size, rows = check_rows()
     if "whole" in rows:
         rows.remove("whole")
         rows.insert(0, "whole")
@@ -130,6 +140,17 @@ def main(argv: list[str]) -> None:
             print(f"| {row} | {result['tiles']} | {result['work']:.2f}x | {result['seconds']:.1f} | "
                   f"{result['peak_rss'] / _MIB:,.0f} | {result['inference_rss'] / _MIB:,.0f} | {device} | {same} | {result['classes']} |",
                   flush=True)
+
+
+def main(argv: list[str]) -> int | None:
+    if FLAGS.row is not None:  # a row's own process, started by run() with checked flags
+        from fcn_keras.io import parse_size
+
+        print(json.dumps(run_row(FLAGS.row, parse_size(FLAGS.size, "--size"), FLAGS.labels_file)))
+        return None
+    from throughput import benchmark_main  # this folder is on sys.path
+
+    return benchmark_main("benchmarks/tiling.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +33,24 @@ def test_canvas_benchmark_prints_a_row_per_setting_with_its_traces():
     assert float(first) > 0 and float(second) > 0 and float(rate) > 0
     # TensorFlow retraces for the first new shapes, then traces a shape-generic function.
     assert rows["own sizes"][:2] == ["5", "4"] and int(rows["own sizes"][2]) > 1 and rows["own sizes"][4] == "1.00x"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--canvas=abc"], "canvas.py: error: --canvas must be N or HxW with positive integers. Received: 'abc'"),
+    (["--images=/nonexistent"], "canvas.py: error: --images must be a folder of images. Received: "
+                                "--images=/nonexistent (no such folder)"),
+    (["--images={tests}"], "canvas.py: error: --images={tests} holds no image files"),
+    (["--batch_sizes=1,0"], "canvas.py: error: --batch_sizes must be a list of positive integers. "
+                            "Received: --batch_sizes=1,0"),
+    (["--random_sizes=40x48,60x30", "--canvas=48x48"], "canvas.py: error: a --random_sizes entry (60x30) does not "
+                                                        "fit the --canvas 48x48 (height x width)"),
+    (["500"], "benchmarks/canvas.py: error: unexpected arguments: ['500']"),
+])
+def test_bad_input_is_one_line_before_any_row_runs(args, message):
+    tests = str(REPO_ROOT / "tests")  # a folder without images
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "canvas.py"), "--fc_units=8",
+                             *(arg.format(tests=tests) for arg in args)],
+                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(message.format(tests=tests)), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "| images at |" not in result.stdout  # no row was started
