@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -65,11 +66,23 @@ def _measure(framework: str, size: int, runs: int) -> dict:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input in one line, ``<program>: error: ...``, and status 2, as the other benchmarks
+    report it (argparse's own adds the usage line). The parent imports neither TensorFlow nor JAX:
+    each setting's worker process does, with its own oneDNN switch."""
+
+    def error(self, message: str):
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=200, help="calls per input size")
+    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="calls per input size, >= 1")
     parser.add_argument("--worker", choices=("tensorflow", "jax"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1. Received: --runs={args.runs}")
     if args.worker:
         print(json.dumps([_measure(args.worker, size, args.runs) for size in SIZES]))
         return

@@ -392,6 +392,20 @@ def test_bf16_conv_grad_check_measures_against_float32():
     assert 0 < row["max_rel_error"] < 0.02
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--runs=-1"], "bf16_conv_grad.py: error: --runs must be >= 1. Received: --runs=-1"),
+    (["--runs", "0"], "bf16_conv_grad.py: error: --runs must be >= 1. Received: --runs=0"),
+    (["--runs=abc"], "bf16_conv_grad.py: error: argument --runs: invalid int value: 'abc'"),
+    (["500"], "bf16_conv_grad.py: error: unrecognized arguments: 500"),
+])
+def test_bf16_conv_grad_refuses_bad_runs_in_one_line(args, message):
+    """No worker starts: a count below 1 would give failed rows (max of no calls) and status 0."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bf16_conv_grad.py"), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
+    assert result.stdout == ""
+
+
 def test_steady_rate_leaves_the_pipeline_start_up_out():
     """Each fit call pays the pipeline's start-up; the steady rate is that of the steps alone."""
     sys.path.insert(0, str(REPO_ROOT))
