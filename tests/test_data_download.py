@@ -166,13 +166,27 @@ def test_an_archive_without_its_folder_is_named(tmp_path, server, sources):
         download(("voc2012",), tmp_path / "cache", sources={"voc2012": source}, verbose=False)
 
 
-def test_check_file_hashes_once_and_again_when_the_file_changes(tmp_path):
+def test_check_file_hashes_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
     source = Source("f", "f.bin", (), _digest(path, "md5"), 3, None, "")
-    assert check_file(path, source) is None
+    hashed = []
+    real_digests = download_lib.file_digests
+    monkeypatch.setattr(download_lib, "file_digests", lambda *args: hashed.append(args) or real_digests(*args))
+    assert check_file(path, source) is None and len(hashed) == 1
     marker = tmp_path / "f.bin.verified.json"
     assert json.loads(marker.read_text())["checksum"] == source.checksum
+
+    def no_hashing(*args):
+        raise AssertionError(f"hashed again: {args}")
+
+    # The unchanged file (same size and modification time) is not hashed again.
+    monkeypatch.setattr(download_lib, "file_digests", no_hashing)
+    assert check_file(path, source) is None
+    # The marker is for one checksum: another expected checksum hashes the file again.
+    with pytest.raises(AssertionError, match="hashed again"):
+        check_file(path, dataclasses.replace(source, checksum="md5:" + "0" * 32))
+    monkeypatch.setattr(download_lib, "file_digests", real_digests)
     path.write_bytes(b"abd")
     os.utime(path, ns=(1, 1))  # another modification time: the marker no longer applies
     assert check_file(path, source) == f"md5 {hashlib.md5(b'abd').hexdigest()}, expected {source.checksum[4:]}"

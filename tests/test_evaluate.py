@@ -65,9 +65,14 @@ def test_metrics_json_equals_scores_of_model_predict(eval_workspace, tmp_path):
     assert written["num_pixels"] == hist.sum()
     labels = [np.array(Image.open(eval_workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")) for i in ids]
     assert written["void_pixels"] == sum(int((label == IGNORE_LABEL).sum()) for label in labels) > 0
-    # The markdown table names every VOC class and shows the mean IU in %.
+    # The markdown table: the paper's four metrics in its order, in %, under their headings; every VOC class.
     markdown = (out / "metrics.md").read_text()
-    assert f"| {100 * expected['mean_iu']:.1f} |" in markdown or f" {100 * expected['mean_iu']:.1f} |" in markdown
+    lines = markdown.splitlines()
+    heading = lines.index("| pixel acc. | mean acc. | mean IU | f.w. IU |")
+    assert lines[heading + 1] == "|---:|---:|---:|---:|"
+    assert lines[heading + 2] == "| " + " | ".join(
+        f"{100 * expected[key]:.1f}" for key in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")) + " |"
+    assert len({f"{100 * expected[key]:.1f}" for key in ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu")}) == 4
     for name in VOC_CLASSES:
         assert f"| {name} |" in markdown
     with Image.open(out / "confusion.png") as figure:

@@ -375,6 +375,18 @@ def test_cli_exports_logits(model, keras_file, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.numpy()[0]))), expected)
 
 
+def test_cli_refuses_probabilities_with_logits_before_exporting(keras_file, tmp_path):
+    """serving_default returns at most one extra output: both flags are one error line, status 2,
+    and nothing is exported (the model is a good one: without the check it would be)."""
+    result = run_export_cli(f"--model={keras_file}", f"--export_dir={tmp_path / 'serving'}", "--probabilities", "--logits")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == ["fcn_keras.export: error: flags probabilities=True, logits=True: --probabilities and --logits are "
+                      "exclusive: serving_default returns at most one of them (see python -m fcn_keras.export --help)"]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "serving").exists()
+
+
 def test_existing_versions_are_kept_unless_overwrite_and_a_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
     version_dir = tmp_path / "m" / "2"
     version_dir.mkdir(parents=True)

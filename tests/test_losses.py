@@ -92,16 +92,39 @@ def test_float32_under_bfloat16_logits_and_inside_xla():
 
 
 def test_serializable_and_trains_inside_a_saved_model(tmp_path):
+    """Saved in a compiled model, the loss comes back with its ignore_label and reduction, and
+    the reloaded model evaluates and trains with it: its loss on a batch with void pixels is the
+    reference (here the summed loss, label 1 void) and a step moves the weights."""
     loss = SegmentationCrossEntropy(ignore_label=7, reduction="sum")
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, SegmentationCrossEntropy)
     assert (restored.ignore_label, restored.reduction) == (7, "sum")
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
-    model.compile("sgd", loss=SegmentationCrossEntropy())
+    model.compile(keras.optimizers.SGD(0.1), loss=SegmentationCrossEntropy(ignore_label=1, reduction="sum"))
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(reloaded.loss, SegmentationCrossEntropy)
+    assert (reloaded.loss.ignore_label, reloaded.loss.reduction) == (1, "sum")
+
+    rng = np.random.default_rng(6)
+    images = rng.normal(size=(2, 5, 6, 3)).astype("float32")
+    labels = rng.integers(0, 3, (2, 5, 6)).astype("uint8")
+    labels[0, 0, :3] = IGNORE_LABEL  # 255 stays void too (outside the 3 classes).
+    void = labels == 1
+    assert void.any() and (labels == 0).any() and (labels == 2).any()
+    losses, _ = reference_pixel_losses(np.where(void, IGNORE_LABEL, labels).astype("uint8"), np.asarray(reloaded(images)))
+    expected = losses.sum()  # Sum over the pixels of classes 0 and 2.
+    assert expected != pytest.approx(reference_pixel_losses(labels, np.asarray(reloaded(images)))[0].sum(), rel=1e-3)
+    logs = reloaded.evaluate(images, labels, batch_size=2, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+    before = reloaded.get_weights()
+    history = reloaded.fit(images, labels, batch_size=2, epochs=1, shuffle=False, verbose=0)
+    assert history.history["loss"] == pytest.approx([expected], rel=1e-5)  # The step's loss, before its update.
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(before, reloaded.get_weights()))
+    after = reference_pixel_losses(np.where(void, IGNORE_LABEL, labels).astype("uint8"), np.asarray(reloaded(images)))[0].sum()
+    assert after < expected  # The step went down the reloaded loss.
 
 
 def test_bad_ignore_label_is_rejected():

@@ -9,7 +9,7 @@ from fcn_keras import architecture as arch
 from fcn_keras.constants import CAFFE_BGR_MEAN, PAD_RGB
 from fcn_keras.layers import Im2colConv2D, ReshapeMaxPooling2D
 from fcn_keras.model import build_fcn
-from fcn_keras.surgery import transfer_weights
+from fcn_keras.surgery import bilinear_kernel, transfer_weights
 
 
 def _randomize(model, seed=0, scale=0.02):
@@ -149,6 +149,39 @@ def test_score_layers_start_at_zero_and_upsampling_is_bilinear_and_trainable_as_
     assert model.get_layer("upscore2").trainable and model.get_layer("upscore_pool4").trainable
     assert not model.get_layer("upscore8").trainable
     assert build_fcn("8s", fc_units=8, learn_final_upsampling=True).get_layer("upscore8").trainable
+
+
+def caffe_upsample_filt(size: int) -> np.ndarray:
+    """The reference nets' surgery.upsample_filt (fcn.berkeleyvision.org), written out."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    rows, cols = np.ogrid[:size, :size]
+    return (1 - abs(rows - center) / factor) * (1 - abs(cols - center) / factor)
+
+
+#: Every upsampling of each variant by Caffe's layer name, with its kernel size: 4x4 for the 2x
+#: skips, twice the stride for the final one.
+UPSAMPLINGS = {"32s": {"upscore": 64}, "16s": {"upscore2": 4, "upscore16": 32},
+               "8s": {"upscore2": 4, "upscore_pool4": 4, "upscore8": 16}}
+
+
+@pytest.mark.parametrize("geometry", ["reference", "same"])
+@pytest.mark.parametrize("variant", arch.VARIANTS)
+def test_every_upsampling_starts_as_the_bilinear_kernel(variant, geometry):
+    """Each deconvolution's kernel is bilinear_kernel(k, C) exactly: Caffe's bilinear filter on
+    the channel diagonal (each class upsampled on its own), zeros elsewhere, no bias."""
+    classes = 5
+    model = build_fcn(variant, classes, fc_units=8, geometry=geometry)
+    deconvs = {layer.name: layer for layer in model.layers if isinstance(layer, keras.layers.Conv2DTranspose)}
+    assert {name: tuple(layer.kernel_size) for name, layer in deconvs.items()} == {
+        name: (size, size) for name, size in UPSAMPLINGS[variant].items()}
+    for name, size in UPSAMPLINGS[variant].items():
+        (kernel,) = deconvs[name].get_weights()  # No bias.
+        np.testing.assert_array_equal(kernel, bilinear_kernel(size, classes), err_msg=name)
+        for c in range(classes):
+            np.testing.assert_allclose(kernel[:, :, c, c], caffe_upsample_filt(size), rtol=1e-6, err_msg=name)
+        kernel[:, :, np.arange(classes), np.arange(classes)] = 0
+        assert not kernel.any(), name  # No class leaks into another.
 
 
 @pytest.mark.parametrize("chain", [("32s", "16s"), ("16s", "8s"), ("32s", "8s")])

@@ -2,8 +2,11 @@
 against the formula under both backends (TensorFlow hands update_step the tf.Variable, named
 ``bias:0``, JAX the Keras variable, named ``bias``) and on both replicas of a MirroredStrategy
 (whose second copy is named ``bias/replica_1:0``); what --optimizer=sgd builds; config round
-trip; gradient accumulation (Caffe's ``iter_size``)."""
+trip; gradient accumulation (Caffe's ``iter_size``). The learning rate: the poly schedule, the
+automatic paper-equivalent rate and the two profiles of resolve_config, Adam's decoupled decay.
+(The poly schedule across a time-budget stop and resume: tests/test_train.py.)"""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +20,7 @@ import pytest
 from fcn_keras import build_fcn
 from fcn_keras.losses import SegmentationCrossEntropy
 from fcn_keras.optimizers import CaffeSGD, batches_applied
-from fcn_keras.train import TrainConfig, make_optimizer, resolve_config
+from fcn_keras.train import PAPER_PROFILE, TrainConfig, make_optimizer, paper_learning_rate, resolve_config
 
 
 def caffe_sgd_reference(weights, gradients, *, lr, mu, l2, bias_lr_mult, is_bias):
@@ -170,3 +173,127 @@ def test_two_accumulated_batches_of_one_train_as_one_batch_of_two(name):
 
     for a, b in zip(fitted(2, 1), fitted(1, 2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# --- The learning rate: the poly schedule --------------------------------------------------------
+
+#: docs/training.md: ``--lr_schedule=poly`` is ``lr (1 - step/total)^0.9``, ``step`` and ``total`` in batches.
+POLY_POWER = 0.9
+
+
+def poly_rate(lr: float, step: int, total: int) -> float:
+    return lr * (1.0 - min(step, total) / total) ** POLY_POWER
+
+
+def test_poly_schedule_decays_the_rate_to_zero_over_the_total_steps_and_the_updates_use_it():
+    """Rate at steps 0, T/2 and T (and after): lr, lr 0.5^0.9, 0, 0. Plain SGD (momentum 0, no
+    decay) with a gradient of 1 then moves a kernel by exactly the scheduled rate each step."""
+    lr, total = 1e-2, 10
+    config = resolve_config(TrainConfig(optimizer="sgd", learning_rate=lr, lr_schedule="poly", momentum=0.0,
+                                        weight_decay=0.0, data="d"))
+    optimizer = make_optimizer(config, total_steps=total)
+    rates = {}
+    for step in (0, total // 2, total, total + 5):
+        optimizer.iterations.assign(step)
+        rates[step] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    assert rates == pytest.approx({0: lr, 5: lr * 0.5 ** POLY_POWER, 10: 0.0, 15: 0.0}, rel=1e-6, abs=1e-12)
+    assert rates[5] != pytest.approx(lr * 0.5, rel=1e-3)  # Not the linear decay.
+
+    optimizer = make_optimizer(config, total_steps=total)
+    kernel = keras.Variable(np.zeros(3, "float32"), name="kernel")
+    expected = 0.0
+    for step in range(total + 1):
+        optimizer.apply_gradients([(np.ones(3, "float32"), kernel)])
+        expected -= poly_rate(lr, step, total)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), expected, rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_poly_schedule_counts_batches_with_gradient_accumulation():
+    """total_steps counts batches (docs/training.md): with updates every 2 batches the rate after
+    batch k is lr (1 - k/T)^0.9 and reaches 0 at batch T, not at update T."""
+    lr, total = 1e-2, 4
+    config = resolve_config(TrainConfig(optimizer="adam", learning_rate=lr, lr_schedule="poly", data="d",
+                                        steps_per_epoch=4, gradient_accumulation_steps=2))
+    optimizer = make_optimizer(config, total_steps=total)
+    kernel = keras.Variable(np.zeros(3, "float32"), name="kernel")
+    rates = []
+    for _ in range(total):
+        optimizer.apply_gradients([(np.ones(3, "float32"), kernel)])
+        rates.append(float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+    assert rates == pytest.approx([poly_rate(lr, k, total) for k in range(1, total + 1)], rel=1e-6, abs=1e-12)
+    assert rates[-1] == 0.0 and int(keras.ops.convert_to_numpy(optimizer.iterations)) == 2
+
+
+def test_constant_schedule_keeps_the_rate():
+    config = resolve_config(TrainConfig(optimizer="sgd", learning_rate=1e-2, data="d"))
+    optimizer = make_optimizer(config, total_steps=10)
+    optimizer.iterations.assign(9)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-2, rel=1e-6)
+
+
+# --- The learning rate: automatic, the paper's for the mean loss ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant, at_once, rate",
+    # docs/training.md's table: the reference solvers' rate for the summed loss x 1.70e5 valid
+    # pixels per VOC image.
+    [("32s", False, 1.7e-5), ("16s", False, 1.7e-7), ("8s", False, 1.7e-9), ("8s", True, 1.7e-5), ("16s", True, 1.7e-5)],
+)
+def test_automatic_learning_rate_is_the_papers_for_the_mean_loss(variant, at_once, rate):
+    resolved = resolve_config(TrainConfig(variant=variant, at_once=at_once, data="d"))
+    assert resolved.learning_rate == pytest.approx(rate, rel=1e-9)
+    assert paper_learning_rate(variant, at_once) == pytest.approx(rate, rel=1e-9)
+    # A rate given is kept; the demo (no --data) has its own.
+    assert resolve_config(TrainConfig(variant=variant, at_once=at_once, data="d", learning_rate=1e-3)).learning_rate == 1e-3
+    assert resolve_config(TrainConfig(variant=variant, at_once=at_once)).learning_rate == 3e-4
+
+
+def test_real_data_gets_the_paper_profile_and_no_data_the_demo_profile():
+    """docs/training.md's flag table: auto values on real data (the reference solve.py and nets)
+    and for the synthetic demo; values given win over both."""
+    assert PAPER_PROFILE == {"epochs": 25, "steps_per_epoch": 4000, "batch_size": 1, "crop_size": 0, "fc_units": 4096,
+                             "geometry": "reference", "optimizer": "sgd"}
+    fields = ("epochs", "steps_per_epoch", "batch_size", "crop_size", "fc_units", "geometry", "optimizer", "learning_rate",
+              "lr_schedule", "momentum", "weight_decay", "weights", "num_classes", "output_dir")
+
+    def resolved(**kwargs):
+        config = resolve_config(TrainConfig(**kwargs))
+        return dict(zip(fields, (getattr(config, name) for name in fields)))
+
+    assert resolved(data="d") == pytest.approx({
+        "epochs": 25, "steps_per_epoch": 4000, "batch_size": 1, "crop_size": 0, "fc_units": 4096, "geometry": "reference",
+        "optimizer": "sgd", "learning_rate": 1.7e-9, "lr_schedule": "constant", "momentum": 0.99, "weight_decay": 5e-4,
+        "weights": "imagenet", "num_classes": 21, "output_dir": "runs/fcn8s"})
+    assert resolved(data="d", variant="16s", at_once=True, init_from="runs/x")["weights"] == "none"  # --init_from: no backbone
+    assert resolved(data="d", variant="16s", at_once=True)["output_dir"] == "runs/fcn16s_at_once"
+    assert resolved() == pytest.approx({
+        "epochs": 10, "steps_per_epoch": 60, "batch_size": 4, "crop_size": 64, "fc_units": 256, "geometry": "same",
+        "optimizer": "adam", "learning_rate": 3e-4, "lr_schedule": "constant", "momentum": 0.99, "weight_decay": 5e-4,
+        "weights": "none", "num_classes": 21, "output_dir": "runs/fcn8s"})
+    given = dict(epochs=3, steps_per_epoch=7, batch_size=2, crop_size=64, fc_units=16, geometry="same", optimizer="adam")
+    for data in ("d", ""):
+        assert {k: v for k, v in resolved(data=data, **given).items() if k in given} == given
+
+
+# --- Adam's decoupled weight decay --------------------------------------------------------------
+
+
+def test_adam_flag_builds_adam_with_decoupled_weight_decay_and_none_for_zero():
+    """--optimizer=adam --weight_decay=wd: Keras' AdamW decay, ``w -= lr wd w`` outside the moments:
+    with a zero gradient the kernel shrinks by exactly (1 - lr wd) (an L2 term in the gradient would
+    go through Adam's normalisation and move it by about lr instead). weight_decay=0: none."""
+    lr, decay = 1e-2, 0.1
+    config = resolve_config(TrainConfig(optimizer="adam", learning_rate=lr, weight_decay=decay, data="d"))
+    optimizer = make_optimizer(config, total_steps=10)
+    assert type(optimizer) is keras.optimizers.Adam and optimizer.weight_decay == decay
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(lr, rel=1e-6)
+    kernel = keras.Variable(np.full((2, 3), 3.0, "float32"), name="kernel")
+    optimizer.apply_gradients([(np.zeros((2, 3), "float32"), kernel)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), 3.0 * (1 - lr * decay), rtol=1e-6)
+
+    plain = make_optimizer(dataclasses.replace(config, weight_decay=0.0), total_steps=10)
+    assert type(plain) is keras.optimizers.Adam and plain.weight_decay is None
+    kernel = keras.Variable(np.full((2, 3), 3.0, "float32"), name="kernel")
+    plain.apply_gradients([(np.zeros((2, 3), "float32"), kernel)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel), np.full((2, 3), 3.0, "float32"))

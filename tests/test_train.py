@@ -1,9 +1,12 @@
-"""fcn_keras.train: the run's artefacts, staged training, bad input, NaN loss, the CLI's flags.
+"""fcn_keras.train: the run's artefacts (TensorBoard scalars against log.csv), the poly schedule
+across a budget stop, what reaches the training pipeline, --val_steps, staged training, bad input,
+NaN loss (and the CLI's status 3), the CLI's flags.
 
 Tiny runs: FCN-32s/16s with fc_units=8, 'same' geometry, 32 px crops, 2 steps per epoch, on a
 synthetic VOC-layout dataset of a few 40x48 images.
 """
 
+import csv
 import dataclasses
 import json
 import logging
@@ -22,7 +25,7 @@ from absl import flags
 
 from fcn_keras import build_fcn
 from fcn_keras import callbacks as cb
-from fcn_keras.constants import VOC_CLASSES
+from fcn_keras.constants import TRAIN_SCALE_RANGE, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_voc
@@ -107,6 +110,35 @@ def test_run_writes_every_artefact(run32):
     state = json.loads((out / "backup" / "state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == 0 and state["global_step"] == 4
     assert state["best"] == pytest.approx(summary["best"]["value"])
+
+
+def test_tensorboard_scalars_equal_the_rows_of_log_csv(run32):
+    """tensorboard/train and tensorboard/validation hold one scalar per log.csv column and epoch:
+    tag epoch_<metric>, step = the epoch (1-based), the same value (float32)."""
+    import tensorflow as tf
+
+    out, _ = run32
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0", "1"]  # CSVLogger's epochs count from 0
+    logged = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "epoch":
+                run, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+                logged[(run, f"epoch_{tag}", int(row["epoch"]) + 1)] = float(value)
+    written = {}
+    for run in ("train", "validation"):
+        for path in sorted((out / "tensorboard" / run).glob("events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    assert value.metadata.plugin_data.plugin_name == "scalars", value.tag
+                    assert (run, value.tag, event.step) not in written, (run, value.tag, event.step)  # Written once.
+                    written[(run, value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    assert sorted(written) == sorted(logged) == sorted(
+        (run, f"epoch_{tag}", step) for run in ("train", "validation") for step in (1, 2) for tag in ("loss", "mean_iu"))
+    for key, value in logged.items():
+        assert written[key] == pytest.approx(value, rel=1e-6), key
 
 
 def test_log_lines_show_slow_rates_instead_of_zero():
@@ -218,6 +250,80 @@ def test_time_budget_stops_at_an_epoch_end_and_a_rerun_keeps_it(voc_root, tmp_pa
     longer = train(dataclasses.replace(config, max_train_seconds=0.0))
     assert longer["epochs_done"] == 3 and longer["stopped_by_time_budget"] is False
     assert longer["global_step"] == 3 * TINY["steps_per_epoch"]
+
+
+def test_poly_schedule_is_laid_out_over_all_epochs_across_a_budget_stop_and_resume(voc_root, tmp_path, monkeypatch):
+    """--lr_schedule=poly --epochs=3 stopped by its time budget after epoch 1 and continued: the
+    rate after batch k is lr (1 - k/T)^0.9 with T = 3 epochs x 2 steps in both processes, ending at
+    0 (docs/training.md, "Time budget")."""
+    rates = []
+    real_batch_end = cb.EpochSummary.on_train_batch_end
+
+    def record_rate(self, batch, logs=None):
+        real_batch_end(self, batch, logs)
+        optimizer = self.model.optimizer
+        rates.append((batches_applied(optimizer), float(keras.ops.convert_to_numpy(optimizer.learning_rate))))
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", record_rate)
+    config = TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0, "lr_schedule": "poly", "max_train_seconds": 1e-3},
+                         data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    assert train(config)["epochs_done"] == 1
+    assert train(dataclasses.replace(config, max_train_seconds=0.0))["epochs_done"] == 3
+    total = 3 * TINY["steps_per_epoch"]
+    assert [step for step, _ in rates] == list(range(1, total + 1))
+    expected = [TINY["learning_rate"] * (1 - step / total) ** 0.9 for step in range(1, total + 1)]
+    assert [rate for _, rate in rates] == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    assert rates[-1][1] == 0.0
+
+
+@pytest.mark.parametrize(
+    "crop_size, batch_size, augmentation",
+    [
+        (32, 2, {"crop_size": 32, "scale_range": TRAIN_SCALE_RANGE, "flip": True}),
+        (0, 1, {"crop_size": None, "scale_range": None, "flip": False}),  # Whole images, as they are.
+    ],
+    ids=["crops", "whole_images"],
+)
+def test_crops_train_with_random_scale_and_flip_and_whole_images_without(crop_size, batch_size, augmentation, voc_root,
+                                                                         tmp_path, monkeypatch):
+    """--crop_size>0: the training pipeline scales at random in TRAIN_SCALE_RANGE (0.5-2, the
+    documented range), crops and flips; --crop_size=0: none of them. Checked on the arguments
+    train passes to pipeline.train_dataset (stopped there: no training needed)."""
+    from fcn_keras.data import pipeline
+
+    assert TRAIN_SCALE_RANGE == (0.5, 2.0)  # docs/training.md: "random scale 0.5-2"
+    calls = []
+
+    class Built(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise Built
+
+    monkeypatch.setattr(pipeline, "train_dataset", spy)
+    config = TrainConfig(**{**TINY, "crop_size": crop_size, "batch_size": batch_size, "val_steps": 0, "seed": 3},
+                         data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(Built):
+        train(config)
+    assert calls and calls[0] == ((resolve_run_data(config)["train"],),
+                                  {"batch_size": batch_size, **augmentation, "seed": 3, "deterministic": True})
+
+
+def test_val_steps_validates_on_exactly_that_many_images(voc_root, tmp_path):
+    """--val_steps=1 of the 2 validation images: the epoch's val_mean_iu is evaluate's mean IU of
+    the same weights on the first image alone, not on both."""
+    from fcn_keras.evaluate import evaluate_model
+
+    cache = str(tmp_path / "cache")
+    out = tmp_path / "run"
+    summary = train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 1}, data=str(voc_root), output_dir=str(out),
+                                cache_dir=cache))
+    first = evaluate_model(out / "last.keras", str(voc_root), split="val", max_images=1, cache_dir=cache, verbose=False)
+    both = evaluate_model(out / "last.keras", str(voc_root), split="val", cache_dir=cache, verbose=False)
+    assert (first["num_images"], both["num_images"]) == (1, 2)
+    assert first["mean_iu"] != pytest.approx(both["mean_iu"], abs=1e-3)  # The two tell 1 image from 2 apart.
+    assert summary["final_metrics"]["val_mean_iu"] == pytest.approx(first["mean_iu"], abs=1e-6)
 
 
 def test_checkpoint_freq_writes_every_nth_epoch_the_last_and_at_a_budget_stop(voc_root, tmp_path, monkeypatch):
@@ -410,6 +516,33 @@ def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
         train(TrainConfig(**{**TINY, **overrides}, output_dir=str(tmp_path)))
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("learning_rate", 0.0, r"learning_rate must be a positive number\. Received: learning_rate=0\.0$"),
+        ("learning_rate", -1e-3, r"learning_rate must be a positive number\. Received: learning_rate=-0\.001$"),
+        ("learning_rate", float("nan"), r"learning_rate must be a positive number\. Received: learning_rate=nan$"),
+        ("learning_rate", float("inf"), r"learning_rate must be a positive number\. Received: learning_rate=inf$"),
+        ("momentum", -0.1, r"momentum must be in \[0, 1\)\. Received: momentum=-0\.1$"),
+        ("momentum", 1.0, r"momentum must be in \[0, 1\)\. Received: momentum=1\.0$"),
+        ("momentum", float("nan"), r"momentum must be in \[0, 1\)\. Received: momentum=nan$"),
+        ("weight_decay", -1e-4, r"weight_decay must be >= 0\. Received: weight_decay=-0\.0001$"),
+        ("val_steps", -1, r"val_steps must be >= 0 \(0: no validation\)\. Received: val_steps=-1$"),
+        ("backup_freq", -1, r"backup_freq must be >= 0 \(0: backups at epoch ends only\)\. Received: backup_freq=-1$"),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_the_flag(field, value, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(TrainConfig(**{**TINY, field: value}, output_dir=str(tmp_path)))
+
+
+def test_the_edges_of_the_ranges_are_accepted(tmp_path):
+    edges = dict(learning_rate=1e-12, momentum=0.0, weight_decay=0.0, val_steps=0, backup_freq=0)
+    resolved = resolve_config(TrainConfig(**{**TINY, **edges}, output_dir=str(tmp_path)))
+    assert {key: getattr(resolved, key) for key in edges} == edges
+    assert resolve_config(TrainConfig(**{**TINY, "momentum": 0.999}, output_dir=str(tmp_path))).momentum == 0.999
+
+
 def test_validation_on_a_canvas_scores_as_evaluate_does_and_a_canvas_too_small_is_refused(voc_root, tmp_path,
                                                                                         monkeypatch):
     """--val_canvas=64 --val_batch_size=3: validation reads batches of 3 on a 64x64 canvas (the 2 val
@@ -576,6 +709,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(voc_root, tmp_path):
     assert resumes[-1]["from"]["epoch"] == 1 and resumes[-1]["changed"]["learning_rate"] == [1e-3, 1e30]
     rows = (out / "log.csv").read_text().splitlines()[1:]  # the log shows the diverged epoch
     assert len(rows) == 2 and math.isfinite(float(rows[0].split(",")[1])) and not math.isfinite(float(rows[1].split(",")[1]))
+
+
+def test_cli_exits_with_status_3_and_one_error_line_naming_the_last_good_epoch(run32, tmp_path):
+    """A finished 2-epoch run continued by the CLI to 3 epochs with an absurd learning rate
+    diverges in epoch 3: status 3 (README, docs/training.md), one 'error:' line that names epoch 2
+    as the last good one and says what to do, no traceback, no summary on stdout."""
+    out = tmp_path / "run"
+    shutil.copytree(run32[0], out)
+    flag_values = {**TINY, "data": json.loads((out / "config.json").read_text())["config"]["data"], "output_dir": str(out),
+                   "cache_dir": str(tmp_path / "cache"), "epochs": 3, "learning_rate": 1e30}
+    result = subprocess.run([sys.executable, "-m", "fcn_keras.train", *(f"--{k}={v}" for k, v in flag_values.items())],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 3, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line.lower()]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert re.fullmatch(rf"error: training of {re.escape(str(out))} stopped: .+ became NaN/inf at epoch 3 "
+                        r"\(learning_rate=1e\+30\); best\.keras/last\.keras hold the last good weights \(epoch 2\) and "
+                        r"the backup was rolled back to the end of that epoch: rerun with a lower --learning_rate to "
+                        r"continue from there\.", errors[0]), errors[0]
+    assert "Traceback" not in result.stderr
+    assert not [line for line in result.stdout.splitlines() if line.startswith("{")]  # The summary of a finished run.
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["last_good_epoch"], summary["resumed_from"]["epoch"]) == ("diverged", 2, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="fcn_keras/train.py:933-939 (TrainingDiverged): a run that diverges in its "
+                   "first epoch says 'best.keras/last.keras hold the last good weights (epoch None) and the backup was "
+                   "rolled back' although none of them exists")
+def test_divergence_in_the_first_epoch_does_not_claim_checkpoints_it_has_not_written(voc_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as error:
+        train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0, "learning_rate": 1e30}, data=str(voc_root),
+                          output_dir=str(out), cache_dir=str(tmp_path / "cache")))
+    assert not (out / "last.keras").exists() and not (out / "best.keras").exists() and not (out / "backup").exists()
+    assert json.loads((out / "summary.json").read_text())["last_good_epoch"] is None
+    message = str(error.value)
+    assert "None" not in message and "hold the last good weights" not in message, message
 
 
 def test_weights_made_non_finite_by_the_last_step_stop_the_run(voc_root, tmp_path, monkeypatch):
