@@ -406,7 +406,7 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
                 "they were (last good epoch: %s)",
                 epoch + 1,
                 _describe(bad),
-                self.last_good_epoch,
+                "none" if self.last_good_epoch is None else self.last_good_epoch,
             )
             return
         value = logs.get(self.monitor)

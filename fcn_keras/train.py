@@ -931,11 +931,17 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     }
     write_json_atomic(run_dir / "summary.json", summary)
     if diverged:
+        where = f"at epoch {summary_cb.history[-1]['epoch']}" if summary_cb.history else "in its first epoch"
+        if summary["last_good_epoch"] is None:
+            left = ("no epoch ended with finite weights, so no checkpoint or backup was written: rerun with a lower "
+                    "--learning_rate to start again.")
+        else:
+            left = (f"best.keras/last.keras hold the last good weights (epoch {summary['last_good_epoch']}) and the "
+                    "backup was rolled back to the end of that epoch: rerun with a lower --learning_rate to continue "
+                    "from there.")
         raise TrainingDiverged(
-            f"training of {run_dir} stopped: {backup.divergence} became NaN/inf at epoch {len(summary_cb.history) and summary_cb.history[-1]['epoch']} "
-            f"(learning_rate={config.learning_rate}); best.keras/last.keras hold the last good weights "
-            f"(epoch {summary['last_good_epoch']}) and the backup was rolled back to the end of that epoch: rerun with a "
-            "lower --learning_rate to continue from there."
+            f"training of {run_dir} stopped: {backup.divergence} became NaN/inf {where} "
+            f"(learning_rate={config.learning_rate}); {left}"
         )
     logger.info("done: %s, best %s %.4f (epoch %s), %.1f s, %s img/s; artefacts in %s", counted(summary["epochs_done"], "epoch"), monitor,
                 checkpoint.best if checkpoint.best is not None else float("nan"), checkpoint.best_epoch, summary["wall_time_s"],
