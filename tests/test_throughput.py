@@ -406,6 +406,20 @@ def test_bf16_conv_grad_refuses_bad_runs_in_one_line(args, message):
     assert result.stdout == ""
 
 
+def test_bf16_conv_grad_exits_1_when_a_setting_fails(tmp_path):
+    """A worker that fails leaves a 'failed' row, and the status says the table has holes."""
+    for name in ("tensorflow", "jax"):  # Shadow both frameworks with modules that cannot be imported.
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('no {name} here')\n")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bf16_conv_grad.py"), "--runs=1"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, result.stderr
+    assert "| JAX | failed: ImportError: no jax here | | | |" in result.stdout
+    assert result.stdout.count("| failed: ImportError: no tensorflow here |") == 2
+    assert result.stderr.strip().splitlines()[-1] == ("bf16_conv_grad.py: 3 of 3 settings failed: TensorFlow, oneDNN on, "
+                                                      "TensorFlow, oneDNN off, JAX")
+
+
 def test_steady_rate_leaves_the_pipeline_start_up_out():
     """Each fit call pays the pipeline's start-up; the steady rate is that of the steps alone."""
     sys.path.insert(0, str(REPO_ROOT))
