@@ -269,6 +269,7 @@ class ResumableBackup(keras.callbacks.Callback):
                 "arrays": arrays_name,
                 "best": None if best is None else best.best,
                 "best_epoch": None if best is None else best.best_epoch,
+                "best_basis": None if best is None else best.basis,
                 "elapsed_s": self.elapsed_s,
                 "images": self.images,
         }
@@ -367,6 +368,8 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
         best_epoch: its epoch (1-based), or ``None``.
         enabled: ``False`` on non-chief workers of a multi-worker run (nothing written).
         schedule: the epochs to checkpoint (``None``: every epoch).
+        basis: what ``best`` is measured on (JSON-able, e.g. the monitor and the validation
+            split), kept in the backup so that a resume on another basis starts ``best`` anew.
     """
 
     def __init__(
@@ -378,10 +381,12 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
         best_epoch: int | None = None,
         enabled: bool = True,
         schedule: CheckpointSchedule | None = None,
+        basis: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
         self.monitor = monitor
+        self.basis = basis
         self.best = best
         self.best_epoch = best_epoch
         self.enabled = enabled

@@ -37,6 +37,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
+from fcn_keras.backbone import resolve_preprocessing
 from fcn_keras.checks import check_choice, check_folder, check_int
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
@@ -509,6 +510,25 @@ def _listed_weights(value: str) -> list[float]:
 # --- Model ------------------------------------------------------------------------------------
 
 
+def _resume_build_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
+    """The config to build a resumed run's model with: no initial weights (the backup's replace
+    them) and the input normalisation recorded at the run's start (``preprocessing_mode`` in
+    config.json; for runs recorded before it, resolved from the recorded weights), so that a
+    changed ``--weights`` cannot change it. With ``init_from`` (which must not change) as asked."""
+    if config.init_from:
+        return config
+    recorded = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    mode = recorded.get("preprocessing_mode")
+    if mode is None:
+        first = recorded.get("config", {})
+        weights = first.get("weights", config.weights)
+        try:
+            mode = resolve_preprocessing(None if weights == "none" else weights, first.get("preprocessing", config.preprocessing))
+        except (OSError, ValueError):  # The recorded file is gone: the flags' mode, as before.
+            return config
+    return dataclasses.replace(config, weights="none", preprocessing=mode)
+
+
 def load_init_model(init_from: str) -> tuple[keras.Model, Path]:
     """The trained FCN of ``--init_from``: a ``.keras`` file, or a run directory (its
     ``best.keras``, else ``last.keras``)."""
@@ -720,6 +740,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 f"output_dir {str(run_dir)!r} holds the backup of a different run ({details}); resume it with the same "
                 "flags, or use another --output_dir"
             )
+        if state["step"] and config.epochs <= state["epoch"]:
+            raise ValueError(
+                f"output_dir {str(run_dir)!r} holds a run interrupted in epoch {state['epoch'] + 1} (step "
+                f"{state['step']}/{config.steps_per_epoch}): --epochs must be at least {state['epoch'] + 1} to resume it. "
+                f"Received: --epochs={config.epochs}"
+            )
         unused = ", ".join(f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in requested.items()
                            if k not in _RESUME_KEYS and k != "output_dir" and previous.get(k) != v)
         unused = f" (not applied: {unused})" if unused else ""
@@ -759,7 +785,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
 
     # --- Model ---
     with distribution.scope():
-        model, init_report = build_model(config)
+        # On resume the backup replaces every weight: the model is built with the normalisation
+        # the run was trained with, whatever --weights says now (another file could change it).
+        model, init_report = build_model(config if state is None else _resume_build_config(config, run_dir))
         total_steps = config.epochs * config.steps_per_epoch
         model.compile(
             optimizer=make_optimizer(config, total_steps),
@@ -779,8 +807,8 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
 
     # --- Artefacts: config.json (fresh runs), truncated log on resume ---
     run_dir.mkdir(parents=True, exist_ok=True)  # Only now: bad data, weights or init_from leave no folder.
-    if state is None:
-        for stale in ("log.csv", "summary.json"):
+    if state is None:  # A new run: nothing of an earlier run in this folder may pass for its own.
+        for stale in ("log.csv", "summary.json", "best.keras", "last.keras"):
             (run_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
         write_json_atomic(
@@ -791,6 +819,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
                 "class_names": _class_names(config),
                 "class_weights": class_weights,
                 "monitor": monitor,
+                "preprocessing_mode": model.get_layer("preprocess").mode,
                 "init": init_report,
                 "num_parameters": model.count_params(),
                 "paper_learning_rate": paper_learning_rate(config.variant, config.at_once),
@@ -846,9 +875,17 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
 
     # --- Callbacks ---
     schedule = cb.CheckpointSchedule(config.checkpoint_freq, config.epochs)
+    # best.keras is the best on one validation set: a resume that validates on another (another
+    # --val_split or --val_steps, or none: the training mean IU) starts the best anew.
+    basis = {"monitor": monitor, "val_split": config.val_split if val_glob else None,
+             "val_steps": config.val_steps if val_glob else None}
+    same_basis = state is not None and state.get("best_basis", basis) == basis  # Older backups: as before.
+    if state is not None and not same_basis and state.get("best") is not None:
+        logger.info("best.keras (%s %.4f, epoch %s) was judged on %s, this run judges on %s: the best starts anew",
+                    state["best_basis"]["monitor"], state["best"], state.get("best_epoch"), state["best_basis"], basis)
     checkpoint = cb.BestAndLastCheckpoint(
-        run_dir, monitor, best=None if state is None else state.get("best"), best_epoch=None if state is None else state.get("best_epoch"),
-        schedule=schedule,
+        run_dir, monitor, best=state.get("best") if same_basis else None,
+        best_epoch=state.get("best_epoch") if same_basis else None, schedule=schedule, basis=basis,
     )
     epoch_state = cb.read_backup(run_dir / "backup", cb.EPOCH_STATE_FILE) if state is not None else None
     if epoch_state is not None and epoch_state["epoch"] > 0:
@@ -933,8 +970,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     if diverged:
         where = f"at epoch {summary_cb.history[-1]['epoch']}" if summary_cb.history else "in its first epoch"
         if summary["last_good_epoch"] is None:
-            left = ("no epoch ended with finite weights, so no checkpoint or backup was written: rerun with a lower "
-                    "--learning_rate to start again.")
+            due = "" if config.checkpoint_freq == 1 else f" (with --checkpoint_freq={config.checkpoint_freq} the first is due at epoch {config.checkpoint_freq})"
+            left = (f"no checkpoint had been written{due} and the backup held no epoch end to go back to, so it was "
+                    "removed: rerun with a lower --learning_rate to start again.")
         else:
             left = (f"best.keras/last.keras hold the last good weights (epoch {summary['last_good_epoch']}) and the "
                     "backup was rolled back to the end of that epoch: rerun with a lower --learning_rate to continue "

@@ -389,6 +389,93 @@ def test_resume_between_checkpoints_knows_which_epoch_last_keras_holds(voc_root,
     assert json.loads((out / "backup" / "state.json").read_text())["epoch"] == 3  # rolled back to epoch 3's state
 
 
+def _kill_after(monkeypatch, updates: int) -> None:
+    """Makes training raise KeyboardInterrupt (as Ctrl-C / a kill would end it) after that many updates."""
+    real_batch_end = cb.EpochSummary.on_train_batch_end
+
+    def killed(self, batch, logs=None):
+        real_batch_end(self, batch, logs)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == updates:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", killed)
+
+
+def test_epochs_below_an_interrupted_epoch_are_refused(voc_root, tmp_path, monkeypatch):
+    """Killed in epoch 3 (step 1): --epochs=2 would finish epoch 3 and report 3 epochs of 2."""
+    common = dict(data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    _kill_after(monkeypatch, 6)  # The backup of update 5 (epoch 3, step 1) is the last written.
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**{**TINY, "epochs": 4, "val_steps": 0}, **common))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"holds a run interrupted in epoch 3 \(step 1/2\): --epochs must be at least 3 "
+                                         r"to resume it\. Received: --epochs=2$"):
+        train(TrainConfig(**{**TINY, "epochs": 2, "val_steps": 0}, **common))
+    summary = train(TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0}, **common))
+    assert summary["epochs_done"] == 3 and summary["global_step"] == 6
+
+
+def test_a_fresh_run_in_an_old_folder_removes_the_old_checkpoints(voc_root, tmp_path):
+    """Without backup/ the same command starts anew: the old best.keras/last.keras must not pass
+    for the new run's (here it diverges at once and writes none)."""
+    common = dict(data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0}, **common))
+    assert (tmp_path / "run" / "best.keras").exists() and (tmp_path / "run" / "last.keras").exists()
+    shutil.rmtree(tmp_path / "run" / "backup")
+    with pytest.raises(TrainingDiverged, match=r"no checkpoint had been written and the backup held no epoch end"):
+        train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0, "learning_rate": 1e30}, **common))
+    assert not (tmp_path / "run" / "best.keras").exists() and not (tmp_path / "run" / "last.keras").exists()
+
+
+def test_divergence_before_the_first_checkpoint_says_when_it_was_due(voc_root, tmp_path, monkeypatch):
+    """checkpoint_freq=2, NaN weights in epoch 1's last step: epoch 1 had no checkpoint, so nothing is kept."""
+    real_batch_end = cb.EpochSummary.on_train_batch_end
+
+    def nan_after_step_2(self, batch, logs=None):
+        real_batch_end(self, batch, logs)
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == 3:
+            kernel = self.model.get_layer("score_fr").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    monkeypatch.setattr(cb.EpochSummary, "on_train_batch_end", nan_after_step_2)
+    with pytest.raises(TrainingDiverged, match=r"no checkpoint had been written \(with --checkpoint_freq=2 the first is "
+                                               r"due at epoch 2\) and the backup held no epoch end to go back to, so it "
+                                               r"was removed: rerun"):
+        train(TrainConfig(**{**TINY, "epochs": 4, "checkpoint_freq": 2, "val_steps": 0}, data=str(voc_root),
+                          output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache")))
+    assert not (tmp_path / "run" / "backup").exists() and not (tmp_path / "run" / "last.keras").exists()
+
+
+def test_best_starts_anew_when_a_resume_validates_on_another_set(voc_root, tmp_path, caplog):
+    """Epochs 1-2 judged on val, epoch 3 without validation (the training mean IU), epoch 4 on val
+    again: each change of basis restarts the best, so best.keras is never a training value
+    reported as a validation one."""
+    common = dict(data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    train(TrainConfig(**{**TINY, "epochs": 2}, **common))
+    caplog.set_level(logging.INFO, logger="fcn_keras.train")
+    summary = train(TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0}, **common))
+    assert summary["best"]["monitor"] == "mean_iu" and summary["best"]["epoch"] == 3
+    assert "this run judges on {'monitor': 'mean_iu', 'val_split': None, 'val_steps': None}: the best starts anew" in caplog.text
+    summary = train(TrainConfig(**{**TINY, "epochs": 4}, **common))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert summary["best"] == {"monitor": "val_mean_iu", "value": pytest.approx(float(rows[3]["val_mean_iu"])), "epoch": 4}
+
+
+def test_a_resume_with_another_weights_file_keeps_the_runs_normalisation(run32, tmp_path, shared_dir):
+    """--weights may change on resume (the backup replaces the weights), but a file of another
+    origin must not change the input normalisation the run was trained with."""
+    path = shared_dir / "weights" / "vgg16_imagenet_notop_torchvision.weights.h5"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    out = tmp_path / "run"
+    shutil.copytree(run32[0], out)
+    config = json.loads((out / "config.json").read_text())["config"]
+    summary = train(TrainConfig(**{**config, "epochs": 3, "weights": str(path), "output_dir": str(out)}))
+    assert summary["epochs_done"] == 3
+    assert keras.saving.load_model(out / "last.keras", compile=False).get_layer("preprocess").mode == "caffe"
+    assert json.loads((out / "config.json").read_text())["preprocessing_mode"] == "caffe"
+
+
 def test_accumulated_gradients_resume_exactly_from_a_backup_between_updates(voc_root, tmp_path, monkeypatch):
     """--gradient_accumulation_steps=2: a run killed after batch 3 (its backup holds one batch's
     gradient, not yet applied) and run again ends with the weights of the uninterrupted run."""
@@ -744,8 +831,8 @@ def test_divergence_in_the_first_epoch_does_not_claim_checkpoints_it_has_not_wri
     assert json.loads((out / "summary.json").read_text())["last_good_epoch"] is None
     message = str(error.value)
     assert "None" not in message and "hold the last good weights" not in message, message
-    assert "no epoch ended with finite weights, so no checkpoint or backup was written: rerun with a lower " \
-           "--learning_rate to start again" in message
+    assert "no checkpoint had been written and the backup held no epoch end to go back to, so it was removed: rerun " \
+           "with a lower --learning_rate to start again" in message
     # What the message tells to do works: the same folder, a sane rate.
     summary = train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0, "learning_rate": 1e-3}, data=str(voc_root),
                                 output_dir=str(out), cache_dir=str(tmp_path / "cache")))
