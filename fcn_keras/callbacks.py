@@ -36,7 +36,6 @@ import numpy as np
 
 from fcn_keras.checks import check_int
 from fcn_keras.files import atomic_path, copy_atomic, write_json_atomic
-from fcn_keras.optimizers import batches_applied
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +246,9 @@ class ResumableBackup(keras.callbacks.Callback):
         """Writes a complete state: ``epoch`` epochs done plus ``step`` steps of the next."""
         model = self.model
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        global_step = batches_applied(model.optimizer)
+        # The batch's position, not the optimizer's count: under fp16 loss scaling skipped steps
+        # are not counted, and two states would share one file name.
+        global_step = epoch * self.steps_per_epoch + step
         stem = f"state-{global_step:09d}"
         weights_name, arrays_name = f"{stem}.weights.h5", f"{stem}.npz"
         with atomic_path(self.backup_dir / weights_name) as tmp_weights:

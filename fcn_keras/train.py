@@ -45,7 +45,7 @@ from fcn_keras.constants import (
 )
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.model import FC6_IMPLEMENTATIONS
-from fcn_keras.optimizers import CaffeSGD, batches_applied
+from fcn_keras.optimizers import CaffeSGD
 from fcn_keras.distribute import (
     DISTRIBUTE_MODES,
     Distribution,
@@ -952,7 +952,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         "epochs_requested": config.epochs,
         "epochs_done": int(final.get("epoch", 0)),
         "stopped_by_time_budget": bool(budget and budget.stopped_after_epoch and budget.stopped_after_epoch < config.epochs),
-        "global_step": batches_applied(model.optimizer),
+        "global_step": backup.images // config.batch_size,  # batches trained (under fp16 some updates are skipped)
         "optimizer_updates": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "best": {"monitor": monitor, "value": checkpoint.best, "epoch": checkpoint.best_epoch},
         "last_good_epoch": checkpoint.last_good_epoch,
