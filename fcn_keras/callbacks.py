@@ -478,6 +478,49 @@ class ScalarTensorBoard(keras.callbacks.Callback):
         self._writers = {}
 
 
+def truncate_tensorboard(log_dir: str | os.PathLike, epochs_done: int) -> int:
+    """On resume: leaves in a run's ``tensorboard/`` only the scalars of the first ``epochs_done``
+    epochs (steps ``1 .. epochs_done``), as ``log.csv`` is truncated, so that an epoch redone after
+    a kill or a divergence is not written twice (TensorBoard would draw both values at one step).
+
+    Each run folder's event files are replaced, atomically, by one file of the events kept.
+
+    Args:
+        log_dir: the run's ``tensorboard/`` folder (absent: nothing to do).
+        epochs_done: the epochs the resumed run keeps.
+
+    Returns:
+        The number of scalar events removed.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    removed = 0
+    for run_dir in sorted(p for p in Path(log_dir).glob("*") if p.is_dir()):
+        files = sorted(run_dir.glob("events.out.tfevents.*"))
+        kept, dropped = [], 0
+        for path in files:
+            for record in tf.data.TFRecordDataset(str(path)):
+                event = event_pb2.Event.FromString(record.numpy())
+                if event.HasField("summary") and event.step > epochs_done:
+                    dropped += 1
+                else:
+                    kept.append(record.numpy())
+        if not dropped:
+            continue
+        # An event file's name sorts after the old ones' (TensorBoard reads them in name order).
+        target = run_dir / f"events.out.tfevents.{time.time():.6f}.truncated"
+        with atomic_path(target) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+            for record in kept:
+                writer.write(record)
+        for path in files:
+            path.unlink()
+        removed += dropped
+    if removed:
+        logger.info("tensorboard: removed %d scalar(s) of epochs after %d (redone now)", removed, epochs_done)
+    return removed
+
+
 # --- Time budget ------------------------------------------------------------------------------
 
 

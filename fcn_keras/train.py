@@ -828,6 +828,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         )
     else:
         _truncate_csv(run_dir / "log.csv", epoch)
+        cb.truncate_tensorboard(run_dir / "tensorboard", epoch)
         # config.json describes the run as it continues now, and keeps a record of each resume.
         record = json.loads((run_dir / "config.json").read_text())
         changed = {k: [record["config"].get(k), v] for k, v in dataclasses.asdict(config).items() if record["config"].get(k) != v}

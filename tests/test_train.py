@@ -115,12 +115,29 @@ def test_run_writes_every_artefact(run32):
 def test_tensorboard_scalars_equal_the_rows_of_log_csv(run32):
     """tensorboard/train and tensorboard/validation hold one scalar per log.csv column and epoch:
     tag epoch_<metric>, step = the epoch (1-based), the same value (float32)."""
+    assert_tensorboard_equals_log_csv(run32[0], epochs=2)
+
+
+def test_an_epoch_redone_after_a_divergence_is_in_tensorboard_once(voc_root, tmp_path):
+    """Epoch 2 diverges (its NaN row is written), the rerun redoes it: log.csv and TensorBoard both
+    keep only the redone epoch's values."""
+    common = dict(data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    train(TrainConfig(**{**TINY, "epochs": 1}, **common))
+    with pytest.raises(TrainingDiverged):
+        train(TrainConfig(**{**TINY, "epochs": 2, "learning_rate": 1e30}, **common))
+    train(TrainConfig(**{**TINY, "epochs": 2}, **common))
+    assert_tensorboard_equals_log_csv(tmp_path / "run", epochs=2)
+    # The replaced files are gone, and TensorBoard's name order reads the kept events first.
+    names = sorted(p.name for p in (tmp_path / "run" / "tensorboard" / "train").iterdir())
+    assert len(names) == 2 and names[0].endswith(".truncated"), names
+
+
+def assert_tensorboard_equals_log_csv(out: Path, epochs: int) -> None:
     import tensorflow as tf
 
-    out, _ = run32
     with open(out / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["epoch"] for row in rows] == ["0", "1"]  # CSVLogger's epochs count from 0
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(epochs)]  # CSVLogger's epochs count from 0
     logged = {}
     for row in rows:
         for key, value in row.items():
@@ -136,7 +153,8 @@ def test_tensorboard_scalars_equal_the_rows_of_log_csv(run32):
                     assert (run, value.tag, event.step) not in written, (run, value.tag, event.step)  # Written once.
                     written[(run, value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
     assert sorted(written) == sorted(logged) == sorted(
-        (run, f"epoch_{tag}", step) for run in ("train", "validation") for step in (1, 2) for tag in ("loss", "mean_iu"))
+        (run, f"epoch_{tag}", step) for run in ("train", "validation") for step in range(1, epochs + 1)
+        for tag in ("loss", "mean_iu"))
     for key, value in logged.items():
         assert written[key] == pytest.approx(value, rel=1e-6), key
 
