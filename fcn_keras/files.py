@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -53,13 +54,27 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Writes ``data`` as indented, key-sorted JSON to ``path``, fsynced, atomically."""
+    """Writes ``data`` as indented, key-sorted JSON to ``path``, fsynced, atomically.
+
+    Strict JSON: a NaN or infinite float (a diverged run's loss) is written as ``null``, which
+    every JSON reader (``jq``, JavaScript) takes, where Python's ``NaN`` token is not JSON.
+    """
     with atomic_path(path) as temporary, open(temporary, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        json.dump(_finite_or_none(data), f, indent=2, sort_keys=True, default=str, allow_nan=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
+
+
+def _finite_or_none(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_none(value) for value in data]
+    return data
 
 
 def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:

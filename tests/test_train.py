@@ -30,6 +30,7 @@ from fcn_keras.data import convert as convert_lib
 from fcn_keras.data.convert import convert
 from fcn_keras.data.synthetic import make_synthetic_folder_dataset, make_synthetic_voc
 from fcn_keras.losses import median_frequency_weights
+from fcn_keras.files import write_json_atomic
 from fcn_keras.optimizers import batches_applied
 from fcn_keras.train import (
     TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, recorded_config, resolve_config,
@@ -852,6 +853,10 @@ def test_divergence_in_the_first_epoch_does_not_claim_checkpoints_it_has_not_wri
                           output_dir=str(out), cache_dir=str(tmp_path / "cache")))
     assert not (out / "last.keras").exists() and not (out / "best.keras").exists() and not (out / "backup").exists()
     assert json.loads((out / "summary.json").read_text())["last_good_epoch"] is None
+    # Strict JSON (jq, JavaScript): the NaN loss is null, not Python's NaN token.
+    text = (out / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda token: pytest.fail(f"summary.json holds {token}, which is not JSON"))
+    assert json.loads(text)["status"] == "diverged"
     message = str(error.value)
     assert "None" not in message and "hold the last good weights" not in message, message
     assert "no checkpoint had been written and the backup held no epoch end to go back to, so it was removed: rerun " \
@@ -860,6 +865,16 @@ def test_divergence_in_the_first_epoch_does_not_claim_checkpoints_it_has_not_wri
     summary = train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0, "learning_rate": 1e-3}, data=str(voc_root),
                                 output_dir=str(out), cache_dir=str(tmp_path / "cache")))
     assert summary["status"] != "diverged" and summary["epochs_done"] == 1 and (out / "last.keras").exists()
+
+
+def test_run_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    """A diverged run's NaN/inf metrics are written as null: Python's NaN token is not JSON."""
+    path = write_json_atomic(tmp_path / "summary.json", {"loss": float("nan"), "history": [{"loss": float("inf")}, {"loss": 1.5}],
+                                                         "best": (float("-inf"), 2), "epochs": 3})
+    text = path.read_text()
+    data = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
+    assert data == {"loss": None, "history": [{"loss": None}, {"loss": 1.5}], "best": [None, 2], "epochs": 3}
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_weights_made_non_finite_by_the_last_step_stop_the_run(voc_root, tmp_path, monkeypatch):
