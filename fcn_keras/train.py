@@ -829,6 +829,9 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     else:
         _truncate_csv(run_dir / "log.csv", epoch)
         cb.truncate_tensorboard(run_dir / "tensorboard", epoch)
+        # The summary of an earlier process's end (a budget stop, a divergence) is not this run's:
+        # if this process dies before writing its own, a rerun must not take that one as final.
+        (run_dir / "summary.json").unlink(missing_ok=True)
         # config.json describes the run as it continues now, and keeps a record of each resume.
         record = json.loads((run_dir / "config.json").read_text())
         changed = {k: [record["config"].get(k), v] for k, v in dataclasses.asdict(config).items() if record["config"].get(k) != v}

@@ -434,6 +434,20 @@ def test_epochs_below_an_interrupted_epoch_are_refused(voc_root, tmp_path, monke
     assert summary["epochs_done"] == 3 and summary["global_step"] == 6
 
 
+def test_a_resumed_process_that_dies_leaves_no_earlier_summary_to_pass_for_its_own(voc_root, tmp_path, monkeypatch):
+    """A finished 1-epoch run continued to 3 epochs and killed in epoch 2: its summary.json (1
+    epoch, finished) must not remain, or a rerun after the last backup would return it as final."""
+    common = dict(data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0}, **common))
+    _kill_after(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0}, **common))
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "summary.json").exists()
+    summary = train(TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0}, **common))
+    assert summary["epochs_done"] == 3 and json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_done"] == 3
+
+
 def test_a_fresh_run_in_an_old_folder_removes_the_old_checkpoints(voc_root, tmp_path):
     """Without backup/ the same command starts anew: the old best.keras/last.keras must not pass
     for the new run's (here it diverges at once and writes none)."""
