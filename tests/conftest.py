@@ -1,11 +1,7 @@
-"""Shared test set-up: quiet TensorFlow, the location of ../shared, a fresh Keras session, a
-tiny evaluation workspace, and a runner of the benchmarks' docstring smoke commands."""
+"""Shared test set-up: quiet TensorFlow, the location of ../shared, a fresh Keras session, and a
+tiny evaluation workspace."""
 
-import ast
 import os
-import shlex
-import subprocess
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,20 +51,3 @@ def eval_workspace(tmp_path_factory) -> dict[str, Path]:
     model.save(root / "model.keras")
     cache = root / "cache"
     return {"root": root, "voc": voc, "model": root / "model.keras", "cache": cache, "records": conversion_dir(voc, cache)}
-
-
-@pytest.fixture
-def docstring_smoke():
-    """Runs a benchmark script's ``# CPU smoke test`` command from its docstring, as written
-    (under TensorFlow, from the repository root), and returns the finished process."""
-
-    def run(script: Path) -> subprocess.CompletedProcess:
-        doc = ast.get_docstring(ast.parse(script.read_text())).replace("\\\n", " ")
-        (line,) = [line for line in doc.splitlines() if line.rstrip().endswith("# CPU smoke test")]
-        args = shlex.split(line.split("#")[0])
-        assert args[:2] == ["python", f"benchmarks/{script.name}"], args
-        return subprocess.run([sys.executable, *args[1:]], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"})
-
-    return run
-

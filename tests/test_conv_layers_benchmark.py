@@ -58,11 +58,4 @@ def test_bad_flag_is_reported_in_one_line():
     assert "conv_layers.py: error: --batch_size must be >= 1. Received: --batch_size=0" in result.stderr
 
 
-def test_the_cpu_smoke_test_of_the_docstring_runs_with_a_small_peak_matmul(docstring_smoke):
-    """The docstring's CPU smoke command, as written: without --peak_size the peak's matmul is
-    1024 a side on a CPU (8192 would take minutes there)."""
-    result = docstring_smoke(SCRIPT)
-    assert not any(arg.startswith("--peak_size") for arg in result.args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"- Matmul peak: [\d.]+ TFLOP/s \(float32 1024x1024, throughput.matmul_peak\)", result.stdout)
-    assert re.search(r"- Commit: \S+", result.stdout)
+# Its docstring's CPU smoke command: tests/test_fc6_benchmark.py (the two share the peak's flags).

@@ -1,9 +1,11 @@
 """benchmarks/fc6.py: its formulations of fc6/fc7 are the model's convolution, and the script
 prints a row per layer and formulation on the CPU."""
 
+import ast
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +74,16 @@ def test_bad_flag_is_reported_in_one_line():
     assert result.returncode == 2 and "fc6.py: error: --steps must be >= 1. Received: --steps=0" in result.stderr
 
 
-def test_the_cpu_smoke_test_of_the_docstring_runs_with_a_small_peak_matmul(docstring_smoke):
+@pytest.mark.parametrize("script", ["fc6.py", "conv_layers.py"])
+def test_the_cpu_smoke_test_of_the_docstring_runs_with_a_small_peak_matmul(script):
     """The docstring's CPU smoke command, as written: without --peak_size the peak's matmul is
     1024 a side on a CPU (8192 would take minutes there)."""
-    result = docstring_smoke(SCRIPT)
+    doc = ast.get_docstring(ast.parse((REPO_ROOT / "benchmarks" / script).read_text())).replace("\\\n", " ")
+    (line,) = [line for line in doc.splitlines() if line.rstrip().endswith("# CPU smoke test")]
+    args = shlex.split(line.split("#")[0])
+    assert args[:2] == ["python", f"benchmarks/{script}"], args
+    result = subprocess.run([sys.executable, *args[1:]], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"})
     assert not any(arg.startswith("--peak_size") for arg in result.args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"- Matmul peak: [\d.]+ TFLOP/s \(float32 1024x1024, throughput.matmul_peak\)", result.stdout)
