@@ -53,7 +53,6 @@ import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +71,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402  (tf.data on the host, whatever the Keras backend)
 from absl import flags  # noqa: E402
 
+from fcn_keras import train as train_lib  # noqa: E402
 from fcn_keras.architecture import check_variant  # noqa: E402
 from fcn_keras.console import run_cli, usage_error  # noqa: E402
 from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VARIANTS  # noqa: E402
@@ -218,22 +218,9 @@ def software() -> str:
 
 
 def git_commit() -> str | None:
-    """The ``FCN_KERAS_COMMIT`` environment variable if set (a copy of the tree names its commit),
-    else the checkout's commit (``-dirty`` with local changes), else None (no git, no checkout)."""
-    if os.environ.get("FCN_KERAS_COMMIT"):
-        return os.environ["FCN_KERAS_COMMIT"]
-    if not (REPO_ROOT / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    """The commit a report names: short, and untracked files (the report being written) do not
+    make it ``-dirty`` (``fcn_keras.train.git_commit``)."""
+    return train_lib.git_commit(short=True, untracked=False)
 
 
 def utc_now(seconds: bool = False) -> str:

@@ -517,13 +517,11 @@ def _resume_build_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
     changed ``--weights`` cannot change it. With ``init_from`` (which must not change) as asked."""
     if config.init_from:
         return config
-    recorded = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    mode = recorded.get("preprocessing_mode")
-    if mode is None:
-        first = recorded.get("config", {})
-        weights = first.get("weights", config.weights)
+    mode = json.loads((run_dir / "config.json").read_text()).get("preprocessing_mode")
+    if mode is None:  # Recorded before preprocessing_mode: from the weights the run started with.
+        first = recorded_config(run_dir)
         try:
-            mode = resolve_preprocessing(None if weights == "none" else weights, first.get("preprocessing", config.preprocessing))
+            mode = resolve_preprocessing(None if first["weights"] == "none" else first["weights"], first["preprocessing"])
         except (OSError, ValueError):  # The recorded file is gone: the flags' mode, as before.
             return config
     return dataclasses.replace(config, weights="none", preprocessing=mode)
@@ -604,18 +602,26 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
 # --- Run metadata -----------------------------------------------------------------------------
 
 
-def _git_commit() -> str | None:
+def git_commit(short: bool = False, untracked: bool = True) -> str | None:
     """The ``FCN_KERAS_COMMIT`` environment variable if set (whoever runs a copy of the tree names
     its commit: the GPU machine's copy carries the ``.git`` of the session's start, which names an
     older commit once the session has committed), else the repository's commit (``-dirty`` with
-    local changes), else None (an installed package: no ``.git``)."""
+    local changes), else None (an installed package: no ``.git``).
+
+    Args:
+        short: the abbreviated hash (``git rev-parse --short``).
+        untracked: whether untracked files make the checkout ``-dirty`` (the benchmarks leave them
+            out: their own result files are untracked while they run).
+    """
     if os.environ.get("FCN_KERAS_COMMIT"):
         return os.environ["FCN_KERAS_COMMIT"]
     if not (REPO_ROOT / ".git").exists():  # Not a checkout: site-packages.
         return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", *([] if untracked else ["--untracked-files=no"])],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -643,7 +649,7 @@ def environment(distribution: Distribution) -> dict[str, Any]:
         "distribution": distribution.describe(),
         "host": platform.node(),
         "argv": sys.argv,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 

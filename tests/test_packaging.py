@@ -39,9 +39,9 @@ def test_pip_install_gives_the_package_and_its_dependencies(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("FCN_KERAS_COMMIT", None)
     result = subprocess.run(
-        [sys.executable, "-c", "import os, fcn_keras, fcn_keras.data.convert; from fcn_keras.train import _git_commit; "
-         "print(fcn_keras.__file__); print(_git_commit()); os.environ['FCN_KERAS_COMMIT'] = 'abc123'; "
-         "print(_git_commit())"],
+        [sys.executable, "-c", "import os, fcn_keras, fcn_keras.data.convert; from fcn_keras.train import git_commit; "
+         "print(fcn_keras.__file__); print(git_commit()); os.environ['FCN_KERAS_COMMIT'] = 'abc123'; "
+         "print(git_commit())"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

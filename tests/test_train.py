@@ -976,11 +976,11 @@ def test_the_named_commit_wins_over_the_checkout(monkeypatch):
     """FCN_KERAS_COMMIT, when set, is what a run records, even inside a checkout: the GPU
     machine's copy of the tree carries the .git of the session's start (seen on 2026-12-04: a
     call at 8287d05 recorded 71138a8-dirty)."""
-    from fcn_keras.train import REPO_ROOT, _git_commit
+    from fcn_keras.train import REPO_ROOT, git_commit
 
     monkeypatch.delenv("FCN_KERAS_COMMIT", raising=False)
     if (REPO_ROOT / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        assert _git_commit().split("-")[0] == head
+        assert git_commit().split("-")[0] == head
     monkeypatch.setenv("FCN_KERAS_COMMIT", "8287d05")
-    assert _git_commit() == "8287d05"
+    assert git_commit() == "8287d05"
