@@ -103,17 +103,21 @@ def scores(confusion: np.ndarray) -> dict[str, Any]:
 
 # --- Streaming Keras metric --------------------------------------------------------------------
 
+# A count is high * _LOW_WORD + low, in two int32 words (ConfusionMatrix).
+_LOW_WORD = 2**20
+
 
 @keras.saving.register_keras_serializable(package="fcn_keras")
 class ConfusionMatrix(keras.metrics.Metric):
     """Streaming confusion matrix of per-pixel predictions; ``result()`` is the mean IU.
 
-    The only state is the ``[C, C]`` int32 matrix ``confusion`` (rows = truth, columns =
-    prediction), summed across replicas under ``tf.distribute``. The update takes the argmax of
-    the logits and counts pairs with ``segment_sum`` (void and out-of-range labels are sent to
-    bin 0 with weight 0), so it compiles under XLA and ``jax.jit``. An int32 cell holds 2**31
-    pixels, about 11,000 VOC images of one class: enough for an epoch's running metric; the
-    evaluation CLI accumulates in int64 on the host.
+    The state is a ``[C, C]`` matrix of counts (rows = truth, columns = prediction), summed
+    across replicas under ``tf.distribute``; ``confusion`` reads it on the host as int64. The
+    update takes the argmax of the logits and counts pairs with ``segment_sum`` (void and
+    out-of-range labels are sent to bin 0 with weight 0), so it compiles under XLA and
+    ``jax.jit``. Each cell is two int32 words, ``high * 2**20 + low`` (JAX has no int64 unless
+    x64 is on): one int32 wraps at 2**31 pixels, which an epoch of 4,000 steps of 8 crops of
+    512x512 passes in the background cell after about 1,000 steps; two hold 2**51.
 
     Args:
         num_classes: ``C``.
@@ -137,9 +141,15 @@ class ConfusionMatrix(keras.metrics.Metric):
         super().__init__(name=name, **kwargs)
         self.num_classes = num_classes = check_int("num_classes", num_classes, 2)
         self.ignore_label = ignore_label
-        self.confusion = self.add_variable(
-            shape=(num_classes, num_classes), initializer="zeros", dtype="int32", name="confusion"
-        )
+        shape = (num_classes, num_classes)
+        self.confusion_high = self.add_variable(shape, "zeros", dtype="int32", name="confusion_high")
+        self.confusion_low = self.add_variable(shape, "zeros", dtype="int32", name="confusion_low")
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """The int64 ``[C, C]`` counts on the host (``scores(metric.confusion)`` gives all four)."""
+        high = np.asarray(keras.ops.convert_to_numpy(self.confusion_high), np.int64)
+        return high * _LOW_WORD + np.asarray(keras.ops.convert_to_numpy(self.confusion_low), np.int64)
 
     def update_state(self, y_true, y_pred, sample_weight=None) -> None:
         c = self.num_classes
@@ -159,11 +169,17 @@ class ConfusionMatrix(keras.metrics.Metric):
         counts = ops.segment_sum(
             ops.reshape(weights, (-1,)), ops.reshape(index, (-1,)), num_segments=c * c
         )
-        self.confusion.assign_add(ops.reshape(counts, (c, c)))
+        # One update adds at most the batch's pixels (< 2**31 - 2**20) to a low word < 2**20; the
+        # replicas of tf.distribute each keep their own words (the metric's variables are
+        # synchronised on read), so each carries its own.
+        low = self.confusion_low + ops.reshape(counts, (c, c))
+        carry = ops.floor_divide(low, _LOW_WORD)
+        self.confusion_high.assign_add(carry)
+        self.confusion_low.assign(low - carry * _LOW_WORD)
 
     def result(self):
         """Mean IU (float32) over the classes present in the truth or the prediction; 0 if none."""
-        hist = ops.cast(self.confusion, "float32")
+        hist = ops.cast(self.confusion_high, "float32") * _LOW_WORD + ops.cast(self.confusion_low, "float32")
         diag = ops.diagonal(hist)
         union = ops.sum(hist, axis=0) + ops.sum(hist, axis=1) - diag
         counted = ops.cast(union > 0, "float32")

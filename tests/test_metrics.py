@@ -114,6 +114,22 @@ def test_streaming_updates_equal_one_big_update_and_reset():
     assert float(streaming.result()) == 0.0
 
 
+def test_counts_past_int32_are_exact_under_xla():
+    # 64 pixels weighted 2**24 each add 2**30 per update: one int32 would wrap at the second.
+    labels = np.zeros((1, 8, 8), "uint8")
+    labels[0, :, 4:] = 1
+    logits = one_hot_logits(np.zeros((1, 8, 8), "int64"))  # Everything predicted as class 0.
+    metric = ConfusionMatrix(CLASSES)
+    update = tf.function(lambda y, p, w: metric.update_state(y, p, w), jit_compile=True)
+    for _ in range(6):
+        update(labels, logits, np.full((1,), 2.0**24, "float32"))
+    expected = np.zeros((CLASSES, CLASSES), np.int64)
+    expected[0, 0] = expected[1, 0] = 6 * 32 * 2**24  # 3 * 2**31 each
+    np.testing.assert_array_equal(metric.confusion, expected)
+    assert metric.confusion.dtype == np.int64
+    assert float(metric.result()) == pytest.approx(scores(expected)["mean_iu"], rel=1e-6)
+
+
 def test_update_compiles_under_xla_with_labels_channel_axis_and_sample_weight():
     labels, predictions = random_maps(5)
     logits = one_hot_logits(predictions)
@@ -137,7 +153,7 @@ def test_predictions_outside_the_classes_and_weights_with_a_channel_axis():
     metric = ConfusionMatrix(np.int64(3))  # A numpy integer is an integer.
     logits = tf.one_hot([[[0, 1], [2, 2]]], 3)
     metric.update_state(np.array([[[0, 1], [2, 0]]])[..., None], logits, sample_weight=np.array([[[1, 0], [2, 1]]])[..., None])
-    np.testing.assert_array_equal(metric.confusion.numpy(), [[1, 0, 1], [0, 0, 0], [0, 0, 2]])
+    np.testing.assert_array_equal(metric.confusion, [[1, 0, 1], [0, 0, 0], [0, 0, 2]])
     assert metric.num_classes == 3 and type(metric.num_classes) is int
 
 
@@ -145,7 +161,7 @@ def test_metric_serializes_and_rejects_a_class_count_mismatch():
     metric = ConfusionMatrix(num_classes=4, ignore_label=9, name="val_iu")
     restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
     assert (restored.num_classes, restored.ignore_label, restored.name) == (4, 9, "val_iu")
-    assert [v.name for v in restored.variables] == ["confusion"]
+    assert [v.name for v in restored.variables] == ["confusion_high", "confusion_low"]
     with pytest.raises(ValueError, match="y_pred must have 4 classes"):
         metric.update_state(np.zeros((1, 2, 2), "uint8"), np.zeros((1, 2, 2, 5), "float32"))
 
@@ -164,7 +180,11 @@ FIT_SCRIPT = textwrap.dedent(
     import keras
     assert keras.backend.backend() == backend, keras.backend.backend()
     from fcn_keras.losses import SegmentationCrossEntropy
+    import fcn_keras.metrics
     from fcn_keras.metrics import ConfusionMatrix, confusion_matrix
+
+    # A low word of 8 pixels: counts carry into the high word at every update, on every replica.
+    fcn_keras.metrics._LOW_WORD = 8
 
     classes = 5
     rng = np.random.default_rng(0)
@@ -180,25 +200,26 @@ FIT_SCRIPT = textwrap.dedent(
         # lr 0: the weights fit() evaluates with are the ones predict() uses afterwards.
         # (XLA under MirroredStrategy on logical CPUs is a known TF limitation: not compiled.)
         model.compile(keras.optimizers.SGD(0.0), loss=SegmentationCrossEntropy(),
-                      metrics=[ConfusionMatrix(classes)], jit_compile=backend == "jax")
+                      metrics=[metric], jit_compile=backend == "jax")
         return model
 
     if backend == "tensorflow":
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         with strategy.scope():
+            metric = ConfusionMatrix(classes)
             model = build()
     else:  # keras.distribution data parallelism over 2 host devices (XLA_FLAGS below).
         import jax
         assert len(jax.devices()) == 2, jax.devices()
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+        metric = ConfusionMatrix(classes)
         model = build()
     history = model.fit(images, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
-    state = [v for v in model.metrics_variables if v.name == "confusion"]
-    assert len(state) == 1, [v.name for v in model.metrics_variables]
+    assert np.asarray(metric.confusion_high).sum() > 0
     logits = np.asarray(model.predict(images, batch_size=4, verbose=0))
     out = {
-        "state": np.asarray(state[0]).tolist(),
+        "state": metric.confusion.tolist(),
         "expected": confusion_matrix(labels, logits.argmax(-1), classes).tolist(),
         "mean_iu": history.history["mean_iu"][-1],
         "loss": history.history["loss"][-1],
