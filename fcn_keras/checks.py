@@ -54,14 +54,18 @@ def check_int(name: str, value: Any, minimum: int, note: str = "") -> int:
 
 
 def check_folder(name: str, path: str | os.PathLike) -> None:
-    """Refuses an output folder that is a file (a folder that does not exist yet is fine).
+    """Refuses an output folder that is a file or lies inside one (one that does not exist yet is fine).
 
     Args:
         name: the argument or flag, as the user wrote it (``"output_dir"``).
         path: the folder.
 
     Raises:
-        ValueError: e.g. ``output_dir must be a folder. Received: output_dir='out.png', a file``.
+        ValueError: e.g. ``output_dir must be a folder. Received: output_dir='out.png', a file``, or
+            ``... Received: output_dir='best.keras/eval', inside 'best.keras', a file``.
     """
     if Path(path).exists() and not Path(path).is_dir():
         raise ValueError(f"{name} must be a folder. Received: {name}={str(path)!r}, a file")
+    parent = next((p for p in Path(path).parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{name} must be a folder. Received: {name}={str(path)!r}, inside {str(parent)!r}, a file")

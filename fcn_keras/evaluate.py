@@ -26,6 +26,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,10 +95,28 @@ def resolve_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathL
         return globs["train"], None  # A glob: resolve_data names it "train"; it is what we evaluate.
     if split not in globs:
         raise ValueError(f"data {str(data)!r} has no split {split!r}; it has {sorted(globs)}. Check --split")
-    manifest_dir = Path(data) if (Path(data) / convert_lib.MANIFEST_NAME).is_file() else records
-    manifest = convert_lib.read_manifest(manifest_dir) or {}
-    count = manifest.get("splits", {}).get(split, {}).get("num_examples")
-    return globs[split], count
+    return globs[split], _split_entry(data, split, cache_dir).get("num_examples")
+
+
+def skipped_at_conversion(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike = "cache") -> list[str]:
+    """The ids of ``split``'s list that its conversion skipped as invalid (``--skip_invalid``).
+
+    Args:
+        data, split, cache_dir: as for ``resolve_split`` (which converts a VOCdevkit root).
+
+    Returns:
+        The ids in the manifest's ``skipped`` entries; empty for a plain glob (no manifest).
+    """
+    return [problem["image_id"] for problem in _split_entry(data, split, cache_dir).get("skipped", [])]
+
+
+def _split_entry(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest's entry of ``split`` for a folder ``data`` (converted or a VOCdevkit root's
+    conversion under ``cache_dir``); empty for a glob or a folder without manifest."""
+    if not Path(data).is_dir():
+        return {}
+    manifest_dir = Path(data) if (Path(data) / convert_lib.MANIFEST_NAME).is_file() else conversion_dir(data, cache_dir)
+    return (convert_lib.read_manifest(manifest_dir) or {}).get("splits", {}).get(split, {})
 
 
 # --- Evaluation --------------------------------------------------------------------------------
@@ -152,8 +171,9 @@ def evaluate_model(
         ``scores(confusion)`` (``pixel_accuracy``, ``mean_accuracy``, ``mean_iu``, ``fw_iu``,
         ``per_class_iu``) plus ``confusion`` (int ``[C, C]`` as nested lists, rows = truth),
         ``num_images``, ``num_pixels`` (non-void pixels counted), ``void_pixels``,
-        ``class_names``, ``model``, ``data``, ``split``, ``batch_size``, ``canvas``, ``tile_size``,
-        ``backend``, ``seconds``, ``images_per_second`` and ``per_image``: a row per image in
+        ``class_names``, ``model``, ``data``, ``split``, ``skipped_at_conversion`` (the ids of the
+        split's list its conversion skipped as invalid, not scored), ``batch_size``, ``canvas``,
+        ``tile_size``, ``backend``, ``seconds``, ``images_per_second`` and ``per_image``: a row per image in
         data order, ``{"image_id", "height", "width", "pixels", "pixel_accuracy", "mean_iu"}``
         (the image's own scores, void excluded; ``None`` for an image of void only); with
         ``keep_predictions``, ``predictions``: a list of uint8 ``[h, w]`` arrays.
@@ -253,6 +273,7 @@ def evaluate_model(
         "model": source,
         "data": str(data),
         "split": split if Path(data).is_dir() else None,
+        "skipped_at_conversion": skipped_at_conversion(data, split, cache_dir),
         "batch_size": batch_size,
         "canvas": None if canvas is None else list(canvas),
         "tile_size": None if tile_size is None else list(tile_size),
@@ -354,6 +375,7 @@ def evaluate_predictions(
         "predictions_dir": str(folder),
         "data": str(data),
         "split": split if Path(data).is_dir() else None,
+        "skipped_at_conversion": skipped_at_conversion(data, split, cache_dir),
         "batch_size": None,
         "canvas": None,
         "tile_size": None,
@@ -366,11 +388,17 @@ def evaluate_predictions(
 
 def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) -> None:
     """Refuses, before any work, a ``max_images`` that is neither ``None`` nor an integer >= 1,
-    and an ``output_dir`` that is a file (the outputs are written after the evaluation)."""
+    and an ``output_dir`` that is (or lies in) a file or cannot be created: the outputs are
+    written after the evaluation, which may take an hour. Creates ``output_dir``."""
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
     if output_dir is not None:
         check_folder("output_dir", output_dir)
+        try:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=output_dir).close()
+        except OSError as error:
+            raise ValueError(f"output_dir {str(output_dir)!r} cannot be written: {error.strerror}") from error
 
 
 def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:
@@ -454,6 +482,15 @@ def evaluation_mode(results: dict[str, Any]) -> str:
     return "one at a time, exact" if batch == 1 else f"batches of {batch} padded to the largest image"
 
 
+def _skipped_lines(results: dict[str, Any]) -> list[str]:
+    """A sentence on the images the conversion skipped, if any (none: no line)."""
+    skipped = results.get("skipped_at_conversion") or []
+    if not skipped:
+        return []
+    return ["", f"**{len(skipped)} image(s) of the split's list are not scored**: its conversion skipped them as "
+            f"invalid (the conversion's skipped.json says why): {voc.abbreviate(skipped)}."]
+
+
 def metrics_markdown(results: dict[str, Any]) -> str:
     """The markdown report: the paper's four metrics (in %) and the per-class IU table.
 
@@ -471,6 +508,7 @@ def metrics_markdown(results: dict[str, Any]) -> str:
         f"{results['num_pixels']:,} non-void pixels; "
         + (f"backend {results['backend']}, " if results.get("backend") else "")
         + f"{results['images_per_second']:.2f} images/s.",
+        *_skipped_lines(results),
         "",
         "| " + " | ".join(heading for _, heading in PAPER_METRICS) + " |",
         "|" + "---:|" * len(PAPER_METRICS),
@@ -622,9 +660,11 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
         print(f"fcn_keras.evaluate: error: {error}", file=sys.stderr)
         return 2
+    skipped = results["skipped_at_conversion"]
     print(
         " | ".join(f"{heading} {100 * results[key]:.2f}" for key, heading in PAPER_METRICS)
         + f" | {results['num_images']} images, {results['images_per_second']:.2f} images/s"
+        + (f" | {len(skipped)} skipped at conversion, not scored" if skipped else "")
     )
     if FLAGS.output_dir:
         print(f"wrote {METRICS_JSON}, {METRICS_MD}, {PER_IMAGE_CSV}, {CONFUSION_PNG} in {FLAGS.output_dir}")

@@ -184,6 +184,11 @@ def test_bad_input_gives_clear_errors(eval_workspace, tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match=r"output_dir must be a folder. Received: output_dir='.*a_file', a file"):
         evaluate_model(model, voc, output_dir=tmp_path / "a_file", verbose=False)  # Before the evaluation, not after.
+    with pytest.raises(ValueError, match=r"output_dir must be a folder. Received: output_dir='.*a_file/out', inside "
+                                         r"'.*a_file', a file"):
+        evaluate_model(model, voc, output_dir=tmp_path / "a_file" / "out", verbose=False)
+    with pytest.raises(ValueError, match=r"output_dir '/proc/fcn-eval' cannot be written: "):
+        evaluate_model(model, voc, output_dir="/proc/fcn-eval", verbose=False)
     with pytest.raises(ValueError, match="nothing matches"):
         evaluate_model(model, str(tmp_path / "nothing-*.tfrecord"), verbose=False)
     with pytest.raises(ValueError, match="predicts 21 classes but 3 class names"):
@@ -381,3 +386,21 @@ def test_tiles_give_the_whole_images_metrics(eval_workspace, tmp_path):
     with pytest.raises(ValueError, match=re.escape("tiled prediction needs an FCN-VGG16 of fcn_keras.model.build_fcn "
                                                    "(its reach is known); model conv has no layers")):
         evaluate_model(conv, str(voc), tile_size=(480, 480), **common)
+
+
+def test_images_the_conversion_skipped_are_reported_not_scored(eval_workspace, tmp_path):
+    import shutil
+
+    from fcn_keras.data.convert import convert
+
+    voc = Path(shutil.copytree(eval_workspace["voc"], tmp_path / "VOCdevkit"))
+    ids = (voc / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    (voc / "VOC2012" / "SegmentationClass" / f"{ids[2]}.png").unlink()
+    convert(voc, tmp_path / "records", splits=("val",), skip_invalid=True, verbose=False)
+    results = evaluate_model(eval_workspace["model"], tmp_path / "records", output_dir=tmp_path / "eval", verbose=False)
+    assert results["num_images"] == len(ids) - 1 and results["skipped_at_conversion"] == [ids[2]]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["skipped_at_conversion"] == [ids[2]]
+    assert (f"**1 image(s) of the split's list are not scored**: its conversion skipped them as invalid (the "
+            f"conversion's skipped.json says why): {ids[2]}.") in (tmp_path / "eval" / "metrics.md").read_text()
+    whole = evaluate_model(eval_workspace["model"], eval_workspace["voc"], cache_dir=eval_workspace["cache"], verbose=False)
+    assert whole["skipped_at_conversion"] == [] and whole["num_images"] == len(ids)
