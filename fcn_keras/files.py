@@ -14,11 +14,15 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: The name of ``atomic_path``'s temporary files: ``.tmp-<pid>-<random>-<name>``.
+_TEMPORARY_NAME = re.compile(r"\.tmp-[0-9]+-[0-9a-f]{8}-(.+)")
 
 
 @contextlib.contextmanager
@@ -28,7 +32,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name is hidden and unique (``.tmp-<pid>-<random>-<name>``) and ends with
     ``path``'s own name, so writers that check the suffix (Keras' ``.keras`` and
     ``.weights.h5``) accept it. If the block raises, the temporary file is removed and ``path``
-    is untouched. The parent folder is created if needed.
+    is untouched. The parent folder is created if needed. A killed process (``SIGKILL``, power
+    loss) leaves its temporary file behind: ``temporary_target`` recognizes it.
 
     Args:
         path: the file to write.
@@ -44,6 +49,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def temporary_target(name: str) -> str | None:
+    """The name of the file that a temporary file of ``atomic_path`` named ``name`` was to
+    become (``.tmp-123-0a1b2c3d-train-00000-of-00002.tfrecord`` → ``train-00000-of-00002.tfrecord``),
+    or ``None`` when ``name`` is not such a temporary name."""
+    match = _TEMPORARY_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -65,6 +65,7 @@ def test_manifest_shards_and_exact_contents(voc_root, tmp_path):
     for entry in manifest["splits"].values():
         for shard in entry["shards"]:
             assert shard["sha256"] == hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest()
+            assert shard["num_bytes"] == (out / shard["name"]).stat().st_size
     for split in ("train", "val"):
         ids = (voc_root / "VOC2012/ImageSets/Segmentation" / f"{split}.txt").read_text().split()
         examples = _read_split(out, manifest, split)
@@ -91,6 +92,11 @@ def test_idempotent_and_rewrites_only_what_changed(voc_root, tmp_path):
     again = convert(voc_root, out, shard_size=3, verbose=False)
     assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps  # nothing rewritten, the manifest neither
     assert again == manifest
+    # A manifest written before shard sizes were recorded gets them, nothing rewritten.
+    (out / "manifest.json").write_text(json.dumps({**manifest, "splits": {split: {**entry, "shards": [
+        {k: v for k, v in shard.items() if k != "num_bytes"} for shard in entry["shards"]]} for split, entry in manifest["splits"].items()}}))
+    assert convert(voc_root, out, shard_size=3, verbose=False)["splits"] == manifest["splits"]
+    assert {n: (out / n).stat().st_mtime_ns for n in names} == {n: stamps[n] for n in names}
     # A damaged shard (sha256 mismatch) and a shard whose source changed are rewritten, only them.
     (out / names[0]).write_bytes(b"truncated")
     last_before = manifest["splits"]["train"]["shards"][2]  # holds synth_000006
@@ -147,6 +153,31 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(voc_root, tmp_path, 
     assert calls == [f"synth_{i:06d}" for i in range(3, 7)]  # only the unfinished shards
     assert (out / "train-00000-of-00003.tfrecord").stat().st_mtime_ns == stamp
     assert manifest["splits"]["train"]["complete"] and manifest["splits"]["train"]["num_examples"] == 7
+
+
+def test_temporaries_left_by_a_killed_run_are_removed_with_a_count(voc_root, tmp_path, caplog):
+    """A SIGKILL leaves a partial hidden shard (``atomic_path`` cannot remove it): the next
+    conversion of its split removes it, and says so; other splits' temporaries are left alone."""
+    from fcn_keras.files import atomic_path, temporary_target
+
+    out = tmp_path / "records"
+    with atomic_path(out / "train-00001-of-00003.tfrecord") as temporary:  # The name atomic_path gives.
+        killed = out / temporary.name.replace(str(os.getpid()), "4242", 1)
+        temporary.write_bytes(b"")
+    assert temporary_target(killed.name) == "train-00001-of-00003.tfrecord"
+    killed.write_bytes(b"partial")
+    others = [out / ".tmp-4242-0a1b2c3d-val-00000-of-00001.tfrecord", out / ".tmp-4242-0a1b2c3d-x-train-00000-of-00001.tfrecord",
+              out / ".tmp-4242-0a1b2c3d-manifest.json"]
+    for other in others:
+        other.write_bytes(b"partial")
+    with caplog.at_level("WARNING", logger="fcn_keras.data.convert"):
+        convert(voc_root, out, splits=("train",), shard_size=3, verbose=False)
+    assert not killed.exists() and all(other.exists() for other in others)
+    assert f"removed 1 temporary file(s) of split 'train' left in {out} by a stopped conversion: {killed.name}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fcn_keras.data.convert"):
+        convert(voc_root, out, splits=("train",), shard_size=3, verbose=False)
+    assert "temporary file" not in caplog.text
 
 
 def test_lists_are_read_before_anything_is_written_and_a_failed_split_is_marked_incomplete(voc_root, tmp_path, caplog):
@@ -314,6 +345,28 @@ def test_sbd_mat_masks(voc_root, tmp_path):
     scipy.io.savemat(tmp_path / "benchmark_RELEASE/dataset/cls/synth_000000.mat", {"seg": masks["synth_000000"]})
     with pytest.raises(voc.InvalidPairError, match=r"cls/synth_000000.mat: no GTcls.Segmentation in the .mat file"):
         convert(voc_root, tmp_path / "other", splits=("sbd_train",), sbd_root=tmp_path / "benchmark_RELEASE", verbose=False)
+
+
+def test_sbd_lists_are_not_taken_from_a_lists_dir_holding_voc_lists(voc_root, tmp_path):
+    """A lists folder of DeepLab's kind holds VOC's train.txt and val.txt: SBD's splits read SBD's
+    own lists, unless the folder holds sbd_train.txt / sbd_val.txt."""
+    ids = [f"synth_{i:06d}" for i in range(5)]
+    make_synthetic_sbd(tmp_path / "sbd", voc_root, ids)  # dataset/train.txt: 4 ids, val.txt: 1
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text("synth_000000\n")
+    (lists / "val.txt").write_text("synth_000001\nsynth_000002\n")
+    (lists / "seg11valid.txt").write_text("synth_000007\n")
+    out = tmp_path / "records"
+    manifest = convert(voc_root, out, splits=("sbd_train", "sbd_val", "seg11valid"), sbd_root=tmp_path / "sbd",
+                       lists_dir=lists, verbose=False)
+    assert manifest["splits"]["sbd_train"]["list"] == str(tmp_path / "sbd/dataset/train.txt")
+    assert list(_read_split(out, manifest, "sbd_train")) == ids[:4]
+    assert list(_read_split(out, manifest, "sbd_val")) == ids[4:]
+    assert manifest["splits"]["seg11valid"]["list"] == str(lists / "seg11valid.txt")
+    (lists / "sbd_train.txt").write_text("synth_000003\nsynth_000001\n")  # SBD's own name: used
+    assert voc.find_list("sbd_train", voc_root, tmp_path / "sbd", lists) == lists / "sbd_train.txt"
+    assert voc.find_list("sbd_val", voc_root, tmp_path / "sbd", lists) == tmp_path / "sbd/dataset/val.txt"
 
 
 def test_segmentation_class_aug_train_aug_and_seg11valid(voc_root, tmp_path):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -333,6 +334,65 @@ def test_resolve_data_errors_say_what_is_wrong(data, tmp_path):
         writer.write(tf.train.Example().SerializeToString())
     with pytest.raises(ValueError, match=r"foreign.tfrecord is not a TFRecord file of fcn_keras.data.convert"):
         pipeline.resolve_data(foreign, tmp_path)
+
+
+def _damaged_copy(data, folder: Path, damage) -> Path:
+    """A copy of the converted folder, damaged by ``damage(folder)``."""
+    shutil.copytree(data["out"], folder)
+    damage(folder)
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resolve_data_refuses_a_folder_whose_shards_do_not_match_its_manifest(data, tmp_path):
+    """An incomplete copy of a converted folder is named at once, not after an epoch (or with a
+    DataLossError naming no file): a shard missing, truncated, or one the manifest does not name."""
+    def refused(folder: Path, match: str) -> None:
+        with pytest.raises(ValueError, match=rf"data's split '(train|val)' does not match its manifest "
+                                             rf"{re.escape(str(folder / 'manifest.json'))} \(2 shard\(s\)\): {match}\. "
+                                             rf"An incomplete copy\? .*Received: data='{re.escape(str(folder))}'"):
+            pipeline.resolve_data(folder, tmp_path)
+
+    manifest = json.loads((data["out"] / "manifest.json").read_text())
+    train_sizes = [shard["num_bytes"] for shard in manifest["splits"]["train"]["shards"]]
+    assert train_sizes == [(data["out"] / f"train-0000{i}-of-00002.tfrecord").stat().st_size for i in range(2)]
+    refused(_damaged_copy(data, tmp_path / "missing", lambda f: (f / "val-00001-of-00002.tfrecord").unlink()),
+            "val-00001-of-00002.tfrecord is missing")
+    refused(_damaged_copy(data, tmp_path / "short", lambda f: _truncate(f / "train-00001-of-00002.tfrecord")),
+            rf"train-00001-of-00002.tfrecord holds {train_sizes[1] // 2} bytes, not {train_sizes[1]}")
+    refused(_damaged_copy(data, tmp_path / "extra", lambda f: shutil.copy(f / "val-00000-of-00002.tfrecord",
+                                                                          f / "val-00002-of-00003.tfrecord")),
+            "val-00002-of-00003.tfrecord matches the split's glob but is not in the manifest")
+    # A manifest written before the sizes were recorded: the names and their count are still checked.
+    def forget_sizes(folder: Path) -> None:
+        old = json.loads((folder / "manifest.json").read_text())
+        for entry in old["splits"].values():
+            entry["shards"] = [{k: v for k, v in shard.items() if k != "num_bytes"} for shard in entry["shards"]]
+        (folder / "manifest.json").write_text(json.dumps(old))
+
+    unsized = _damaged_copy(data, tmp_path / "unsized", forget_sizes)
+    assert set(pipeline.resolve_data(unsized, tmp_path)) == {"train", "val"}
+    (unsized / "train-00000-of-00002.tfrecord").unlink()
+    refused(unsized, "train-00000-of-00002.tfrecord is missing")
+
+
+def test_hidden_files_such_as_a_killed_conversions_temporaries_are_not_read(data, tmp_path, caplog):
+    """TensorFlow's glob matches names starting with '.': the partial ``.tmp-*`` shard a killed
+    conversion leaves would sort first and be read. They are left out, and counted."""
+    folder = _damaged_copy(data, tmp_path / "killed", lambda f: None)
+    partial = folder / ".tmp-4242-0a1b2c3d-train-00001-of-00002.tfrecord"
+    partial.write_bytes((folder / "train-00001-of-00002.tfrecord").read_bytes()[:100])
+    pattern = str(folder / "*train-*")
+    assert partial.name in [os.path.basename(p) for p in tf.io.gfile.glob(pattern)]
+    with caplog.at_level("WARNING", logger="fcn_keras.data.pipeline"):
+        assert pipeline.list_files(pattern) == [str(folder / f"train-0000{i}-of-00002.tfrecord") for i in range(2)]
+    assert f"left out 1 hidden file(s) (names starting with '.'" in caplog.text and partial.name in caplog.text
+    assert pipeline.resolve_data(pattern, tmp_path) == {"train": pattern}
+    assert pipeline.record_ids(pattern) == [f"synth_{i:06d}" for i in range(6)]
+    assert pipeline.list_files(str(folder / ".tmp-*")) == [str(partial)]  # Asked for by name: found.
 
 
 # --- model.fit --------------------------------------------------------------------------------

@@ -3,6 +3,10 @@ pixel for pixel (JPEG decoded as the pipeline does, palette PNGs read as indices
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +40,24 @@ def test_encode_parse_round_trip_is_exact():
     raw = records.parse_features(tf.constant(serialized))
     assert raw["image/encoded"].numpy() == jpeg
     assert raw["image/format"].numpy() == b"jpeg" and raw["label/format"].numpy() == b"png"
+
+
+_ENCODE_IN_A_PROCESS = """
+import hashlib
+from fcn_keras.data import records
+print(hashlib.sha256(records.encode_example("2007_000032", b"jpeg", b"png", 3, 4, "png")).hexdigest())
+"""
+
+
+def test_encoding_gives_the_same_bytes_in_every_process():
+    """Protobuf's map order changes between processes: shard sha256s (the manifest's, the
+    resume check's) must not."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    children = [subprocess.Popen([sys.executable, "-c", _ENCODE_IN_A_PROCESS], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True) for _ in range(3)]
+    digests = {child.communicate(timeout=300)[0].strip() for child in children}
+    here = hashlib.sha256(records.encode_example("2007_000032", b"jpeg", b"png", 3, 4, "png")).hexdigest()
+    assert digests == {here}
 
 
 def test_parse_example_works_inside_tf_data():

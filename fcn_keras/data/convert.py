@@ -14,15 +14,17 @@ nested folders and suffixes, ``<image> <mask>`` paths under ``images_dir`` and `
 Writes ``<output_dir>/<split>-00000-of-0000N.tfrecord`` (schema in ``fcn_keras.data.records``)
 and ``<output_dir>/manifest.json``. Each shard goes to a temporary name and is renamed when
 complete, and the manifest is rewritten after every shard, so a killed run leaves only complete
-shards; the same command then resumes, keeping every shard whose inputs (ids, file sizes and
-times) and sha256 still match the manifest. The manifest also records the class names and,
-per shard and split, the pixel count of each class and of void.
+shards (and a hidden ``.tmp-*`` file, which the next conversion of its split removes); the same
+command then resumes, keeping every shard whose inputs (ids, file sizes and times) and sha256
+still match the manifest. The manifest also records the class names, each shard's size in bytes
+and, per shard and split, the pixel count of each class and of void.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import fnmatch
 import functools
 import hashlib
 import json
@@ -42,7 +44,7 @@ from fcn_keras.checks import check_folder, check_int
 from fcn_keras.constants import IGNORE_LABEL, VOC_CLASSES
 from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.data import download, records, voc
-from fcn_keras.files import atomic_path, file_digests, write_text_atomic
+from fcn_keras.files import atomic_path, file_digests, temporary_target, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,30 @@ def _shard_is_current(output_dir: Path, old: dict | None, name: str, fingerprint
     )
 
 
+def _remove_temporaries(output_dir: Path, split: str) -> None:
+    """Removes the temporary shard files of ``split`` (``.tmp-<pid>-<random>-<shard name>``)
+    that a killed conversion left in ``output_dir``, logging how many (a conversion that fails
+    otherwise removes its own).
+
+    One conversion at a time per output folder and split is assumed: every such file is stale,
+    whichever process wrote it (a process still alive included). Other splits' are left alone.
+    """
+    pattern = Path(split_glob(output_dir, split)).name
+    stale = sorted(path for path in output_dir.glob(".tmp-*")
+                   if fnmatch.fnmatchcase(temporary_target(path.name) or "", pattern))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.warning("removed %d temporary file(s) of split %r left in %s by a stopped conversion: %s",
+                       len(stale), split, output_dir, ", ".join(path.name for path in stale))
+
+
+def _shard_entry_size(path: Path) -> dict:
+    """``{"num_bytes": size}`` of a shard file: the data resolver checks it, so that a shard
+    truncated by an incomplete copy is refused at once (its sha256 is too costly to check there)."""
+    return {"num_bytes": path.stat().st_size}
+
+
 def _write_shard(
     path: Path,
     pairs: list[voc.Pair],
@@ -214,6 +240,7 @@ def _convert_split(
             first = recorded[0]
             raise voc.InvalidPairError(voc.Problem(first["image_id"], first["path"], first["problem"]), more=len(recorded) - 1)
     # Shards of an earlier plan of this split (another shard count) would be read by the glob.
+    _remove_temporaries(output_dir, split)
     planned = {name for name, _, _ in plans}
     for stale in Path(output_dir).glob(Path(split_glob(output_dir, split)).name):
         if stale.name not in planned:
@@ -243,8 +270,8 @@ def _convert_split(
               f"{num_shards - len(current)} to write, {len(current)} already complete")
     progbar = keras.utils.Progbar(to_write, unit_name="image", verbose=progress_verbosity(1)) if verbose and to_write else None
     for name, shard_pairs, fingerprint in plans:
-        if name in current:
-            entry = old_shards[name]
+        if name in current:  # Sizes added to manifests written before they were recorded.
+            entry = {**old_shards[name], **_shard_entry_size(output_dir / name)}
         else:
             count, shard_problems, counts, image_pixels = _write_shard(
                 output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"],
@@ -254,6 +281,7 @@ def _convert_split(
                 "name": name,
                 "num_examples": count,
                 "sha256": file_digests(output_dir / name, "sha256")[0],
+                **_shard_entry_size(output_dir / name),
                 "fingerprint": fingerprint,
                 "class_pixels": counts[: options["num_classes"]].tolist(),
                 "class_image_pixels": image_pixels.tolist(),
@@ -333,7 +361,7 @@ def convert(
     Returns:
         The manifest: ``{"version", "format", "fcn_keras_version", "source", "class_names",
         "shard_size", "splits": {split: {"num_examples", "num_skipped", "class_pixels",
-        "class_image_pixels", "void_pixels", "shards": [{"name", "num_examples", "sha256", ...}], "glob", "list",
+        "class_image_pixels", "void_pixels", "shards": [{"name", "num_examples", "sha256", "num_bytes", ...}], "glob", "list",
         "skipped", ...}}, "skipped_report"}``.
 
     Raises:
@@ -485,7 +513,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("voc_root", None, "VOCdevkit folder, the one holding VOC2012/ (or pass --download_dir).")
     flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards, manifest.json and skipped.json.", required=True)
     flags.DEFINE_string("sbd_root", None, "SBD folder holding dataset/{img,cls,train.txt,val.txt} (splits sbd_train, sbd_val, train_aug).")
-    flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt); "
+    flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt, sbd_train.txt); "
                         "for a dataset of your own, the folder of its lists: one id, or one '<image> <mask>' pair of paths "
                         "under --images_dir and --labels_dir, per line.")
     flags.DEFINE_string("images_dir", None, "A dataset of your own: the folder of its images, <id>.jpg, .jpeg or .png "

@@ -25,6 +25,7 @@ Randomness comes from stateless ops seeded by ``(seed, element index)``: with
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from pathlib import Path
@@ -35,6 +36,8 @@ from fcn_keras.checks import check_int
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, TRAIN_SCALE_RANGE
 from fcn_keras.data import records
 
+logger = logging.getLogger(__name__)
+
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 256
 
@@ -42,14 +45,29 @@ DEFAULT_SHUFFLE_BUFFER = 256
 # --- Files ------------------------------------------------------------------------------------
 
 
+def glob_files(pattern: str) -> list[str]:
+    """The files matching ``pattern`` (``tf.io.gfile.glob``: any file system), without folders
+    and, unless the pattern's own name starts with ``.``, without hidden files (names starting
+    with ``.``, as Python's glob does and TensorFlow's does not): the ``.tmp-*`` shard a killed
+    conversion leaves would match ``dir/*train-*``. Hidden files left out are logged, counted."""
+    files = [path for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path)]
+    if os.path.basename(pattern).startswith("."):
+        return files
+    hidden = [path for path in files if os.path.basename(path).startswith(".")]
+    if hidden:
+        logger.warning("%s: left out %d hidden file(s) (names starting with '.', e.g. a stopped conversion's "
+                       "temporary files): %s", pattern, len(hidden), ", ".join(sorted(hidden)))
+    return [path for path in files if not os.path.basename(path).startswith(".")]
+
+
 def list_files(file_pattern: str | os.PathLike | list[str]) -> list[str]:
-    """The sorted files matching a glob (or a list of globs).
+    """The sorted files matching a glob (or a list of globs), as ``glob_files`` finds them.
 
     Raises:
         ValueError: naming the pattern when nothing matches.
     """
     patterns = [str(file_pattern)] if isinstance(file_pattern, (str, os.PathLike)) else [str(p) for p in file_pattern]
-    files = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path)})
+    files = sorted({path for pattern in patterns for path in glob_files(pattern)})
     if not files:
         raise ValueError(f"file_pattern matches no TFRecord file. Received: file_pattern={file_pattern!r}")
     return files
@@ -481,6 +499,8 @@ def resolve_data(
             if entry is not None and not entry["num_examples"]:
                 raise ValueError(f"data's split {split!r} holds no image ({entry['num_skipped']} skipped as invalid, "
                                  f"list {entry['list']}). Received: data={str(data)!r}")
+            if entry is not None:
+                _check_shards(path, split, entry, data)
     elif path.is_dir() and (path / "VOC2012").is_dir():
         lists = path / "VOC2012" / "ImageSets" / "Segmentation"
         found = [s for s in splits if (lists / f"{s}.txt").is_file()]
@@ -498,7 +518,7 @@ def resolve_data(
     else:
         globs = {"train": str(data)}
     for split, pattern in globs.items():
-        files = [match for match in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(match)]
+        files = glob_files(pattern)
         if not files:
             if path.is_dir():
                 what = f"nothing matches for split {split!r}"
@@ -532,6 +552,34 @@ def data_class_names(data: str | os.PathLike) -> tuple[str, ...] | None:
     folder = path if path.is_dir() else path.parent
     manifest = convert_lib.read_manifest(folder)
     return None if manifest is None else convert_lib.manifest_class_names(manifest)
+
+
+def _check_shards(folder: Path, split: str, entry: dict, data: str | os.PathLike) -> None:
+    """Checks that the shard files of a converted folder's ``split`` are those its manifest
+    entry names, each of its recorded size (``num_bytes``; manifests written before sizes were
+    recorded: names and count only), so that an incomplete copy (a shard missing, truncated or
+    from another conversion) is refused now, not after an epoch. Cheap: nothing is read.
+
+    Raises:
+        ValueError: naming the folder, the split and each shard that differs, with what was expected.
+    """
+    from fcn_keras.data.convert import MANIFEST_NAME  # See resolve_data.
+
+    expected = {shard["name"]: shard.get("num_bytes") for shard in entry["shards"]}
+    present = {os.path.basename(name) for name in glob_files(str(folder / entry["glob"]))}
+    sizes = {name: (folder / name).stat().st_size for name in present}
+    problems = [f"{name} is missing" for name in expected if name not in present]
+    problems += [f"{name} holds {sizes[name]} bytes, not {size}" for name, size in expected.items()
+                 if name in present and size is not None and sizes[name] != size]
+    problems += [f"{name} matches the split's glob but is not in the manifest" for name in sorted(present) if name not in expected]
+    if len(expected) != entry["num_shards"]:
+        problems.insert(0, f"the manifest names {len(expected)} shard(s) of num_shards={entry['num_shards']}")
+    if problems:
+        raise ValueError(
+            f"data's split {split!r} does not match its manifest {folder / MANIFEST_NAME} ({len(expected)} shard(s)): "
+            f"{'; '.join(problems)}. An incomplete copy? Copy the folder again, or rerun the fcn_keras.data.convert "
+            f"command that wrote it. Received: data={str(data)!r}"
+        )
 
 
 def _check_record_file(path: str, data: str | os.PathLike) -> None:

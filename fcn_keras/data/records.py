@@ -84,7 +84,9 @@ def encode_example(
         image_format: ``"jpeg"`` or ``"png"``, the format of ``image_bytes``.
 
     Returns:
-        The serialized ``tf.train.Example``.
+        The serialized ``tf.train.Example``, the same bytes in every process: protobuf writes a
+        map (``features.feature``) in an order that changes from process to process unless asked
+        for its deterministic (key-sorted) serialization, and shard sha256s must be reproducible.
     """
     check_choice("image_format", image_format, IMAGE_FORMATS)
     example = tf.train.Example(
@@ -100,7 +102,7 @@ def encode_example(
             }
         )
     )
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 # --- Parsing (tf ops, usable inside tf.data) --------------------------------------------------

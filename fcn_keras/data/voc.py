@@ -13,7 +13,9 @@ Splits: ``train``, ``val``, ``trainval`` (VOC lists); ``seg11valid`` (the paper'
 val images not in SBD train, VOC masks); ``train_aug`` (masks from ``SegmentationClassAug``
 when that folder exists, otherwise each id's VOC mask or else its SBD mask); ``sbd_train`` and
 ``sbd_val`` (SBD images and masks). Lists named ``<split>.txt`` are looked up in ``lists_dir``
-first, then in ``VOC2012/ImageSets/Segmentation`` (SBD's lists in ``<sbd_root>/dataset``).
+first, then in ``VOC2012/ImageSets/Segmentation`` (SBD's lists in ``<sbd_root>/dataset``, named
+``train.txt`` / ``val.txt`` there; in ``lists_dir`` only ``sbd_train.txt`` / ``sbd_val.txt`` are
+SBD's, a ``train.txt`` there being VOC's list).
 
 A dataset of your own (``resolve_folder_pairs``): ``<images_dir>/<id>.jpg`` (or ``.jpeg``,
 ``.png``), ``<labels_dir>/<id>.png`` (palette or grayscale PNGs of class indices, 255 = void)
@@ -43,6 +45,7 @@ from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES, PNG_S
 
 VOC_SPLITS: tuple[str, ...] = ("train", "val", "trainval", "seg11valid")
 AUG_SPLIT: str = "train_aug"
+#: SBD's splits and the names of their lists in ``<sbd_root>/dataset`` (in ``lists_dir``: ``<split>.txt``).
 SBD_SPLITS: dict[str, str] = {"sbd_train": "train.txt", "sbd_val": "val.txt"}
 SPLITS: tuple[str, ...] = (*VOC_SPLITS, AUG_SPLIT, *SBD_SPLITS)
 
@@ -141,7 +144,8 @@ def find_list(
         split: one of ``SPLITS`` (VOC's ``train``/``val``/..., SBD's ``sbd_train``/...).
         voc_root: the VOCdevkit folder (VOC splits: its ``ImageSets/Segmentation/<split>.txt``).
         sbd_root: SBD's ``benchmark_RELEASE`` folder, for the SBD splits.
-        lists_dir: a folder of list files searched first (``<split>.txt``, SBD's own names).
+        lists_dir: a folder of list files searched first, for ``<split>.txt`` (``sbd_train.txt``
+            for SBD's train list: a ``train.txt`` there is VOC's, as in DeepLab's list folders).
 
     Returns:
         The first of those files that exists.
@@ -155,7 +159,7 @@ def find_list(
     else:
         candidates = [voc_dir(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt"]
     if lists_dir is not None:
-        candidates.insert(0, Path(lists_dir) / (SBD_SPLITS.get(split, f"{split}.txt")))
+        candidates.insert(0, Path(lists_dir) / f"{split}.txt")
     for candidate in candidates:
         if candidate.is_file():
             return candidate
