@@ -4,6 +4,7 @@ paper's and the modern training setups (window, padding, nearest-neighbour label
 flip), determinism by seed, resolve_data, and model.fit under TensorFlow and JAX."""
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -281,6 +282,27 @@ def test_deterministic_mode_repeats_exactly_and_seeds_differ(data):
     # Across epochs the order and augmentation change.
     epochs = list(pipeline.train_dataset(data["train"], batch_size=2, crop_size=24, seed=11, deterministic=True).take(6))
     assert not np.array_equal(epochs[0][1].numpy(), epochs[3][1].numpy())
+
+
+def test_an_epoch_of_shards_in_list_order_comes_out_shuffled(tmp_path):
+    """The converter writes a list in order into shards of 1,000: a shard of 1,000 and one of 200
+    here, each record's id its place in the list. With the default buffer, an epoch's order owes
+    nothing to the list's, and the small shard is spread over the whole epoch."""
+    label = records.encode_label_png(np.zeros((2, 2), np.uint8))
+    for shard, ids in enumerate((range(1000), range(1000, 1200))):
+        with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard:05d}-of-00002.tfrecord")) as writer:
+            for i in ids:
+                image = io.BytesIO()
+                Image.fromarray(np.full((2, 2, 3), [i // 256, i % 256, 0], np.uint8)).save(image, "PNG")
+                writer.write(records.encode_example(str(i), image.getvalue(), label, 2, 2, "png"))
+    dataset = pipeline.train_dataset(str(tmp_path / "train-*"), crop_size=1, scale_range=None, flip=False, seed=3,
+                                     deterministic=True, repeat=False)
+    order = np.array([int(image[0, 0, 0, 0]) * 256 + int(image[0, 0, 0, 1]) for image, _ in dataset])
+    assert sorted(order) == list(range(1200))
+    in_shard = np.where(order < 1000, order / 1000, (order - 1000) / 200)  # A record's place in its shard, [0, 1)
+    assert abs(np.corrcoef(np.arange(1200), in_shard)[0, 1]) < 0.2
+    small_share = [float((order[start : start + 400] >= 1000).mean()) for start in (0, 400, 800)]
+    assert all(0.08 < share < 0.28 for share in small_share), small_share  # 1/6 each, in expectation
 
 
 @pytest.mark.parametrize(

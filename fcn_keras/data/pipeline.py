@@ -39,7 +39,10 @@ from fcn_keras.data import records
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-DEFAULT_SHUFFLE_BUFFER = 256
+# Records (encoded, ~91 KB each for VOC: ~190 MB of host memory) shuffled after the interleave of
+# up to 8 shards. Shards hold the list in order: 256 left a 1,464-record split (2 shards) in
+# nearly list order (rank correlation 0.76 of stream and shard position; 2,048: -0.01).
+DEFAULT_SHUFFLE_BUFFER = 2048
 
 
 # --- Files ------------------------------------------------------------------------------------
