@@ -295,10 +295,11 @@ def decode_image_tensor(encoded: tf.Tensor) -> tf.Tensor:
     ops: what the SavedModel's ``predict_image_bytes`` signature and, for BMP and GIF,
     ``read_image`` use, so both give the same pixels.
 
-    ``tf.io.decode_image(channels=3)`` (gray replicated, alpha dropped, JPEGs with the default
-    ``dct_method``; a GIF's transparent pixels become black), with one correction: for an 8-bit
-    BMP TensorFlow returns the palette indices as gray; here they are looked up in the file's
-    colour table (BITMAPINFOHEADER or later). 1- and 4-bit BMPs fail in TensorFlow's decoder.
+    ``tf.io.decode_image`` in the file's own channels, then gray replicated and alpha dropped
+    (not composited; asking TensorFlow for 3 channels fails on a WebP with alpha), JPEGs with
+    the default ``dct_method``, a GIF's transparent pixels black; with one correction: for an
+    8-bit BMP TensorFlow returns the palette indices as gray; here they are looked up in the
+    file's colour table (BITMAPINFOHEADER or later). 1- and 4-bit BMPs fail in TensorFlow's decoder.
 
     Args:
         encoded: string scalar, the file's bytes.
@@ -306,7 +307,9 @@ def decode_image_tensor(encoded: tf.Tensor) -> tf.Tensor:
     Returns:
         uint8 ``[H, W, 3]``.
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    decoded = tf.io.decode_image(encoded, expand_animations=False)  # [H, W, 1 to 4]
+    image = tf.cond(tf.shape(decoded)[-1] < 3, lambda: tf.tile(decoded[..., :1], [1, 1, 3]), lambda: decoded[..., :3])
+    image.set_shape([None, None, 3])
     # BMP layout: 14-byte file header, then the DIB header (its size in its first 4 bytes, bits
     # per pixel at byte 28, colours used at byte 46), then the table of (blue, green, red, 0).
     padded = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 54), b"\0" * 54]), 0, 54)

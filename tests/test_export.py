@@ -249,19 +249,22 @@ def test_grpc_predict_request_runs_through_the_bytes_signature(exported, image_f
         grpc_request.predict("localhost:8500", request, timeout=0)
 
 
-def test_bytes_signature_decodes_bmp_and_gif_as_read_image_does(exported, tmp_path):
+def test_bytes_signature_decodes_bmp_gif_and_alpha_as_read_image_does(exported, tmp_path):
     """TensorFlow's BMP decoder returns an 8-bit BMP's palette indices as gray; the signature
     looks them up in the colour table, and the predict CLI (read_image) decodes BMPs and GIFs
-    with the same ops: the same pixels, hence the same labels, whichever way an image goes."""
+    with the same ops: the same pixels, hence the same labels, whichever way an image goes. Gray
+    and alpha (PNG, WebP: read by PIL in the CLI) give the signature the CLI's pixels too."""
     from fcn_keras.io import decode_image_tensor, read_image
 
     _, loaded = exported
     rgb = random_image(21, (23, 31))
     palette = Image.fromarray(rgb).quantize(16)
+    rgba = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]))
     files = {"palette.bmp": palette, "gray.bmp": Image.fromarray(rgb[..., 0]), "rgb.bmp": Image.fromarray(rgb),
-             "palette.gif": palette, "tiny.gif": Image.fromarray(rgb[:1, :1])}
+             "palette.gif": palette, "tiny.gif": Image.fromarray(rgb[:1, :1]), "rgba.png": rgba,
+             "gray_alpha.png": rgba.convert("LA"), "rgba.webp": rgba}
     for name, image in files.items():
-        image.save(tmp_path / name)
+        image.save(tmp_path / name, **({"lossless": True} if name.endswith(".webp") else {}))
     expected = {name: np.asarray(image.convert("RGB")) for name, image in files.items()}
     signature = loaded.signatures[export.BYTES_SIGNATURE]
     decode = tf.function(decode_image_tensor)
