@@ -289,6 +289,10 @@ class Inputs(NamedTuple):
     #: Each image's outputs' name, relative to ``output_dir`` and without suffix: its stem, or
     #: with ``recursive`` its path below the folder given (``a/x`` for ``photos/a/x.jpg``).
     names: list[Path]
+    #: Without ``recursive``: the subfolders of the folders given, not searched (not hidden ones).
+    unsearched: int = 0
+    #: Images named more than once (a folder and a file in it, or a file twice): taken once.
+    repeated: int = 0
 
 
 def _in_folder(path: Path, folder: Path | None) -> bool:
@@ -317,14 +321,16 @@ def collect_images(
             folder given (``Inputs.names``).
 
     Returns:
-        ``Inputs(images, bad, ignored, skipped, names)``: the image paths in order (folders
-        sorted by name, a folder's files before its subfolders'), the sources that cannot be
-        used with the reason (missing path, empty folder), the number of folder entries skipped
-        for being hidden or not having an image extension, the number of image files skipped
-        for lying in ``output_dir``, and each image's outputs' name.
+        ``Inputs(images, bad, ignored, skipped, names, unsearched, repeated)``: the image paths
+        in order (folders sorted by name, a folder's files before its subfolders'; an image
+        named twice at its first place), the sources that cannot be used with the reason
+        (missing path, empty folder), the number of folder entries skipped for being hidden or
+        not having an image extension, the number of image files skipped for lying in
+        ``output_dir``, each image's outputs' name, the number of subfolders not searched
+        (without ``recursive``) and of images named more than once.
     """
     out = Path(output_dir).resolve() if output_dir is not None else None
-    images, bad, names, ignored, skipped = [], [], [], 0, 0
+    images, bad, names, ignored, skipped, unsearched = [], [], [], 0, 0, 0
     for source in map(Path, sources):
         if source.is_dir():
             if recursive and out is not None and source.resolve() == out:
@@ -332,13 +338,16 @@ def collect_images(
                                     "outputs would mix with its images (and be taken as inputs by the next run); "
                                     "write them to another --output_dir"))
                 continue
-            found, hidden, outputs = _folder_images(source, out, recursive)
+            found, hidden, outputs, subfolders = _folder_images(source, out, recursive)
             ignored += hidden
+            unsearched += subfolders
             kept = [child for child in found if not _in_folder(child, out)]
             skipped += len(found) - len(kept) + outputs
             if not found and not outputs:
                 bad.append((source, f"folder holds no (not hidden) file ending in {', '.join(IMAGE_EXTENSIONS)}"
-                                    + (" in it or its subfolders" if recursive else "")))
+                                    + (" in it or its subfolders" if recursive else "")
+                                    + (f"; it has {counted(subfolders, 'subfolder')}: --recursive searches them"
+                                       if subfolders else "")))
             elif not kept:
                 bad.append((source, f"the {len(found) + outputs} image files of {source} are in --output_dir={output_dir} "
                                     "and are not taken as inputs (they may be outputs of an earlier run): write "
@@ -350,14 +359,20 @@ def collect_images(
             names.append(Path(source.stem))
         else:
             bad.append((source, "no such file or folder"))
-    return Inputs(images, bad, ignored, skipped, names)
+    first = {}  # Each image (resolved) at its first place.
+    for index, image in enumerate(images):
+        first.setdefault(image.resolve(), index)
+    kept = sorted(first.values())
+    return Inputs([images[i] for i in kept], bad, ignored, skipped, [names[i] for i in kept], unsearched,
+                  len(images) - len(kept))
 
 
-def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[list[Path], int, int]:
-    """``(images, ignored, outputs)``: the image files of ``folder`` (not hidden; with
-    ``recursive`` its subfolders' too, not hidden ones nor ``out``, each folder once) in order,
-    the number of entries ignored (hidden, or files without an image extension), and the
-    number of image files in the pruned ``out``."""
+def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[list[Path], int, int, int]:
+    """``(images, ignored, outputs, unsearched)``: the image files of ``folder`` (not hidden;
+    with ``recursive`` its subfolders' too, not hidden ones nor ``out``, each folder once) in
+    order, the number of entries ignored (hidden, or files without an image extension), the
+    number of image files in the pruned ``out``, and without ``recursive`` the number of
+    subfolders (not hidden) left unsearched."""
     images, ignored, outputs, seen = [], 0, 0, {folder.resolve()}
     pending = [folder]
     while pending:
@@ -368,7 +383,9 @@ def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[lis
         images.extend(found)
         ignored += len(files) - len(found)
         if not recursive:
-            continue
+            unsearched = sum(1 for child in children if child.is_dir() and not child.name.startswith(".")
+                             and child.resolve() not in {out, *seen})  # Those --recursive would search.
+            return images, ignored, outputs, unsearched
         subfolders = []
         for child in children:
             if not child.is_dir() or child.resolve() in seen:
@@ -381,7 +398,7 @@ def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[lis
                 subfolders.append(child)
                 seen.add(child.resolve())
         pending.extend(reversed(subfolders))  # Depth first, in name order.
-    return images, ignored, outputs
+    return images, ignored, outputs, 0
 
 
 # --- Prediction --------------------------------------------------------------------------------
@@ -612,7 +629,7 @@ def run(
         The exit status: 0 when every input was processed; 2 if the model, the colour map or
         ``check_outputs`` is bad (then nothing is written); 1 if some inputs failed.
     """
-    images, bad_sources, ignored, skipped, names = collect_images(sources, output_dir, recursive)
+    images, bad_sources, ignored, skipped, names, unsearched, repeated = collect_images(sources, output_dir, recursive)
     if skipped:
         print(f"skipped {skipped} image files in --output_dir={output_dir}: outputs (of an earlier run, say) "
               "are not taken as inputs")
@@ -630,7 +647,10 @@ def run(
     print(f"wrote {len(written)} {pair} to {output_dir} ({counted(len(images), 'image')} found"
           + (f"; {counted(ignored, 'folder entry', 'folder entries')} ignored: hidden, or without an image extension"
              if ignored else "")
-          + (f"; {counted(skipped, 'image file')} in --output_dir skipped" if skipped else "") + ")")
+          + (f"; {counted(skipped, 'image file')} in --output_dir skipped" if skipped else "")
+          + (f"; {counted(repeated, 'image')} named twice, segmented once" if repeated else "")
+          + (f"; {counted(unsearched, 'subfolder')} not searched: --recursive searches them" if unsearched else "")
+          + ")")
     if isinstance(predictor, DownscalingPredictor) and predictor.downscaled:
         one = predictor.downscaled == 1
         print(f"{predictor.downscaled} image{'' if one else 's'} larger than {max_size} px {'was' if one else 'were'} "

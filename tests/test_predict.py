@@ -5,6 +5,7 @@ inputs reported by name, and input files never overwritten nor outputs taken as 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_inputs_with_the_same_stem_do_not_overwrite_each_other(inputs, tmp_path)
     twin = tmp_path / "twin"
     twin.mkdir()
     Image.fromarray(random_image(9, (30, 30))).save(twin / "photo.png")
-    images, bad, ignored, skipped, _ = predict.collect_images([folder / "photo.jpg", twin], tmp_path / "out")
+    images, bad, ignored, skipped, *_ = predict.collect_images([folder / "photo.jpg", twin], tmp_path / "out")
     assert images == [folder / "photo.jpg", twin / "photo.png"] and bad == [] and ignored == skipped == 0
     written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out", verbose=False)
     assert [p.name for p in written] == ["photo.png"]
@@ -248,7 +249,7 @@ def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_pat
     predict.predict_images(lambda image: image[..., 0] % 21, [photos / "a.jpg"], photos, verbose=False)
     assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a.png", "a_overlay.jpg", "cat.png"]
     assert len(predict.collect_images([photos]).images) == 4  # (what a folder scan alone finds)
-    images, bad, ignored, skipped, _ = predict.collect_images([photos], photos)
+    images, bad, ignored, skipped, *_ = predict.collect_images([photos], photos)
     assert images == [] and ignored == 0 and skipped == 4
     assert bad == [(photos, f"the 4 image files of {photos} are in --output_dir={photos} and are not taken "
                             "as inputs (they may be outputs of an earlier run): write the outputs to another "
@@ -258,8 +259,8 @@ def test_files_inside_output_dir_are_not_taken_from_a_folder(keras_file, tmp_pat
     (tmp_path / "link").symlink_to(photos)
     assert predict.collect_images([tmp_path / "link"], photos).skipped == 4
     found = sorted(photos.iterdir())
-    assert predict.collect_images([photos], photos / "out") == (found, [], 0, 0, [Path(p.stem) for p in found])
-    assert predict.collect_images([photos], tmp_path) == (found, [], 0, 0, [Path(p.stem) for p in found])
+    assert predict.collect_images([photos], photos / "out") == (found, [], 0, 0, [Path(p.stem) for p in found], 0, 0)
+    assert predict.collect_images([photos], tmp_path) == (found, [], 0, 0, [Path(p.stem) for p in found], 0, 0)
 
     # The user's command: `--output_dir=pngs pngs/` writes nothing and says why.
     before = files_and_bytes(photos)
@@ -298,7 +299,7 @@ def test_an_output_dir_that_is_a_file_and_hidden_files_and_usage_errors(tmp_path
     Image.fromarray(random_image(1, (20, 20))).save(photos / "cat.jpg")
     (photos / "._cat.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork companion.
     Image.fromarray(random_image(2, (20, 20))).save(photos / ".thumb.png")
-    assert predict.collect_images([photos]) == ([photos / "cat.jpg"], [], 2, 0, [Path("cat")])
+    assert predict.collect_images([photos]) == ([photos / "cat.jpg"], [], 2, 0, [Path("cat")], 0, 0)
 
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(ValueError, match=re.escape(f"--output_dir={tmp_path / 'taken'} is a file, not a folder")):
@@ -505,7 +506,18 @@ def test_recursive_takes_subfolders_keeps_their_paths_and_never_takes_the_output
     assert inputs.images == [photos / name for name in ("a.jpg", "city/b.png", "city/deep/c.png", "other/b.png")]
     assert inputs.names == [Path(name) for name in ("a", "city/b", "city/deep/c", "other/b")]
     assert (inputs.bad, inputs.ignored, inputs.skipped) == ([], 2, 1)  # .cache/ and notes.txt; old.png
-    assert predict.collect_images([photos], out) == ([photos / "a.jpg"], [], 0, 0, [Path("a")])  # Not recursive.
+    # Not recursive: city/ and other/ counted as not searched (not predictions/ = out, nor loop/ = photos).
+    assert predict.collect_images([photos], out) == ([photos / "a.jpg"], [], 0, 0, [Path("a")], 2, 0)
+    result = run_predict_cli(f"--model={keras_file}", f"--output_dir={tmp_path / 'flat'}", str(photos), str(photos / "a.jpg"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("wrote 1 label map and overlay to " in result.stdout
+            and "(1 image found; 1 image named twice, segmented once; 3 subfolders not searched: --recursive searches "
+                "them)" in result.stdout)  # predictions/ too: it is not the --output_dir now.
+    (tmp_path / "by_year" / "2023").mkdir(parents=True)
+    shutil.copy(photos / "city" / "b.png", tmp_path / "by_year" / "2023")
+    only_folders = predict.collect_images([tmp_path / "by_year"], out)
+    assert only_folders.bad == [(tmp_path / "by_year", "folder holds no (not hidden) file ending in .jpg, .jpeg, .png, "
+                                 ".bmp, .gif, .webp, .tif, .tiff; it has 1 subfolder: --recursive searches them")]
     refused = predict.collect_images([out], out, recursive=True)
     assert refused.images == [] and "with --recursive, --output_dir" in refused.bad[0][1]
 
