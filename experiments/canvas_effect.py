@@ -19,6 +19,7 @@ prints the markdown.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -157,6 +158,14 @@ def canvas_effect(
     }
 
 
+def _band_start(name: str) -> float:
+    """Where a band of ``band_names`` starts, to order the rows: a result read back from
+    ``canvas_effect.json`` has its bands in key order ("129-256" before "9-32")."""
+    if name == "no padding":
+        return math.inf
+    return int(name[2:]) + 1 if name.startswith("> ") else int(name.split("-")[0])
+
+
 def effect_markdown(result: dict[str, Any], run: dict[str, Any] | None = None, command: str = "") -> str:
     """The report: metrics both ways, the difference, and the changed labels by distance."""
     exact, padded = result["exact"], result["canvas"]
@@ -183,7 +192,7 @@ def effect_markdown(result: dict[str, Any], run: dict[str, Any] | None = None, c
         "| distance to the padding (px) | pixels | changed | changed (%) |",
         "|---|---:|---:|---:|",
     ]
-    for name, band in result["by_distance"].items():
+    for name, band in sorted(result["by_distance"].items(), key=lambda item: _band_start(item[0])):
         share = f"{100 * band['changed'] / band['pixels']:.3f}" if band["pixels"] else "-"
         lines.append(f"| {name} | {band['pixels']:,} | {band['changed']:,} | {share} |")
     lines += [

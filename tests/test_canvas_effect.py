@@ -73,6 +73,9 @@ def test_canvas_effect_compares_two_independent_evaluations(eval_workspace):
     assert result["by_distance"]["no padding"] == {"pixels": 0, "changed": 0}  # no image fills 64x72
     assert result["model"] == str(eval_workspace["model"])
     markdown = effect_markdown(result)
+    assert effect_markdown(json.loads(json.dumps(result, sort_keys=True))) == markdown  # As canvas_effect.json holds it.
+    rows = [line.split(" | ")[0][2:] for line in markdown.splitlines() if line.startswith("| ") and line.count("|") == 5]
+    assert rows[1:] == band_names()  # After the heading row, nearest the padding first.
     assert f"{result['changed_pixels']:,} of {result['num_pixels']:,} pixels" in markdown
     assert "batches of 2 padded to a 64x72 canvas" in markdown and "one at a time, exact" in markdown
     assert f"{100 * result['difference']['mean_iu']:+.2f}" in markdown
