@@ -21,10 +21,12 @@ commit, backend, device and data counts), ``results.json``, ``comparison.png`` (
 set of validation images: the first ``--figure_images`` of the split) and
 ``training_curves.png``; each stage's run folder (``fcn32s/``, ...) and its ``eval/``.
 
-Resumable stage by stage: a stage whose ``summary.json`` says "finished" is not retrained (its
-settings must match, else an error), an interrupted one resumes from its backup (``train()``), an
-evaluation is redone only if its model is newer than its ``metrics.json`` or
-``figure_labels.npz``. Run the same command
+Resumable stage by stage: a stage whose ``summary.json`` says "finished" is not retrained, an
+interrupted one resumes from its backup (``train()``); either way its recorded settings must match
+the flags, else an error. An evaluation is redone when its model is newer than its ``metrics.json``
+or ``figure_labels.npz``, or when the evaluation flags (``--eval_max_images``,
+``--eval_batch_size``, ``--eval_canvas``, ``--eval_split``, ``--figure_images``) differ from those it
+used; the table refuses models evaluated on different images or in different ways. Run the same command
 again after a kill (e.g. the GPU's 10-minute command limit) and it continues.
 """
 
@@ -47,8 +49,9 @@ from absl import flags
 
 from benchmarks.throughput import device_description
 from fcn_keras import viz
+from fcn_keras.checks import check_folder
 from fcn_keras.console import run_cli, usage_error
-from fcn_keras.data.pipeline import eval_dataset, resolve_data
+from fcn_keras.data.pipeline import eval_dataset, oversized_images, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import atomic_path, write_text_atomic
 from fcn_keras.io import parse_size
@@ -265,22 +268,27 @@ def run_stage(config: TrainConfig) -> tuple[dict[str, Any], bool]:
         ``(summary, trained)``: ``train()``'s summary, and whether this call trained.
 
     Raises:
-        ValueError: the folder holds a finished run with other settings.
+        ValueError: the folder holds a run (finished or interrupted) with other settings.
     """
     run_dir = Path(config.output_dir)
     summary_path = run_dir / "summary.json"
-    if summary_path.is_file() and (run_dir / "config.json").is_file():
-        summary = json.loads(summary_path.read_text())
+    if (run_dir / "config.json").is_file():
+        # Finished or interrupted, a run continues only with its own settings: an interrupted one
+        # resumed with others would have trained under both (train()'s resume does not compare
+        # the learning rate, epochs or time budget).
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        finished = summary.get("status") == "finished"
         previous = recorded_config(run_dir)
         requested = dataclasses.asdict(resolve_config(config))
-        if summary.get("status") == "finished":
-            changed = {k: (previous.get(k), v) for k, v in _comparable(requested).items() if previous.get(k) != v}
-            if changed:
-                details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-                raise ValueError(
-                    f"{run_dir} holds a finished run with other settings ({details}); rerun with the same flags "
-                    "or use another --output_dir"
-                )
+        changed = {k: (previous.get(k), v) for k, v in _comparable(requested).items() if previous.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{run_dir} holds {'a finished' if finished else 'an interrupted'} run with other settings ({details}); "
+                "rerun with the same flags, or use another --output_dir"
+                + ("" if finished else f" (or delete {run_dir} to train this stage afresh)")
+            )
+        if finished:
             print(f"{run_dir.name}: finished earlier ({summary['epochs_done']} epochs), not retrained", flush=True)
             return summary, False
     print(f"{run_dir.name}: training FCN-{config.variant}{' at-once' if config.at_once else ''}", flush=True)
@@ -305,7 +313,8 @@ def evaluate_stage(
     first ``figure_images`` images (the figure's) from the same pass.
 
     Reuses ``<stage>/eval/metrics.json`` and ``figure_labels.npz`` when they are newer than the
-    model. A finished stage whose model file was not kept (the GPU run brings back results, not
+    model and were made with the current evaluation flags (``evaluation_changes``), else
+    evaluates again and says why. A finished stage whose model file was not kept (the GPU run brings back results, not
     its 540 MB models) is reused from ``metrics.json`` alone: ``results["reused_without_model"]``
     is then true, and the label maps are ``None`` unless ``figure_labels.npz`` came back too.
 
@@ -314,6 +323,7 @@ def evaluate_stage(
 
     Raises:
         FileNotFoundError: naming the stage's folder when it holds neither the model nor its evaluation.
+        ValueError: the model is gone and its evaluation used other evaluation flags.
     """
     run_dir = Path(settings.output_dir) / stage.name
     model_path = run_dir / "last.keras"
@@ -323,21 +333,32 @@ def evaluate_stage(
         if not metrics_path.is_file():
             raise FileNotFoundError(f"{run_dir}: no last.keras to evaluate and no earlier evaluation (eval/metrics.json)")
         results = {**json.loads(metrics_path.read_text()), "reused_without_model": True}
+        changed = evaluation_changes(results, settings, data)
+        if changed:  # Nothing to evaluate again with: refused rather than mixed into the table.
+            raise ValueError(
+                f"{run_dir}: no last.keras to evaluate again, and its earlier evaluation (eval/metrics.json) used other "
+                f"evaluation settings ({'; '.join(changed)}); rerun with that evaluation's flags"
+            )
         labels = _load_figure_labels(figure_path) if figure_path.is_file() else None
         print(f"{stage.name}: model file not kept; its earlier evaluation is reused: mean IU "
               f"{100 * results['mean_iu']:.1f}", flush=True)
-        return results, labels
+        return results, labels[: settings.figure_images] if labels is not None else None
     fresh = [p for p in (metrics_path, figure_path) if p.is_file() and p.stat().st_mtime >= model_path.stat().st_mtime]
     if len(fresh) == 2:
         results = json.loads(metrics_path.read_text())
         labels = _load_figure_labels(figure_path)
-        print(f"{stage.name}: evaluated earlier: mean IU {100 * results['mean_iu']:.1f}", flush=True)
-        return results, labels
+        changed = evaluation_changes(results, settings, data)
+        if len(labels) < min(settings.figure_images, results["num_images"]):
+            changed.append(f"--figure_images: {len(labels)} label maps kept -> {settings.figure_images}")
+        if not changed:
+            print(f"{stage.name}: evaluated earlier: mean IU {100 * results['mean_iu']:.1f}", flush=True)
+            return results, labels[: settings.figure_images]
+        print(f"{stage.name}: evaluated again: the earlier evaluation used other settings ({'; '.join(changed)})",
+              flush=True)
     results = evaluate_model(
         model_path, data, split=settings.eval_split, output_dir=run_dir / "eval",
         max_images=settings.eval_max_images, batch_size=settings.eval_batch_size,
-        canvas=parse_size(settings.eval_canvas, "--eval_canvas") if settings.eval_canvas else None,
-        keep_predictions=settings.figure_images, verbose=bool(settings.verbose),
+        canvas=eval_canvas(settings), keep_predictions=settings.figure_images, verbose=bool(settings.verbose),
     )
     labels = results.pop("predictions")
     with atomic_path(figure_path) as tmp, open(tmp, "wb") as f:
@@ -345,6 +366,51 @@ def evaluate_stage(
     keras.utils.clear_session()
     print(f"{stage.name}: mean IU {100 * results['mean_iu']:.1f} on {results['num_images']} images", flush=True)
     return results, labels
+
+
+def eval_canvas(settings: ExperimentSettings) -> tuple[int, int] | None:
+    """``--eval_canvas`` as ``(height, width)``, or ``None`` when empty.
+
+    Raises:
+        ValueError: naming ``--eval_canvas`` when it is not N or HxW.
+    """
+    return parse_size(settings.eval_canvas, "--eval_canvas") if settings.eval_canvas else None
+
+
+def evaluation_changes(recorded: dict[str, Any], settings: ExperimentSettings, data: str) -> list[str]:
+    """How an earlier evaluation (its ``metrics.json``) differs from what the current flags ask for.
+
+    ``evaluate_model`` records the split, batch size, canvas and image count it used; the image
+    count asked for is ``--eval_max_images`` capped at the split's size (``manifest.json``).
+
+    Args:
+        recorded: the earlier evaluation's ``metrics.json``.
+        settings: the experiment's settings.
+        data: the converted dataset folder (its ``manifest.json`` gives the split's size).
+
+    Returns:
+        One ``"--flag: earlier -> now"`` per difference; empty when the evaluation can be reused.
+    """
+    changed = []
+    split_size = None
+    manifest = Path(data) / "manifest.json"
+    if manifest.is_file():
+        split_size = json.loads(manifest.read_text()).get("splits", {}).get(settings.eval_split, {}).get("num_examples")
+    wanted_images = settings.eval_max_images
+    if split_size is not None:
+        wanted_images = split_size if wanted_images is None else min(wanted_images, split_size)
+    canvas = eval_canvas(settings)
+    asked = {
+        "--eval_split": (recorded.get("split"), settings.eval_split),
+        "--eval_batch_size": (recorded.get("batch_size", 1), settings.eval_batch_size),
+        "--eval_canvas": (recorded.get("canvas"), None if canvas is None else list(canvas)),
+        "--eval_max_images": (recorded.get("num_images"), wanted_images),
+    }
+    for flag, (earlier, now) in asked.items():
+        if earlier != now and not (flag == "--eval_max_images" and now is None):  # None: the split's size unknown
+            what = "images evaluated" if flag == "--eval_max_images" else "value"
+            changed.append(f"{flag}: {what} {earlier!r} -> {now!r}")
+    return changed
 
 
 def load_figure_images(val_glob: str, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -372,6 +438,7 @@ def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any
         "per_class_iu": evaluation["per_class_iu"],
         "eval_images": evaluation["num_images"],
         "eval_pixels": evaluation["num_pixels"],
+        "eval_mode": evaluation_mode(evaluation),
         "eval_seconds": evaluation.get("seconds"),
         # Trained and evaluated by an earlier call whose model file did not come back (evaluate_stage).
         "reused_without_model": bool(evaluation.get("reused_without_model")),
@@ -391,6 +458,26 @@ def model_entry(stage: Stage, summary: dict[str, Any], evaluation: dict[str, Any
             "crop_size": resolved.crop_size,
         },
     }
+
+
+def common_evaluation(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The image count and mode every model of the table was evaluated with (``num_eval``,
+    ``eval_mode``).
+
+    Raises:
+        ValueError: naming each model's count and mode when they differ: one table must not
+            compare models scored on different images or in different ways.
+    """
+    seen = {(entry["eval_images"], entry.get("eval_mode")) for entry in models.values()}
+    if len(seen) > 1:
+        listed = "; ".join(f"{title}: {entry['eval_images']} images, {entry.get('eval_mode') or 'mode not recorded'}"
+                           for title, entry in models.items())
+        raise ValueError(
+            f"the models were evaluated on different image sets or in different ways ({listed}); evaluate them "
+            "all with the same --eval_max_images, --eval_batch_size and --eval_canvas"
+        )
+    num_eval, eval_mode = seen.pop()
+    return {"num_eval": num_eval, "eval_mode": eval_mode}
 
 
 def _recorded_commit(run_dir: Path) -> str | None:
@@ -512,17 +599,21 @@ def findings(models: dict[str, dict[str, Any]]) -> list[str]:
     staged = [title for title in ("FCN-32s", "FCN-16s", "FCN-8s") if title in ious]
     chain = " -> ".join(f"{title} {100 * ious[title]:.1f}" for title in staged)
     rising = all(ious[a] < ious[b] for a, b in zip(staged, staged[1:]))
+    controlled = any(control.title in ious for control in CONTROL_STAGES)
     if len(staged) < 2:
         out = [f"Mean IU so far: {chain or 'no staged model'}."]
     else:
-        out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."]
+        out = [f"Mean IU {'rises' if rising else 'does not rise monotonically'} along the stages: {chain}."
+               + ("" if controlled else " Each later stage also trained longer (it continues the one before), so "
+                  "this includes the extra training, not only the skips: --controls separates the two.")]
     for control in CONTROL_STAGES:
         mirrored = STAGES[STAGE_INDEX[control.mirrors]].title
         if control.title in ious and mirrored in ious:
             diff = 100 * (ious[mirrored] - ious[control.title])
             out.append(f"{mirrored} against {control.title} (same steps and learning rates, no skips): "
                        f"{100 * ious[mirrored]:.1f} vs {100 * ious[control.title]:.1f} mean IU, {diff:+.1f} points "
-                       "from the skips.")
+                       "with the skips, from one seed (one training run each: the seed-to-seed spread is not "
+                       "measured).")
     if "FCN-8s at-once" in ious and "FCN-8s" in ious:
         diff = 100 * (ious["FCN-8s at-once"] - ious["FCN-8s"])
         out.append(f"The at-once FCN-8s scores {100 * ious['FCN-8s at-once']:.1f} mean IU, {diff:+.1f} points "
@@ -573,11 +664,27 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
         )
     if settings.figure_images < 1:
         raise ValueError(f"--figure_images must be >= 1. Received: --figure_images={settings.figure_images}")
+    # The evaluation flags are checked now, not after FCN-32s has trained.
+    if settings.eval_max_images is not None and settings.figure_images > settings.eval_max_images:
+        raise ValueError(
+            f"--figure_images must not exceed --eval_max_images (the figure shows evaluated images). Received: "
+            f"--figure_images={settings.figure_images}, --eval_max_images={settings.eval_max_images}"
+        )
+    canvas = eval_canvas(settings)
+    check_folder("--output_dir", settings.output_dir)
     start = time.perf_counter()
     output_dir = Path(settings.output_dir)
+    folder, globs = prepare_data(settings, smoke)  # checks --data before anything is written
     output_dir.mkdir(parents=True, exist_ok=True)
-    folder, globs = prepare_data(settings, smoke)
     stages = stages_of(settings)
+    oversized = [] if canvas is None else oversized_images(globs[settings.eval_split], canvas, settings.eval_max_images)
+    if oversized:
+        image_id, height, width = oversized[0]
+        raise ValueError(
+            f"--eval_canvas must hold every evaluated image: {len(oversized)} images of the {settings.eval_split!r} "
+            f"split are larger than {canvas[0]}x{canvas[1]} (height x width), e.g. {image_id!r} ({height}x{width}). "
+            f"Received: --eval_canvas={settings.eval_canvas}"
+        )
 
     # --- Stage by stage: train from the last stage, then evaluate at once and write the results
     # so far, so that a call stopped later (a time limit) still leaves every finished row ---
@@ -622,8 +729,7 @@ def run_experiment(settings: ExperimentSettings, *, smoke: bool = False, command
                 "eval_split": settings.eval_split,
                 "num_train": manifest["splits"][settings.train_split]["num_examples"],
                 "num_eval_split": manifest["splits"][settings.eval_split]["num_examples"],
-                "num_eval": next(iter(models.values()))["eval_images"],
-                "eval_mode": evaluation_mode(evaluation),
+                **common_evaluation(models),
                 "figure_images": len(images),
             },
             "settings": dataclasses.asdict(settings),

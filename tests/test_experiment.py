@@ -55,6 +55,7 @@ def test_write_results_table_from_given_metrics(tmp_path):
     assert "| FCN-32s | 89.1 | 73.3 | 59.4 | 81.4 |" in text  # the paper's table
     assert "| FCN-8s at-once | 180.0 | 21.0 | 300.0 | 9.5 |" in text  # the time table
     assert "Mean IU rises along the stages: FCN-32s 59.4 -> FCN-16s 62.4 -> FCN-8s 62.7." in text
+    assert "Each later stage also trained longer" in text  # no controls: the rise is not the skips' alone
     assert "-1.0 points against the staged FCN-8s" in text
     assert "| background | 90.0 | 90.0 | 90.0 | 90.0 |" in text and "| boat | - | - | - | - |" in text
     assert "| tvmonitor | 25.0 | 25.0 | 25.0 | 25.0 |" in text
@@ -72,6 +73,67 @@ def test_write_results_table_from_given_metrics(tmp_path):
     models["FCN-16s"]["metrics"]["mean_iu"] = 0.70  # above FCN-8s: not monotonic any more
     assert "does not rise monotonically" in exp.results_markdown(results)
     assert not list((tmp_path / "out").glob(".*.tmp-*"))  # atomic writes leave no temporary files
+
+
+def test_findings_name_one_seed_and_the_extra_training():
+    ious = {"FCN-32s": 0.50, "FCN-16s": 0.55, "FCN-8s": 0.56, "FCN-32s trained as FCN-16s": 0.52}
+    models = {title: {"metrics": {"mean_iu": iu}} for title, iu in ious.items()}
+    text = "\n".join(exp.findings(models))
+    assert "+3.0 points with the skips, from one seed (one training run each" in text
+    assert "Each later stage also trained longer" not in text  # the controls separate it
+    del models["FCN-32s trained as FCN-16s"]
+    assert ("Each later stage also trained longer (it continues the one before), so this includes the extra "
+            "training, not only the skips: --controls separates the two.") in exp.findings(models)[0]
+
+
+def test_a_table_refuses_models_evaluated_differently():
+    entry = {"eval_images": 3, "eval_mode": "batches of 2 padded to a 48x56 canvas"}
+    assert exp.common_evaluation({"FCN-32s": entry, "FCN-16s": dict(entry)}) == {
+        "num_eval": 3, "eval_mode": "batches of 2 padded to a 48x56 canvas"}
+    with pytest.raises(ValueError, match=r"different image sets.*FCN-32s: 3 images.*FCN-16s: 2 images.*--eval_max_images"):
+        exp.common_evaluation({"FCN-32s": entry, "FCN-16s": {**entry, "eval_images": 2}})
+    with pytest.raises(ValueError, match="FCN-16s: 3 images, one at a time, exact"):
+        exp.common_evaluation({"FCN-32s": entry, "FCN-16s": {**entry, "eval_mode": "one at a time, exact"}})
+
+
+def test_evaluation_changes_compare_the_recorded_evaluation(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"val": {"num_examples": 3}}}))
+    settings = exp.ExperimentSettings(data="", output_dir=str(tmp_path / "out"), eval_batch_size=2, eval_canvas="48x56")
+    recorded = {"split": "val", "batch_size": 2, "canvas": [48, 56], "num_images": 3}
+    assert exp.evaluation_changes(recorded, settings, str(tmp_path)) == []
+    # More images asked than the split holds: the same evaluation.
+    assert exp.evaluation_changes(recorded, dataclasses.replace(settings, eval_max_images=5), str(tmp_path)) == []
+    changed = dataclasses.replace(settings, eval_max_images=2, eval_batch_size=1, eval_canvas="")
+    assert exp.evaluation_changes(recorded, changed, str(tmp_path)) == [
+        "--eval_batch_size: value 2 -> 1", "--eval_canvas: value [48, 56] -> None",
+        "--eval_max_images: images evaluated 3 -> 2"]
+    # A stage whose model file was not kept cannot be evaluated again: refused, not mixed in.
+    (tmp_path / "out" / "fcn32s" / "eval").mkdir(parents=True)
+    (tmp_path / "out" / "fcn32s" / "eval" / "metrics.json").write_text(json.dumps({**recorded, "mean_iu": 0.5}))
+    assert exp.evaluate_stage(exp.STAGES[0], settings, str(tmp_path))[0]["reused_without_model"]
+    with pytest.raises(ValueError, match=r"fcn32s: no last.keras to evaluate again.*--eval_max_images: images "
+                                         r"evaluated 3 -> 2"):
+        exp.evaluate_stage(exp.STAGES[0], dataclasses.replace(settings, eval_max_images=2), str(tmp_path))
+
+
+def test_an_interrupted_stage_is_not_resumed_with_other_settings(tmp_path, monkeypatch):
+    settings = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), **{**exp.SMOKE_SETTINGS, "learning_rates": None})
+    config = exp.stage_config(exp.STAGES[1], settings, "records")
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir()
+    recorded = dataclasses.asdict(exp.resolve_config(dataclasses.replace(config, learning_rate=1e-4)))
+    (run_dir / "config.json").write_text(json.dumps({"config": recorded}))  # killed: no summary.json
+    trained = []
+    monkeypatch.setattr(exp, "train", lambda c: trained.append(c) or {"status": "finished"})
+    for summary in (None, {"status": "interrupted", "epochs_done": 1}):
+        if summary:
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+        with pytest.raises(ValueError, match=r"fcn16s holds an interrupted run with other settings \(learning_rate: "
+                                             r"0.0001 -> 0.05\).*or delete"):
+            exp.run_stage(dataclasses.replace(config, learning_rate=5e-2))
+    assert not trained
+    assert exp.run_stage(dataclasses.replace(config, learning_rate=1e-4, verbose=0))[1]  # the same settings: resumed
+    assert len(trained) == 1
 
 
 # --- Stage configurations --------------------------------------------------------------------
@@ -188,6 +250,14 @@ def test_smoke_rerun_resumes_without_retraining(smoke_run, monkeypatch):
     assert evaluation["mean_iu"] == before["models"]["FCN-8s"]["metrics"]["mean_iu"]
     with np.load(output / "fcn8s" / "eval" / exp.FIGURE_LABELS) as figure:
         assert len(labels) == 2 and all(np.array_equal(labels[i], figure[f"image_{i}"]) for i in range(2))
+    # Other evaluation flags: evaluated again, not the earlier evaluation reused.
+    for changed_eval in ({"eval_max_images": 2}, {"eval_batch_size": 1}, {"eval_canvas": "64"}, {"figure_images": 3}):
+        with pytest.raises(AssertionError, match="evaluate_model called"):
+            exp.evaluate_stage(exp.STAGES[2], dataclasses.replace(smoke_settings, **changed_eval),
+                               results["data"]["folder"])
+    fewer = exp.evaluate_stage(exp.STAGES[2], dataclasses.replace(smoke_settings, figure_images=1),
+                               results["data"]["folder"])[1]
+    assert len(fewer) == 1 and np.array_equal(fewer[0], labels[0])  # fewer figure images: reused
 
     # A finished stage written before a TrainConfig field existed is reused when the field is at
     # its default (config.json has no max_train_seconds): nothing retrained.
@@ -287,9 +357,31 @@ def test_bad_inputs_are_named(tmp_path):
     settings = exp.ExperimentSettings(data=str(tmp_path / "missing"), output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="--data must be a VOCdevkit root.*missing"):
         exp.run_experiment(settings)
+    assert not (tmp_path / "out").exists()  # bad --data leaves no empty output folder behind
     voc = make_synthetic_voc(tmp_path / "VOCdevkit", num_train=1, num_val=1, size=(24, 24))
     with pytest.raises(ValueError, match=r"--data '.*VOCdevkit' has no sbd_train split; it has \['val'\]"):
         exp.run_experiment(dataclasses.replace(settings, data=str(voc), train_split="sbd_train"))
     two_rates = dataclasses.replace(settings, learning_rates=[1e-4, 1e-5])
     with pytest.raises(ValueError, match="--learning_rates needs one rate per stage"):
         exp.run_experiment(two_rates)
+    (tmp_path / "afile").write_text("x")
+    for output_dir, where in ((tmp_path / "afile", "a file"), (tmp_path / "afile" / "sub", "inside")):
+        with pytest.raises(ValueError, match=f"--output_dir must be a folder.*{where}"):
+            exp.run_experiment(dataclasses.replace(settings, data=str(voc), output_dir=str(output_dir)))
+
+
+def test_bad_evaluation_flags_are_named_before_training(tmp_path, monkeypatch):
+    def no_training(config):
+        raise AssertionError("a stage trained before the evaluation flags were checked")
+
+    monkeypatch.setattr(exp, "train", no_training)
+    voc = make_synthetic_voc(tmp_path / "VOCdevkit", num_train=1, num_val=2, size=(24, 24))
+    settings = exp.ExperimentSettings(data=str(voc), output_dir=str(tmp_path / "out"), verbose=0)
+    with pytest.raises(ValueError, match="--eval_canvas must be N or HxW with positive integers. Received: 'abc'"):
+        exp.run_experiment(dataclasses.replace(settings, eval_canvas="abc"))
+    with pytest.raises(ValueError, match=r"--figure_images must not exceed --eval_max_images.*--figure_images=2, "
+                                         r"--eval_max_images=1"):
+        exp.run_experiment(dataclasses.replace(settings, figure_images=2, eval_max_images=1))
+    with pytest.raises(ValueError, match=r"--eval_canvas must hold every evaluated image: 2 images of the 'val' "
+                                         r"split are larger than 16x16.*Received: --eval_canvas=16"):
+        exp.run_experiment(dataclasses.replace(settings, eval_canvas="16"))
