@@ -291,7 +291,8 @@ class Inputs(NamedTuple):
     names: list[Path]
     #: Without ``recursive``: the subfolders of the folders given, not searched (not hidden ones).
     unsearched: int = 0
-    #: Images named more than once (a folder and a file in it, or a file twice): taken once.
+    #: Images named more than once under one output name (a folder and a file in it, or a file
+    #: twice): taken once.
     repeated: int = 0
 
 
@@ -359,9 +360,9 @@ def collect_images(
             names.append(Path(source.stem))
         else:
             bad.append((source, "no such file or folder"))
-    first = {}  # Each image (resolved) at its first place.
-    for index, image in enumerate(images):
-        first.setdefault(image.resolve(), index)
+    first = {}  # Each (image, output name) at its first place: a link of another name is another input.
+    for index, (image, name) in enumerate(zip(images, names)):
+        first.setdefault((image.resolve(), name), index)
     kept = sorted(first.values())
     return Inputs([images[i] for i in kept], bad, ignored, skipped, [names[i] for i in kept], unsearched,
                   len(images) - len(kept))

@@ -513,6 +513,9 @@ def test_recursive_takes_subfolders_keeps_their_paths_and_never_takes_the_output
     assert ("wrote 1 label map and overlay to " in result.stdout
             and "(1 image found; 1 image named twice, segmented once; 3 subfolders not searched: --recursive searches "
                 "them)" in result.stdout)  # predictions/ too: it is not the --output_dir now.
+    (tmp_path / "alias.jpg").symlink_to(photos / "a.jpg")  # Another name: another input, not a repeat.
+    aliased = predict.collect_images([photos / "a.jpg", tmp_path / "alias.jpg", photos / "a.jpg"], out)
+    assert aliased.images == [photos / "a.jpg", tmp_path / "alias.jpg"] and aliased.repeated == 1
     (tmp_path / "by_year" / "2023").mkdir(parents=True)
     shutil.copy(photos / "city" / "b.png", tmp_path / "by_year" / "2023")
     only_folders = predict.collect_images([tmp_path / "by_year"], out)
