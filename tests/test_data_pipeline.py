@@ -411,7 +411,7 @@ def test_hidden_files_such_as_a_killed_conversions_temporaries_are_not_read(data
     assert partial.name in [os.path.basename(p) for p in tf.io.gfile.glob(pattern)]
     with caplog.at_level("WARNING", logger="fcn_keras.data.pipeline"):
         assert pipeline.list_files(pattern) == [str(folder / f"train-0000{i}-of-00002.tfrecord") for i in range(2)]
-    assert f"left out 1 hidden file(s) (names starting with '.'" in caplog.text and partial.name in caplog.text
+    assert "left out 1 hidden file(s) (names starting with '.'" in caplog.text and partial.name in caplog.text
     assert pipeline.resolve_data(pattern, tmp_path) == {"train": pattern}
     assert pipeline.record_ids(pattern) == [f"synth_{i:06d}" for i in range(6)]
     assert pipeline.list_files(str(folder / ".tmp-*")) == [str(partial)]  # Asked for by name: found.
