@@ -100,6 +100,12 @@ PAD_RGB: tuple[int, int, int] = (124, 116, 104)
 #: Random scale factors of the training crops (``data.pipeline.train_dataset``, ``--crop_size``).
 TRAIN_SCALE_RANGE: tuple[float, float] = (0.5, 2.0)
 
+#: Records in the training pipeline's shuffle buffer (``train_dataset``, ``--shuffle_buffer``):
+#: encoded, ~91 KB each for VOC (~190 MB of host memory), shuffled after the interleave of up to
+#: 8 shards. Shards hold the list in order: 256 left a 1,464-record split (2 shards) in nearly
+#: list order (rank correlation 0.76 of stream and shard position; 2,048: -0.01).
+DEFAULT_SHUFFLE_BUFFER = 2048
+
 # --- Files ---------------------------------------------------------------------------------------
 
 #: The first bytes of every JPEG file (SOI marker, then a marker's 0xFF): how the converter, the

@@ -41,7 +41,7 @@ from fcn_keras.backbone import resolve_preprocessing
 from fcn_keras.checks import check_choice, check_folder, check_int
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
-    IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
+    DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
 )
 from fcn_keras.files import atomic_path, write_json_atomic
 from fcn_keras.model import FC6_IMPLEMENTATIONS
@@ -126,6 +126,7 @@ class TrainConfig:
     batch_size: int | None = None
     gradient_accumulation_steps: int = 1
     crop_size: int | None = None
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     optimizer: str | None = None
     learning_rate: float | None = None
     lr_schedule: str = "constant"
@@ -285,6 +286,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if resolved.backup_freq < 0:
         raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
     check_int("checkpoint_freq", resolved.checkpoint_freq, 1, "epochs")
+    check_int("shuffle_buffer", resolved.shuffle_buffer, 0, "records; 0 or 1: none")
     check_folder("output_dir", resolved.output_dir)
     return resolved
 
@@ -292,12 +294,14 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 #: Fields that must not change when a run resumes from its backup.
 _RESUME_KEYS = (
     "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size",
-    "gradient_accumulation_steps", "crop_size", "optimizer", "lr_schedule", "mixed_precision", "seed", "at_once",
-    "geometry", "fc_units", "distribute", "deterministic", "preprocessing", "fc6_implementation",
+    "gradient_accumulation_steps", "crop_size", "shuffle_buffer", "optimizer", "lr_schedule", "mixed_precision", "seed",
+    "at_once", "geometry", "fc_units", "distribute", "deterministic", "preprocessing", "fc6_implementation",
 )  # fmt: skip
 
 #: What a run recorded before a field existed did, where that differs from today's default:
-#: fc6 was a ``Conv2D`` (its backup's weights file is keyed by that class).
+#: fc6 was a ``Conv2D`` (its backup's weights file is keyed by that class). Runs recorded before
+#: ``shuffle_buffer`` compare as the default, 2,048 (the buffer since commit bf55f1b; earlier
+#: ones had 256 and resume with 2,048 records in the buffer, as they did before the flag).
 _LEGACY_VALUES = {"fc6_implementation": "conv"}
 
 
@@ -864,6 +868,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
                 crop_size=config.crop_size or None,
                 scale_range=TRAIN_SCALE_RANGE if config.crop_size else None,
                 flip=bool(config.crop_size),
+                shuffle_buffer=config.shuffle_buffer,
                 seed=config.seed,
                 deterministic=config.deterministic,
             )
@@ -1062,6 +1067,9 @@ def define_flags(flag_values=None) -> None:
     define("integer", "crop_size", d.crop_size, "Square random crops (random scale "
                          f"{TRAIN_SCALE_RANGE[0]:g}-{TRAIN_SCALE_RANGE[1]:g} and flip; a multiple of the "
                          f"variant's stride, >= 32), or 0 for whole images with batch 1, the paper's setup ({both('crop_size')}).")
+    define("integer", "shuffle_buffer", d.shuffle_buffer, "Training records in the input pipeline's shuffle buffer "
+                      "(encoded images, ~91 KB each for VOC): lower it when host memory is short; 0 or 1: records in "
+                      "shard order (the shards' order is still shuffled).")
     define("enum", "optimizer", d.optimizer, list(OPTIMIZERS), "sgd: the paper's SGD (momentum, L2 weight decay on kernels, "
                       f"biases at 2x lr); adam: Adam with decoupled weight decay ({both('optimizer')}).")
     define("float", "learning_rate", d.learning_rate, "Learning rate for the per-pixel mean loss. auto: the paper's unnormalised "

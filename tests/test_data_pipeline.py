@@ -287,7 +287,8 @@ def test_deterministic_mode_repeats_exactly_and_seeds_differ(data):
 def test_an_epoch_of_shards_in_list_order_comes_out_shuffled(tmp_path):
     """The converter writes a list in order into shards of 1,000: a shard of 1,000 and one of 200
     here, each record's id its place in the list. With the default buffer, an epoch's order owes
-    nothing to the list's, and the small shard is spread over the whole epoch."""
+    nothing to the list's, and the small shard is spread over the whole epoch; with none
+    (shuffle_buffer=0), each shard's records come in its order."""
     label = records.encode_label_png(np.zeros((2, 2), np.uint8))
     for shard, ids in enumerate((range(1000), range(1000, 1200))):
         with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard:05d}-of-00002.tfrecord")) as writer:
@@ -303,6 +304,11 @@ def test_an_epoch_of_shards_in_list_order_comes_out_shuffled(tmp_path):
     assert abs(np.corrcoef(np.arange(1200), in_shard)[0, 1]) < 0.2
     small_share = [float((order[start : start + 400] >= 1000).mean()) for start in (0, 400, 800)]
     assert all(0.08 < share < 0.28 for share in small_share), small_share  # 1/6 each, in expectation
+    unshuffled = pipeline.train_dataset(str(tmp_path / "train-*"), crop_size=1, scale_range=None, flip=False, seed=3,
+                                        shuffle_buffer=0, deterministic=True, repeat=False)
+    order = np.array([int(image[0, 0, 0, 0]) * 256 + int(image[0, 0, 0, 1]) for image, _ in unshuffled])
+    assert sorted(order) == list(range(1200))
+    assert list(order[order < 1000]) == list(range(1000)) and list(order[order >= 1000]) == list(range(1000, 1200))
 
 
 @pytest.mark.parametrize(
@@ -311,6 +317,7 @@ def test_an_epoch_of_shards_in_list_order_comes_out_shuffled(tmp_path):
         ({"crop_size": 0}, "crop_size must be None or an integer >= 1. Received: crop_size=0"),
         ({"crop_size": 8, "scale_range": (2.0, 1.0)}, r"scale_range must be None or \(low, high\) with 0 < low <= high. Received: scale_range=\(2.0, 1.0\)"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1. Received: batch_size=0"),
+        ({"shuffle_buffer": -1}, r"shuffle_buffer must be an integer >= 0 \(records; 0 or 1: none\). Received: shuffle_buffer=-1"),
     ],
 )
 def test_bad_train_arguments(data, kwargs, match):

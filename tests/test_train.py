@@ -214,6 +214,10 @@ def test_resume_with_other_flags_is_refused(run32):
     config.update(variant="32s", deterministic=not config["deterministic"])
     with pytest.raises(ValueError, match=r"different run \(deterministic: True -> False\)"):
         train(TrainConfig(**config))
+    # Another buffer is another stream of records: the resumed batches would not be the skipped ones.
+    config.update(deterministic=True, shuffle_buffer=config["shuffle_buffer"] // 2)
+    with pytest.raises(ValueError, match=r"different run \(shuffle_buffer: 2048 -> 1024\)"):
+        train(TrainConfig(**config))
 
 
 def test_run_recorded_before_fc6_had_a_choice_resumes_only_as_conv2d(run32, tmp_path):
@@ -306,8 +310,9 @@ def test_poly_schedule_is_laid_out_over_all_epochs_across_a_budget_stop_and_resu
 def test_crops_train_with_random_scale_and_flip_and_whole_images_without(crop_size, batch_size, augmentation, voc_root,
                                                                          tmp_path, monkeypatch):
     """--crop_size>0: the training pipeline scales at random in TRAIN_SCALE_RANGE (0.5-2, the
-    documented range), crops and flips; --crop_size=0: none of them. Checked on the arguments
-    train passes to pipeline.train_dataset (stopped there: no training needed)."""
+    documented range), crops and flips; --crop_size=0: none of them. --shuffle_buffer reaches the
+    pipeline. Checked on the arguments train passes to pipeline.train_dataset (stopped there: no
+    training needed)."""
     from fcn_keras.data import pipeline
 
     assert TRAIN_SCALE_RANGE == (0.5, 2.0)  # docs/training.md: "random scale 0.5-2"
@@ -321,12 +326,14 @@ def test_crops_train_with_random_scale_and_flip_and_whole_images_without(crop_si
         raise Built
 
     monkeypatch.setattr(pipeline, "train_dataset", spy)
-    config = TrainConfig(**{**TINY, "crop_size": crop_size, "batch_size": batch_size, "val_steps": 0, "seed": 3},
+    config = TrainConfig(**{**TINY, "crop_size": crop_size, "batch_size": batch_size, "val_steps": 0, "seed": 3,
+                            "shuffle_buffer": 64},
                          data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(Built):
         train(config)
     assert calls and calls[0] == ((resolve_run_data(config)["train"],),
-                                  {"batch_size": batch_size, **augmentation, "seed": 3, "deterministic": True})
+                                  {"batch_size": batch_size, **augmentation, "shuffle_buffer": 64, "seed": 3,
+                                   "deterministic": True})
 
 
 def test_val_steps_validates_on_exactly_that_many_images(voc_root, tmp_path):
@@ -627,6 +634,8 @@ def test_fp16_trains_with_loss_scaling_and_resumes(voc_root, tmp_path):
         ({"at_once": True}, r"at_once needs variant '16s' or '8s'"),
         ({"max_train_seconds": -1.0}, r"max_train_seconds must be >= 0 \(0: no limit\). Received: max_train_seconds=-1.0"),
         ({"checkpoint_freq": 0}, r"checkpoint_freq must be an integer >= 1 \(epochs\). Received: checkpoint_freq=0"),
+        ({"shuffle_buffer": -1}, r"shuffle_buffer must be an integer >= 0 \(records; 0 or 1: none\). Received: "
+                                 r"shuffle_buffer=-1"),
         ({"val_canvas": "500x"}, r"val_canvas must be N or HxW with positive integers. Received: '500x'"),
         ({"val_batch_size": 0}, r"val_batch_size must be an integer >= 1. Received: val_batch_size=0"),
         ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be an integer >= 1 \(1: an update every "

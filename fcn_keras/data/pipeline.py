@@ -33,16 +33,12 @@ from pathlib import Path
 import tensorflow as tf
 
 from fcn_keras.checks import check_int
-from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, TRAIN_SCALE_RANGE
+from fcn_keras.constants import DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, PAD_RGB, TRAIN_SCALE_RANGE
 from fcn_keras.data import records
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Records (encoded, ~91 KB each for VOC: ~190 MB of host memory) shuffled after the interleave of
-# up to 8 shards. Shards hold the list in order: 256 left a 1,464-record split (2 shards) in
-# nearly list order (rank correlation 0.76 of stream and shard position; 2,048: -0.01).
-DEFAULT_SHUFFLE_BUFFER = 2048
 
 
 # --- Files ------------------------------------------------------------------------------------
@@ -256,7 +252,8 @@ def train_dataset(
         scale_range: ``(low, high)`` random scale factor, or ``None`` for none. Applies in
             both modes (the paper used no scaling and no flip: pass ``None`` and ``False``).
         flip: random horizontal mirroring.
-        shuffle_buffer: records in the shuffle buffer (0 or 1: no shuffling).
+        shuffle_buffer: records in the shuffle buffer (0 or 1: no shuffling of records; the
+            shards' order is still shuffled).
         seed: seed of shuffling and augmentation; ``None``: a random seed (0 when
             ``deterministic``).
         deterministic: the same order and augmentations on every run with the same seed.
@@ -268,10 +265,12 @@ def train_dataset(
         A ``tf.data.Dataset`` of ``(image uint8 [B, h, w, 3], label uint8 [B, h, w])``.
 
     Raises:
-        ValueError: no file matches, or bad ``batch_size``, ``crop_size`` or ``scale_range``.
+        ValueError: no file matches, or bad ``batch_size``, ``shuffle_buffer``, ``crop_size`` or
+            ``scale_range``.
     """
     # --- Arguments ---------------------------------------------------------------------------
     batch_size = check_int("batch_size", batch_size, 1)
+    shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, 0, "records; 0 or 1: none")
     if crop_size is None and batch_size != 1:
         raise ValueError(
             "batch_size must be 1 with whole images (crop_size=None, the paper's setup); pass crop_size for "
