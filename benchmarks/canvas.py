@@ -68,7 +68,8 @@ def image_files() -> list[Path]:
 
 def load_images() -> list[np.ndarray]:
     """The benchmark's images: ``--images``' files, else random ones of ``--random_sizes``."""
-    from fcn_keras.io import parse_size, read_image
+    from fcn_keras.checks import parse_size
+    from fcn_keras.io import read_image
 
     if FLAGS.images is None:
         rng = np.random.default_rng(1)
@@ -80,7 +81,7 @@ def load_images() -> list[np.ndarray]:
 def check_flags() -> tuple[tuple[int, int], list[int]]:
     """The canvas and the canvas rows' batch sizes, checked (with the images, which must exist and
     fit the canvas) before any row's process starts; a ValueError or FileNotFoundError names the flag."""
-    from fcn_keras.io import parse_size
+    from fcn_keras.checks import parse_size
 
     canvas = parse_size(FLAGS.canvas, "--canvas")
     try:
@@ -108,7 +109,7 @@ def run_row(row: str) -> dict:
     import keras
 
     from fcn_keras import inference
-    from fcn_keras.io import parse_size
+    from fcn_keras.checks import parse_size
 
     compile_seconds = []
     if keras.backend.backend() == "jax":

@@ -253,6 +253,7 @@ class KernelProfile:
     layer: dict[str, tuple[str, str]]  # instruction -> (layer, phase)
     kind: dict[str, str]  # instruction -> category
     position: dict[str, int]  # instruction -> its place in the compiled text (the schedule)
+    kernels_per_call: float = 0.0  # kernel launches (or thunks) per call: many short ones cost launch gaps
 
     @property
     def total_ms(self) -> float:
@@ -341,6 +342,7 @@ def profile_from_trace(hlo_text: str, data, calls: int, wall_ms: float, platform
         layer={name: label(module, name, attributed[name], layer_order) for name in by_instruction},
         kind={name: category(module, name) for name in by_instruction},
         position={name: index for index, name in enumerate(module.instructions) if name in by_instruction},
+        kernels_per_call=len(events) / calls,
     )
 
 
@@ -350,7 +352,8 @@ def _kernel_name(name: str) -> str:
 
 def _kernel_events(data, module_name: str) -> tuple[str, list[tuple[str, str | None, float]]]:
     """(kernel name, hlo_op or None, duration ns) of the program's kernels: the device planes'
-    (their "XLA Ops" line where the profiler derived one), else the CPU backend's thunks. Events
+    (their "XLA Ops" line where the profiler derived one, else their CUDA streams' lines, "Stream
+    #N...", else every line but the derived ones: no "CUPTI overhead"), else the CPU backend's thunks. Events
     whose ``hlo_module`` names another program are left out, unless that would leave none (the
     trace holds only the traced calls)."""
     device, host = [], []
@@ -358,7 +361,8 @@ def _kernel_events(data, module_name: str) -> tuple[str, list[tuple[str, str | N
         if plane.name.startswith("/device:") and not plane.name.startswith("/device:CPU"):
             lines = list(plane.lines)
             ops_lines = [line for line in lines if line.name == "XLA Ops"]
-            for line in ops_lines or [line for line in lines if not line.name.startswith(("XLA ", "Steps"))]:
+            streams = [line for line in lines if line.name.startswith("Stream #")]
+            for line in ops_lines or streams or [line for line in lines if not line.name.startswith(("XLA ", "Steps"))]:
                 for event in line.events:
                     stats = dict(event.stats)
                     hlo_op = stats.get("hlo_op") or (event.name if ops_lines else None)
@@ -384,8 +388,9 @@ def render(profile: KernelProfile, layer_order: tuple[str, ...] = (), top: int =
     where = "device kernels" if profile.source == "device" else "XLA CPU thunks (busy time, threads overlap)"
     lines = [
         f"Kernel time per call of `{profile.module}` ({where}, traced over {profile.calls} calls with "
-        f"jax.profiler, benchmarks/kernel_profile.py): {profile.total_ms:.2f} ms summed; wall time per "
-        f"call while tracing {profile.wall_ms:.2f} ms.", "",
+        f"jax.profiler, benchmarks/kernel_profile.py): {profile.total_ms:.2f} ms summed over "
+        f"{profile.kernels_per_call:.0f} kernels; wall time per call while tracing {profile.wall_ms:.2f} ms (the "
+        "profiler adds to it: XLA runs command buffers op by op while tracing).", "",
     ]
 
     def phase_rows(heading: str, table: dict[str, dict[str, float]]) -> list[str]:

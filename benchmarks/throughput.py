@@ -68,7 +68,6 @@ for _path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # the fcn_keras package, an
 import keras  # noqa: E402
 import kernel_profile  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402  (tf.data on the host, whatever the Keras backend)
 from absl import flags  # noqa: E402
 
 from fcn_keras import train as train_lib  # noqa: E402
@@ -79,7 +78,7 @@ from fcn_keras.distribute import releasing_train_graphs  # noqa: E402
 from fcn_keras.files import write_text_atomic  # noqa: E402
 from fcn_keras.flops import TRAIN_FLOPS_FACTOR, forward_flops, model_flops  # noqa: E402
 from fcn_keras.inference import labels_model  # noqa: E402
-from fcn_keras.io import parse_size  # noqa: E402
+from fcn_keras.checks import parse_size  # noqa: E402
 from fcn_keras.losses import SegmentationCrossEntropy  # noqa: E402
 from fcn_keras.model import FC6_IMPLEMENTATIONS, POOL_IMPLEMENTATIONS, build_fcn  # noqa: E402
 
@@ -180,6 +179,8 @@ def device_description() -> tuple[str, bool]:
         if device.platform != "cpu":
             return f"{device.platform}: {device.device_kind} (x{jax.device_count()})", True
     elif backend == "tensorflow":
+        import tensorflow as tf
+
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
@@ -201,6 +202,8 @@ def _jit(fn):
 
         return jax.jit(fn)
     if backend == "tensorflow":
+        import tensorflow as tf
+
         return tf.function(fn, jit_compile=True)
     return fn
 
@@ -464,6 +467,8 @@ def profile_blocks(model: keras.Model, labeler: keras.Model, images: np.ndarray,
 
 def measure_config(model, labeler, variant, size, batch, setup, steps, warmup, latency, tf_glob, seed) -> dict:
     """Every measurement of one (variant, size, batch); ``latency`` is given (per size)."""
+    import tensorflow as tf  # tf.data on the host, whatever the Keras backend
+
     height, width = size
     images, labels = synthetic_batch(batch, height, width, setup["num_classes"], seed)
     synthetic = tf.data.Dataset.from_tensors((images, labels)).repeat()
@@ -840,6 +845,8 @@ def run(argv: list[str]) -> str:
     log_calls = parse_calls_log(Path(FLAGS.calls_log)) if FLAGS.calls_log else []
     if FLAGS.report_only:
         return report(argv, records_path, log_calls)
+
+    import tensorflow as tf  # tf.data on the host (imported here: benchmarks/train_step.py runs without it)
 
     if keras.backend.backend() != "tensorflow":
         tf.config.set_visible_devices([], "GPU")  # tf.data only: the accelerator is the backend's

@@ -72,7 +72,7 @@ def _device_peak_bytes() -> int | None:
 def run_row(row: str, size: tuple[int, int], labels_file: str) -> dict:
     """One row, in this process: builds the net, segments the image, saves the labels."""
     from fcn_keras.inference import predict_labels, predict_labels_tiled, tile_spans
-    from fcn_keras.io import parse_size
+    from fcn_keras.checks import parse_size
 
     model = random_fcn()
     image = np.random.default_rng(1).integers(0, 256, (*size, 3)).astype("uint8")
@@ -98,7 +98,7 @@ def check_rows() -> tuple[tuple[int, int], list[str]]:
     """The image size and the rows the flags ask for, checked before any row's process starts;
     a ValueError names a bad flag."""
     from fcn_keras.inference import check_tile_size
-    from fcn_keras.io import parse_size
+    from fcn_keras.checks import parse_size
 
     size = parse_size(FLAGS.size, "--size")
     rows = list(FLAGS.tile_sizes)
@@ -144,7 +144,7 @@ def run(argv: list[str]) -> None:
 
 def main(argv: list[str]) -> int | None:
     if FLAGS.row is not None:  # a row's own process, started by run() with checked flags
-        from fcn_keras.io import parse_size
+        from fcn_keras.checks import parse_size
 
         print(json.dumps(run_row(FLAGS.row, parse_size(FLAGS.size, "--size"), FLAGS.labels_file)))
         return None

@@ -34,7 +34,8 @@ from experiments.skip_experiment import command_line, environment_of_run
 from fcn_keras.console import run_cli, usage_error
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import write_json_atomic, write_text_atomic
-from fcn_keras.io import load_fcn, parse_size
+from fcn_keras.checks import parse_size
+from fcn_keras.io import load_fcn
 
 EFFECT_MD = "canvas_effect.md"
 EFFECT_JSON = "canvas_effect.json"

@@ -20,10 +20,17 @@
 #       while the machine is warm (finished stages, configurations and compilations are kept).
 #   Here, afterwards:  experiments/gpu_run.sh collect FILES_AT   # untar into the repo folders
 #
+# The training step alone (issue 7's open question; no TensorFlow, no data, ONE call):
+#   Here:    experiments/gpu_run.sh stage_step    # -> .gpu0: the keras, namex and optree wheels (~2 MiB)
+#   Device:  one call carrying [".gpu0"], timeout_s 600:
+#            FCN_KERAS_COMMIT=<sha> experiments/gpu_run.sh step   # benchmarks/train_step.py until
+#            LIMIT_S, its report rewritten in $OUT after every part (a killed call keeps them)
+#   Here:    experiments/gpu_run.sh collect FILES_AT   # -> benchmarks/results/<gpu>_train_step.md
+#
 # Knobs (environment; the same values on every call of a run): RUN (results folder name),
 # EPOCHS (at most), STEPS (per epoch), STAGE_SECONDS (FCN-32s's time budget), CONTROLS (1/0), CHECKPOINT_FREQ,
 # BATCH, CROP, GEOMETRY, AT_ONCE (1/0), EVAL_CANVAS, LIMIT_S (the whole call), BENCH_RESERVE_S
-# (kept for the benchmark), BENCH_NAME, BENCH_VARIANTS,
+# (kept for the benchmark), BENCH_NAME (default: the GPU's kind from nvidia-smi, h100 / h200 / ...), BENCH_VARIANTS,
 # BENCH_BATCHES, BENCH_REFERENCE (1: also the reference geometry at 500x500), BENCH_PROFILE (1:
 # then the block profile of FCN-8s at 512, benchmarks/throughput.py --profile), EXTRA_FLAGS,
 # EXTRA_BENCH_FLAGS, EXTRA_DECONV_FLAGS, EXTRA_PIPELINE_FLAGS, EXTRA_FC6_FLAGS, EXTRA_LAYERS_FLAGS, EXTRA_STEP_FLAGS; here: PYVER (the device's Python, 3.12), PART_SIZE, MATPLOTLIB (1: bundle
@@ -61,7 +68,6 @@ CHECKPOINT_FREQ=${CHECKPOINT_FREQ:-5}
 # $WORK/stage_seconds), so that a continuation with another LIMIT_S finds the same settings.
 UNITS=$(( 3 + 2 * CONTROLS + 3 * AT_ONCE ))
 EVALS=$(( 3 + 2 * CONTROLS + AT_ONCE ))
-BENCH_NAME=${BENCH_NAME:-h200}
 BENCH_VARIANTS=${BENCH_VARIANTS:-8s,16s,32s}
 BENCH_BATCHES=${BENCH_BATCHES:-8,16}
 BENCH_REFERENCE=${BENCH_REFERENCE:-1}
@@ -74,7 +80,7 @@ EXTRA_FC6_FLAGS=${EXTRA_FC6_FLAGS:-}  # appended to benchmarks/fc6.py's flags
 EXTRA_LAYERS_FLAGS=${EXTRA_LAYERS_FLAGS:-}  # appended to benchmarks/conv_layers.py's flags
 EXTRA_STEP_FLAGS=${EXTRA_STEP_FLAGS:-}  # appended to benchmarks/train_step.py's flags
 PYVER=${PYVER:-3.12}
-PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (1.2 MiB in Dec 2026) < 64 MiB a call
+PART_SIZE=${PART_SIZE:-60m}   # of each part (split -b): 60 MiB + the tree (2.65 MiB on 2026-12-05) < 64 MiB a call
 MATPLOTLIB=${MATPLOTLIB:-0}
 WEIGHTS_FILE=vgg16_imagenet_notop_torchvision.weights.h5
 # What the bundle's site holds: the versions CI tests, built for the device's Python. protobuf
@@ -82,8 +88,17 @@ WEIGHTS_FILE=vgg16_imagenet_notop_torchvision.weights.h5
 PACKAGES="tensorflow-cpu==2.21.0 keras==3.15.1 namex==0.1.0 optree==0.20.0 protobuf==7.36.2 flatbuffers==25.12.19
  gast==0.7.0 astunparse==1.6.3 google-pasta==0.2.0 termcolor==3.3.0 six==1.17.0 wheel==0.48.0"
 MATPLOTLIB_PACKAGES="matplotlib>=3.8,<4 contourpy cycler fonttools kiwisolver pyparsing python-dateutil"
+# What `step` (benchmarks/train_step.py alone) needs besides the device's packages: Keras, no TensorFlow.
+STEP_PACKAGES="keras==3.15.1 namex==0.1.0 optree==0.20.0"
 
 elapsed() { echo $(( $(date +%s) - START )); }
+
+gpu_kind() {  # the GPU's kind as the tables name it (h100, h200, a100, ...), from nvidia-smi; "gpu" if it names none
+  local name
+  name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr '[:upper:]' '[:lower:]' || true)
+  name=$(grep -o '[a-z][0-9][0-9]*' <<< "${name#nvidia }" | head -1 || true)
+  echo "${name:-gpu}"
+}
 START=$(date +%s)
 
 unpacked() {  # the bundle is unpacked on this machine
@@ -102,6 +117,8 @@ device_env() {
   OUT=${OUT:-$WORK/out}
   mkdir -p "$WORK" "$OUT"
   OUT=$(cd "$OUT" && pwd)  # absolute: archives are written from inside other folders
+  BENCH_NAME=${BENCH_NAME:-$(gpu_kind)}
+  echo "$BENCH_NAME" > "$OUT/bench_name"  # for collect: the tables' and the log's names
 }
 
 complete() {  # $1: a results.json: did every planned model finish, this call's plan included
@@ -191,7 +208,7 @@ bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (
   local budget=$1 what=$2 left
   shift 2
   left=$(( budget - ($(elapsed) - BENCH_START) ))
-  if [ "$left" -le 30 ]; then echo "gpu_run: no time left for $what"; return 1; fi
+  if [ "$left" -le 30 ]; then echo "gpu_run: no time left for $what"; return 124; fi  # as a timeout: nothing after it runs
   # shellcheck disable=SC2086  # EXTRA_BENCH_FLAGS is a list of flags
   local script=${bench_script:-benchmarks/throughput.py} extra
   case "$script" in
@@ -205,15 +222,28 @@ bench_run() {  # $1: seconds the benchmark may take from BENCH_START, $2: what (
   timeout "$left" python3 "$script" "$@" $extra 2>&1 | tee -a "$OUT/bench.log"
 }
 
-committed_table() {  # $1: a table's suffix: is benchmarks/results/${BENCH_NAME}_$1 committed? (then not measured again)
-  [ -f "benchmarks/results/${BENCH_NAME}_$1" ] || return 1
-  echo "gpu_run: benchmarks/results/${BENCH_NAME}_$1 is committed: not measured again (delete it to measure again)"
+committed_table() {  # $1: a table's suffix: is benchmarks/results/${BENCH_NAME}_$1 committed whole? (then not measured again)
+  local table="benchmarks/results/${BENCH_NAME}_$1"
+  [ -f "$table" ] || return 1
+  if grep -q '^\*\*Partial\*\*' "$table"; then echo "gpu_run: $table is partial: measured again"; return 1; fi
+  echo "gpu_run: $table is committed: not measured again (delete it to measure again)"
+}
+
+pack_bench() {  # the tables written so far -> $OUT/bench.tar.gz (atomically)
+  local tmp="$OUT/.bench.tar.gz.$BASHPID.tmp"
+  tar -czf "$tmp" -C "$WORK/bench" . && mv "$tmp" "$OUT/bench.tar.gz" || rm -f "$tmp"
 }
 
 run_bench() {  # $1: seconds it may take from BENCH_START
-  local status=0
+  local status=0 packer
+  # A step that fails (status other than a timeout's) is reported and the next one runs: one
+  # script's crash (e.g. jax.profiler's on a new GPU) must not cost the call's other tables.
+  going() { [ "$status" != 124 ] && [ "$status" != 137 ]; }
   if too_short "$1" benchmark; then return 1; fi
   mkdir -p "$WORK/bench"
+  # Packed every 30 s meanwhile: if the device tool ends the call first, the tables come back.
+  ( while sleep 30; do pack_bench || true; done ) </dev/null >/dev/null 2>&1 &
+  packer=$!
   # Configurations measured by an earlier session (committed) are kept, not measured again.
   for done in benchmarks/results/"$BENCH_NAME"*.jsonl; do
     [ -f "$done" ] && [ ! -f "$WORK/bench/$(basename "$done")" ] && cp "$done" "$WORK/bench/"
@@ -234,77 +264,90 @@ run_bench() {  # $1: seconds it may take from BENCH_START
       --output="$WORK/bench/${BENCH_NAME}_train_step.md" || status=$?
   fi
   # FCN-8s with fc6 as im2col and the poolings as reshape + max: the issue's setting, the profile.
-  if [ "$status" = 0 ] && ! committed_table reshape_pool.md; then
+  if going && ! committed_table reshape_pool.md; then
     bench_run "$1" "im2col fc6 and reshape poolings" --variants=8s \
       "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_reshape_pool.md}" \
       --fc6_implementation=im2col --pool_implementation=reshape --profile || status=$?
   fi
-  if [ "$status" = 0 ]; then
+  if going; then
     bench_run "$1" "the issue's setting" --variants="$BENCH_VARIANTS" "${issue_setting[@]}" || status=$?
   fi
   # fc6 and fc7 alone (40 % of FCN-8s's forward time in the first H200 profile): the model's
   # convolution against im2col + matmul and shifted matmuls.
-  if [ "$status" = 0 ] && ! committed_table fc6.md; then
+  if going && ! committed_table fc6.md; then
     bench_script=benchmarks/fc6.py bench_run "$1" "fc6 and fc7" --output="$WORK/bench/${BENCH_NAME}_fc6.md" || status=$?
   fi
   # FCN-8s with fc6 as one im2col matmul (build_fcn(fc6_implementation="im2col"), the default
   # since 2026-12-04): the issue's setting and the block profile, beside the Conv2D model's table.
-  if [ "$status" = 0 ] && ! committed_table im2col.md; then
+  if going && ! committed_table im2col.md; then
     bench_run "$1" "fc6 as im2col" --variants=8s "${issue_setting[@]/--output=*/--output=$WORK/bench/${BENCH_NAME}_im2col.md}" \
       --fc6_implementation=im2col --profile || status=$?
   fi
   # Every convolution alone, forward and forward+backward: where the training step's time goes.
-  if [ "$status" = 0 ] && ! committed_table layers.md; then
+  if going && ! committed_table layers.md; then
     bench_script=benchmarks/conv_layers.py bench_run "$1" "the convolutions one by one" \
       --output="$WORK/bench/${BENCH_NAME}_layers.md" || status=$?
   fi
   # fit from TFRecords once the pipeline runs (the issue's table times one fresh fit call, which
   # starts the pipeline anew): FCN-8s, the larger batch, cold and steady columns side by side.
-  if [ "$status" = 0 ] && ! committed_table steady.md; then
+  if going && ! committed_table steady.md; then
     bench_run "$1" "fit from TFRecords, steady" --variants=8s --sizes=512 --batch_sizes="${BENCH_BATCHES##*,}" \
       --geometry=same --precision=bf16 --input_pipeline=tfrecord --data="$STAGE/bundle/voc2012_records" \
       --output="$WORK/bench/${BENCH_NAME}_steady.md" || status=$?
   fi
   # The upsampling layers alone: Keras' Conv2DTranspose (dilated input) against Deconvolution.
-  if [ "$status" = 0 ] && ! committed_table deconvolution.md; then
+  if going && ! committed_table deconvolution.md; then
     bench_script=benchmarks/deconvolution.py bench_run "$1" "the upsampling layers" \
       --output="$WORK/bench/${BENCH_NAME}_deconvolution.md" || status=$?
   fi
   # The input pipeline alone on this host's cores: can it feed what fit from TFRecords asks for?
-  if [ "$status" = 0 ] && ! committed_table pipeline.txt; then
+  if going && ! committed_table pipeline.txt; then
     local train_glob
-    train_glob=$(python3 -c 'import sys; from fcn_keras.data.convert import split_glob; print(split_glob(sys.argv[1], "train"))' \
-      "$STAGE/bundle/voc2012_records")
-    bench_script=benchmarks/pipeline.py bench_run "$1" "the input pipeline" --data="$train_glob" --crop_size=512 \
-      --batch_size=16 --seconds=5 --warmup_seconds=2 --rows=+decode,modern \
-      | tee "$WORK/bench/${BENCH_NAME}_pipeline.txt" || status=$?
+    if train_glob=$(python3 -c 'import sys; from fcn_keras.data.convert import split_glob; print(split_glob(sys.argv[1], "train"))' \
+      "$STAGE/bundle/voc2012_records"); then
+      bench_script=benchmarks/pipeline.py bench_run "$1" "the input pipeline" --data="$train_glob" --crop_size=512 \
+        --batch_size=16 --seconds=5 --warmup_seconds=2 --rows=+decode,modern \
+        | tee "$WORK/bench/${BENCH_NAME}_pipeline.txt" || status=$?
+    else
+      status=1; echo "gpu_run: the input pipeline not measured: no train split found in $STAGE/bundle/voc2012_records"
+    fi
   fi
   # conv1_1 (3 input channels: 2.4 % of peak) and conv1_2 also as im2col matmuls, beside the convolutions.
-  if [ "$status" = 0 ] && ! committed_table layers_im2col.md; then
+  if going && ! committed_table layers_im2col.md; then
     bench_script=benchmarks/conv_layers.py bench_run "$1" "block1 as im2col" --also_im2col=block1_conv1,block1_conv2 \
       --output="$WORK/bench/${BENCH_NAME}_layers_im2col.md" || status=$?
   fi
-  if [ "$status" = 0 ] && [ "$BENCH_REFERENCE" = 1 ]; then
+  if going && [ "$BENCH_REFERENCE" = 1 ]; then
     bench_run "$1" "the reference geometry" --variants=8s,32s --sizes=500 --batch_sizes=1,8 \
       --geometry=reference --precision=bf16 --output="$WORK/bench/${BENCH_NAME}_reference.md" || status=$?
   fi
-  if [ "$status" = 0 ] && [ "$BENCH_PROFILE" = 1 ]; then
+  if going && [ "$BENCH_PROFILE" = 1 ]; then
     bench_run "$1" "the block profile" --variants=8s "${issue_setting[@]}" --profile || status=$?
   fi
-  tar -czf "$OUT/.bench.tar.gz.tmp" -C "$WORK/bench" . && mv "$OUT/.bench.tar.gz.tmp" "$OUT/bench.tar.gz"
+  kill "$packer" 2>/dev/null; wait "$packer" 2>/dev/null || true
+  pack_bench
   if [ "$status" = 0 ]; then echo "bench complete"; return 0; fi
   echo "bench stopped (status $status) after $(elapsed) s: run it again to continue"
   return 1
 }
 
+download_wheels() {  # $1: folder, then requirements: their wheels for the device's Python and platform
+  local folder=$1
+  shift
+  python -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$folder" "$@"
+}
+
+ignore_here() {  # $1: a staged folder of the tree: git-ignored (never committed by mistake)
+  if [ -d .git/info ]; then grep -qsx "/$1/" .git/info/exclude || echo "/$1/" >> .git/info/exclude; fi
+}
+
 do_stage() {  # --- here, on the CPU machine ---
   . .venv/bin/activate
   rm -rf "$STAGE_BUILD" && mkdir -p "$STAGE_BUILD/bundle" "$STAGE_BUILD/wheels" "$STAGE_BUILD/site"
-  pip_download="python -m pip download -q --no-deps --only-binary=:all: --python-version $PYVER --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d $STAGE_BUILD/wheels"
-  # shellcheck disable=SC2086
-  $pip_download $PACKAGES $([ "$MATPLOTLIB" = 1 ] && echo "$MATPLOTLIB_PACKAGES")
+  # shellcheck disable=SC2086  # lists of requirements
+  download_wheels "$STAGE_BUILD/wheels" $PACKAGES $([ "$MATPLOTLIB" = 1 ] && echo "$MATPLOTLIB_PACKAGES")
   for wheel in "$STAGE_BUILD"/wheels/*.whl; do unzip -q -o "$wheel" -d "$STAGE_BUILD/site"; done
   rm -rf "$STAGE_BUILD/site/tensorflow/include"  # C++ headers (287 MB): never read at run time
   echo "compressing $(du -sh "$STAGE_BUILD/site" | cut -f1) of packages (xz -9, a few minutes)"
@@ -330,10 +373,50 @@ do_pack() {  # --- here: a folder named bundle -> .gpu1 .. .gpuN (git-ignored), 
     k=$((i + 1)); mkdir -p ".gpu$k"
     mv "${parts[$i]}" ".gpu$k/part-$k-of-${#parts[@]}"
     echo "$sum" > ".gpu$k/bundle.sha256"
-    if [ -d .git/info ]; then grep -qsx "/.gpu$k/" .git/info/exclude || echo "/.gpu$k/" >> .git/info/exclude; fi
+    ignore_here ".gpu$k"
   done
   rm -rf "$tmp"
   echo "staged ${#parts[@]} parts of at most $PART_SIZE (bundle sha256 $sum): $(ls -d .gpu[0-9]* | tr '\n' ' ')"
+}
+
+do_stage_step() {  # --- here: what `step` needs besides the device's own packages -> .gpu0 (git-ignored) ---
+  . .venv/bin/activate
+  rm -rf .gpu0 && mkdir -p .gpu0
+  # shellcheck disable=SC2086  # a list of requirements
+  download_wheels .gpu0 $STEP_PACKAGES
+  ignore_here .gpu0
+  echo "staged .gpu0 ($(du -sh .gpu0 | cut -f1)): $(cd .gpu0 && ls | tr '\n' ' ')"
+}
+
+do_step() {  # --- device: benchmarks/train_step.py alone: Keras from .gpu0's wheels on the device's JAX ---
+  local site=${STEP_SITE:-/tmp/site_step} status=0 left report
+  if ! ls .gpu0/*.whl >/dev/null 2>&1; then
+    echo "gpu_run: step: no wheels in .gpu0: run experiments/gpu_run.sh stage_step here, and carry [\".gpu0\"]" >&2
+    exit 4
+  fi
+  rm -rf "$site" && mkdir -p "$site"
+  for wheel in .gpu0/*.whl; do  # (no unzip needed)
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$wheel" "$site"
+  done
+  # No persistent compilation cache: one call, nothing to continue.
+  export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1 \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
+  OUT=${OUT:-$WORK/out}
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  BENCH_NAME=${BENCH_NAME:-$(gpu_kind)}
+  echo "$BENCH_NAME" > "$OUT/bench_name"
+  report="$OUT/${BENCH_NAME}_train_step.md"
+  { python3 -c 'import keras, jax; print("keras", keras.__version__, "| jax", jax.__version__, "|", jax.devices())'
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } 2>&1 | tee -a "$OUT/step.log"
+  left=$(( LIMIT_S - $(elapsed) ))
+  if too_short "$left" "the training step"; then return 1; fi
+  # shellcheck disable=SC2086  # EXTRA_STEP_FLAGS is a list of flags
+  timeout "$left" python3 benchmarks/train_step.py --output="$report" $EXTRA_STEP_FLAGS 2>&1 | tee -a "$OUT/step.log" \
+    || status=$?
+  if [ "$status" = 0 ]; then echo "step complete: $report"; return 0; fi
+  echo "step stopped (status $status) after $(elapsed) s: what it measured is in $report"
+  return 1
 }
 
 do_receive() {  # --- device, every part call: keep the carried part; after the last, unpack ---
@@ -379,10 +462,15 @@ do_receive() {  # --- device, every part call: keep the carried part; after the 
   fi
   rm -f "$STAGE/bundle/site.tar.xz"
   device_env
+  # matplotlib (the experiment's figures) is the device image's: reported, not required (the benchmark needs none).
   python3 -c "
 import tensorflow as tf; tf.config.set_visible_devices([], 'GPU')
-import keras, jax, matplotlib
-print('tensorflow', tf.__version__, tf.__file__, '| keras', keras.__version__, '| matplotlib', matplotlib.__version__, '|', jax.devices())"
+import keras, jax
+try:
+    import matplotlib; figures = 'matplotlib ' + matplotlib.__version__
+except ImportError:
+    figures = 'NO matplotlib: the experiment writes no figures'
+print('tensorflow', tf.__version__, tf.__file__, '| keras', keras.__version__, '|', figures, '|', jax.devices())"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   echo "bundle unpacked in $(elapsed) s"
 }
@@ -411,21 +499,38 @@ do_bench() {  # --- device: issue 7's tables alone ---
   run_bench $(( LIMIT_S - BENCH_START ))
 }
 
+append_log() {  # $1: a device call's log -> appended to benchmarks/results/$BENCH_NAME.log (each table names its command)
+  { [ -s "benchmarks/results/$BENCH_NAME.log" ] && printf '\n===== gpu_run.sh collect %s =====\n' "$(date -u '+%F %H:%M UTC')"
+    cat "$1"; } >> "benchmarks/results/$BENCH_NAME.log"
+}
+
 do_collect() {  # --- here: FILES_AT of the last device call -> the repo's results folders ---
-  local files_at=$1 tmp found=0
+  local files_at=$1 tmp found=0 table
   [ -d "$files_at" ] || { echo "gpu_run: collect: no folder $files_at" >&2; exit 2; }
+  # The tables' names: the device's GPU kind, as the call wrote it (BENCH_NAME if it did not).
+  if [ -s "$files_at/bench_name" ]; then BENCH_NAME=$(cat "$files_at/bench_name"); fi
+  BENCH_NAME=${BENCH_NAME:-h200}
+  mkdir -p benchmarks/results
+  # `step`: the training step's report (partial if the call was cut short) and its log.
+  for table in "$files_at"/*_train_step.md; do
+    [ -f "$table" ] || continue
+    found=1; cp "$table" "benchmarks/results/.$(basename "$table").tmp" && mv "benchmarks/results/.$(basename "$table").tmp" "benchmarks/results/$(basename "$table")"
+    if grep -q '^\*\*Partial\*\*' "$table"; then echo "benchmarks/results/$(basename "$table"): PARTIAL ($(grep '^\*\*Partial\*\*' "$table"))"
+    else echo "benchmarks/results/$(basename "$table"): complete"; fi
+  done
+  if [ -f "$files_at/step.log" ]; then append_log "$files_at/step.log"; fi
   # Each archive is unpacked into a temporary folder beside its target, checked, then swapped in:
   # a truncated archive changes nothing, and no file of an earlier collect stays mixed in.
   if [ -f "$files_at/bench.tar.gz" ]; then
-    found=1; mkdir -p benchmarks/results; tmp=$(mktemp -d benchmarks/.collect-XXXXXX)
+    found=1; tmp=$(mktemp -d benchmarks/.collect-XXXXXX)
     tar -xzf "$files_at/bench.tar.gz" -C "$tmp" || { rm -rf "$tmp"; echo "gpu_run: bench.tar.gz is damaged" >&2; exit 1; }
     cp -a "$tmp"/. benchmarks/results/ && rm -rf "$tmp"  # other devices' tables stay
-    # The call's log is appended to the earlier calls' (each call's tables name their command).
-    if [ -f "$files_at/bench.log" ]; then
-      { [ -s "benchmarks/results/$BENCH_NAME.log" ] && printf '\n===== gpu_run.sh collect %s =====\n' "$(date -u '+%F %H:%M UTC')"
-        cat "$files_at/bench.log"; } >> "benchmarks/results/$BENCH_NAME.log"
-    fi
     echo "benchmarks/results: $(ls benchmarks/results | tr '\n' ' ')"
+  fi
+  # The call's log, also when no archive came back (the call was cut before its first packing).
+  if [ -f "$files_at/bench.log" ]; then
+    found=1; append_log "$files_at/bench.log"
+    [ -f "$files_at/bench.tar.gz" ] || echo "gpu_run: collect: no bench.tar.gz, only bench.log (appended to benchmarks/results/$BENCH_NAME.log)"
   fi
   if [ -f "$files_at/$RUN.tar.gz" ]; then
     found=1; mkdir -p experiments/results; tmp=$(mktemp -d "experiments/results/.collect-$RUN-XXXXXX")
@@ -438,7 +543,7 @@ do_collect() {  # --- here: FILES_AT of the last device call -> the repo's resul
     else echo "experiment: no results.json (no stage finished): see experiment.log"; fi
   fi
   if [ "$found" = 0 ]; then
-    echo "gpu_run: collect: neither bench.tar.gz nor $RUN.tar.gz in $files_at (RUN=$RUN?): $(ls -A "$files_at" | tr '\n' ' ')" >&2
+    echo "gpu_run: collect: no *_train_step.md, bench.tar.gz, bench.log or $RUN.tar.gz in $files_at (RUN=$RUN?): $(ls -A "$files_at" | tr '\n' ' ')" >&2
     exit 1
   fi
 }
@@ -451,7 +556,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 2; }
 while [ $# -gt 0 ]; do
   verb=$1; shift
   case "$verb" in
-    stage|receive|all|experiment|bench) "do_$verb" ;;
+    stage|stage_step|receive|all|experiment|bench|step) "do_$verb" ;;
     collect|pack) [ $# -gt 0 ] || usage; "do_$verb" "$1"; shift ;;
     *) usage ;;
   esac

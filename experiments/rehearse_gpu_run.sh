@@ -7,6 +7,7 @@
 # imports and runs under the device's Python and packages. About 12-15 min on 2 cores.
 #
 #   experiments/gpu_run.sh stage && experiments/rehearse_gpu_run.sh
+#   experiments/gpu_run.sh stage_step && experiments/rehearse_gpu_run.sh step   # `step` alone (~2 min)
 #
 # Knobs (environment): PYTHON312 (an interpreter of the device's Python minor version), VENV (the
 # device-like environment, reused when present), SIM (stands in for the device's /tmp; emptied
@@ -34,9 +35,12 @@ find_python312() {
 }
 
 cd "$ROOT"
-parts=$(ls -d .gpu[0-9]* 2>/dev/null | sort -V || true)
+MODE=${1:-all}
+case "$MODE" in all|step) ;; *) echo "rehearse: usage: rehearse_gpu_run.sh [all|step]. Received: $MODE" >&2; exit 2 ;; esac
+parts=$(ls -d .gpu[1-9]* 2>/dev/null | sort -V || true)
+if [ "$MODE" = step ]; then parts=.gpu0; [ -d .gpu0 ] || parts=; fi
 if [ -z "$parts" ]; then
-  echo "rehearse: no staged parts (.gpu1 ..) in $ROOT: run experiments/gpu_run.sh stage first" >&2
+  echo "rehearse: no staged parts (.gpu1 .., or .gpu0 for step) in $ROOT: run experiments/gpu_run.sh stage (stage_step) first" >&2
   exit 2
 fi
 if [ ! -x "$VENV/bin/python3" ]; then
@@ -75,6 +79,17 @@ device_call() {  # $1: the part carried ("" for none), then gpu_run.sh's verbs
   (cd "$tree" && bash experiments/gpu_run.sh "$@")
 }
 
+if [ "$MODE" = step ]; then  # one call carrying .gpu0, then collect: the report complete, the log beside it
+  device_call .gpu0 step 2>&1 | tee "$SIM/step.log"
+  grep -q '^step complete' "$SIM/step.log" || { echo "rehearse: FAILED: step did not complete ($SIM/step.log)" >&2; exit 1; }
+  (cd "$SIM/tree" && bash experiments/gpu_run.sh collect "$SIM/out") | tee -a "$SIM/step.log"
+  grep -q "^benchmarks/results/${BENCH_NAME}_train_step.md: complete" "$SIM/step.log" \
+    || { echo "rehearse: FAILED: collect found no complete report ($SIM/step.log)" >&2; exit 1; }
+  echo "rehearse: passed: step ran benchmarks/train_step.py without TensorFlow under $("$VENV/bin/python3" --version)" \
+    "with $("$VENV/bin/python3" -c 'import jax, numpy; print("jax", jax.__version__, "numpy", numpy.__version__)');" \
+    "what came back is in $SIM/out"
+  exit 0
+fi
 last=$(echo "$parts" | tail -1)
 for part in $parts; do
   if [ "$part" = "$last" ]; then break; fi

@@ -49,12 +49,11 @@ from absl import flags
 
 from benchmarks.throughput import device_description
 from fcn_keras import viz
-from fcn_keras.checks import check_folder
+from fcn_keras.checks import check_folder, parse_size
 from fcn_keras.console import run_cli, usage_error
 from fcn_keras.data.pipeline import eval_dataset, oversized_images, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import atomic_path, write_text_atomic
-from fcn_keras.io import parse_size
 from fcn_keras.train import TrainConfig, environment, recorded_config, resolve_config, train
 
 # --- The protocol ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Argument checks shared by the package: one wording for every "must be one of", "must be an
-integer >= N" and "must be a folder" error."""
+integer >= N", "must be a folder" and "must be N or HxW" error."""
 
 from __future__ import annotations
 
@@ -69,3 +69,28 @@ def check_folder(name: str, path: str | os.PathLike) -> None:
     parent = next((p for p in Path(path).parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{name} must be a folder. Received: {name}={str(path)!r}, inside {str(parent)!r}, a file")
+
+
+def parse_size(text: str, name: str = "size") -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"375x500"`` -> (375, 500) (height x width).
+
+    Args:
+        text: the size as written on a command line.
+        name: what to name in the error (e.g. ``"--canvas"``).
+
+    Returns:
+        ``(height, width)``, ints >= 1.
+
+    Raises:
+        ValueError: ``text`` is not N or HxW with positive integers.
+    """
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise ValueError(f"{name} must be N or HxW with positive integers. Received: {text!r}")
+    return dims

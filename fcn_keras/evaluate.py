@@ -37,7 +37,7 @@ import numpy as np
 from absl import flags
 
 from fcn_keras import viz
-from fcn_keras.checks import check_folder, check_int
+from fcn_keras.checks import check_folder, check_int, parse_size
 from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
@@ -47,7 +47,7 @@ from fcn_keras.data.pipeline import (
 )
 from fcn_keras.files import write_text_atomic
 from fcn_keras.inference import check_tile_size, check_tileable, labels_model, segment_in_tiles
-from fcn_keras.io import check_fcn, load_fcn, parse_size, resolve_model_file, run_class_names
+from fcn_keras.io import check_fcn, load_fcn, resolve_model_file, run_class_names
 from fcn_keras.metrics import confusion_matrix, scores
 
 METRICS_JSON = "metrics.json"

@@ -44,34 +44,6 @@ from fcn_keras.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
-# --- Sizes -------------------------------------------------------------------------------------
-
-
-def parse_size(text: str, name: str = "size") -> tuple[int, int]:
-    """``"512"`` -> (512, 512); ``"375x500"`` -> (375, 500) (height x width).
-
-    Args:
-        text: the size as written on a command line.
-        name: what to name in the error (e.g. ``"--canvas"``).
-
-    Returns:
-        ``(height, width)``, ints >= 1.
-
-    Raises:
-        ValueError: ``text`` is not N or HxW with positive integers.
-    """
-    parts = text.lower().split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1:
-        raise ValueError(f"{name} must be N or HxW with positive integers. Received: {text!r}")
-    return dims
-
-
 # --- Models ------------------------------------------------------------------------------------
 
 

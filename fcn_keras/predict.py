@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fcn_keras.checks import check_int
+from fcn_keras.checks import check_int, parse_size
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
@@ -57,7 +57,7 @@ from fcn_keras.inference import (
     min_tile_size, resize_labels, segment_in_tiles, segment_on_canvas,
 )
 from fcn_keras.io import (
-    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, parse_size, read_image, run_class_names, write_image, write_label_png,
+    IMAGE_EXTENSIONS, RUN_CHECKPOINTS, load_fcn, read_image, run_class_names, write_image, write_label_png,
     written_here,
 )
 from fcn_keras.viz import overlay

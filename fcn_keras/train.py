@@ -38,7 +38,7 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
 from fcn_keras.backbone import resolve_preprocessing
-from fcn_keras.checks import check_choice, check_folder, check_int
+from fcn_keras.checks import check_choice, check_folder, check_int, parse_size
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
@@ -276,8 +276,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if resolved.val_steps is not None and resolved.val_steps < 0:
         raise ValueError(f"val_steps must be >= 0 (0: no validation). Received: val_steps={resolved.val_steps!r}")
     if resolved.val_canvas:
-        from fcn_keras.io import parse_size
-
         parse_size(resolved.val_canvas, "val_canvas")
     if resolved.val_batch_size is not None:
         check_int("val_batch_size", resolved.val_batch_size, 1)
@@ -450,7 +448,6 @@ def _validation_batching(
             reads is larger than the canvas (naming it: checked now, not when fit reaches it).
     """
     from fcn_keras.data.pipeline import oversized_images
-    from fcn_keras.io import parse_size
 
     replicas = distribution.num_replicas
     batch = config.val_batch_size or replicas

@@ -68,7 +68,7 @@ def env(tmp_path):
     (bin_dir / "python3").chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STAGE": str(tmp_path / "stage"),
             "SITE": str(tmp_path / "site"), "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
-            "PART_SIZE": "8k", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+            "PART_SIZE": "8k", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "BENCH_NAME": "h200"}
 
 
 def test_parts_are_received_checked_and_unpacked(tmp_path, env):
@@ -147,7 +147,7 @@ def test_collect_checks_and_swaps_in_what_came_back(tmp_path, env):
     files_at = tmp_path / "files_at"
     files_at.mkdir()
     result = _run(here, "collect", str(files_at), env=env)
-    assert result.returncode == 1 and "neither bench.tar.gz nor voc2012-gpu.tar.gz" in result.stderr
+    assert result.returncode == 1 and "no *_train_step.md, bench.tar.gz, bench.log or voc2012-gpu.tar.gz" in result.stderr
 
     # A partial run: FCN-32s only, and its log; an earlier collect's stale file does not stay.
     stale = here / "experiments" / "results" / "voc2012-gpu" / "fcn8s" / "summary.json"
@@ -237,15 +237,20 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
               "h200_steady.md", "h200_deconvolution.md", "h200_pipeline.txt", "h200_layers_im2col.md")
     for table in tables:
         (device / "benchmarks" / "results" / table).write_text("committed")
+    # A table a call left partial is no table: measured again.
+    (device / "benchmarks" / "results" / "h200_steady.md").write_text("# fit\n\n**Partial**: not measured (yet): x.\n")
     (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
     (tmp_path / "stage" / "bundle").mkdir(parents=True)
     (tmp_path / "stage" / "bundle" / WEIGHTS).write_bytes(b"w")
     result = _run(device, "bench", env={**env, "LIMIT_S": "120"})
     assert result.returncode == 0, result.stdout + result.stderr
     for table in tables:
-        assert f"benchmarks/results/{table} is committed: not measured again" in result.stdout
+        if table != "h200_steady.md":
+            assert f"benchmarks/results/{table} is committed: not measured again" in result.stdout
+    assert "benchmarks/results/h200_steady.md is partial: measured again" in result.stdout
     ran = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")]
-    assert ran == ["throughput", "throughput", "throughput"]  # the issue's setting, the reference, the profile
+    # the issue's setting, the steady fit, the reference, the profile
+    assert ran == ["throughput", "throughput", "throughput", "throughput"]
     assert "bench complete" in result.stdout
 
     for table in ("h200_fc6.md", "h200_im2col.md", "h200_layers.md", "h200_train_step.md", "h200_reshape_pool.md",
@@ -274,3 +279,65 @@ def test_committed_tables_are_not_measured_again(tmp_path, env):
     assert "--batch_sizes=16" in ran[6][1] and "--output=" in ran[6][1] and "h200_steady.md" in ran[6][1]
     assert ran[7][0] == "conv_layers" and "--also_im2col=block1_conv1,block1_conv2" in ran[7][1]
     assert "h200_layers_im2col.md" in ran[7][1]
+
+
+def test_a_failing_step_does_not_stop_the_others_but_a_timeout_does(tmp_path, env):
+    """A script that crashes (jax.profiler on a new GPU, say) is reported and the next tables are
+    measured; one stopped by the time limit (status 124) ends the benchmark."""
+    device = _script_tree(tmp_path / "device")
+    (device / "benchmarks" / "results").mkdir(parents=True)
+    for name in ("throughput", "fc6", "conv_layers", "deconvolution", "pipeline"):
+        (device / "benchmarks" / f"{name}.py").write_text(f"import sys\nprint('ran {name}', *sys.argv[1:])\n")
+    (device / "benchmarks" / "train_step.py").write_text("import sys\nprint('ran train_step')\nsys.exit(int(sys.argv[-1]))\n")
+    (tmp_path / "site" / "tensorflow").mkdir(parents=True)  # an unpacked bundle
+    (tmp_path / "stage" / "bundle").mkdir(parents=True)
+    (tmp_path / "stage" / "bundle" / WEIGHTS).write_bytes(b"w")
+    result = _run(device, "bench", env={**env, "LIMIT_S": "120", "EXTRA_STEP_FLAGS": "1"})
+    ran = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")]
+    assert ran[0] == "train_step" and len(ran) > 5 and "bench stopped (status 1)" in result.stdout
+    result = _run(device, "bench", env={**env, "LIMIT_S": "120", "EXTRA_STEP_FLAGS": "124"})
+    ran = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")]
+    assert ran == ["train_step"] and "bench stopped (status 124)" in result.stdout
+
+
+FAKE_STEP = '''"""Stands in for benchmarks/train_step.py: a report cut short by the time limit."""
+import sys
+output = next(a for a in sys.argv if a.startswith("--output=")).split("=", 1)[1]
+open(output, "w").write("# FCN-8s training step\\n\\n**Partial**: not measured (yet): the loss alone.\\n")
+print("train_step argv:", " ".join(sys.argv[1:]))
+sys.exit(124)
+'''
+
+
+def test_step_runs_the_training_step_alone_and_collect_takes_its_report(tmp_path, env):
+    """`step`: the wheels carried in .gpu0 on the path (no TensorFlow, no bundle), the report
+    written into $OUT under the GPU's kind (from nvidia-smi), a cut-short call said so; `collect`
+    takes the report and the log under that name."""
+    import zipfile
+
+    device = _script_tree(tmp_path / "device")
+    result = _run(device, "step", env=env)
+    assert result.returncode == 4 and "no wheels in .gpu0: run experiments/gpu_run.sh stage_step here" in result.stderr
+    (device / ".gpu0").mkdir()
+    with zipfile.ZipFile(device / ".gpu0" / "fakekeras-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("fakekeras/__init__.py", "VERSION = 'carried'\n")
+    (device / "benchmarks").mkdir()
+    (device / "benchmarks" / "train_step.py").write_text(FAKE_STEP + "import fakekeras; print('site:', fakekeras.VERSION)\n")
+    bin_dir = Path(env["PATH"].split(":")[0])
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559 MiB, 570.00'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    step_env = {k: v for k, v in env.items() if k != "BENCH_NAME"}
+    result = _run(device, "step", env=step_env)
+    out = Path(env["OUT"])
+    assert result.returncode == 1 and f"step stopped (status 124)" in result.stdout
+    assert (out / "bench_name").read_text() == "h100\n"
+    assert f"train_step argv: --output={out}/h100_train_step.md" in (out / "step.log").read_text()
+    assert "**Partial**" in (out / "h100_train_step.md").read_text()
+
+    here = _script_tree(tmp_path / "here")
+    result = _run(here, "collect", str(out), env=env)  # BENCH_NAME=h200 here: the call's own name wins
+    assert result.returncode == 0, result.stderr
+    assert "benchmarks/results/h100_train_step.md: PARTIAL" in result.stdout
+    assert (here / "benchmarks" / "results" / "h100_train_step.md").read_text() == (out / "h100_train_step.md").read_text()
+    assert "train_step argv:" in (here / "benchmarks" / "results" / "h100.log").read_text()
+    assert not (here / "benchmarks" / "results" / "h200.log").exists()

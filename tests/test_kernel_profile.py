@@ -86,14 +86,15 @@ def test_device_kernels_match_by_hlo_op_or_kernel_name_and_skip_other_programs()
             _event("loop_select_fusion_2", 1.0),  # no annotation: matched by the kernel's name
             _event("MemcpyD2D", 0.5),
             _event("sm90_xmma_fprop_implicit_gemm", 9.0, hlo_op="cudnn-conv.1", hlo_module="jit_other"),
-        ])]),
+        ]), ("CUPTI overhead", [_event("cuptiActivityFlushAll", 4.0)])]),
         ("/host:CPU", [("launch", [_event("cudnn-conv.1", 7.0, hlo_op="cudnn-conv.1", hlo_module="jit_loss")])]),
     )
     profile = kp.profile_from_trace(HLO, trace, calls=2, wall_ms=3.0, platform="gpu")
     assert profile.source == "device"
     assert profile.by_instruction == {"cudnn-conv.1": pytest.approx(2.0), "loop_select_fusion.2": pytest.approx(0.5)}
     assert profile.unmatched == {"MemcpyD2D": pytest.approx(0.25)}
-    assert profile.total_ms == pytest.approx(2.75)
+    assert profile.total_ms == pytest.approx(2.75)  # The profiler's own "CUPTI overhead" line is no kernel.
+    assert profile.kernels_per_call == 2.0  # 4 of this program's kernels in 2 calls
     layers = profile.by_layer()
     assert layers["block1_conv1"] == {"forward": pytest.approx(2.0), "backward": 0.0, "other": 0.0}
     assert layers["block1_pool"]["backward"] == pytest.approx(0.5)
@@ -102,6 +103,7 @@ def test_device_kernels_match_by_hlo_op_or_kernel_name_and_skip_other_programs()
     assert kinds["fusion: select-and-scatter"]["backward"] == pytest.approx(0.5)
     text = "\n".join(kp.render(profile, layer_order=("block1_conv1", "block1_pool", "never_ran")))
     assert "| block1_conv1 | 2.000 | 0.000 | 0.000 | 2.000 | 72.7 |" in text
+    assert "2.75 ms summed over 2 kernels; wall time per call while tracing 3.00 ms" in text
     assert "never_ran" not in text and "`MemcpyD2D` 0.250 ms" in text
     assert text.index("| block1_conv1 |") < text.index("| block1_pool |")
 

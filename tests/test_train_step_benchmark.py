@@ -11,13 +11,28 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "train_step.py"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+# Runs the script with TensorFlow impossible to import, as on the GPU machine (gpu_run.sh step).
+WITHOUT_TENSORFLOW = """
+import runpy, sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ImportError("no TensorFlow here: " + name)
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
-def test_benchmark_times_every_part_and_pooling(tmp_path):
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_benchmark_times_every_part_and_pooling_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     output = tmp_path / "step.md"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--size=32", "--batch_size=2", "--steps=1", "--warmup=1", "--precision=float32",
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, str(SCRIPT), "--size=32", "--batch_size=2", "--steps=1", "--warmup=1", "--precision=float32",
          "--fc_units=8", "--peak_size=64", "--configs=conv/pool,im2col/reshape", "--profile_calls=1",
          f"--output={output}"],
         capture_output=True, text=True, env=ENV, timeout=600,
@@ -25,14 +40,20 @@ def test_benchmark_times_every_part_and_pooling(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = output.read_text()
     assert text in result.stdout and "batch 2, precision float32" in text
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
-            if re.match(r"\| (conv|im2col) / ", line)]
+    assert "**Partial**" not in text  # everything was measured
+    optimizer = float(re.search(r"the same in every configuration\): ([\d.]+) ms", text).group(1))
+    rows = [_cells(line) for line in text.splitlines() if re.match(r"\| (conv|im2col) / ", line)]
     assert [r[0] for r in rows] == ["conv / pool", "im2col / reshape"]
     for row in rows:
-        forward, both, optimizer, fit, rest = (float(v) for v in row[1:6])
-        assert 0 < forward and 0 < both and 0 < optimizer and 0 < fit
+        forward, both, fit, rest, _, _, fit_img_s, infer, _, infer_img_s = (float(v) for v in row[1:])
+        assert 0 < forward and 0 < both and 0 < optimizer and 0 < fit and 0 < infer
         assert rest == pytest.approx(fit - both - optimizer, abs=0.02)
-        assert float(row[8]) == pytest.approx(2e3 / fit, rel=0.01, abs=0.06)  # img/s of the fit step (1 decimal)
+        assert fit_img_s == pytest.approx(2e3 / fit, rel=0.01, abs=0.06)  # img/s of the fit step (1 decimal)
+        assert infer_img_s == pytest.approx(2e3 / infer, rel=0.01, abs=0.06)
+    # Printed as each part is measured, the training step of every configuration first.
+    order = [line.split(":")[0] for line in result.stdout.splitlines() if line.endswith(" ms") and " of " in line]
+    assert order[:4] == ["forward + backward of conv / pool", "forward + backward of im2col / reshape",
+                         "fit step of conv / pool", "fit step of im2col / reshape"]
     tables = text.split("## Kernel profile")[0]  # the profiles below have block rows of their own
     pools = [line for line in tables.splitlines() if re.match(r"\| block\d_pool ", line)]
     # 'same' geometry at 32x32: block1_pool sees 32x32x64, block5_pool 2x2x512.
@@ -65,3 +86,21 @@ def test_other_backends_are_refused():
     result = subprocess.run([sys.executable, str(SCRIPT), "--size=32"], capture_output=True, text=True,
                             env={**ENV, "KERAS_BACKEND": "tensorflow"}, timeout=300)
     assert result.returncode == 2 and "run it with KERAS_BACKEND=jax. Received: backend 'tensorflow'" in result.stderr
+
+
+def test_a_partial_report_names_what_is_missing():
+    """What a time limit leaves: the parts measured, '-' for the others, and a line naming them."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import train_step
+
+    header = {"Device": "gpu: test"}
+    parts = {"im2col / reshape": {"forward + backward": 20.0}, "im2col / pool": {}}
+    text = train_step.render(parts, [], None, 8, 222.6, 750.0, header,
+                             missing=["fit step of im2col / reshape", "the loss alone"])
+    assert "**Partial**: not measured (yet): fit step of im2col / reshape; the loss alone." in text
+    row = next(_cells(line) for line in text.splitlines() if line.startswith("| im2col / reshape |"))
+    # fwd+bwd % peak = 3 x 222.6 GFLOP x 8 images / 20 ms / 750 TFLOP/s
+    assert row == ["im2col / reshape", "-", "20.00", "-", "-", f"{100 * 3 * 222.6 * 8 / 20 / 750:.1f}", "-", "-",
+                   "-", "-", "-"]
+    assert "| im2col / pool | - | - |" in text and "max_pool fwd" not in text and "The loss alone" not in text
+    assert "**Partial**" not in train_step.render(parts, [], None, 8, 222.6, 750.0, header)
