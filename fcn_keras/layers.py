@@ -198,7 +198,7 @@ class Deconvolution(keras.layers.Conv2DTranspose):
         kernel = ops.reshape(kernel, (t_h, t_w, channels, s_h * s_w * self.filters))
         # --- Convolution, then each position's phases to an s x s block of pixels ------------
         x = ops.pad(inputs, [[0, 0], [t_h - 1, t_h - 1], [t_w - 1, t_w - 1], [0, 0]])
-        phases = ops.conv(x, kernel, strides=1, padding="valid")
+        phases = ops.conv(x, kernel, strides=1, padding="valid", data_format="channels_last")
         shape = ops.shape(phases)
         batch, rows, cols = shape[0], shape[1], shape[2]
         outputs = ops.reshape(phases, (batch, rows, cols, s_h, s_w, self.filters))
@@ -212,7 +212,9 @@ class Deconvolution(keras.layers.Conv2DTranspose):
             height = (in_shape[1] - 1) * s_h + max(k_h, s_h)
             width = (in_shape[2] - 1) * s_w + max(k_w, s_w)
         else:
-            top, left = (k_h - s_h) // 2, (k_w - s_w) // 2
+            # Keras' "same" output H * s, centred on the full one: (k - s) / 2 cropped before it
+            # where k > s; where k < s the phases already give H * s rows, nothing to crop.
+            top, left = max(k_h - s_h, 0) // 2, max(k_w - s_w, 0) // 2
             height, width = in_shape[1] * s_h, in_shape[2] * s_w
         outputs = outputs[:, top : top + height, left : left + width, :]
         if self.use_bias:
@@ -314,8 +316,9 @@ class ReshapeMaxPooling2D(keras.layers.MaxPooling2D):
     """A ``MaxPooling2D`` with non-overlapping windows (``pool_size == strides``) computed as a
     reshape into windows and a max over them.
 
-    The forward values are ``MaxPooling2D``'s (Caffe's ceil mode with ``padding="same"``: a
-    partial last window of an odd side is padded with -inf). The gradient differs in how it is
+    The forward values are ``MaxPooling2D``'s (with ``padding="same"``, Caffe's ceil mode: the
+    partial windows are padded with -inf as ``"same"`` pads, half the padding before; for 2x2
+    windows the partial last one). The gradient differs in how it is
     computed: backends differentiate a pooling op with a select-and-scatter (on XLA GPU a scatter
     over every window), a max reduction with an elementwise mask. Where a window holds several
     equal maxima, the reduction's gradient is shared among them (``MaxPooling2D`` gives it to
@@ -343,9 +346,13 @@ class ReshapeMaxPooling2D(keras.layers.MaxPooling2D):
     def call(self, inputs):
         (p_h, p_w), shape = self.pool_size, ops.shape(inputs)
         height, width = shape[1], shape[2]
-        if self.padding == "same":  # ceil mode: pad the partial last window with -inf
+        if self.padding == "same":  # ceil mode: pad the partial windows with -inf
+            # As MaxPooling2D's "same": half of the padding (rounded down) before, the rest after;
+            # for 2x2 windows (VGG's) the one padded row or column comes after.
+            pad_h, pad_w = (-height) % p_h, (-width) % p_w
             inputs = ops.pad(
-                inputs, [[0, 0], [0, (-height) % p_h], [0, (-width) % p_w], [0, 0]], constant_values=float("-inf")
+                inputs, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]],
+                constant_values=float("-inf"),
             )
             rows, cols = (height + p_h - 1) // p_h, (width + p_w - 1) // p_w
         else:  # floor mode: drop the partial last window

@@ -10,8 +10,9 @@ import keras
 
 from fcn_keras.layers import CropToReference, Deconvolution, Im2colConv2D, ReshapeMaxPooling2D, im2col_conv
 
-# (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases.
-SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3)]
+# (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases (kernels
+# smaller than the stride among them: 'same' once cropped them to nothing).
+SHAPES = [(4, 2), (16, 8), (32, 16), (64, 32), (3, 1), (5, 2), (2, 3), (7, 3), (2, 4), (1, 3), (3, 5)]
 
 
 def _twins(reference, layer, channels: int, seed: int):
@@ -159,13 +160,15 @@ def test_im2col_refuses_what_it_does_not_compute(kwargs, message):
 # --- ReshapeMaxPooling2D -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pool", [2, 3, 4])
 @pytest.mark.parametrize("size", [(5, 7), (4, 6), (1, 1), (2, 3)])
 @pytest.mark.parametrize("padding", ["same", "valid"])
-def test_reshape_pooling_equals_max_pooling_values_and_gradients(size, padding):
-    if padding == "valid" and min(size) < 2:
+def test_reshape_pooling_equals_max_pooling_values_and_gradients(size, padding, pool):
+    """VGG's 2x2 windows, and larger ones, whose 'same' padding falls on both sides."""
+    if padding == "valid" and min(size) < pool:
         pytest.skip("no whole window")
-    reference = keras.layers.MaxPooling2D(2, strides=2, padding=padding)
-    layer = ReshapeMaxPooling2D(2, strides=2, padding=padding)
+    reference = keras.layers.MaxPooling2D(pool, strides=pool, padding=padding)
+    layer = ReshapeMaxPooling2D(pool, strides=pool, padding=padding)
     # Distinct values: no ties, where the two gradients may share a maximum differently.
     x = np.random.default_rng(0).permutation(2 * size[0] * size[1] * 3).reshape(2, *size, 3).astype("float32")
     _assert_same_values_and_gradients(reference, layer, x, weights=(), rtol=1e-6)
