@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -315,11 +316,26 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike, state: dic
         model: the compiled model of the same run (same layers and optimizer).
         backup_dir: the backup folder.
         state: ``read_backup(backup_dir)``.
+
+    Raises:
+        ValueError: the backup's optimizer state does not fit the model's optimizer (Keras
+            would skip it with a warning, and the run would go on with a fresh optimizer: its
+            step count, schedule and momenta lost).
     """
     backup_dir = Path(backup_dir)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    model.load_weights(backup_dir / state["weights"])
+    path = backup_dir / state["weights"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    for warning in caught:
+        if "Skipping variable loading for optimizer" in str(warning.message):
+            raise ValueError(
+                f"backup {str(path)!r} holds an optimizer state that does not fit this run's optimizer ({warning.message}"
+                "): resume with the settings the run recorded in config.json, or use another --output_dir"
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     with np.load(backup_dir / state["arrays"]) as arrays:
         for index, variable in enumerate(_seed_variables(model)):
             key = f"seed_{index}"

@@ -747,6 +747,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 f"output_dir {str(run_dir)!r} holds the backup of a different run ({details}); resume it with the same "
                 "flags, or use another --output_dir"
             )
+        if config.optimizer == "sgd" and (previous.get("momentum") == 0) != (config.momentum == 0):
+            # Keras' SGD has momentum variables only for a non-zero momentum: the backup's
+            # optimizer state would not fit (Keras skips it with a warning, iterations included).
+            raise ValueError(
+                f"output_dir {str(run_dir)!r} holds an SGD run with momentum {previous.get('momentum')!r}: --momentum "
+                "may change on resume, but not to or from 0 (SGD keeps momentum variables only when it is not 0, so "
+                f"the backup's optimizer state would not fit). Received: --momentum={config.momentum!r}"
+            )
         if state["step"] and config.epochs <= state["epoch"]:
             raise ValueError(
                 f"output_dir {str(run_dir)!r} holds a run interrupted in epoch {state['epoch'] + 1} (step "

@@ -220,6 +220,27 @@ def test_resume_with_other_flags_is_refused(run32):
         train(TrainConfig(**config))
 
 
+def test_sgd_momentum_may_change_on_resume_but_not_to_or_from_zero(voc_root, tmp_path):
+    """Keras' SGD has momentum variables only for a non-zero momentum: 0.9 -> 0 would load no
+    optimizer state at all (Keras skips it with a warning: iterations, schedule and momenta lost).
+    Refused before anything is built; and restore_backup itself refuses a state that does not fit."""
+    out = tmp_path / "sgd"
+    config = TrainConfig(**{**TINY, "epochs": 1, "optimizer": "sgd", "momentum": 0.9}, data=str(voc_root),
+                         output_dir=str(out), cache_dir=str(tmp_path / "cache"))
+    train(config)
+    with pytest.raises(ValueError, match=r"holds an SGD run with momentum 0\.9: --momentum may change on resume, but "
+                                         r"not to or from 0 .* Received: --momentum=0\.0$"):
+        train(dataclasses.replace(config, epochs=2, momentum=0.0))
+    state = cb.read_backup(out / "backup")
+    model = build_fcn("32s", fc_units=8, geometry="same", weights=None)
+    model.compile(optimizer=keras.optimizers.SGD(momentum=0.0), loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"backup '.*state-000000002\.weights\.h5' holds an optimizer state that does "
+                                         r"not fit this run's optimizer \(Skipping variable loading for optimizer"):
+        cb.restore_backup(model, out / "backup", state)
+    resumed = train(dataclasses.replace(config, epochs=2, momentum=0.5))  # another non-zero momentum: resumed
+    assert resumed["epochs_done"] == 2 and resumed["optimizer_updates"] == 4
+
+
 def test_run_recorded_before_fc6_had_a_choice_resumes_only_as_conv2d(run32, tmp_path):
     """Such a run's fc6 was a Conv2D, and its backup's weights file is keyed by that class: a
     resume with today's default (im2col) is refused with the flag to pass."""
