@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 #: The name of ``atomic_path``'s temporary files: ``.tmp-<pid>-<random>-<name>``.
-_TEMPORARY_NAME = re.compile(r"\.tmp-[0-9]+-[0-9a-f]{8}-(.+)")
+_TEMPORARY_NAME = re.compile(r"\.tmp-([0-9]+)-[0-9a-f]{8}-(.+)")
 
 
 @contextlib.contextmanager
@@ -56,7 +56,35 @@ def temporary_target(name: str) -> str | None:
     become (``.tmp-123-0a1b2c3d-train-00000-of-00002.tfrecord`` → ``train-00000-of-00002.tfrecord``),
     or ``None`` when ``name`` is not such a temporary name."""
     match = _TEMPORARY_NAME.fullmatch(name)
-    return match.group(1) if match else None
+    return match.group(2) if match else None
+
+
+def remove_orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files of ``atomic_path`` in ``folder`` (not its subfolders) whose
+    writing process no longer runs on this machine: what a kill (``SIGKILL``, a time limit, power
+    loss) left in mid-write, e.g. a 1.6 GB backup. A live writer's, this process's included, are
+    kept.
+
+    Returns:
+        The files removed, sorted.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".tmp-*")):
+        match = _TEMPORARY_NAME.fullmatch(path.name)
+        if match and not _process_runs(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

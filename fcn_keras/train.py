@@ -43,7 +43,7 @@ from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
 )
-from fcn_keras.files import atomic_path, write_json_atomic
+from fcn_keras.files import atomic_path, remove_orphaned_temporaries, write_json_atomic
 from fcn_keras.model import FC6_IMPLEMENTATIONS
 from fcn_keras.optimizers import CaffeSGD
 from fcn_keras.distribute import (
@@ -735,6 +735,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if not distribution.is_chief:  # Non-chief workers keep their files apart.
         run_dir = run_dir / "workers" / str(distribution.worker_index)
     backup_dir = run_dir / "backup"
+    for folder in (run_dir, backup_dir):  # A killed write's temporary file (a backup: 1.6 GB) is no state.
+        removed = remove_orphaned_temporaries(folder)
+        if removed:
+            logger.warning("removed %d temporary file(s) that a stopped process left in %s: %s", len(removed), folder,
+                           ", ".join(path.name for path in removed))
     state = cb.read_backup(backup_dir)
     requested = dataclasses.asdict(config)
     if state is not None:
