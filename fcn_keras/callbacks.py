@@ -499,7 +499,10 @@ def truncate_tensorboard(log_dir: str | os.PathLike, epochs_done: int) -> int:
     epochs (steps ``1 .. epochs_done``), as ``log.csv`` is truncated, so that an epoch redone after
     a kill or a divergence is not written twice (TensorBoard would draw both values at one step).
 
-    Each run folder's event files are replaced, atomically, by one file of the events kept.
+    Each run folder's event files are replaced, atomically, by one file of the events kept. A
+    file cut short by a kill in mid-write keeps its whole records (logged). Files older than a
+    ``.truncated`` file were read into it: if a kill left them (between its write and their
+    removal), they are removed first, not read twice.
 
     Args:
         log_dir: the run's ``tensorboard/`` folder (absent: nothing to do).
@@ -514,15 +517,25 @@ def truncate_tensorboard(log_dir: str | os.PathLike, epochs_done: int) -> int:
     removed = 0
     for run_dir in sorted(p for p in Path(log_dir).glob("*") if p.is_dir()):
         files = sorted(run_dir.glob("events.out.tfevents.*"))
-        kept, dropped = [], 0
+        truncated = [path for path in files if path.name.endswith(".truncated")]
+        for path in files[: files.index(truncated[-1])] if truncated else ():
+            path.unlink()  # already in the newest .truncated file
+        files = files[files.index(truncated[-1]):] if truncated else files
+        kept, dropped, torn = [], 0, []
         for path in files:
-            for record in tf.data.TFRecordDataset(str(path)):
-                event = event_pb2.Event.FromString(record.numpy())
-                if event.HasField("summary") and event.step > epochs_done:
-                    dropped += 1
-                else:
-                    kept.append(record.numpy())
-        if not dropped:
+            try:
+                for record in tf.data.TFRecordDataset(str(path)):
+                    event = event_pb2.Event.FromString(record.numpy())
+                    if event.HasField("summary") and event.step > epochs_done:
+                        dropped += 1
+                    else:
+                        kept.append(record.numpy())
+            except tf.errors.DataLossError:
+                torn.append(path.name)
+        if torn:
+            logger.warning("tensorboard: %s cut short in mid-write (a killed run): its whole events kept",
+                           ", ".join(torn))
+        if not dropped and not torn:
             continue
         # An event file's name sorts after the old ones' (TensorBoard reads them in name order).
         target = run_dir / f"events.out.tfevents.{time.time():.6f}.truncated"

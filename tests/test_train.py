@@ -133,6 +133,32 @@ def test_an_epoch_redone_after_a_divergence_is_in_tensorboard_once(voc_root, tmp
     assert len(names) == 2 and names[0].endswith(".truncated"), names
 
 
+def test_tensorboard_files_cut_short_or_left_by_a_kill_do_not_stop_a_resume(run32, tmp_path):
+    """A kill in mid-write leaves an event file cut short: its whole events are kept, not a
+    DataLossError at every resume. A kill between writing the .truncated file and removing the
+    files it replaces: they are not read twice."""
+    import tensorflow as tf
+
+    def scalars(folder):
+        return sorted((event.step, value.tag) for path in sorted(folder.glob("events.out.tfevents.*"))
+                      for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value)
+
+    train_dir = tmp_path / "tensorboard" / "train"
+    shutil.copytree(run32[0] / "tensorboard" / "train", train_dir)
+    whole = scalars(train_dir)
+    assert [step for step, _ in whole] == [1, 1, 2, 2]  # loss and mean_iu of 2 epochs
+    (path,) = train_dir.glob("events.out.tfevents.*")
+    path.write_bytes(path.read_bytes()[:-7])  # the last record cut short
+    assert cb.truncate_tensorboard(tmp_path / "tensorboard", epochs_done=2) == 0
+    assert scalars(train_dir) == whole[:-1]
+    # A crash after the .truncated file was written, before the older file was removed.
+    (kept,) = train_dir.glob("*.truncated")
+    shutil.copy(run32[0] / "tensorboard" / "train" / path.name, path)
+    assert sorted(train_dir.iterdir()) == [path, kept]
+    assert cb.truncate_tensorboard(tmp_path / "tensorboard", epochs_done=1) == 1  # epoch 2's remaining scalar
+    assert scalars(train_dir) == whole[:2]
+
+
 def assert_tensorboard_equals_log_csv(out: Path, epochs: int) -> None:
     import tensorflow as tf
 
