@@ -252,7 +252,8 @@ class ResumableBackup(keras.callbacks.Callback):
         global_step = epoch * self.steps_per_epoch + step
         stem = f"state-{global_step:09d}"
         weights_name, arrays_name = f"{stem}.weights.h5", f"{stem}.npz"
-        with atomic_path(self.backup_dir / weights_name) as tmp_weights:
+        # Durable: state.json (durable itself) will name these files.
+        with atomic_path(self.backup_dir / weights_name, durable=True) as tmp_weights:
             model.save_weights(tmp_weights)
         arrays = {}
         if self.restore_metrics:  # Under tf.distribute they are per-replica (sync on read).
@@ -260,7 +261,7 @@ class ResumableBackup(keras.callbacks.Callback):
         arrays.update(
             {f"seed_{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(_seed_variables(model))}
         )
-        with atomic_path(self.backup_dir / arrays_name) as tmp_arrays, open(tmp_arrays, "wb") as f:
+        with atomic_path(self.backup_dir / arrays_name, durable=True) as tmp_arrays, open(tmp_arrays, "wb") as f:
             np.savez(f, **arrays)
         best = self.best_tracker
         record = {
@@ -318,9 +319,9 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike, state: dic
         state: ``read_backup(backup_dir)``.
 
     Raises:
-        ValueError: the backup's optimizer state does not fit the model's optimizer (Keras
-            would skip it with a warning, and the run would go on with a fresh optimizer: its
-            step count, schedule and momenta lost).
+        ValueError: the backup's weights file cannot be read (cut short), or its optimizer
+            state does not fit the model's optimizer (Keras would skip it with a warning, and
+            the run would go on with a fresh optimizer: its step count, schedule and momenta lost).
     """
     backup_dir = Path(backup_dir)
     if not model.optimizer.built:
@@ -328,7 +329,14 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike, state: dic
     path = backup_dir / state["weights"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.load_weights(path)
+        try:
+            model.load_weights(path)
+        except OSError as error:  # h5py: a truncated or otherwise damaged file
+            raise ValueError(
+                f"backup {str(path)!r} cannot be read ({error}): the run cannot resume from it (a file cut short by a "
+                "crash or power loss?). last.keras holds the last checkpointed epoch; deleting the backup folder "
+                "starts the run afresh, which replaces last.keras and best.keras: copy them first"
+            ) from error
     for warning in caught:
         if "Skipping variable loading for optimizer" in str(warning.message):
             raise ValueError(

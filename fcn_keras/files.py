@@ -26,7 +26,7 @@ _TEMPORARY_NAME = re.compile(r"\.tmp-([0-9]+)-[0-9a-f]{8}-(.+)")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path``, renamed over ``path`` when the block succeeds.
 
     The temporary name is hidden and unique (``.tmp-<pid>-<random>-<name>``) and ends with
@@ -37,6 +37,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Args:
         path: the file to write.
+        durable: also on disk before the block returns, so that a power loss or an OS crash
+            cannot leave a renamed but empty file: the temporary file is fsynced before the
+            rename, the folder after it. For what a durable record names (a backup's state
+            files, which ``state.json`` points to): the rename alone orders nothing on disk.
 
     Yields:
         The temporary path to write to.
@@ -46,9 +50,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield temporary
+        if durable:
+            _fsync(temporary)
         os.replace(temporary, path)
+        if durable:
+            _fsync(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file's (or a folder's entries') data to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def temporary_target(name: str) -> str | None:
@@ -95,16 +112,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Writes ``data`` as indented, key-sorted JSON to ``path``, fsynced, atomically.
+    """Writes ``data`` as indented, key-sorted JSON to ``path``, atomically and durably (fsynced,
+    the file and its folder: ``atomic_path(durable=True)``).
 
     Strict JSON: a NaN or infinite float (a diverged run's loss) is written as ``null``, which
     every JSON reader (``jq``, JavaScript) takes, where Python's ``NaN`` token is not JSON.
     """
-    with atomic_path(path) as temporary, open(temporary, "w") as f:
+    with atomic_path(path, durable=True) as temporary, open(temporary, "w") as f:
         json.dump(_finite_or_none(data), f, indent=2, sort_keys=True, default=str, allow_nan=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
     return Path(path)
 
 

@@ -65,3 +65,18 @@ def test_slow_checkpoint_writes_are_logged_with_their_time(caplog):
         assert caplog.text == ""
         cb._log_slow_write("epoch 3: wrote last.keras", time.perf_counter() - 4.5)
     assert "epoch 3: wrote last.keras in 4.5 s" in caplog.text
+
+
+def test_durable_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    """atomic_path(durable=True) fsyncs the complete temporary file, then the folder holding the
+    new name (write_json_atomic always; a backup's state files too); a plain atomic_path does not."""
+    synced = []
+    real_fsync = files.os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    target = tmp_path / "state.json"
+    files.write_json_atomic(target, {"step": 1})
+    assert len(synced) == 2 and os.path.basename(synced[0]).startswith(".tmp-") and synced[0].endswith("-state.json")
+    assert synced[1] == str(tmp_path)
+    synced.clear()
+    files.write_text_atomic(tmp_path / "table.md", "| a |")
+    assert synced == []

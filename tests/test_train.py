@@ -250,6 +250,19 @@ def test_a_killed_write_leaves_no_temporary_file_for_good(run32, tmp_path, caplo
     assert f"removed 1 temporary file(s) that a stopped process left in {run / 'backup'}" in caplog.text
 
 
+def test_a_backup_file_cut_short_is_named_not_a_traceback(run32, tmp_path):
+    out, _ = run32
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    state = cb.read_backup(run / "backup")
+    weights = run / "backup" / state["weights"]
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    config = json.loads((out / "config.json").read_text())["config"]
+    with pytest.raises(ValueError, match=rf"backup '{re.escape(str(weights))}' cannot be read \(.*\): the run cannot "
+                                         r"resume from it"):
+        train(TrainConfig(**{**config, "output_dir": str(run), "epochs": 3}))
+
+
 def test_resume_with_other_flags_is_refused(run32):
     out, _ = run32
     config = json.loads((out / "config.json").read_text())["config"]
