@@ -77,7 +77,7 @@ def check_palette(palette: np.ndarray) -> np.ndarray:
 CAFFE_BGR_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
 
 #: The authors' trained FCNs (their .caffemodel files, see fcn_keras.caffe_import): BGR minus the
-#: mean their data layers subtract (voc_layers.py / infer.py), which differs from VGG's by < 1.
+#: mean their data layers subtract (voc_layers.py / infer.py), which differs from VGG's by about 1 or less.
 FCN_CAFFE_BGR_MEAN: tuple[float, float, float] = (104.00698793, 116.66876762, 122.67891434)
 
 #: torchvision VGG16 (e.g. ../shared/weights): RGB scaled to [0, 1], then (x - mean) / std.

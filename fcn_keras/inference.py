@@ -432,7 +432,8 @@ def predict_labels_tiled(model: keras.Model, image: np.ndarray, tile_size: int |
         model: an FCN-VGG16 of ``fcn_keras.model.build_fcn`` (logits), or its ``labels_model``.
         image: uint8 or float ``[H, W, 3]`` RGB in 0..255.
         tile_size: the largest tile side ``N``, or ``(height, width)``; at least ``min_tile_size()``
-            (480) where the image is larger. An image that fits is segmented whole.
+            (480) on each side, checked whatever the image's size (as the CLIs check the flag
+            before reading images). An image that fits in one tile is segmented whole.
 
     Returns:
         uint8 ``[H, W]``.

@@ -278,9 +278,10 @@ class Im2colConv2D(keras.layers.Conv2D):
     product it is ``B H' W' x 25,088 x 4,096``. On an H200 the convolution algorithms XLA picks
     for that shape reach about 22 % of the bf16 peak (benchmarks/results/h200_conv.md, block profile);
     ``benchmarks/fc6.py`` measures the two side by side. The layer holds the same variables and
-    config as ``Conv2D``: ``set_weights``, ``fcn_keras.surgery.transfer_weights`` (by layer name)
-    and ``.keras`` files (which name the class) move weights between the two, but a
-    ``.weights.h5`` file does not, since Keras keys its layers by class name. The patch matrix
+    config as ``Conv2D``: ``set_weights`` and ``fcn_keras.surgery.transfer_weights`` (by layer
+    name) move weights between the two, but ``load_weights`` of a ``.weights.h5`` or ``.keras``
+    file does not, since Keras keys its layers by class name (``keras.saving.load_model`` keeps
+    a file's own class). The patch matrix
     costs ``k_h k_w`` times the input's memory (49 x for fc6: 100 MB for a batch of 8 at 512x512
     in bf16).
 

@@ -45,6 +45,7 @@ def build_fcn(
     dropout: float = 0.5,
     fc_units: int = arch.FC_UNITS,
     learn_final_upsampling: bool = False,
+    learn_skip_upsampling: bool = True,
     geometry: str = "reference",
     fc6_implementation: str = "im2col",
     pool_implementation: str = "pool",
@@ -72,7 +73,11 @@ def build_fcn(
         fc_units: channels of fc6/fc7 (4096 in VGG16; smaller values only for quick tests,
             they cannot hold ImageNet fc weights).
         learn_final_upsampling: train the last deconvolution too. The reference nets keep it a
-            fixed bilinear interpolation; the 2x skip upsamplings are always learned.
+            fixed bilinear interpolation.
+        learn_skip_upsampling: train the 2x skip upsamplings (``upscore2``, ``upscore_pool4``),
+            bilinear at the start: the paper's text ("initialized to bilinear interpolation,
+            but allowed to be learned", CVPR 2015 Section 4.2). The authors' released nets
+            (``voc-fcn*/net.py``) fix them (``lr_mult: 0``): ``False``.
         geometry: ``"reference"``: the authors' nets (100-pixel input padding, valid conv1_1
             and fc6, crops 19; 5, 27; 5, 9, 31). ``"same"``: no input padding, size-preserving
             convolutions and deconvolutions, 0.6x the compute at 500x500; not the paper's
@@ -106,6 +111,12 @@ def build_fcn(
         raise ValueError(
             f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
             f"Received: input_shape={input_shape!r}"
+        )
+    fc_units = check_int("fc_units", fc_units, 1)
+    if weights == "imagenet" and fc_units != 4096:  # checked before the 528 MB download
+        raise ValueError(
+            "fc_units must be 4096 with weights='imagenet', whose fc6/fc7 (VGG16's fc1/fc2) have 4096 units. "
+            f"Received: fc_units={fc_units}"
         )
     check_choice("fc6_implementation", fc6_implementation, FC6_IMPLEMENTATIONS)
     check_choice("pool_implementation", pool_implementation, POOL_IMPLEMENTATIONS)
@@ -184,6 +195,7 @@ def build_fcn(
             padding=deconv_padding,
             use_bias=False,
             kernel_initializer=BilinearUpsampling(),
+            trainable=learn_skip_upsampling,
             name=arch.skip_upsample_name(variant, index),
         )(score)
         pool = pools[block]

@@ -139,6 +139,7 @@ class TrainConfig:
     seed: int = 0
     distribute: str = "none"
     at_once: bool = False
+    learn_skip_upsampling: bool = True
     geometry: str | None = None
     fc_units: int | None = None
     fc6_implementation: str = "im2col"
@@ -294,6 +295,7 @@ _RESUME_KEYS = (
     "variant", "data", "train_split", "init_from", "num_classes", "class_weights", "steps_per_epoch", "batch_size",
     "gradient_accumulation_steps", "crop_size", "shuffle_buffer", "optimizer", "lr_schedule", "mixed_precision", "seed",
     "at_once", "geometry", "fc_units", "distribute", "deterministic", "preprocessing", "fc6_implementation",
+    "learn_skip_upsampling",
 )  # fmt: skip
 
 #: What a run recorded before a field existed did, where that differs from today's default:
@@ -554,7 +556,7 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
     from fcn_keras import build_fcn, transfer_weights
 
     common = dict(at_once=config.at_once, fc_units=config.fc_units, geometry=config.geometry,
-                  fc6_implementation=config.fc6_implementation)
+                  fc6_implementation=config.fc6_implementation, learn_skip_upsampling=config.learn_skip_upsampling)
     if config.init_from:
         source, path = load_init_model(config.init_from)
         names = {layer.name for layer in source.layers}
@@ -1100,6 +1102,9 @@ def define_flags(flag_values=None) -> None:
                       "(tf.distribute.MirroredStrategy or keras.distribution.DataParallel under JAX); multi_worker: "
                       "MultiWorkerMirroredStrategy from TF_CONFIG (JAX: keras.distribution.initialize from KERAS_DISTRIBUTION_*).")
     define("boolean", "at_once", d.at_once, "The TPAMI at-once FCN-8s/16s (pool4 x0.01, pool3 x1e-4), trained in one stage.")
+    define("boolean", "learn_skip_upsampling", d.learn_skip_upsampling, "Train the 2x skip upsamplings (upscore2, "
+                         "upscore_pool4; bilinear at the start), as the paper's text says; the authors' released nets "
+                         "fix them (lr_mult 0): --nolearn_skip_upsampling.")
     define("enum", "geometry", d.geometry, list(arch.GEOMETRIES), f"reference (the authors' nets) or same ({both('geometry')}).")
     define("integer", "fc_units", d.fc_units, f"Channels of fc6/fc7 (4096 = VGG16; smaller only for tests) ({both('fc_units')}).")
     define("enum", "fc6_implementation", d.fc6_implementation, list(FC6_IMPLEMENTATIONS), "fc6 as one im2col matmul "

@@ -149,6 +149,11 @@ def test_score_layers_start_at_zero_and_upsampling_is_bilinear_and_trainable_as_
     assert model.get_layer("upscore2").trainable and model.get_layer("upscore_pool4").trainable
     assert not model.get_layer("upscore8").trainable
     assert build_fcn("8s", fc_units=8, learn_final_upsampling=True).get_layer("upscore8").trainable
+    # The authors' released nets: every deconvolution fixed (lr_mult 0), 2 x 4x4x21x21 fewer to train.
+    released = build_fcn("8s", fc_units=8, learn_skip_upsampling=False)
+    assert not any(released.get_layer(name).trainable for name in ("upscore2", "upscore_pool4", "upscore8"))
+    count = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert count(model) - count(released) == 2 * 4 * 4 * 21 * 21
 
 
 def caffe_upsample_filt(size: int) -> np.ndarray:
@@ -353,6 +358,10 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"geometry": "valid"}, r"geometry must be one of \('reference', 'same'\)\. Received: geometry='valid'"),
         ({"preprocessing": "tf"}, r"preprocessing must be one of \('auto', 'caffe', 'torch', 'caffe_fcn'\)"),
         ({"weights": "/nonexistent/vgg16.h5"}, r"weights file '/nonexistent/vgg16.h5' does not exist"),
+        ({"fc_units": 2.5}, r"fc_units must be an integer >= 1\. Received: fc_units=2\.5"),
+        ({"fc_units": True}, r"fc_units must be an integer >= 1\. Received: fc_units=True"),
+        # Before keras.applications' download (no network here: a download would fail otherwise).
+        ({"weights": "imagenet"}, r"fc_units must be 4096 with weights='imagenet', .* Received: fc_units=8"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):

@@ -250,6 +250,23 @@ def test_a_killed_write_leaves_no_temporary_file_for_good(run32, tmp_path, caplo
     assert f"removed 1 temporary file(s) that a stopped process left in {run / 'backup'}" in caplog.text
 
 
+def test_the_released_nets_fixed_skip_upsamplings_stay_bilinear(voc_root, tmp_path):
+    """--nolearn_skip_upsampling: upscore2 leaves training as the bilinear kernel it started as
+    (the default learns it, and it moves); a resume may not change it."""
+    kernels = {}
+    for learn in (True, False):
+        config = TrainConfig(**{**TINY, "variant": "16s", "epochs": 1, "learn_skip_upsampling": learn},
+                             data=str(voc_root), output_dir=str(tmp_path / str(learn)), cache_dir=str(tmp_path / "cache"))
+        train(config)
+        kernels[learn] = keras.saving.load_model(tmp_path / str(learn) / "last.keras", compile=False).get_layer(
+            "upscore2").get_weights()[0]
+    bilinear = build_fcn("16s", fc_units=8, geometry="same").get_layer("upscore2").get_weights()[0]
+    np.testing.assert_array_equal(kernels[False], bilinear)
+    assert np.abs(kernels[True] - bilinear).max() > 0
+    with pytest.raises(ValueError, match=r"different run \(learn_skip_upsampling: False -> True\)"):
+        train(dataclasses.replace(config, epochs=2, learn_skip_upsampling=True))
+
+
 def test_a_backup_file_cut_short_is_named_not_a_traceback(run32, tmp_path):
     out, _ = run32
     run = tmp_path / "run"
