@@ -329,7 +329,7 @@ def test_step_runs_the_training_step_alone_and_collect_takes_its_report(tmp_path
     step_env = {k: v for k, v in env.items() if k != "BENCH_NAME"}
     result = _run(device, "step", env=step_env)
     out = Path(env["OUT"])
-    assert result.returncode == 1 and f"step stopped (status 124)" in result.stdout
+    assert result.returncode == 1 and "step stopped (status 124)" in result.stdout
     assert (out / "bench_name").read_text() == "h100\n"
     assert f"train_step argv: --output={out}/h100_train_step.md" in (out / "step.log").read_text()
     assert "**Partial**" in (out / "h100_train_step.md").read_text()
