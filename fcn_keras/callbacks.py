@@ -107,6 +107,42 @@ def read_backup(backup_dir: str | os.PathLike, name: str = STATE_FILE) -> dict[s
         return json.load(f)
 
 
+def agreed_backup(backup_dirs: list[Path], own: Path) -> dict[str, Any] | None:
+    """The backup state that every worker of a multi-worker run resumes from: each worker writes
+    its own backup, so a kill can land between their writes and leave them at different steps,
+    which no worker could resume from (their weights would differ). Then the last epoch-end
+    state (``epoch.json``), if the workers agree on it.
+
+    Args:
+        backup_dirs: every worker's ``backup/`` folder (the chief's and ``workers/<i>/backup``).
+        own: this worker's, one of them.
+
+    Returns:
+        ``own``'s state to resume from (its ``state.json`` or its ``epoch.json``), or ``None``
+        when no worker has a backup.
+
+    Raises:
+        ValueError: the workers' backups differ and so do (or are missing) their epoch-end states.
+    """
+    latest = {folder: read_backup(folder) for folder in backup_dirs}
+    if all(state is None for state in latest.values()):
+        return None
+    steps = {folder: None if state is None else state["global_step"] for folder, state in latest.items()}
+    if len(set(steps.values())) == 1:
+        return latest[own]
+    epoch_ends = {folder: read_backup(folder, EPOCH_STATE_FILE) for folder in backup_dirs}
+    epoch_steps = {None if state is None else state["global_step"] for state in epoch_ends.values()}
+    described = ", ".join(f"{folder}: {step}" for folder, step in steps.items())
+    if len(epoch_steps) == 1 and None not in epoch_steps:
+        logger.warning("the workers' backups are at different steps (%s; a kill between their writes): all resume "
+                       "from the last epoch end, global step %d", described, epoch_steps.pop())
+        return epoch_ends[own]
+    raise ValueError(
+        f"the workers' backups are at different steps ({described}) and share no epoch-end state: no worker can resume "
+        "with the others' weights. Delete the backup folders (the chief's and workers/*/backup) to start the run afresh"
+    )
+
+
 class ResumableBackup(keras.callbacks.Callback):
     """Backs up the complete training state every ``save_freq`` steps and at each epoch end
     (or those of ``schedule``).

@@ -280,6 +280,39 @@ def test_a_backup_file_cut_short_is_named_not_a_traceback(run32, tmp_path):
         train(TrainConfig(**{**config, "output_dir": str(run), "epochs": 3}))
 
 
+def _worker_states(folder: Path, step: int | None, epoch_step: int | None) -> Path:
+    for name, value in ((cb.STATE_FILE, step), (cb.EPOCH_STATE_FILE, epoch_step)):
+        if value is not None:
+            write_json_atomic(folder / name, {"global_step": value, "weights": f"state-{value:09d}.weights.h5"})
+    return folder
+
+
+def test_workers_resume_from_a_state_they_all_hold(tmp_path):
+    """Each worker of a multi-worker run writes its own backup, so a kill can land between their
+    writes. The workers then resume from the last epoch-end state if they agree on it, else the
+    run is refused with what to do; agreeing workers resume from their latest state."""
+    chief = _worker_states(tmp_path / "backup", 6, 4)
+    worker = _worker_states(tmp_path / "workers" / "1" / "backup", 6, 4)
+    assert cb.agreed_backup([chief, worker], worker)["global_step"] == 6
+    _worker_states(chief, 8, None)  # the chief wrote step 8, the worker was killed first
+    assert cb.agreed_backup([chief, worker], worker)["global_step"] == 4
+    assert cb.agreed_backup([chief, worker], chief)["weights"] == "state-000000004.weights.h5"
+    _worker_states(chief, None, 8)  # an epoch end: the chief's epoch state moved on too
+    with pytest.raises(ValueError, match=r"backups are at different steps \(.*backup: 8, .*workers/1/backup: 6\) and "
+                                         r"share no epoch-end state.*Delete the backup folders"):
+        cb.agreed_backup([chief, worker], worker)
+    assert cb.agreed_backup([tmp_path / "none1", tmp_path / "none2"], tmp_path / "none1") is None
+    # train's choice of folders: every worker's where all are visible (a shared output_dir).
+    from fcn_keras.distribute import Distribution
+    from fcn_keras.train import _workers_backup
+
+    two = Distribution(mode="multi_worker", backend="jax", worker_index=1, num_workers=2, is_chief=False)
+    with pytest.raises(ValueError, match="share no epoch-end state"):
+        _workers_backup(tmp_path, two, worker, cb.read_backup(worker))
+    three = dataclasses.replace(two, num_workers=3)  # a worker's folder not visible here: its own state
+    assert _workers_backup(tmp_path, three, worker, {"global_step": 6}) == {"global_step": 6}
+
+
 def test_resume_with_other_flags_is_refused(run32):
     out, _ = run32
     config = json.loads((out / "config.json").read_text())["config"]
