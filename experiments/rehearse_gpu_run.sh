@@ -79,15 +79,26 @@ device_call() {  # $1: the part carried ("" for none), then gpu_run.sh's verbs
   (cd "$tree" && bash experiments/gpu_run.sh "$@")
 }
 
+require() {  # $1: a line (grep pattern) that the log $2 must hold, $3: what failed otherwise
+  grep -q "$1" "$2" || { echo "rehearse: FAILED: $3 ($2)" >&2; exit 1; }
+}
+
+collect_here() {  # `collect`, in the last call's copy of the tree (as here, afterwards); $1: the log
+  (cd "$SIM/tree" && bash experiments/gpu_run.sh collect "$SIM/out") | tee -a "$1"
+}
+
+passed() {  # $1: what ran
+  echo "rehearse: passed: $1 under $("$VENV/bin/python3" --version) with" \
+    "$("$VENV/bin/python3" -c 'import jax, numpy; print("jax", jax.__version__, "numpy", numpy.__version__)');" \
+    "what came back is in $SIM/out"
+}
+
 if [ "$MODE" = step ]; then  # one call carrying .gpu0, then collect: the report complete, the log beside it
   device_call .gpu0 step 2>&1 | tee "$SIM/step.log"
-  grep -q '^step complete' "$SIM/step.log" || { echo "rehearse: FAILED: step did not complete ($SIM/step.log)" >&2; exit 1; }
-  (cd "$SIM/tree" && bash experiments/gpu_run.sh collect "$SIM/out") | tee -a "$SIM/step.log"
-  grep -q "^benchmarks/results/${BENCH_NAME}_train_step.md: complete" "$SIM/step.log" \
-    || { echo "rehearse: FAILED: collect found no complete report ($SIM/step.log)" >&2; exit 1; }
-  echo "rehearse: passed: step ran benchmarks/train_step.py without TensorFlow under $("$VENV/bin/python3" --version)" \
-    "with $("$VENV/bin/python3" -c 'import jax, numpy; print("jax", jax.__version__, "numpy", numpy.__version__)');" \
-    "what came back is in $SIM/out"
+  require '^step complete' "$SIM/step.log" "step did not complete"
+  collect_here "$SIM/step.log"
+  require "^benchmarks/results/${BENCH_NAME}_train_step.md: complete" "$SIM/step.log" "collect found no complete report"
+  passed "step ran benchmarks/train_step.py without TensorFlow"
   exit 0
 fi
 last=$(echo "$parts" | tail -1)
@@ -103,12 +114,8 @@ done
 listing=$(tar -tzf "$SIM/out/$RUN.tar.gz")  # (not piped into grep -q: pipefail would see tar's SIGPIPE)
 grep -qx './results.md' <<< "$listing" \
   || { echo "rehearse: FAILED: the experiment wrote no results.md ($SIM/all.log)" >&2; exit 1; }
-grep -q '^experiment complete' "$SIM/all.log" && grep -q '^bench complete' "$SIM/all.log" \
-  || { echo "rehearse: FAILED: the experiment or the benchmark did not complete ($SIM/all.log)" >&2; exit 1; }
-# And `collect`, in the last call's copy of the tree (as here, afterwards).
-(cd "$SIM/tree" && bash experiments/gpu_run.sh collect "$SIM/out") | tee -a "$SIM/all.log"
-grep -q '^experiment: complete' "$SIM/all.log" \
-  || { echo "rehearse: FAILED: collect did not find complete results ($SIM/all.log)" >&2; exit 1; }
-echo "rehearse: passed: the bundle ran the experiment and the benchmark under $("$VENV/bin/python3" --version)" \
-  "with $("$VENV/bin/python3" -c 'import jax, numpy; print("jax", jax.__version__, "numpy", numpy.__version__)');" \
-  "what came back is in $SIM/out"
+require '^experiment complete' "$SIM/all.log" "the experiment did not complete"
+require '^bench complete' "$SIM/all.log" "the benchmark did not complete"
+collect_here "$SIM/all.log"
+require '^experiment: complete' "$SIM/all.log" "collect did not find complete results"
+passed "the bundle ran the experiment and the benchmark"
