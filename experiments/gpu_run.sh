@@ -114,8 +114,13 @@ device_env() {
   export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1 \
     XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 \
     JAX_COMPILATION_CACHE_DIR=$WORK/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+  mkdir -p "$WORK"
+  out_env
+}
+
+out_env() {  # device: $OUT made and absolute, and the tables' name (BENCH_NAME: the GPU's kind) in it
   OUT=${OUT:-$WORK/out}
-  mkdir -p "$WORK" "$OUT"
+  mkdir -p "$OUT"
   OUT=$(cd "$OUT" && pwd)  # absolute: archives are written from inside other folders
   BENCH_NAME=${BENCH_NAME:-$(gpu_kind)}
   echo "$BENCH_NAME" > "$OUT/bench_name"  # for collect: the tables' and the log's names
@@ -401,11 +406,7 @@ do_step() {  # --- device: benchmarks/train_step.py alone: Keras from .gpu0's wh
   # No persistent compilation cache: one call, nothing to continue.
   export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1 \
     XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
-  OUT=${OUT:-$WORK/out}
-  mkdir -p "$OUT"
-  OUT=$(cd "$OUT" && pwd)
-  BENCH_NAME=${BENCH_NAME:-$(gpu_kind)}
-  echo "$BENCH_NAME" > "$OUT/bench_name"
+  out_env
   report="$OUT/${BENCH_NAME}_train_step.md"
   { python3 -c 'import keras, jax; print("keras", keras.__version__, "| jax", jax.__version__, "|", jax.devices())'
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } 2>&1 | tee -a "$OUT/step.log"

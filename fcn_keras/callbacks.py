@@ -562,9 +562,10 @@ def truncate_tensorboard(log_dir: str | os.PathLike, epochs_done: int) -> int:
     for run_dir in sorted(p for p in Path(log_dir).glob("*") if p.is_dir()):
         files = sorted(run_dir.glob("events.out.tfevents.*"))
         truncated = [path for path in files if path.name.endswith(".truncated")]
-        for path in files[: files.index(truncated[-1])] if truncated else ():
+        newest = files.index(truncated[-1]) if truncated else 0
+        for path in files[:newest]:
             path.unlink()  # already in the newest .truncated file
-        files = files[files.index(truncated[-1]):] if truncated else files
+        files = files[newest:]
         kept, dropped, torn = [], 0, []
         for path in files:
             try:

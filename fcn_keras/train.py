@@ -656,17 +656,17 @@ def environment(distribution: Distribution) -> dict[str, Any]:
     }
 
 
-def _workers_backup(output_dir: Path, distribution: Distribution, own: Path, state: dict | None) -> dict | None:
+def _workers_backup(output_dir: Path, distribution: Distribution, own: Path) -> dict | None:
     """The state a worker of a multi-worker run resumes from: the one all workers agree on
     (``callbacks.agreed_backup``), where this process sees every worker's folder (a shared
     ``output_dir``); else its own."""
     workers = output_dir / "workers"
-    folders = [output_dir / "backup", *sorted(p / "backup" for p in workers.iterdir() if p.is_dir())] \
-        if workers.is_dir() else [output_dir / "backup"]
+    others = sorted(p / "backup" for p in workers.iterdir() if p.is_dir()) if workers.is_dir() else []
+    folders = [output_dir / "backup", *others]
     if len(folders) != distribution.num_workers or own not in folders:
         logger.debug("not every worker's backup is visible here (%d of %d): each worker resumes its own", len(folders),
                      distribution.num_workers)
-        return state
+        return cb.read_backup(own)
     return cb.agreed_backup(folders, own)
 
 
@@ -756,9 +756,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if removed:
             logger.warning("removed %d temporary file(s) that a stopped process left in %s: %s", len(removed), folder,
                            ", ".join(path.name for path in removed))
-    state = cb.read_backup(backup_dir)
     if distribution.num_workers > 1:
-        state = _workers_backup(Path(config.output_dir), distribution, backup_dir, state)
+        state = _workers_backup(Path(config.output_dir), distribution, backup_dir)
+    else:
+        state = cb.read_backup(backup_dir)
     requested = dataclasses.asdict(config)
     if state is not None:
         previous = recorded_config(run_dir)
