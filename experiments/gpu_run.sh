@@ -373,7 +373,7 @@ do_pack() {  # --- here: a folder named bundle -> .gpu1 .. .gpuN (git-ignored), 
   sum=$(sha256sum "$tmp/bundle.tar" | cut -d' ' -f1)
   (cd "$tmp" && split -b "$PART_SIZE" -d -a 2 bundle.tar part && rm bundle.tar)
   parts=("$tmp"/part*)
-  rm -rf .gpu[0-9]*
+  rm -rf .gpu[1-9]*  # the parts of an earlier staging (not .gpu0, stage_step's wheels)
   for i in "${!parts[@]}"; do
     k=$((i + 1)); mkdir -p ".gpu$k"
     mv "${parts[$i]}" ".gpu$k/part-$k-of-${#parts[@]}"
@@ -381,7 +381,7 @@ do_pack() {  # --- here: a folder named bundle -> .gpu1 .. .gpuN (git-ignored), 
     ignore_here ".gpu$k"
   done
   rm -rf "$tmp"
-  echo "staged ${#parts[@]} parts of at most $PART_SIZE (bundle sha256 $sum): $(ls -d .gpu[0-9]* | tr '\n' ' ')"
+  echo "staged ${#parts[@]} parts of at most $PART_SIZE (bundle sha256 $sum): $(ls -d .gpu[1-9]* | tr '\n' ' ')"
 }
 
 do_stage_step() {  # --- here: what `step` needs besides the device's own packages -> .gpu0 (git-ignored) ---

@@ -73,9 +73,12 @@ def env(tmp_path):
 
 def test_parts_are_received_checked_and_unpacked(tmp_path, env):
     here = _script_tree(tmp_path / "here")
+    (here / ".gpu0").mkdir()  # stage_step's wheels: no part of a staging, kept
+    (here / ".gpu0" / "keras-3.15.1-py3-none-any.whl").write_bytes(b"wheel")
     packed = _run(here, "pack", str(_bundle(tmp_path / "a", os.urandom(10_000))), env=env)
     assert packed.returncode == 0, packed.stderr
-    assert sorted(p.name for p in here.glob(".gpu*")) == [".gpu1", ".gpu2", ".gpu3"]
+    assert sorted(p.name for p in here.glob(".gpu*")) == [".gpu0", ".gpu1", ".gpu2", ".gpu3"]
+    assert (here / ".gpu0" / "keras-3.15.1-py3-none-any.whl").is_file()
     assert "staged 3 parts of at most 8k" in packed.stdout
     assert (here / ".gpu3" / "part-3-of-3").is_file() and (here / ".gpu3" / "bundle.sha256").is_file()
 
