@@ -205,13 +205,16 @@ def evaluate_model(
     num_classes = int(model.outputs[0].shape[-1])
     if tile_size is not None:
         check_tileable(model, f"model {source}")
+    # The data's own names bound the class count whether or not names are given: a model of
+    # other data scores its classes against labels that mean something else.
+    data_names = data_class_names(data)
+    if data_names is not None and len(data_names) != num_classes:
+        raise ValueError(
+            f"model {source} predicts {num_classes} classes but data {str(data)!r} has {len(data_names)} "
+            f"({voc.abbreviate(data_names)}): it was trained on other data"
+        )
     if class_names is None:
-        class_names = data_class_names(data)
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(
-                f"model {source} predicts {num_classes} classes but data {str(data)!r} has {len(class_names)} "
-                f"({voc.abbreviate(class_names)}): it was trained on other data"
-            )
+        class_names = data_names
         if class_names is None and recorded is not None and len(recorded) == num_classes:
             class_names = recorded
         if class_names is None:
