@@ -30,6 +30,7 @@ weight arrays are views of the file's bytes (a 538 MB FCN-8s file read in 0.3 s 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -135,13 +136,15 @@ def _blob(buf: memoryview) -> np.ndarray:
                     dims.extend(_packed_varints(sub_value, sub_wire))
         elif number in (1, 2, 3, 4) and wire == _VARINT:
             legacy[number] = value
-        elif number == 5:  # data: float, packed (or one fixed32 per value)
-            chunks.append(np.frombuffer(value, dtype="<f4"))
-        elif number == 8:  # double_data
-            chunks.append(np.frombuffer(value, dtype="<f8").astype(np.float32))
+        elif number in (5, 8):  # data: float, packed (or one fixed32 per value); double_data
+            dtype = np.dtype("<f4" if number == 5 else "<f8")
+            if wire == _VARINT or len(value) % dtype.itemsize:
+                raise _Malformed(f"a blob's {'data' if number == 5 else 'double_data'} is not {dtype.itemsize}-byte "
+                                 f"floats ({'a varint' if wire == _VARINT else f'{len(value)} bytes'})")
+            chunks.append(np.frombuffer(value, dtype=dtype).astype(np.float32, copy=False))
     data = np.concatenate(chunks) if len(chunks) > 1 else chunks[0] if chunks else np.zeros(0, np.float32)
     shape = tuple(legacy.get(n, 0) for n in (1, 2, 3, 4)) if legacy else tuple(dims)
-    if int(np.prod(shape)) != data.size:
+    if math.prod(shape) != data.size:  # Python integers: numpy's product wraps around at 2**64.
         raise _Malformed(f"a blob of shape {shape} holds {data.size} values")
     return data.astype(np.float32, copy=False).reshape(shape)
 
@@ -157,9 +160,12 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a Caffe net with weights (names the file and what is wrong).
+        ValueError: the file is a folder or not a Caffe net with weights (names the file and what is
+            wrong).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"caffemodel {str(path)!r} is a folder, not a .caffemodel file")
     if not path.is_file():
         raise FileNotFoundError(f"caffemodel {str(path)!r} does not exist")
     buf = memoryview(path.read_bytes())
@@ -187,7 +193,7 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
                 blobs[0] = np.swapaxes(blobs[0], -1, -2)
             if blobs:
                 layers.append(CaffeLayer(name, kind, tuple(blobs)))
-    except (_Malformed, UnicodeDecodeError) as error:
+    except ValueError as error:  # _Malformed, UnicodeDecodeError, numpy's on impossible blobs
         raise ValueError(f"caffemodel {str(path)!r} is not a Caffe net (.caffemodel): {error}") from error
     if not layers:
         raise ValueError(f"caffemodel {str(path)!r} holds no layer with weights: is it a .caffemodel (not a .prototxt)?")

@@ -5,6 +5,7 @@ InnerProduct flattens [C, H, W], a deconvolution [in, out, kh, kw] scatters, and
 converted net against a numpy forward pass of the authors' deploy nets."""
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -147,6 +148,22 @@ def test_bad_files_are_refused_with_their_name(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-7])
     with pytest.raises(ValueError, match="truncated.caffemodel' is not a Caffe net"):
         read_caffemodel(truncated)
+    with pytest.raises(ValueError, match=f"caffemodel {re.escape(repr(str(tmp_path)))} is a folder"):
+        read_caffemodel(tmp_path)
+    # Blobs no Caffe writes (found by review: a TypeError traceback, numpy's messages without the
+    # file, and dimensions whose product wraps around to the value count passed the size check).
+    conv = _field(1, b"conv1_1") + _field(2, b"Convolution")
+    bad_blobs = {
+        "varint_data": (_field(7, _field(1, _varint(2))) + _varint(5 << 3) + _varint(7), "a blob's data is not 4-byte floats (a varint)"),
+        "odd_data": (_field(7, _field(1, _varint(1))) + _field(5, bytes(5)), "a blob's data is not 4-byte floats (5 bytes)"),
+        "odd_double": (_field(7, _field(1, _varint(1))) + _field(8, bytes(12)), "a blob's double_data is not 8-byte floats (12 bytes)"),
+        "wrapping": (_field(7, _field(1, _varint(2**32) + _varint(2**32))), "a blob of shape (4294967296, 4294967296) holds 0 values"),
+    }
+    for name, (blob, message) in bad_blobs.items():
+        path = tmp_path / f"{name}.caffemodel"
+        path.write_bytes(_field(100, conv + _field(7, blob)))
+        with pytest.raises(ValueError, match=re.escape(f"{name}.caffemodel' is not a Caffe net (.caffemodel): {message}")):
+            read_caffemodel(path)
 
 
 # --- Converting: the weights do Caffe's arithmetic ----------------------------------------------
