@@ -18,24 +18,28 @@ base64-encodes outputs whose name ends in ``_bytes``).
 
 Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
 message names the URL), an error status from the server (with its message), a reply that is not
-the bytes signature's, an unreadable image file; status 2 for a ``--server`` that is no http(s)
-URL or ``host:port``, a ``--timeout`` <= 0, or no image named.
+the bytes signature's, an unreadable image file, a label PNG that cannot be written; status 2,
+before anything is sent, for a ``--server`` that is no http(s) URL or ``host:port``, a
+``--timeout`` <= 0, no image named, an unknown flag, or an ``--output_dir`` that cannot be a
+folder. Its command line is ``argparse``'s, so a client machine needs nothing beyond Python and
+numpy.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import http.client
 import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
 
 BYTES_SIGNATURE = "predict_image_bytes"
 
@@ -108,8 +112,8 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
     """
     if "://" not in server:
         server = f"http://{server}"
-    if server.split("://", 1)[0].lower() not in ("http", "https"):
-        raise ValueError(f"server must be an http:// or https:// URL, or host:port. Received: server={server!r}")
+    if server.split("://", 1)[0].lower() not in ("http", "https") or not urllib.parse.urlsplit(server).hostname:
+        raise ValueError(f"server must be an http:// or https:// URL with a host, or host:port. Received: server={server!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds. Received: timeout={timeout!r}")
     url = f"{server.rstrip('/')}/v1/models/{model_name}:predict"
@@ -145,25 +149,33 @@ def post_predict(server: str, model_name: str, body: dict, timeout: float = 60.0
 
 # --- Command line ------------------------------------------------------------------------------
 
-FLAGS = flags.FLAGS
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one ``error:`` line and status 2, as in fcn_keras' CLIs."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
-def _define_flags() -> None:
-    """Defines the CLI's flags (only when run as a program, so modules import side-effect free)."""
-    flags.DEFINE_string("server", "http://localhost:8501", "TF Serving's REST address (--rest_api_port): a URL or host:port.")
-    flags.DEFINE_string("model_name", "fcn8s", "The served model's name (--model_name / models.config).")
-    flags.DEFINE_string("signature_name", BYTES_SIGNATURE, "The signature that takes encoded images.")
-    flags.DEFINE_string("output_dir", None, "If set, write <stem>_labels.png (VOC colours) here.")
-    flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server.")
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(description="Segment image files with an FCN served by TF Serving (REST).")
+    parser.add_argument("--server", default="http://localhost:8501", help="TF Serving's REST address (--rest_api_port): a URL or host:port.")
+    parser.add_argument("--model_name", default="fcn8s", help="The served model's name (--model_name / models.config).")
+    parser.add_argument("--signature_name", default=BYTES_SIGNATURE, help="The signature that takes encoded images.")
+    parser.add_argument("--output_dir", help="If set, write <stem>_labels.png (VOC colours) here.")
+    parser.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for the server.")
+    parser.add_argument("images", nargs="*", help="The image files (JPEG, PNG, BMP, GIF, WebP).")
+    return parser
 
 
-def main(argv: list[str]) -> int:
-    """Sends the image files named after the flags and reports what came back."""
-    paths = argv[1:]
+def main(argv: Sequence[str] | None = None) -> int:
+    """Sends the image files named on the command line and reports what came back."""
+    args = _parser().parse_args(argv)
+    paths = args.images
     if not paths:
         print("error: give the image files to segment after the flags", file=sys.stderr)
         return 2
-    if FLAGS.output_dir:  # <stem>_labels.png: two inputs with one stem would write one file.
+    if args.output_dir:  # <stem>_labels.png: two inputs with one stem would write one file.
         stems = {}
         for path in paths:
             if Path(path).stem in stems:
@@ -171,9 +183,14 @@ def main(argv: list[str]) -> int:
                       f"{Path(path).stem}_labels.png in --output_dir; rename one", file=sys.stderr)
                 return 2
             stems[Path(path).stem] = path
+        try:  # Before the request, not after the server's work.
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"error: --output_dir={args.output_dir} cannot be a folder: {error}", file=sys.stderr)
+            return 2
     try:
-        body = build_rest_body(paths, FLAGS.signature_name)
-        results = parse_rest_response(post_predict(FLAGS.server, FLAGS.model_name, body, FLAGS.timeout))
+        body = build_rest_body(paths, args.signature_name)
+        results = parse_rest_response(post_predict(args.server, args.model_name, body, args.timeout))
     except ValueError as error:  # --server or --timeout: bad flags.
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -183,15 +200,17 @@ def main(argv: list[str]) -> int:
     for path, result in zip(paths, results):
         classes = np.unique(result["labels"]).tolist()
         print(f"{path}: {result['labels'].shape[0]}x{result['labels'].shape[1]}, classes {classes}")
-        if FLAGS.output_dir:
-            target = Path(FLAGS.output_dir) / f"{Path(path).stem}_labels.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
+        if args.output_dir:
+            target = Path(args.output_dir) / f"{Path(path).stem}_labels.png"
             temp = target.with_name(f".{target.name}.tmp")
-            temp.write_bytes(result["label_png"])
-            os.replace(temp, target)
+            try:
+                temp.write_bytes(result["label_png"])
+                os.replace(temp, target)
+            except OSError as error:
+                print(f"error: cannot write {target}: {error}", file=sys.stderr)
+                return 1
     return 0
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    sys.exit(main())

@@ -134,6 +134,14 @@ class FCNServingModule(tf.Module):
 
         def segment_one(encoded):
             image = decode_image_tensor(encoded)
+            for axis, (side, size) in enumerate(zip(("height", "width"), self.model.inputs[0].shape[1:3])):
+                if size is not None:  # A model built for one size (build_fcn's input_shape) takes only it.
+                    tf.debugging.assert_equal(
+                        tf.shape(image)[axis], size,
+                        message=f"this model was exported from one built for images of {side} {size} only "
+                                f"(input_shape {tuple(self.model.inputs[0].shape[1:])}); export a model built with "
+                                "input_shape=(None, None, 3) to serve images of any size",
+                    )
             labels = self._argmax(self.model(image[tf.newaxis], training=False))[0]
             png = tf.io.encode_png(tf.gather(self.palette, tf.cast(labels, tf.int32)))
             size = tf.shape(labels)
@@ -186,7 +194,8 @@ def export_saved_model(
         version: the version number (>= 1), a folder name.
         extra_output: ``None``, ``"probabilities"`` or ``"logits"``: also returned by
             ``serving_default`` (float32 ``[N, H, W, C]``).
-        overwrite: replace an existing version folder.
+        overwrite: replace an existing version folder (or file; a link to one stored elsewhere is
+            replaced by the new folder, its target kept).
         class_names: the ``C`` names written to ``CLASS_NAMES_FILE``. ``None``: those the
             training run recorded (``model`` a run folder or a ``.keras`` file in one), else
             VOC's for a 21-class model, else no file.
@@ -210,7 +219,7 @@ def export_saved_model(
     for folder in (Path(export_dir), version_dir.parent):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder} is a file, not a folder: choose another --export_dir or --name")
-    if version_dir.exists() and not overwrite:
+    if os.path.lexists(version_dir) and not overwrite:
         raise FileExistsError(
             f"{version_dir} already exists; pass --overwrite to replace it or choose another --version"
         )
@@ -237,7 +246,7 @@ def export_saved_model(
             write_text_atomic(temp_dir / CLASS_NAMES_FILE, "".join(f"{name}\n" for name in class_names))
         if _tileable(model):
             write_text_atomic(temp_dir / TILE_CONTEXT_FILE, f"{TILE_CONTEXT}\n")
-        if version_dir.exists() and overwrite:  # Move the old version aside, swap, then delete it.
+        if os.path.lexists(version_dir) and overwrite:  # Move the old version aside, swap, then delete it.
             old_dir = _hidden_sibling(version_dir, "old")
             os.replace(version_dir, old_dir)
             try:
@@ -245,12 +254,15 @@ def export_saved_model(
             except OSError:
                 os.replace(old_dir, version_dir)
                 raise
-            shutil.rmtree(old_dir)
+            if old_dir.is_dir() and not old_dir.is_symlink():
+                shutil.rmtree(old_dir)
+            else:  # A link (to a version stored elsewhere, which is kept) or a file.
+                old_dir.unlink()
         else:
             try:  # Fails if another export made a (non-empty) version folder meanwhile: not replaced.
                 os.rename(temp_dir, version_dir)
             except OSError as error:
-                if version_dir.exists():
+                if os.path.lexists(version_dir):
                     raise FileExistsError(f"{version_dir} appeared while exporting (another export?) and was "
                                           "left as it is; pass --overwrite to replace it") from error
                 raise

@@ -335,6 +335,31 @@ def test_rest_client_takes_a_bare_address_joins_error_lines_and_refuses_a_shared
     ), result.stderr
 
 
+def test_rest_client_checks_its_flags_before_sending_and_needs_no_absl(dead_port, image_files, tmp_path):
+    """Found by review: an --output_dir that cannot be a folder failed with a traceback after the
+    server's work, "http://" was called a server that did not answer, and the client promised to
+    need only numpy and the standard library but imported absl (blocked here)."""
+    runner = ("import runpy, sys; sys.modules['absl'] = None; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", runner, str(REPO_ROOT / "export" / "rest_request.py"), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    image = str(image_files[0][0])
+    (tmp_path / "a_file").write_text("")
+    result = run(f"--server=127.0.0.1:{dead_port}", f"--output_dir={tmp_path / 'a_file'}", image)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith(f"error: --output_dir={tmp_path / 'a_file'} cannot be a folder: "), result.stderr
+    result = run("--server=http://", image)
+    assert result.returncode == 2 and result.stderr == (
+        "error: server must be an http:// or https:// URL with a host, or host:port. Received: server='http://'\n")
+    result = run("--no_such_flag=1", image)
+    assert result.returncode == 2 and result.stderr == "error: unrecognized arguments: --no_such_flag=1 (see --help)\n"
+    result = run(f"--server=127.0.0.1:{dead_port}", f"--output_dir={tmp_path / 'out'}", image)
+    assert result.returncode == 1 and "error: no TF Serving answered at" in result.stderr, result.stderr
+
+
 def test_models_config_is_a_valid_model_server_config():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -410,6 +435,42 @@ def test_existing_versions_are_kept_unless_overwrite_and_a_failed_export_leaves_
     with pytest.raises(OSError, match="disk full"):
         export.export_saved_model(model, tmp_path, name="m", version=7)
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["2"]  # No "7", no temporary folder.
+
+
+def test_overwrite_replaces_a_version_that_is_a_link_or_a_file(model, tmp_path):
+    """Found by review: --overwrite of a version that was a link (to a version stored elsewhere)
+    or a file put the new SavedModel in place, then failed removing the old one (rmtree)."""
+    store = tmp_path / "store" / "7"
+    store.mkdir(parents=True)
+    (store / "kept.txt").write_text("version 7, served through a link")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "1").symlink_to(store)
+    (tmp_path / "m" / "2").write_text("a stray file")
+    (tmp_path / "m" / "3").symlink_to(tmp_path / "gone")  # A dangling link is there all the same.
+    for version in (1, 2, 3):
+        with pytest.raises(FileExistsError, match=re.escape(f"{tmp_path / 'm' / str(version)} already exists")):
+            export.export_saved_model(model, tmp_path, name="m", version=version)
+        export.export_saved_model(model, tmp_path, name="m", version=version, overwrite=True)
+        version_dir = tmp_path / "m" / str(version)
+        assert not version_dir.is_symlink() and (version_dir / "saved_model.pb").is_file()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "3"]  # Nothing hidden left.
+    assert (store / "kept.txt").read_text() == "version 7, served through a link"  # The target is kept.
+
+
+def test_a_fixed_size_model_serves_its_size_and_names_it_for_another(tmp_path):
+    """Found by review: the bytes signature of a model built for 64x64 images failed on other
+    sizes with "Incompatible shapes" from inside the network."""
+    keras.utils.clear_session()
+    fixed = build_fcn("8s", fc_units=8, input_shape=(64, 64, 3))
+    loaded = tf.saved_model.load(str(export.export_saved_model(fixed, tmp_path, name="fixed")))
+    assert loaded.signatures["serving_default"].structured_input_signature[1]["images"].shape.as_list() == [None, 64, 64, 3]
+    image = random_image(3, (64, 64))
+    outputs = loaded.signatures[export.BYTES_SIGNATURE](image_bytes=tf.constant([encode(image, "PNG")]))
+    np.testing.assert_array_equal(outputs["labels"].numpy()[0], fixed.predict(image[None], verbose=0)[0].argmax(-1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            "this model was exported from one built for images of width 64 only (input_shape (64, 64, 3)); export a "
+            "model built with input_shape=(None, None, 3) to serve images of any size")):
+        loaded.signatures[export.BYTES_SIGNATURE](image_bytes=tf.constant([encode(random_image(3, (64, 70)), "PNG")]))
 
 
 def test_an_export_dir_that_is_a_file_and_a_version_that_appears_meanwhile(model, tmp_path, monkeypatch):
