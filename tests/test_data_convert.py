@@ -113,6 +113,38 @@ def test_idempotent_and_rewrites_only_what_changed(voc_root, tmp_path):
     assert fourth["splits"]["train"]["num_examples"] == 7
 
 
+def test_a_rerun_that_stops_early_keeps_what_it_had_not_reached(voc_root, tmp_path, monkeypatch):
+    """Found by review: a rerun that failed in its first shard left a manifest of that split alone
+    (the val entry and the reused train shards gone), so val was 'no split' and the next run
+    rewrote every shard. A glob of the stopped split was read in part."""
+    from fcn_keras.data.pipeline import resolve_data
+
+    out = tmp_path / "records"
+    first = convert(voc_root, out, splits=("train", "val"), shard_size=3, verbose=False)
+    mask = voc_root / "VOC2012/SegmentationClass/synth_000001.png"  # In train's first shard.
+    original = mask.read_bytes()
+    _break_value(voc_root / "VOC2012")
+    with pytest.raises(voc.InvalidPairError, match=r"synth_000001.png: mask values outside"):
+        convert(voc_root, out, splits=("train", "val"), shard_size=3, verbose=False)
+    kept = json.loads((out / "manifest.json").read_text())["splits"]
+    assert kept["val"] == first["splits"]["val"]
+    assert kept["train"]["complete"] is False and kept["train"]["shards"] == first["splits"]["train"]["shards"][1:]
+    assert kept["train"]["num_examples"] == 4  # The reused shards' 4 images, counted.
+    assert resolve_data(out, tmp_path / "cache", splits=("val",))["val"].endswith("val-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].tfrecord")
+    with pytest.raises(ValueError, match=r"data matches shards of split 'train' of .*manifest.json, whose conversion "
+                                         r"stopped after 2 of 3 shards: it would be read in part"):
+        resolve_data(str(out / "train-*.tfrecord"), tmp_path / "cache")
+    assert resolve_data(str(out / "val-*.tfrecord"), tmp_path / "cache")  # A complete split's glob is fine.
+    mask.write_bytes(original)
+    encode, calls = convert_lib._encode_pair, []
+    monkeypatch.setattr(convert_lib, "_encode_pair", lambda pair, **options: calls.append(pair.image_id) or encode(pair, **options))
+    again = convert(voc_root, out, splits=("train", "val"), shard_size=3, verbose=False)
+    assert calls == ["synth_000000", "synth_000001", "synth_000002"]  # Only the shard that failed.
+    assert again["splits"]["val"] == first["splits"]["val"]
+    for shard, before in zip(again["splits"]["train"]["shards"], first["splits"]["train"]["shards"]):
+        assert {**shard, "fingerprint": None} == {**before, "fingerprint": None}  # Same bytes (the mask's time is new).
+
+
 def test_a_split_kept_from_other_data_is_warned_about(voc_root, tmp_path, caplog):
     out = tmp_path / "records"
     convert(voc_root, out, verbose=False)
@@ -341,6 +373,21 @@ def test_sbd_mat_masks(voc_root, tmp_path):
     assert sorted(examples) == ids
     for image_id, example in examples.items():
         np.testing.assert_array_equal(example["label"], masks[image_id])
+    # SBD's own splits need no VOCdevkit (found by review: one was required, and a wrong one recorded).
+    alone = convert(None, tmp_path / "alone", splits=("sbd_train", "sbd_val"), sbd_root=tmp_path / "benchmark_RELEASE", verbose=False)
+    assert alone["splits"]["sbd_train"]["shards"][0]["sha256"] == manifest["splits"]["sbd_train"]["shards"][0]["sha256"]
+    assert alone["source"]["voc_root"] is None
+    with pytest.raises(ValueError, match=r"voc_root must be a VOCdevkit folder holding VOC2012/. Received: voc_root='.*nowhere'"):
+        convert(tmp_path / "nowhere", tmp_path / "alone", splits=("sbd_train",), sbd_root=tmp_path / "benchmark_RELEASE")
+    # Fractions and NaN are refused, not truncated (1.5 read as 1, NaN as background).
+    for value, shown in ((1.5, "1.5"), (np.nan, "nan")):
+        segmentation = masks["synth_000000"].astype(np.float64)
+        segmentation[0, :2] = value
+        scipy.io.savemat(tmp_path / "benchmark_RELEASE/dataset/cls/synth_000000.mat",
+                         {"GTcls": {"Segmentation": segmentation}})
+        with pytest.raises(voc.InvalidPairError, match=rf"synth_000000.mat: 2 mask values are not whole numbers \(a float64 "
+                                                       rf"mask; e.g. {shown}\)"):
+            voc.read_label(tmp_path / "benchmark_RELEASE/dataset/cls/synth_000000.mat")
     # A .mat without SBD's structure is named.
     scipy.io.savemat(tmp_path / "benchmark_RELEASE/dataset/cls/synth_000000.mat", {"seg": masks["synth_000000"]})
     with pytest.raises(voc.InvalidPairError, match=r"cls/synth_000000.mat: no GTcls.Segmentation in the .mat file"):
@@ -618,10 +665,9 @@ def test_own_dataset_bad_arguments(own, voc_root, tmp_path):
         convert(None, out, **{**own, "class_names": None})
     with pytest.raises(ValueError, match=r"drop voc_root\. Received: voc_root="):
         convert(voc_root, out, **own)
-    for name in ("class_names", "label_colours"):
-        with pytest.raises(ValueError, match=rf"{name} describes a dataset of your own \(with images_dir\)"):
-            convert(voc_root, out, **{name: "voc"})
-    with pytest.raises(ValueError, match=r"voc_root must be a VOCdevkit folder \(or pass images_dir"):
+    with pytest.raises(ValueError, match=r"class_names describes a dataset of your own \(with images_dir\)"):
+        convert(voc_root, out, class_names="voc")
+    with pytest.raises(ValueError, match=r"voc_root must be a VOCdevkit folder \(SBD's own splits need only sbd_root; or pass images_dir"):
         convert(None, out)
     with pytest.raises(ValueError, match=r"split names must be letters.*Received: split='train/x'"):
         convert(None, out, **own, splits=("train/x",))
@@ -753,6 +799,28 @@ def test_voc_colours_and_masks_whose_colours_are_not_in_the_map(own, tmp_path):
         voc.read_label(deep, voc.read_label_colours("voc", ("a", "b")))
 
 
+def test_a_voc_copy_with_colour_masks_converts_with_label_colours(voc_root, tmp_path):
+    """Found by review: an RGB mask's error said to pass --label_colours, which --voc_root refused."""
+    reference = convert(voc_root, tmp_path / "indices", splits=("val",), verbose=False)
+    masks = voc_root / "VOC2012/SegmentationClass"
+    for path in masks.glob("*.png"):
+        Image.fromarray(VOC_PALETTE[_indices(path)]).save(path)  # RGB, VOC's colours
+    with pytest.raises(voc.InvalidPairError, match=r"mask is a mode-RGB PNG; .*label_colours='voc' for VOC's colours"):
+        convert(voc_root, tmp_path / "refused", splits=("val",), verbose=False)
+    coloured = convert(voc_root, tmp_path / "colours", splits=("val",), label_colours="voc", verbose=False)
+    assert coloured["splits"]["val"]["shards"][0]["sha256"] == reference["splits"]["val"]["shards"][0]["sha256"]
+    assert coloured["source"]["label_colours"][-1] == [224, 224, 192, 255]
+    result = _cli(f"--voc_root={voc_root}", f"--output_dir={tmp_path / 'cli'}", "--splits=val", "--label_colours=voc", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "cli/manifest.json").read_text())["splits"]["val"]["shards"][0]["sha256"] == \
+        reference["splits"]["val"]["shards"][0]["sha256"]
+    # SBD's splits alone from the command line, without --voc_root.
+    make_synthetic_sbd(tmp_path / "sbd", voc_root, ["synth_000000", "synth_000001"])
+    result = _cli(f"--sbd_root={tmp_path / 'sbd'}", f"--output_dir={tmp_path / 'sbd_records'}", "--splits=sbd_train", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "sbd_records/manifest.json").read_text())["splits"]["sbd_train"]["num_examples"] == 1
+
+
 def test_id_masks_convert_through_a_map_of_gray_levels(own, tmp_path):
     """Masks of dataset ids, not class indices (Cityscapes' labelIds: road is 7, car 26, unlabelled
     0), as grayscale PNGs: level v is the colour (v, v, v), so a map of gray colours remaps them;
@@ -819,5 +887,5 @@ def test_cli_converts_colour_coded_masks(own, tmp_path):
                 f"--label_colours={tmp_path / 'colours.csv'}", f"--output_dir={out}", "--splits=val")
     assert done.returncode == 0, done.stderr
     assert "val: 3 examples in 1 shard(s), 0 skipped; 3 of 3 classes present" in done.stdout
-    refused = _cli("--voc_root=x", "--label_colours=voc", f"--output_dir={out}")
-    assert refused.returncode == 2 and "--voc_root converts PASCAL VOC: drop --label_colours" in refused.stderr
+    refused = _cli("--voc_root=x", "--class_names=a,b", f"--output_dir={out}")  # --label_colours is VOC's too.
+    assert refused.returncode == 2 and "--voc_root converts PASCAL VOC: drop --class_names" in refused.stderr

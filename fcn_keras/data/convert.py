@@ -261,6 +261,20 @@ def _convert_split(
         "complete": False,
     }
     manifest["splits"][split] = split_entry
+    # The shards known so far, reused ones from the start: a run stopped before reaching them
+    # keeps them recorded (the next run reuses them). Sizes added to manifests written before
+    # they were recorded.
+    entries = {name: {**old_shards[name], **_shard_entry_size(output_dir / name)} for name in current}
+
+    def record() -> None:
+        """The split's entry from the shards known so far, in plan order."""
+        shards = split_entry["shards"] = [entries[name] for name, _, _ in plans if name in entries]
+        split_entry["num_examples"] = sum(shard["num_examples"] for shard in shards)
+        for key in ("class_pixels", "class_image_pixels"):
+            split_entry[key] = [sum(shard[key][i] for shard in shards) for i in range(options["num_classes"])]
+        split_entry["void_pixels"] = sum(shard["void_pixels"] for shard in shards)
+
+    record()
     to_write = sum(len(p) for name, p, _ in plans if name not in current)
     if to_write:  # Recorded as incomplete now: a failure in its first shard must not leave it unmentioned.
         _save_manifest(output_dir, manifest)
@@ -270,31 +284,25 @@ def _convert_split(
               f"{num_shards - len(current)} to write, {len(current)} already complete")
     progbar = keras.utils.Progbar(to_write, unit_name="image", verbose=progress_verbosity(1)) if verbose and to_write else None
     for name, shard_pairs, fingerprint in plans:
-        if name in current:  # Sizes added to manifests written before they were recorded.
-            entry = {**old_shards[name], **_shard_entry_size(output_dir / name)}
-        else:
-            count, shard_problems, counts, image_pixels = _write_shard(
-                output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"],
-                options["label_colours"],
-            )
-            entry = {
-                "name": name,
-                "num_examples": count,
-                "sha256": file_digests(output_dir / name, "sha256")[0],
-                **_shard_entry_size(output_dir / name),
-                "fingerprint": fingerprint,
-                "class_pixels": counts[: options["num_classes"]].tolist(),
-                "class_image_pixels": image_pixels.tolist(),
-                "void_pixels": int(counts[IGNORE_LABEL]),
-                "skipped": [_problem_dict(split, p) for p in shard_problems],
-            }
-        split_entry["shards"].append(entry)
-        split_entry["num_examples"] += entry["num_examples"]
-        for key in ("class_pixels", "class_image_pixels"):
-            split_entry[key] = [a + b for a, b in zip(split_entry[key], entry[key])]
-        split_entry["void_pixels"] += entry["void_pixels"]
-        if name not in current:  # A new shard: recorded now, so a killed run keeps it.
-            _save_manifest(output_dir, manifest)
+        if name in current:
+            continue
+        count, shard_problems, counts, image_pixels = _write_shard(
+            output_dir / name, shard_pairs, executor, progbar, options["skip_invalid"], options["num_classes"],
+            options["label_colours"],
+        )
+        entries[name] = {
+            "name": name,
+            "num_examples": count,
+            "sha256": file_digests(output_dir / name, "sha256")[0],
+            **_shard_entry_size(output_dir / name),
+            "fingerprint": fingerprint,
+            "class_pixels": counts[: options["num_classes"]].tolist(),
+            "class_image_pixels": image_pixels.tolist(),
+            "void_pixels": int(counts[IGNORE_LABEL]),
+            "skipped": [_problem_dict(split, p) for p in shard_problems],
+        }
+        record()
+        _save_manifest(output_dir, manifest)  # A new shard: recorded now, so a killed run keeps it.
     split_entry["skipped"] += [problem for entry in split_entry["shards"] for problem in entry["skipped"]]
     split_entry["num_skipped"] = len(split_entry["skipped"])
     split_entry["complete"] = True
@@ -332,7 +340,8 @@ def convert(
     manifest is kept as it is; others are rewritten (temporary file, then rename).
 
     Args:
-        voc_root: the VOCdevkit folder (the one holding ``VOC2012/``); ``None`` with ``images_dir``.
+        voc_root: the VOCdevkit folder (the one holding ``VOC2012/``); ``None`` with ``images_dir``,
+            or for SBD's own splits (``sbd_train``, ``sbd_val``) alone.
         output_dir: where shards, ``manifest.json`` and ``skipped.json`` go (created).
         splits: names (or one comma-separated string) from ``fcn_keras.data.voc.SPLITS`` (``train``, ``val``, ``trainval``,
             ``seg11valid``, ``train_aug``, ``sbd_train``, ``sbd_val``); for a dataset of your
@@ -347,8 +356,10 @@ def convert(
         class_names: a dataset of your own: its class names in index order (a file with one per
             line, a comma-separated string or a sequence; 2 to 255 of them). Mask values must be
             below their count (or 255).
-        label_colours: a dataset of your own whose masks are colour-coded: ``"voc"`` (the VOC
-            colours) or a file of ``<label> R G B`` lines (``fcn_keras.data.voc.read_label_colours``).
+        label_colours: masks that are colour-coded (a dataset of your own, or a VOC copy whose
+            PNG masks are colour images): ``"voc"`` (the VOC colours) or a file of ``<label> R G
+            B`` lines (``fcn_keras.data.voc.read_label_colours``; with ``voc_root``, its labels
+            are VOC's classes). SBD's ``.mat`` masks are class indices and read as such.
             Every mask pixel must have one of its colours (exact colours: a resized or JPEG mask
             is refused, naming its stray colours).
         skip_invalid: skip invalid pairs (counted, and reported in ``skipped.json``) instead of
@@ -388,14 +399,17 @@ def convert(
         names = voc.read_class_names(class_names)
         colours = None if label_colours is None else voc.read_label_colours(label_colours, names)
     else:
-        if voc_root is None:
-            raise ValueError("voc_root must be a VOCdevkit folder (or pass images_dir, labels_dir, lists_dir and "
-                             "class_names for a dataset of your own). Received: voc_root=None")
-        for name, value in (("class_names", class_names), ("label_colours", label_colours)):
-            if value is not None:
-                raise ValueError(f"{name} describes a dataset of your own (with images_dir); VOC's classes are fixed and "
-                                 f"its masks are class indices. Received: {name}={str(value)!r}")
-        colours = None
+        if voc_root is None and not set(splits) <= set(voc.SBD_SPLITS):
+            raise ValueError("voc_root must be a VOCdevkit folder (SBD's own splits need only sbd_root; or pass "
+                             "images_dir, labels_dir, lists_dir and class_names for a dataset of your own). "
+                             "Received: voc_root=None")
+        if voc_root is not None:  # Checked even where unused (SBD's splits): the manifest records it.
+            voc.voc_dir(voc_root)
+        if class_names is not None:
+            raise ValueError(f"class_names describes a dataset of your own (with images_dir); VOC's classes are fixed. "
+                             f"Received: class_names={str(class_names)!r}")
+        # A VOC copy whose PNG masks are colour images (SBD's .mat masks are indices all the same).
+        colours = None if label_colours is None else voc.read_label_colours(label_colours, VOC_CLASSES)
         for split in splits:
             if split not in voc.SPLITS:
                 raise ValueError(f"splits must be among {voc.SPLITS}. Received: splits={splits!r}")
@@ -422,6 +436,8 @@ def convert(
     else:
         source = {"voc_root": absolute(voc_root), "sbd_root": absolute(sbd_root), "lists_dir": absolute(lists_dir),
                   "max_images": max_images}
+        if colours is not None:
+            source["label_colours"] = colours.to_json()
 
         def resolve(split):
             return voc.resolve_pairs(split, voc_root, sbd_root=sbd_root, lists_dir=lists_dir, max_images=max_images)
@@ -443,10 +459,14 @@ def convert(
         "source": source,
         "class_names": list(names),
         "shard_size": shard_size,
-        "splits": {s: entry for s, entry in old.get("splits", {}).items() if s not in splits},
+        # Every earlier split, those converted now included until each is replaced: a run that
+        # stops before reaching a split leaves its (intact) shards recorded. Not with other classes.
+        "splits": dict(old.get("splits", {})) if old_names == names else {},
         "skipped_report": None,
     }
     for split, entry in manifest["splits"].items():  # Kept from an earlier conversion: same data?
+        if split in splits:
+            continue
         differences = [f"{key} {value!r} (now {source.get(key)!r})" for key, value in (entry.get("source") or {}).items()
                        if source.get(key) != value]
         if differences:
@@ -510,7 +530,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("voc_root", None, "VOCdevkit folder, the one holding VOC2012/ (or pass --download_dir).")
+    flags.DEFINE_string("voc_root", None, "VOCdevkit folder, the one holding VOC2012/ (or pass --download_dir; "
+                        "not needed for --splits of SBD's alone).")
     flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards, manifest.json and skipped.json.", required=True)
     flags.DEFINE_string("sbd_root", None, "SBD folder holding dataset/{img,cls,train.txt,val.txt} (splits sbd_train, sbd_val, train_aug).")
     flags.DEFINE_string("lists_dir", None, "Folder searched first for <split>.txt id lists (e.g. seg11valid.txt, train_aug.txt, sbd_train.txt); "
@@ -522,7 +543,8 @@ def _define_flags() -> None:
                         "(palette or grayscale PNGs; 255 = void).")
     flags.DEFINE_string("class_names", None, "A dataset of your own: its class names in index order, a file with one per "
                         "line or a comma-separated list (e.g. background,road,car).")
-    flags.DEFINE_string("label_colours", None, "A dataset of your own whose masks are colour-coded (RGB) PNGs, or hold ids "
+    flags.DEFINE_string("label_colours", None, "Masks that are colour-coded (RGB) PNGs (a dataset of your own, or a VOC "
+                        "copy with --voc_root), or hold ids "
                         "to remap: 'voc' (the VOC colours) or a file of '<label> R G B' lines (or '<label> V' for the "
                         "gray level V), label a class name, index or void.")
     flags.DEFINE_list("splits", ["train", "val"], f"Comma-separated splits among {', '.join(voc.SPLITS)}; for a dataset "
@@ -542,7 +564,9 @@ def main(argv: list[str]) -> int | None:
         return usage_error("fcn_keras.data.convert", f"unexpected arguments: {argv[1:]}")
     roots = {"voc_root": FLAGS.voc_root, "sbd_root": FLAGS.sbd_root, "lists_dir": FLAGS.lists_dir}
     own = {"images_dir": FLAGS.images_dir, "labels_dir": FLAGS.labels_dir, "class_names": FLAGS.class_names}
-    own_options = {"label_colours": FLAGS.label_colours}  # Optional, for a dataset of your own.
+    own_options = {"label_colours": FLAGS.label_colours}  # Optional: colour-coded masks, own or VOC.
+    # VOC and SBD: a VOCdevkit, or SBD alone for SBD's own splits.
+    pascal = FLAGS.voc_root is not None or (FLAGS.sbd_root is not None and set(FLAGS.splits) <= set(voc.SBD_SPLITS))
     try:
         if FLAGS.download_dir is not None:
             given = [f"--{name}" for name, value in {**roots, **own, **own_options}.items() if value is not None]
@@ -551,16 +575,16 @@ def main(argv: list[str]) -> int | None:
             needed = download.sources_for_splits(FLAGS.splits)
             downloaded = download.download(needed, FLAGS.download_dir, mirror=FLAGS.download_mirror, verbose=not FLAGS.quiet)
             roots = {"voc_root": downloaded.voc_root, "sbd_root": downloaded.sbd_root, "lists_dir": downloaded.lists_dir}
-        elif FLAGS.voc_root is None and all(value is None for value in own.values()):
+        elif not pascal and all(value is None for value in own.values()):
             raise ValueError("pass --voc_root (a VOCdevkit folder), --download_dir (to download VOC 2012 and SBD), or "
                              "--images_dir, --labels_dir, --lists_dir and --class_names (a dataset of your own)")
-        elif FLAGS.voc_root is None and any(value is None for value in [*own.values(), FLAGS.lists_dir]):
+        elif not pascal and any(value is None for value in [*own.values(), FLAGS.lists_dir]):
             given = {**own, "lists_dir": FLAGS.lists_dir}
             missing = [f"--{name}" for name in ("images_dir", "labels_dir", "lists_dir", "class_names") if given[name] is None]
             raise ValueError(f"a dataset of your own needs --images_dir, --labels_dir, --lists_dir and --class_names; "
                              f"missing: {', '.join(missing)}")
-        elif FLAGS.voc_root is not None and any(value is not None for value in {**own, **own_options}.values()):
-            given = [f"--{name}" for name, value in {**own, **own_options}.items() if value is not None]
+        elif pascal and any(value is not None for value in own.values()):
+            given = [f"--{name}" for name, value in own.items() if value is not None]
             raise ValueError(f"--voc_root converts PASCAL VOC: drop {', '.join(given)} (they describe a dataset of your own), "
                              "or drop --voc_root")
         convert(

@@ -24,6 +24,7 @@ Randomness comes from stateless ops seeded by ``(seed, element index)``: with
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import os
@@ -530,8 +531,32 @@ def resolve_data(
                 "data must be a TFRecord glob, a converted folder (manifest.json) or a VOCdevkit root (holding VOC2012/); "
                 f"{what} ({pattern}). Received: data={str(data)!r}"
             )
+        if not path.is_dir():
+            _check_glob_complete(files, data)
         _check_record_file(sorted(files)[0], data)
     return globs
+
+
+def _check_glob_complete(files: list[str], data: str | os.PathLike) -> None:
+    """Refuses a glob matching shards of a split whose conversion stopped (the manifest beside
+    them says ``"complete": false``), as a converted folder's split is refused: not part of it.
+
+    Raises:
+        ValueError: naming the split, how many of its shards exist, and what to run.
+    """
+    from fcn_keras.data import convert as convert_lib  # See resolve_data.
+
+    for folder in sorted({os.path.dirname(name) for name in files}):
+        manifest = convert_lib.read_manifest(folder) or {}
+        names = [os.path.basename(name) for name in files if os.path.dirname(name) == folder]
+        for split, entry in manifest.get("splits", {}).items():
+            if not entry.get("complete", True) and any(fnmatch.fnmatchcase(name, entry["glob"]) for name in names):
+                raise ValueError(
+                    f"data matches shards of split {split!r} of {os.path.join(folder, convert_lib.MANIFEST_NAME)}, whose "
+                    f"conversion stopped after {len(entry['shards'])} of {entry['num_shards']} shards: it would be "
+                    f"read in part. Run the same fcn_keras.data.convert command again to finish it. Received: "
+                    f"data={str(data)!r}"
+                )
 
 
 def data_class_names(data: str | os.PathLike) -> tuple[str, ...] | None:

@@ -566,8 +566,9 @@ def read_label(path: str | os.PathLike, colours: LabelColours | None = None) -> 
 
     Args:
         path: a palette (``P``) or grayscale (``L``) PNG, or an SBD ``.mat`` file
-            (``GTcls.Segmentation``); with ``colours``, an 8-bit PNG whose colours stand for the
-            labels (RGB, RGBA with alpha ignored, palette or grayscale: read through its colours).
+            (``GTcls.Segmentation``, whole numbers); with ``colours``, an 8-bit PNG whose colours
+            stand for the labels (RGB, RGBA with alpha ignored, palette or grayscale: read through
+            its colours; a ``.mat`` is read as indices all the same).
         colours: the colour map of colour-coded masks (``read_label_colours``), or ``None``.
 
     Returns:
@@ -579,10 +580,7 @@ def read_label(path: str | os.PathLike, colours: LabelColours | None = None) -> 
     """
     path = Path(path)
     image_id = path.stem
-    if path.suffix == ".mat":
-        if colours is not None:
-            raise InvalidPairError(Problem(image_id, str(path), "a .mat mask holds class indices, not colours: "
-                                                                "convert SBD without label_colours"))
+    if path.suffix == ".mat":  # SBD's masks hold class indices, whatever colours the PNG masks use.
         return _read_mat_label(path)
     try:
         with Image.open(path) as png:
@@ -592,7 +590,8 @@ def read_label(path: str | os.PathLike, colours: LabelColours | None = None) -> 
                 if png.mode not in ("P", "L"):
                     raise InvalidPairError(Problem(
                         image_id, str(path), f"mask is a mode-{png.mode} PNG; expected a palette (P) or grayscale (L) "
-                                             "PNG of class indices (colour-coded masks: pass label_colours, --label_colours on the command line)"))
+                                             "PNG of class indices (colour-coded masks: pass label_colours, --label_colours on the command line, "
+                                             "e.g. label_colours='voc' for VOC's colours)"))
                 return np.array(png, dtype=np.uint8)
             with open(path, "rb") as file:
                 depth = png_bit_depth(file.read(32))
@@ -630,6 +629,12 @@ def _read_mat_label(path: Path) -> np.ndarray:
     segmentation = np.asarray(segmentation)
     if segmentation.ndim != 2 or segmentation.size == 0:
         raise InvalidPairError(Problem(image_id, str(path), f"GTcls.Segmentation has shape {segmentation.shape}, expected [H, W]"))
+    if not np.issubdtype(segmentation.dtype, np.integer) and not np.issubdtype(segmentation.dtype, np.bool_):
+        fractional = ~np.isfinite(segmentation) | (segmentation != np.round(segmentation))
+        if fractional.any():  # astype would truncate them (NaN to background) without a word.
+            raise InvalidPairError(Problem(image_id, str(path), f"{int(fractional.sum())} mask values are not whole "
+                                                                f"numbers (a {segmentation.dtype} mask; e.g. "
+                                                                f"{segmentation[fractional][0]})"))
     if segmentation.min() < 0 or segmentation.max() > 255:
         raise InvalidPairError(
             Problem(image_id, str(path), f"mask values outside 0..255: range {segmentation.min()}..{segmentation.max()}")
