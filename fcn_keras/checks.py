@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,21 @@ def check_folder(name: str, path: str | os.PathLike) -> None:
     parent = next((p for p in Path(path).parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{name} must be a folder. Received: {name}={str(path)!r}, inside {str(parent)!r}, a file")
+
+
+def check_writable_folder(name: str, path: str | os.PathLike) -> None:
+    """``check_folder``, then creates the folder and a temporary file in it: an output folder
+    that cannot be written is refused before the work whose results go there, not after.
+
+    Raises:
+        ValueError: as ``check_folder``, or ``output_dir '/proc/x' cannot be written: <reason>``.
+    """
+    check_folder(name, path)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise ValueError(f"{name} {str(path)!r} cannot be written: {error.strerror or error}") from error
 
 
 def parse_size(text: str, name: str = "size") -> tuple[int, int]:

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 from absl import flags
 
 from fcn_keras import viz
-from fcn_keras.checks import check_folder, check_int, parse_size
+from fcn_keras.checks import check_int, check_writable_folder, parse_size
 from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
@@ -396,12 +395,7 @@ def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) 
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
     if output_dir is not None:
-        check_folder("output_dir", output_dir)
-        try:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=output_dir).close()
-        except OSError as error:
-            raise ValueError(f"output_dir {str(output_dir)!r} cannot be written: {error.strerror}") from error
+        check_writable_folder("output_dir", output_dir)
 
 
 def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:

@@ -329,6 +329,10 @@ def decode_jpeg(encoded: bytes, source: str | os.PathLike = "JPEG data") -> np.n
                          f"{op_error_reason(error.message)}") from error
 
 
+#: The TIFF tag of the bits per sample (one value, or one per channel).
+_TIFF_BITS_PER_SAMPLE = 258
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads an image file as RGB, with the pixels that training and serving decode.
 
@@ -346,7 +350,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file cannot be decoded as an image (naming the decoder's reason), or
-            is not 8 bits per channel (naming the PIL mode or the PNG's bit depth).
+            is not 8 bits per channel (naming the PIL mode, or the bit depth of a PNG or TIFF).
     """
     path = Path(path)
     if not path.is_file():
@@ -367,6 +371,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # Decode now: a truncated file fails here, not later.
+            bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE, 8) if image.format == "TIFF" else 8
+            if max(bits if isinstance(bits, tuple) else (bits,)) > 8:  # PIL keeps the high byte of 16-bit RGB(A).
+                raise ValueError(f"cannot use image {path}: expected 8 bits per channel, found a TIFF of {bits} bits "
+                                 "per sample")
             if image.mode not in _CONVERTIBLE_MODES:
                 raise ValueError(
                     f"cannot use image {path}: expected 8 bits per channel (gray, RGB, RGBA or "
@@ -404,6 +412,10 @@ def write_label_png(labels: np.ndarray, path: str | os.PathLike, palette: np.nda
     return _atomic_save(png, Path(path), "PNG")
 
 
+#: The longest side a JPEG can hold (libjpeg's JPEG_MAX_DIMENSION).
+_JPEG_MAX_SIDE = 65500
+
+
 def write_image(image: np.ndarray, path: str | os.PathLike, quality: int = 90) -> Path:
     """Writes an RGB image as JPEG or PNG, chosen by the file's extension (atomically).
 
@@ -424,6 +436,9 @@ def write_image(image: np.ndarray, path: str | os.PathLike, quality: int = 90) -
         raise ValueError(
             f"image must be uint8 [H, W, 3]. Received: shape {image.shape}, dtype {image.dtype}"
         )
+    if formats[path.suffix.lower()] == "JPEG" and max(image.shape[:2]) > _JPEG_MAX_SIDE:  # libjpeg's limit
+        raise ValueError(f"cannot write {path}: a JPEG holds at most {_JPEG_MAX_SIDE} pixels a side, this image is "
+                         f"{image.shape[0]}x{image.shape[1]}; write a PNG (e.g. --overlay_format=png)")
     options = {"quality": quality} if formats[path.suffix.lower()] == "JPEG" else {}
     return _atomic_save(Image.fromarray(image, mode="RGB"), path, formats[path.suffix.lower()], **options)
 

@@ -37,6 +37,7 @@ others are still processed; the exit status is then 1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fcn_keras.checks import check_int, parse_size
+from fcn_keras.checks import check_int, check_writable_folder, parse_size
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
@@ -447,12 +448,14 @@ def check_outputs(
         names: each image's outputs' name (``Inputs.names``); None: their stems.
 
     Raises:
-        ValueError: naming ``output_dir`` if it is a file; else the first input or other file
+        ValueError: naming ``output_dir`` if it is (or lies in) a file or cannot be written (it is
+            made here); else the first input or other file
             that would be overwritten, the output that would overwrite it and how many more
             would be, with what to do instead.
     """
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise ValueError(f"--output_dir={output_dir} is a file, not a folder; nothing was written")
+    check_writable_folder("--output_dir", output_dir)  # Made now: not found unwritable image by image.
     by_path = {image.resolve(): image for image in images}
     by_id = {file_id: image for image in images if (file_id := _file_id(image)) is not None}
     names = names or [None] * len(images)
@@ -533,24 +536,29 @@ def predict_images(
             if taken is not None:
                 bad.append((path, f"its output {taken.name} would overwrite an output of {claimed[taken]}"))
                 continue
-            claimed.update({label_path: path, overlay_path: path})
             try:
                 ready.append((path, read_image(path), label_path, overlay_path))
             except Exception as error:
                 bad.append((path, _reason(error)))
+                continue
+            claimed.update({label_path: path, overlay_path: path})  # Only an image that is read claims them.
         try:
             label_maps = segment_many([image for _, image, _, _ in ready]) if ready else []
         except Exception as error:  # Prediction failed: report it for these images, go on with the rest.
             bad.extend((path, _reason(error)) for path, *_ in ready)
-            ready = []
+            label_maps = []
         for (path, image, label_path, overlay_path), labels in zip(ready, label_maps):
+            label_written = False
             try:
                 picture = overlay(image, labels, alpha, palette)  # First: labels of another size fail here,
                 write_label_png(labels, label_path, palette)      # before anything of this image is written.
+                label_written = True
                 write_image(picture, overlay_path)
                 written.append(label_path)
-            except Exception as error:
-                bad.append((path, _reason(error)))
+            except Exception as error:  # A failed image leaves no output (evaluate would score a label PNG).
+                if label_written:
+                    label_path.unlink(missing_ok=True)
+                bad.append((path, _reason(error) + (f"; its label PNG {label_path.name} was removed" if label_written else "")))
         progbar.update(min(first + batch_size, len(images)))
     return written, bad
 
@@ -632,7 +640,7 @@ def run(
     """
     images, bad_sources, ignored, skipped, names, unsearched, repeated = collect_images(sources, output_dir, recursive)
     if skipped:
-        print(f"skipped {skipped} image files in --output_dir={output_dir}: outputs (of an earlier run, say) "
+        print(f"skipped {counted(skipped, 'image file')} in --output_dir={output_dir}: outputs (of an earlier run, say) "
               "are not taken as inputs")
     try:
         check_outputs(images, output_dir, overlay_format, overwrite, names)
@@ -665,8 +673,9 @@ def run(
               + (" (one compilation per size under XLA)" if tile_size is None else " (whole or in tiles)"))
     if bad:
         print(f"{counted(len(bad), 'input')} failed:", file=sys.stderr)
-        for path, reason in bad:  # Reasons from read_image already name the file.
-            print(f"  {reason}" if str(path) in reason else f"  {path}: {reason}", file=sys.stderr)
+        for path, reason in bad:  # Reasons from read_image already name the file (not as a folder: "<path>/out").
+            names_it = re.search(re.escape(str(path)) + r"(?![\w/.-])", reason)
+            print(f"  {reason}" if names_it else f"  {path}: {reason}", file=sys.stderr)
         return 1
     return 0
 

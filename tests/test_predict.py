@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,46 @@ def test_inputs_with_the_same_stem_do_not_overwrite_each_other(inputs, tmp_path)
     written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out", verbose=False)
     assert [p.name for p in written] == ["photo.png"]
     assert bad == [(twin / "photo.png", f"its output photo.png would overwrite an output of {folder / 'photo.jpg'}")]
+    # An image that cannot be read claims no output (found by review: its twin was refused for it).
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    images = [tmp_path / "broken" / "photo.jpg", twin / "photo.png"]
+    written, bad = predict.predict_images(lambda image: image[..., 0] % 21, images, tmp_path / "out2", verbose=False)
+    assert [p.name for p in written] == ["photo.png"] and [path for path, _ in bad] == [images[0]]
+
+
+def test_a_failed_first_batch_an_overlay_that_fails_and_an_unwritable_output_dir(inputs, tmp_path, capsys):
+    """Found by review: a prediction failing in the first batch crashed the run (UnboundLocalError);
+    a failed overlay left its label PNG, which evaluate --predictions would score; an output
+    folder that could not be made failed image by image after the work, one line unnamed."""
+    folder, _ = inputs
+    images = [folder / "photo.jpg", folder / "gray.png"]
+
+    def fails_then_works(image):
+        if image.shape[0] == 37:
+            raise RuntimeError("out of device memory")
+        return image[..., 0] % 21
+
+    written, bad = predict.predict_images(fails_then_works, images, tmp_path / "out", verbose=False)
+    assert [p.name for p in written] == ["gray.png"]
+    assert bad == [(folder / "photo.jpg", "RuntimeError: out of device memory")]
+    strip = tmp_path / "strip"
+    strip.mkdir()
+    Image.fromarray(np.zeros((2, 70000), np.uint8)).save(strip / "strip.png")
+    written, bad = predict.predict_images(lambda image: image[..., 0], [strip / "strip.png"], tmp_path / "out", verbose=False)
+    assert written == [] and bad == [(strip / "strip.png", (
+        f"cannot write {tmp_path / 'out' / 'strip_overlay.jpg'}: a JPEG holds at most 65500 pixels a side, this image "
+        "is 2x70000; write a PNG (e.g. --overlay_format=png); its label PNG strip.png was removed"))]
+    assert not (tmp_path / "out" / "strip.png").exists()
+    written, bad = predict.predict_images(lambda image: image[..., 0], [strip / "strip.png"], tmp_path / "out",
+                                          overlay_format="png", verbose=False)
+    assert [p.name for p in written] == ["strip.png"] and bad == []
+    # An output folder inside an input file: refused before any image is segmented, status 2.
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"--output_dir must be a folder. Received: --output_dir='.*file.jpg/out', inside"):
+        predict.check_outputs(images, tmp_path / "file.jpg" / "out")
+    with pytest.raises(ValueError, match=r"--output_dir '/proc/fcn-predict' cannot be written: "):
+        predict.check_outputs(images, "/proc/fcn-predict")
 
 
 def test_an_input_named_like_another_inputs_overlay_is_refused(inputs, tmp_path):
@@ -185,6 +226,23 @@ def test_read_image_converts_gray_and_alpha_and_rejects_16_bit(inputs):
     (folder.parent / "deep_rgb.png").write_bytes(tf.io.encode_png(np.full((4, 5, 3), 40000, np.uint16)).numpy())
     with pytest.raises(ValueError, match="deep_rgb.png: expected 8 bits per channel, found a 16-bit PNG"):
         read_image(folder.parent / "deep_rgb.png")
+    # A 16-bit RGB TIFF: PIL opens it as 8-bit RGB, its high bytes (found by review: 12-bit data came out black).
+    tiff = folder.parent / "deep_rgb.tif"
+    tiff.write_bytes(_rgb16_tiff(np.full((4, 5, 3), 0x0FFF, np.uint16)))
+    assert Image.open(tiff).mode == "RGB"  # What made it pass the mode check.
+    with pytest.raises(ValueError, match=re.escape(f"cannot use image {tiff}: expected 8 bits per channel, found a TIFF of "
+                                                   "(16, 16, 16) bits per sample")):
+        read_image(tiff)
+
+
+def _rgb16_tiff(pixels: np.ndarray) -> bytes:
+    """An uncompressed little-endian TIFF of uint16 ``[H, W, 3]`` (PIL writes none)."""
+    height, width, _ = pixels.shape
+    data = pixels.astype("<u2").tobytes()
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, 8 + 2 + 10 * 12 + 4), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, 8 + 2 + 10 * 12 + 4 + 6), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 16, 16, 16) + data
 
 
 def test_a_run_folder_is_a_model(keras_file, labeler, inputs, tmp_path):
