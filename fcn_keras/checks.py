@@ -73,16 +73,17 @@ def check_folder(name: str, path: str | os.PathLike) -> None:
 
 
 def check_writable_folder(name: str, path: str | os.PathLike) -> None:
-    """``check_folder``, then creates the folder and a temporary file in it: an output folder
-    that cannot be written is refused before the work whose results go there, not after.
+    """``check_folder``, then a temporary file in the folder, or where it would be made (its
+    nearest existing parent; nothing is left there): an output folder that cannot be written
+    is refused before the work whose results go there, not after.
 
     Raises:
         ValueError: as ``check_folder``, or ``output_dir '/proc/x' cannot be written: <reason>``.
     """
     check_folder(name, path)
+    existing = next((folder for folder in (Path(path), *Path(path).absolute().parents) if folder.exists()), Path("/"))
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         raise ValueError(f"{name} {str(path)!r} cannot be written: {error.strerror or error}") from error
 

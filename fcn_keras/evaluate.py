@@ -391,7 +391,7 @@ def evaluate_predictions(
 def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) -> None:
     """Refuses, before any work, a ``max_images`` that is neither ``None`` nor an integer >= 1,
     and an ``output_dir`` that is (or lies in) a file or cannot be created: the outputs are
-    written after the evaluation, which may take an hour. Creates ``output_dir``."""
+    written after the evaluation, which may take an hour."""
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
     if output_dir is not None:

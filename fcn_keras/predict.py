@@ -448,14 +448,14 @@ def check_outputs(
         names: each image's outputs' name (``Inputs.names``); None: their stems.
 
     Raises:
-        ValueError: naming ``output_dir`` if it is (or lies in) a file or cannot be written (it is
-            made here); else the first input or other file
+        ValueError: naming ``output_dir`` if it is (or lies in) a file or cannot be written;
+            else the first input or other file
             that would be overwritten, the output that would overwrite it and how many more
             would be, with what to do instead.
     """
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise ValueError(f"--output_dir={output_dir} is a file, not a folder; nothing was written")
-    check_writable_folder("--output_dir", output_dir)  # Made now: not found unwritable image by image.
+    check_writable_folder("--output_dir", output_dir)  # Not found unwritable image by image, after the work.
     by_path = {image.resolve(): image for image in images}
     by_id = {file_id: image for image in images if (file_id := _file_id(image)) is not None}
     names = names or [None] * len(images)

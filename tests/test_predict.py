@@ -585,7 +585,7 @@ def test_recursive_takes_subfolders_keeps_their_paths_and_never_takes_the_output
     result = run_predict_cli(f"--model={keras_file}", f"--output_dir={out}", "--recursive", str(photos))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wrote 4 label maps and overlays" in result.stdout and "2 folder entries ignored: hidden, or without an image" in result.stdout
-    assert "skipped 1 image files in --output_dir" in result.stdout
+    assert "skipped 1 image file in --output_dir" in result.stdout
     for relative in ("city/b.png", "city/deep/c.png", "other/b.png"):
         labels = np.asarray(Image.open(out / relative))
         np.testing.assert_array_equal(labels, labeler.predict(pixels[relative][np.newaxis], verbose=0)[0], err_msg=relative)
