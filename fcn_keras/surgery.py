@@ -137,7 +137,8 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> dict[str, list
 
     Layers only ``target`` has (e.g. ``score_pool4`` when going from FCN-32s to FCN-16s) keep
     their initialisation: zero for score layers, bilinear for upsampling, so the new net starts
-    out predicting what ``source`` predicts. Only those may be new: every VGG16 convolution and
+    out predicting nearly what ``source`` predicts (``score_fr`` is upsampled in 2x steps and a
+    final 16x or 8x, not one 32x: the logits differ slightly). Only those may be new: every VGG16 convolution and
     fc6/fc7 of ``target`` must come from ``source``. What holds no weights but changes what the
     weights compute must match too (``structure_differences``): the input normalisation, the
     geometry, and the at-once scaling of each copied ``score_pool<N>``'s input.

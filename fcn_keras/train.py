@@ -223,6 +223,16 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         if values.get(key) is None:
             values[key] = value
     if values["learning_rate"] is None:
+        check_choice("optimizer", values["optimizer"], OPTIMIZERS)
+        if values["optimizer"] != "sgd":
+            # The paper's rates convert to a mean loss for SGD, whose step is linear in the
+            # gradient; Adam's step is about learning_rate per weight whatever the loss's scale,
+            # so 1.7e-9 (FCN-8s) would leave the weights as they are.
+            raise ValueError(
+                f"learning_rate has no automatic value for optimizer={values['optimizer']!r}: the paper-equivalent "
+                f"rates ({paper_learning_rate(config.variant, config.at_once):.3g} for FCN-{config.variant}) are SGD's. "
+                "Pass --learning_rate (e.g. 1e-4, docs/training.md), or use --optimizer=sgd"
+            )
         values["learning_rate"] = paper_learning_rate(config.variant, config.at_once)
     values["num_classes"] = _num_classes(config)
     if values["weights"] == "auto":
@@ -1104,7 +1114,8 @@ def define_flags(flag_values=None) -> None:
     define("float", "learning_rate", d.learning_rate, "Learning rate for the per-pixel mean loss. auto: the paper's unnormalised "
                        f"rate times {VOC_VALID_PIXELS_PER_IMAGE:.3g} valid pixels per VOC image (32s {paper_learning_rate('32s'):.3g}, "
                        f"16s {paper_learning_rate('16s'):.3g}, 8s {paper_learning_rate('8s'):.3g}, at-once "
-                       f"{paper_learning_rate('8s', True):.3g}); {DEMO_PROFILE['learning_rate']} for the demo. See docs/training.md.")
+                       f"{paper_learning_rate('8s', True):.3g}), for sgd only (adam needs a value); {DEMO_PROFILE['learning_rate']} for "
+                       "the demo. See docs/training.md.")
     define("enum", "lr_schedule", d.lr_schedule, list(LR_SCHEDULES), "constant (the paper) or poly: lr (1 - step/total)^0.9.")
     define("float", "momentum", d.momentum, "SGD momentum (0.99 in the reference solvers).")
     define("float", "weight_decay", d.weight_decay, "Weight decay: L2 on kernels for sgd (5e-4 as in the paper), decoupled for adam.")

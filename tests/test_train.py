@@ -800,6 +800,17 @@ def test_values_out_of_range_are_refused_naming_the_flag(field, value, message, 
         resolve_config(TrainConfig(**{**TINY, field: value}, output_dir=str(tmp_path)))
 
 
+def test_the_automatic_learning_rate_is_sgds_and_adam_needs_one():
+    """Found by review: --optimizer=adam on real data got SGD's paper-equivalent rate (1.7e-9 for
+    FCN-8s), far below a float32 weight's resolution for Adam's per-weight steps: no training."""
+    assert resolve_config(TrainConfig(data="records", variant="8s")).learning_rate == pytest.approx(1e-14 * 1.7e5)
+    with pytest.raises(ValueError, match=r"learning_rate has no automatic value for optimizer='adam': the paper-equivalent "
+                                         r"rates \(1.7e-09 for FCN-8s\) are SGD's. Pass --learning_rate"):
+        resolve_config(TrainConfig(data="records", variant="8s", optimizer="adam"))
+    assert resolve_config(TrainConfig(data="records", optimizer="adam", learning_rate=1e-4)).learning_rate == 1e-4
+    assert resolve_config(TrainConfig(optimizer="adam")).learning_rate == 3e-4  # The demo's own.
+
+
 def test_the_edges_of_the_ranges_are_accepted(tmp_path):
     edges = dict(learning_rate=1e-12, momentum=0.0, weight_decay=0.0, val_steps=0, backup_freq=0)
     resolved = resolve_config(TrainConfig(**{**TINY, **edges}, output_dir=str(tmp_path)))
