@@ -54,7 +54,7 @@ from fcn_keras.console import run_cli, usage_error
 from fcn_keras.data.pipeline import eval_dataset, oversized_images, resolve_data
 from fcn_keras.evaluate import PAPER_METRICS, evaluate_model, evaluation_mode
 from fcn_keras.files import atomic_path, write_text_atomic
-from fcn_keras.train import TrainConfig, environment, recorded_config, resolve_config, train
+from fcn_keras.train import TrainConfig, WeightsDownloadError, environment, recorded_config, resolve_config, train
 
 # --- The protocol ------------------------------------------------------------------------------
 
@@ -879,6 +879,9 @@ def main(argv: list[str]) -> int | None:
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
         print(f"experiments.skip_experiment: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except WeightsDownloadError as error:  # A failure while running: what to do offline.
+        print(f"experiments.skip_experiment: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,11 @@ class TrainingDiverged(RuntimeError):
     good checkpoints were kept."""
 
 
+class WeightsDownloadError(RuntimeError):
+    """``weights='imagenet'``: keras.applications' VGG16 could not be downloaded (a failure
+    while running, exit status 1, not bad input); the message says what to do offline."""
+
+
 # --- Configuration ----------------------------------------------------------------------------
 
 
@@ -562,6 +567,7 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
     Raises:
         ValueError: ``init_from`` is not an FCN of a compatible variant (same or finer stride
             than the source), geometry, number of classes or fc width; bad ``weights``.
+        WeightsDownloadError: ``weights='imagenet'`` and the download failed.
     """
     from fcn_keras import build_fcn, transfer_weights
 
@@ -602,7 +608,7 @@ def build_model(config: TrainConfig) -> tuple[keras.Model, dict[str, Any]]:
         model = build_fcn(config.variant, config.num_classes, weights=weights, preprocessing=config.preprocessing, **common)
     except Exception as error:
         if config.weights == "imagenet" and not isinstance(error, ValueError):
-            raise ValueError(
+            raise WeightsDownloadError(
                 "weights='imagenet' downloads keras.applications' VGG16 and failed "
                 f"({type(error).__name__}: {error}). Offline, pass --weights=PATH to a Keras VGG16 weights "
                 "file (e.g. ../shared/weights/vgg16_imagenet_notop_torchvision.weights.h5) or --weights=none"
@@ -745,6 +751,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Raises:
         ValueError: bad configuration, data or ``init_from``, naming the flag.
+        WeightsDownloadError: ``weights='imagenet'`` could not be downloaded (exit status 1).
         TrainingDiverged: the loss, or a weight at an epoch end, became NaN/inf
             (``summary.json`` says so; ``best.keras`` and ``last.keras`` hold the last good
             weights).
@@ -1170,6 +1177,9 @@ def main(argv: list[str]) -> int:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except WeightsDownloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         state = cb.read_backup(Path(resolve_config(TrainConfig(**values)).output_dir) / "backup")
         then = f"resume from its backup (epoch {state['epoch'] + 1}, step {state['step']})" if state else "start over (no backup yet)"

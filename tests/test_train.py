@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -938,6 +939,33 @@ def test_cli_reports_bad_data_and_exits_nonzero(tmp_path):
     )
     assert result.returncode == 2
     assert "error: --data:" in result.stderr and "missing-" in result.stderr
+
+
+def test_a_failed_imagenet_download_is_a_failure_with_status_1(voc_root, tmp_path):
+    """Found by review: the README says a failed download exits 1 (status 2 is bad input), but
+    train's --weights=imagenet download failure came out as a ValueError, status 2. The download
+    is made to fail here as offline keras.applications fails (no network is touched)."""
+    runner = textwrap.dedent("""
+        import sys, keras
+        def offline(*args, **kwargs):
+            raise Exception("URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/vgg16")
+        keras.applications.VGG16 = offline
+        from fcn_keras import train
+        from fcn_keras.console import run_cli
+        sys.argv = ["fcn_keras.train", *sys.argv[1:]]
+        train.define_flags()
+        run_cli(train.main)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", runner, f"--data={voc_root}", "--variant=32s", "--fc_units=4096", "--epochs=1",
+         f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: weights='imagenet' downloads keras.applications' VGG16 and failed (Exception: URL "
+                           "fetch failure on https://storage.googleapis.com/"), line
+    assert "Offline, pass --weights=PATH" in line and "Traceback" not in result.stderr
 
 
 def test_a_value_error_inside_fit_is_a_failure_not_bad_input(voc_root, tmp_path, monkeypatch):
