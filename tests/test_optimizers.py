@@ -271,7 +271,8 @@ def test_real_data_gets_the_paper_profile_and_no_data_the_demo_profile():
         "epochs": 10, "steps_per_epoch": 60, "batch_size": 4, "crop_size": 64, "fc_units": 256, "geometry": "same",
         "optimizer": "adam", "learning_rate": 3e-4, "lr_schedule": "constant", "momentum": 0.99, "weight_decay": 5e-4,
         "weights": "none", "num_classes": 21, "output_dir": "runs/fcn8s"})
-    given = dict(epochs=3, steps_per_epoch=7, batch_size=2, crop_size=64, fc_units=16, geometry="same", optimizer="adam")
+    given = dict(epochs=3, steps_per_epoch=7, batch_size=2, crop_size=64, fc_units=16, geometry="same", optimizer="adam",
+                 learning_rate=1e-4)
     for data in ("d", ""):
         assert {k: v for k, v in resolved(data=data, **given).items() if k in given} == given
 
