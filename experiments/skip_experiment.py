@@ -49,7 +49,6 @@ from absl import flags
 
 from benchmarks.throughput import device_description
 from fcn_keras import viz
-from fcn_keras.callbacks import interrupts_kept
 from fcn_keras.checks import check_folder, parse_size
 from fcn_keras.console import run_cli, usage_error
 from fcn_keras.data.pipeline import eval_dataset, oversized_images, resolve_data
@@ -876,8 +875,7 @@ def main(argv: list[str]) -> int | None:
         return usage_error("experiments.skip_experiment", f"unexpected arguments: {argv[1:]}")
     command = command_line("experiments.skip_experiment")
     try:
-        with interrupts_kept():  # Ctrl-C stops a stage at its next batch even if TensorFlow loses it.
-            run_experiment(settings_from_flags(), smoke=FLAGS.smoke, command=command)
+        run_experiment(settings_from_flags(), smoke=FLAGS.smoke, command=command)
     except (FileNotFoundError, ValueError) as error:  # Bad input: the message names it.
         print(f"experiments.skip_experiment: error: {error}", file=sys.stderr)
         sys.exit(2)

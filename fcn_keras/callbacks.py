@@ -22,18 +22,14 @@ backups are not taken once the loss is NaN, so the last good state survives a di
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -628,47 +624,6 @@ class TimeBudget(keras.callbacks.Callback):
             self.stopped_after_epoch = epoch + 1
             self.model.stop_training = True
             logger.info("time budget: %.1f s of training >= %.1f s: stopping after epoch %d", spent, self.seconds, epoch + 1)
-
-
-# --- Ctrl-C -----------------------------------------------------------------------------------
-
-#: Set by ``interrupts_kept``'s SIGINT handler; ``RaiseIfInterrupted`` raises while it is set.
-_INTERRUPTED = threading.Event()
-
-
-@contextlib.contextmanager
-def interrupts_kept() -> Iterator[None]:
-    """While active, Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` as Python's own handler does,
-    and is remembered, so that ``RaiseIfInterrupted`` raises it again at the next batch end: a
-    ``KeyboardInterrupt`` that native code swallows (TensorFlow's runtime can lose a first
-    Ctrl-C: the CLI test once saw a run go on to the end and exit 0) cannot let training go on.
-    Only where SIGINT has Python's default handler (not where it is ignored, e.g. under nohup),
-    in the main thread."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        _INTERRUPTED.set()
-        raise KeyboardInterrupt
-
-    _INTERRUPTED.clear()
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        _INTERRUPTED.clear()
-
-
-class RaiseIfInterrupted(keras.callbacks.Callback):
-    """Raises ``KeyboardInterrupt`` at the end of a batch after a Ctrl-C (see ``interrupts_kept``)."""
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if _INTERRUPTED.is_set():
-            raise KeyboardInterrupt
-
-    on_test_batch_end = on_train_batch_end
 
 
 def _log_slow_write(what: str, start: float) -> None:

@@ -968,8 +968,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     # The callbacks that stop training (NaN, budget) come before the checkpoint and the backup,
     # whose schedule then saves that epoch.
     verbose = progress_verbosity(config.verbose)  # The live bar only on a terminal: a line per epoch in a log.
-    callbacks = [cb.RaiseIfInterrupted()]  # First: a batch after a Ctrl-C runs no other callback.
-    callbacks += [keras.callbacks.ProgbarLogger()] if verbose else []
+    callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
     callbacks += [
         keras.callbacks.TerminateOnNaN(),
         *([budget] if budget else []),
@@ -1171,8 +1170,7 @@ def main(argv: list[str]) -> int:
     values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)}
     logging.getLogger("fcn_keras").setLevel(logging.INFO)
     try:
-        with cb.interrupts_kept():
-            summary = train(TrainConfig(**values))
+        summary = train(TrainConfig(**values))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
