@@ -227,8 +227,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     for key, value in profile.items():
         if values.get(key) is None:
             values[key] = value
+    check_choice("optimizer", values["optimizer"], OPTIMIZERS)  # A profile's or the flag's: the rate depends on it.
     if values["learning_rate"] is None:
-        check_choice("optimizer", values["optimizer"], OPTIMIZERS)
         if values["optimizer"] != "sgd":
             # The paper's rates convert to a mean loss for SGD, whose step is linear in the
             # gradient; Adam's step is about learning_rate per weight whatever the loss's scale,
@@ -245,7 +245,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if not values["output_dir"]:
         values["output_dir"] = str(Path("runs") / f"fcn{config.variant}{'_at_once' if config.at_once else ''}")
     resolved = TrainConfig(**values)
-    check_choice("optimizer", resolved.optimizer, OPTIMIZERS)
     for name in ("epochs", "steps_per_epoch", "batch_size", "fc_units", "num_classes"):
         check_int(name, getattr(resolved, name), 2 if name == "num_classes" else 1)
     stride = arch.output_stride(resolved.variant)
