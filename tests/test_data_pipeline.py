@@ -182,12 +182,15 @@ def test_paper_mode_scaling_keeps_labels_nearest(tmp_path):
     image = np.stack([label * 20] * 3, axis=-1).astype(np.uint8)
     dataset = pipeline.train_dataset(_single_pair_records(tmp_path, image, label), scale_range=(0.5, 2.0), flip=False, seed=3)
     sizes = set()
-    for image_out, label_out in dataset.take(12):
+    for image_out, label_out in dataset.take(24):
         h, w = label_out.shape[1:]
         assert abs(h / 30 - w / 40) < 0.05  # one scale factor for both sides
         assert set(np.unique(label_out.numpy()).tolist()) <= {0, 7, IGNORE_LABEL}
         sizes.add((h, w))
     assert len(sizes) > 3
+    # The factors stay within scale_range (30 * 0.5 = 15 to 30 * 2 = 60 rows) and spread over it.
+    heights = sorted(h for h, _ in sizes)
+    assert 15 <= heights[0] < 24 and 45 < heights[-1] <= 60, heights
 
 
 def test_paper_mode_scaling_equals_a_nearest_resize_of_the_whole_label(tmp_path):

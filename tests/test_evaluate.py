@@ -19,7 +19,7 @@ import keras
 
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES, VOC_PALETTE
 from fcn_keras import predict
-from fcn_keras.evaluate import evaluate_model, evaluate_predictions, metrics_markdown, per_image_csv
+from fcn_keras.evaluate import _Tally, evaluate_model, evaluate_predictions, metrics_markdown, per_image_csv
 from fcn_keras.metrics import confusion_matrix, scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +156,13 @@ def test_canvas_pads_with_the_mean_colour_and_fills_the_last_batch(eval_workspac
 
 
 def test_an_image_of_void_only_has_no_scores_of_its_own():
-    rows = [{"image_id": "all_void", "height": 2, "width": 3, "pixels": 0, "pixel_accuracy": None, "mean_iu": None},
-            {"image_id": "b", "height": 2, "width": 3, "pixels": 6, "pixel_accuracy": 0.5, "mean_iu": 0.25}]
+    tally = _Tally(2)  # What the evaluation counts of each image, here one all void and one half right.
+    tally.add("all_void", np.full((2, 3), IGNORE_LABEL, np.uint8), np.zeros((2, 3), np.uint8))
+    tally.add("b", np.zeros((2, 3), np.uint8), np.array([[0, 1, 0], [1, 0, 1]], np.uint8))
+    rows = tally.per_image
+    assert rows == [{"image_id": "all_void", "height": 2, "width": 3, "pixels": 0, "pixel_accuracy": None, "mean_iu": None},
+                    {"image_id": "b", "height": 2, "width": 3, "pixels": 6, "pixel_accuracy": 0.5, "mean_iu": 0.25}]
+    assert tally.void_pixels == 6 and tally.confusion.tolist() == [[3, 3], [0, 0]]
     assert per_image_csv(rows) == ("image_id,height,width,pixels,pixel_accuracy,mean_iu\n"
                                    "all_void,2,3,0,,\nb,2,3,6,0.5,0.25\n")
     results = {"model": "m", "data": "d", "split": None, "num_images": 2, "num_pixels": 6, "backend": "tensorflow",
@@ -230,6 +235,19 @@ def test_class_names_come_from_the_data(eval_workspace, tmp_path):
     # skipped the check, and a VOC model scored 21 classes against these 4).
     with pytest.raises(ValueError, match=r"predicts 21 classes but data .* has 4 \(sky, tree, rock, water\)"):
         evaluate_model(eval_workspace["model"], data, class_names=[f"c{i}" for i in range(21)], verbose=False)
+    # Records without a manifest cannot tell their class count: labels the model has no class for
+    # are refused, not dropped from the confusion matrix (which would score a subset of pixels).
+    three = build_fcn("32s", 3, fc_units=8, geometry="same")
+    labels = tmp_path / "label_maps"  # Label maps (all class 0) of every image, as predict writes them.
+    written, _ = predict.predict_images(lambda image: np.zeros(image.shape[:2], np.uint8),
+                                        sorted(own["images_dir"].iterdir()), labels, verbose=False)
+    assert len(written) == 3
+    with pytest.raises(ValueError, match=r"holds labels \[3\] outside \[0, 3\) and not 255 \(void\), in images 0\.\.0: "
+                                         r"they do not fit a 3-class model"):
+        evaluate_model(three, str(bare / "*.tfrecord"), batch_size=1, verbose=False)
+    with pytest.raises(ValueError, match=r"holds labels \[3\] outside \[0, 3\) and not 255 \(void\), in image '.*': "
+                                         r"they do not fit a 3-class prediction set"):
+        evaluate_predictions(labels, str(bare / "*.tfrecord"), class_names=["sky", "tree", "rock"], verbose=False)
 
 
 def test_cli_under_jax_writes_the_same_metrics(eval_workspace, tmp_path):
