@@ -17,11 +17,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn_keras import export, predict
+from fcn_keras import export, predict, viz
 from fcn_keras.constants import VOC_PALETTE
 from fcn_keras.data import voc
 from fcn_keras.inference import downscale, labels_model, predict_labels_on_canvas, resize_labels, tile_spans
-from fcn_keras.io import read_image
+from fcn_keras.io import read_image, write_image
 from test_export import random_image, tiny_fcn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,8 @@ def run_predict_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def check_outputs(labeler, output_dir: Path, expected: dict, overlay_format: str, palette: np.ndarray = VOC_PALETTE) -> None:
-    """Every label PNG is a palette PNG (VOC's by default) of the model's labels; every overlay has its size."""
+    """Every label PNG is a palette PNG (VOC's by default) of the model's labels; every overlay is
+    the default blend (alpha 0.5) of the image and those labels' colours (a JPEG's within its loss)."""
     for stem, image in expected.items():
         png = Image.open(output_dir / f"{stem}.png")
         assert png.mode == "P", (stem, png.mode)
@@ -87,6 +88,11 @@ def check_outputs(labeler, output_dir: Path, expected: dict, overlay_format: str
         np.testing.assert_array_equal(np.asarray(png), labels, err_msg=stem)
         with Image.open(output_dir / f"{stem}_overlay.{overlay_format}") as picture:
             assert picture.size == image.shape[1::-1] and picture.mode == "RGB"
+            blend = viz.overlay(image, labels, 0.5, palette)
+            if overlay_format == "jpg":  # The blend as write_image encodes it (JPEG noise of random pixels is large).
+                with Image.open(write_image(blend, output_dir.parent / f"{output_dir.name}-blend.jpg")) as encoded:
+                    blend = np.asarray(encoded)
+            np.testing.assert_array_equal(np.asarray(picture), blend, err_msg=stem)
 
 
 def test_cli_on_a_folder_with_bad_files_processes_the_rest_and_fails(labeler, keras_file, inputs, tmp_path):

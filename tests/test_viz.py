@@ -19,6 +19,14 @@ def colours_in(picture: np.ndarray) -> set[tuple[int, int, int]]:
     return set(map(tuple, picture.reshape(-1, 3).tolist()))
 
 
+C0, C1 = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # Matplotlib's first two cycle colours, "C0" and "C1".
+
+
+def count_colour(picture: np.ndarray, rgb: tuple[int, int, int]) -> int:
+    """Pixels of exactly this colour."""
+    return int((picture[..., :3] == rgb).all(axis=-1).sum())
+
+
 # --- colorize, overlay, legend -------------------------------------------------------------------
 
 
@@ -135,6 +143,11 @@ def test_training_curves_from_csv_logs(tmp_path):
     pixels = png_pixels(path)
     assert pixels.shape[:2] == (300, 640)
     assert len(colours_in(pixels)) > 10  # Not a blank canvas.
+    # The curves are drawn: each run's colour (C0, C1) in the loss plot (left); in the mean IU
+    # plot (right) only FCN-32s's, as FCN-16s logged no mean IU.
+    loss_half, iu_half = pixels[:, :320], pixels[:, 320:]
+    assert count_colour(loss_half, C0) > 100 and count_colour(loss_half, C1) > 100
+    assert count_colour(iu_half, C0) > 100 and count_colour(iu_half, C1) == 0
 
 
 def test_training_log_of_a_run_without_validation_drops_its_na_columns(tmp_path):
@@ -148,7 +161,9 @@ def test_training_log_of_a_run_without_validation_drops_its_na_columns(tmp_path)
     with pytest.raises(ValueError, match="holds a value that is not a number"):
         viz.read_training_log(tmp_path / "bad.csv")
     path = viz.plot_training_curves({"FCN-32s": tmp_path / "noval.csv"}, tmp_path / "curves.png", size_px=(400, 200))
-    assert png_pixels(path).shape[:2] == (200, 400)
+    pixels = png_pixels(path)
+    assert pixels.shape[:2] == (200, 400)
+    assert count_colour(pixels[:, :200], C0) > 50 and count_colour(pixels[:, 200:], C0) > 50  # Loss and mean IU drawn.
 
 
 def test_training_curves_report_missing_files_and_columns(tmp_path):
@@ -175,5 +190,10 @@ def test_confusion_matrix_is_row_normalised_and_drawn(tmp_path):
     pixels = png_pixels(path)
     assert pixels.shape[:2] == (500, 500)
     assert len(colours_in(pixels)) > 10
+    # The cells are drawn: those of value 1 (the diagonal but class 3's 0.8 and absent class 5)
+    # in Blues' darkest colour, thousands of pixels along the image's diagonal (the colourbar's
+    # top holds a few more).
+    ys, xs = np.nonzero((pixels[..., :3] == (8, 48, 107)).all(axis=-1))
+    assert len(ys) > 1000 and np.corrcoef(ys, xs)[0, 1] > 0.95
     with pytest.raises(ValueError, match="C = len\\(class_names\\) = 21"):
         viz.plot_confusion_matrix(np.ones((3, 3)), VOC_CLASSES, tmp_path / "bad.png")
