@@ -38,10 +38,6 @@ KNOWN_WEIGHT_FILES: dict[str, str] = {
     "d2d521d9b9fa12ed44d8c1b25cf361b0595bd25e5c3504e8c4027aa5cb5867e6": "torch",
 }
 
-#: ``build_fcn(weights=...)`` values that are not files.
-NAMED_WEIGHTS: tuple[str | None, ...] = (None, "imagenet")
-
-
 def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str = "auto") -> str:
     """The input normalisation a model built on ``weights`` needs.
 
@@ -57,7 +53,9 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
     Raises:
         ValueError: unknown ``preprocessing``; ``"auto"`` for a file of unknown origin; an explicit
             ``preprocessing`` of the other family than the one ``"imagenet"`` or a known file was
-            trained with (``"torch"`` for Caffe weights; ``"caffe"`` or ``"caffe_fcn"`` for torch's).
+            trained with (``"torch"`` for Caffe weights; ``"caffe"`` or ``"caffe_fcn"`` for torch's);
+            ``weights`` is a folder.
+        FileNotFoundError: ``weights`` is a path where nothing is.
     """
     check_choice("preprocessing", preprocessing, ("auto",) + PREPROCESSING_MODES)
     if weights is None:
@@ -65,9 +63,7 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
     if weights == "imagenet":
         known, source = "caffe", "weights='imagenet' (keras.applications' VGG16)"
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        path = _weights_file(weights)
         digests = file_digests(path, "md5", "sha256")
         known = next((KNOWN_WEIGHT_FILES[d] for d in digests if d in KNOWN_WEIGHT_FILES), None)
         source = f"the weights in {str(path)!r} (a known file of fcn_keras.backbone.KNOWN_WEIGHT_FILES)"
@@ -89,6 +85,16 @@ def resolve_preprocessing(weights: str | os.PathLike | None, preprocessing: str 
             "model would feed them inputs normalised unlike those they were trained on. Leave it 'auto'"
         )
     return preprocessing
+
+
+def _weights_file(weights: str | os.PathLike) -> Path:
+    """``weights`` as a ``Path``, checked to be a file (a FileNotFoundError, or a ValueError for a folder)."""
+    path = Path(weights)
+    if path.is_dir():
+        raise ValueError(f"weights file {str(path)!r} is a folder: give the weights file itself (.h5 or .weights.h5)")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    return path
 
 
 def weights_file_has_top(path: str | os.PathLike) -> bool:
@@ -121,13 +127,13 @@ def load_vgg16(weights: str | os.PathLike) -> keras.Model:
         A VGG16 model; with ``fc1``/``fc2`` if the weights have them.
 
     Raises:
-        ValueError: the file does not hold VGG16 weights (names the file and Keras' reason).
+        ValueError: the file does not hold VGG16 weights (names the file and Keras' reason), or
+            ``weights`` is a folder.
+        FileNotFoundError: ``weights`` is a path where nothing is.
     """
     if weights == "imagenet":
         return keras.applications.VGG16(include_top=True, weights="imagenet")
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    path = _weights_file(weights)
     include_top = weights_file_has_top(path)
     vgg = keras.applications.VGG16(include_top=include_top, weights=None)
     try:

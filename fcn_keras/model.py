@@ -10,6 +10,7 @@ and move by name.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 
 import keras
@@ -97,16 +98,21 @@ def build_fcn(
         float32 logits ``[B, H, W, num_classes]`` aligned pixel for pixel with the input.
 
     Raises:
-        ValueError: bad ``variant``, ``num_classes``, ``input_shape``, ``at_once`` for FCN-32s,
-            or weights that do not fit (named, with the expected and received shapes).
+        ValueError: a bad value of any argument, named with the value received (among them
+            ``at_once`` for FCN-32s, ``fc_units`` other than 4096 with ``"imagenet"``,
+            ``preprocessing="auto"`` with a ``keras.Model`` or a file of unknown origin), or
+            weights that do not fit (named, with the expected and received shapes).
         FileNotFoundError: ``weights`` names a file that does not exist.
     """
     # --- Arguments -------------------------------------------------------------------------
     arch.check_variant(variant)
     geo = arch.get_geometry(geometry)
     num_classes = check_int("num_classes", num_classes, 2)
-    if len(input_shape) != 3 or input_shape[2] != 3 or any(
-        side is not None and (not isinstance(side, (int, np.integer)) or side < 1) for side in input_shape[:2]
+    def is_int(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if len(input_shape) != 3 or not is_int(input_shape[2]) or input_shape[2] != 3 or any(
+        side is not None and (not is_int(side) or side < 1) for side in input_shape[:2]
     ):
         raise ValueError(
             f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
@@ -120,10 +126,17 @@ def build_fcn(
         )
     check_choice("fc6_implementation", fc6_implementation, FC6_IMPLEMENTATIONS)
     check_choice("pool_implementation", pool_implementation, POOL_IMPLEMENTATIONS)
+    for flag, value in (("at_once", at_once), ("learn_final_upsampling", learn_final_upsampling),
+                        ("learn_skip_upsampling", learn_skip_upsampling)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{flag} must be True or False. Received: {flag}={value!r}")
     if at_once and variant == "32s":
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1). Received: dropout={dropout!r}")
+    if not (weights is None or weights == "imagenet" or isinstance(weights, (str, os.PathLike, keras.Model))):
+        raise ValueError(f"weights must be None, 'imagenet', the path of a weights file or a keras.Model. "
+                         f"Received: weights={weights!r}")
     if isinstance(weights, keras.Model):
         if preprocessing == "auto":  # A model does not say how its training inputs were normalised.
             raise ValueError(

@@ -235,6 +235,26 @@ def test_at_once_scales_the_pool_features():
     assert model.count_params() == build_fcn("8s", fc_units=8).count_params()
 
 
+def test_dropout_follows_fc6_and_fc7_at_the_papers_rate_in_training_only():
+    images = np.random.default_rng(4).integers(0, 256, (4, 96, 96, 3)).astype("uint8")
+    names = ("fc6", "drop6", "fc7", "drop7")
+    for rate in (0.5, 0.0):  # The default (the paper's), and none.
+        model = build_fcn("32s", fc_units=64, geometry="same", dropout=rate)
+        _randomize(model)
+        assert [model.get_layer(n).rate for n in ("drop6", "drop7")] == [rate, rate]
+        probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
+        fc6, drop6, fc7, drop7 = (np.asarray(t) for t in probe(images, training=False))
+        np.testing.assert_array_equal(drop6, fc6)  # Inference: the identity.
+        np.testing.assert_array_equal(drop7, fc7)
+        fc6, drop6, fc7, drop7 = (np.asarray(t) for t in probe(images, training=True))
+        for before, after in ((fc6, drop6), (fc7, drop7)):
+            active = before > 0
+            dropped = active & (after == 0)
+            # Training: each unit dropped with probability `rate`, the rest scaled by 1 / (1 - rate).
+            assert abs(dropped.sum() / active.sum() - rate) < 0.06, (rate, dropped.sum(), active.sum())
+            np.testing.assert_allclose(after[active & ~dropped], before[active & ~dropped] / (1 - rate), rtol=1e-6)
+
+
 # --- Serialisation ---------------------------------------------------------------------------
 
 
@@ -350,7 +370,16 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"input_shape": (0, 5, 3)}, r"each side None or >= 1\. Received: input_shape=\(0, 5, 3\)"),
         ({"num_classes": True}, r"num_classes must be an integer >= 2\. Received: num_classes=True"),
         ({"variant": "32s", "at_once": True}, r"at_once=True .* needs variant '16s' or '8s'"),
-        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)\. Received: dropout=1\.0"),
+        ({"dropout": "0.5"}, r"dropout must be a number in \[0, 1\)\. Received: dropout='0\.5'"),
+        ({"dropout": None}, r"dropout must be a number in \[0, 1\)\. Received: dropout=None"),
+        ({"input_shape": (True, True, 3)}, r"each side None or >= 1\. Received: input_shape=\(True, True, 3\)"),
+        ({"input_shape": (64, 64, 3.0)}, r"input_shape must be \(height, width, 3\) .* Received: input_shape=\(64, 64, 3\.0\)"),
+        ({"at_once": "yes"}, r"at_once must be True or False\. Received: at_once='yes'"),
+        ({"learn_final_upsampling": 1}, r"learn_final_upsampling must be True or False\. Received: learn_final_upsampling=1"),
+        ({"weights": 123}, r"weights must be None, 'imagenet', the path of a weights file or a keras.Model\. "
+         r"Received: weights=123"),
+        ({"weights": "/tmp"}, r"weights file '/tmp' is a folder: give the weights file itself"),
         ({"fc6_implementation": "fft"}, r"fc6_implementation must be one of \('conv', 'im2col'\)\. Received: "
          r"fc6_implementation='fft'"),
         ({"pool_implementation": "avg"}, r"pool_implementation must be one of \('pool', 'reshape'\)\. Received: "

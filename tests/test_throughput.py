@@ -82,6 +82,11 @@ def test_fcn_same_geometry_total_by_hand():
 def test_dynamic_shapes_are_refused():
     with pytest.raises(ValueError, match="static shapes.*block1_conv1|block1_conv1.*static shapes"):
         forward_flops(build_fcn("32s", fc_units=8))
+    # fcn_flops builds its model at a static size: the arguments it was given are named.
+    with pytest.raises(ValueError, match=r"height must be an integer >= 1\. Received: height=None"):
+        fcn_flops("8s", None, 5)
+    with pytest.raises(ValueError, match=r"width must be an integer >= 1\. Received: width=0"):
+        fcn_flops("8s", 5, 0)
 
 
 # --- Benchmark helpers -----------------------------------------------------------------------
