@@ -99,12 +99,22 @@ def read_backup(backup_dir: str | os.PathLike, name: str = STATE_FILE) -> dict[s
         ``epoch`` already done), ``global_step``, ``weights`` and ``arrays`` (file names in
         ``backup_dir``), ``best`` (best monitored value so far or ``None``), ``best_epoch``,
         ``elapsed_s`` and ``images`` (training wall time and images seen before the backup).
+
+    Raises:
+        ValueError: the file is not such a state (cut short or edited), naming it and what to do.
     """
     path = Path(backup_dir) / name
     if not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        if not isinstance(state, dict) or not {"epoch", "step", "global_step", "weights", "arrays"} <= set(state):
+            raise ValueError("not a backup state")
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError.
+        raise ValueError(f"backup state {path} is damaged ({error}); delete {Path(backup_dir)} to start the run "
+                         "afresh, or restore the file") from None
+    return state
 
 
 def agreed_backup(backup_dirs: list[Path], own: Path) -> dict[str, Any] | None:
@@ -483,7 +493,9 @@ class BestAndLastCheckpoint(keras.callbacks.Callback):
             save_model_atomic(self.model, self.output_dir / "last.keras")
             _log_slow_write(f"epoch {epoch + 1}: wrote last.keras", start)
         self.last_good_epoch = epoch + 1
-        if self.best is None or float(value) > self.best:
+        if not math.isfinite(float(value)):  # Finite weights, a non-finite score: never the best.
+            logger.warning("epoch %d: %s is %s: not a candidate for best.keras", epoch + 1, self.monitor, value)
+        elif self.best is None or float(value) > self.best:
             self.best, self.best_epoch = float(value), epoch + 1
             if self.enabled:  # the same weights as last.keras: link, don't write them again
                 copy_atomic(self.output_dir / "last.keras", self.output_dir / "best.keras")
@@ -643,6 +655,19 @@ def format_rate(images_per_s: float | None) -> str:
     if images_per_s is None:
         return "-"
     return f"{images_per_s:.1f}" if images_per_s >= 10 else f"{images_per_s:.3g}"
+
+
+class RunProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, headed ``Epoch n/N`` with the run's ``N`` also where ``fit`` runs
+    only the rest of a resumed epoch (``epochs=epoch + 1``, which Keras would print as ``N``)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.run_epochs = epochs
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        super().set_params(params)
+        self.epochs = self.run_epochs
 
 
 class EpochSummary(keras.callbacks.Callback):

@@ -38,7 +38,7 @@ import numpy as np
 from fcn_keras import architecture as arch
 from fcn_keras import callbacks as cb
 from fcn_keras.backbone import resolve_preprocessing
-from fcn_keras.checks import check_choice, check_folder, check_int, parse_size
+from fcn_keras.checks import check_choice, check_int, check_writable_folder, parse_size
 from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
@@ -286,8 +286,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         check_class_weights(_listed_weights(resolved.class_weights), resolved.num_classes)
     if not 0.0 <= resolved.momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1). Received: momentum={resolved.momentum!r}")
-    if resolved.weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={resolved.weight_decay!r}")
+    if not resolved.weight_decay >= 0 or not math.isfinite(resolved.weight_decay):
+        raise ValueError(f"weight_decay must be a number >= 0. Received: weight_decay={resolved.weight_decay!r}")
     if resolved.val_steps is not None and resolved.val_steps < 0:
         raise ValueError(f"val_steps must be >= 0 (0: no validation). Received: val_steps={resolved.val_steps!r}")
     if resolved.val_canvas:
@@ -300,8 +300,25 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
     check_int("checkpoint_freq", resolved.checkpoint_freq, 1, "epochs")
     check_int("shuffle_buffer", resolved.shuffle_buffer, 0, "records; 0 or 1: none")
-    check_folder("output_dir", resolved.output_dir)
+    if check_int("seed", resolved.seed, 0) > _MAX_SEED:  # numpy's limit (keras.utils.set_random_seed)
+        raise ValueError(f"seed must be an integer in [0, {_MAX_SEED}]. Received: seed={resolved.seed!r}")
+    check_choice("verbose", resolved.verbose, (0, 1, 2))
+    if resolved.init_from and resolved.weights != "none":
+        raise ValueError(f"weights applies only without init_from, whose model gives every weight: leave --weights out. "
+                         f"Received: weights={resolved.weights!r}, init_from={resolved.init_from!r}")
+    if resolved.init_from and Path(resolved.output_dir).resolve() in Path(resolved.init_from).resolve().parents:
+        # A new run clears best.keras/last.keras of its folder: the model it starts from would go first.
+        raise ValueError(f"init_from must lie outside output_dir, which the run replaces the models of: give the next "
+                         f"stage its own --output_dir. Received: init_from={resolved.init_from!r}, "
+                         f"output_dir={resolved.output_dir!r}")
+    check_writable_folder("output_dir", resolved.output_dir)
+    if not resolved.data or (Path(resolved.data) / "VOC2012").is_dir():  # Generated or converted into cache_dir.
+        check_writable_folder("cache_dir", resolved.cache_dir)
     return resolved
+
+
+#: The largest ``--seed``: numpy's seeds are 32-bit.
+_MAX_SEED = 2**32 - 1
 
 
 #: Fields that must not change when a run resumes from its backup.
@@ -393,8 +410,10 @@ def resolve_run_data(config: TrainConfig) -> dict[str, str]:
     wanted = {"train": config.train_split, **({"val": config.val_split} if config.val_split != "val" else {})}
     for role, split in wanted.items():
         if split not in globs:
+            lists = Path(data) / "VOC2012" / "ImageSets" / "Segmentation"  # A VOCdevkit root: all its lists, not
+            present = sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else sorted(globs)  # the converted.
             raise ValueError(f"--data {data!r} has no split {split!r} to {'train on' if role == 'train' else 'validate on'}; "
-                             f"it has {sorted(globs)}: pass --{role}_split")
+                             f"it has {present}: pass --{role}_split")
     return {"train": globs[config.train_split], **({"val": globs[config.val_split]} if config.val_split in globs else {})}
 
 
@@ -813,6 +832,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
             logger.info("%s already spent its time budget (%.1f s of %.1f s, %d epochs): nothing to do%s", run_dir, spent,
                         config.max_train_seconds, state["epoch"], unused)
             return json.loads((run_dir / "summary.json").read_text())
+        if not state["step"] and config.epochs < state["epoch"]:  # Stopped at an epoch end, before its summary.
+            raise ValueError(
+                f"output_dir {str(run_dir)!r} holds a run stopped after epoch {state['epoch']}: --epochs must be at least "
+                f"{state['epoch']} to resume it. Received: --epochs={config.epochs}"
+            )
 
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
@@ -967,7 +991,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
     # The callbacks that stop training (NaN, budget) come before the checkpoint and the backup,
     # whose schedule then saves that epoch.
     verbose = progress_verbosity(config.verbose)  # The live bar only on a terminal: a line per epoch in a log.
-    callbacks = [keras.callbacks.ProgbarLogger()] if verbose else []
+    callbacks = [cb.RunProgbar(config.epochs)] if verbose else []
     callbacks += [
         keras.callbacks.TerminateOnNaN(),
         *([budget] if budget else []),
@@ -1016,7 +1040,7 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
         "optimizer_updates": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "best": {"monitor": monitor, "value": checkpoint.best, "epoch": checkpoint.best_epoch},
         "last_good_epoch": checkpoint.last_good_epoch,
-        "final_metrics": rows[-1] if rows else {},
+        "final_metrics": {**rows[-1], "epoch": rows[-1]["epoch"] + 1} if rows else {},  # epochs from 1, as elsewhere
         "wall_time_s": backup.elapsed_s,
         "wall_time_this_process_s": seconds,
         "images_seen": backup.images,

@@ -102,6 +102,7 @@ def test_run_writes_every_artefact(run32):
     for row in summary["history"]:  # the first step (compilation in epoch 1) is timed apart
         assert 0 < row["first_step_s"] <= row["seconds"] and row["steady_images_per_s"] > 0
     assert {"loss", "mean_iu", "val_loss", "val_mean_iu"} <= set(summary["final_metrics"])
+    assert summary["final_metrics"]["epoch"] == 2  # Epochs counted from 1, as everywhere in the summary.
 
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0].split(",")[:3] == ["epoch", "loss", "mean_iu"] and len(rows) == 3
@@ -270,12 +271,18 @@ def test_the_released_nets_fixed_skip_upsamplings_stay_bilinear(voc_root, tmp_pa
 
 def test_a_backup_file_cut_short_is_named_not_a_traceback(run32, tmp_path):
     out, _ = run32
+    config = json.loads((out / "config.json").read_text())["config"]
+    damaged = tmp_path / "damaged"  # Its state.json emptied (a disk that filled up, an editor).
+    shutil.copytree(out, damaged)
+    (damaged / "backup" / "state.json").write_text("")
+    with pytest.raises(ValueError, match=rf"backup state {re.escape(str(damaged / 'backup' / 'state.json'))} is damaged "
+                                         rf"\(.*\); delete {re.escape(str(damaged / 'backup'))} to start the run afresh"):
+        train(TrainConfig(**{**config, "output_dir": str(damaged), "epochs": 3}))
     run = tmp_path / "run"
     shutil.copytree(out, run)
     state = cb.read_backup(run / "backup")
     weights = run / "backup" / state["weights"]
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    config = json.loads((out / "config.json").read_text())["config"]
     with pytest.raises(ValueError, match=rf"backup '{re.escape(str(weights))}' cannot be read \(.*\): the run cannot "
                                          r"resume from it"):
         train(TrainConfig(**{**config, "output_dir": str(run), "epochs": 3}))
@@ -284,7 +291,9 @@ def test_a_backup_file_cut_short_is_named_not_a_traceback(run32, tmp_path):
 def _worker_states(folder: Path, step: int | None, epoch_step: int | None) -> Path:
     for name, value in ((cb.STATE_FILE, step), (cb.EPOCH_STATE_FILE, epoch_step)):
         if value is not None:
-            write_json_atomic(folder / name, {"global_step": value, "weights": f"state-{value:09d}.weights.h5"})
+            write_json_atomic(folder / name, {"epoch": value // 2, "step": value % 2, "global_step": value,
+                                              "weights": f"state-{value:09d}.weights.h5",
+                                              "arrays": f"state-{value:09d}.npz"})
     return folder
 
 
@@ -572,6 +581,24 @@ def test_epochs_below_an_interrupted_epoch_are_refused(voc_root, tmp_path, monke
     assert summary["epochs_done"] == 3 and summary["global_step"] == 6
 
 
+def test_epochs_below_those_done_are_refused_after_a_kill_at_an_epoch_end(voc_root, tmp_path, monkeypatch):
+    """Killed once epoch 2's backup was written, before the summary (found by review: --epochs=1
+    then "finished" a run of 2 epochs, summary "epochs_requested 1, epochs_done 2")."""
+    common = dict(data=str(voc_root), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    _kill_after(monkeypatch, 5)  # The backup of update 4 (epoch 2's end) is the last written.
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**{**TINY, "epochs": 3, "val_steps": 0, "backup_freq": 0}, **common))
+    monkeypatch.undo()
+    assert cb.read_backup(tmp_path / "run" / "backup")["epoch"] == 2
+    config = (tmp_path / "run" / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=r"holds a run stopped after epoch 2: --epochs must be at least 2 to resume it\. "
+                                         r"Received: --epochs=1$"):
+        train(TrainConfig(**{**TINY, "epochs": 1, "val_steps": 0, "backup_freq": 0}, **common))
+    assert (tmp_path / "run" / "config.json").read_bytes() == config  # Refused before anything is written.
+    summary = train(TrainConfig(**{**TINY, "epochs": 2, "val_steps": 0, "backup_freq": 0}, **common))
+    assert summary["epochs_done"] == 2 and summary["epochs_requested"] == 2
+
+
 def test_a_resumed_process_that_dies_leaves_no_earlier_summary_to_pass_for_its_own(voc_root, tmp_path, monkeypatch):
     """A finished 1-epoch run continued to 3 epochs and killed in epoch 2: its summary.json (1
     epoch, finished) must not remain, or a rerun after the last backup would return it as final."""
@@ -791,7 +818,12 @@ def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
         ("momentum", -0.1, r"momentum must be in \[0, 1\)\. Received: momentum=-0\.1$"),
         ("momentum", 1.0, r"momentum must be in \[0, 1\)\. Received: momentum=1\.0$"),
         ("momentum", float("nan"), r"momentum must be in \[0, 1\)\. Received: momentum=nan$"),
-        ("weight_decay", -1e-4, r"weight_decay must be >= 0\. Received: weight_decay=-0\.0001$"),
+        ("weight_decay", -1e-4, r"weight_decay must be a number >= 0\. Received: weight_decay=-0\.0001$"),
+        ("weight_decay", float("nan"), r"weight_decay must be a number >= 0\. Received: weight_decay=nan$"),
+        ("weight_decay", float("inf"), r"weight_decay must be a number >= 0\. Received: weight_decay=inf$"),
+        ("seed", -1, r"seed must be an integer >= 0\. Received: seed=-1$"),
+        ("seed", 2**32, r"seed must be an integer in \[0, 4294967295\]\. Received: seed=4294967296$"),
+        ("verbose", 3, r"verbose must be one of \(0, 1, 2\)\. Received: verbose=3$"),
         ("val_steps", -1, r"val_steps must be >= 0 \(0: no validation\)\. Received: val_steps=-1$"),
         ("backup_freq", -1, r"backup_freq must be >= 0 \(0: backups at epoch ends only\)\. Received: backup_freq=-1$"),
     ],
@@ -869,6 +901,32 @@ def test_the_splits_to_train_and_validate_on_are_chosen_by_name(tmp_path):
     (data / "manifest.json").write_text(json.dumps(manifest))
     assert resolve_run_data(TrainConfig(data=str(data), train_split="sbd_train")) == {
         "train": convert_lib.split_glob(data, "sbd_train")}
+
+
+def test_a_split_a_voc_root_lacks_names_the_lists_it_has(voc_root, tmp_path):
+    """Found by review: a VOCdevkit root named only the splits asked for and converted ("it has ['val']")."""
+    with pytest.raises(ValueError, match=re.escape(f"--data {str(voc_root)!r} has no split 'nope' to train on; it has "
+                                                   "['train', 'trainval', 'val']: pass --train_split")):
+        resolve_run_data(TrainConfig(data=str(voc_root), train_split="nope", cache_dir=str(tmp_path / "cache")))
+
+
+def test_folders_it_cannot_write_and_flags_it_would_ignore_or_destroy_are_refused_first(voc_root, tmp_path):
+    """Before the data is converted and the model built (found by review: a traceback at the end)."""
+    with pytest.raises(ValueError, match=r"output_dir '/proc/fcn-run' cannot be written: "):
+        resolve_config(TrainConfig(**TINY, output_dir="/proc/fcn-run"))
+    with pytest.raises(ValueError, match=r"cache_dir '/proc/fcn-cache' cannot be written: "):
+        resolve_config(TrainConfig(**TINY, data=str(voc_root), output_dir=str(tmp_path / "a"), cache_dir="/proc/fcn-cache"))
+    # Records need no cache.
+    resolve_config(TrainConfig(**TINY, data=str(tmp_path / "x-*.tfrecord"), output_dir=str(tmp_path / "a"), cache_dir="/proc/c"))
+    run = tmp_path / "run"  # A model inside the folder whose best.keras/last.keras a new run deletes.
+    with pytest.raises(ValueError, match=re.escape(f"init_from must lie outside output_dir, which the run replaces the models "
+                                                   f"of: give the next stage its own --output_dir. Received: init_from="
+                                                   f"{str(run / 'best.keras')!r}, output_dir={str(run)!r}")):
+        resolve_config(TrainConfig(**{**TINY, "variant": "16s"}, init_from=str(run / "best.keras"), output_dir=str(run)))
+    with pytest.raises(ValueError, match=r"weights applies only without init_from, whose model gives every weight: leave "
+                                         r"--weights out\. Received: weights='vgg16\.h5', init_from='best\.keras'"):
+        resolve_config(TrainConfig(**{**TINY, "variant": "16s", "weights": "vgg16.h5"}, init_from="best.keras",
+                                   output_dir=str(tmp_path / "b")))
 
 
 def test_data_glob_matching_nothing(tmp_path):

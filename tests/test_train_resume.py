@@ -12,6 +12,7 @@ JAX trainer takes a batch from a first iterator to build the model and trains on
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,10 @@ def test_sigkill_mid_epoch_then_same_command_resumes_exactly(tmp_path, request, 
     result = subprocess.run(_command(data, out), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {out} from its backup: epoch {killed_at['epoch'] + 1}, step {killed_at['step']}/{STEPS}" in result.stderr
+    # Keras' epoch headers count the run's epochs, also over the rest of the interrupted one
+    # (fitted alone: Keras printed "Epoch 2/2" there).
+    headers = re.findall(r"^Epoch (\d+)/(\d+)$", result.stdout, re.MULTILINE)
+    assert headers == [(str(e + 1), str(EPOCHS)) for e in range(killed_at["epoch"], EPOCHS)], result.stdout[-2000:]
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == {k: killed_at[k] for k in ("epoch", "step", "global_step")}
