@@ -2,7 +2,10 @@
 
 Every writer of the project's outputs (JSON records, markdown tables, PNG figures and label maps,
 ``.keras`` files, backups, TFRecord shards) writes to a temporary file beside its target and
-renames it over the target, so a kill never leaves a half-written file that looks complete. The
+renames it over the target, so a kill never leaves a half-written file that looks complete.
+Two append a line at a time instead: a run's ``log.csv`` (Keras' ``CSVLogger``; a resume
+truncates it to the epochs its backup holds) and ``benchmarks/throughput.py``'s ``.jsonl``
+records (a torn last line is left out and counted when read). The
 synthetic datasets of ``data.synthetic`` (tests, the demo) write their files in place: the demo
 dataset is made in a temporary folder that is renamed when complete (``train._demo_data``).
 """
@@ -20,6 +23,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 #: The name of ``atomic_path``'s temporary files: ``.tmp-<pid>-<random>-<name>``.
 _TEMPORARY_NAME = re.compile(r"\.tmp-([0-9]+)-[0-9a-f]{8}-(.+)")
@@ -44,6 +49,10 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
 
     Yields:
         The temporary path to write to.
+
+    Raises:
+        OSError: as the block or the rename raised it, naming ``path`` where it named the
+            temporary file or no file (a full disk, a read-only folder, a folder at ``path``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +64,10 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         os.replace(temporary, path)
         if durable:
             _fsync(path.parent)
+    except OSError as error:
+        if error.errno is None or error.filename not in (None, str(temporary), temporary):
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error  # The file the user asked for.
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -117,6 +130,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
     Strict JSON: a NaN or infinite float (a diverged run's loss) is written as ``null``, which
     every JSON reader (``jq``, JavaScript) takes, where Python's ``NaN`` token is not JSON.
+    numpy scalars and arrays are written as the numbers and lists they hold.
     """
     with atomic_path(path, durable=True) as temporary, open(temporary, "w") as f:
         json.dump(_finite_or_none(data), f, indent=2, sort_keys=True, default=str, allow_nan=False)
@@ -125,6 +139,8 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 
 def _finite_or_none(data: Any) -> Any:
+    if isinstance(data, (np.ndarray, np.generic)):  # numpy scalars and arrays as the Python values they hold
+        data = data.tolist()
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, dict):

@@ -44,6 +44,17 @@ def test_best_is_linked_to_last_and_keeps_its_epoch(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_non_finite_score_is_never_the_best(tmp_path):
+    """Found by review: a NaN first score became the best, and no later score could beat it."""
+    model = _model()
+    checkpoint = BestAndLastCheckpoint(tmp_path, "val_mean_iu")
+    checkpoint.set_model(model)
+    for epoch, score in enumerate([float("nan"), 0.5, float("inf"), 0.9]):
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_mean_iu": score})
+        assert (checkpoint.best, checkpoint.best_epoch) == ((None, None), (0.5, 2), (0.5, 2), (0.9, 4))[epoch]
+        assert (tmp_path / "best.keras").exists() == (epoch > 0) and checkpoint.last_good_epoch == epoch + 1
+
+
 def test_copy_atomic_falls_back_to_a_byte_copy(tmp_path, monkeypatch):
     source = tmp_path / "a.bin"
     source.write_bytes(b"weights")
@@ -80,3 +91,30 @@ def test_durable_writes_reach_the_disk_before_and_after_the_rename(tmp_path, mon
     synced.clear()
     files.write_text_atomic(tmp_path / "table.md", "| a |")
     assert synced == []
+
+
+def test_failed_writes_name_the_file_asked_for_and_leave_it_as_it_was(tmp_path):
+    """Found by review: a folder at the target, a full disk or a read-only folder named the hidden
+    temporary file (".tmp-123-0a1b2c3d-c.png -> c.png") or no file at all."""
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError, match=rf"Is a directory: '{tmp_path / 'adir'}'$"):
+        files.write_text_atomic(tmp_path / "adir", "x")
+    target = tmp_path / "full.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match=rf"\[Errno 28\] No space left on device: '{target}'$"):
+        with files.atomic_path(target) as temporary:
+            temporary.write_text("partial")
+            raise OSError(28, "No space left on device")  # As a write to a full disk raises it.
+    with pytest.raises(PermissionError, match=r"for another file: '/elsewhere'$"):  # Another file's error: as it was.
+        with files.atomic_path(target):
+            raise PermissionError(13, "for another file", "/elsewhere")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["adir", "full.json"]
+
+
+def test_json_records_hold_numbers_for_numpy_values_and_null_for_nan(tmp_path):
+    """Found by review: numpy values were written as strings ("nan", "[ 1. nan]")."""
+    import json
+
+    path = files.write_json_atomic(tmp_path / "r.json", {"a": np.float32("nan"), "b": np.int64(3),
+                                                         "c": np.array([1.0, np.nan]), "d": [np.float64(0.5), float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": 3, "c": [1.0, None], "d": [0.5, None]}
