@@ -266,6 +266,11 @@ def evaluate_model(
             progbar.update(num_images)
         if max_images is not None and num_images >= max_images:
             break
+    if progbar is not None and target is None and num_images:
+        # A glob's count was unknown: the bar ends at the count read (Keras' one-line bar, when
+        # not on a terminal, is printed only on reaching its target).
+        progbar.target = num_images
+        progbar.update(num_images, finalize=True)
     seconds = time.perf_counter() - start
     if num_images == 0:
         raise ValueError(f"no image was evaluated: {pattern!r} holds no record")

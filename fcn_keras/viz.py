@@ -153,7 +153,20 @@ def _axes_px(figure, left: float, top: float, width: float, height: float):
 #: Height in pixels of the column titles of ``plot_comparison`` and of one legend row.
 TITLE_PX = 28
 LEGEND_ROW_PX = 24
-LEGEND_COLUMNS = 6
+LEGEND_COLUMNS = 6  # at most; fewer where the figure is too narrow for them (legend_columns)
+
+
+def legend_columns(handles: Sequence, width_px: int) -> int:
+    """The most legend columns (1 to ``LEGEND_COLUMNS``) whose legend of ``handles`` at 9 pt is
+    no wider than ``width_px``, as matplotlib lays it out (drawn on a scratch figure)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for ncol in range(min(LEGEND_COLUMNS, len(handles)), 1, -1):
+        figure = _new_figure(width_px, LEGEND_ROW_PX)
+        legend = figure.legend(handles=handles, ncol=ncol, fontsize=9, frameon=False)
+        if legend.get_window_extent(FigureCanvasAgg(figure).get_renderer()).width <= width_px:
+            return ncol
+    return 1
 
 
 def plot_comparison(
@@ -169,8 +182,9 @@ def plot_comparison(
     Label maps are painted in the VOC palette (nearest-neighbour, no blending) and a legend
     below names the classes present in any of them. The PNG is exactly
     ``(2 + len(predictions)) * panel_px`` pixels wide and
-    ``TITLE_PX + len(images) * panel_px + LEGEND_ROW_PX * (ceil(n_legend / LEGEND_COLUMNS) + 1)``
-    high; each image keeps its aspect ratio inside its square cell.
+    ``TITLE_PX + len(images) * panel_px + LEGEND_ROW_PX * (ceil(n_legend / n_columns) + 1)``
+    high, ``n_columns`` the legend's (``legend_columns``: up to 6, as many as the width holds);
+    each image keeps its aspect ratio inside its square cell.
 
     Args:
         images: RGB uint8 ``[H_k, W_k, 3]`` images.
@@ -207,7 +221,8 @@ def plot_comparison(
                 )
             label_maps.append(labels)
     handles = legend_handles(label_maps, class_names)
-    legend_rows = -(-len(handles) // LEGEND_COLUMNS)
+    legend_ncol = legend_columns(handles, len(columns) * panel_px)
+    legend_rows = -(-len(handles) // legend_ncol)
     grid_h = len(images) * panel_px
     figure = _new_figure(len(columns) * panel_px, TITLE_PX + grid_h + LEGEND_ROW_PX * (legend_rows + 1))
     for col, (title, column) in enumerate(columns):
@@ -221,7 +236,7 @@ def plot_comparison(
     figure.legend(
         handles=handles,
         loc="lower center",
-        ncol=LEGEND_COLUMNS,
+        ncol=legend_ncol,
         fontsize=9,
         frameon=False,
         bbox_to_anchor=(0.5, 0.0),
@@ -254,7 +269,8 @@ def read_training_log(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: ``csv_path`` does not exist.
-        ValueError: a required column is missing, the file has no rows, or a value is not a number.
+        ValueError: a required column is missing, the file has no rows, a row has another number
+            of fields than the header, or a value is not a number (naming the file).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -270,7 +286,15 @@ def read_training_log(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
             )
         by_epoch: dict[int, dict[str, str]] = {}
         for row in reader:
-            by_epoch[int(float(row["epoch"]))] = row
+            if None in row or None in row.values():  # More fields than the header, or fewer (a torn line).
+                count = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None, []))
+                raise ValueError(f"training log {csv_path} line {reader.line_num} has {count} field{'s' * (count != 1)}, "
+                                 f"its header {len(fields)} (a line cut short, or lines run together?)")
+            try:
+                by_epoch[int(float(row["epoch"]))] = row
+            except ValueError:
+                raise ValueError(f"training log {csv_path} line {reader.line_num}: epoch {row['epoch']!r} is not a "
+                                 "number") from None
     if not by_epoch:
         raise ValueError(f"training log {csv_path} has a header but no rows")
     epochs = sorted(by_epoch)

@@ -127,6 +127,21 @@ def test_comparison_figure_size_layout_and_colours(tmp_path):
         viz.plot_comparison(images, {}, [truth[0], truth[0]], tmp_path / "bad.png")
 
 
+@pytest.mark.parametrize("models, panel_px", [(1, 200), (0, 200), (2, 97)])
+def test_the_legend_of_a_narrow_comparison_figure_fits_in_it(models, panel_px, tmp_path):
+    """All 21 classes and void in a figure of 2 to 4 columns: the legend takes fewer columns and
+    more rows, none of it cut off at the figure's edges (found by review: 6 columns always)."""
+    truth = np.zeros((40, 60), np.uint8)
+    truth.flat[:22] = [*range(21), IGNORE_LABEL]
+    path = viz.plot_comparison([np.full((40, 60, 3), 128, np.uint8)], {f"m{i}": [truth] for i in range(models)}, [truth],
+                               tmp_path / "fig.png", panel_px=panel_px)
+    pixels = png_pixels(path)
+    legend = pixels[viz.TITLE_PX + panel_px :]
+    assert (legend[:, [0, 1, -2, -1]] == 255).all()  # White at both edges: nothing drawn to them.
+    rows = (legend.shape[0] - viz.LEGEND_ROW_PX) // viz.LEGEND_ROW_PX
+    assert rows == -(-22 // viz.legend_columns(viz.legend_handles([truth], VOC_CLASSES), pixels.shape[1])) > 22 // 6
+
+
 def write_log(path, header: str, rows: list[str]) -> None:
     path.write_text("\n".join([header, *rows]) + "\n")
 
@@ -175,6 +190,17 @@ def test_training_curves_report_missing_files_and_columns(tmp_path):
         viz.read_training_log(tmp_path / "empty.csv")
     with pytest.raises(FileNotFoundError, match="missing.csv does not exist"):
         viz.read_training_log(tmp_path / "missing.csv")
+    # A line cut short (a kill while it was written), two run together, a garbled epoch: the file
+    # and line are named (found by review: float(None) and numpy's messages).
+    write_log(tmp_path / "torn.csv", "epoch,loss,mean_iu", ["0,2.0,0.1", "1,1.5"])
+    with pytest.raises(ValueError, match=r"torn.csv line 3 has 2 fields, its header 3 \(a line cut short"):
+        viz.read_training_log(tmp_path / "torn.csv")
+    write_log(tmp_path / "joined.csv", "epoch,loss", ["0,2.01,1.5"])
+    with pytest.raises(ValueError, match=r"joined.csv line 2 has 3 fields, its header 2"):
+        viz.read_training_log(tmp_path / "joined.csv")
+    write_log(tmp_path / "garbled.csv", "epoch,loss", ["x,2.0"])
+    with pytest.raises(ValueError, match=r"garbled.csv line 2: epoch 'x' is not a number"):
+        viz.read_training_log(tmp_path / "garbled.csv")
     assert not (tmp_path / "c.png").exists()
 
 
