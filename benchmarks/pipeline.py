@@ -114,6 +114,8 @@ def run(argv: list[str]) -> None:
         raise ValueError(f"--rows must be among {', '.join(ROWS)}. Received: --rows={','.join(FLAGS.rows)}")
     if FLAGS.data is None and not (Path(FLAGS.voc_root) / "VOC2012").is_dir():
         raise FileNotFoundError(f"--voc_root must hold VOC2012/ when --data is not given. Received: --voc_root={FLAGS.voc_root}")
+    if FLAGS.data is not None and not tf.io.gfile.glob(FLAGS.data):  # Before the table, not in its first row.
+        raise FileNotFoundError(f"--data matches no file. Received: --data={FLAGS.data}")
     print(f"command: `python {shlex.join(argv)}` ({utc_now()}, commit {git_commit() or 'unknown'}, "
           f"tensorflow {tf.__version__})", flush=True)
     cores = len(os.sched_getaffinity(0))

@@ -122,7 +122,8 @@ def _define_flags() -> None:
                         "records to the same name with .jsonl; default: print only.")
     flags.DEFINE_string("records", None, "The JSON-lines records of the measurements (each with its call and "
                         "its peak), read to resume or to report and appended to; default: <output>.jsonl.")
-    flags.DEFINE_boolean("resume", True, "Skip configurations already in the records for the same setup.")
+    flags.DEFINE_boolean("resume", True, "Skip configurations already in the records for the same setup; "
+                         "--noresume: remove that setup's records (other setups' stay) and measure anew.")
     flags.DEFINE_boolean("report_only", False, "Measure nothing: render the records of this setup (the flags "
                          "that name it: precision, geometry, fc_units, num_classes, input_pipeline, "
                          "fc6_implementation, pool_implementation) as markdown, to --output if given.")
@@ -533,10 +534,28 @@ def read_records(path: Path | None) -> list[dict]:
 
 
 def append_record(path: Path | None, record: dict) -> None:
+    """Appends ``record`` as one JSON line; after a torn last line (a write a kill cut short)
+    on a line of its own, so that the torn line alone is lost."""
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        with open(path, "ab+") as file:  # Appending: writes go to the end wherever it was read.
+            torn = False
+            if file.seek(0, os.SEEK_END):
+                file.seek(-1, os.SEEK_END)
+                torn = file.read(1) != b"\n"
+            file.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
+
+
+def drop_records_of(path: Path | None, setup: dict) -> None:
+    """``--noresume``: removes the records of ``setup`` from ``path`` (rewritten atomically),
+    keeping those of other setups (another device, precision, implementation)."""
+    if path is None or not path.exists():
+        return
+    records = read_records(path)
+    kept = [record for record in records if not same_setup(record, setup)]
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
+    print(f"{path}: --noresume: {len(records) - len(kept)} record(s) of this setup removed, {len(kept)} of other "
+          "setups kept", flush=True)
 
 
 def records_file_of(command: str) -> str | None:
@@ -649,11 +668,19 @@ def describe_setup(setup: dict) -> str:
             f"pool_implementation {setup['pool_implementation']}, input_pipeline {setup['input_pipeline']}, jit_compile")
 
 
+def format_tflops(tflops: float) -> str:
+    """A peak for the reader: two decimals from 1 TFLOP/s up (an accelerator's 774.02), three
+    significant digits below (a CPU's 0.00381, which two decimals would show as 0.00)."""
+    if tflops >= 1:
+        return f"{tflops:.2f}"
+    return np.format_float_positional(tflops, precision=3, unique=False, fractional=False, trim="k")
+
+
 def describe_peak(peak: dict | None) -> str:
     if not peak:
         return "no peak recorded"
     runs = f", best of 3 timings of {peak['runs']} calls" if peak.get("runs") else ""
-    return f"bf16 matmul peak {peak['tflops']:.2f} TFLOP/s (n={peak['n']}{runs})"
+    return f"bf16 matmul peak {format_tflops(peak['tflops'])} TFLOP/s (n={peak['n']}{runs})"
 
 
 def describe_rows(rows: list[dict]) -> str:
@@ -829,10 +856,17 @@ def report(argv: list[str], records_path: Path | None, log_calls: list[dict]) ->
 
 def run(argv: list[str]) -> str:
     """Runs the benchmark described by the flags; returns the markdown it printed."""
-    variants = [check_variant(v) for v in FLAGS.variants]
+    try:
+        variants = [check_variant(v) for v in FLAGS.variants]
+    except ValueError as error:
+        raise ValueError(f"--variants: {error}") from None
     sizes = [parse_size(s, "--sizes entries") for s in FLAGS.sizes]
     batches = _positive_ints(FLAGS.batch_sizes, "batch_sizes")
     check_flags_at_least(1, "steps", "warmup", "latency_runs", "fc_units", "peak_runs")
+    check_flags_at_least(2, "num_classes")  # Before the peak is measured, not after.
+    if FLAGS.data and FLAGS.input_pipeline != "tfrecord":
+        raise ValueError(f"--data is read only with --input_pipeline=tfrecord (the synthetic pipeline makes its own "
+                         f"tensors). Received: --data={FLAGS.data!r}, --input_pipeline={FLAGS.input_pipeline}")
     check_flags_at_least(0, "peak_size", "profile_calls")
     if FLAGS.input_pipeline == "tfrecord":
         for height, width in sizes:
@@ -855,8 +889,8 @@ def run(argv: list[str]) -> str:
     device, accelerator = device_description()
     setup = {"backend": keras.backend.backend(), "device": device, **flag_setup()}
     old = read_records(records_path) if FLAGS.resume else []
-    if not FLAGS.resume and records_path is not None and records_path.exists():
-        records_path.unlink()
+    if not FLAGS.resume:
+        drop_records_of(records_path, setup)
     measurements = attach_calls(old, records_path, log_calls)
     done = [r for r in measurements if same_setup(r, setup)]
     if len(done) < len(measurements):
@@ -880,7 +914,7 @@ def run(argv: list[str]) -> str:
     tf_glob = tfrecord_glob(FLAGS.data, FLAGS.cache_dir) if FLAGS.input_pipeline == "tfrecord" else None
     peak_n = peak_side(FLAGS.peak_size, accelerator)
     peak = {"tflops": matmul_peak(peak_n, FLAGS.peak_runs), "n": peak_n, "runs": FLAGS.peak_runs}
-    print(f"device: {device}; bf16 matmul peak {peak['tflops']:.2f} TFLOP/s (n={peak_n})", flush=True)
+    print(f"device: {device}; bf16 matmul peak {format_tflops(peak['tflops'])} TFLOP/s (n={peak_n})", flush=True)
     call = {"command": command_line(argv), "commit": git_commit(), "date": utc_now(seconds=True),
             "software": software(), "host": f"{os.cpu_count()} CPU cores",
             "settings": f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up, latency median of "

@@ -92,6 +92,13 @@ def test_cli_writes_the_report_and_names_bad_input(eval_workspace, tmp_path):
     assert written["exact"]["num_images"] == written["canvas"]["num_images"] == 3
     assert "experiments.canvas_effect" in written["run"]["command"] and written["run"]["backend"] == "tensorflow"
     assert (out / EFFECT_MD).read_text() in result.stdout + "\n"
+    # Bad input is refused before either evaluation (found by review: after the exact one, or both).
     result = subprocess.run([*command, "--canvas=16"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "images larger than canvas=(16, 16) (height, width), e.g. " in result.stderr
+    assert "/image" not in result.stdout  # No progress line: nothing was evaluated.
+    (tmp_path / "a_file").write_text("")
+    result = subprocess.run([*command, "--canvas=64x72", f"--output_dir={tmp_path / 'a_file' / 'out'}"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "output_dir must be a folder. Received: output_dir=" in result.stderr and "/image" not in result.stdout

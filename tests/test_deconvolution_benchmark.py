@@ -49,3 +49,32 @@ def test_bad_flag_is_reported_in_one_line():
         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300,
     )
     assert result.returncode == 2 and "deconvolution.py: error: --steps must be >= 1. Received: --steps=0" in result.stderr
+
+
+def test_the_timed_backward_computes_the_kernel_gradient_too():
+    """Found by review: under TensorFlow the compiled backward returned only the input's gradient,
+    and XLA pruned the kernel's (2 convolutions, not training's 3)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import deconvolution
+    from fcn_keras.layers import Deconvolution
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("inspects TensorFlow's compiled program")
+    x = tf.random.normal((1, 4, 4, 3), seed=0)
+    for cls in (keras.layers.Conv2DTranspose, Deconvolution):
+        layer = cls(3, 4, strides=2, use_bias=False)
+        layer.build((None, None, None, 3))
+        _, backward = deconvolution.compiled_functions(layer)
+        hlo = backward.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+        assert len(re.findall(r"= \S+ convolution\(", hlo)) == 3, (cls.__name__, hlo)
+        gk, gx = backward(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x)))
+        expected = tape.gradient(loss, [layer.kernel, x])
+        np.testing.assert_allclose(gk, expected[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(gx, expected[1], rtol=1e-4, atol=1e-5)

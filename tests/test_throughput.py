@@ -268,6 +268,18 @@ def test_report_only_and_tfrecord_sizes_refuse_bad_input_before_measuring(tmp_pa
         "throughput.py: error: --input_pipeline=tfrecord crops squares: --sizes must be N, not 32x48"
     assert "device:" not in square.stdout and "--data not given" not in square.stdout
     assert not (tmp_path / "cache").exists()
+    # Found by review: a bad variant named no flag, a bad class count was refused after the
+    # peak's measurement, and --data without the TFRecord pipeline was silently ignored.
+    for flags, message in ((["--variants=8s,4s"], "--variants: variant must be one of ('32s', '16s', '8s'). Received: "
+                                                  "variant='4s'"),
+                           (["--num_classes=1"], "--num_classes must be >= 2. Received: --num_classes=1"),
+                           ([f"--data={tmp_path}"], f"--data is read only with --input_pipeline=tfrecord (the synthetic "
+                                                    f"pipeline makes its own tensors). Received: --data={str(tmp_path)!r}, "
+                                                    "--input_pipeline=synthetic")):
+        refused = subprocess.run([sys.executable, str(SCRIPT), "--fc_units=8", *flags], capture_output=True, text=True,
+                                 env=env, timeout=300)
+        assert refused.returncode == 2 and "device:" not in refused.stdout, refused.stderr[-3000:]
+        assert refused.stderr.strip().splitlines()[-1] == f"throughput.py: error: {message}"
 
 
 def test_peak_side_is_small_on_a_cpu():
@@ -359,7 +371,9 @@ def test_benchmark_runs_on_cpu_with_the_tfrecord_pipeline_and_resumes(tmp_path):
     assert row["train % peak"] == pytest.approx(
         100 * config["train_img_s"] * config["forward_gflop_per_image"] * 3 / 1e3 / config["peak"]["tflops"], rel=0.01)
     assert "fc6_implementation im2col, pool_implementation pool, input_pipeline tfrecord" in text
-    assert "- Measured by 1 call " in text and f"bf16 matmul peak {config['peak']['tflops']:.2f} TFLOP/s (n=64, " in text
+    peak = throughput.format_tflops(config["peak"]["tflops"])  # 3 significant digits on a CPU (below 1 TFLOP/s)
+    assert "- Measured by 1 call " in text and f"bf16 matmul peak {peak} TFLOP/s (n=64, " in text
+    assert f"; bf16 matmul peak {peak} TFLOP/s (n=64)" in result.stdout and float(peak) > 0
 
     # The same command again: nothing is measured (no peak either), the records and the table stay as they are.
     table, jsonl = output.read_text(), output.with_suffix(".jsonl").read_text()
@@ -454,3 +468,34 @@ def test_records_of_earlier_versions_count_as_conv2d_and_maxpooling2d():
     assert throughput.same_setup({"setup": {**setup, "fc6_implementation": "im2col"}}, {**setup, "fc6_implementation": "im2col"})
     assert not throughput.same_setup({"setup": {**old["setup"], "geometry": "reference"}}, setup)
     assert not throughput.same_setup(old, {**setup, "pool_implementation": "reshape"})
+
+
+def test_a_record_after_a_torn_line_is_kept_and_noresume_drops_only_its_own_setup(tmp_path, capsys):
+    """Found by review: a record appended to a line a kill cut short was lost with it (and
+    measured again by the next call); --noresume deleted every setup's records."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    path = tmp_path / "r.jsonl"
+    im2col, conv = {"backend": "jax", "fc6_implementation": "im2col"}, {"backend": "jax", "fc6_implementation": "conv"}
+    throughput.append_record(path, {"setup": conv, "batch": 1})
+    with open(path, "a") as file:
+        file.write('{"setup": {"backe')  # A kill in mid-write.
+    throughput.append_record(path, {"setup": im2col, "batch": 2})
+    throughput.append_record(path, {"setup": im2col, "batch": 4})
+    assert [r["batch"] for r in throughput.read_records(path)] == [1, 2, 4]
+    assert "1 unreadable line(s) left out" in capsys.readouterr().out
+    legacy = {**throughput.LEGACY_SETUP}
+    throughput.drop_records_of(path, {**legacy, **im2col})
+    assert throughput.read_records(path) == [{"setup": conv, "batch": 1}]
+    assert "2 record(s) of this setup removed, 1 of other setups kept" in capsys.readouterr().out
+
+
+def test_a_cpu_peak_is_shown_to_three_significant_digits():
+    """Found by review: two decimals showed a CPU's 0.0038 TFLOP/s as 0.00 beside "% peak 498.5"."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import throughput
+
+    assert [throughput.format_tflops(x) for x in (774.016, 1.0, 0.17, 0.0038123, 0.000412)] == \
+        ["774.02", "1.00", "0.170", "0.00381", "0.000412"]
+    assert throughput.PEAK_LINE.search(f"device: cpu; bf16 matmul peak {throughput.format_tflops(0.0038123)} TFLOP/s (n=64)")
