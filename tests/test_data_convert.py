@@ -272,6 +272,13 @@ def _break_size(vocdir: Path) -> str:
     return r"SegmentationClass/synth_000001.png: mask is \d+x\d+ \(HxW\) but its image .*synth_000001.jpg is \d+x\d+"
 
 
+def _break_transposed(vocdir: Path) -> str:
+    """A mask of the image's area but turned (W x H): found by review to pass a check by size."""
+    mask = vocdir / "SegmentationClass/synth_000001.png"
+    Image.fromarray(np.ascontiguousarray(_indices(mask).T), "L").save(mask)
+    return r"SegmentationClass/synth_000001.png: mask is (\d+)x(\d+) \(HxW\) but its image .*synth_000001.jpg is \2x\1"
+
+
 def _break_missing_mask(vocdir: Path) -> str:
     (vocdir / "SegmentationClass/synth_000001.png").unlink()
     return "SegmentationClass/synth_000001.png: mask file is missing"
@@ -317,7 +324,7 @@ def _break_absent_id(vocdir: Path) -> str:
 
 
 BREAKERS = [
-    _break_value, _break_size, _break_missing_mask, _break_missing_image, _break_truncated_jpeg,
+    _break_value, _break_size, _break_transposed, _break_missing_mask, _break_missing_image, _break_truncated_jpeg,
     _break_not_jpeg, _break_rgb_mask, _break_undecodable_mask, _break_duplicate, _break_absent_id,
 ]
 

@@ -197,11 +197,16 @@ def test_paper_mode_scaling_equals_a_nearest_resize_of_the_whole_label(tmp_path)
     """Whole scaled images sample the label exactly as one nearest resize to their size would,
     also where round(size * scale) rounds down (61 * 0.368 -> 22): no source row or column dropped."""
     label = np.random.default_rng(0).integers(0, 21, size=(61, 83)).astype(np.uint8)
-    path = _single_pair_records(tmp_path, np.zeros((61, 83, 3), np.uint8), label)
+    image = np.random.default_rng(1).integers(0, 256, size=(61, 83, 3)).astype(np.uint8)
+    path = _single_pair_records(tmp_path, image, label)
+    source = tf.io.decode_jpeg((tmp_path / "pair.jpg").read_bytes(), channels=3)
     dataset = pipeline.train_dataset(path, scale_range=(0.3, 0.45), flip=False, seed=1)
-    for _, label_out in dataset.take(16):
+    for image_out, label_out in dataset.take(16):
         expected = tf.image.resize(label[..., None], label_out.shape[1:], method="nearest")[..., 0]
         np.testing.assert_array_equal(label_out[0], expected)
+        # The image: bilinear without antialiasing (as Caffe's and the evaluation's), rounded.
+        resized = tf.image.resize(source, label_out.shape[1:], method="bilinear", antialias=False)
+        np.testing.assert_array_equal(image_out[0], tf.cast(resized + 0.5, tf.uint8))
 
 
 # --- Training: the modern setup ---------------------------------------------------------------
@@ -285,6 +290,29 @@ def test_deterministic_mode_repeats_exactly_and_seeds_differ(data):
     # Across epochs the order and augmentation change.
     epochs = list(pipeline.train_dataset(data["train"], batch_size=2, crop_size=24, seed=11, deterministic=True).take(6))
     assert not np.array_equal(epochs[0][1].numpy(), epochs[3][1].numpy())
+
+
+def test_shards_are_read_in_a_seeded_order_several_at_a_time(tmp_path):
+    """Without the record buffer (shuffle_buffer=0): the shards' order is shuffled by the seed
+    and their records interleaved, a record of each shard in turn (found by review: neither
+    was tested, the 2,048-record buffer hid both)."""
+    label = records.encode_label_png(np.zeros((2, 2), np.uint8))
+    for shard in range(4):
+        with tf.io.TFRecordWriter(str(tmp_path / f"train-{shard:05d}-of-00004.tfrecord")) as writer:
+            for i in range(3):
+                image = io.BytesIO()
+                Image.fromarray(np.full((2, 2, 3), [shard, i, 0], np.uint8)).save(image, "PNG")
+                writer.write(records.encode_example(f"{shard}_{i}", image.getvalue(), label, 2, 2, "png"))
+    orders = set()
+    for seed in range(6):
+        dataset = pipeline.train_dataset(str(tmp_path / "train-*"), crop_size=1, scale_range=None, flip=False, seed=seed,
+                                         shuffle_buffer=0, deterministic=True, repeat=False)
+        read = [(int(image[0, 0, 0, 0]), int(image[0, 0, 0, 1])) for image, _ in dataset]
+        shards = [shard for shard, _ in read[:4]]
+        assert sorted(shards) == [0, 1, 2, 3], read  # One record of each shard first: 4 read at a time.
+        assert read == [(shard, i) for i in range(3) for shard in shards], read
+        orders.add(tuple(shards))
+    assert len(orders) > 1  # The seed shuffles the shards.
 
 
 def test_an_epoch_of_shards_in_list_order_comes_out_shuffled(tmp_path):
@@ -410,6 +438,23 @@ def test_resolve_data_refuses_a_folder_whose_shards_do_not_match_its_manifest(da
     (unsized / "train-00000-of-00002.tfrecord").unlink()
     refused(unsized, "train-00000-of-00002.tfrecord is missing")
 
+    def drop_a_shard(folder: Path) -> None:  # A manifest edited (or cut short) to name fewer shards than it counts.
+        old = json.loads((folder / "manifest.json").read_text())
+        old["splits"]["train"]["shards"] = old["splits"]["train"]["shards"][:1]
+        (folder / "manifest.json").write_text(json.dumps(old))
+        (folder / "train-00001-of-00002.tfrecord").unlink()
+
+    fewer = _damaged_copy(data, tmp_path / "fewer", drop_a_shard)
+    with pytest.raises(ValueError, match=r"does not match its manifest .* \(1 shard\(s\)\): the manifest names 1 shard\(s\) "
+                                         r"of num_shards=2\."):
+        pipeline.resolve_data(fewer, tmp_path)
+
+
+def test_overlapping_globs_read_each_shard_once_in_name_order(data):
+    folder = data["out"]
+    files = pipeline.list_files([str(folder / "train-*"), str(folder / "*-00001-of-00002.tfrecord"), str(folder / "val-*")])
+    assert files == sorted(str(path) for path in folder.glob("*.tfrecord")) and len(files) == 4
+
 
 def test_hidden_files_such_as_a_killed_conversions_temporaries_are_not_read(data, tmp_path, caplog):
     """TensorFlow's glob matches names starting with '.': the partial ``.tmp-*`` shard a killed
@@ -511,3 +556,21 @@ def test_png_images_give_what_a_jpeg_of_the_same_pixels_gives(tmp_path):
     np.testing.assert_array_equal(label_out[0], label)
     with pytest.raises(ValueError, match=r"image_format must be one of \('jpeg', 'png'\)\. Received: image_format='gif'"):
         records.encode_example("pair", png.read_bytes(), records.encode_label_png(label), 45, 61, "gif")
+
+
+def test_the_jpeg_decoding_method_asked_for_is_the_one_used(tmp_path):
+    """dct_method reaches the decoder of training crops and of evaluation (found by review: no
+    test looked, and dropping it changed nothing)."""
+    image = np.random.default_rng(5).integers(0, 256, size=(40, 48, 3)).astype(np.uint8)
+    path = _single_pair_records(tmp_path, image, np.zeros((40, 48), np.uint8))
+    jpeg = (tmp_path / "pair.jpg").read_bytes()
+    decoded = {method: tf.io.decode_jpeg(jpeg, channels=3, dct_method=method).numpy() for method in ("", "INTEGER_ACCURATE")}
+    assert (decoded[""] != decoded["INTEGER_ACCURATE"]).any()  # The two methods differ on this image.
+    for method, pixels in decoded.items():
+        (evaluated, _), = pipeline.eval_dataset(path, dct_method=method).take(1)
+        np.testing.assert_array_equal(evaluated[0], pixels)
+        crops = pipeline.train_dataset(path, crop_size=48, batch_size=1, scale_range=None, flip=False, seed=0,
+                                       dct_method=method)
+        (cropped, label), = crops.take(1)
+        y, x = _find_offset(label.numpy()[0], np.zeros((40, 48), np.uint8))
+        np.testing.assert_array_equal(cropped[0, y : y + 40, x : x + 48], pixels)

@@ -161,6 +161,10 @@ def test_stage_configs_chain_the_stages(tmp_path):
     assert all((c.train_split, c.val_split) == ("sbd_train", "seg11valid")
                for c in (exp.stage_config(s, paper_splits, "records") for s in stages))
     assert exp.stages_of(exp.ExperimentSettings(data="d", output_dir="o")) == exp.STAGES
+    # A time budget bounds FCN-32s only; the later stages then train the epochs it did (found by
+    # review: the test set stage_seconds only to 0).
+    budgeted = dataclasses.replace(settings, stage_seconds=60.0)
+    assert [exp.stage_config(s, budgeted, "records").max_train_seconds for s in stages] == [60.0, 0.0, 0.0, 0.0]
     # Without --epochs, the at-once model still gets the three stages' (train's default) epochs.
     default = exp.ExperimentSettings(data="d", output_dir=str(tmp_path), at_once=True)
     staged = exp.resolve_config(exp.stage_config(exp.STAGES[0], default, "records")).epochs
@@ -385,3 +389,13 @@ def test_bad_evaluation_flags_are_named_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"--eval_canvas must hold every evaluated image: 2 images of the 'val' "
                                          r"split are larger than 16x16.*Received: --eval_canvas=16"):
         exp.run_experiment(dataclasses.replace(settings, eval_canvas="16"))
+
+
+def test_the_paper_reference_is_table_2_of_the_cvpr_paper():
+    """The numbers the results are compared with, as printed in Long et al. (CVPR 2015), Table 2
+    (a mistyped one would pass unnoticed: only FCN-32s's row appeared in a rendered report)."""
+    assert exp.PAPER_TABLE2 == {
+        "FCN-32s": {"pixel_accuracy": 89.1, "mean_accuracy": 73.3, "mean_iu": 59.4, "fw_iu": 81.4},
+        "FCN-16s": {"pixel_accuracy": 90.0, "mean_accuracy": 75.7, "mean_iu": 62.4, "fw_iu": 83.0},
+        "FCN-8s": {"pixel_accuracy": 90.3, "mean_accuracy": 75.9, "mean_iu": 62.7, "fw_iu": 83.2},
+    }

@@ -2,13 +2,16 @@
 ``Im2colConv2D`` exactly what ``Conv2D`` computes, as one matmul; ``ReshapeMaxPooling2D`` what
 ``MaxPooling2D`` computes, as a reshape and a max."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras
 
-from fcn_keras.layers import CropToReference, Deconvolution, Im2colConv2D, ReshapeMaxPooling2D, im2col_conv
+from fcn_keras.layers import (BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, ReshapeMaxPooling2D,
+                              im2col_conv)
 
 # (kernel, stride): FCN's 2x skip upsampling, FCN-8s/16s/32s's final ones, and odd cases (kernels
 # smaller than the stride among them: 'same' once cropped them to nothing).
@@ -69,6 +72,17 @@ def test_equals_conv2d_transpose_values_and_gradients(kernel, stride, padding):
         pytest.skip("refused, see test_refuses_what_it_does_not_compute")
     reference, layer = _pair(kernel, stride, padding, use_bias=True)
     _assert_same_values_and_gradients(reference, layer, np.random.default_rng(0).normal(size=(2, 5, 3, 4)).astype("float32"))
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((4, 5), (2, 3), "valid"), ((4, 5), (2, 3), "same"),
+                                                   ((3, 8), (1, 4), "valid"), ((6, 2), (2, 2), "same")])
+def test_non_square_kernels_and_strides_and_an_activation_equal_conv2d_transpose(kernel, stride, padding):
+    """Each axis with its own kernel and stride, and the activation applied (found by review:
+    every shape tested was square, and no test passed an activation)."""
+    reference, layer = _twins(
+        keras.layers.Conv2DTranspose(3, kernel, strides=stride, padding=padding, activation="tanh"),
+        Deconvolution(3, kernel, strides=stride, padding=padding, activation="tanh"), 4, 11)
+    _assert_same_values_and_gradients(reference, layer, np.random.default_rng(1).normal(size=(2, 5, 3, 4)).astype("float32"))
 
 
 def test_unknown_sizes_in_a_model_and_a_tf_function():
@@ -161,8 +175,9 @@ def test_im2col_refuses_what_it_does_not_compute(kwargs, message):
 
 
 @pytest.mark.parametrize("size, padding, pool", [
-    (size, padding, pool) for pool in (2, 3, 4) for size in ((5, 7), (4, 6), (1, 1), (2, 3))
-    for padding in ("same", "valid") if padding == "same" or min(size) >= pool  # 'valid': a whole window at least
+    (size, padding, pool) for pool in (2, 3, 4, (2, 3), (3, 1)) for size in ((5, 7), (4, 6), (1, 1), (2, 3))
+    for padding in ("same", "valid")
+    if padding == "same" or all(s >= p for s, p in zip(size, np.broadcast_to(pool, 2)))  # 'valid': a whole window
 ])
 def test_reshape_pooling_equals_max_pooling_values_and_gradients(size, padding, pool):
     """VGG's 2x2 windows, and larger ones, whose 'same' padding falls on both sides."""
@@ -210,4 +225,14 @@ def test_crop_to_reference_crops_at_its_offset_and_refuses_a_crop_that_does_not_
         too_far.compute_output_shape(((None, 20, 9, 3), (None, 6, 5, 1)))
     # Unknown sizes (a free input size) leave the check to the call.
     assert too_far.compute_output_shape(((None, None, None, 3), (None, None, None, 1))) == (None, None, None, 3)
+    with pytest.raises(ValueError, match=r"offset must be a non-negative integer\. Received: offset=-3"):
+        CropToReference(-3)  # Would slice from the end.
+
+
+def test_bilinear_initialiser_refuses_kernels_it_cannot_fill():
+    assert BilinearUpsampling()((4, 4, 3, 3)).shape == (4, 4, 3, 3)
+    for shape in ((4, 4, 3, 2), (4, 2, 3, 3)):  # Outputs other than the inputs; a non-square kernel.
+        with pytest.raises(ValueError, match=r"bilinear upsampling needs a square kernel with as many outputs as "
+                                             r"inputs\. Received: shape=" + re.escape(str(shape))):
+            BilinearUpsampling()(shape)
 

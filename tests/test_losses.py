@@ -9,7 +9,7 @@ import tensorflow as tf
 import keras
 
 from fcn_keras.constants import IGNORE_LABEL
-from fcn_keras.losses import SegmentationCrossEntropy, median_frequency_weights
+from fcn_keras.losses import SegmentationCrossEntropy, check_class_weights, median_frequency_weights
 
 
 def reference_pixel_losses(labels: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +51,16 @@ def test_void_pixels_do_not_change_the_loss_whatever_their_logits():
     changed[labels == IGNORE_LABEL] = 1e4  # Huge logits at void pixels only.
     loss = SegmentationCrossEntropy()
     np.testing.assert_allclose(float(loss(labels, changed)), float(loss(labels, logits)), rtol=1e-6)
+
+
+def test_pixel_losses_are_zero_at_void_and_the_cross_entropy_elsewhere():
+    """pixel_losses' promise (found by review: only __call__ was tested, where the weights hid it)."""
+    labels, logits = random_batch(4)
+    losses, weights = (np.asarray(t) for t in SegmentationCrossEntropy().pixel_losses(labels, logits))
+    expected, valid = reference_pixel_losses(labels, logits)
+    void = labels == IGNORE_LABEL
+    assert void.any() and (losses[void] == 0).all() and (weights[void] == 0).all() and (weights[~void] == 1).all()
+    np.testing.assert_allclose(losses[~void], expected[~void], rtol=1e-5)
 
 
 def test_reductions_sum_and_none_and_sample_weight():
@@ -191,6 +201,10 @@ def test_bad_class_weights_are_refused():
     for weights in ([1, -1], [0, 0], [1, float("nan")], [2]):
         with pytest.raises(ValueError, match=r"class_weights must be one finite weight >= 0 per class \(at least 2\), not all 0"):
             SegmentationCrossEntropy(class_weights=weights)
+    for weights in ([1, 1], [1, 1, 1, 1]):  # Too few and too many for 3 classes (the training flag's check).
+        with pytest.raises(ValueError, match=r"class_weights must be one finite weight >= 0 per class \(3\), not all 0"):
+            check_class_weights(weights, 3)
+    assert check_class_weights([1, 0, 2.5], 3) == [1.0, 0.0, 2.5]
 
 
 def test_median_frequency_weights():

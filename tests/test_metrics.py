@@ -92,6 +92,18 @@ def test_perfect_prediction_scores_one_and_bad_matrices_are_rejected():
         scores(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="same shape"):
         confusion_matrix(np.zeros((2, 3)), np.zeros((3, 2)), 3)
+    with pytest.raises(ValueError, match="counts >= 0; it has negative entries"):
+        scores(np.array([[2, -1], [0, 3]]))
+
+
+def test_labels_outside_the_classes_and_the_ignore_label_are_not_counted():
+    """Any label outside [0, C) is left out, as is the ignore label also when it lies inside
+    (found by review: no test held a label in [C, 255), a negative one or such an ignore label)."""
+    labels = np.array([[0, 1, 2, 3, 200, -1, 255]])
+    predictions = np.array([[0, 1, 1, 0, 2, 2, 0]])
+    np.testing.assert_array_equal(confusion_matrix(labels, predictions, 3), [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(confusion_matrix(labels, predictions, 3, ignore_label=1),
+                                  [[1, 0, 0], [0, 0, 0], [0, 1, 0]])
 
 
 # --- ConfusionMatrix metric (TensorFlow, eager and XLA) -----------------------------------------
@@ -155,6 +167,10 @@ def test_predictions_outside_the_classes_and_weights_with_a_channel_axis():
     metric.update_state(np.array([[[0, 1], [2, 0]]])[..., None], logits, sample_weight=np.array([[[1, 0], [2, 1]]])[..., None])
     np.testing.assert_array_equal(metric.confusion, [[1, 0, 1], [0, 0, 0], [0, 0, 2]])
     assert metric.num_classes == 3 and type(metric.num_classes) is int
+    # Weights are rounded to whole pixels (1.6 and 2.5 count twice, 0.7 once, 0.4 not), not truncated.
+    rounded = ConfusionMatrix(3)
+    rounded.update_state(np.array([[[0, 1], [2, 0]]])[..., None], logits, sample_weight=np.array([[[1.6, 0.4], [2.5, 0.7]]])[..., None])
+    np.testing.assert_array_equal(rounded.confusion, [[2, 0, 1], [0, 0, 0], [0, 0, 2]])
 
 
 def test_metric_serializes_and_rejects_a_class_count_mismatch():

@@ -116,6 +116,13 @@ def test_sgd_flag_builds_it_with_the_run_settings_and_config_round_trips():
     assert clone.get_config() == optimizer.get_config()
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, CaffeSGD) and restored.l2 == 1e-3
+    # A setting other than the default survives the round trip too (found by review: a dropped
+    # bias_lr_mult came back as 2 unnoticed, as the test used the default).
+    own = keras.optimizers.deserialize(keras.optimizers.serialize(CaffeSGD(1e-3, bias_lr_mult=1.0, l2=0.0)))
+    assert (own.bias_lr_mult, own.l2) == (1.0, 0.0)
+    # The defaults are the reference solvers' (voc-fcn*/solver.prototxt): momentum 0.99, decay 5e-4, bias lr x2.
+    default = CaffeSGD()
+    assert (default.momentum, default.l2, default.bias_lr_mult) == (0.99, 5e-4, 2.0)
 
 
 # --- Gradient accumulation (Caffe's iter_size) -----------------------------------------------
