@@ -250,9 +250,18 @@ def test_files_that_do_not_fit_are_refused_before_any_copy(tmp_path, fcn_file):
         _write_net(out, [_layer(n, kind, blobs) for n, (kind, blobs) in {**layers, **changed}.items() if blobs is not None])
         return out
 
+    with pytest.raises(ValueError, match=r"holds an FCN-8s of 5 classes; num_classes=21 differs"):
+        fcn_from_caffemodel(path, num_classes=21)
     missing = write("missing.caffemodel", {"conv3_2": ("Convolution", None)})
     with pytest.raises(ValueError, match="the caffemodel has no layer for 'block3_conv2'"):
         fcn_from_caffemodel(missing)
+    # fc7 too: found by review, a file without it would have kept a random fc7, reported as "kept".
+    with pytest.raises(ValueError, match="the caffemodel has no layer for 'fc7'"):
+        fcn_from_caffemodel(write("no_fc7.caffemodel", {"fc7": ("Convolution", None)}))
+    # Only VGG16's own ImageNet classifier (fc8) may go unused, not another fc layer.
+    extra = write("extra.caffemodel", {"fc8_pascal": ("Convolution", _conv_blobs(np.random.default_rng(1), K, FC, 1))})
+    with pytest.raises(ValueError, match=r"weights that no layer of the FCN-8s takes: \['fc8_pascal'\]"):
+        fcn_from_caffemodel(extra)
     wrong = write("wrong.caffemodel", {"score_pool4": ("Convolution", [np.ones((K, 256, 1, 1)), np.ones(K)])})
     with pytest.raises(ValueError, match=r"'score_pool4' \(Convolution\) has weights \(5, 256, 1, 1\); .* needs \(5, 512, 1, 1\)"):
         fcn_from_caffemodel(wrong)

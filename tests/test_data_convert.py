@@ -106,6 +106,9 @@ def test_idempotent_and_rewrites_only_what_changed(voc_root, tmp_path):
     assert (out / names[1]).stat().st_mtime_ns == stamps[names[1]]
     assert (out / names[0]).stat().st_mtime_ns != stamps[names[0]] and (out / names[2]).stat().st_mtime_ns != stamps[names[2]]
     assert third["splits"]["train"]["shards"][0]["sha256"] == manifest["splits"]["train"]["shards"][0]["sha256"]
+    # The damaged file itself was rewritten (found by review: the checks above held with the
+    # sha256 check removed, the manifest keeping the old digest beside the damaged file).
+    assert hashlib.sha256((out / names[0]).read_bytes()).hexdigest() == manifest["splits"]["train"]["shards"][0]["sha256"]
     assert third["splits"]["train"]["shards"][2]["fingerprint"] != last_before["fingerprint"]
     # A new shard count replaces the old shards (the glob must not read stale ones).
     fourth = convert(voc_root, out, shard_size=10, verbose=False)

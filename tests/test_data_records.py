@@ -40,6 +40,14 @@ def test_encode_parse_round_trip_is_exact():
     raw = records.parse_features(tf.constant(serialized))
     assert raw["image/encoded"].numpy() == jpeg
     assert raw["image/format"].numpy() == b"jpeg" and raw["label/format"].numpy() == b"png"
+    # A record written before image/format existed (JPEG only, then) is decoded as a JPEG, by
+    # the method asked for (TensorFlow's PNG decoder would read the JPEG too, by its default one).
+    example = tf.train.Example.FromString(serialized)
+    del example.features.feature["image/format"]
+    older = records.parse_example(tf.constant(example.SerializeToString()), dct_method="INTEGER_ACCURATE")
+    accurate = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+    assert (accurate != parsed["image"].numpy()).any()
+    np.testing.assert_array_equal(older["image"].numpy(), accurate)
 
 
 _ENCODE_IN_A_PROCESS = """
