@@ -209,17 +209,20 @@ def test_fcn_file_gives_the_authors_net_computing_what_caffe_computes(fcn_file):
             np.testing.assert_array_equal(weights[1], blobs[1].astype("float32"))
 
 
-def test_v1_vgg16_file_gives_the_backbone_with_fc6_fc7_from_its_inner_products(tmp_path):
-    """VGG_ILSVRC_16_layers.caffemodel: V1 layers, legacy 4-D blobs, fc6-fc8 InnerProducts."""
+@pytest.mark.parametrize("v1", [True, False], ids=["v1", "v2"])
+def test_v1_vgg16_file_gives_the_backbone_with_fc6_fc7_from_its_inner_products(tmp_path, v1):
+    """VGG_ILSVRC_16_layers.caffemodel: V1 layers, legacy 4-D blobs, fc6-fc8 InnerProducts; and the
+    same net in today's format (V2 layers, whose InnerProductParameter is field 117: found by review
+    untested, a wrong field number read transposed fc weights as they lay)."""
     rng = np.random.default_rng(2)
     vgg = _vgg_blobs(rng)
     fc6, fc7 = rng.normal(0, 0.1, (FC, 512 * 7 * 7)), rng.normal(0, 0.1, (FC, FC))
     fc_biases = rng.normal(0, 0.1, FC), rng.normal(0, 0.1, FC)
-    layers = [_layer(name, "Convolution", blobs, v1=True) for name, blobs in vgg.items()]
+    layers = [_layer(name, "Convolution", blobs, v1=v1) for name, blobs in vgg.items()]
     # fc6 and the square fc7 saved [in, out] (transpose: true): read back as [out, in].
-    layers += [_layer("fc6", "InnerProduct", [fc6, fc_biases[0]], v1=True, transpose=True),
-               _layer("fc7", "InnerProduct", [fc7, fc_biases[1]], v1=True, transpose=True),
-               _layer("fc8", "InnerProduct", [rng.normal(0, 0.1, (10, FC)), np.zeros(10)], v1=True)]
+    layers += [_layer("fc6", "InnerProduct", [fc6, fc_biases[0]], v1=v1, transpose=True),
+               _layer("fc7", "InnerProduct", [fc7, fc_biases[1]], v1=v1, transpose=True),
+               _layer("fc8", "InnerProduct", [rng.normal(0, 0.1, (10, FC)), np.zeros(10)], v1=v1)]
     path = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
     _write_net(path, layers)
 
