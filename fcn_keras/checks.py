@@ -33,6 +33,11 @@ def check_choice(name: str, value: T, choices: Iterable[Any]) -> T:
     return value
 
 
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (a bool is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_int(name: str, value: Any, minimum: int, note: str = "") -> int:
     """Returns ``value`` as an ``int`` if it is an integer ``>= minimum``, else raises a ``ValueError``.
 
@@ -48,7 +53,7 @@ def check_int(name: str, value: Any, minimum: int, note: str = "") -> int:
     Raises:
         ValueError: e.g. ``batch_size must be an integer >= 1. Received: batch_size=0``.
     """
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+    if not is_integer(value) or value < minimum:
         meaning = f" ({note})" if note else ""
         raise ValueError(f"{name} must be an integer >= {minimum}{meaning}. Received: {name}={value!r}")
     return int(value)

@@ -18,7 +18,7 @@ import numpy as np
 
 from fcn_keras import architecture as arch
 from fcn_keras.backbone import load_vgg16, resolve_preprocessing
-from fcn_keras.checks import check_choice, check_int
+from fcn_keras.checks import check_choice, check_int, is_integer
 from fcn_keras.constants import NUM_CLASSES, PREPROCESSING_MODES
 from fcn_keras.layers import (
     BilinearUpsampling, CropToReference, Deconvolution, Im2colConv2D, Preprocess, ReshapeMaxPooling2D,
@@ -108,11 +108,8 @@ def build_fcn(
     arch.check_variant(variant)
     geo = arch.get_geometry(geometry)
     num_classes = check_int("num_classes", num_classes, 2)
-    def is_int(value) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-    if len(input_shape) != 3 or not is_int(input_shape[2]) or input_shape[2] != 3 or any(
-        side is not None and (not is_int(side) or side < 1) for side in input_shape[:2]
+    if len(input_shape) != 3 or not is_integer(input_shape[2]) or input_shape[2] != 3 or any(
+        side is not None and (not is_integer(side) or side < 1) for side in input_shape[:2]
     ):
         raise ValueError(
             f"input_shape must be (height, width, 3) for RGB images, each side None or >= 1. "
@@ -134,7 +131,7 @@ def build_fcn(
         raise ValueError("at_once=True scales the skip inputs; it needs variant '16s' or '8s'")
     if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a number in [0, 1). Received: dropout={dropout!r}")
-    if not (weights is None or weights == "imagenet" or isinstance(weights, (str, os.PathLike, keras.Model))):
+    if not (weights is None or isinstance(weights, (str, os.PathLike, keras.Model))):  # "imagenet" is a str
         raise ValueError(f"weights must be None, 'imagenet', the path of a weights file or a keras.Model. "
                          f"Received: weights={weights!r}")
     if isinstance(weights, keras.Model):
