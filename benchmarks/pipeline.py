@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
 from fcn_keras.console import run_cli  # noqa: E402
-from fcn_keras.data import pipeline, records  # noqa: E402
+from fcn_keras.data import pipeline, records, voc  # noqa: E402
 from fcn_keras.data.convert import convert, split_glob  # noqa: E402
 from throughput import benchmark_main, git_commit, utc_now  # noqa: E402  (this folder is on sys.path)
 
@@ -112,7 +112,7 @@ def run(argv: list[str]) -> None:
     unknown = [row for row in FLAGS.rows if row not in ROWS]
     if unknown or not FLAGS.rows:
         raise ValueError(f"--rows must be among {', '.join(ROWS)}. Received: --rows={','.join(FLAGS.rows)}")
-    if FLAGS.data is None and not (Path(FLAGS.voc_root) / "VOC2012").is_dir():
+    if FLAGS.data is None and not voc.is_voc_root(FLAGS.voc_root):
         raise FileNotFoundError(f"--voc_root must hold VOC2012/ when --data is not given. Received: --voc_root={FLAGS.voc_root}")
     if FLAGS.data is not None and not tf.io.gfile.glob(FLAGS.data):  # Before the table, not in its first row.
         raise FileNotFoundError(f"--data matches no file. Received: --data={FLAGS.data}")

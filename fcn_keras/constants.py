@@ -38,6 +38,14 @@ VOC_CLASSES: tuple[str, ...] = (
 
 NUM_CLASSES: int = len(VOC_CLASSES)
 
+#: The VOCdevkit layout: ``<voc_root>/VOC2012/`` holds the images, the palette masks, SBD's
+#: grayscale "aug" masks (when added) and the segmentation split lists (``<split>.txt``).
+VOC_DIR: str = "VOC2012"
+VOC_IMAGES_DIR: str = "JPEGImages"
+VOC_MASKS_DIR: str = "SegmentationClass"
+VOC_AUG_MASKS_DIR: str = "SegmentationClassAug"
+VOC_LISTS_DIR: str = "ImageSets/Segmentation"
+
 #: Label value of "void" pixels (object borders, padding): excluded from loss and metrics.
 IGNORE_LABEL: int = 255
 

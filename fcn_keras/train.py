@@ -43,6 +43,7 @@ from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
 )
+from fcn_keras.data.voc import is_voc_root, voc_lists_dir
 from fcn_keras.files import atomic_path, remove_orphaned_temporaries, write_json_atomic
 from fcn_keras.model import FC6_IMPLEMENTATIONS
 from fcn_keras.optimizers import CaffeSGD
@@ -312,7 +313,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
                          f"stage its own --output_dir. Received: init_from={resolved.init_from!r}, "
                          f"output_dir={resolved.output_dir!r}")
     check_writable_folder("output_dir", resolved.output_dir)
-    if not resolved.data or (Path(resolved.data) / "VOC2012").is_dir():  # Generated or converted into cache_dir.
+    if not resolved.data or is_voc_root(resolved.data):  # Generated or converted into cache_dir.
         check_writable_folder("cache_dir", resolved.cache_dir)
     return resolved
 
@@ -377,7 +378,7 @@ def _demo_data(cache_dir: Path) -> str:
 
     tag = hashlib.sha256(json.dumps(DEMO_DATA, sort_keys=True).encode()).hexdigest()[:10]
     root = cache_dir / f"synthetic-{tag}" / "VOCdevkit"
-    if not (root / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():
+    if not (voc_lists_dir(root) / "val.txt").is_file():
         tmp = root.with_name(f".tmp-{os.getpid()}-VOCdevkit")
         shutil.rmtree(tmp, ignore_errors=True)
         make_synthetic_voc(tmp, **DEMO_DATA)
@@ -410,8 +411,8 @@ def resolve_run_data(config: TrainConfig) -> dict[str, str]:
     wanted = {"train": config.train_split, **({"val": config.val_split} if config.val_split != "val" else {})}
     for role, split in wanted.items():
         if split not in globs:
-            lists = Path(data) / "VOC2012" / "ImageSets" / "Segmentation"  # A VOCdevkit root: all its lists, not
-            present = sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else sorted(globs)  # the converted.
+            lists = voc_lists_dir(data)  # A VOCdevkit root: all its lists, not the converted.
+            present = sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else sorted(globs)
             raise ValueError(f"--data {data!r} has no split {split!r} to {'train on' if role == 'train' else 'validate on'}; "
                              f"it has {present}: pass --{role}_split")
     return {"train": globs[config.train_split], **({"val": globs[config.val_split]} if config.val_split in globs else {})}

@@ -34,8 +34,9 @@ from pathlib import Path
 import tensorflow as tf
 
 from fcn_keras.checks import check_int
-from fcn_keras.constants import DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, PAD_RGB, TRAIN_SCALE_RANGE
+from fcn_keras.constants import DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, PAD_RGB, TRAIN_SCALE_RANGE, VOC_IMAGES_DIR
 from fcn_keras.data import records
+from fcn_keras.data import voc as voc_lib
 
 logger = logging.getLogger(__name__)
 
@@ -504,8 +505,8 @@ def resolve_data(
                                  f"list {entry['list']}). Received: data={str(data)!r}")
             if entry is not None:
                 _check_shards(path, split, entry, data)
-    elif path.is_dir() and (path / "VOC2012").is_dir():
-        lists = path / "VOC2012" / "ImageSets" / "Segmentation"
+    elif voc_lib.is_voc_root(path):
+        lists = voc_lib.voc_lists_dir(path)
         found = [s for s in splits if (lists / f"{s}.txt").is_file()]
         if not found:
             raise ValueError(f"data has no split {' or '.join(map(repr, splits))}: a VOCdevkit root without "
@@ -513,7 +514,7 @@ def resolve_data(
         convert_lib.convert(path, cache_dir, splits=found)
         globs = {split: convert_lib.split_glob(cache_dir, split) for split in found}
     elif path.is_dir():
-        hint = " (this looks like the VOC2012 folder itself: pass the VOCdevkit folder above it)" if (path / "JPEGImages").is_dir() else ""
+        hint = " (this looks like the VOC2012 folder itself: pass the VOCdevkit folder above it)" if (path / VOC_IMAGES_DIR).is_dir() else ""
         raise ValueError(
             "data must be a TFRecord glob, a converted folder (manifest.json) or a VOCdevkit root (holding VOC2012/); "
             f"this folder is none of them{hint}. Received: data={str(data)!r}"
@@ -574,7 +575,7 @@ def data_class_names(data: str | os.PathLike) -> tuple[str, ...] | None:
     from fcn_keras.data import convert as convert_lib
 
     path = Path(data)
-    if path.is_dir() and (path / "VOC2012").is_dir() and not (path / convert_lib.MANIFEST_NAME).is_file():
+    if voc_lib.is_voc_root(path) and not (path / convert_lib.MANIFEST_NAME).is_file():
         return VOC_CLASSES
     folder = path if path.is_dir() else path.parent
     manifest = convert_lib.read_manifest(folder)

@@ -19,14 +19,17 @@ import scipy.io
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from fcn_keras.constants import IGNORE_LABEL, NUM_CLASSES, VOC_PALETTE
+from fcn_keras.constants import (
+    IGNORE_LABEL,
+    NUM_CLASSES,
+    VOC_DIR,
+    VOC_IMAGES_DIR,
+    VOC_LISTS_DIR,
+    VOC_MASKS_DIR,
+    VOC_PALETTE,
+)
 
-# --- Layout -----------------------------------------------------------------------------------
-
-VOC_DIR = "VOC2012"
-IMAGES_DIR = "JPEGImages"
-MASKS_DIR = "SegmentationClass"
-LISTS_DIR = os.path.join("ImageSets", "Segmentation")
+# --- Shapes -----------------------------------------------------------------------------------
 
 #: Width in pixels of the void band drawn around each shape.
 VOID_BORDER = 2
@@ -111,7 +114,7 @@ def make_synthetic_voc(
         raise ValueError(f"size must be (height, width) with both >= 8. Received: size={size!r}")
     root = Path(root)
     voc = root / VOC_DIR
-    for folder in (IMAGES_DIR, MASKS_DIR, LISTS_DIR):
+    for folder in (VOC_IMAGES_DIR, VOC_MASKS_DIR, VOC_LISTS_DIR):
         (voc / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ids = [f"synth_{index:06d}" for index in range(num_train + num_val)]
@@ -119,11 +122,11 @@ def make_synthetic_voc(
         jitter = rng.uniform(-SIZE_JITTER, SIZE_JITTER, 2)
         height, width = (int(round(side * (1.0 + j))) for side, j in zip(size, jitter))
         image, label = _draw_pair(rng, height, width)
-        Image.fromarray(image, mode="RGB").save(voc / IMAGES_DIR / f"{image_id}.jpg", format="JPEG", quality=95)
-        _write_palette_png(label, voc / MASKS_DIR / f"{image_id}.png")
+        Image.fromarray(image, mode="RGB").save(voc / VOC_IMAGES_DIR / f"{image_id}.jpg", format="JPEG", quality=95)
+        _write_palette_png(label, voc / VOC_MASKS_DIR / f"{image_id}.png")
     lists = {"train": ids[:num_train], "val": ids[num_train:], "trainval": ids}
     for split, split_ids in lists.items():
-        (voc / LISTS_DIR / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
+        (voc / VOC_LISTS_DIR / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     return root
 
 
@@ -220,7 +223,7 @@ def make_synthetic_sbd(
     rng = np.random.default_rng(seed)
     masks = {}
     for image_id in ids:
-        image = voc / IMAGES_DIR / f"{image_id}.jpg"
+        image = voc / VOC_IMAGES_DIR / f"{image_id}.jpg"
         shutil.copy(image, root / "img")
         with Image.open(image) as picture:
             width, height = picture.size

@@ -39,7 +39,19 @@ from PIL import Image
 
 from fcn_keras.checks import check_choice
 from fcn_keras.console import op_error_reason
-from fcn_keras.constants import IGNORE_LABEL, JPEG_SIGNATURE, NUM_CLASSES, PNG_SIGNATURE, VOC_PALETTE, png_bit_depth
+from fcn_keras.constants import (
+    IGNORE_LABEL,
+    JPEG_SIGNATURE,
+    NUM_CLASSES,
+    PNG_SIGNATURE,
+    VOC_AUG_MASKS_DIR,
+    VOC_DIR,
+    VOC_IMAGES_DIR,
+    VOC_LISTS_DIR,
+    VOC_MASKS_DIR,
+    VOC_PALETTE,
+    png_bit_depth,
+)
 
 # --- Layouts ----------------------------------------------------------------------------------
 
@@ -101,15 +113,25 @@ class LoadedPair:
     image_format: str = "jpeg"  # or "png"
 
 
+def is_voc_root(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a VOCdevkit folder: one holding ``VOC2012/``."""
+    return (Path(path) / VOC_DIR).is_dir()
+
+
+def voc_lists_dir(voc_root: str | os.PathLike) -> Path:
+    """``<voc_root>/VOC2012/ImageSets/Segmentation``, the folder of VOC's split lists (not checked)."""
+    return Path(voc_root) / VOC_DIR / VOC_LISTS_DIR
+
+
 def voc_dir(voc_root: str | os.PathLike) -> Path:
     """``<voc_root>/VOC2012``, checked to exist.
 
     Raises:
         ValueError: naming ``voc_root`` when it holds no ``VOC2012/`` folder.
     """
-    path = Path(voc_root) / "VOC2012"
+    path = Path(voc_root) / VOC_DIR
     if not path.is_dir():
-        hint = " (pass the folder above VOC2012/)" if Path(voc_root).name == "VOC2012" else ""
+        hint = " (pass the folder above VOC2012/)" if Path(voc_root).name == VOC_DIR else ""
         raise ValueError(
             f"voc_root must be a VOCdevkit folder holding VOC2012/{hint}. "
             f"Received: voc_root={str(voc_root)!r}, where {path} does not exist"
@@ -157,7 +179,7 @@ def find_list(
     if split in SBD_SPLITS:
         candidates = [sbd_dir(sbd_root, split) / SBD_SPLITS[split]]
     else:
-        candidates = [voc_dir(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt"]
+        candidates = [voc_dir(voc_root) / VOC_LISTS_DIR / f"{split}.txt"]
     if lists_dir is not None:
         candidates.insert(0, Path(lists_dir) / f"{split}.txt")
     for candidate in candidates:
@@ -193,14 +215,14 @@ def _label_path(split: str, image_id: str, voc: Path | None, sbd: Path | None) -
     if split in SBD_SPLITS:
         return sbd / "cls" / f"{image_id}.mat"
     if split == AUG_SPLIT:
-        aug = voc / "SegmentationClassAug"
+        aug = voc / VOC_AUG_MASKS_DIR
         if aug.is_dir():
             return aug / f"{image_id}.png"
-        voc_mask = voc / "SegmentationClass" / f"{image_id}.png"
+        voc_mask = voc / VOC_MASKS_DIR / f"{image_id}.png"
         if voc_mask.is_file() or sbd is None:
             return voc_mask
         return sbd / "cls" / f"{image_id}.mat"
-    return voc / "SegmentationClass" / f"{image_id}.png"
+    return voc / VOC_MASKS_DIR / f"{image_id}.png"
 
 
 def resolve_pairs(
@@ -227,7 +249,7 @@ def resolve_pairs(
     list_path = find_list(split, voc_root, sbd_root, lists_dir)
     voc = None if split in SBD_SPLITS else voc_dir(voc_root)
     sbd = sbd_dir(sbd_root, split) if (split in SBD_SPLITS or sbd_root is not None) else None
-    images = (sbd / "img") if split in SBD_SPLITS else (voc / "JPEGImages")
+    images = (sbd / "img") if split in SBD_SPLITS else (voc / VOC_IMAGES_DIR)
     entries = [(image_id, line_no, None) for image_id, line_no in read_id_list(list_path)[:max_images]]
     pairs, problems = _pair_list(
         list_path, entries, lambda image_id: (images / f"{image_id}.jpg", _label_path(split, image_id, voc, sbd))
