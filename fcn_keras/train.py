@@ -735,6 +735,12 @@ def cpu_bf16_warning(config: TrainConfig, devices: list[str]) -> str | None:
             "docs/training.md, 'Mixed precision on a CPU'); use float32 on a CPU, or crops of 96 px or more")
 
 
+def _too_few_epochs(run_dir: Path, where: str, needed: int, epochs: int) -> ValueError:
+    """The refusal of an ``--epochs`` below those a backed-up run in ``run_dir`` has done."""
+    return ValueError(f"output_dir {str(run_dir)!r} holds a run {where}: --epochs must be at least {needed} to resume "
+                      f"it. Received: --epochs={epochs}")
+
+
 def _truncate_csv(path: Path, epochs_done: int) -> None:
     """Keeps the header and the rows of the first ``epochs_done`` epochs of a CSV log (rows
     written after the backup a run resumes from are done again)."""
@@ -744,7 +750,14 @@ def _truncate_csv(path: Path, epochs_done: int) -> None:
         rows = list(csv.reader(f))
     if not rows:
         return
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epochs_done]
+    # A row cut short by a kill, run into the next, or garbled (its epoch not a number) is dropped
+    # with the rows to be done again, and counted.
+    header, body = rows[0], list(enumerate(rows[1:], start=2))
+    damaged = [line for line, row in body if row and (len(row) != len(header) or not row[0].isdigit())]
+    kept = [header] + [row for line, row in body if row and line not in damaged and int(row[0]) < epochs_done]
+    if damaged:
+        logger.warning("%s: dropped %s cut short, run together or garbled (line %s)", path,
+                       counted(len(damaged), "damaged row"), ", ".join(map(str, damaged)))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
 
@@ -816,11 +829,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 f"the backup's optimizer state would not fit). Received: --momentum={config.momentum!r}"
             )
         if state["step"] and config.epochs <= state["epoch"]:
-            raise ValueError(
-                f"output_dir {str(run_dir)!r} holds a run interrupted in epoch {state['epoch'] + 1} (step "
-                f"{state['step']}/{config.steps_per_epoch}): --epochs must be at least {state['epoch'] + 1} to resume it. "
-                f"Received: --epochs={config.epochs}"
-            )
+            raise _too_few_epochs(run_dir, f"interrupted in epoch {state['epoch'] + 1} (step {state['step']}/"
+                                           f"{config.steps_per_epoch})", state["epoch"] + 1, config.epochs)
         unused = ", ".join(f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in requested.items()
                            if k not in _RESUME_KEYS and k != "output_dir" and previous.get(k) != v)
         unused = f" (not applied: {unused})" if unused else ""
@@ -834,10 +844,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                         config.max_train_seconds, state["epoch"], unused)
             return json.loads((run_dir / "summary.json").read_text())
         if not state["step"] and config.epochs < state["epoch"]:  # Stopped at an epoch end, before its summary.
-            raise ValueError(
-                f"output_dir {str(run_dir)!r} holds a run stopped after epoch {state['epoch']}: --epochs must be at least "
-                f"{state['epoch']} to resume it. Received: --epochs={config.epochs}"
-            )
+            raise _too_few_epochs(run_dir, f"stopped after epoch {state['epoch']}", state["epoch"], config.epochs)
 
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION[config.mixed_precision])
@@ -1073,10 +1080,22 @@ def _train(config: TrainConfig, distribution: Distribution, run_dir: Path, state
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``log.csv`` (epochs 0-based, values as floats, ``NA`` left out); a
+    damaged row (another number of fields, a value not a number) is left out with a warning
+    naming the file and line: the summary is written after the training it reports on."""
     if not path.is_file():
         return []
+    rows = []
     with open(path, newline="") as f:
-        return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", "NA")} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        for row in reader:
+            try:
+                if None in row or None in row.values():
+                    raise ValueError("another number of fields than the header")
+                rows.append({k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", "NA")})
+            except ValueError as error:
+                logger.warning("%s line %d left out of the summary: %s", path, reader.line_num, error)
+    return rows
 
 
 # --- CLI --------------------------------------------------------------------------------------

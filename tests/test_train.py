@@ -34,8 +34,8 @@ from fcn_keras.losses import median_frequency_weights
 from fcn_keras.files import write_json_atomic
 from fcn_keras.optimizers import batches_applied
 from fcn_keras.train import (
-    TrainConfig, TrainingDiverged, build_model, class_weights_of, define_flags, recorded_config, resolve_config,
-    resolve_run_data, train,
+    TrainConfig, TrainingDiverged, _read_csv, build_model, class_weights_of, define_flags, recorded_config,
+    resolve_config, resolve_run_data, train,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -286,6 +286,35 @@ def test_a_backup_file_cut_short_is_named_not_a_traceback(run32, tmp_path):
     with pytest.raises(ValueError, match=rf"backup '{re.escape(str(weights))}' cannot be read \(.*\): the run cannot "
                                          r"resume from it"):
         train(TrainConfig(**{**config, "output_dir": str(run), "epochs": 3}))
+
+
+def test_a_damaged_log_row_is_dropped_on_resume_and_left_out_of_the_summary(run32, tmp_path, caplog):
+    """log.csv rows a kill cut short, or garbled, were kept by the resume (an epoch below those
+    done) and made the summary fail with float(None) after the training; both are dropped,
+    counted and named, and the summary's last row is the epoch just trained."""
+    out, _ = run32
+    config = json.loads((out / "config.json").read_text())["config"]
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    log = run / "log.csv"
+    header, *rows = log.read_text().splitlines()
+    assert len(rows) == 2 and header.startswith("epoch,")
+    log.write_text("\n".join([header, rows[0], "1,0.5", "x" + rows[1], rows[1]]) + "\n")  # lines 3 and 4 damaged
+    with caplog.at_level(logging.WARNING, logger="fcn_keras.train"):
+        summary = train(TrainConfig(**{**config, "output_dir": str(run), "epochs": 3}))
+    assert f"{log}: dropped 2 damaged rows cut short, run together or garbled (line 3, 4)" in caplog.text
+    with open(log, newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+    assert summary["final_metrics"]["epoch"] == 3 and np.isfinite(summary["final_metrics"]["loss"])
+
+    # The summary's reader leaves a damaged row out too (the log is the user's to edit).
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([*lines[:2], lines[2].replace(",", ",oops", 1), "2,0.5", *lines[3:]]) + "\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fcn_keras.train"):
+        read = _read_csv(log)
+    assert [row["epoch"] for row in read] == [0, 2]
+    assert f"{log} line 3 left out of the summary" in caplog.text and f"{log} line 4 left out" in caplog.text
 
 
 def _worker_states(folder: Path, step: int | None, epoch_step: int | None) -> Path:
