@@ -158,6 +158,9 @@ def test_bad_files_are_refused_with_their_name(tmp_path):
         "odd_data": (_field(7, _field(1, _varint(1))) + _field(5, bytes(5)), "a blob's data is not 4-byte floats (5 bytes)"),
         "odd_double": (_field(7, _field(1, _varint(1))) + _field(8, bytes(12)), "a blob's double_data is not 8-byte floats (12 bytes)"),
         "wrapping": (_field(7, _field(1, _varint(2**32) + _varint(2**32))), "a blob of shape (4294967296, 4294967296) holds 0 values"),
+        # An 11-byte varint (protobuf's are at most 10): not read on into a 70-bit number.
+        "overlong": (_varint(5 << 3) + b"\xff" * 10 + b"\x01", "truncated or overlong varint"),
+        "field_zero": (_varint(0 << 3) + _varint(1), "field number 0"),
     }
     for name, (blob, message) in bad_blobs.items():
         path = tmp_path / f"{name}.caffemodel"
@@ -280,6 +283,10 @@ def test_files_that_do_not_fit_are_refused_before_any_copy(tmp_path, fcn_file):
     scaled = write("scaled.caffemodel", {"scale_pool3": ("Scale", [np.full(256, 0.5)])})
     with pytest.raises(ValueError, match="scale_pool3 scales by .*not the at-once net's 0.0001"):
         fcn_from_caffemodel(scaled)
+    # Every channel's factor is checked, not their mean (the Keras layer is one Rescaling).
+    uneven = write("uneven.caffemodel", {"scale_pool3": ("Scale", [np.tile([0.0, 2e-4], 128)])})
+    with pytest.raises(ValueError, match=r"scale_pool3 scales by \[0\.(0+)? +0\.0002\], not the at-once net's 0.0001"):
+        fcn_from_caffemodel(uneven)
 
 
 def test_cli_writes_a_keras_file_that_predicts_like_the_converted_model(fcn_file, tmp_path):
