@@ -70,6 +70,8 @@ def test_write_results_table_from_given_metrics(tmp_path):
             "far; the same command continues.") in text
     assert "| FCN-32s | 89.1 | 73.3 | 59.4 | 81.4 | init |" in text and "Mean IU so far: FCN-32s 59.4." in text
 
+    models["FCN-16s"]["metrics"]["mean_iu"] = models["FCN-8s"]["metrics"]["mean_iu"]  # a tie does not rise
+    assert "does not rise monotonically" in exp.results_markdown(results)
     models["FCN-16s"]["metrics"]["mean_iu"] = 0.70  # above FCN-8s: not monotonic any more
     assert "does not rise monotonically" in exp.results_markdown(results)
     assert not list((tmp_path / "out").glob(".*.tmp-*"))  # atomic writes leave no temporary files
@@ -173,6 +175,8 @@ def test_stage_configs_chain_the_stages(tmp_path):
     controlled = dataclasses.replace(settings, controls=True, at_once=False)
     names = [s.name for s in exp.stages_of(controlled)]
     assert names == ["fcn32s", "fcn16s", "fcn8s", "fcn32s_as16s", "fcn32s_as8s"]
+    # The at-once model (3x the epochs of a stage) comes last: a call cut short has the comparisons first.
+    assert [s.name for s in exp.stages_of(dataclasses.replace(controlled, at_once=True))] == [*names, "fcn8s_at_once"]
     as16, as8 = (exp.stage_config(s, controlled, "records") for s in exp.CONTROL_STAGES)
     assert as16.variant == as8.variant == "32s" and (as16.learning_rate, as8.learning_rate) == (1e-5, 1e-6)
     assert as16.init_from == str(tmp_path / "fcn32s" / "last.keras")
