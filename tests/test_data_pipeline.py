@@ -207,6 +207,9 @@ def test_paper_mode_scaling_equals_a_nearest_resize_of_the_whole_label(tmp_path)
         # The image: bilinear without antialiasing (as Caffe's and the evaluation's), rounded.
         resized = tf.image.resize(source, label_out.shape[1:], method="bilinear", antialias=False)
         np.testing.assert_array_equal(image_out[0], tf.cast(resized + 0.5, tf.uint8))
+    # The scaled size is rounded, not truncated: 61 x 83 at 0.37 is 22.57 x 30.71 -> 23 x 31.
+    fixed = pipeline.train_dataset(path, scale_range=(0.37, 0.37), flip=False, seed=1)
+    assert [tuple(label.shape[1:]) for _, label in fixed.take(2)] == [(23, 31)] * 2
 
 
 # --- Training: the modern setup ---------------------------------------------------------------
