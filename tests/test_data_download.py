@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ import pytest
 
 from fcn_keras.data import download as download_lib
 from fcn_keras.data.convert import convert
-from fcn_keras.data.download import DownloadError, Source, check_file, download, sources_for_splits
+from fcn_keras.data.download import DownloadError, Downloaded, Source, check_file, download, sources_for_splits
 from fcn_keras.data.synthetic import make_synthetic_sbd, make_synthetic_voc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,13 @@ def sources(tmp_path, server) -> dict[str, Source]:
 
 
 # --- Downloading ------------------------------------------------------------------------------
+
+
+def test_the_printed_converter_flags_survive_a_shell():
+    """The command the CLI prints is pasted into a shell: a folder with spaces (or quotes) must
+    come back as one argument each."""
+    got = Downloaded(voc_root=Path("/data/my data/VOCdevkit"), lists_dir=Path("/data/it's/lists"))
+    assert shlex.split(got.convert_flags()) == ["--voc_root=/data/my data/VOCdevkit", "--lists_dir=/data/it's/lists"]
 
 
 def test_downloads_checks_extracts_derives_train_aug_and_converts(tmp_path, server, sources):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,9 +110,10 @@ class Downloaded:
     lists_dir: Path | None = None
 
     def convert_flags(self) -> str:
-        """The ``fcn_keras.data.convert`` flags that read these folders."""
+        """The ``fcn_keras.data.convert`` flags that read these folders, quoted for a shell (a
+        ``--download_dir`` with spaces gives a command that can be pasted as printed)."""
         names = {"voc_root": self.voc_root, "sbd_root": self.sbd_root, "lists_dir": self.lists_dir}
-        return " ".join(f"--{name}={path}" for name, path in names.items() if path is not None)
+        return " ".join(shlex.quote(f"--{name}={path}") for name, path in names.items() if path is not None)
 
 
 def sources_for_splits(splits: tuple[str, ...] | list[str]) -> tuple[str, ...]:
