@@ -107,6 +107,14 @@ def test_the_printed_converter_flags_survive_a_shell():
     assert shlex.split(got.convert_flags()) == ["--voc_root=/data/my data/VOCdevkit", "--lists_dir=/data/it's/lists"]
 
 
+def test_a_download_dir_that_cannot_hold_the_downloads_is_refused_before_any(tmp_path, server, sources):
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(ValueError, match=r"download_dir must be a folder\. Received: download_dir='.*notes\.txt/cache', "
+                                         r"inside '.*notes\.txt', a file"):
+        download(("seg11valid",), tmp_path / "notes.txt" / "cache", sources=sources, verbose=False)
+    assert server.requests == []
+
+
 def test_downloads_checks_extracts_derives_train_aug_and_converts(tmp_path, server, sources):
     cache = tmp_path / "cache"
     got = download(("voc2012", "sbd", "seg11valid"), cache, sources=sources, verbose=False)

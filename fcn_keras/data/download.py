@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from absl import flags
 
+from fcn_keras.checks import check_writable_folder
 from fcn_keras.console import run_cli, usage_error
 from fcn_keras.data import voc
 from fcn_keras.files import copy_atomic, file_digests, write_json_atomic, write_text_atomic
@@ -242,7 +243,8 @@ def download(
         and, when both VOC and SBD were downloaded, the derived ``train_aug.txt``.
 
     Raises:
-        ValueError: an unknown name, or an archive without the folder it should hold.
+        ValueError: an unknown name, a ``download_dir`` that is a file or cannot be written, or
+            an archive without the folder it should hold.
         DownloadError: a source that no URL delivered intact.
     """
     import tensorflow_datasets as tfds
@@ -253,6 +255,7 @@ def download(
     if unknown or not names:
         raise ValueError(f"datasets must be among {tuple(sources)}. Received: {names!r}")
     download_dir = Path(download_dir).expanduser()
+    check_writable_folder("download_dir", download_dir)  # Before 3.3 GB of downloads, not after.
     download_dir.mkdir(parents=True, exist_ok=True)
     if not verbose:
         tfds.disable_progress_bar()
