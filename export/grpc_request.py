@@ -9,7 +9,7 @@ The response's ``labels`` (uint8 [N, Hmax, Wmax], 255 beyond each image), ``heig
 
 Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
 message names the address), an error status from the server (with its message), a reply without
-the bytes signature's outputs, an unreadable image file; status 2 for a ``--timeout`` <= 0 or no
+the bytes signature's outputs or with outputs for another number of images, an unreadable image file; status 2 for a ``--timeout`` <= 0 or no
 image named.
 """
 
@@ -60,21 +60,29 @@ def build_predict_request(
     return request
 
 
-def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
+def parse_predict_response(response: predict_pb2.PredictResponse, num_images: int | None = None) -> list[dict]:
     """Reads a ``PredictResponse`` of the bytes signature.
 
     Args:
         response: the server's reply.
+        num_images: the number of images sent, checked against each output's (``None``: not checked).
 
     Returns:
         One dict per image: ``labels`` uint8 ``[H, W]`` (cropped to the image's own size) and
         ``label_png`` (bytes of the colour PNG).
+
+    Raises:
+        RuntimeError: another signature's reply, or outputs for another number of images.
     """
     outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
     missing = [name for name in ("labels", "heights", "widths", "label_png_bytes") if name not in outputs]
     if missing:  # Another signature's reply (serving_default's has labels only).
         raise RuntimeError(f"the reply is not a {BYTES_SIGNATURE} response: it has no {', '.join(missing)} "
                            f"(outputs: {sorted(outputs)})")
+    counts = {name: len(outputs[name]) for name in ("labels", "heights", "widths", "label_png_bytes")}
+    if len(set(counts.values())) > 1 or (num_images is not None and counts["labels"] != num_images):
+        sent = "" if num_images is None else f" for the {num_images} images sent"
+        raise RuntimeError(f"the reply's outputs hold {counts} images{sent}")  # Not zipped away.
     return [
         {"labels": np.asarray(labels[:height, :width], dtype=np.uint8), "label_png": bytes(png)}
         for labels, height, width, png in zip(
@@ -134,7 +142,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         request = build_predict_request(paths, FLAGS.model_name, FLAGS.signature_name, FLAGS.version)
-        results = parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout))
+        results = parse_predict_response(predict(FLAGS.server, request, FLAGS.timeout), len(paths))
     except ValueError as error:  # --timeout: a bad flag.
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -62,15 +62,19 @@ def build_rest_body(paths: Sequence[str | os.PathLike], signature_name: str = BY
     return {"signature_name": signature_name, "instances": instances}
 
 
-def parse_rest_response(response: dict) -> list[dict]:
+def parse_rest_response(response: dict, num_images: int | None = None) -> list[dict]:
     """Reads a row-format ``:predict`` response of the bytes signature.
 
     Args:
         response: the decoded JSON response, ``{"predictions": [{...}, ...]}``.
+        num_images: the number of images sent, checked against the predictions (``None``: not checked).
 
     Returns:
         One dict per image: ``labels`` uint8 ``[H, W]`` (cropped to the image's own size) and
         ``label_png`` (bytes of the colour PNG).
+
+    Raises:
+        RuntimeError: an error reply, another signature's, or another number of predictions.
     """
     if not isinstance(response, dict):
         raise RuntimeError(f"the reply is not a {BYTES_SIGNATURE} response: {str(response)[:80]!r}")
@@ -90,6 +94,8 @@ def parse_rest_response(response: dict) -> list[dict]:
     except (KeyError, TypeError, ValueError) as error:  # Another signature's outputs, or not TF Serving.
         raise RuntimeError(f"the reply is not a {BYTES_SIGNATURE} response (row format with labels, heights, widths "
                            f"and label_png_bytes): {type(error).__name__}: {error}") from error
+    if num_images is not None and len(results) != num_images:  # Not zipped away: each image gets its map.
+        raise RuntimeError(f"the reply holds {len(results)} predictions for the {num_images} images sent")
     return results
 
 
@@ -190,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         body = build_rest_body(paths, args.signature_name)
-        results = parse_rest_response(post_predict(args.server, args.model_name, body, args.timeout))
+        results = parse_rest_response(post_predict(args.server, args.model_name, body, args.timeout), len(paths))
     except ValueError as error:  # --server or --timeout: bad flags.
         print(f"error: {error}", file=sys.stderr)
         return 2

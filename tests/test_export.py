@@ -218,6 +218,10 @@ def test_rest_body_runs_through_the_bytes_signature(exported, image_files):
         np.testing.assert_array_equal(result["labels"], expected, err_msg=str(path))
         colours = np.asarray(Image.open(io.BytesIO(result["label_png"])).convert("RGB"))
         np.testing.assert_array_equal(colours, VOC_PALETTE[expected])
+    # A reply short of an image is an error, not a map silently missing from the output.
+    assert len(rest.parse_rest_response(response, num_images=3)) == 3
+    with pytest.raises(RuntimeError, match="the reply holds 2 predictions for the 3 images sent"):
+        rest.parse_rest_response({"predictions": response["predictions"][:2]}, num_images=3)
 
 
 def test_grpc_predict_request_runs_through_the_bytes_signature(exported, image_files):
@@ -240,6 +244,14 @@ def test_grpc_predict_request_runs_through_the_bytes_signature(exported, image_f
         response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
     for (path, expected), result in zip(image_files, grpc_request.parse_predict_response(response)):
         np.testing.assert_array_equal(result["labels"], expected, err_msg=str(path))
+    with pytest.raises(RuntimeError, match=r"the reply's outputs hold \{'labels': 3, 'heights': 3, 'widths': 3, "
+                                           r"'label_png_bytes': 3\} images for the 4 images sent"):
+        grpc_request.parse_predict_response(response, num_images=4)
+    short = predict_pb2.PredictResponse()
+    short.CopyFrom(response)
+    short.outputs["heights"].CopyFrom(tf.make_tensor_proto(tf.make_ndarray(response.outputs["heights"])[:2]))
+    with pytest.raises(RuntimeError, match=r"the reply's outputs hold \{'labels': 3, 'heights': 2, .*\} images$"):
+        grpc_request.parse_predict_response(short)
     # serving_default's reply (labels only), and a timeout gRPC would report as a silent server.
     del response.outputs["label_png_bytes"], response.outputs["heights"]
     with pytest.raises(RuntimeError, match=r"the reply is not a predict_image_bytes response: it has no heights, "
