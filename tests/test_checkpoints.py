@@ -118,3 +118,69 @@ def test_json_records_hold_numbers_for_numpy_values_and_null_for_nan(tmp_path):
     path = files.write_json_atomic(tmp_path / "r.json", {"a": np.float32("nan"), "b": np.int64(3),
                                                          "c": np.array([1.0, np.nan]), "d": [np.float64(0.5), float("inf")]})
     assert json.loads(path.read_text()) == {"a": None, "b": 3, "c": [1.0, None], "d": [0.5, None]}
+
+
+def test_saved_models_leave_out_the_optimizer_which_the_model_keeps(tmp_path):
+    """save_model_atomic writes the weights only (no optimizer group in the file) and gives the
+    optimizer back to the model, which goes on training with it."""
+    import io
+    import zipfile
+
+    import h5py
+
+    model = _model()
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    cb.save_model_atomic(model, tmp_path / "m.keras")
+    assert model.optimizer is optimizer
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as h5:
+        assert "optimizer" not in h5 and "layers" in h5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def test_non_finite_weights_leave_best_and_last_as_they_were(tmp_path, caplog):
+    """One NaN element in one kernel after a finite loss: nothing is written, the last good
+    epoch stays, and the weight checked is recorded for the backup to reuse."""
+    model = _model()
+    checkpoint = BestAndLastCheckpoint(tmp_path, "mean_iu")
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "mean_iu": 0.5})
+    before = _saved_kernel(tmp_path / "last.keras")
+    kernel = model.get_layer("score").kernel
+    kernel.assign(np.where(np.arange(6).reshape(1, 1, 3, 2) == 4, np.inf, 0.0).astype("float32"))
+    with caplog.at_level("ERROR", logger="fcn_keras.callbacks"):
+        checkpoint.on_epoch_end(1, {"loss": 1.0, "mean_iu": 0.9})
+    assert "epoch 2 ended with non-finite values (score/kernel)" in caplog.text and "last good epoch: 1" in caplog.text
+    assert (checkpoint.weights_checked_epoch, checkpoint.nonfinite) == (1, ["score/kernel"])
+    assert (checkpoint.best, checkpoint.best_epoch, checkpoint.last_good_epoch) == (0.5, 1, 1)
+    np.testing.assert_array_equal(_saved_kernel(tmp_path / "last.keras"), before)
+    np.testing.assert_array_equal(_saved_kernel(tmp_path / "best.keras"), before)
+
+
+def test_a_tie_keeps_the_earlier_best_and_a_missing_monitor_is_an_error(tmp_path):
+    model = _model()
+    checkpoint = BestAndLastCheckpoint(tmp_path, "val_mean_iu", best=0.5, best_epoch=1)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(1, {"loss": 1.0, "val_mean_iu": 0.5})
+    assert (checkpoint.best, checkpoint.best_epoch) == (0.5, 1) and not (tmp_path / "best.keras").exists()
+    with pytest.raises(KeyError, match=r"checkpoint monitor 'val_mean_iu' is not in the logs \['loss', 'mean_iu'\]"):
+        checkpoint.on_epoch_end(2, {"loss": 1.0, "mean_iu": 0.7})
+
+
+def test_a_disabled_checkpoint_writes_nothing_but_tracks_the_best(tmp_path):
+    """Non-chief workers: no file, the same best (recorded in their backups)."""
+    checkpoint = BestAndLastCheckpoint(tmp_path, "mean_iu", enabled=False)
+    checkpoint.set_model(_model())
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "mean_iu": 0.5})
+    assert (checkpoint.best, checkpoint.best_epoch, checkpoint.last_good_epoch) == (0.5, 1, 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_schedule_checkpoints_every_nth_epoch_the_last_and_a_stop():
+    model = _model()
+    schedule = cb.CheckpointSchedule(every=3, epochs=5)
+    assert [schedule.due(epoch, model) for epoch in range(6)] == [False, False, True, False, True, True]
+    model.stop_training = True  # a time budget or a NaN loss stopped the run after this epoch
+    assert schedule.due(0, model)
+    with pytest.raises(ValueError):
+        cb.CheckpointSchedule(every=0, epochs=5)
