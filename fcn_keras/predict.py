@@ -176,8 +176,8 @@ def load_predictor(
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not an FCN (the message names it and says what was found), a
             model to tile is not an FCN-VGG16 (or a SavedModel does not say so), ``tile_size``
-            is too small, ``canvas`` is not a size, ``batch_size`` is not >= 1 (or above 1
-            without ``canvas``), or ``max_size`` is not >= 1.
+            is too small (also for the context a SavedModel records), ``canvas`` is not a size,
+            ``batch_size`` is not >= 1 (or above 1 without ``canvas``), or ``max_size`` is not >= 1.
     """
     if max_size is not None:
         max_size = check_max_size(max_size)
@@ -190,6 +190,12 @@ def load_predictor(
         raise ValueError(f"batch_size={batch_size} needs a canvas: images of different sizes are batched by padding "
                          "them to one canvas")
     segment_batch, context = _load_segment(Path(path), tiled=tile_size is not None)
+    if tile_size is not None and min(tile_size) < min_tile_size(context):  # A SavedModel's net of larger reach.
+        raise ValueError(
+            f"tile_size must be at least {min_tile_size(context)} pixels on each side for {path}: its "
+            f"{TILE_CONTEXT_FILE} says its net needs {context} pixels of context on each side. "
+            f"Received: tile_size={tile_size[0]}x{tile_size[1]}"
+        )
 
     def segment(image: np.ndarray) -> np.ndarray:
         return segment_batch(image[np.newaxis])[0]

@@ -402,6 +402,16 @@ def test_tiles_give_the_whole_image_labels_from_a_keras_file_and_a_savedmodel(mo
         (version_dir / export.TILE_CONTEXT_FILE).write_text(text)
         with pytest.raises(ValueError, match=re.escape(f"must hold a whole number of pixels >= 0. Received: {text!r}")):
             predict.load_predictor(version_dir, tile_size=480)
+    (version_dir / export.TILE_CONTEXT_FILE).write_text("0\n")  # A net of 1x1 convolutions: tiles without overlap.
+    assert predict.load_predictor(version_dir, tile_size=480)(image).shape == (560, 200)
+    # A net of larger reach needs larger tiles: refused before any image is read (found by review:
+    # every tiled image failed alone, the run's status 1).
+    (version_dir / export.TILE_CONTEXT_FILE).write_text("300\n")
+    with pytest.raises(ValueError, match=re.escape(f"tile_size must be at least 672 pixels on each side for {version_dir}: "
+                                                   f"its {export.TILE_CONTEXT_FILE} says its net needs 300 pixels of "
+                                                   "context on each side. Received: tile_size=480x640")):
+        predict.load_predictor(version_dir, tile_size=(480, 640))
+    assert predict.load_predictor(version_dir, tile_size=672)(image).shape == (560, 200)
     (version_dir / export.TILE_CONTEXT_FILE).unlink()
     with pytest.raises(ValueError, match=re.escape(f"{version_dir} does not say how much context its net needs")):
         predict.load_predictor(version_dir, tile_size=480)
@@ -599,3 +609,145 @@ def test_recursive_takes_subfolders_keeps_their_paths_and_never_takes_the_output
     assert (out / "a.png").is_file()
     again = predict.collect_images([photos], out, recursive=True)
     assert again.images == inputs.images and again.skipped == 9  # old.png and the 4 label maps and 4 overlays.
+
+
+# --- Found by mutation testing ------------------------------------------------------------------
+
+
+def test_a_model_folder_means_its_highest_numbered_version_and_its_class_names(tmp_path):
+    """As TF Serving: version 10 beats 9 and 2 (by number, not by name), a folder that is not a
+    number is no version; a version without recorded class names has none."""
+    base = tmp_path / "serving" / "fcn8s"
+    for version in ("2", "9", "10", "backup"):
+        (base / version / export.CLASS_NAMES_FILE).parent.mkdir(parents=True)
+        (base / version / "saved_model.pb").write_bytes(b"")
+        (base / version / export.CLASS_NAMES_FILE).write_text(f"background\nv{version}\n")
+    assert predict.model_class_names(base) == ("background", "v10")
+    assert predict.model_class_names(base / "9") == ("background", "v9")
+    (base / "11").mkdir()
+    (base / "11" / "saved_model.pb").write_bytes(b"")
+    assert predict.model_class_names(base) is None
+
+
+def test_savedmodels_without_the_fcn_signature_or_corrupt_are_refused_by_name(tmp_path):
+    """images uint8 [N, H, W, 3] -> labels uint8 [N, H, W] is checked part by part; a SavedModel
+    TensorFlow cannot load is a ValueError naming it, not TensorFlow's own exception."""
+    specs = {
+        "float_images": (tf.TensorSpec([None, None, None, 3], tf.float32), "labels", tf.uint8),
+        "one_image": (tf.TensorSpec([None, None, 3], tf.uint8), "labels", tf.uint8),
+        "logits": (tf.TensorSpec([None, None, None, 3], tf.uint8), "logits", tf.uint8),
+        "int_labels": (tf.TensorSpec([None, None, None, 3], tf.uint8), "labels", tf.int64),
+    }
+    for name, (spec, key, dtype) in specs.items():
+        module = tf.Module()
+        module.serve = tf.function(lambda images, key=key, dtype=dtype: {key: tf.cast(images[..., 0], dtype)},
+                                   input_signature=[spec])
+        tf.saved_model.save(module, str(tmp_path / name), signatures={"serving_default": module.serve})
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name} is not an FCN SavedModel from fcn_keras.export")):
+            predict.load_predictor(tmp_path / name)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "saved_model.pb").write_bytes(b"not a protocol buffer")
+    with pytest.raises(ValueError, match=re.escape(f"cannot load SavedModel {tmp_path / 'corrupt'}: ")):
+        predict.load_predictor(tmp_path / "corrupt")
+
+
+def test_image_extensions_are_matched_whatever_their_case(tmp_path):
+    """Cameras write PHOTO.JPG: taken from a folder like photo.jpg."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("DSC_0001.JPG", "scan.Png", "notes.TXT"):
+        (photos / name).write_bytes(b"")
+    inputs = predict.collect_images([photos])
+    assert inputs.images == [photos / "DSC_0001.JPG", photos / "scan.Png"] and inputs.ignored == 1
+
+
+def test_an_output_that_is_a_hard_link_to_an_input_is_refused_even_with_overwrite(tmp_path):
+    """Another name for the same file on disk (a hard link; a case-insensitive file system) is
+    compared by device and inode, not by path; an image named twice is one clash, not two."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    out.mkdir()
+    Image.fromarray(random_image(1, (20, 24))).save(photos / "cat.png")
+    os.link(photos / "cat.png", out / "cat.png")
+    with pytest.raises(ValueError, match=re.escape(f"output {out / 'cat.png'} would overwrite the input image "
+                                                   f"{photos / 'cat.png'}; nothing was written")):
+        predict.check_outputs([photos / "cat.png"] * 2, out, overwrite=True)  # Named twice, one clash.
+
+
+def test_labels_of_another_size_fail_the_image_before_its_label_png_is_written(inputs, tmp_path):
+    """The overlay is made first: labels that do not match the image fail it with nothing of it
+    written (evaluate would score a label PNG of the wrong size)."""
+    folder, _ = inputs
+    written, bad = predict.predict_images(lambda image: image[:-1, :, 0] % 21, [folder / "gray.png"], tmp_path,
+                                          verbose=False)
+    assert written == [] and [path for path, _ in bad] == [folder / "gray.png"]
+    assert not (tmp_path / "gray.png").exists()
+    assert "was removed" not in bad[0][1]
+
+
+class _Batches:
+    """A predictor of label maps ``image[..., 0] % 21`` that records how many images each call got."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.calls: list[int] = []
+
+    def many(self, images):
+        self.calls.append(len(images))
+        return [image[..., 0] % 21 for image in images]
+
+
+def test_predictors_with_many_get_batch_size_images_a_call_and_the_progress_counts_images(inputs, tmp_path, capsys):
+    folder, expected = inputs
+    images = [folder / name for name in ("photo.jpg", "drawing.png", "gray.png", "alpha.png", "broken.jpg")]
+    predictor = _Batches(batch_size=2)
+    written, bad = predict.predict_images(predictor, images, tmp_path, overlay_format="png")
+    assert [path.name for path in written] == ["photo.png", "drawing.png", "gray.png", "alpha.png"]
+    assert [path for path, _ in bad] == [folder / "broken.jpg"]
+    assert predictor.calls == [2, 2]  # broken.jpg, alone in the last batch, cannot be read: no call.
+    assert re.search(r"^5/5 - ", capsys.readouterr().out, re.MULTILINE)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "gray.png")), expected["gray"][..., 0] % 21)
+    # Shrunk images pass through to the inner predictor's batches, their labels resized back.
+    inner = _Batches(batch_size=3)
+    downscaling = predict.DownscalingPredictor(inner, max_size=40)
+    labels = downscaling.many([expected[stem] for stem in ("photo", "drawing", "gray")])
+    assert inner.calls == [3] and downscaling.batch_size == 3 and downscaling.downscaled == 2
+    assert [label_map.shape for label_map in labels] == [(37, 91), (48, 64), (40, 40)]
+
+
+def test_max_size_with_a_canvas_smaller_than_the_shrunk_images_counts_those_outside_it(keras_file, inputs, tmp_path,
+                                                                                      capsys):
+    """--max_size=50 --canvas=40: drawing (48x64) is shrunk to 38x50, still wider than the canvas:
+    the summary says so (the canvas predictor is inside the downscaling one)."""
+    folder, _ = inputs
+    assert predict.run(keras_file, [folder / "drawing.png"], tmp_path, canvas=(40, 40), max_size=50) == 0
+    out = capsys.readouterr().out
+    assert "1 image larger than 50 px was segmented at 50 px on the longer side" in out
+    assert "1 image larger than the 40x40 canvas was segmented at its own size (one compilation per size under XLA)" in out
+
+
+def test_a_folder_whose_images_all_lie_in_output_dir_below_it_says_so(tmp_path):
+    """--recursive with --output_dir=photos/predictions and nothing else to segment: the folder's
+    images are the outputs there, not 'no image file'."""
+    photos = tmp_path / "photos"
+    (photos / "predictions").mkdir(parents=True)
+    Image.fromarray(random_image(1, (8, 8))).save(photos / "predictions" / "old.png")
+    inputs = predict.collect_images([photos], photos / "predictions", recursive=True)
+    assert inputs.images == [] and inputs.skipped == 1
+    assert inputs.bad == [(photos, f"the 1 image files of {photos} are in --output_dir={photos / 'predictions'} and are "
+                                   "not taken as inputs (they may be outputs of an earlier run): write the outputs to "
+                                   "another --output_dir")]
+
+
+def test_tensorflow_is_kept_off_the_gpus_only_for_a_keras_model_under_another_backend(keras_file, tmp_path, monkeypatch):
+    """Under JAX the backend's model needs the GPUs' memory (TensorFlow only decodes JPEGs then);
+    under TensorFlow, or for a SavedModel (run by TensorFlow), TensorFlow keeps them."""
+    hidden = []
+    monkeypatch.setattr(predict.tf.config, "set_visible_devices", lambda devices, kind: hidden.append((devices, kind)))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"")
+    for backend, model, hides in (("tensorflow", keras_file, False), ("jax", keras_file, True), ("jax", tmp_path, False)):
+        hidden.clear()
+        monkeypatch.setattr(predict.keras.backend, "backend", lambda: backend)
+        predict._keep_tensorflow_off_the_gpus(model)
+        assert hidden == ([([], "GPU")] if hides else []), (backend, model)
