@@ -36,7 +36,7 @@ import numpy as np
 from absl import flags
 
 from fcn_keras import viz
-from fcn_keras.checks import check_int, check_writable_folder, parse_size
+from fcn_keras.checks import check_int, check_writable_folder, is_integer, parse_size
 from fcn_keras.console import progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES
 from fcn_keras.data import convert as convert_lib
@@ -186,7 +186,7 @@ def evaluate_model(
             with batches or a canvas, or set for a model outside the FCN-VGG16 family.
     """
     # --- Arguments ---------------------------------------------------------------------------
-    _check_common(max_images, output_dir)
+    max_images = _check_common(max_images, output_dir)
     keep_predictions = check_int("keep_predictions", keep_predictions, 0)
     if tile_size is not None:
         tile_size = check_tile_size(tile_size)
@@ -266,9 +266,9 @@ def evaluate_model(
             progbar.update(num_images)
         if max_images is not None and num_images >= max_images:
             break
-    if progbar is not None and target is None and num_images:
-        # A glob's count was unknown: the bar ends at the count read (Keras' one-line bar, when
-        # not on a terminal, is printed only on reaching its target).
+    if progbar is not None and num_images and num_images != target:
+        # A glob's count was unknown, or max_images exceeds it: the bar ends at the count read
+        # (Keras' one-line bar, when not on a terminal, is printed only on reaching its target).
         progbar.target = num_images
         progbar.update(num_images, finalize=True)
     seconds = time.perf_counter() - start
@@ -336,7 +336,7 @@ def evaluate_predictions(
             file); labels outside ``[0, C)`` and not void; or the data is bad (as
             ``evaluate_model``).
     """
-    _check_common(max_images, output_dir)
+    max_images = _check_common(max_images, output_dir)
     folder = Path(predictions)
     if not folder.is_dir():
         raise ValueError(f"predictions must be a folder of <image id>.png label maps (fcn_keras.predict's "
@@ -393,14 +393,16 @@ def evaluate_predictions(
     return results
 
 
-def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) -> None:
-    """Refuses, before any work, a ``max_images`` that is neither ``None`` nor an integer >= 1,
-    and an ``output_dir`` that is (or lies in) a file or cannot be created: the outputs are
-    written after the evaluation, which may take an hour."""
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+def _check_common(max_images: int | None, output_dir: str | os.PathLike | None) -> int | None:
+    """Refuses, before any work, a ``max_images`` that is neither ``None`` nor an integer >= 1
+    (a Python or numpy integer; not a bool, which would evaluate one image), and an
+    ``output_dir`` that is (or lies in) a file or cannot be created: the outputs are written
+    after the evaluation, which may take an hour. Returns ``max_images`` as an ``int`` (or ``None``)."""
+    if max_images is not None and (not is_integer(max_images) or max_images < 1):
         raise ValueError(f"max_images must be None or an integer >= 1. Received: max_images={max_images!r}")
     if output_dir is not None:
         check_writable_folder("output_dir", output_dir)
+    return None if max_images is None else int(max_images)
 
 
 def _prediction_paths(folder: Path, ids: Sequence[str]) -> dict[str, Path]:

@@ -2,6 +2,7 @@
 computed independently from model.predict on the images decoded straight from the files; the
 CLI under JAX; clear errors for bad input."""
 
+import argparse
 import csv
 import json
 import os
@@ -19,7 +20,10 @@ import keras
 
 from fcn_keras.constants import IGNORE_LABEL, PAD_RGB, VOC_CLASSES, VOC_PALETTE
 from fcn_keras import predict
-from fcn_keras.evaluate import _Tally, evaluate_model, evaluate_predictions, metrics_markdown, per_image_csv
+from fcn_keras import evaluate
+from fcn_keras.evaluate import (
+    _Tally, evaluate_model, evaluate_predictions, evaluation_mode, metrics_markdown, per_image_csv,
+)
 from fcn_keras.metrics import confusion_matrix, scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -317,6 +321,8 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
     assert evaluate_predictions(out, str(voc), cache_dir=cache, max_images=2, verbose=False)["num_images"] == 2
     with pytest.raises(ValueError, match=re.escape(f"3 class names were given (a, b, c) but data {str(voc)!r} has 21")):
         evaluate_predictions(out, str(voc), cache_dir=cache, class_names=list("abc"), verbose=False)
+    names = [f"n{i}" for i in range(21)]  # Given names of the data's count replace the data's.
+    assert evaluate_predictions(out, str(voc), cache_dir=cache, class_names=names, max_images=1, verbose=False)["class_names"] == names
 
     first = out / f"{ids[0]}.png"
     label = np.asarray(Image.open(first))
@@ -324,6 +330,14 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
     with pytest.raises(ValueError, match=re.escape(f"1 of the 5 images of data {str(voc)!r} have no prediction in {out}: "
                                                    f"expected <image id>.png, e.g. {first}")):
         evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    for image_id in ids[1:4]:  # Four missing: the first three named, then "...".
+        (out / f"{image_id}.png").rename(tmp_path / f"{image_id}.png")
+    with pytest.raises(ValueError, match=re.escape(f"4 of the 5 images of data {str(voc)!r} have no prediction in {out}: "
+                                                   f"expected <image id>.png, e.g. {first}, {out / ids[1]}.png, "
+                                                   f"{out / ids[2]}.png ...") + "$"):
+        evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    for image_id in ids[1:4]:
+        (tmp_path / f"{image_id}.png").rename(out / f"{image_id}.png")
     broken = {
         "a smaller map": (Image.fromarray(label[:-1]), r"the prediction is \d+x\d+ \(HxW\) but image '\w+' is \d+x\d+"),
         "a value no class": (Image.fromarray(np.full_like(label, 30)), r"predictions must be classes in \[0, 21\)"),
@@ -359,6 +373,11 @@ def test_label_maps_of_predict_score_as_the_model_does(eval_workspace, tmp_path)
     with pytest.raises(ValueError, match=re.escape(f"image {ids[1]!r} has several predictions in {out}: "
                                                    f"{out / 'a' / ids[1]}.png and {out / 'b' / ids[1]}.png; keep one")):
         evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    (out / "d").mkdir()
+    (out / "d" / f"{ids[1]}.png").write_bytes((out / "a" / f"{ids[1]}.png").read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"{out / 'a' / ids[1]}.png and {out / 'b' / ids[1]}.png and 1 more; keep one")):
+        evaluate_predictions(out, str(voc), cache_dir=cache, verbose=False)
+    (out / "d" / f"{ids[1]}.png").unlink()
     (out / "b" / f"{ids[1]}.png").unlink()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "fcn_keras.evaluate", f"--data={voc}", f"--cache_dir={cache}"]
@@ -416,7 +435,7 @@ def test_tiles_give_the_whole_images_metrics(eval_workspace, tmp_path):
         evaluate_model(conv, str(voc), tile_size=(480, 480), **common)
 
 
-def test_images_the_conversion_skipped_are_reported_not_scored(eval_workspace, tmp_path):
+def test_images_the_conversion_skipped_are_reported_not_scored(eval_workspace, tmp_path, monkeypatch, capsys):
     import shutil
 
     from fcn_keras.data.convert import convert
@@ -432,3 +451,166 @@ def test_images_the_conversion_skipped_are_reported_not_scored(eval_workspace, t
             f"conversion's skipped.json says why): {ids[2]}.") in (tmp_path / "eval" / "metrics.md").read_text()
     whole = evaluate_model(eval_workspace["model"], eval_workspace["voc"], cache_dir=eval_workspace["cache"], verbose=False)
     assert whole["skipped_at_conversion"] == [] and whole["num_images"] == len(ids)
+    # The command line says so too, after the metrics.
+    flags = argparse.Namespace(model=str(eval_workspace["model"]), predictions=None, label_colours=None,
+                               data=str(tmp_path / "records"), split="val", output_dir=None, max_images=None, batch_size=1,
+                               canvas=None, tile_size=None, class_names=None, cache_dir="cache")
+    monkeypatch.setattr(evaluate, "FLAGS", flags)
+    capsys.readouterr()
+    assert evaluate.main(["evaluate"]) == 0
+    assert re.search(rf"^pixel acc\. [\d.]+ \| .* \| {len(ids) - 1} images, [\d.]+ images/s \| 1 skipped at conversion, "
+                     rf"not scored$", capsys.readouterr().out, re.MULTILINE)
+
+
+def _bare_val_records(eval_workspace, folder: Path) -> str:
+    """A glob of the workspace's val shards copied where no manifest names their classes."""
+    import shutil
+
+    records = eval_workspace["records"]
+    if not tf.io.gfile.glob(str(records / "val-*.tfrecord")):
+        evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"], max_images=1,
+                       verbose=False)
+    folder.mkdir()
+    for shard in records.glob("val-*.tfrecord"):
+        shutil.copy(shard, folder)
+    return str(folder / "val-*.tfrecord")
+
+
+def test_arguments_are_refused_before_any_work(eval_workspace):
+    """max_images of 0 or a bool (True would evaluate one image), and tiles with a canvas, are
+    named before the model is even loaded (found by review: True was taken as 1)."""
+    missing = eval_workspace["root"] / "no-such-model.keras"  # Never read: the arguments are refused first.
+    for value in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match=re.escape(f"max_images must be None or an integer >= 1. Received: max_images={value!r}")):
+            evaluate_model(missing, str(eval_workspace["voc"]), max_images=value, verbose=False)
+        with pytest.raises(ValueError, match=re.escape(f"max_images must be None or an integer >= 1. Received: max_images={value!r}")):
+            evaluate_predictions(eval_workspace["root"], str(eval_workspace["voc"]), max_images=value, verbose=False)
+    with pytest.raises(ValueError, match=re.escape("tile_size segments one image at a time: it needs batch_size=1 and no "
+                                                   "canvas. Received: batch_size=1, canvas=(500, 500)")):
+        evaluate_model(missing, str(eval_workspace["voc"]), tile_size=480, canvas=(500, 500), verbose=False)
+
+
+def test_progress_line_ends_at_the_images_read(eval_workspace, capsys):
+    """The one-line progress bar (not on a terminal) is printed at the count of images read, also
+    when max_images is above what a glob holds (found by review: it was never printed) or below
+    what a folder's manifest counts."""
+    glob = _bare_val_records(eval_workspace, eval_workspace["root"] / "progress")
+    capsys.readouterr()
+    assert evaluate_model(eval_workspace["model"], glob, max_images=9, verbose=True)["num_images"] == 5
+    assert re.search(r"^5/5 - \d+s - .*/image$", capsys.readouterr().out, re.MULTILINE)
+    evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"], max_images=3,
+                   verbose=True)
+    printed = capsys.readouterr().out
+    assert re.search(r"^3/3 - \d+s - .*/image$", printed, re.MULTILINE) and "/5 -" not in printed, printed
+
+
+def test_class_names_of_records_without_a_manifest(eval_workspace, tmp_path):
+    """A 21-class model on records that name no classes gets VOC's names; names its run recorded
+    for another class count are not used (nor refused); no label maps are returned unasked; max_images
+    may be a numpy integer (found by review: it was refused as not an integer)."""
+    glob = _bare_val_records(eval_workspace, tmp_path / "bare")
+    results = evaluate_model(eval_workspace["model"], glob, max_images=np.int64(1), verbose=False)
+    assert results["class_names"] == list(VOC_CLASSES) and "predictions" not in results and results["num_images"] == 1
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(eval_workspace["model"].read_bytes())
+    (run / "config.json").write_text(json.dumps({"config": {}, "class_names": ["sky", "tree", "rock"]}))
+    assert evaluate_model(run, glob, max_images=1, verbose=False)["class_names"] == list(VOC_CLASSES)
+
+
+def test_canvas_checks_only_the_images_evaluated(eval_workspace):
+    """With max_images, images beyond those evaluated may be larger than the canvas."""
+    ids = val_ids(eval_workspace["voc"])
+    sizes = [np.array(Image.open(eval_workspace["voc"] / "VOC2012" / "SegmentationClass" / f"{i}.png")).shape for i in ids]
+    canvas = (max(h for h, _ in sizes[:2]), max(w for _, w in sizes[:2]))
+    larger = [s for s in sizes[2:] if s[0] > canvas[0] or s[1] > canvas[1]]
+    assert larger  # The fixture's sizes make the point.
+    results = evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"],
+                             canvas=canvas, max_images=2, verbose=False)
+    assert results["num_images"] == 2
+    with pytest.raises(ValueError, match=rf"holds {len(larger)} images larger than canvas={re.escape(str(canvas))}"):
+        evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"],
+                       canvas=canvas, verbose=False)
+
+
+def test_max_images_stops_the_model_at_those_images(eval_workspace, monkeypatch):
+    """The model runs on the first max_images images only, not on every batch of the data."""
+    from fcn_keras.inference import labels_model
+
+    calls = []
+
+    def counting(model):
+        predictor = labels_model(model)
+
+        class Counting:
+            def predict_on_batch(self, images):
+                calls.append(len(images))
+                return predictor.predict_on_batch(images)
+
+        return Counting()
+
+    monkeypatch.setattr(evaluate, "labels_model", counting)
+    results = evaluate_model(eval_workspace["model"], str(eval_workspace["voc"]), cache_dir=eval_workspace["cache"],
+                             max_images=2, verbose=False)
+    assert results["num_images"] == 2 and calls == [1, 1]
+
+
+def test_records_without_images_are_refused(eval_workspace, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with tf.io.TFRecordWriter(str(empty / "val-00000.tfrecord")):
+        pass
+    glob = str(empty / "*.tfrecord")
+    with pytest.raises(ValueError, match=re.escape(f"no image was evaluated: {glob!r} holds no record")):
+        evaluate_model(eval_workspace["model"], glob, verbose=False)
+    with pytest.raises(ValueError, match=re.escape(f"no image was evaluated: {glob!r} holds no record")):
+        evaluate_predictions(empty, glob, verbose=False)
+
+
+def test_report_tables_rates_and_modes():
+    """metrics.md's per-class rows (IU, '-' for an absent class, ground-truth pixels = row sums),
+    at most HARDEST_SHOWN hardest images, the rate, and each way of feeding images in words."""
+    tally = _Tally(3)
+    rng = np.random.default_rng(0)
+    for i in range(evaluate.HARDEST_SHOWN + 2):
+        label = rng.integers(0, 2, (3, 4)).astype(np.uint8)
+        tally.add(f"im{i:02d}", label, np.where(rng.random((3, 4)) < 0.2 * (i % 5), 1 - label, label).astype(np.uint8))
+    results = {**tally.results(["a", "b", "never"], seconds=4.0), "model": "m", "data": "d", "split": "val",
+               "backend": "tensorflow", "batch_size": 1}
+    assert results["images_per_second"] == pytest.approx(len(tally.per_image) / 4.0)
+    confusion = np.asarray(results["confusion"])
+    assert confusion.sum(axis=1).tolist() != confusion.sum(axis=0).tolist()  # Rows (truth) differ from columns.
+    markdown = metrics_markdown(results)
+    for name, iu, pixels in zip(("a", "b"), results["per_class_iu"], confusion.sum(axis=1)):
+        assert f"| {name} | {100 * iu:.1f} | {pixels:,} |" in markdown
+    assert "| never | - | 0 |" in markdown and results["per_class_iu"][2] is None
+    section = markdown.split(f"## Lowest mean IU ({evaluate.HARDEST_SHOWN} of {len(tally.per_image)} images; all in per_image.csv)")[1]
+    listed = [line for line in section.splitlines() if re.match(r"\| im\d\d \|", line)]
+    hardest = sorted(tally.per_image, key=lambda row: (row["mean_iu"], row["image_id"]))[:evaluate.HARDEST_SHOWN]
+    assert [line.split(" | ")[0][2:] for line in listed] == [row["image_id"] for row in hardest]
+    assert "(one at a time, exact)" in markdown
+    assert evaluation_mode({"batch_size": 4}) == "batches of 4 padded to the largest image"
+    assert evaluation_mode({"batch_size": 1}) == "one at a time, exact"
+
+
+def test_cli_refuses_flags_that_do_not_go_together(monkeypatch, capsys):
+    """main's usage errors, each on one line naming the flags, before any work."""
+    defaults = {"model": "m.keras", "predictions": None, "label_colours": None, "data": "d", "split": "val",
+                "output_dir": None, "max_images": None, "batch_size": 1, "canvas": None, "tile_size": None,
+                "class_names": None, "cache_dir": "cache"}
+    cases = [
+        (["evaluate", "extra"], {}, "unexpected arguments: ['extra']"),
+        (["evaluate"], {"predictions": "labels"}, "pass --model (a trained FCN to run) or --predictions"),
+        (["evaluate"], {"model": None}, "pass --model (a trained FCN to run) or --predictions"),
+        (["evaluate"], {"label_colours": "voc"}, "--label_colours reads colour-coded --predictions"),
+        (["evaluate"], {"model": None, "predictions": "labels", "tile_size": "480"},
+         "--tile_size tells how to run a --model; --predictions are read as they are: drop them"),
+        (["evaluate"], {"tile_size": "480", "canvas": "500"},
+         "error: --tile_size segments one image at a time: it needs --batch_size=1 and no --canvas. Received: "
+         "--batch_size=1, --canvas=500"),
+    ]
+    for argv, changed, message in cases:
+        monkeypatch.setattr(evaluate, "FLAGS", argparse.Namespace(**{**defaults, **changed}))
+        assert evaluate.main(argv) == 2, (argv, changed)
+        captured = capsys.readouterr()
+        assert message in captured.err and not captured.out, (message, captured.err)
