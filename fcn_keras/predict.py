@@ -332,7 +332,7 @@ def collect_images(
         ``Inputs(images, bad, ignored, skipped, names, unsearched, repeated)``: the image paths
         in order (folders sorted by name, a folder's files before its subfolders'; an image
         named twice at its first place), the sources that cannot be used with the reason
-        (missing path, empty folder), the number of folder entries skipped for being hidden or
+        (missing path, empty folder, a folder or subfolder that cannot be read), the number of folder entries skipped for being hidden or
         not having an image extension, the number of image files skipped for lying in
         ``output_dir``, each image's outputs' name, the number of subfolders not searched
         (without ``recursive``) and of images named more than once.
@@ -346,16 +346,18 @@ def collect_images(
                                     "outputs would mix with its images (and be taken as inputs by the next run); "
                                     "write them to another --output_dir"))
                 continue
-            found, hidden, outputs, subfolders = _folder_images(source, out, recursive)
+            found, hidden, outputs, subfolders, unreadable = _folder_images(source, out, recursive)
             ignored += hidden
             unsearched += subfolders
+            bad.extend(unreadable)
             kept = [child for child in found if not _in_folder(child, out)]
             skipped += len(found) - len(kept) + outputs
             if not found and not outputs:
-                bad.append((source, f"folder holds no (not hidden) file ending in {', '.join(IMAGE_EXTENSIONS)}"
-                                    + (" in it or its subfolders" if recursive else "")
-                                    + (f"; it has {counted(subfolders, 'subfolder')}: --recursive searches them"
-                                       if subfolders else "")))
+                if not unreadable:  # (A folder that could not be read has its reason.)
+                    bad.append((source, f"folder holds no (not hidden) file ending in {', '.join(IMAGE_EXTENSIONS)}"
+                                        + (" in it or its subfolders" if recursive else "")
+                                        + (f"; it has {counted(subfolders, 'subfolder')}: --recursive searches them"
+                                           if subfolders else "")))
             elif not kept:
                 bad.append((source, f"the {len(found) + outputs} image files of {source} are in --output_dir={output_dir} "
                                     "and are not taken as inputs (they may be outputs of an earlier run): write "
@@ -375,17 +377,24 @@ def collect_images(
                   len(images) - len(kept))
 
 
-def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[list[Path], int, int, int]:
-    """``(images, ignored, outputs, unsearched)``: the image files of ``folder`` (not hidden;
-    with ``recursive`` its subfolders' too, not hidden ones nor ``out``, each folder once) in
-    order, the number of entries ignored (hidden, or files without an image extension), the
-    number of image files in the pruned ``out``, and without ``recursive`` the number of
-    subfolders (not hidden) left unsearched."""
-    images, ignored, outputs, seen = [], 0, 0, {folder.resolve()}
+def _folder_images(
+    folder: Path, out: Path | None, recursive: bool
+) -> tuple[list[Path], int, int, int, list[tuple[Path, str]]]:
+    """``(images, ignored, outputs, unsearched, unreadable)``: the image files of ``folder`` (not
+    hidden; with ``recursive`` its subfolders' too, not hidden ones nor ``out``, each folder
+    once) in order, the number of entries ignored (hidden, or files without an image
+    extension), the number of image files in the pruned ``out``, without ``recursive`` the
+    number of subfolders (not hidden) left unsearched, and the folders that could not be listed
+    with the reason (the others are searched)."""
+    images, ignored, outputs, seen, unreadable = [], 0, 0, {folder.resolve()}, []
     pending = [folder]
     while pending:
         current = pending.pop()
-        children = sorted(current.iterdir())
+        try:
+            children = sorted(current.iterdir())
+        except OSError as error:  # No permission, or gone meanwhile.
+            unreadable.append((current, f"folder cannot be read: {error.strerror or error}"))
+            continue
         files = [child for child in children if child.is_file()]
         found = [child for child in files if child.suffix.lower() in IMAGE_EXTENSIONS and not child.name.startswith(".")]
         images.extend(found)
@@ -393,7 +402,7 @@ def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[lis
         if not recursive:
             unsearched = sum(1 for child in children if child.is_dir() and not child.name.startswith(".")
                              and child.resolve() not in {out, *seen})  # Those --recursive would search.
-            return images, ignored, outputs, unsearched
+            return images, ignored, outputs, unsearched, unreadable
         subfolders = []
         for child in children:
             if not child.is_dir() or child.resolve() in seen:
@@ -406,7 +415,7 @@ def _folder_images(folder: Path, out: Path | None, recursive: bool) -> tuple[lis
                 subfolders.append(child)
                 seen.add(child.resolve())
         pending.extend(reversed(subfolders))  # Depth first, in name order.
-    return images, ignored, outputs, 0
+    return images, ignored, outputs, 0, unreadable
 
 
 # --- Prediction --------------------------------------------------------------------------------

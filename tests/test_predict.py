@@ -739,6 +739,29 @@ def test_a_folder_whose_images_all_lie_in_output_dir_below_it_says_so(tmp_path):
                                    "another --output_dir")]
 
 
+def test_a_folder_that_cannot_be_read_is_a_failed_input_and_the_rest_is_searched(tmp_path, monkeypatch):
+    """A subfolder without read permission (or removed meanwhile) was a PermissionError traceback
+    that stopped the whole run; it is now reported like a missing input, and its siblings are
+    searched. (Simulated: the tests may run as root, whom permissions do not stop.)"""
+    photos = tmp_path / "photos"
+    for folder in ("a_locked", "b_open"):
+        (photos / folder).mkdir(parents=True)
+        Image.fromarray(random_image(1, (8, 8))).save(photos / folder / "x.png")
+    listing = Path.iterdir
+
+    def iterdir(self):
+        if self.name.endswith("_locked"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    inputs = predict.collect_images([photos], recursive=True)
+    assert inputs.images == [photos / "b_open" / "x.png"]
+    assert inputs.bad == [(photos / "a_locked", "folder cannot be read: Permission denied")]
+    locked = predict.collect_images([photos / "a_locked"])  # The folder named itself: its reason only.
+    assert locked.images == [] and locked.bad == [(photos / "a_locked", "folder cannot be read: Permission denied")]
+
+
 def test_tensorflow_is_kept_off_the_gpus_only_for_a_keras_model_under_another_backend(keras_file, tmp_path, monkeypatch):
     """Under JAX the backend's model needs the GPUs' memory (TensorFlow only decodes JPEGs then);
     under TensorFlow, or for a SavedModel (run by TensorFlow), TensorFlow keeps them."""
