@@ -32,9 +32,9 @@ def progress_verbosity(verbose: int, stream: TextIO | None = None) -> int:
 
 def op_error_reason(message: str) -> str:
     """A TensorFlow op error's message for a one-line report: without the ``{{function_node
-    ...}}`` prefix and the ``[Op:DecodeJpeg]`` suffix, e.g. ``"jpeg::Uncompress failed. Invalid
-    JPEG data or crop window."``."""
-    return re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*\]", "", message).strip()
+    ...}}`` prefix and the ``[Op:DecodeJpeg]`` suffix (with the ``name: ...`` some ops append to
+    it), e.g. ``"jpeg::Uncompress failed. Invalid JPEG data or crop window."``."""
+    return re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:[^\]]*\].*", "", message).strip()
 
 
 def usage_error(program: str, message: str) -> int:

@@ -292,7 +292,7 @@ def read_training_log(csv_path: str | os.PathLike) -> dict[str, np.ndarray]:
                                  f"its header {len(fields)} (a line cut short, or lines run together?)")
             try:
                 by_epoch[int(float(row["epoch"]))] = row
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: "inf", "1e999".
                 raise ValueError(f"training log {csv_path} line {reader.line_num}: epoch {row['epoch']!r} is not a "
                                  "number") from None
     if not by_epoch:

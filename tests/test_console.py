@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fcn_keras import console
 from fcn_keras.console import progress_verbosity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,51 @@ def test_the_live_bar_becomes_one_line_when_not_on_a_terminal():
     assert progress_verbosity(1, _Terminal()) == 1
     assert progress_verbosity(1, io.StringIO()) == 2  # A log file or a pipe.
     assert [progress_verbosity(v, io.StringIO()) for v in (0, 2)] == [0, 2]
+
+
+def test_progress_goes_to_stdout_by_default_and_a_stream_without_isatty_is_no_terminal(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert progress_verbosity(1) == 1
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert progress_verbosity(1) == 2
+
+    class Writer:  # A file-like object with no isatty().
+        def write(self, text: str) -> int:
+            return len(text)
+
+    assert progress_verbosity(1, Writer()) == 2
+
+
+def test_op_error_reason_keeps_only_the_reason():
+    """TensorFlow's messages as its eager decoders raise them (found by review: DecodeImage's
+    ' name: ' after [Op:...] was left in every BMP and GIF error, ending in 'name:')."""
+    prefix = "{{function_node __wrapped__%s_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+    assert console.op_error_reason(prefix % "DecodeJpeg" + "jpeg::Uncompress failed. Invalid JPEG data or crop "
+                                   "window. [Op:DecodeJpeg]") == (
+        "jpeg::Uncompress failed. Invalid JPEG data or crop window.")
+    assert console.op_error_reason(prefix % "DecodeImage" + "Invalid GIF data (size 24), failed to slurp gif file: "
+                                   "Wrong record type detected [Op:DecodeImage] name: ") == (
+        "Invalid GIF data (size 24), failed to slurp gif file: Wrong record type detected")
+    assert console.op_error_reason("Input is empty. [Op:DecodePng] name: decode") == "Input is empty."
+    assert console.op_error_reason("{{node a}} {{node b}} plain") == "plain"
+    assert console.op_error_reason("no decoration") == "no decoration"
+
+
+def test_the_program_is_named_as_it_was_run(monkeypatch):
+    """``python -m fcn_keras.train``: the module; a script, ``python -c`` or a folder run as
+    ``python folder`` (whose ``__main__``'s spec is named ``__main__``): ``sys.argv[0]``."""
+    import importlib.machinery
+    import types
+
+    main = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["tools/app"])
+    for spec, program in ((importlib.machinery.ModuleSpec("fcn_keras.train", None), "fcn_keras.train"),
+                          (None, "tools/app"), (importlib.machinery.ModuleSpec("__main__", None), "tools/app")):
+        main.__spec__ = spec
+        assert console._program() == program
 
 
 @pytest.mark.parametrize("module", ["fcn_keras.train", "fcn_keras.evaluate", "fcn_keras.export",
