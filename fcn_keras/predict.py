@@ -359,9 +359,12 @@ def collect_images(
                                         + (f"; it has {counted(subfolders, 'subfolder')}: --recursive searches them"
                                            if subfolders else "")))
             elif not kept:
-                bad.append((source, f"the {len(found) + outputs} image files of {source} are in --output_dir={output_dir} "
-                                    "and are not taken as inputs (they may be outputs of an earlier run): write "
-                                    "the outputs to another --output_dir"))
+                count = len(found) + outputs
+                are, inputs, they = (("is", "input", "it may be an output") if count == 1
+                                     else ("are", "inputs", "they may be outputs"))
+                bad.append((source, f"the {counted(count, 'image file')} of {source} {are} in --output_dir={output_dir} and "
+                                    f"{are} not taken as {inputs} ({they} of an earlier run): write the outputs to "
+                                    "another --output_dir"))
             images.extend(kept)
             names.extend(child.relative_to(source).with_suffix("") if recursive else Path(child.stem) for child in kept)
         elif source.is_file():

@@ -734,8 +734,8 @@ def test_a_folder_whose_images_all_lie_in_output_dir_below_it_says_so(tmp_path):
     Image.fromarray(random_image(1, (8, 8))).save(photos / "predictions" / "old.png")
     inputs = predict.collect_images([photos], photos / "predictions", recursive=True)
     assert inputs.images == [] and inputs.skipped == 1
-    assert inputs.bad == [(photos, f"the 1 image files of {photos} are in --output_dir={photos / 'predictions'} and are "
-                                   "not taken as inputs (they may be outputs of an earlier run): write the outputs to "
+    assert inputs.bad == [(photos, f"the 1 image file of {photos} is in --output_dir={photos / 'predictions'} and is "
+                                   "not taken as input (it may be an output of an earlier run): write the outputs to "
                                    "another --output_dir")]
 
 
