@@ -289,16 +289,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"momentum must be in [0, 1). Received: momentum={resolved.momentum!r}")
     if not resolved.weight_decay >= 0 or not math.isfinite(resolved.weight_decay):
         raise ValueError(f"weight_decay must be a number >= 0. Received: weight_decay={resolved.weight_decay!r}")
-    if resolved.val_steps is not None and resolved.val_steps < 0:
-        raise ValueError(f"val_steps must be >= 0 (0: no validation). Received: val_steps={resolved.val_steps!r}")
+    if resolved.val_steps is not None:
+        check_int("val_steps", resolved.val_steps, 0, "0: no validation")
     if resolved.val_canvas:
         parse_size(resolved.val_canvas, "val_canvas")
     if resolved.val_batch_size is not None:
         check_int("val_batch_size", resolved.val_batch_size, 1)
     if not resolved.max_train_seconds >= 0 or not math.isfinite(resolved.max_train_seconds):
         raise ValueError(f"max_train_seconds must be >= 0 (0: no limit). Received: max_train_seconds={resolved.max_train_seconds!r}")
-    if resolved.backup_freq < 0:
-        raise ValueError(f"backup_freq must be >= 0 (0: backups at epoch ends only). Received: backup_freq={resolved.backup_freq!r}")
+    check_int("backup_freq", resolved.backup_freq, 0, "steps; 0: backups at epoch ends only")
     check_int("checkpoint_freq", resolved.checkpoint_freq, 1, "epochs")
     check_int("shuffle_buffer", resolved.shuffle_buffer, 0, "records; 0 or 1: none")
     if check_int("seed", resolved.seed, 0) > _MAX_SEED:  # numpy's limit (keras.utils.set_random_seed)
@@ -307,8 +306,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if resolved.init_from and resolved.weights != "none":
         raise ValueError(f"weights applies only without init_from, whose model gives every weight: leave --weights out. "
                          f"Received: weights={resolved.weights!r}, init_from={resolved.init_from!r}")
-    if resolved.init_from and Path(resolved.output_dir).resolve() in Path(resolved.init_from).resolve().parents:
-        # A new run clears best.keras/last.keras of its folder: the model it starts from would go first.
+    init_from = Path(resolved.init_from).resolve() if resolved.init_from else None
+    if init_from is not None and Path(resolved.output_dir).resolve() in (init_from, *init_from.parents):
+        # A new run clears best.keras/last.keras of its folder: the model it starts from would go first
+        # (init_from may name the run folder itself: its best.keras).
         raise ValueError(f"init_from must lie outside output_dir, which the run replaces the models of: give the next "
                          f"stage its own --output_dir. Received: init_from={resolved.init_from!r}, "
                          f"output_dir={resolved.output_dir!r}")
@@ -339,9 +340,15 @@ _LEGACY_VALUES = {"fc6_implementation": "conv"}
 
 def _resume_value(key: str, value: Any) -> Any:
     """A config value as a resume compares it: paths (``data``, ``init_from``) made absolute
-    from the current folder, so ``voc``, ``./voc/`` and ``/abs/voc`` name the same data."""
+    from the current folder, so ``voc``, ``./voc/`` and ``/abs/voc`` name the same data; listed
+    ``class_weights`` as the numbers they list (``1,2`` and ``1.0, 2`` are the same weights)."""
     if key in ("data", "init_from") and value:
         return os.path.abspath(os.path.expanduser(value))
+    if key == "class_weights" and value not in (None, "none", "median_frequency"):
+        try:
+            return _listed_weights(value)
+        except ValueError:
+            return value
     return value
 
 

@@ -34,8 +34,8 @@ from fcn_keras.losses import median_frequency_weights
 from fcn_keras.files import write_json_atomic
 from fcn_keras.optimizers import batches_applied
 from fcn_keras.train import (
-    TrainConfig, TrainingDiverged, _read_csv, build_model, class_weights_of, define_flags, recorded_config,
-    resolve_config, resolve_run_data, train,
+    TrainConfig, TrainingDiverged, _read_csv, _truncate_csv, build_model, class_weights_of, define_flags, main,
+    recorded_config, resolve_config, resolve_run_data, train,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -853,8 +853,23 @@ def test_bad_flags_raise_clear_errors(overrides, message, tmp_path):
         ("seed", -1, r"seed must be an integer >= 0\. Received: seed=-1$"),
         ("seed", 2**32, r"seed must be an integer in \[0, 4294967295\]\. Received: seed=4294967296$"),
         ("verbose", 3, r"verbose must be one of \(0, 1, 2\)\. Received: verbose=3$"),
-        ("val_steps", -1, r"val_steps must be >= 0 \(0: no validation\)\. Received: val_steps=-1$"),
-        ("backup_freq", -1, r"backup_freq must be >= 0 \(0: backups at epoch ends only\)\. Received: backup_freq=-1$"),
+        ("val_steps", -1, r"val_steps must be an integer >= 0 \(0: no validation\)\. Received: val_steps=-1$"),
+        ("val_steps", 1.5, r"val_steps must be an integer >= 0 \(0: no validation\)\. Received: val_steps=1\.5$"),
+        ("backup_freq", -1, r"backup_freq must be an integer >= 0 \(steps; 0: backups at epoch ends only\)\. Received: "
+                            r"backup_freq=-1$"),
+        ("backup_freq", "5", r"backup_freq must be an integer >= 0 \(steps; 0: backups at epoch ends only\)\. Received: "
+                             r"backup_freq='5'$"),
+        ("max_train_seconds", float("inf"), r"max_train_seconds must be >= 0 \(0: no limit\)\. Received: "
+                                            r"max_train_seconds=inf$"),
+        ("fc_units", 0, r"fc_units must be an integer >= 1\. Received: fc_units=0$"),
+        ("epochs", 0, r"epochs must be an integer >= 1\. Received: epochs=0$"),
+        ("jit_compile", "maybe", r"jit_compile must be one of \('auto', 'true', 'false'\)\. Received: jit_compile='maybe'$"),
+        ("mixed_precision", "fp8", r"mixed_precision must be one of \('none', 'bf16', 'fp16'\)\. Received: "
+                                   r"mixed_precision='fp8'$"),
+        ("lr_schedule", "cosine", r"lr_schedule must be one of \('constant', 'poly'\)\. Received: lr_schedule='cosine'$"),
+        ("preprocessing", "rgb", r"preprocessing must be one of \('auto', .*\)\. Received: preprocessing='rgb'$"),
+        ("geometry", "valid", r"geometry must be one of \(.*\)\. Received: geometry='valid'$"),
+        ("val_canvas", "0x500", r"val_canvas must be N or HxW with positive integers\. Received: '0x500'$"),
     ],
 )
 def test_values_out_of_range_are_refused_naming_the_flag(field, value, message, tmp_path):
@@ -874,10 +889,225 @@ def test_the_automatic_learning_rate_is_sgds_and_adam_needs_one():
 
 
 def test_the_edges_of_the_ranges_are_accepted(tmp_path):
-    edges = dict(learning_rate=1e-12, momentum=0.0, weight_decay=0.0, val_steps=0, backup_freq=0)
+    edges = dict(learning_rate=1e-12, momentum=0.0, weight_decay=0.0, val_steps=0, backup_freq=0, seed=2**32 - 1,
+                 max_train_seconds=0.0)
     resolved = resolve_config(TrainConfig(**{**TINY, **edges}, output_dir=str(tmp_path)))
     assert {key: getattr(resolved, key) for key in edges} == edges
     assert resolve_config(TrainConfig(**{**TINY, "momentum": 0.999}, output_dir=str(tmp_path))).momentum == 0.999
+
+
+def test_crops_must_be_whole_cells_of_the_variants_stride_and_hold_a_pool5_cell(tmp_path):
+    """FCN-8s takes any multiple of 8 from 32 (40: 5 cells of pool3), not 24 (a multiple of 8, but
+    under pool5's 32); FCN-16s multiples of 16 (48 yes, 40 no)."""
+    def resolved(variant: str, crop_size: int) -> TrainConfig:
+        return resolve_config(TrainConfig(**{**TINY, "variant": variant, "crop_size": crop_size}, output_dir=str(tmp_path)))
+
+    assert resolved("8s", 40).crop_size == 40 and resolved("16s", 48).crop_size == 48
+    for variant, crop_size, stride in (("8s", 24, 8), ("16s", 40, 16), ("8s", 16, 8)):
+        with pytest.raises(ValueError, match=rf"multiple of the network stride {stride} of FCN-{variant} and at least 32 "
+                                             rf"\(pool5\)\. Received: crop_size={crop_size}$"):
+            resolved(variant, crop_size)
+
+
+def test_num_classes_must_be_two_or_more_where_the_data_does_not_say(tmp_path, monkeypatch):
+    """Records without a manifest take any count >= 2 (background and one class)."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config(TrainConfig(**TINY, data="records", num_classes=2, output_dir="run")).num_classes == 2
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 2\. Received: num_classes=1$"):
+        resolve_config(TrainConfig(**TINY, data="records", num_classes=1, output_dir="run"))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute only")
+def test_gradient_accumulation_is_refused_under_tf_distribute_only(tmp_path):
+    config = TrainConfig(**{**TINY, "gradient_accumulation_steps": 2}, output_dir=str(tmp_path))
+    assert resolve_config(config).gradient_accumulation_steps == 2
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps > 1 cannot run under tf\.distribute .* Received: "
+                                         r"gradient_accumulation_steps=2, distribute='mirrored'$"):
+        resolve_config(dataclasses.replace(config, distribute="mirrored"))
+
+
+def test_auto_values_are_the_papers_on_real_data_and_the_demos_without(tmp_path, monkeypatch):
+    """docs/training.md: the reference solve.py (25 x 4,000 iterations of one whole image, SGD,
+    FCN-VGG16's 4096-wide fc6/fc7, the authors' geometry, ImageNet weights) on real data; the quick
+    start's small setup without --data; explicit values win over both."""
+    monkeypatch.chdir(tmp_path)
+    fields = ("epochs", "steps_per_epoch", "batch_size", "crop_size", "fc_units", "geometry", "optimizer", "weights",
+              "num_classes", "output_dir")
+    paper = resolve_config(TrainConfig(data="records"))
+    assert {k: getattr(paper, k) for k in fields} == dict(
+        epochs=25, steps_per_epoch=4000, batch_size=1, crop_size=0, fc_units=4096, geometry="reference", optimizer="sgd",
+        weights="imagenet", num_classes=21, output_dir=str(Path("runs") / "fcn8s"))
+    demo = resolve_config(TrainConfig())
+    assert {k: getattr(demo, k) for k in fields} == dict(
+        epochs=10, steps_per_epoch=60, batch_size=4, crop_size=64, fc_units=256, geometry="same", optimizer="adam",
+        weights="none", num_classes=21, output_dir=str(Path("runs") / "fcn8s"))
+    assert demo.learning_rate == 3e-4
+    # The TPAMI at-once net: its own rate (1e-10 unnormalised, not FCN-8s' 1e-14) and its own folder.
+    at_once = resolve_config(TrainConfig(data="records", at_once=True))
+    assert at_once.learning_rate == pytest.approx(1e-10 * 1.7e5)
+    assert at_once.output_dir == str(Path("runs") / "fcn8s_at_once")
+    # A later stage starts from its init_from model: no backbone weights to load.
+    staged = resolve_config(TrainConfig(data="records", variant="16s", init_from="runs/fcn32s"))
+    assert (staged.weights, staged.learning_rate, staged.output_dir) == (
+        "none", pytest.approx(1e-12 * 1.7e5), str(Path("runs") / "fcn16s"))
+    explicit = resolve_config(TrainConfig(crop_size=0, batch_size=1, epochs=3, geometry="reference", fc_units=16))
+    assert (explicit.crop_size, explicit.batch_size, explicit.epochs, explicit.geometry, explicit.fc_units) == (
+        0, 1, 3, "reference", 16)
+
+
+def test_init_from_the_output_dir_itself_or_below_it_is_refused(tmp_path, monkeypatch):
+    """Found by review: --init_from naming the run folder itself (a run folder means its
+    best.keras) was accepted with the same --output_dir, whose new run then deletes that
+    best.keras; and a relative init_from is compared as the folder it names."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    for init_from in (str(run), str(run) + "/", "run", "./run/best.keras", "run/../run/sub/best.keras"):
+        with pytest.raises(ValueError, match=re.escape(f"init_from must lie outside output_dir, which the run replaces the "
+                                                       f"models of: give the next stage its own --output_dir. Received: "
+                                                       f"init_from={init_from!r}, output_dir={str(run)!r}")):
+            resolve_config(TrainConfig(**{**TINY, "variant": "16s"}, init_from=init_from, output_dir=str(run)))
+    for init_from in ("run32", str(tmp_path / "runs" / "best.keras"), str(tmp_path)):  # beside it, or above it
+        assert resolve_config(TrainConfig(**{**TINY, "variant": "16s"}, init_from=init_from,
+                                          output_dir=str(run))).init_from == init_from
+
+
+def test_the_demos_cache_dir_must_be_writable(tmp_path):
+    """The synthetic demo is generated into --cache_dir: refused before anything is built."""
+    with pytest.raises(ValueError, match=r"cache_dir '/proc/fcn-cache' cannot be written: "):
+        resolve_config(TrainConfig(**TINY, output_dir=str(tmp_path / "run"), cache_dir="/proc/fcn-cache"))
+
+
+def test_an_unexpected_argument_is_a_usage_error(capsys):
+    assert main(["fcn_keras.train", "data/voc"]) == 2
+    assert "fcn_keras.train: error: unexpected arguments: ['data/voc']" in capsys.readouterr().err
+
+
+def _finished_run(folder: Path, **overrides) -> TrainConfig:
+    """A run folder as a finished 2-epoch run leaves it, written without training: config.json
+    (the resolved config), backup/state.json and summary.json. Returns the run's config."""
+    config = resolve_config(TrainConfig(**{**TINY, "variant": "16s", **overrides}, output_dir=str(folder)))
+    write_json_atomic(folder / "config.json", {"config": dataclasses.asdict(config)})
+    write_json_atomic(folder / "backup" / cb.STATE_FILE, {"epoch": 2, "step": 0, "global_step": 4, "weights": "w.h5",
+                                                          "arrays": "a.npz"})
+    write_json_atomic(folder / "summary.json", {"status": "finished", "epochs_done": 2})
+    return config
+
+
+#: A changed value of every field a resume must keep (all of _RESUME_KEYS but distribute, whose
+#: strategies are not built here): the backup's weights, optimizer state or input stream would not
+#: be this run's.
+RESUME_CHANGES = dict(
+    variant="8s", data="other", train_split="sbd_train", init_from="stage1.keras", num_classes=5,
+    class_weights="median_frequency", steps_per_epoch=4, batch_size=4, gradient_accumulation_steps=2, crop_size=64,
+    shuffle_buffer=64, optimizer="sgd", lr_schedule="poly", mixed_precision="bf16", seed=1, at_once=True,
+    geometry="reference", fc_units=16, deterministic=False, preprocessing="torch", fc6_implementation="conv",
+    learn_skip_upsampling=False,
+)
+
+
+@pytest.mark.parametrize("field", sorted(RESUME_CHANGES))
+def test_a_resume_refuses_each_setting_it_must_keep(field, tmp_path, monkeypatch):
+    """Refused before anything is built, naming the field, the recorded value and the new one."""
+    from fcn_keras.train import _RESUME_KEYS
+
+    assert set(RESUME_CHANGES) == set(_RESUME_KEYS) - {"distribute"}
+    monkeypatch.chdir(tmp_path)
+    config = _finished_run(tmp_path / "run", data="records")
+    changed = dataclasses.replace(config, **{field: RESUME_CHANGES[field]})
+    with pytest.raises(ValueError, match=re.escape(f"holds the backup of a different run ({field}: "
+                                                   f"{getattr(config, field)!r} -> {RESUME_CHANGES[field]!r})")):
+        train(changed)
+
+
+def test_a_resume_takes_the_settings_it_may_change(tmp_path, monkeypatch):
+    """Rates, validation, checkpointing, logging, the cache and the backbone file may change (the
+    finished run is returned as it is); the data and init_from compare as the paths they name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "records").mkdir()
+    config = _finished_run(tmp_path / "run", data=str(tmp_path / "records"), variant="16s",
+                           init_from=str(tmp_path / "stage1.keras"))
+    summary = {"status": "finished", "epochs_done": 2}
+    free = dict(learning_rate=0.5, momentum=0.5, weight_decay=0.0, val_split="seg11valid", val_steps=1, val_canvas="64",
+                val_batch_size=2, backup_freq=7, checkpoint_freq=2, max_train_seconds=60.0, jit_compile="false",
+                cache_dir="elsewhere", verbose=2)
+    assert train(dataclasses.replace(config, **free)) == summary
+    # Listed class weights compare as the numbers they list.
+    weighted = _finished_run(tmp_path / "weighted", data="records", num_classes=3, class_weights="1,2,0.5")
+    assert train(dataclasses.replace(weighted, class_weights="1.0, 2, .5")) == summary
+    with pytest.raises(ValueError, match=re.escape("different run (class_weights: '1,2,0.5' -> '1,2,1')")):
+        train(dataclasses.replace(weighted, class_weights="1,2,1"))
+    for data, init_from in (("records/", "./stage1.keras"), ("./records", "~/stage1.keras"), ("~/records", "stage1.keras")):
+        assert train(dataclasses.replace(config, data=data, init_from=init_from)) == summary, (data, init_from)
+
+
+def test_a_run_recorded_before_a_field_existed_reads_as_it_ran(tmp_path):
+    """recorded_config: a field absent from config.json has its default, or its legacy value
+    (fc6 was a Conv2D); a recorded value wins over both."""
+    record = {"config": {"variant": "16s", "seed": 3}}
+    write_json_atomic(tmp_path / "old" / "config.json", record)
+    old = recorded_config(tmp_path / "old")
+    assert set(old) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert (old["variant"], old["seed"], old["fc6_implementation"]) == ("16s", 3, "conv")
+    assert {k: v for k, v in old.items() if k not in ("variant", "seed", "fc6_implementation")} == {
+        k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k not in ("variant", "seed", "fc6_implementation")}
+    write_json_atomic(tmp_path / "new" / "config.json", {"config": {**record["config"], "fc6_implementation": "im2col"}})
+    assert recorded_config(tmp_path / "new")["fc6_implementation"] == "im2col"
+
+
+def test_class_weights_of_the_listed_and_median_frequency_kinds(tmp_path):
+    """median_frequency: Eigen & Fergus' frequencies over the images holding each class, from the
+    converter's manifest; refused, naming the records, where the manifest has no pixel counts."""
+    own = make_synthetic_folder_dataset(tmp_path / "mine", num_train=4, num_val=1, seed=1)
+    data = tmp_path / "records"
+    convert(None, data, **own, splits=("train",), verbose=False)
+    train_glob = convert_lib.split_glob(data, "train")
+    config = resolve_config(TrainConfig(**TINY, data=str(data), output_dir=str(tmp_path / "run")))
+    assert class_weights_of(config, train_glob) is None
+    assert class_weights_of(dataclasses.replace(config, class_weights="1,0.5,2"), train_glob) == [1.0, 0.5, 2.0]
+    median = dataclasses.replace(config, class_weights="median_frequency")
+    entry = json.loads((data / "manifest.json").read_text())["splits"]["train"]
+    expected = median_frequency_weights(entry["class_pixels"], entry["class_image_pixels"])
+    assert class_weights_of(median, train_glob) == pytest.approx(expected)
+    assert expected != pytest.approx(median_frequency_weights(entry["class_pixels"]))
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["splits"]["train"]["class_pixels"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=re.escape(f"class_weights=median_frequency needs the class pixel counts that "
+                                                   f"fcn_keras.data.convert records in manifest.json, and the training "
+                                                   f"records {train_glob} have none")):
+        class_weights_of(median, train_glob)
+
+
+def test_a_resumed_log_keeps_the_epochs_done_and_drops_damaged_rows(tmp_path, caplog):
+    """_truncate_csv, called directly: epochs from 0 in log.csv; epoch 2's row (to be done again)
+    and the damaged rows go, blank lines too; a missing or empty log is left alone."""
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_loss\n0,1.5,2.0\n1,1.2\n\n1,1.25,1.75\nx,1,1\n2,1.0,1.5\n")
+    with caplog.at_level(logging.WARNING, logger="fcn_keras.train"):
+        _truncate_csv(log, 2)
+    assert log.read_text().splitlines() == ["epoch,loss,val_loss", "0,1.5,2.0", "1,1.25,1.75"]
+    assert f"{log}: dropped 2 damaged rows cut short, run together or garbled (line 3, 6)" in caplog.text
+    _truncate_csv(log, 0)
+    assert log.read_text().splitlines() == ["epoch,loss,val_loss"]
+    _truncate_csv(tmp_path / "missing.csv", 1)
+    assert not (tmp_path / "missing.csv").exists()
+    (tmp_path / "empty.csv").write_text("")
+    _truncate_csv(tmp_path / "empty.csv", 1)
+    assert (tmp_path / "empty.csv").read_text() == ""
+
+
+def test_the_summarys_log_rows_are_numbers_without_the_missing_values(tmp_path, caplog):
+    """_read_csv: epochs as ints, values as floats, NA and empty cells left out (an epoch without
+    validation), rows of another width left out with a warning; no log: no rows."""
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_loss\n0,1.5,NA\n1,1.25,\n2,1.0,1.5,9\n3,0.5\n4,0.25,0.75\n")
+    with caplog.at_level(logging.WARNING, logger="fcn_keras.train"):
+        rows = _read_csv(log)
+    assert rows == [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.25}, {"epoch": 4, "loss": 0.25, "val_loss": 0.75}]
+    assert f"{log} line 4 left out of the summary: another number of fields" in caplog.text
+    assert f"{log} line 5 left out of the summary: another number of fields" in caplog.text
+    assert _read_csv(tmp_path / "missing.csv") == []
 
 
 def test_validation_on_a_canvas_scores_as_evaluate_does_and_a_canvas_too_small_is_refused(voc_root, tmp_path,
