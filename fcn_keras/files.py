@@ -110,7 +110,7 @@ def remove_orphaned_temporaries(folder: str | os.PathLike) -> list[Path]:
 def _process_runs(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: beyond any process id (pid_t)
         return False
     except PermissionError:  # another user's process
         return True

@@ -108,7 +108,9 @@ def build_fcn(
     arch.check_variant(variant)
     geo = arch.get_geometry(geometry)
     num_classes = check_int("num_classes", num_classes, 2)
-    if len(input_shape) != 3 or not is_integer(input_shape[2]) or input_shape[2] != 3 or any(
+    # A tuple or list first: None or a number has no len() (a TypeError naming no argument).
+    shaped = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3 and is_integer(input_shape[2])
+    if not shaped or input_shape[2] != 3 or any(
         side is not None and (not is_integer(side) or side < 1) for side in input_shape[:2]
     ):
         raise ValueError(

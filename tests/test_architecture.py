@@ -98,6 +98,13 @@ def test_static_shapes_use_cropping2d_and_match_dynamic_crops():
     np.testing.assert_allclose(static(images), dynamic(images), rtol=1e-5, atol=1e-5)
 
 
+
+def test_one_fixed_side_keeps_dynamic_crops():
+    """Cropping2D needs both sides known: with one None side every crop is a CropToReference."""
+    model = build_fcn("8s", input_shape=(None, 61, 3), fc_units=8)
+    assert type(model.get_layer("score_pool4c")).__name__ == "CropToReference"
+    for height in (45, 30):
+        assert model(np.zeros((1, height, 61, 3), "uint8")).shape == (1, height, 61, 21)
 @pytest.mark.parametrize("variant, geometry", [("8s", "reference"), ("32s", "same"), ("8s", "same")])
 def test_dependency_span_is_exactly_where_the_gradient_is_nonzero(variant, geometry):
     """For output columns at 8 phases of the 32-pixel grid, the input columns with a nonzero

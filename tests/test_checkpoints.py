@@ -184,3 +184,29 @@ def test_the_schedule_checkpoints_every_nth_epoch_the_last_and_a_stop():
     assert schedule.due(0, model)
     with pytest.raises(ValueError):
         cb.CheckpointSchedule(every=0, epochs=5)
+
+
+def test_json_records_are_key_sorted_strict_and_end_with_a_newline(tmp_path):
+    """A tuple's NaN is null too; the folder is made; keys sorted, one line per value, a final newline."""
+    path = files.write_json_atomic(tmp_path / "new" / "r.json", {"b": (1.0, float("nan")), "a": 1})
+    assert path.read_text() == '{\n  "a": 1,\n  "b": [\n    1.0,\n    null\n  ]\n}\n'
+
+
+def test_orphaned_temporaries_are_those_of_no_process_on_this_machine(tmp_path, monkeypatch):
+    """Found by review: a temporary name whose number is beyond any process id made os.kill raise an
+    OverflowError, and remove_orphaned_temporaries (run at the start of training) with it."""
+    live = tmp_path / f".tmp-{os.getpid()}-0a1b2c3d-last.keras"
+    dead = tmp_path / ".tmp-4194305-0a1b2c3d-best.keras"  # above Linux's largest pid_max
+    beyond = tmp_path / ".tmp-99999999999-0a1b2c3d-state.json"  # beyond pid_t
+    other = tmp_path / ".tmp-notes.txt"  # not atomic_path's
+    for path in (live, dead, beyond, other):
+        path.write_text("x")
+    assert files.remove_orphaned_temporaries(tmp_path) == sorted([dead, beyond])
+    assert sorted(tmp_path.iterdir()) == sorted([live, other])
+
+    def another_users(pid, signal):  # os.kill of a live process of another user, when not root
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "kill", another_users)
+    dead.write_text("x")
+    assert files.remove_orphaned_temporaries(tmp_path) == [] and dead.exists()

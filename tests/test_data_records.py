@@ -44,6 +44,9 @@ def test_encode_parse_round_trip_is_exact():
     # the method asked for (TensorFlow's PNG decoder would read the JPEG too, by its default one).
     example = tf.train.Example.FromString(serialized)
     del example.features.feature["image/format"]
+    del example.features.feature["label/format"]
+    raw = records.parse_features(tf.constant(example.SerializeToString()))
+    assert raw["image/format"].numpy() == b"jpeg" and raw["label/format"].numpy() == b"png"
     older = records.parse_example(tf.constant(example.SerializeToString()), dct_method="INTEGER_ACCURATE")
     accurate = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE").numpy()
     assert (accurate != parsed["image"].numpy()).any()
@@ -75,6 +78,22 @@ def test_parse_example_works_inside_tf_data():
     element = next(iter(dataset))
     assert element["image"].shape == (5, 6, 3)
     np.testing.assert_array_equal(element["label"].numpy(), label)
+
+
+def test_png_images_round_trip_and_other_formats_are_refused():
+    """8-bit PNG images of a dataset of your own, RGB or grayscale, decode to RGB exactly."""
+    rng = np.random.default_rng(1)
+    rgb, gray = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8), rng.integers(0, 256, (7, 9), dtype=np.uint8)
+    label_png = records.encode_label_png(np.zeros((7, 9), np.uint8))
+    for image, expected in ((rgb, rgb), (gray, np.repeat(gray[..., None], 3, axis=-1))):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        serialized = tf.constant(records.encode_example("own_1", buffer.getvalue(), label_png, 7, 9, "png"))
+        # Recorded as PNG (TensorFlow's JPEG decoder would read a PNG too: the feature must say it).
+        assert records.parse_features(serialized)["image/format"].numpy() == b"png"
+        np.testing.assert_array_equal(records.parse_example(serialized)["image"].numpy(), expected)
+    with pytest.raises(ValueError, match=r"^image_format must be one of \('jpeg', 'png'\)\. Received: image_format='bmp'$"):
+        records.encode_example("own_1", b"BM", label_png, 7, 9, "bmp")
 
 
 def test_label_png_is_single_channel_and_checked():

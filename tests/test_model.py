@@ -373,6 +373,11 @@ def test_bf16_mixed_precision_computes_in_bf16_and_returns_float32_logits():
         ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)\. Received: dropout=1\.0"),
         ({"dropout": "0.5"}, r"dropout must be a number in \[0, 1\)\. Received: dropout='0\.5'"),
         ({"dropout": None}, r"dropout must be a number in \[0, 1\)\. Received: dropout=None"),
+        ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\)\. Received: dropout=-0\.1"),
+        ({"dropout": False}, r"dropout must be a number in \[0, 1\)\. Received: dropout=False"),
+        # Not a sequence: was a TypeError (len() of None) naming no argument.
+        ({"input_shape": None}, r"input_shape must be \(height, width, 3\) .* Received: input_shape=None"),
+        ({"input_shape": 64}, r"input_shape must be \(height, width, 3\) .* Received: input_shape=64"),
         ({"input_shape": (True, True, 3)}, r"each side None or >= 1\. Received: input_shape=\(True, True, 3\)"),
         ({"input_shape": (64, 64, 3.0)}, r"input_shape must be \(height, width, 3\) .* Received: input_shape=\(64, 64, 3\.0\)"),
         ({"at_once": "yes"}, r"at_once must be True or False\. Received: at_once='yes'"),

@@ -1,13 +1,16 @@
 """Surgery: bilinear kernels, VGG16 → FCN transplant, FCN → FCN transfer, weight files."""
 
+import hashlib
 import logging
 
 import numpy as np
 import pytest
 
+import h5py
 import keras
 
-from fcn_keras.backbone import resolve_preprocessing, weights_file_has_top
+from fcn_keras import backbone
+from fcn_keras.backbone import load_vgg16, resolve_preprocessing, weights_file_has_top
 from fcn_keras.constants import CAFFE_BGR_MEAN
 from fcn_keras.model import build_fcn
 from fcn_keras.surgery import (
@@ -254,3 +257,41 @@ def test_shared_torchvision_weights_refuse_caffe_preprocessing(shared_dir):
         with pytest.raises(ValueError, match=rf"expect preprocessing='torch', not preprocessing='{mode}'"):
             build_fcn("8s", weights=path, preprocessing=mode, fc_units=8)
     assert resolve_preprocessing(path, "torch") == "torch"
+
+
+def test_keras_applications_files_are_known_by_their_md5(tmp_path, monkeypatch):
+    """keras.applications lists its VGG16 files by md5 (KNOWN_WEIGHT_FILES keeps those), the
+    shared torchvision file by sha256: both digests of a file are looked up."""
+    path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    path.write_bytes(b"stands in for keras.applications' file")
+    monkeypatch.setitem(backbone.KNOWN_WEIGHT_FILES, hashlib.md5(path.read_bytes()).hexdigest(), "caffe")
+    assert resolve_preprocessing(path) == "caffe"
+    with pytest.raises(ValueError, match=r"expect preprocessing='caffe', not preprocessing='torch'"):
+        resolve_preprocessing(path, "torch")
+
+
+def test_legacy_keras_2_files_tell_their_top_by_their_layer_names(tmp_path):
+    """keras.applications downloads the Keras 2 HDF5 format: a ``layer_names`` attribute."""
+    for names, top in ((["block5_pool", "flatten", "fc1", "fc2", "predictions"], True), (["block5_conv3", "block5_pool"], False)):
+        path = tmp_path / f"legacy_{top}.h5"
+        with h5py.File(path, "w") as f:
+            f.attrs["layer_names"] = [name.encode() for name in names]
+        assert weights_file_has_top(path) is top
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(2))
+    with pytest.raises(ValueError, match=rf"weights file '{tmp_path / 'other.h5'}' is not a Keras weights file"):
+        weights_file_has_top(tmp_path / "other.h5")
+
+
+def test_a_long_keras_reason_is_cut_in_the_error(tmp_path, monkeypatch):
+    """Keras may print whole weight tensors in its error: the message keeps their first 400 characters."""
+    path = tmp_path / "vgg16_notop.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"block1_conv1"]
+
+    def long_error(self, filepath, *args, **kwargs):
+        raise ValueError("x" * 1000)
+
+    monkeypatch.setattr(keras.Model, "load_weights", long_error)
+    with pytest.raises(ValueError, match=r"does not hold VGG16 weights \(include_top=False\): x{400} \.\.\.$"):
+        load_vgg16(path)

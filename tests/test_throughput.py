@@ -53,6 +53,18 @@ def test_transposed_convolution_and_dense():
     assert layer_flops(keras.layers.ReLU()) == 0
 
 
+def test_deconvolution_counts_its_input_channels_dense_its_positions_and_nested_models_their_layers():
+    # 4*6 inputs of 3 channels each scatter a 3x3x5 patch: input channels and filters both count.
+    deconv = _single(keras.layers.Conv2DTranspose(5, 3, strides=2, use_bias=False), (4, 6, 3))
+    assert forward_flops(deconv) == 2 * 4 * 6 * 3 * 9 * 5
+    # A Dense on a sequence applies to each of its 7 positions.
+    assert forward_flops(_single(keras.layers.Dense(4), (7, 10))) == 2 * 7 * 10 * 4
+    inner = _single(keras.layers.Conv2D(8, 3, name="conv"), (10, 12, 3))
+    inputs = keras.Input((10, 12, 3))
+    outer = keras.Model(inputs, keras.layers.ReLU()(inner(inputs)))
+    assert model_flops(outer) == {inner.name: 2 * 8 * 10 * 8 * 27}
+
+
 def test_fcn_reference_geometry_counts_the_padding():
     model = build_fcn("32s", input_shape=(32, 32, 3), fc_units=8)
     counts = model_flops(model)
@@ -73,9 +85,12 @@ def test_fcn_same_geometry_total_by_hand():
             channels = filters
         size //= 2
     # pool5 is 1x1: 'same' fc6 (7x7), fc7 (1x1), score_fr, then the 64x64 stride-32 deconvolution.
-    macs += 8 * 49 * 512 + 8 * 8 + 21 * 8 + 21 * 64 * 64 * 21
+    trunk = macs + 8 * 49 * 512 + 8 * 8
+    macs = trunk + 21 * 8 + 21 * 64 * 64 * 21
     assert forward_flops(model) == 2 * macs
     assert fcn_flops("32s", 32, 32, geometry="same", fc_units=8) == 2 * macs
+    # The class count is that of the head: 5 classes in score_fr and upscore.
+    assert fcn_flops("32s", 32, 32, geometry="same", fc_units=8, num_classes=5) == 2 * (trunk + 5 * 8 + 5 * 64 * 64 * 5)
     assert TRAIN_FLOPS_FACTOR == 3
 
 
