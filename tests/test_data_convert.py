@@ -368,6 +368,131 @@ def test_bad_arguments_and_layouts(voc_root, tmp_path):
         convert(voc_root, tmp_path, splits=("seg11valid",))
     with pytest.raises(ValueError, match=r"split 'sbd_train' reads SBD: pass sbd_root \(--sbd_root\)"):
         convert(voc_root, tmp_path, splits=("sbd_train",))
+    with pytest.raises(ValueError, match=r"splits must name at least one split. Received: splits=\(\)"):
+        convert(voc_root, tmp_path / "none", splits=())
+    with pytest.raises(ValueError, match=r"max_images must be >= 1 or None. Received: max_images=0"):
+        convert(voc_root, tmp_path / "none", max_images=0)  # Not an empty split.
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_error_counts_the_problems_after_the_first(voc_root, tmp_path):
+    """Found by a mutation review: the count of further problems could be off by one, for a
+    list's problems and for those recorded in reused shards, and no test noticed."""
+    other = make_synthetic_voc(tmp_path / "other", num_train=3, num_val=1, size=(40, 48), seed=2)
+    for image_id in ("synth_000000", "synth_000002"):  # Two bad masks in one shard.
+        mask = other / f"VOC2012/SegmentationClass/{image_id}.png"
+        label = _indices(mask)
+        label[0, 0] = 42
+        Image.fromarray(label, "L").save(mask)
+    out = tmp_path / "records"
+    assert convert(other, out, splits=("train",), skip_invalid=True, verbose=False)["splits"]["train"]["num_skipped"] == 2
+    with pytest.raises(voc.InvalidPairError, match=r"synth_000000.png: mask values outside \{0..20, 255\}: \[42\] "
+                                                   r"\(id 'synth_000000'\) \(and 1 more problems; --skip_invalid"):
+        convert(other, out, splits=("train",), verbose=False)  # The shard is reused: its recorded problems.
+    _break_missing_mask(voc_root / "VOC2012")
+    with pytest.raises(voc.InvalidPairError) as one:
+        convert(voc_root, tmp_path / "r", splits=("train",), verbose=False)
+    assert str(one.value).endswith("synth_000001.png: mask file is missing (id 'synth_000001')")
+    (voc_root / "VOC2012/SegmentationClass/synth_000005.png").unlink()
+    with pytest.raises(voc.InvalidPairError, match=r"\(id 'synth_000001'\) \(and 1 more problems; --skip_invalid"):
+        convert(voc_root, tmp_path / "r", splits=("train",), verbose=False)
+
+
+def test_the_shard_count_limit(voc_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_lib, "MAX_SHARDS", 7)  # 99999 in truth: five digits.
+    manifest = convert(voc_root, tmp_path / "r", splits=("train",), shard_size=1, verbose=False)
+    assert manifest["splits"]["train"]["num_shards"] == 7
+    monkeypatch.setattr(convert_lib, "MAX_SHARDS", 6)
+    with pytest.raises(ValueError, match=r"split 'train' would need 7 shards \(at most 6\): raise --shard_size. "
+                                         r"Received: shard_size=1"):
+        convert(voc_root, tmp_path / "r2", splits=("train",), shard_size=1, verbose=False)
+
+
+def test_reruns_see_a_mask_of_another_size_drop_a_stale_report_and_other_versions_splits(voc_root, tmp_path):
+    out = tmp_path / "records"
+    convert(voc_root, out, splits=("train", "val"), verbose=False)
+    # A mask replaced keeping its modification time (a copy that keeps times): its size differs.
+    mask = voc_root / "VOC2012/SegmentationClass/synth_000003.png"
+    stat, label = mask.stat(), np.zeros_like(_indices(mask))
+    Image.fromarray(label, "L").save(mask)
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert mask.stat().st_size != stat.st_size
+    manifest = convert(voc_root, out, splits=("train",), verbose=False)
+    np.testing.assert_array_equal(_read_split(out, manifest, "train")["synth_000003"]["label"], label)
+    # A pair skipped, then mended: the report goes.
+    broken = voc_root / "VOC2012/SegmentationClass/synth_000001.png"
+    original = broken.read_bytes()
+    _break_value(voc_root / "VOC2012")
+    convert(voc_root, out, splits=("train",), skip_invalid=True, verbose=False)
+    assert (out / "skipped.json").is_file()
+    broken.write_bytes(original)
+    assert convert(voc_root, out, splits=("train",), verbose=False)["skipped_report"] is None
+    assert not (out / "skipped.json").exists()
+    # A manifest of another schema version: its other splits are not carried into this one.
+    stored = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**stored, "version": f"other-{stored['version']}"}))
+    assert set(convert(voc_root, out, splits=("train",), verbose=False)["splits"]) == {"train"}
+
+
+def test_a_split_found_complete_is_recorded_so_before_a_later_split_fails(voc_root, tmp_path):
+    """A split whose shards are all current but recorded as incomplete (a run killed before
+    saying so) is marked complete before the next split, which may fail before any write."""
+    out = tmp_path / "records"
+    jpeg = voc_root / "VOC2012/JPEGImages/synth_000007.jpg"  # In val.
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    convert(voc_root, out, splits=("train", "val"), skip_invalid=True, verbose=False)
+    stored = json.loads((out / "manifest.json").read_text())
+    stored["splits"]["train"]["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(stored))
+    with pytest.raises(voc.InvalidPairError, match=r"synth_000007.jpg: undecodable JPEG"):  # val's recorded problem
+        convert(voc_root, out, splits=("train", "val"), verbose=False)
+    assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["complete"] is True
+
+
+def test_lists_with_a_bom_crlf_and_voc_flags_sbd_folders_split_and_class_names(voc_root, tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_bytes("\ufeffsynth_000000 1\r\nsynth_000002 -1\r\n".encode())  # Windows, VOC's flags
+    _, pairs, problems = voc.resolve_pairs("train", voc_root, lists_dir=lists)
+    assert [pair.image_id for pair in pairs] == ["synth_000000", "synth_000002"] and not problems
+    # SBD's dataset/ folder comes first, even when its root holds a cls/ folder too.
+    make_synthetic_sbd(tmp_path / "sbd", voc_root, ["synth_000000"])
+    (tmp_path / "sbd/cls").mkdir()
+    assert voc.sbd_dir(tmp_path / "sbd", "sbd_train") == voc.sbd_dir(tmp_path / "sbd/dataset", "sbd_train") == tmp_path / "sbd/dataset"
+    for split in (".hidden", "-x", "_x", "a/b", ""):  # Hidden shards, flag-like names, paths.
+        with pytest.raises(ValueError, match=rf"split names must be letters.*Received: split={re.escape(repr(split))}"):
+            voc.check_split_name(split)
+    voc.check_split_name("a.b-c_9")
+    assert len(voc.read_class_names([f"c{i}" for i in range(255)])) == 255
+    with pytest.raises(ValueError, match=r"2 to 255 class names .*Received: 256 in class_names="):  # 255 is void
+        voc.read_class_names([f"c{i}" for i in range(256)])
+
+
+def test_masks_that_are_not_png_deep_colour_masks_and_bad_mat_values_are_refused(voc_root, tmp_path):
+    fake = tmp_path / "jpeg_mask.png"  # JPEG bytes under a .png name: blurred values, refused.
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(fake, format="JPEG")
+    with pytest.raises(voc.InvalidPairError, match=r"jpeg_mask.png: mask is not a PNG file \(format JPEG\)"):
+        voc.read_label(fake)
+    deep = tmp_path / "deep_rgb.png"  # 16 bits per channel: PIL reads it as mode RGB, rounded.
+    deep.write_bytes(tf.io.encode_png(np.zeros((4, 4, 3), np.uint16)).numpy())
+    with pytest.raises(voc.InvalidPairError, match=r"deep_rgb.png: colour mask is a mode-RGB, 16-bit PNG"):
+        voc.read_label(deep, voc.read_label_colours("voc", ("a", "b")))
+    mat = tmp_path / "x.mat"
+    for segmentation, match in ((np.array([[0, -1]]), r"mask values outside 0..255: range -1..0"),
+                                (np.array([[0, 256]]), r"mask values outside 0..255: range 0..256"),
+                                (np.zeros((2, 2, 2)), r"GTcls.Segmentation has shape \(2, 2, 2\), expected \[H, W\]")):
+        scipy.io.savemat(mat, {"GTcls": {"Segmentation": segmentation}})
+        with pytest.raises(voc.InvalidPairError, match=rf"x.mat: {match}"):  # Not wrapped to 255 (void) or 0.
+            voc.read_label(mat)
+    scipy.io.savemat(mat, {"GTcls": {"Segmentation": np.array([[0, 5], [20, 1]], np.uint8)}})
+    colours = voc.read_label_colours("voc", VOC_CLASSES)  # SBD's masks are indices, whatever the colours.
+    np.testing.assert_array_equal(voc.read_label(mat, colours), [[0, 5], [20, 1]])
+    # A pair's problems are named by its id (its image's name), not by its mask's file name.
+    bad = tmp_path / "aachen_gtFine_labelIds.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(voc.InvalidPairError, match=r"undecodable PNG mask") as caught:
+        voc.load_pair(voc.Pair("aachen_leftImg8bit", voc_root / "VOC2012/JPEGImages/synth_000000.jpg", bad))
+    assert caught.value.problem.image_id == "aachen_leftImg8bit"
 
 
 # --- Other layouts ----------------------------------------------------------------------------
@@ -882,6 +1007,9 @@ def test_label_colours_names_indices_void_and_a_missing_file(tmp_path):
                                  [30, 30, 30, 1], [40, 40, 40, 1]]
     labels, unknown, counts = colours.labels_of(np.array([[[4, 5, 6], [10, 11, 12], [7, 8, 9], [9, 9, 9]]], np.uint8))
     assert labels.tolist() == [[0, 1, 255, 0]] and unknown.tolist() == [9 << 16 | 9 << 8 | 9] and counts.tolist() == [1]
+    # The first colour of a label paints it (predict's label PNGs); labels the map leaves out keep VOC's.
+    assert colours.palette[[0, 1, 255]].tolist() == [[4, 5, 6], [1, 2, 3], [7, 8, 9]]
+    assert colours.palette[2].tolist() == VOC_PALETTE[2].tolist()
     path.write_text("lane 2 7 7 7\n")  # A class name ending in a number takes the R G B form.
     assert voc.read_label_colours(path, ("background", "lane 2")).to_json() == [[7, 7, 7, 1]]
     with pytest.raises(ValueError, match=r"cannot read label_colours file '.*nowhere.txt' \(label_colours is 'voc' or a file"):
