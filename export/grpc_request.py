@@ -9,8 +9,8 @@ The response's ``labels`` (uint8 [N, Hmax, Wmax], 255 beyond each image), ``heig
 
 Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
 message names the address), an error status from the server (with its message), a reply without
-the bytes signature's outputs or with outputs for another number of images, an unreadable image file; status 2 for a ``--timeout`` <= 0 or no
-image named.
+the bytes signature's outputs or with outputs for another number of images, an unreadable image
+file; status 2 for a ``--timeout`` <= 0 or no image named.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ base64-encodes outputs whose name ends in ``_bytes``).
 
 Errors are one line on stderr and exit status 1: no TF Serving answering at ``--server`` (the
 message names the URL), an error status from the server (with its message), a reply that is not
-the bytes signature's, an unreadable image file, a label PNG that cannot be written; status 2,
+the bytes signature's or holds another number of predictions than images sent, an unreadable
+image file, a label PNG that cannot be written; status 2,
 before anything is sent, for a ``--server`` that is no http(s) URL or ``host:port``, a
 ``--timeout`` <= 0, no image named, an unknown flag, or an ``--output_dir`` that cannot be a
 folder. Its command line is ``argparse``'s, so a client machine needs nothing beyond Python and

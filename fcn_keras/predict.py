@@ -332,10 +332,10 @@ def collect_images(
         ``Inputs(images, bad, ignored, skipped, names, unsearched, repeated)``: the image paths
         in order (folders sorted by name, a folder's files before its subfolders'; an image
         named twice at its first place), the sources that cannot be used with the reason
-        (missing path, empty folder, a folder or subfolder that cannot be read), the number of folder entries skipped for being hidden or
-        not having an image extension, the number of image files skipped for lying in
-        ``output_dir``, each image's outputs' name, the number of subfolders not searched
-        (without ``recursive``) and of images named more than once.
+        (missing path, empty folder, a folder or subfolder that cannot be read), the number of
+        folder entries skipped for being hidden or not having an image extension, the number of
+        image files skipped for lying in ``output_dir``, each image's outputs' name, the number
+        of subfolders not searched (without ``recursive``) and of images named more than once.
     """
     out = Path(output_dir).resolve() if output_dir is not None else None
     images, bad, names, ignored, skipped, unsearched = [], [], [], 0, 0, 0
