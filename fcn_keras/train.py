@@ -43,7 +43,6 @@ from fcn_keras.console import counted, progress_verbosity, run_cli, usage_error
 from fcn_keras.constants import (
     DEFAULT_SHUFFLE_BUFFER, IGNORE_LABEL, NUM_CLASSES, PREPROCESSING_MODES, TRAIN_SCALE_RANGE, VARIANTS, VOC_CLASSES,
 )
-from fcn_keras.data.voc import is_voc_root, voc_lists_dir
 from fcn_keras.files import atomic_path, remove_orphaned_temporaries, write_json_atomic
 from fcn_keras.model import FC6_IMPLEMENTATIONS
 from fcn_keras.optimizers import CaffeSGD
@@ -314,6 +313,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
                          f"stage its own --output_dir. Received: init_from={resolved.init_from!r}, "
                          f"output_dir={resolved.output_dir!r}")
     check_writable_folder("output_dir", resolved.output_dir)
+    # Imported here, as every data module in this file: they import TensorFlow, which those who
+    # import train without it (benchmarks/train_step.py on the GPU machine) do not have.
+    from fcn_keras.data.voc import is_voc_root
+
     if not resolved.data or is_voc_root(resolved.data):  # Generated or converted into cache_dir.
         check_writable_folder("cache_dir", resolved.cache_dir)
     return resolved
@@ -382,6 +385,7 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
 def _demo_data(cache_dir: Path) -> str:
     """Generates (once) the synthetic demo dataset and returns its VOCdevkit root."""
     from fcn_keras.data.synthetic import make_synthetic_voc
+    from fcn_keras.data.voc import voc_lists_dir
 
     tag = hashlib.sha256(json.dumps(DEMO_DATA, sort_keys=True).encode()).hexdigest()[:10]
     root = cache_dir / f"synthetic-{tag}" / "VOCdevkit"
@@ -407,6 +411,7 @@ def resolve_run_data(config: TrainConfig) -> dict[str, str]:
             one other than ``"val"`` was asked for.
     """
     from fcn_keras.data.pipeline import conversion_dir, resolve_data
+    from fcn_keras.data.voc import voc_lists_dir
 
     data = config.data or _demo_data(Path(config.cache_dir))
     try:
